@@ -1,0 +1,146 @@
+"""Typed client of the fleet API (sync, httpx). The CLI uses nothing else to reach fleet."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from fleet.api.schemas import (
+    CancelOut,
+    HostOut,
+    JobDetail,
+    JobOut,
+    JobPage,
+    PoolOut,
+    ResultPage,
+    TokenOut,
+    UserOut,
+    WhyOut,
+)
+from fleet.errors import ApiError, NotFound
+
+
+class Client:
+    def __init__(self, url: str, token: str | None, timeout: float = 60.0) -> None:
+        self.url = url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check(self, resp: httpx.Response) -> httpx.Response:
+        if resp.status_code < 400:
+            return resp
+        try:
+            body = resp.json()
+            message = body.get("detail") if isinstance(body, dict) else str(body)
+            if not isinstance(message, str):
+                message = str(message)
+        except ValueError:
+            message = resp.text or resp.reason_phrase
+        if resp.status_code == 404:
+            raise NotFound(message)
+        raise ApiError(resp.status_code, message)
+
+    def _get(self, path: str, **params: Any) -> Any:
+        params = {k: v for k, v in params.items() if v is not None}
+        return self._check(self.http.get(path, params=params)).json()
+
+    def _post(self, path: str, body: Any) -> Any:
+        return self._check(self.http.post(path, json=body)).json()
+
+    # ------------------------------------------------------------------ server
+
+    def health(self) -> dict[str, Any]:
+        return self._get("/health")
+
+    def whoami(self) -> UserOut:
+        return UserOut.model_validate(self._get("/whoami"))
+
+    # ------------------------------------------------------------------ blobs
+
+    def upload(self, path: Path) -> tuple[str, int]:
+        """Upload a file by content unless the server has it; returns (sha256, size)."""
+        digest = hashlib.sha256()
+        size = 0
+        with path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+                size += len(chunk)
+        sha = digest.hexdigest()
+        if self.http.head(f"/blobs/{sha}").status_code == 200:
+            return sha, size
+
+        def body() -> Iterator[bytes]:
+            with path.open("rb") as fh:
+                yield from iter(lambda: fh.read(1 << 20), b"")
+
+        self._check(self.http.put(f"/blobs/{sha}", content=body()))
+        return sha, size
+
+    # ------------------------------------------------------------------ jobs
+
+    def submit(self, spec: dict[str, Any]) -> JobOut:
+        return JobOut.model_validate(self._post("/jobs", spec))
+
+    def job(self, job_id: str) -> JobDetail:
+        return JobDetail.model_validate(self._get(f"/jobs/{job_id}"))
+
+    def wait(self, job_id: str, timeout: float = 30.0) -> JobDetail:
+        return JobDetail.model_validate(self._get(f"/jobs/{job_id}/wait", timeout=timeout))
+
+    def jobs(
+        self, *, states: list[str] | None = None, pool: str | None = None, user: str | None = None,
+        limit: int = 50, before: str | None = None,
+    ) -> JobPage:
+        params: dict[str, Any] = {"pool": pool, "user": user, "limit": limit, "before": before}
+        if states:
+            params["state"] = states
+        return JobPage.model_validate(self._get("/jobs", **params))
+
+    def cancel(self, job_id: str) -> CancelOut:
+        return CancelOut.model_validate(self._post(f"/jobs/{job_id}/cancel", {}))
+
+    def why(self, job_id: str) -> WhyOut:
+        return WhyOut.model_validate(self._get(f"/jobs/{job_id}/why"))
+
+    def logs(self, job_id: str, *, follow: bool = False, attempt: int | None = None) -> Iterator[bytes]:
+        params: dict[str, Any] = {"follow": str(follow).lower()}
+        if attempt is not None:
+            params["attempt"] = attempt
+        with self.http.stream("GET", f"/jobs/{job_id}/logs", params=params, timeout=None) as resp:
+            if resp.status_code >= 400:
+                resp.read()
+                self._check(resp)
+            yield from resp.iter_bytes()
+
+    def results(self, limit: int = 50, before: int | None = None) -> ResultPage:
+        return ResultPage.model_validate(self._get("/results", limit=limit, before=before))
+
+    # ------------------------------------------------------------------ hosts, users
+
+    def hosts(self) -> list[HostOut]:
+        return [HostOut.model_validate(h) for h in self._get("/hosts")]
+
+    def pools(self) -> list[PoolOut]:
+        return [PoolOut.model_validate(p) for p in self._get("/pools")]
+
+    def add_user(self, name: str, admin: bool = False) -> TokenOut:
+        return TokenOut.model_validate(self._post("/users", {"name": name, "admin": admin}))
+
+    def users(self) -> list[UserOut]:
+        return [UserOut.model_validate(u) for u in self._get("/users")]
+
+    def create_token(self, user: str | None = None, name: str = "default") -> TokenOut:
+        return TokenOut.model_validate(self._post("/tokens", {"user": user, "name": name}))

@@ -1,0 +1,171 @@
+"""Request and response bodies of the API (they make up the published OpenAPI schema)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from fleet.models.spec import SecretValue
+from fleet.models.tables import Attempt, Job
+
+
+def iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+
+
+class AttemptOut(BaseModel):
+    id: str
+    number: int
+    host: str
+    state: str
+    reason: str | None
+    message: str | None
+    exit_code: int | None
+    created_at: str | None
+    started_at: str | None
+    ended_at: str | None
+    log_bytes: int
+
+    @classmethod
+    def of(cls, a: Attempt) -> AttemptOut:
+        return cls(id=a.id, number=a.number, host=a.host, state=a.state, reason=a.reason,
+                   message=a.message, exit_code=a.exit_code, created_at=iso(a.created_at),
+                   started_at=iso(a.started_at), ended_at=iso(a.ended_at), log_bytes=a.log_bytes)
+
+
+class JobOut(BaseModel):
+    id: str
+    name: str
+    user: str
+    kind: str
+    runner: str
+    pool: str | None
+    queue: str
+    priority: int
+    state: str
+    reason: str | None
+    message: str | None
+    host: str | None
+    attempts: int
+    created_at: str | None
+    started_at: str | None
+    ended_at: str | None
+    created_ts: float
+    started_ts: float | None
+    ended_ts: float | None
+
+    @classmethod
+    def of(cls, j: Job) -> JobOut:
+        return cls(id=j.id, name=j.name, user=j.user, kind=j.kind, runner=j.runner, pool=j.pool,
+                   queue=j.queue, priority=j.priority, state=j.state, reason=j.reason,
+                   message=j.message, host=j.host, attempts=j.attempt_count,
+                   created_at=iso(j.created_at), started_at=iso(j.started_at),
+                   ended_at=iso(j.ended_at), created_ts=j.created_at, started_ts=j.started_at,
+                   ended_ts=j.ended_at)
+
+
+class JobDetail(JobOut):
+    spec: dict[str, Any]
+    attempt_list: list[AttemptOut] = Field(default_factory=list)
+    result: dict[str, Any] | None = None
+
+    @classmethod
+    def build(cls, j: Job, attempts: list[Attempt], result: dict[str, Any] | None) -> JobDetail:
+        base = JobOut.of(j).model_dump()
+        spec = json.loads(j.spec_json)
+        for key, value in list((spec.get("envs") or {}).items()):
+            if isinstance(value, dict) and value.get("secret"):
+                spec["envs"][key] = {"value": "***", "secret": True}
+        return cls(**base, spec=spec, attempt_list=[AttemptOut.of(a) for a in attempts], result=result)
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    next: str | None = Field(None, description="pass as ?before= for the next page")
+
+
+class ResultOut(BaseModel):
+    id: int
+    job_id: str
+    attempt_id: str
+    user: str
+    runner: str
+    host: str
+    device_class: str
+    created_at: str | None
+    record: dict[str, Any]
+
+
+class ResultPage(BaseModel):
+    items: list[ResultOut]
+    next: int | None = None
+
+
+class HostOut(BaseModel):
+    name: str
+    pools: list[str]
+    arch: str
+    accelerator: str
+    device_class: str
+    slots: int
+    used_slots: int
+    labels: dict[str, str]
+    target: str
+    state: str
+    health: str
+
+
+class PoolOut(BaseModel):
+    name: str
+    hosts: int
+    slots: int
+    used_slots: int
+    states: dict[str, int]
+    health: dict[str, int]
+
+
+class WhyOut(BaseModel):
+    job: str
+    state: str
+    queue: str
+    summary: str
+    queued: int | None = None
+    ahead: int | None = None
+    reasons: dict[str, int] = Field(default_factory=dict)
+    hosts: dict[str, str] = Field(default_factory=dict)
+
+
+class CancelOut(BaseModel):
+    id: str
+    state: str
+
+
+class UserIn(BaseModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    admin: bool = False
+
+
+class TokenIn(BaseModel):
+    user: str | None = None
+    name: str = "default"
+
+
+class TokenOut(BaseModel):
+    user: str
+    token: str
+
+
+class UserOut(BaseModel):
+    name: str
+    admin: bool
+
+
+class ErrorOut(BaseModel):
+    detail: str
+    errors: list[dict[str, str]] | None = None
+
+
+__all__ = ["SecretValue"]

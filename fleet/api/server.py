@@ -1,0 +1,388 @@
+"""The HTTP API (FastAPI). Every route but ``/health`` needs a bearer token; a user sees and
+cancels only their own jobs, an admin everything. Someone else's job answers 404, not 403,
+so job ids do not leak."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from fleet import __version__
+from fleet.api.schemas import (
+    CancelOut,
+    HostOut,
+    JobDetail,
+    JobOut,
+    JobPage,
+    PoolOut,
+    ResultOut,
+    ResultPage,
+    TokenIn,
+    TokenOut,
+    UserIn,
+    UserOut,
+    WhyOut,
+    iso,
+)
+from fleet.errors import FleetError, NotFound, SpecError
+from fleet.models.enums import JobState
+from fleet.models.spec import SHA256_RE, validate_spec
+from fleet.models.tables import Job, User
+from fleet.scheduler.loop import Scheduler
+from fleet.store import Store
+
+MAX_BLOB = 8 << 30
+
+
+class ApiContext:
+    """What the routes need: the store, the scheduler, the log store and the blob dir."""
+
+    def __init__(self, store: Store, scheduler: Scheduler, blobs_dir: Path) -> None:
+        self.store = store
+        self.scheduler = scheduler
+        self.blobs_dir = blobs_dir
+        self._token_cache: dict[str, User] = {}
+
+    def user_for(self, token: str) -> User | None:
+        user = self._token_cache.get(token)
+        if user is None:
+            user = self.store.user_for_token(token)
+            if user is not None:
+                self._token_cache[token] = user
+        return user
+
+    def blob_path(self, sha: str) -> Path:
+        return self.blobs_dir / sha[:2] / sha
+
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def current_user(
+    request: Request,
+    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> User:
+    """The caller, from the bearer token. 401 without a valid one."""
+    if creds is None or not creds.credentials:
+        raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+    user = request.app.state.ctx.user_for(creds.credentials)
+    if user is None:
+        raise HTTPException(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
+    return user
+
+
+UserDep = Annotated[User, Depends(current_user)]
+
+
+def admin_only(user: UserDep) -> User:
+    if not user.is_admin:
+        raise HTTPException(403, "admin only")
+    return user
+
+
+AdminDep = Annotated[User, Depends(admin_only)]
+
+
+def create_app(ctx: ApiContext) -> FastAPI:
+    app = FastAPI(
+        title="fleet",
+        version=__version__,
+        description="Job runner for edge-device ML labs. Bearer token on every route but /health.",
+    )
+    app.state.ctx = ctx
+
+    def visible_job(job_id: str, user: User) -> Job:
+        job = ctx.store.get_job(job_id)
+        if not user.is_admin and job.user != user.name:
+            raise NotFound(f"no job {job_id}")
+        return job
+
+    @app.exception_handler(SpecError)
+    async def _spec_error(_req: Request, exc: SpecError) -> JSONResponse:
+        return JSONResponse(
+            {"detail": str(exc), "errors": [{"field": f, "problem": p} for f, p in exc.errors]},
+            status_code=422,
+        )
+
+    @app.exception_handler(NotFound)
+    async def _not_found(_req: Request, exc: NotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(FleetError)
+    async def _fleet_error(_req: Request, exc: FleetError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "problem": e["msg"]}
+            for e in exc.errors()
+        ]
+        text = "; ".join(f"{e['field']}: {e['problem']}" for e in errors)
+        return JSONResponse({"detail": f"invalid request: {text}", "errors": errors}, status_code=422)
+
+    # ------------------------------------------------------------------ health, identity
+
+    @app.get("/health", tags=["server"])
+    def health() -> dict[str, Any]:
+        return {"ok": True, "version": __version__, "pid": os.getpid()}
+
+    @app.get("/whoami", tags=["users"])
+    def whoami(user: UserDep) -> UserOut:
+        return UserOut(name=user.name, admin=user.is_admin)
+
+    # ------------------------------------------------------------------ blobs
+
+    @app.head("/blobs/{sha256}", tags=["blobs"])
+    def blob_exists(sha256: str, _user: UserDep) -> Response:
+        if not SHA256_RE.match(sha256):
+            raise HTTPException(422, "sha256 must be 64 lowercase hex digits")
+        return Response(status_code=200 if ctx.blob_path(sha256).is_file() else 404)
+
+    @app.put("/blobs/{sha256}", tags=["blobs"], status_code=201)
+    async def blob_put(sha256: str, request: Request, _user: UserDep) -> dict[str, Any]:
+        """Upload a file by content; the body must hash to ``sha256``."""
+        if not SHA256_RE.match(sha256):
+            raise HTTPException(422, "sha256 must be 64 lowercase hex digits")
+        path = ctx.blob_path(sha256)
+        if path.is_file():
+            return {"sha256": sha256, "size": path.stat().st_size, "existed": True}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{sha256}.{os.getpid()}.{id(request)}")
+        digest, size = hashlib.sha256(), 0
+        with tmp.open("wb") as fh:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_BLOB:
+                    tmp.unlink(missing_ok=True)
+                    raise HTTPException(413, "blob too large")
+                digest.update(chunk)
+                fh.write(chunk)
+        if digest.hexdigest() != sha256:
+            tmp.unlink(missing_ok=True)
+            raise HTTPException(422, f"content hashes to {digest.hexdigest()}, not {sha256}")
+        os.replace(tmp, path)
+        return {"sha256": sha256, "size": size, "existed": False}
+
+    # ------------------------------------------------------------------ jobs
+
+    @app.post("/jobs", tags=["jobs"], status_code=201, responses={422: {"description": "invalid spec"}})
+    def submit(body: dict[str, Any], user: UserDep) -> JobOut:
+        """Submit a job spec (inputs already uploaded as blobs)."""
+        spec = validate_spec(body)
+        missing = [
+            (f"inputs.{name}", f"blob {blob.sha256[:12]} of {rel} is not uploaded")
+            for name, ref in spec.uploaded().items()
+            for rel, blob in ref.files.items()
+            if not ctx.blob_path(blob.sha256).is_file()
+        ]
+        if missing:
+            raise SpecError(missing)
+        demand = ctx.scheduler.demand_for(spec)
+        job = ctx.store.create_job(spec, user.name, demand.key)
+        ctx.scheduler.submit(job, spec)
+        return JobOut.of(job)
+
+    @app.get("/jobs", tags=["jobs"])
+    def list_jobs(
+        user: UserDep,
+        state: Annotated[list[str] | None, Query()] = None,
+        pool: str | None = None,
+        owner: Annotated[str | None, Query(alias="user")] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+        before: str | None = None,
+    ) -> JobPage:
+        """Jobs, newest first. Non-admins see only their own."""
+        states = []
+        for value in state or []:
+            for part in value.split(","):
+                part = part.strip().upper()
+                if part not in JobState.__members__:
+                    raise HTTPException(422, f"state: unknown state {part!r} (one of {', '.join(JobState)})")
+                states.append(part)
+        rows = ctx.store.list_jobs(
+            owner=None if user.is_admin else user.name, states=states, pool=pool,
+            user=owner, limit=limit + 1, before=before,
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return JobPage(items=[JobOut.of(j) for j in rows], next=rows[-1].id if more else None)
+
+    def detail(job: Job) -> JobDetail:
+        return JobDetail.build(job, ctx.store.attempts(job.id), ctx.store.result_for(job.id))
+
+    @app.get("/jobs/{job_id}", tags=["jobs"])
+    def get_job(job_id: str, user: UserDep) -> JobDetail:
+        return detail(visible_job(job_id, user))
+
+    @app.get("/jobs/{job_id}/wait", tags=["jobs"])
+    async def wait_job(
+        job_id: str, user: UserDep, timeout: Annotated[float, Query(gt=0, le=300)] = 30.0
+    ) -> JobDetail:
+        """Return the job once it is terminal, or after ``timeout`` seconds (check ``state``)."""
+        job = visible_job(job_id, user)
+        await ctx.scheduler.wait_done(job.id, timeout)
+        return detail(ctx.store.get_job(job.id))
+
+    @app.post("/jobs/{job_id}/cancel", tags=["jobs"])
+    async def cancel_job(job_id: str, user: UserDep) -> CancelOut:
+        job = visible_job(job_id, user)
+        if JobState(job.state).terminal:
+            return CancelOut(id=job.id, state=job.state)
+        return CancelOut(id=job.id, state=await ctx.scheduler.cancel(job.id))
+
+    @app.get("/jobs/{job_id}/why", tags=["jobs"])
+    def why_job(job_id: str, user: UserDep) -> WhyOut:
+        job = visible_job(job_id, user)
+        return WhyOut(**ctx.scheduler.why(job.id))
+
+    @app.get("/jobs/{job_id}/logs", tags=["jobs"], response_class=StreamingResponse,
+             responses={200: {"content": {"application/octet-stream": {}}}})
+    async def logs(
+        job_id: str,
+        user: UserDep,
+        attempt: Annotated[int | None, Query(ge=1)] = None,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        follow: bool = False,
+    ) -> StreamingResponse:
+        """The job's log (the latest attempt, or ``attempt`` N). With ``follow``, streams until
+        the job ends, moving on to the next attempt when it is retried."""
+        job = visible_job(job_id, user)
+        return StreamingResponse(_log_stream(ctx, job.id, attempt, offset, follow),
+                                 media_type="application/octet-stream")
+
+    # ------------------------------------------------------------------ results
+
+    @app.get("/results", tags=["results"])
+    def results(
+        user: UserDep,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+        before: int | None = None,
+    ) -> ResultPage:
+        import json as _json
+
+        rows = ctx.store.list_results(None if user.is_admin else user.name, limit + 1, before)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        items = [
+            ResultOut(id=r.id or 0, job_id=r.job_id, attempt_id=r.attempt_id, user=r.user,
+                      runner=r.runner, host=r.host, device_class=r.device_class,
+                      created_at=iso(r.created_at), record=_json.loads(r.record_json))
+            for r in rows
+        ]
+        return ResultPage(items=items, next=items[-1].id if more else None)
+
+    # ------------------------------------------------------------------ hosts and pools
+
+    @app.get("/hosts", tags=["hosts"])
+    def hosts(_user: UserDep) -> list[HostOut]:
+        return [_host_out(v) for v in ctx.scheduler.host_views()]
+
+    @app.get("/pools", tags=["hosts"])
+    def pools(_user: UserDep) -> list[PoolOut]:
+        by_pool: dict[str, list[HostOut]] = {}
+        for h in (_host_out(v) for v in ctx.scheduler.host_views()):
+            for p in h.pools:
+                by_pool.setdefault(p, []).append(h)
+        return [
+            PoolOut(name=name, hosts=len(hs), slots=sum(h.slots for h in hs),
+                    used_slots=sum(h.used_slots for h in hs),
+                    states=dict(Counter(h.state for h in hs)), health=dict(Counter(h.health for h in hs)))
+            for name, hs in sorted(by_pool.items())
+        ]
+
+    # ------------------------------------------------------------------ users and tokens
+
+    @app.get("/users", tags=["users"])
+    def users(_admin: AdminDep) -> list[UserOut]:
+        return [UserOut(name=u.name, admin=u.is_admin) for u in ctx.store.list_users()]
+
+    @app.post("/users", tags=["users"], status_code=201)
+    def add_user(body: UserIn, _admin: AdminDep) -> TokenOut:
+        """Create a user and a first token for them (shown once)."""
+        user = ctx.store.create_user(body.name, body.admin)
+        return TokenOut(user=user.name, token=ctx.store.create_token(user))
+
+    @app.post("/tokens", tags=["users"], status_code=201)
+    def add_token(body: TokenIn, user: UserDep) -> TokenOut:
+        """A new token for yourself, or (admins) for another user."""
+        target = user
+        if body.user and body.user != user.name:
+            if not user.is_admin:
+                raise HTTPException(403, "only admins create tokens for other users")
+            found = ctx.store.get_user(body.user)
+            if found is None:
+                raise NotFound(f"no user {body.user}")
+            target = found
+        return TokenOut(user=target.name, token=ctx.store.create_token(target, body.name))
+
+    return app
+
+
+def _host_out(view: Any) -> HostOut:
+    h = view.host
+    if view.drained:
+        state = "draining"
+    elif view.used_slots > 0:
+        state = "busy"
+    else:
+        state = "idle"
+    return HostOut(
+        name=h.name, pools=list(h.pools), arch=h.arch, accelerator=h.accelerator,
+        device_class=h.device_class, slots=h.slots, used_slots=view.used_slots,
+        labels=h.labels, target=h.target, state=state, health=view.health.value,
+    )
+
+
+async def _log_stream(
+    ctx: ApiContext, job_id: str, number: int | None, offset: int, follow: bool
+) -> AsyncIterator[bytes]:
+    store, logs = ctx.store, ctx.scheduler.logs
+    while True:
+        attempts = store.attempts(job_id)
+        if number is not None:
+            attempts = [a for a in attempts if a.number == number]
+        if not attempts:
+            job = store.get_job(job_id)
+            if not follow or JobState(job.state).terminal:
+                return
+            await ctx.scheduler.wait_done(job_id, 0.2)
+            continue
+        current = attempts[-1]
+        while True:
+            data = logs.read(job_id, current.id, offset)
+            if data:
+                offset += len(data)
+                yield data
+                continue
+            if not follow:
+                return
+            fresh = store.get_attempt(current.id)
+            if fresh is None or fresh.ended_at is not None:
+                data = logs.read(job_id, current.id, offset)
+                if data:
+                    offset += len(data)
+                    yield data
+                break
+            await logs.wait(current.id, 1.0)
+        if number is not None:
+            return
+        # The attempt ended: stop if the job is done, else follow its next attempt.
+        job = store.get_job(job_id)
+        while not JobState(job.state).terminal and job.current_attempt == current.id:
+            await ctx.scheduler.wait_done(job_id, 0.2)
+            job = store.get_job(job_id)
+        if JobState(job.state).terminal and job.current_attempt == current.id:
+            return
+        offset = 0
+        await asyncio.sleep(0)

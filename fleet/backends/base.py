@@ -1,0 +1,117 @@
+"""The backend contract (DESIGN.md §5.8).
+
+Every method is idempotent and safe to call again after a controller crash. ``launch`` both
+starts and follows: on the ssh backend one channel carries the launch, the log stream and the
+exit record, so a short job costs one round of SSH work. Calling ``launch`` for an attempt that
+already started attaches to it instead (the attempt directory is the launch marker), which is
+also how ``reattach`` works.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from fleet.inventory import Host
+from fleet.models.enums import Reason
+
+
+class BackendError(Exception):
+    """An execution problem, classified where it happened."""
+
+    reason: Reason = Reason.CONTROLLER_ERROR
+
+
+class HostLost(BackendError):
+    """The host cannot be reached or dropped the connection (infrastructure's fault)."""
+
+    reason = Reason.HOST_LOST
+
+
+class HostKeyRefused(HostLost):
+    """The host's key is unknown or changed and trust-on-first-use is off."""
+
+
+class SetupFailed(BackendError):
+    """The host lacks what the attempt needs (python3, a runner tool, an input)."""
+
+    reason = Reason.SETUP_FAILED
+
+
+@dataclass
+class InputFile:
+    """A file to place in the attempt directory from the host's content-addressed cache."""
+
+    rel_path: str  # relative to the attempt directory, under inputs/
+    sha256: str
+    size: int
+
+
+@dataclass
+class AttemptPlan:
+    """Everything a backend needs to run one attempt; built by the scheduler."""
+
+    attempt_id: str
+    job_id: str
+    host: Host
+    job: dict[str, Any]  # written as job.json
+    argv: list[str] | None  # None: the runner entry is resolved by the backend
+    runner: str
+    setup: str | None
+    env: dict[str, str]
+    timeout: float | None
+    grace: float
+    inputs: list[InputFile] = field(default_factory=list)
+
+
+@dataclass
+class Outcome:
+    """How an attempt ended, as read from the host."""
+
+    exit_code: int | None
+    signal: int | None = None
+    timed_out: bool = False
+    cancelled: bool = False
+    phase: str = "run"
+    error: str | None = None  # wrapper/prepare error text
+    result: dict[str, Any] | None = None  # result.json of a runner
+    runner_error: dict[str, Any] | None = None  # error.json of a runner
+    started_at: float | None = None
+    ended_at: float | None = None
+    lost: str | None = None  # set when the supervisor vanished without a status
+
+
+class AttemptSink(Protocol):
+    """Receives what an attempt produces while it runs. Methods must not block."""
+
+    def started(self, pid: int, at: float) -> None: ...
+
+    def log(self, data: bytes) -> None: ...
+
+
+class Backend(abc.ABC):
+    """Async base class of execution backends."""
+
+    name: str = "base"
+
+    @abc.abstractmethod
+    async def launch(self, plan: AttemptPlan, sink: AttemptSink, log_offset: int = 0) -> Outcome:
+        """Start the attempt (or attach if it already started) and follow it to its end.
+
+        Returns when the attempt has ended. Log bytes from ``log_offset`` on go to ``sink``.
+        Raises ``HostLost`` if the host cannot be reached or is lost while following (the
+        attempt may still be running there: ``launch`` again later reattaches), ``SetupFailed``
+        when the host lacks something the attempt needs.
+        """
+
+    @abc.abstractmethod
+    async def cancel(self, plan: AttemptPlan, grace: float) -> None:
+        """Signal the attempt's process group (TERM, KILL after ``grace``).
+
+        Returns quietly if the attempt never started or already ended.
+        """
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Close connections. Running attempts are left running on their hosts."""

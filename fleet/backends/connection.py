@@ -1,0 +1,279 @@
+"""Pooled connections to hosts: one asyncssh connection per host (with keepalive), or local
+processes for ``ansible_connection=local`` hosts. Both offer ``exec``: run one shell command,
+feed it stdin, hand its stdout/stderr to callbacks as bytes arrive, return its exit status.
+
+Host keys are checked against the user's ``~/.ssh/known_hosts`` and fleet's own file. An
+unknown key is refused unless trust-on-first-use is on, in which case it is recorded in fleet's
+file; a key that differs from a recorded one is always refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncssh
+
+from fleet.backends.base import HostKeyRefused, HostLost
+from fleet.inventory import Host, Jump
+
+log = logging.getLogger(__name__)
+
+OutputCallback = Callable[[bytes], None]
+
+
+@dataclass(frozen=True)
+class SSHOptions:
+    """Connection options shared by every host; host vars override address, user and key."""
+
+    known_hosts_files: tuple[Path, ...]
+    fleet_known_hosts: Path
+    trust_on_first_use: bool = False
+    keepalive_interval: float = 15.0
+    keepalive_count_max: int = 3
+    connect_timeout: float = 15.0
+
+
+class Transport:
+    """Runs shell commands on one host."""
+
+    async def exec(
+        self,
+        command: str,
+        stdin: bytes | None = None,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+    ) -> int:
+        """Run ``command`` with ``/bin/sh -c``; returns its exit status (-signal if killed).
+
+        Raises HostLost if the host cannot be reached or the channel is lost.
+        """
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        return None
+
+    @property
+    def closed(self) -> bool:
+        return False
+
+
+class LocalTransport(Transport):
+    """``ansible_connection=local``: commands run as local processes."""
+
+    async def exec(self, command, stdin=None, on_stdout=None, on_stderr=None):  # type: ignore[no-untyped-def]
+        proc = await asyncio.create_subprocess_exec(
+            "/bin/sh", "-c", command,
+            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        if stdin is not None:
+            assert proc.stdin is not None
+            proc.stdin.write(stdin)
+            await proc.stdin.drain()
+            proc.stdin.close()
+        await asyncio.gather(
+            _pump(proc.stdout, on_stdout), _pump(proc.stderr, on_stderr)  # type: ignore[arg-type]
+        )
+        return await proc.wait()
+
+
+async def _pump(stream: asyncio.StreamReader | asyncssh.SSHReader, callback: OutputCallback | None) -> None:
+    while True:
+        data = await stream.read(65536)
+        if not data:
+            return
+        if callback is not None:
+            callback(data)  # type: ignore[arg-type]
+
+
+class SSHTransport(Transport):
+    def __init__(self, host: Host, conn: asyncssh.SSHClientConnection) -> None:
+        self.host = host
+        self.conn = conn
+        self._closed = False
+        conn_closed = conn.wait_closed()
+        self._watch = asyncio.ensure_future(conn_closed)
+        self._watch.add_done_callback(lambda _f: setattr(self, "_closed", True))
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def exec(self, command, stdin=None, on_stdout=None, on_stderr=None):  # type: ignore[no-untyped-def]
+        try:
+            proc = await self.conn.create_process(command, encoding=None)
+            if stdin is not None:
+                proc.stdin.write(stdin)
+            proc.stdin.write_eof()
+            await asyncio.gather(_pump(proc.stdout, on_stdout), _pump(proc.stderr, on_stderr))
+            done = await proc.wait(check=False)
+        except (asyncssh.Error, OSError, asyncio.IncompleteReadError) as exc:
+            self._closed = True
+            raise HostLost(f"host {self.host.name}: connection lost: {_describe(exc)}") from None
+        if done.exit_status is None and done.exit_signal is None:
+            self._closed = True
+            raise HostLost(f"host {self.host.name}: channel closed before the command ended")
+        if done.exit_signal:
+            return -1
+        return int(done.exit_status)
+
+    async def close(self) -> None:
+        self._closed = True
+        self.conn.close()
+        try:
+            await asyncio.wait_for(self.conn.wait_closed(), 5)
+        except (TimeoutError, asyncio.TimeoutError):
+            pass
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.strip()
+
+
+def _known_keys(files: tuple[Path, ...], host: str, addr: str, port: int) -> list[asyncssh.SSHKey]:
+    keys: list[asyncssh.SSHKey] = []
+    for path in files:
+        if not path.is_file():
+            continue
+        try:
+            trusted = asyncssh.match_known_hosts(str(path), host, addr, port if port != 22 else None)
+        except (OSError, ValueError):
+            continue
+        keys.extend(trusted[0])
+    return keys
+
+
+class _TofuClient(asyncssh.SSHClient):
+    """Called only for keys not in known_hosts: accept and record them if TOFU is on and
+    nothing at all is known for the host (a changed key is never accepted)."""
+
+    def __init__(self, options: SSHOptions, host: Host, address: str, port: int) -> None:
+        self.options, self.host, self.address, self.port = options, host, address, port
+        self.refusal: str | None = None
+
+    def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
+        files = self.options.known_hosts_files + (self.options.fleet_known_hosts,)
+        if _known_keys(files, self.address, addr, self.port):
+            self.refusal = (
+                f"host {self.host.name}: host key for {self.address}:{self.port} has CHANGED "
+                f"(offered {key.get_fingerprint()}); refusing to connect. If the host was "
+                f"reinstalled, remove its old entry from known_hosts."
+            )
+            return False
+        if not self.options.trust_on_first_use:
+            self.refusal = (
+                f"host {self.host.name}: host key for {self.address}:{self.port} is unknown "
+                f"({key.get_fingerprint()}); add it to ~/.ssh/known_hosts or "
+                f"{self.options.fleet_known_hosts} (ssh-keyscan -p {self.port} {self.address}), "
+                f"or set trust_on_first_use: true"
+            )
+            return False
+        entry = f"[{self.address}]:{self.port}" if self.port != 22 else self.address
+        line = f"{entry} {key.export_public_key().decode().strip()}\n"
+        path = self.options.fleet_known_hosts
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as fh:
+            fh.write(line)
+        log.warning("trusting new host key of %s on first use: %s", self.host.name, key.get_fingerprint())
+        return True
+
+
+class ConnectionPool:
+    """One live transport per host, created on first use and replaced when it dies."""
+
+    def __init__(self, options: SSHOptions, hosts_by_name: Callable[[str], Host | None]) -> None:
+        self.options = options
+        self._lookup = hosts_by_name
+        self._conns: dict[str, Transport] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._local = LocalTransport()
+
+    async def get(self, host: Host) -> Transport:
+        """The host's transport, connecting if needed. Raises HostLost / HostKeyRefused."""
+        if host.connection == "local":
+            return self._local
+        conn = self._conns.get(host.name)
+        if conn is not None and not conn.closed:
+            return conn
+        lock = self._locks.setdefault(host.name, asyncio.Lock())
+        async with lock:
+            conn = self._conns.get(host.name)
+            if conn is None or conn.closed:
+                conn = await self._connect(host)
+                self._conns[host.name] = conn
+            return conn
+
+    def drop(self, host_name: str) -> None:
+        """Forget a host's connection (after a failure); the next ``get`` reconnects."""
+        conn = self._conns.pop(host_name, None)
+        if conn is not None:
+            asyncio.ensure_future(conn.close())
+
+    async def _connect(self, host: Host) -> SSHTransport:
+        tunnel: asyncssh.SSHClientConnection | None = None
+        for jump in host.jumps:
+            tunnel = await self._open(self._jump_host(host, jump), tunnel, via=host)
+        conn = await self._open(host, tunnel, via=None)
+        return SSHTransport(host, conn)
+
+    def _jump_host(self, target: Host, jump: Jump) -> Host:
+        known = self._lookup(jump.host)
+        if known is not None:
+            return Host(
+                name=known.name, pools=known.pools, arch=known.arch, accelerator=known.accelerator,
+                slots=known.slots, address=known.address, port=jump.port or known.port,
+                user=jump.user or known.user, key_file=known.key_file or target.key_file,
+            )
+        return Host(
+            name=jump.host, pools=(), arch="unknown", accelerator="cpu", slots=1,
+            address=jump.host, port=jump.port or 22, user=jump.user or target.user,
+            key_file=target.key_file,
+        )
+
+    async def _open(
+        self, host: Host, tunnel: asyncssh.SSHClientConnection | None, via: Host | None
+    ) -> asyncssh.SSHClientConnection:
+        opts = self.options
+        files = tuple(str(p) for p in opts.known_hosts_files + (opts.fleet_known_hosts,) if p.is_file())
+        client = _TofuClient(opts, host, host.address, host.port)
+        role = f" (jump host for {via.name})" if via is not None else ""
+        try:
+            conn, _ = await asyncio.wait_for(
+                asyncssh.create_connection(
+                    lambda: client,
+                    host.address,
+                    port=host.port,
+                    tunnel=tunnel,
+                    username=host.user or os.environ.get("USER") or None,
+                    client_keys=[host.key_file] if host.key_file else (),
+                    known_hosts=list(files),
+                    keepalive_interval=opts.keepalive_interval,
+                    keepalive_count_max=opts.keepalive_count_max,
+                    connect_timeout=opts.connect_timeout,
+                    config=None,
+                ),
+                timeout=opts.connect_timeout + 5,
+            )
+        except asyncssh.HostKeyNotVerifiable as exc:
+            raise HostKeyRefused(client.refusal or f"host {host.name}{role}: {exc}") from None
+        except asyncssh.PermissionDenied as exc:
+            raise HostLost(
+                f"host {host.name}{role}: authentication as {host.user or 'default user'} "
+                f"failed ({exc.reason}); check ansible_user and ansible_ssh_private_key_file"
+            ) from None
+        except (asyncssh.Error, OSError, TimeoutError, asyncio.TimeoutError) as exc:
+            raise HostLost(
+                f"host {host.name}{role}: cannot connect to {host.address}:{host.port}: "
+                f"{_describe(exc)}"
+            ) from None
+        return conn
+
+    async def close(self) -> None:
+        conns, self._conns = list(self._conns.values()), {}
+        await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)

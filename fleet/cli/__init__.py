@@ -1,0 +1,1 @@
+"""The ``fleet`` command: a client of the API only."""

@@ -1,0 +1,140 @@
+"""Finding the API server, or starting the local one.
+
+With no server configured (``FLEET_SERVER`` / config ``server``), the CLI uses a local server
+bound to 127.0.0.1, started on first use in the background; its URL and pid are in
+``$FLEET_HOME/server.json``, its admin token in ``$FLEET_HOME/token`` (0600), its log in
+``$FLEET_HOME/server.log``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from fleet.config import Settings
+from fleet.errors import FleetError
+
+START_TIMEOUT = 30.0
+
+
+@dataclass
+class ServerInfo:
+    url: str
+    token: str | None
+    pid: int | None
+    local: bool
+    inventory: str | None = None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def read_token(settings: Settings) -> str | None:
+    token = os.environ.get("FLEET_TOKEN")
+    if token:
+        return token.strip()
+    try:
+        return settings.token_file.read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def local_server(settings: Settings) -> ServerInfo | None:
+    """The running local server, or None."""
+    try:
+        info = json.loads(settings.server_file.read_text())
+    except (OSError, ValueError):
+        return None
+    pid = int(info.get("pid") or 0)
+    if not pid or not _alive(pid):
+        return None
+    return ServerInfo(url=info["url"], token=read_token(settings), pid=pid, local=True,
+                      inventory=info.get("inventory"))
+
+
+def start_local(settings: Settings, inventory: str | None) -> ServerInfo:
+    """Start the local server in the background (once, even with concurrent CLIs)."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    with (settings.home / "server.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        running = local_server(settings)
+        if running is not None and _healthy(running.url):
+            return running
+        cmd = [sys.executable, "-m", "fleet", "serve", "--local", "--host", "127.0.0.1", "--port", "0"]
+        if inventory:
+            cmd += ["--inventory", str(Path(inventory).expanduser().resolve())]
+        log = settings.server_log.open("ab")
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                start_new_session=True, env=os.environ.copy())
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                tail = settings.server_log.read_text(errors="replace").strip().splitlines()[-5:]
+                raise FleetError("the local fleet server failed to start:\n  " + "\n  ".join(tail)
+                                 + f"\n(full log: {settings.server_log})")
+            info = local_server(settings)
+            if info is not None and info.pid == proc.pid and _healthy(info.url):
+                return info
+            time.sleep(0.05)
+        proc.terminate()
+        raise FleetError(f"the local fleet server did not start within {START_TIMEOUT:.0f} s "
+                         f"(log: {settings.server_log})")
+
+
+def resolve(settings: Settings, inventory: str | None, autostart: bool = True) -> ServerInfo:
+    """The server to talk to: configured, running local, or a freshly started local one."""
+    if settings.server:
+        return ServerInfo(url=settings.server, token=read_token(settings), pid=None, local=False)
+    running = local_server(settings)
+    if running is not None:
+        if inventory and running.inventory and Path(inventory).expanduser().resolve() != Path(running.inventory):
+            raise FleetError(
+                f"the local server runs with inventory {running.inventory}; "
+                f"stop it (fleet server stop) to use {inventory}"
+            )
+        return running
+    if not autostart:
+        raise FleetError("no local fleet server is running (fleet server start)")
+    return start_local(settings, inventory or settings.inventory)
+
+
+def stop_local(settings: Settings, timeout: float = 15.0) -> int | None:
+    """SIGTERM the local server and wait for it to exit; returns its pid or None."""
+    info = local_server(settings)
+    if info is None or info.pid is None:
+        return None
+    os.kill(info.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _alive(info.pid):
+        time.sleep(0.05)
+    if _alive(info.pid):
+        os.kill(info.pid, signal.SIGKILL)
+    settings.server_file.unlink(missing_ok=True)
+    return info.pid

@@ -1,0 +1,478 @@
+"""``fleet``: submit and inspect jobs, list hosts and pools, run and manage the server."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import yaml
+
+from fleet.api.client import Client
+from fleet.cli import local, render
+from fleet.config import Settings, load_settings
+from fleet.errors import ApiError, FleetError, SpecError
+from fleet.models.enums import JobState
+from fleet.models.spec import InputRef, validate_spec
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Ctx:
+    def __init__(self, inventory: str | None) -> None:
+        self.inventory = inventory
+        self._settings: Settings | None = None
+        self._client: Client | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings()
+        return self._settings
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            info = local.resolve(self.settings, self.inventory)
+            if not info.token:
+                raise FleetError(
+                    f"no API token: set FLEET_TOKEN or put one in {self.settings.token_file} "
+                    f"(an admin creates it with: fleet token create --user NAME)"
+                )
+            self._client = Client(info.url, info.token)
+        return self._client
+
+
+def handle_errors(fn: F) -> F:
+    """Print fleet's errors as one clear line (exit 2 for bad input, 1 otherwise)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SpecError as exc:
+            click.echo(f"fleet: {exc}", err=True)
+            sys.exit(2)
+        except ApiError as exc:
+            click.echo(f"fleet: {exc} (HTTP {exc.status})", err=True)
+            sys.exit(2 if 400 <= exc.status < 500 else 1)
+        except FleetError as exc:
+            click.echo(f"fleet: {exc}", err=True)
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--inventory", "-i", envvar="FLEET_INVENTORY", default=None,
+              help="Ansible inventory (file, directory or plugin config). Default: the config "
+                   "file in FLEET_HOME, else this machine alone.")
+@click.version_option(package_name="fleet")
+@click.pass_context
+def cli(ctx: click.Context, inventory: str | None) -> None:
+    """fleet: run compile and benchmark jobs on an edge-device lab."""
+    ctx.obj = Ctx(inventory)
+
+
+# ---------------------------------------------------------------------- server
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to bind")
+@click.option("--port", default=8470, show_default=True, type=int, help="port (0: any free one)")
+@click.option("--local", "is_local", is_flag=True, hidden=True)
+@pass_ctx
+@handle_errors
+def serve(obj: Ctx, host: str, port: int, is_local: bool) -> None:
+    """Run the API server and the scheduler (foreground)."""
+    from fleet.controller import ServeOptions, run_serve
+
+    run_serve(obj.settings, ServeOptions(host=host, port=port, inventory=obj.inventory, local=is_local))
+
+
+@cli.group()
+def server() -> None:
+    """Manage the local server (started on first use when no server is configured)."""
+
+
+@server.command("start")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@handle_errors
+def server_start(obj: Ctx, as_json: bool) -> None:
+    info = local.local_server(obj.settings) or local.start_local(obj.settings, obj.inventory or obj.settings.inventory)
+    _server_out(obj, info, as_json)
+
+
+@server.command("stop")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@handle_errors
+def server_stop(obj: Ctx, as_json: bool) -> None:
+    pid = local.stop_local(obj.settings)
+    if as_json:
+        click.echo(json.dumps({"stopped": pid is not None, "pid": pid}))
+    else:
+        click.echo(f"stopped local server (pid {pid})" if pid else "no local server is running")
+
+
+@server.command("status")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@handle_errors
+def server_status(obj: Ctx, as_json: bool) -> None:
+    settings = obj.settings
+    if settings.server:
+        info = local.ServerInfo(url=settings.server, token=local.read_token(settings), pid=None, local=False)
+    else:
+        info = local.local_server(settings)
+    if info is None:
+        if as_json:
+            click.echo(json.dumps({"running": False}))
+        else:
+            click.echo("no local server is running (it starts on the first command)")
+        sys.exit(3)
+    _server_out(obj, info, as_json)
+
+
+def _server_out(obj: Ctx, info: local.ServerInfo, as_json: bool) -> None:
+    healthy = local._healthy(info.url)
+    data = {"running": healthy, "url": info.url, "pid": info.pid, "local": info.local,
+            "inventory": info.inventory, "home": str(obj.settings.home),
+            "log": str(obj.settings.server_log) if info.local else None}
+    if as_json:
+        click.echo(json.dumps(data))
+    else:
+        click.echo(f"{'running' if healthy else 'NOT RESPONDING'}: {info.url}"
+                   + (f" (pid {info.pid})" if info.pid else ""))
+        if info.inventory:
+            click.echo(f"inventory: {info.inventory}")
+        if info.local:
+            click.echo(f"log: {obj.settings.server_log}")
+
+
+# ---------------------------------------------------------------------- jobs
+
+
+def _upload_inputs(client: Client, data: dict[str, Any], base: Path) -> None:
+    """Replace local input paths in a spec with uploaded blob refs (files and directories)."""
+    inputs = data.get("inputs")
+    if not isinstance(inputs, dict):
+        return
+    for name, value in list(inputs.items()):
+        if not isinstance(value, str):
+            continue
+        path = (base / value).expanduser() if not os.path.isabs(value) else Path(value)
+        if not path.exists():
+            raise SpecError([(f"inputs.{name}", f"{value}: no such file or directory (looked in {path})")])
+        if path.is_file():
+            sha, size = client.upload(path)
+            ref = InputRef(kind="file", filename=path.name, files={path.name: {"sha256": sha, "size": size}})  # type: ignore[dict-item]
+        else:
+            files: dict[str, Any] = {}
+            for f in sorted(p for p in path.rglob("*") if p.is_file()):
+                sha, size = client.upload(f)
+                files[f.relative_to(path).as_posix()] = {"sha256": sha, "size": size}
+            if not files:
+                raise SpecError([(f"inputs.{name}", f"{value}: directory is empty")])
+            ref = InputRef(kind="dir", filename=path.name, files=files)
+        inputs[name] = ref.model_dump()
+
+
+def _wait_terminal(client: Client, job_id: str) -> Any:
+    while True:
+        detail = client.wait(job_id, timeout=60)
+        if JobState(detail.state).terminal:
+            return detail
+
+
+def _finish(detail: Any, as_json: bool) -> None:
+    click.echo(render.dump(detail) if as_json else render.job_detail(detail))
+    sys.exit(0 if detail.state == JobState.SUCCEEDED.value else 1)
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--wait", is_flag=True, help="wait until the job ends; exit 0 only if it succeeded")
+@click.option("--follow", "-f", is_flag=True, help="stream the log until the job ends")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@handle_errors
+def submit(obj: Ctx, file: Path, wait: bool, follow: bool, as_json: bool) -> None:
+    """Submit the job spec in FILE (YAML)."""
+    if not file.is_file():
+        raise FleetError(f"{file}: no such file")
+    try:
+        data = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as exc:
+        raise SpecError([("", f"not valid YAML: {exc}")], str(file)) from None
+    try:
+        validate_spec(data, str(file))  # fail fast, before any upload
+    except SpecError as exc:
+        raise SpecError(exc.errors, str(file)) from None
+    client = obj.client
+    _upload_inputs(client, data, file.parent)
+    try:
+        job = client.submit(data)
+    except ApiError as exc:
+        raise ApiError(exc.status, f"{file}: {exc}") from None
+    if not (wait or follow):
+        click.echo(render.dump(job) if as_json else f"{job.id}  {job.name}  {job.state}  queue {job.queue}")
+        return
+    if not as_json:
+        click.echo(f"{job.id}  {job.name}  submitted to queue {job.queue}", err=True)
+    if follow:
+        out = sys.stderr.buffer if as_json else sys.stdout.buffer
+        for chunk in client.logs(job.id, follow=True):
+            out.write(chunk)
+            out.flush()
+    _finish(_wait_terminal(client, job.id), as_json)
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("--wait", is_flag=True, help="wait until the job ends")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@handle_errors
+def status(obj: Ctx, job_id: str, wait: bool, as_json: bool) -> None:
+    """Show a job: state, reason, host, attempts and its result."""
+    detail = _wait_terminal(obj.client, job_id) if wait else obj.client.job(job_id)
+    if wait:
+        _finish(detail, as_json)
+    click.echo(render.dump(detail) if as_json else render.job_detail(detail))
+
+
+def _list_jobs(obj: Ctx, states: tuple[str, ...], pool: str | None, user: str | None, limit: int,
+               before: str | None, as_json: bool) -> None:
+    wanted = [s.strip().upper() for value in states for s in value.split(",") if s.strip()]
+    page = obj.client.jobs(states=wanted or None, pool=pool, user=user, limit=limit, before=before)
+    if as_json:
+        click.echo(render.dump(page))
+        return
+    if not page.items:
+        click.echo("no jobs")
+        return
+    click.echo(render.jobs_table(page.items))
+    if page.next:
+        click.echo(f"(more: --before {page.next})")
+
+
+_list_options = [
+    click.option("--state", "states", multiple=True, help="filter by state (repeat or comma-separate)"),
+    click.option("--pool", default=None, help="filter by pool"),
+    click.option("--user", default=None, help="filter by user (admins)"),
+    click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000)),
+    click.option("--before", default=None, help="page: show jobs older than this id"),
+    click.option("--json", "as_json", is_flag=True),
+]
+
+
+def _with_list_options(fn: F) -> F:
+    for option in reversed(_list_options):
+        fn = option(fn)
+    return fn
+
+
+@cli.command()
+@_with_list_options
+@pass_ctx
+@handle_errors
+def jobs(obj: Ctx, states: tuple[str, ...], pool: str | None, user: str | None, limit: int,
+         before: str | None, as_json: bool) -> None:
+    """List jobs, newest first."""
+    _list_jobs(obj, states, pool, user, limit, before, as_json)
+
+
+@cli.command()
+@_with_list_options
+@pass_ctx
+@handle_errors
+def queue(obj: Ctx, states: tuple[str, ...], pool: str | None, user: str | None, limit: int,
+          before: str | None, as_json: bool) -> None:
+    """List jobs that are waiting or running (all states with --state)."""
+    states = states or ("PENDING,RETRYING,STARTING,RUNNING,CANCELLING",)
+    _list_jobs(obj, states, pool, user, limit, before, as_json)
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("--follow", "-f", is_flag=True, help="keep streaming until the job ends")
+@click.option("--attempt", type=int, default=None, help="attempt number (default: the latest)")
+@pass_ctx
+@handle_errors
+def logs(obj: Ctx, job_id: str, follow: bool, attempt: int | None) -> None:
+    """Print a job's log."""
+    out = sys.stdout.buffer
+    for chunk in obj.client.logs(job_id, follow=follow, attempt=attempt):
+        out.write(chunk)
+        out.flush()
+
+
+@cli.command()
+@click.argument("job_ids", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@handle_errors
+def cancel(obj: Ctx, job_ids: tuple[str, ...], as_json: bool) -> None:
+    """Cancel jobs (queued ones end now; running ones get TERM, then KILL)."""
+    out = []
+    failed = False
+    for job_id in job_ids:
+        try:
+            res = obj.client.cancel(job_id)
+            out.append({"id": res.id, "state": res.state})
+        except FleetError as exc:
+            failed = True
+            out.append({"id": job_id, "error": str(exc)})
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+    else:
+        for row in out:
+            click.echo(f"{row['id']}  {row.get('state') or 'error: ' + row['error']}")
+    sys.exit(1 if failed else 0)
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@handle_errors
+def why(obj: Ctx, job_id: str, as_json: bool) -> None:
+    """Explain why a job waits: per-host reasons."""
+    w = obj.client.why(job_id)
+    if as_json:
+        click.echo(render.dump(w))
+        return
+    click.echo(f"{w.job}: {w.summary}")
+    if w.state == "waiting":
+        click.echo(f"queue {w.queue}: {w.queued} waiting, {w.ahead} ahead of this job")
+        for host, reason in sorted(w.hosts.items()):
+            click.echo(f"  {host}: {reason}")
+
+
+@cli.command()
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@handle_errors
+def results(obj: Ctx, limit: int, as_json: bool) -> None:
+    """List result records, newest first."""
+    page = obj.client.results(limit=limit)
+    if as_json:
+        click.echo(render.dump(page))
+        return
+    if not page.items:
+        click.echo("no results")
+        return
+    rows = []
+    for r in page.items:
+        m = r.record.get("metrics") or {}
+        lat = m.get("latency_ms") or {}
+        fmt = lambda v: f"{v:.3f}" if isinstance(v, (int, float)) else "-"  # noqa: E731
+        rows.append([r.job_id, r.host, r.device_class, r.runner, fmt(lat.get("mean")), fmt(lat.get("p99")),
+                     fmt(m.get("throughput_per_s")), r.created_at or ""])
+    click.echo(render.table(rows, ["JOB", "HOST", "DEVICE", "RUNNER", "MEAN_MS", "P99_MS", "PER_S", "WHEN"]))
+
+
+# ---------------------------------------------------------------------- hosts
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@handle_errors
+def hosts(ctx: click.Context, as_json: bool) -> None:
+    """List hosts: pools, arch, accelerator, slots, labels, target, state, health."""
+    if ctx.invoked_subcommand is not None:
+        return
+    items = ctx.obj.client.hosts()
+    if as_json:
+        click.echo(render.dump(items))
+        return
+    rows = [
+        [h.name, ",".join(h.pools), h.arch, h.accelerator, f"{h.used_slots}/{h.slots}",
+         ",".join(f"{k}={v}" for k, v in sorted(h.labels.items())) or "-", h.target, h.state, h.health]
+        for h in items
+    ]
+    click.echo(render.table(rows, ["NAME", "POOLS", "ARCH", "ACCEL", "SLOTS", "LABELS", "TARGET", "STATE", "HEALTH"]))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@handle_errors
+def pools(obj: Ctx, as_json: bool) -> None:
+    """List pools (SSH contexts) with host counts by state and health."""
+    items = obj.client.pools()
+    if as_json:
+        click.echo(render.dump(items))
+        return
+    rows = [
+        [p.name, str(p.hosts), f"{p.used_slots}/{p.slots}",
+         " ".join(f"{k}={v}" for k, v in sorted(p.states.items())),
+         " ".join(f"{k}={v}" for k, v in sorted(p.health.items()))]
+        for p in items
+    ]
+    click.echo(render.table(rows, ["POOL", "HOSTS", "SLOTS", "STATES", "HEALTH"]))
+
+
+# ---------------------------------------------------------------------- users
+
+
+@cli.group()
+def users() -> None:
+    """Manage users (admins)."""
+
+
+@users.command("add")
+@click.argument("name")
+@click.option("--admin", is_flag=True, help="make the user an admin")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@handle_errors
+def users_add(obj: Ctx, name: str, admin: bool, as_json: bool) -> None:
+    """Create a user; prints their first token (shown once)."""
+    res = obj.client.add_user(name, admin)
+    click.echo(render.dump(res) if as_json else f"user {res.user} created; token (shown once):\n{res.token}")
+
+
+@users.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@handle_errors
+def users_list(obj: Ctx, as_json: bool) -> None:
+    items = obj.client.users()
+    if as_json:
+        click.echo(render.dump(items))
+    else:
+        click.echo(render.table([[u.name, "admin" if u.admin else "user"] for u in items], ["USER", "ROLE"]))
+
+
+@cli.group()
+def token() -> None:
+    """API tokens."""
+
+
+@token.command("create")
+@click.option("--user", default=None, help="for another user (admins)")
+@click.option("--name", default="default", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@handle_errors
+def token_create(obj: Ctx, user: str | None, name: str, as_json: bool) -> None:
+    """Create a token (printed once; only its hash is stored)."""
+    res = obj.client.create_token(user, name)
+    click.echo(render.dump(res) if as_json else res.token)
+
+
+def main() -> None:
+    cli(prog_name="fleet")

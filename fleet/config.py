@@ -1,0 +1,145 @@
+"""Where fleet keeps its state and how it is configured.
+
+Every path is derived on access from ``FLEET_HOME`` so tests (and users) can redirect it by
+setting one environment variable. The optional config file ``$FLEET_HOME/config.yaml`` holds
+operator settings; environment variables override it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from fleet.errors import ConfigError
+
+CONFIG_KEYS = {
+    "inventory": "path of the Ansible inventory (file, directory or plugin config)",
+    "server": "URL of a fleet API server to use instead of the local one",
+    "database": "SQLAlchemy URL of the state database (default: SQLite under FLEET_HOME)",
+    "trust_on_first_use": "accept and record unknown SSH host keys (default false)",
+    "keepalive_interval": "seconds between SSH keepalives (default 15)",
+    "keepalive_count_max": "unanswered keepalives before a connection is dead (default 3)",
+    "connect_timeout": "seconds to wait for an SSH connection (default 15)",
+    "kill_grace": "seconds between TERM and KILL on cancel/timeout (default 10)",
+}
+
+
+def fleet_home() -> Path:
+    """The controller's state directory (``FLEET_HOME``, default ``~/.fleet``)."""
+    return Path(os.environ.get("FLEET_HOME") or Path.home() / ".fleet").expanduser()
+
+
+@dataclass
+class Settings:
+    """Operator settings, read once per process from the config file and the environment."""
+
+    home: Path
+    inventory: str | None = None
+    server: str | None = None
+    database: str | None = None
+    trust_on_first_use: bool = False
+    keepalive_interval: float = 15.0
+    keepalive_count_max: int = 3
+    connect_timeout: float = 15.0
+    kill_grace: float = 10.0
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def config_file(self) -> Path:
+        return self.home / "config.yaml"
+
+    @property
+    def db_url(self) -> str:
+        return self.database or f"sqlite:///{self.home / 'fleet.db'}"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def blobs_dir(self) -> Path:
+        return self.home / "blobs"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.home / "known_hosts"
+
+    @property
+    def server_file(self) -> Path:
+        """JSON file describing the local server (url, pid) while it runs."""
+        return self.home / "server.json"
+
+    @property
+    def token_file(self) -> Path:
+        return self.home / "token"
+
+    @property
+    def server_log(self) -> Path:
+        return self.home / "server.log"
+
+    @property
+    def local_workdir(self) -> Path:
+        """Work directory for ``ansible_connection=local`` hosts that set no ``fleet_workdir``."""
+        return self.home / "local-host"
+
+
+def load_settings() -> Settings:
+    """Read ``$FLEET_HOME/config.yaml`` and the ``FLEET_*`` environment variables.
+
+    Raises:
+        ConfigError: the config file is not a mapping or holds an unknown key or a bad value.
+    """
+    home = fleet_home()
+    settings = Settings(home=home)
+    path = settings.config_file
+    if path.exists():
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+        for key, value in data.items():
+            _apply(settings, key, value, source=str(path))
+    for key in CONFIG_KEYS:
+        env = os.environ.get(f"FLEET_{key.upper()}")
+        if env is not None and env != "":
+            _apply(settings, key, env, source=f"FLEET_{key.upper()}")
+    if settings.inventory and not settings.inventory.startswith(("/", "~")) and path.exists():
+        # A relative inventory in the config file is relative to FLEET_HOME.
+        candidate = home / settings.inventory
+        if candidate.exists():
+            settings.inventory = str(candidate)
+    return settings
+
+
+def _apply(settings: Settings, key: str, value: object, source: str) -> None:
+    if key not in CONFIG_KEYS:
+        known = ", ".join(sorted(CONFIG_KEYS))
+        raise ConfigError(f"{source}: unknown setting {key!r} (known: {known})")
+    current = getattr(settings, key)
+    try:
+        if isinstance(current, bool):
+            if isinstance(value, str):
+                lowered = value.strip().lower()
+                if lowered not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+                    raise ValueError(value)
+                value = lowered in {"1", "true", "yes", "on"}
+            elif not isinstance(value, bool):
+                raise ValueError(value)
+        elif isinstance(current, float):
+            value = float(value)  # type: ignore[arg-type]
+            if value <= 0:
+                raise ValueError(value)
+        elif isinstance(current, int):
+            value = int(value)  # type: ignore[call-overload]
+            if value <= 0:
+                raise ValueError(value)
+        elif value is not None:
+            value = str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: setting {key!r} has a bad value {value!r}") from None
+    setattr(settings, key, value)

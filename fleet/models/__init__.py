@@ -1,0 +1,1 @@
+"""Records of fleet: job spec, database tables and the state/reason enums."""

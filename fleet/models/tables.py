@@ -1,0 +1,107 @@
+"""Database tables (sqlmodel). Times are UNIX epoch seconds (float, UTC).
+
+Ids are time-ordered strings (``fleet.ids``), so "newest first" is ``ORDER BY id DESC`` and a
+page cursor is just the last id seen. The composite indexes match the listings:
+``fleet jobs --state/--user/--pool`` each walk one index backwards.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Index, Text
+from sqlmodel import Column, Field, SQLModel
+
+
+class User(SQLModel, table=True):
+    __tablename__ = "users"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True)
+    is_admin: bool = False
+    created_at: float
+
+
+class Token(SQLModel, table=True):
+    """An API token. Only its SHA-256 is stored; the token itself is shown once."""
+
+    __tablename__ = "tokens"
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="users.id", index=True)
+    name: str = "default"
+    token_hash: str = Field(index=True, unique=True)
+    created_at: float
+    last_used_at: float | None = None
+
+
+class Job(SQLModel, table=True):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index("ix_jobs_state_id", "state", "id"),
+        Index("ix_jobs_user_id", "user", "id"),
+        Index("ix_jobs_pool_id", "pool", "id"),
+    )
+    id: str = Field(primary_key=True)
+    name: str
+    user: str
+    kind: str
+    runner: str
+    pool: str | None = None
+    queue: str = Field(description="device-class queue key")
+    priority: int = 500
+    spec_json: str = Field(sa_column=Column(Text, nullable=False))
+    state: str
+    reason: str | None = None
+    message: str | None = None
+    created_at: float
+    updated_at: float
+    started_at: float | None = None
+    ended_at: float | None = None
+    host: str | None = None
+    attempt_count: int = 0
+    current_attempt: str | None = None
+    why_json: str | None = Field(default=None, sa_column=Column(Text))
+
+
+class Attempt(SQLModel, table=True):
+    """One execution of a job on one host. A non-terminal attempt holds its slots (the lease)."""
+
+    __tablename__ = "attempts"
+    __table_args__ = (Index("ix_attempts_state_host", "state", "host"),)
+    id: str = Field(primary_key=True)
+    job_id: str = Field(index=True)
+    number: int
+    host: str
+    backend: str = "ssh"
+    slots: int = 1
+    state: str
+    reason: str | None = None
+    message: str | None = None
+    exit_code: int | None = None
+    created_at: float
+    started_at: float | None = None
+    ended_at: float | None = None
+    log_bytes: int = 0
+    remote_dir: str | None = None
+
+
+class Result(SQLModel, table=True):
+    __tablename__ = "results"
+    __table_args__ = (Index("ix_results_user_id", "user", "id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(index=True)
+    attempt_id: str
+    user: str
+    runner: str
+    host: str
+    device_class: str
+    created_at: float
+    record_json: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class HostStatus(SQLModel, table=True):
+    """What operators and health checks say about a host (its state comes from the scheduler)."""
+
+    __tablename__ = "hosts"
+    name: str = Field(primary_key=True)
+    health: str = "good"
+    health_message: str | None = None
+    drained: bool = False
+    updated_at: float

@@ -1,0 +1,103 @@
+"""Runner manifests and the bundle of device-side code shipped to hosts.
+
+The ``runners/`` folder (installed as the ``fleet_runners`` package) holds the attempt wrapper
+and one folder per runner. The controller never imports it: it reads the manifests and ships
+the folder, as a tarball, into ``<workdir>/lib/<hash>/`` on each host, once per content hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import json
+import tarfile
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from fleet.errors import FleetError
+
+
+@dataclass(frozen=True)
+class RunnerManifest:
+    name: str
+    kinds: tuple[str, ...]
+    arch: tuple[str, ...] | None  # None: any
+    accelerators: tuple[str, ...] | None
+    tools: tuple[str, ...]
+    entry: str | None
+    params: dict[str, object]
+
+    def unsupported(self, arch: str, accelerator: str) -> str | None:
+        """Why this runner cannot run on a host, or None if it can."""
+        if self.arch is not None and arch not in self.arch:
+            return f"runner {self.name} does not run on {arch}"
+        if self.accelerators is not None and accelerator not in self.accelerators:
+            return f"runner {self.name} does not support {accelerator}"
+        return None
+
+
+def runners_dir() -> Path:
+    """The folder holding wrapper.py and the runners (installed package or source tree)."""
+    spec = importlib.util.find_spec("fleet_runners")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return Path(__file__).resolve().parent.parent / "runners"
+
+
+@cache
+def manifests() -> dict[str, RunnerManifest]:
+    """All runner manifests by name; raises FleetError if one is malformed."""
+    out: dict[str, RunnerManifest] = {}
+    for path in sorted(runners_dir().glob("*/manifest.json")):
+        try:
+            data = json.loads(path.read_text())
+            out[data["name"]] = RunnerManifest(
+                name=data["name"],
+                kinds=tuple(data.get("kinds") or ()),
+                arch=tuple(data["arch"]) if data.get("arch") else None,
+                accelerators=tuple(data["accelerators"]) if data.get("accelerators") else None,
+                tools=tuple(data.get("tools") or ()),
+                entry=data.get("entry"),
+                params=dict(data.get("params") or {}),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise FleetError(f"runner manifest {path} is invalid: {exc}") from exc
+    return out
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """The device-side code as a gzip tarball and its content hash."""
+
+    digest: str
+    tarball: bytes
+
+
+def _bundle_files() -> list[Path]:
+    root = runners_dir()
+    return sorted(
+        p for p in root.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix not in {".pyc", ".pyo"}
+    )
+
+
+@cache
+def bundle() -> Bundle:
+    """Build (once per process) the tarball of runners/ with a deterministic hash."""
+    root = runners_dir()
+    files = _bundle_files()
+    digest = hashlib.sha256()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=6) as tar:
+        for path in files:
+            rel = path.relative_to(root).as_posix()
+            data = path.read_bytes()
+            digest.update(rel.encode() + b"\0" + data + b"\0")
+            info = tarfile.TarInfo(rel)
+            info.size = len(data)
+            info.mode = 0o755 if path.suffix in {".py", ".sh"} else 0o644
+            info.mtime = 0
+            tar.addfile(info, io.BytesIO(data))
+    return Bundle(digest=digest.hexdigest()[:16], tarball=buf.getvalue())

@@ -1,0 +1,1 @@
+"""Queues and placement (pure functions) and the loop that drives them."""

@@ -1,0 +1,506 @@
+"""The scheduler: drives the queues and placement, runs attempts, applies the outcome.
+
+Event-driven: a submitted job, a freed slot or a cancel sets one ``asyncio.Event``; the loop
+wakes at once and places as many jobs as fit (no polling interval on the submit->start path).
+The slot count of a host is only ever changed here, by the single task that runs the loop and
+the attempt tasks it owns, so a host never runs more attempts than its slots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from fleet.backends.base import AttemptPlan, Backend, BackendError, HostLost, InputFile, Outcome
+from fleet.errors import NotFound, SpecError
+from fleet.inventory import Host
+from fleet.logstore import LogStore
+from fleet.models.enums import AttemptState, FailureClass, Health, JobState, REASON_CLASS, Reason
+from fleet.models.spec import InputRef, JobSpec, SecretValue
+from fleet.models.tables import Attempt, Job
+from fleet.results import InvalidResult, complete_record
+from fleet.runners import manifests
+from fleet.scheduler.placement import (
+    Demand,
+    HostView,
+    Placement,
+    Unplaceable,
+    place,
+    static_reason,
+    static_report,
+)
+from fleet.scheduler.queues import ClassQueue
+from fleet.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class QueuedJob:
+    job: Job
+    spec: JobSpec
+    demand: Demand
+    inputs: list[InputFile]
+    failed_on: set[str] = field(default_factory=set)
+    infra_failures: int = 0
+    job_failures: int = 0
+
+
+@dataclass
+class Running:
+    qj: QueuedJob
+    attempt: Attempt
+    host: Host
+    plan: AttemptPlan
+    task: asyncio.Task[None] | None = None
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+    cancel_requested: bool = False
+
+
+@dataclass(frozen=True)
+class Verdict:
+    state: AttemptState
+    reason: Reason
+    message: str | None
+    exit_code: int | None
+
+
+def judge(outcome: Outcome, runner: str) -> Verdict:
+    """Classify how an attempt ended (DESIGN.md §5.4). Pure."""
+    code = outcome.exit_code
+    if outcome.lost:
+        return Verdict(AttemptState.FAILED, Reason.HOST_LOST, outcome.lost, None)
+    if outcome.cancelled:
+        return Verdict(AttemptState.CANCELLED, Reason.CANCELLED_BY_USER, "cancelled", code)
+    if outcome.timed_out:
+        return Verdict(AttemptState.TIMED_OUT, Reason.TIMED_OUT, f"timed out during {outcome.phase}", code)
+    if outcome.error:
+        return Verdict(AttemptState.FAILED, Reason.SETUP_FAILED, outcome.error, code)
+    if outcome.phase == "setup" and code != 0:
+        return Verdict(AttemptState.FAILED, Reason.SETUP_FAILED, f"setup exited with {code}", code)
+    if outcome.runner_error:
+        cls = outcome.runner_error.get("class")
+        message = str(outcome.runner_error.get("message") or "runner failed")
+        reason = Reason.SETUP_FAILED if cls == "setup_failed" else Reason.RUNNER_ERROR
+        return Verdict(AttemptState.FAILED, reason, message, code)
+    if code == 0:
+        if runner != "shell" and outcome.result is None:
+            return Verdict(AttemptState.FAILED, Reason.RUNNER_ERROR, "runner wrote no result.json", code)
+        return Verdict(AttemptState.SUCCEEDED, Reason.SUCCEEDED, None, code)
+    if code is None and outcome.signal:
+        return Verdict(AttemptState.FAILED, Reason.EXIT_NONZERO, f"killed by signal {outcome.signal}", None)
+    hint = " (command not found)" if code == 127 else ""
+    return Verdict(AttemptState.FAILED, Reason.EXIT_NONZERO, f"exited with {code}{hint}", code)
+
+
+_JOB_STATE = {
+    AttemptState.SUCCEEDED: JobState.SUCCEEDED,
+    AttemptState.FAILED: JobState.FAILED,
+    AttemptState.CANCELLED: JobState.CANCELLED,
+    AttemptState.TIMED_OUT: JobState.TIMED_OUT,
+}
+
+
+class _Sink:
+    def __init__(self, sched: Scheduler, run: Running) -> None:
+        self.sched, self.run = sched, run
+        self.bytes = 0
+
+    def started(self, pid: int, at: float) -> None:
+        if self.run.started.is_set():
+            return
+        self.run.started.set()
+        self.sched.store.attempt_running(self.run.qj.job.id, self.run.attempt.id, at or time.time())
+
+    def log(self, data: bytes) -> None:
+        self.bytes += len(data)
+        self.sched.logs.append(self.run.qj.job.id, self.run.attempt.id, data)
+
+
+class Scheduler:
+    def __init__(
+        self, store: Store, hosts: list[Host], backend: Backend, logs: LogStore, kill_grace: float = 10.0
+    ) -> None:
+        self.store = store
+        self.hosts = {h.name: h for h in hosts}
+        self.backend = backend
+        self.logs = logs
+        self.kill_grace = kill_grace
+        self.used: Counter[str] = Counter()
+        self.health: dict[str, Health] = {}
+        self.drained: set[str] = set()
+        self.cached: dict[str, set[str]] = {}
+        self.queues: dict[str, ClassQueue] = {}
+        self.pending: dict[str, QueuedJob] = {}
+        self.running_by_user: Counter[str] = Counter()
+        self.running: dict[str, Running] = {}  # by job id
+        self.blocked: dict[str, Unplaceable] = {}  # by queue key
+        self._static: dict[str, dict[str, str | None]] = {}
+        self._wake = asyncio.Event()
+        self._done: dict[str, asyncio.Event] = {}
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Load host health, re-queue waiting jobs, reattach running attempts, start the loop."""
+        for name, row in self.store.host_statuses().items():
+            if name in self.hosts:
+                self.health[name] = Health(row.health)
+                if row.drained:
+                    self.drained.add(name)
+        for job in self.store.queued_jobs():
+            try:
+                self._enqueue(job, JobSpec.model_validate_json(job.spec_json))
+            except Exception as exc:  # noqa: BLE001 - a stored spec this release cannot read
+                self.store.finish_job(job.id, JobState.FAILED, Reason.INVALID_SPEC, str(exc))
+        for attempt in self.store.active_attempts():
+            self._reattach(attempt)
+        self._loop_task = asyncio.create_task(self._loop(), name="fleet-scheduler")
+
+    async def stop(self) -> None:
+        """Stop placing; leave running attempts detached on their hosts for the next controller."""
+        self._stopping = True
+        self._wake.set()
+        tasks = [r.task for r in self.running.values() if r.task is not None]
+        if self._loop_task is not None:
+            tasks.append(self._loop_task)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.backend.close()
+        self.logs.close_all()
+
+    # ------------------------------------------------------------------ submit / cancel / queries
+
+    def demand_for(self, spec: JobSpec) -> Demand:
+        """The job's demand; raises SpecError if no host in the inventory could ever take it."""
+        if spec.runner not in manifests():
+            known = ", ".join(sorted(manifests()))
+            raise SpecError([("runner", f"unknown runner {spec.runner!r} (known: {known})")])
+        demand = Demand.of(spec)
+        if demand.pool is not None and not any(demand.pool in h.pools for h in self.hosts.values()):
+            pools = ", ".join(sorted({p for h in self.hosts.values() for p in h.pools}))
+            raise SpecError([("resources.pool", f"no pool named {demand.pool!r} (pools: {pools})")])
+        report = static_report(demand, list(self.hosts.values()), manifests().get(demand.runner))
+        if report is not None:
+            raise SpecError([("resources", f"no host can ever run this job: {report.summary()}")])
+        return demand
+
+    def submit(self, job: Job, spec: JobSpec) -> None:
+        """Queue a job already written to the DB and wake the loop. Never blocks."""
+        self._enqueue(job, spec)
+        self._wake.set()
+
+    def _enqueue(self, job: Job, spec: JobSpec, failed_on: set[str] | None = None) -> None:
+        demand = Demand.of(spec)
+        qj = self.pending.get(job.id)
+        if qj is None:
+            inputs = [
+                InputFile(rel_path=_join(ref.host_path(name), rel, ref.kind), sha256=blob.sha256, size=blob.size)
+                for name, ref in spec.uploaded().items()
+                for rel, blob in ref.files.items()
+            ]
+            qj = QueuedJob(job=job, spec=spec, demand=demand, inputs=inputs, failed_on=failed_on or set())
+            self.pending[job.id] = qj
+        queue = self.queues.get(demand.key)
+        if queue is None:
+            queue = self.queues[demand.key] = ClassQueue(demand.key)
+        queue.push(job.id, spec.priority, job.user)
+
+    async def cancel(self, job_id: str) -> str:
+        """Cancel a job. Queued: ends now. Running: TERM/KILL on the host; the attempt's end
+        finishes the job. Returns the state after the request. Idempotent."""
+        qj = self.pending.pop(job_id, None)
+        if qj is not None:
+            self.queues[qj.demand.key].remove(job_id)
+            self.store.finish_job(job_id, JobState.CANCELLED, Reason.CANCELLED_BY_USER, "cancelled while queued")
+            self._job_done(job_id)
+            return JobState.CANCELLED.value
+        run = self.running.get(job_id)
+        if run is None:
+            return self.store.get_job(job_id).state
+        if not run.cancel_requested:
+            run.cancel_requested = True
+            self.store.set_job(job_id, state=JobState.CANCELLING.value)
+            asyncio.create_task(self._cancel_remote(run))
+        return JobState.CANCELLING.value
+
+    async def _cancel_remote(self, run: Running) -> None:
+        # Wait until the process exists (or the attempt ended) so the signal has a target.
+        waiter = asyncio.ensure_future(run.started.wait())
+        assert run.task is not None
+        await asyncio.wait({waiter, run.task}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if run.task.done():
+            return
+        try:
+            await self.backend.cancel(run.plan, self.kill_grace)
+        except BackendError as exc:
+            log.warning("cancel of %s on %s failed: %s", run.attempt.id, run.host.name, exc)
+
+    def why(self, job_id: str) -> dict[str, Any]:
+        """Why a job is where it is: per-host reasons for a waiting job."""
+        qj = self.pending.get(job_id)
+        if qj is not None:
+            queue = self.queues[qj.demand.key]
+            ids = queue.job_ids()
+            ahead = ids.index(job_id) if job_id in ids else 0
+            blocked = self.blocked.get(qj.demand.key)
+            views = self._views()
+            report = place(qj.demand, views, self._static_for(qj.demand), failed_on=frozenset(qj.failed_on))
+            if isinstance(report, Placement):
+                summary = f"placeable now on {report.host}; waiting for the scheduler"
+                reasons: dict[str, int] = {}
+            else:
+                summary = report.summary()
+                reasons = dict(report.reasons)
+            del blocked
+            return {
+                "job": job_id, "state": "waiting", "queue": qj.demand.key, "queued": len(ids),
+                "ahead": ahead, "summary": summary, "reasons": reasons,
+                "hosts": self._host_reasons(qj.demand),
+            }
+        run = self.running.get(job_id)
+        if run is not None:
+            return {"job": job_id, "state": "running", "queue": run.qj.demand.key,
+                    "summary": f"running on {run.host.name} (attempt {run.attempt.number})",
+                    "reasons": {}, "hosts": {}}
+        job = self.store.get_job(job_id)
+        return {"job": job_id, "state": "done", "queue": job.queue,
+                "summary": f"{job.state} ({job.reason}){': ' + job.message if job.message else ''}",
+                "reasons": {}, "hosts": {}}
+
+    def _host_reasons(self, demand: Demand) -> dict[str, str]:
+        static = self._static_for(demand)
+        out: dict[str, str] = {}
+        for view in self._views():
+            if demand.pool is not None and demand.pool not in view.host.pools:
+                continue
+            from fleet.scheduler.placement import dynamic_reason
+
+            why = static.get(view.host.name) or dynamic_reason(demand, view)
+            out[view.host.name] = why or "free"
+        return out
+
+    async def wait_done(self, job_id: str, timeout: float) -> None:
+        """Return when the job is terminal or ``timeout`` passed."""
+        job = self.store.get_job(job_id)
+        if JobState(job.state).terminal:
+            return
+        event = self._done.setdefault(job.id, asyncio.Event())
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except (TimeoutError, asyncio.TimeoutError):
+            pass
+
+    def _job_done(self, job_id: str) -> None:
+        event = self._done.pop(job_id, None)
+        if event is not None:
+            event.set()
+
+    def host_views(self) -> list[HostView]:
+        return self._views()
+
+    # ------------------------------------------------------------------ placement loop
+
+    def _views(self) -> list[HostView]:
+        return [
+            HostView(
+                host=h, used_slots=self.used[h.name], health=self.health.get(h.name, Health.GOOD),
+                drained=h.name in self.drained, cached=frozenset(self.cached.get(h.name, ())),
+            )
+            for h in self.hosts.values()
+        ]
+
+    def _static_for(self, demand: Demand) -> dict[str, str | None]:
+        static = self._static.get(demand.key)
+        if static is None:
+            runner = manifests().get(demand.runner)
+            static = {h.name: static_reason(demand, h, runner) for h in self.hosts.values()}
+            self._static[demand.key] = static
+        return static
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                self._place_all()
+            except Exception:  # noqa: BLE001 - the loop must survive a bad pass
+                log.exception("scheduling pass failed")
+
+    def _place_all(self) -> None:
+        views = {v.host.name: v for v in self._views()}
+        for key, queue in list(self.queues.items()):
+            while len(queue):
+                job_id = queue.head(self.running_by_user)
+                assert job_id is not None
+                qj = self.pending[job_id]
+                decision = place(
+                    qj.demand, list(views.values()), self._static_for(qj.demand),
+                    inputs=[f.sha256 for f in qj.inputs], failed_on=frozenset(qj.failed_on),
+                )
+                if isinstance(decision, Unplaceable):
+                    self.blocked[key] = decision
+                    break
+                self.blocked.pop(key, None)
+                queue.remove(job_id)
+                del self.pending[job_id]
+                self._commit(qj, self.hosts[decision.host])
+                view = views[decision.host]
+                views[decision.host] = HostView(
+                    host=view.host, used_slots=self.used[decision.host], health=view.health,
+                    drained=view.drained, cached=view.cached,
+                )
+            if not len(queue):
+                del self.queues[key]
+
+    def _commit(self, qj: QueuedJob, host: Host) -> None:
+        slots = qj.demand.slots
+        attempt = self.store.start_attempt(qj.job, host.name, slots)
+        self.used[host.name] += slots
+        self.running_by_user[qj.job.user] += 1
+        run = Running(qj=qj, attempt=attempt, host=host, plan=self._plan(qj, attempt, host))
+        self.running[qj.job.id] = run
+        run.task = asyncio.create_task(self._run_attempt(run, 0), name=f"attempt-{attempt.id}")
+
+    def _plan(self, qj: QueuedJob, attempt: Attempt, host: Host) -> AttemptPlan:
+        spec = qj.spec
+        env = {k: (v.value if isinstance(v, SecretValue) else v) for k, v in spec.envs.items()}
+        env.update(FLEET_JOB_ID=qj.job.id, FLEET_ATTEMPT_ID=attempt.id, FLEET_HOST=host.name,
+                   FLEET_DEVICE_CLASS=host.device_class)
+        inputs_map: dict[str, str] = {}
+        for name, ref in spec.uploaded().items():
+            inputs_map[name] = ref.host_path(name)
+            env[f"FLEET_INPUT_{name.upper().replace('-', '_').replace('.', '_')}"] = ref.host_path(name)
+        job_doc = {
+            "schema": 1, "job_id": qj.job.id, "attempt_id": attempt.id, "host": host.name,
+            "name": spec.name, "kind": spec.kind.value, "runner": spec.runner,
+            "device_class": host.device_class, "inputs": inputs_map, "params": spec.params,
+            "outputs": spec.outputs,
+        }
+        return AttemptPlan(
+            attempt_id=attempt.id, job_id=qj.job.id, host=host, job=job_doc,
+            argv=["/bin/sh", "-c", spec.run] if spec.runner == "shell" and spec.run else None,
+            runner=spec.runner or "shell", setup=spec.setup, env=env, timeout=spec.timeout,
+            grace=self.kill_grace, inputs=qj.inputs,
+        )
+
+    # ------------------------------------------------------------------ attempts
+
+    async def _run_attempt(self, run: Running, log_offset: int) -> None:
+        sink = _Sink(self, run)
+        sink.bytes = log_offset
+        qj, attempt = run.qj, run.attempt
+        try:
+            if run.cancel_requested and not log_offset:
+                outcome = Outcome(exit_code=None, cancelled=True)
+            else:
+                outcome = await self.backend.launch(run.plan, sink, log_offset)
+            verdict = judge(outcome, run.plan.runner)
+        except asyncio.CancelledError:
+            raise  # controller shutdown: the attempt keeps running on the host
+        except BackendError as exc:
+            outcome = Outcome(exit_code=None)
+            verdict = Verdict(AttemptState.FAILED, exc.reason, str(exc), None)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("attempt %s failed in the controller", attempt.id)
+            outcome = Outcome(exit_code=None)
+            verdict = Verdict(AttemptState.FAILED, Reason.CONTROLLER_ERROR, f"{type(exc).__name__}: {exc}", None)
+        if run.cancel_requested and verdict.state is not AttemptState.SUCCEEDED and verdict.reason is not Reason.HOST_LOST:
+            verdict = Verdict(AttemptState.CANCELLED, Reason.CANCELLED_BY_USER, "cancelled", verdict.exit_code)
+        self._finish(run, outcome, verdict, sink.bytes)
+
+    def _finish(self, run: Running, outcome: Outcome, verdict: Verdict, log_bytes: int) -> None:
+        qj, attempt, host = run.qj, run.attempt, run.host
+        record = None
+        if outcome.result is not None and verdict.state is AttemptState.SUCCEEDED:
+            try:
+                record = complete_record(outcome.result, job_id=qj.job.id, attempt_id=attempt.id,
+                                         host=host, runner=run.plan.runner)
+            except InvalidResult as exc:
+                verdict = Verdict(AttemptState.FAILED, Reason.RUNNER_ERROR, str(exc), verdict.exit_code)
+        self.store.finish_attempt(
+            attempt.id, verdict.state, verdict.reason, verdict.message, verdict.exit_code,
+            log_bytes, started_at=outcome.started_at, ended_at=outcome.ended_at,
+        )
+        self.logs.close(attempt.id)
+        if record is not None:
+            self.store.add_result(qj.job, attempt, host.device_class, record)
+        # Release the lease and the fair-share count before deciding on a retry.
+        self.used[host.name] -= attempt.slots
+        self.running_by_user[qj.job.user] -= 1
+        del self.running[qj.job.id]
+        self._update_health(host, verdict)
+        if verdict.state is AttemptState.SUCCEEDED:
+            cached = self.cached.setdefault(host.name, set())
+            cached.update(f.sha256 for f in qj.inputs)
+        if self._should_retry(qj, host, verdict):
+            self.store.set_job(qj.job.id, state=JobState.RETRYING.value, reason=verdict.reason.value,
+                               message=f"attempt {attempt.number} on {host.name}: {verdict.message}; retrying")
+            self._enqueue(qj.job, qj.spec)
+        else:
+            self.store.finish_job(qj.job.id, _JOB_STATE[verdict.state], verdict.reason, verdict.message)
+            self._job_done(qj.job.id)
+        self._wake.set()
+
+    def _should_retry(self, qj: QueuedJob, host: Host, verdict: Verdict) -> bool:
+        if self._stopping or verdict.state is not AttemptState.FAILED:
+            return False
+        cls = REASON_CLASS.get(verdict.reason, FailureClass.JOB)
+        if cls is FailureClass.INFRA and qj.infra_failures < qj.spec.retries.infra:
+            qj.infra_failures += 1
+        elif verdict.reason is Reason.EXIT_NONZERO and qj.job_failures < qj.spec.retries.exit_nonzero:
+            qj.job_failures += 1
+        else:
+            return False
+        qj.failed_on.add(host.name)
+        self.pending[qj.job.id] = qj
+        return True
+
+    def _update_health(self, host: Host, verdict: Verdict) -> None:
+        current = self.health.get(host.name, Health.GOOD)
+        if REASON_CLASS.get(verdict.reason) is FailureClass.INFRA and verdict.reason is Reason.HOST_LOST:
+            if current is Health.GOOD:
+                self.health[host.name] = Health.UNKNOWN
+                self.store.set_health(host.name, Health.UNKNOWN, verdict.message)
+        elif verdict.state is AttemptState.SUCCEEDED and current is Health.UNKNOWN:
+            self.health[host.name] = Health.GOOD
+            self.store.set_health(host.name, Health.GOOD, None)
+
+    def _reattach(self, attempt: Attempt) -> None:
+        """Follow an attempt a previous controller started (it kept running on its host)."""
+        try:
+            job = self.store.get_job(attempt.job_id)
+        except NotFound:
+            return
+        host = self.hosts.get(attempt.host)
+        spec = JobSpec.model_validate_json(job.spec_json)
+        qj = QueuedJob(job=job, spec=spec, demand=Demand.of(spec), inputs=[])
+        if host is None:
+            self.store.finish_attempt(attempt.id, AttemptState.FAILED, Reason.HOST_LOST,
+                                      f"host {attempt.host} is no longer in the inventory", None, 0)
+            self.store.finish_job(job.id, JobState.FAILED, Reason.HOST_LOST,
+                                  f"host {attempt.host} is no longer in the inventory")
+            return
+        self.used[host.name] += attempt.slots
+        self.running_by_user[job.user] += 1
+        run = Running(qj=qj, attempt=attempt, host=host, plan=self._plan(qj, attempt, host))
+        if attempt.state == AttemptState.RUNNING.value:
+            run.started.set()
+        self.running[job.id] = run
+        offset = self.logs.size(job.id, attempt.id)
+        run.task = asyncio.create_task(self._run_attempt(run, offset), name=f"reattach-{attempt.id}")
+
+
+def _join(base: str, rel: str, kind: str) -> str:
+    return base if kind == "file" else f"{base}/{rel}"
+
+
+__all__ = ["Scheduler", "judge", "HostLost"]

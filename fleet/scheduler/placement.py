@@ -1,0 +1,189 @@
+"""Placement: feasibility -> ranking -> a plan to commit (DESIGN.md §5.5). Pure, no I/O.
+
+``Demand`` is what a job asks of a host; jobs with equal demands share one queue, and a host's
+static feasibility for a demand is computed once (Nomad's "computed class" idea). Dynamic checks
+(health, drain, free slots) run on every pass. Every rejected host is counted under a reason so
+``fleet why`` can say "3 hosts in pool jetson: 2 busy, 1 health=bad".
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from fleet.inventory import Host
+from fleet.models.enums import Health
+from fleet.models.spec import JobSpec
+from fleet.runners import RunnerManifest
+
+
+@dataclass(frozen=True)
+class Demand:
+    pool: str | None
+    arch: str | None
+    accelerator: str | None
+    labels: tuple[tuple[str, str], ...]
+    slots: int
+    runner: str
+
+    @classmethod
+    def of(cls, spec: JobSpec) -> Demand:
+        r = spec.resources
+        return cls(
+            pool=r.pool, arch=r.arch, accelerator=r.accelerator,
+            labels=tuple(sorted(r.labels.items())), slots=r.slots, runner=spec.runner or "shell",
+        )
+
+    @property
+    def key(self) -> str:
+        """The queue name, e.g. ``jetson/aarch64/jetson-orin-nano`` or ``*/*/*+gpu=1``."""
+        parts = [self.pool or "*", self.arch or "*", self.accelerator or "*"]
+        key = "/".join(parts)
+        if self.labels:
+            key += "+" + ",".join(f"{k}={v}" for k, v in self.labels)
+        if self.slots != 1:
+            key += f"#{self.slots}"
+        if self.runner != "shell":
+            key += f"@{self.runner}"
+        return key
+
+    def describe_scope(self) -> str:
+        return f"pool {self.pool}" if self.pool else "the inventory"
+
+
+@dataclass(frozen=True)
+class HostView:
+    """A host as the scheduler sees it at one moment."""
+
+    host: Host
+    used_slots: int = 0
+    health: Health = Health.GOOD
+    drained: bool = False
+    cached: frozenset[str] = frozenset()
+
+    @property
+    def free_slots(self) -> int:
+        return self.host.slots - self.used_slots
+
+
+@dataclass(frozen=True)
+class Placement:
+    host: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Unplaceable:
+    """No host fits now. ``reasons`` counts rejected hosts by reason; ``static`` is True when
+    no host could ever fit (pool/arch/accelerator/labels/runner), whatever the load."""
+
+    considered: int
+    reasons: Counter[str] = field(default_factory=Counter)
+    scope: str = "the inventory"
+    static: bool = False
+
+    def summary(self) -> str:
+        if self.considered == 0:
+            return f"no hosts in {self.scope}"
+        parts = ", ".join(f"{n} {reason}" for reason, n in self.reasons.most_common())
+        noun = "host" if self.considered == 1 else "hosts"
+        return f"{self.considered} {noun} in {self.scope}: {parts}"
+
+
+def static_reason(demand: Demand, host: Host, runner: RunnerManifest | None) -> str | None:
+    """Why ``host`` can never take jobs of ``demand`` (None if it can). Pure."""
+    if demand.pool is not None and demand.pool not in host.pools:
+        return f"not in pool {demand.pool}"
+    if demand.arch is not None and host.arch != demand.arch:
+        return f"arch {host.arch}" if host.arch != "unknown" else "arch unknown (probe the host)"
+    if demand.accelerator is not None and host.accelerator != demand.accelerator:
+        return f"accelerator {host.accelerator}"
+    for key, value in demand.labels:
+        have = host.labels.get(key)
+        if have != value:
+            return f"label {key}={have}" if have is not None else f"no label {key}"
+    if demand.slots > host.slots:
+        return f"only {host.slots} slot{'s' if host.slots != 1 else ''}"
+    if runner is not None:
+        why = runner.unsupported(host.arch, host.accelerator)
+        if why:
+            return why
+    return None
+
+
+def dynamic_reason(demand: Demand, view: HostView) -> str | None:
+    """Why ``view`` cannot take a job of ``demand`` right now (None if it can). Pure."""
+    if view.health in (Health.BAD, Health.MAINTENANCE):
+        return f"health={view.health.value}"
+    if view.drained:
+        return "draining"
+    if view.free_slots < demand.slots:
+        return "busy"
+    return None
+
+
+def rank(view: HostView, inputs: Iterable[str], failed_on: frozenset[str]) -> float:
+    """Higher is better: free capacity, inputs already cached, not a host that failed the job."""
+    inputs = list(inputs)
+    score = view.free_slots / max(view.host.slots, 1)
+    if inputs:
+        score += 0.5 * sum(1 for sha in inputs if sha in view.cached) / len(inputs)
+    if view.health is Health.UNKNOWN:
+        score -= 0.25
+    if view.host.name in failed_on:
+        score -= 2.0
+    return score
+
+
+def place(
+    demand: Demand,
+    views: list[HostView],
+    static: Mapping[str, str | None],
+    inputs: Iterable[str] = (),
+    failed_on: frozenset[str] = frozenset(),
+) -> Placement | Unplaceable:
+    """Pick the best host for one job. Pure.
+
+    Args:
+        demand: what the job asks for.
+        views: every host, with its current load and health.
+        static: host name -> ``static_reason`` for this demand (None: the host can fit).
+        inputs: sha256s of the job's inputs (hosts that cache them rank higher).
+        failed_on: hosts this job already failed on (ranked last, still allowed).
+    """
+    in_scope = [v for v in views if demand.pool is None or demand.pool in v.host.pools]
+    reasons: Counter[str] = Counter()
+    dynamic_only = True
+    best: Placement | None = None
+    inputs = tuple(inputs)
+    for view in in_scope:
+        why = static.get(view.host.name)
+        if why is not None:
+            reasons[why] += 1
+            continue
+        dynamic_only = False
+        why = dynamic_reason(demand, view)
+        if why is not None:
+            reasons[why] += 1
+            continue
+        score = rank(view, inputs, failed_on)
+        if best is None or score > best.score or (score == best.score and view.host.name < best.host):
+            best = Placement(host=view.host.name, score=score)
+    if best is not None:
+        return best
+    return Unplaceable(
+        considered=len(in_scope), reasons=reasons, scope=demand.describe_scope(), static=dynamic_only
+    )
+
+
+def static_report(demand: Demand, hosts: list[Host], runner: RunnerManifest | None) -> Unplaceable | None:
+    """None if some host can ever take the demand; else the per-reason counts. Pure."""
+    in_scope = [h for h in hosts if demand.pool is None or demand.pool in h.pools]
+    reasons: Counter[str] = Counter()
+    for host in in_scope:
+        why = static_reason(demand, host, runner)
+        if why is None:
+            return None
+        reasons[why] += 1
+    return Unplaceable(considered=len(in_scope), reasons=reasons, scope=demand.describe_scope(), static=True)

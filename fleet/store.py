@@ -1,0 +1,247 @@
+"""Typed database operations on jobs, attempts, results, users and tokens.
+
+Each function opens one short transaction; none does network I/O. The scheduler and the API
+share this module, so state transitions are written in one place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import func, update
+from sqlmodel import col, select
+
+from fleet.db import Database
+from fleet.errors import FleetError, NotFound
+from fleet.ids import new_id
+from fleet.models.enums import AttemptState, Health, JobState, Reason
+from fleet.models.spec import JobSpec
+from fleet.models.tables import Attempt, HostStatus, Job, Result, Token, User
+
+ACTIVE_JOB_STATES = [JobState.STARTING.value, JobState.RUNNING.value, JobState.CANCELLING.value]
+QUEUED_JOB_STATES = [JobState.PENDING.value, JobState.RETRYING.value]
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Store:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # ------------------------------------------------------------------ users and tokens
+
+    def create_user(self, name: str, is_admin: bool = False) -> User:
+        with self.db.session() as s:
+            if s.exec(select(User).where(User.name == name)).first() is not None:
+                raise FleetError(f"user {name} already exists")
+            user = User(name=name, is_admin=is_admin, created_at=time.time())
+            s.add(user)
+            s.flush()
+            s.refresh(user)
+            return user
+
+    def get_user(self, name: str) -> User | None:
+        with self.db.session() as s:
+            return s.exec(select(User).where(User.name == name)).first()
+
+    def list_users(self) -> Sequence[User]:
+        with self.db.session() as s:
+            return s.exec(select(User).order_by(User.name)).all()
+
+    def create_token(self, user: User, name: str = "default") -> str:
+        """Make a new token for ``user``; returns it in clear (only its hash is stored)."""
+        token = "flt_" + secrets.token_urlsafe(32)
+        with self.db.session() as s:
+            assert user.id is not None
+            s.add(Token(user_id=user.id, name=name, token_hash=hash_token(token), created_at=time.time()))
+        return token
+
+    def user_for_token(self, token: str) -> User | None:
+        with self.db.session() as s:
+            row = s.exec(
+                select(User).join(Token, col(Token.user_id) == col(User.id)).where(
+                    Token.token_hash == hash_token(token)
+                )
+            ).first()
+            return row
+
+    def count_users(self) -> int:
+        with self.db.session() as s:
+            return int(s.exec(select(func.count()).select_from(User)).one())
+
+    # ------------------------------------------------------------------ jobs
+
+    def create_job(self, spec: JobSpec, user: str, queue: str) -> Job:
+        now = time.time()
+        job = Job(
+            id=new_id("j"),
+            name=spec.name,
+            user=user,
+            kind=spec.kind.value,
+            runner=spec.runner or "shell",
+            pool=spec.resources.pool,
+            queue=queue,
+            priority=spec.priority,
+            spec_json=spec.model_dump_json(),
+            state=JobState.PENDING.value,
+            created_at=now,
+            updated_at=now,
+        )
+        with self.db.session() as s:
+            s.add(job)
+        return job
+
+    def get_job(self, job_id: str) -> Job:
+        """A job by id or unique id prefix (at least 6 characters). Raises NotFound."""
+        with self.db.session() as s:
+            job = s.get(Job, job_id)
+            if job is None and len(job_id) >= 6:
+                rows = s.exec(
+                    select(Job).where(col(Job.id) >= job_id, col(Job.id) < job_id + "\x7f").limit(2)
+                ).all()
+                if len(rows) == 1:
+                    job = rows[0]
+                elif len(rows) > 1:
+                    raise NotFound(f"job id prefix {job_id} is ambiguous")
+            if job is None:
+                raise NotFound(f"no job {job_id}")
+            return job
+
+    def list_jobs(
+        self,
+        *,
+        owner: str | None,
+        states: Sequence[str] = (),
+        pool: str | None = None,
+        user: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> list[Job]:
+        """Newest first. ``owner`` restricts to one user's jobs (non-admin callers)."""
+        q = select(Job)
+        if owner is not None:
+            q = q.where(Job.user == owner)
+        if user is not None:
+            q = q.where(Job.user == user)
+        if states:
+            q = q.where(col(Job.state).in_(list(states)))
+        if pool is not None:
+            q = q.where(Job.pool == pool)
+        if before is not None:
+            q = q.where(col(Job.id) < before)
+        q = q.order_by(col(Job.id).desc()).limit(limit)
+        with self.db.session() as s:
+            return list(s.exec(q).all())
+
+    def queued_jobs(self) -> list[Job]:
+        with self.db.session() as s:
+            return list(s.exec(select(Job).where(col(Job.state).in_(QUEUED_JOB_STATES)).order_by(Job.id)).all())
+
+    def set_job(self, job_id: str, **fields: Any) -> None:
+        fields["updated_at"] = time.time()
+        with self.db.session() as s:
+            s.execute(update(Job).where(col(Job.id) == job_id).values(**fields))
+
+    def finish_job(self, job_id: str, state: JobState, reason: Reason, message: str | None) -> None:
+        now = time.time()
+        self.set_job(job_id, state=state.value, reason=reason.value, message=message, ended_at=now)
+
+    # ------------------------------------------------------------------ attempts
+
+    def start_attempt(self, job: Job, host: str, slots: int, backend: str = "ssh") -> Attempt:
+        """Commit a placement: the attempt row is the slot lease; the job becomes STARTING."""
+        now = time.time()
+        attempt = Attempt(
+            id=new_id("a"), job_id=job.id, number=job.attempt_count + 1, host=host, backend=backend,
+            slots=slots, state=AttemptState.STARTING.value, created_at=now,
+        )
+        with self.db.session() as s:
+            s.add(attempt)
+            s.execute(
+                update(Job).where(col(Job.id) == job.id).values(
+                    state=JobState.STARTING.value, host=host, attempt_count=attempt.number,
+                    current_attempt=attempt.id, updated_at=now, reason=None, message=None,
+                )
+            )
+        job.attempt_count = attempt.number
+        return attempt
+
+    def attempt_running(self, job_id: str, attempt_id: str, started_at: float) -> None:
+        now = time.time()
+        with self.db.session() as s:
+            s.execute(update(Attempt).where(col(Attempt.id) == attempt_id).values(
+                state=AttemptState.RUNNING.value, started_at=started_at))
+            s.execute(update(Job).where(col(Job.id) == job_id, col(Job.state) == JobState.STARTING.value).values(
+                state=JobState.RUNNING.value, started_at=func.coalesce(Job.started_at, started_at), updated_at=now))
+
+    def finish_attempt(
+        self, attempt_id: str, state: AttemptState, reason: Reason, message: str | None,
+        exit_code: int | None, log_bytes: int, started_at: float | None = None,
+        ended_at: float | None = None,
+    ) -> None:
+        values: dict[str, Any] = dict(
+            state=state.value, reason=reason.value, message=message, exit_code=exit_code,
+            ended_at=ended_at or time.time(), log_bytes=log_bytes,
+        )
+        if started_at is not None:
+            values["started_at"] = started_at
+        with self.db.session() as s:
+            s.execute(update(Attempt).where(col(Attempt.id) == attempt_id).values(**values))
+
+    def attempts(self, job_id: str) -> list[Attempt]:
+        with self.db.session() as s:
+            return list(s.exec(select(Attempt).where(Attempt.job_id == job_id).order_by(Attempt.number)).all())
+
+    def get_attempt(self, attempt_id: str) -> Attempt | None:
+        with self.db.session() as s:
+            return s.get(Attempt, attempt_id)
+
+    def active_attempts(self) -> list[Attempt]:
+        with self.db.session() as s:
+            return list(s.exec(select(Attempt).where(
+                col(Attempt.state).in_([AttemptState.STARTING.value, AttemptState.RUNNING.value]))).all())
+
+    # ------------------------------------------------------------------ results
+
+    def add_result(self, job: Job, attempt: Attempt, device_class: str, record: dict[str, Any]) -> None:
+        with self.db.session() as s:
+            s.add(Result(
+                job_id=job.id, attempt_id=attempt.id, user=job.user, runner=job.runner,
+                host=attempt.host, device_class=device_class, created_at=time.time(),
+                record_json=json.dumps(record),
+            ))
+
+    def result_for(self, job_id: str) -> dict[str, Any] | None:
+        with self.db.session() as s:
+            row = s.exec(select(Result).where(Result.job_id == job_id).order_by(col(Result.id).desc())).first()
+            return json.loads(row.record_json) if row else None
+
+    def list_results(self, owner: str | None, limit: int = 50, before: int | None = None) -> list[Result]:
+        q = select(Result)
+        if owner is not None:
+            q = q.where(Result.user == owner)
+        if before is not None:
+            q = q.where(col(Result.id) < before)
+        with self.db.session() as s:
+            return list(s.exec(q.order_by(col(Result.id).desc()).limit(limit)).all())
+
+    # ------------------------------------------------------------------ hosts
+
+    def host_statuses(self) -> dict[str, HostStatus]:
+        with self.db.session() as s:
+            return {h.name: h for h in s.exec(select(HostStatus)).all()}
+
+    def set_health(self, name: str, health: Health, message: str | None) -> None:
+        with self.db.session() as s:
+            row = s.get(HostStatus, name)
+            if row is None:
+                row = HostStatus(name=name, updated_at=time.time())
+            row.health, row.health_message, row.updated_at = health.value, message, time.time()
+            s.add(row)
