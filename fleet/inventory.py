@@ -134,6 +134,7 @@ def load_inventory(source: str, local_workdir: Path) -> list[Host]:
     from ansible.template import Templar
     from ansible.vars.manager import VariableManager
 
+    _init_ansible_plugins()
     loader = DataLoader()
     try:
         manager = InventoryManager(loader=loader, sources=[str(path)])
@@ -150,13 +151,26 @@ def load_inventory(source: str, local_workdir: Path) -> list[Host]:
         raise InventoryError(f"inventory {source}: {exc.message}") from None
     if not hosts:
         raise InventoryError(f"inventory {source}: no hosts found")
-    names = {h.name for h in hosts}
     for host in hosts:
         for jump in host.jumps:
             if jump.host == host.name:
                 raise InventoryError(f"host {host.name}: ansible_ssh_common_args: ProxyJump to itself")
-    del names
     return hosts
+
+
+_plugins_ready = False
+
+
+def _init_ansible_plugins() -> None:
+    """Install Ansible's collection loader once, as its CLIs do, so inventory plugins named by
+    FQCN (``plugin: ansible.builtin.generator``, ``amazon.aws.aws_ec2``) load in-process."""
+    global _plugins_ready
+    if _plugins_ready:
+        return
+    from ansible.plugins.loader import init_plugin_loader
+
+    init_plugin_loader()
+    _plugins_ready = True
 
 
 def _origin(value: Any, fallback: str) -> str:

@@ -1,0 +1,115 @@
+"""Placement and queues are pure: feasibility, ranking, reasons, fair share."""
+
+from collections import Counter
+
+from fleet.inventory import Host
+from fleet.models.enums import Health
+from fleet.models.spec import load_spec
+from fleet.runners import manifests
+from fleet.scheduler.loop import judge
+from fleet.backends.base import Outcome
+from fleet.models.enums import AttemptState, Reason
+from fleet.scheduler.placement import (
+    Demand,
+    HostView,
+    Placement,
+    Unplaceable,
+    place,
+    static_reason,
+    static_report,
+)
+from fleet.scheduler.queues import ClassQueue
+
+
+def host(name, pools, arch="x86_64", accel="cpu", slots=1, labels=None):
+    return Host(name=name, pools=tuple(pools), arch=arch, accelerator=accel, slots=slots, labels=labels or {})
+
+
+LAB = [
+    host("rtx-1", ["rtx"], accel="rtx5060", slots=2),
+    host("jet-1", ["jetson"], arch="aarch64", accel="jetson-orin-nano", labels={"jetpack": "6.0"}),
+    host("jet-2", ["jetson"], arch="aarch64", accel="jetson-orin-nano", labels={"jetpack": "5.1"}),
+    host("jet-3", ["jetson"], arch="aarch64", accel="jetson-orin-nano", labels={"jetpack": "6.0"}),
+    host("hailo-1", ["hailo8"], accel="hailo8"),
+]
+
+
+def demand(yaml_text):
+    return Demand.of(load_spec("name: t\nrun: x\n" + yaml_text))
+
+
+def statics(d):
+    return {h.name: static_reason(d, h, manifests().get(d.runner)) for h in LAB}
+
+
+def test_feasibility_by_pool_arch_accelerator_labels():
+    d = demand("resources: {pool: jetson, labels: {jetpack: '6.0'}}")
+    views = [HostView(h) for h in LAB]
+    result = place(d, views, statics(d))
+    assert isinstance(result, Placement) and result.host in {"jet-1", "jet-3"}
+    d = demand("resources: {arch: aarch64, accelerator: hailo8}")
+    report = static_report(d, LAB, None)
+    assert report is not None and report.static
+    assert report.reasons == Counter({"arch x86_64": 2, "accelerator jetson-orin-nano": 3})
+
+
+def test_why_counts_hosts_by_reason():
+    d = demand("resources: {pool: jetson}")
+    views = [
+        HostView(LAB[1], used_slots=1),
+        HostView(LAB[2], used_slots=1),
+        HostView(LAB[3], health=Health.BAD),
+    ]
+    result = place(d, views, statics(d))
+    assert isinstance(result, Unplaceable) and not result.static
+    assert result.summary() == "3 hosts in pool jetson: 2 busy, 1 health=bad"
+
+
+def test_slots_and_drain_respected():
+    d = demand("resources: {pool: rtx, slots: 2}")
+    assert isinstance(place(d, [HostView(LAB[0], used_slots=1)], statics(d)), Unplaceable)
+    assert isinstance(place(d, [HostView(LAB[0])], statics(d)), Placement)
+    assert isinstance(place(d, [HostView(LAB[0], drained=True)], statics(d)), Unplaceable)
+    d3 = demand("resources: {pool: rtx, slots: 3}")
+    assert static_reason(d3, LAB[0], None) == "only 2 slots"
+
+
+def test_ranking_prefers_free_cached_and_not_failed_hosts():
+    d = demand("resources: {pool: jetson}")
+    views = [HostView(LAB[1]), HostView(LAB[3], cached=frozenset({"abc"}))]
+    assert place(d, views, statics(d), inputs=["abc"]).host == "jet-3"
+    assert place(d, views, statics(d), inputs=["abc"], failed_on=frozenset({"jet-3"})).host == "jet-1"
+
+
+def test_queue_priority_then_fair_share_then_age():
+    q = ClassQueue("k")
+    q.push("j001", 500, "alice")
+    q.push("j002", 500, "alice")
+    q.push("j003", 500, "bob")
+    q.push("j004", 900, "carol")
+    assert q.head({}) == "j004"
+    q.remove("j004")
+    # alice already runs 2 jobs, bob none: bob goes first although his job is younger
+    assert q.head({"alice": 2}) == "j003"
+    # equal running counts: the oldest job first
+    assert q.head({"alice": 1, "bob": 1}) == "j001"
+    q.remove("j001")
+    q.push("j001", 500, "alice")  # a retried job keeps its age
+    assert q.job_ids()[0] == "j001" and len(q) == 3
+
+
+def test_demand_key_separates_device_classes():
+    a = demand("resources: {pool: jetson}")
+    b = demand("resources: {pool: rtx}")
+    assert a.key != b.key and a.key == "jetson/*/*"
+
+
+def test_judge_classifies_outcomes():
+    assert judge(Outcome(exit_code=0), "shell").state is AttemptState.SUCCEEDED
+    assert judge(Outcome(exit_code=3), "shell").reason is Reason.EXIT_NONZERO
+    assert judge(Outcome(exit_code=None, timed_out=True, signal=15), "shell").reason is Reason.TIMED_OUT
+    assert judge(Outcome(exit_code=1, phase="setup"), "shell").reason is Reason.SETUP_FAILED
+    assert judge(Outcome(exit_code=0), "onnxruntime").reason is Reason.RUNNER_ERROR
+    err = {"class": "setup_failed", "message": "onnxruntime missing"}
+    assert judge(Outcome(exit_code=78, runner_error=err), "onnxruntime").reason is Reason.SETUP_FAILED
+    assert judge(Outcome(exit_code=None, lost="gone"), "shell").reason is Reason.HOST_LOST
