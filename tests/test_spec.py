@@ -62,3 +62,8 @@ def test_durations_and_retries_shorthand():
     assert parse_duration(90) == 90.0
     with pytest.raises(ValueError):
         parse_duration("-3s")
+
+
+def test_yaml_scalars_in_commands_get_a_hint():
+    errs = errors_of("name: a\nrun: true\n")
+    assert "quote it" in errs["run"]

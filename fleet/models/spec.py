@@ -155,6 +155,14 @@ class JobSpec(_Strict):
             )
         return value
 
+    @field_validator("run", "setup", mode="before")
+    @classmethod
+    def _command(cls, value: Any) -> Any:
+        if isinstance(value, (bool, int, float)):
+            shown = str(value).lower() if isinstance(value, bool) else str(value)
+            raise ValueError(f"must be a string; YAML read {shown} as a {type(value).__name__}: quote it")
+        return value
+
     @field_validator("timeout", mode="before")
     @classmethod
     def _timeout(cls, value: Any) -> Any:

@@ -1,0 +1,89 @@
+"""Shared fixtures: an isolated FLEET_HOME, a real ``fleet serve`` process, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fleet.api.client import Client
+from fleet.cli import local
+from fleet.config import load_settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+# pytest_plugins = ["tests.lab.fixtures"]
+
+
+@pytest.fixture
+def fleet_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "fleet-home"
+    home.mkdir()
+    monkeypatch.setenv("FLEET_HOME", str(home))
+    for var in ("FLEET_SERVER", "FLEET_TOKEN", "FLEET_INVENTORY", "FLEET_DATABASE"):
+        monkeypatch.delenv(var, raising=False)
+    return home
+
+
+class Fleet:
+    """A running ``fleet serve`` (the local server, started the way the CLI starts it)."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.settings = load_settings()
+        self.info: local.ServerInfo | None = None
+        self.client: Client | None = None
+
+    def start(self, inventory: Path | None = None, config: dict | None = None) -> Client:
+        cfg = {"keepalive_interval": 2, "keepalive_count_max": 2, "connect_timeout": 5, "kill_grace": 2}
+        cfg.update(config or {})
+        (self.home / "config.yaml").write_text(yaml.safe_dump(cfg))
+        self.settings = load_settings()
+        self.info = local.start_local(self.settings, str(inventory) if inventory else None)
+        self.client = Client(self.info.url, self.info.token, timeout=120)
+        return self.client
+
+    def stop(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        local.stop_local(self.settings)
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run the real ``fleet`` command against this server."""
+        proc = subprocess.run(
+            [sys.executable, "-m", "fleet", *args], capture_output=True, text=True,
+            timeout=timeout, env=os.environ.copy(), cwd=REPO,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"fleet {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def cli_json(self, *args: str) -> object:
+        return json.loads(self.cli(*args, "--json").stdout)
+
+    def server_log(self) -> str:
+        return self.settings.server_log.read_text(errors="replace")
+
+
+@pytest.fixture
+def fleet(fleet_home: Path) -> Iterator[Fleet]:
+    f = Fleet(fleet_home)
+    yield f
+    f.stop()
+
+
+@pytest.fixture
+def submit(fleet: Fleet) -> Callable[..., str]:
+    """Submit a spec dict through the API; returns the job id."""
+
+    def _submit(spec: dict, client: Client | None = None) -> str:
+        assert fleet.client is not None
+        return (client or fleet.client).submit(spec).id
+
+    return _submit
