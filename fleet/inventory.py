@@ -67,6 +67,7 @@ class Host:
     workdir: str = "~/.fleet"
     python: str = "python3"
     source: str = ""
+    schedulable: bool = True  # fleet_jobs=false: a jump host or gateway that runs no jobs
 
     @property
     def device_class(self) -> str:
@@ -284,6 +285,16 @@ def _host_from_vars(
     if not python or python.startswith("auto"):
         python = "python3" if kind == "ssh" else _local_python()
 
+    jobs_raw = v.raw("fleet_jobs")
+    if jobs_raw is None:
+        schedulable = True
+    elif isinstance(jobs_raw, bool):
+        schedulable = jobs_raw
+    elif str(jobs_raw).strip().lower() in {"true", "yes", "1", "false", "no", "0"}:
+        schedulable = str(jobs_raw).strip().lower() in {"true", "yes", "1"}
+    else:
+        raise v.error("fleet_jobs", f"is {jobs_raw!r}; expected true or false")
+
     return Host(
         name=name,
         pools=groups,
@@ -300,6 +311,7 @@ def _host_from_vars(
         workdir=workdir,
         python=python,
         source=_origin(hvars.get("ansible_host") or name, source),
+        schedulable=schedulable,
     )
 
 

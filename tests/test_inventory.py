@@ -114,3 +114,13 @@ def test_embedded_default_is_this_machine(tmp_path):
     (host,) = embedded_inventory(tmp_path)
     assert host.connection == "local" and host.accelerator == "cpu"
     assert host.arch == {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(), platform.machine().lower())
+
+
+def test_example_lab_inventory_loads(tmp_path):
+    repo = Path(__file__).resolve().parent.parent
+    hosts = by_name(load_inventory(str(repo / "inventory"), tmp_path))
+    assert {"rtx", "jetson", "hailo8"} <= {p for h in hosts.values() for p in h.pools}
+    assert hosts["orin-01"].device_class == "aarch64/jetson-orin-nano"
+    assert hosts["orin-01"].jumps[0].host == "lab-gw.example.internal"
+    assert hosts["hailo-01"].accelerator == "hailo8"
+    assert not hosts["lab-gw"].schedulable

@@ -113,3 +113,8 @@ def test_judge_classifies_outcomes():
     err = {"class": "setup_failed", "message": "onnxruntime missing"}
     assert judge(Outcome(exit_code=78, runner_error=err), "onnxruntime").reason is Reason.SETUP_FAILED
     assert judge(Outcome(exit_code=None, lost="gone"), "shell").reason is Reason.HOST_LOST
+
+
+def test_gateway_hosts_run_no_jobs():
+    gw = Host(name="gw", pools=("bastion",), arch="x86_64", accelerator="cpu", slots=1, schedulable=False)
+    assert static_reason(demand(""), gw, None) == "runs no jobs (fleet_jobs=false)"

@@ -93,6 +93,8 @@ class Unplaceable:
 
 def static_reason(demand: Demand, host: Host, runner: RunnerManifest | None) -> str | None:
     """Why ``host`` can never take jobs of ``demand`` (None if it can). Pure."""
+    if not host.schedulable:
+        return "runs no jobs (fleet_jobs=false)"
     if demand.pool is not None and demand.pool not in host.pools:
         return f"not in pool {demand.pool}"
     if demand.arch is not None and host.arch != demand.arch:

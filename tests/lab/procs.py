@@ -1,0 +1,97 @@
+"""Finding and killing the processes that belong to lab hosts, through /proc.
+
+A lab host's processes are recognised by what they cannot shed easily: commands started on a
+host inherit ``HOME=<that host's home>``; an OpenSSH host's sshd processes share its private
+mount namespace (or, without namespaces, descend from its listener).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterable
+from pathlib import Path
+
+
+def all_pids() -> list[int]:
+    """PIDs of every process visible in /proc."""
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+
+
+def environ_home(pid: int) -> str | None:
+    """The HOME in a process's initial environment, or None if unreadable or unset."""
+    try:
+        data = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return None
+    for entry in data.split(b"\0"):
+        if entry.startswith(b"HOME="):
+            return os.fsdecode(entry[5:])
+    return None
+
+
+def pids_with_home_in(homes: Iterable[Path]) -> list[int]:
+    """PIDs (other than ours) whose HOME is one of ``homes`` or lies below one of them."""
+    roots = [str(home) for home in homes]
+    found = []
+    for pid in all_pids():
+        home = environ_home(pid)
+        if pid != os.getpid() and home is not None:
+            if any(home == root or home.startswith(root + "/") for root in roots):
+                found.append(pid)
+    return found
+
+
+def mount_namespace(pid: int) -> str | None:
+    """The mount namespace id of ``pid`` (``mnt:[4026...]``), or None if it is gone."""
+    try:
+        return os.readlink(f"/proc/{pid}/ns/mnt")
+    except OSError:
+        return None
+
+
+def namespace_members(namespace: str) -> list[int]:
+    """PIDs of every process in the mount namespace ``namespace``."""
+    return [pid for pid in all_pids() if mount_namespace(pid) == namespace]
+
+
+def descendants(root_pid: int) -> list[int]:
+    """``root_pid`` and all its descendants, by walking PPid links once."""
+    children: dict[int, list[int]] = {}
+    for pid in all_pids():
+        ppid = parent_pid(pid)
+        if ppid is not None:
+            children.setdefault(ppid, []).append(pid)
+    found, todo = [], [root_pid]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def parent_pid(pid: int) -> int | None:
+    """The parent of ``pid``, or None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def executable(pid: int) -> str | None:
+    """The path of the program ``pid`` runs, or None if unreadable."""
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return None
+
+
+def kill_all(pids: Iterable[int], sig: int = signal.SIGKILL) -> None:
+    """Send ``sig`` to each pid, ignoring processes that are already gone."""
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
