@@ -2,22 +2,17 @@
 
 Stdlib only, Python >= 3.8, never imports fleet. The controller runs it over SSH (or locally):
 
-``wrapper.py launch``   payload JSON on stdin. Creates the attempt directory (the launch marker:
-                        ``mkdir`` fails if it exists, so an attempt never starts twice), writes
-                        job.json and the input links, then starts a detached supervisor in its
-                        own session that runs setup and the command in a new process group,
-                        enforces the timeout (TERM to the group, KILL after the grace period)
-                        and writes ``status.json``. The launcher then follows (below). If the
-                        directory already exists, launch only follows.
-``wrapper.py follow DIR OFFSET``   streams the log from byte OFFSET to stdout and ends with one
-                        JSON event line on stderr: ``{"event": "exit", ...}`` (status, result,
-                        error records) or ``{"event": "lost", ...}`` when the supervisor died
-                        without writing a status (host rebooted, process killed).
-``wrapper.py cancel DIR GRACE``    marks the attempt cancelled and signals its process group.
+``wrapper.py agent`` serves one controller over one long-lived channel per host (see ``Agent``):
+the controller sends launch/follow/cancel requests; the agent answers with framed log bytes and
+events of every attempt it follows. Launching an attempt costs a fork, not a Python start.
 
-Events on stderr are JSON lines (``started``, ``exit``, ``lost``, ``attached``); stdout carries
-only log bytes. The supervisor survives the SSH channel and the controller, so a restarted
-controller reattaches with ``follow`` instead of running the job again.
+``launch`` creates the attempt directory (the launch marker: ``mkdir`` fails if it exists, so an
+attempt never starts twice; a second launch follows instead), writes job.json and the input
+links, then starts a detached supervisor in its own session. The supervisor runs setup and the
+command in a new process group, enforces the timeout (TERM to the group, KILL after the grace
+period) and writes ``status.json``. It survives the channel and the controller, so a restarted
+controller reattaches with ``follow`` instead of running the job again; ``lost`` is reported
+when the supervisor died without a status (host rebooted, process killed).
 """
 
 import errno
@@ -47,11 +42,6 @@ def _read_json(path):
             return json.load(fh)
     except (OSError, ValueError):
         return None
-
-
-def _event(**fields):
-    sys.stderr.write(json.dumps(fields) + "\n")
-    sys.stderr.flush()
 
 
 def _inside(base, rel):
@@ -175,7 +165,7 @@ class Supervisor:
         return code, None, timed_out
 
 
-# ---------------------------------------------------------------- launch / follow / cancel
+# ---------------------------------------------------------------- agent
 
 
 def _prepare(adir, payload):
@@ -193,27 +183,12 @@ def _prepare(adir, payload):
         os.symlink(src, dst)
 
 
-def launch():
-    payload = json.loads(sys.stdin.buffer.read().decode("utf-8"))
-    adir = os.path.expanduser(payload["attempt_dir"])
-    os.makedirs(os.path.dirname(adir), exist_ok=True)
-    try:
-        os.mkdir(adir)  # the launch marker
-    except FileExistsError:
-        _event(event="attached", dir=adir)
-        return follow(adir, int(payload.get("offset", 0)))
-    try:
-        _prepare(adir, payload)
-    except Exception as exc:
-        _write_json(os.path.join(adir, "status.json"), {
-            "exit_code": None, "signal": None, "timed_out": False, "cancelled": False,
-            "phase": "prepare", "error": "prepare: %s" % exc,
-            "started_at": time.time(), "ended_at": time.time()})
-        return follow(adir, 0)
-
+def _spawn_supervisor(adir, payload):
+    """Start the detached supervisor (own session, reparented away from us); returns the read
+    end of a pipe that carries its events and reaches EOF when it exits."""
     rfd, wfd = os.pipe()
     pid = os.fork()
-    if pid == 0:  # child: new session, fork again so the supervisor is nobody's child here
+    if pid == 0:
         try:
             os.close(rfd)
             os.setsid()
@@ -221,9 +196,16 @@ def launch():
                 os._exit(0)
             signal.signal(signal.SIGPIPE, signal.SIG_IGN)
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
             devnull = os.open(os.devnull, os.O_RDWR)
             for fd in (0, 1, 2):
                 os.dup2(devnull, fd)
+            for fd in _open_fds():
+                if fd > 2 and fd != wfd:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
             with open(os.path.join(adir, "pid"), "w") as fh:
                 fh.write(str(os.getpid()))
             Supervisor(adir, payload, wfd).run()
@@ -231,109 +213,205 @@ def launch():
             os._exit(0)
     os.close(wfd)
     os.waitpid(pid, 0)
-    return follow(adir, 0, notify_fd=rfd)
+    return rfd
 
 
-def follow(adir, offset, notify_fd=None):
-    """Stream the log from ``offset`` until the attempt ends; then print the exit event."""
-    adir = os.path.expanduser(adir)
-    log_path = os.path.join(adir, "log")
-    status_path = os.path.join(adir, "status.json")
-    out = sys.stdout.buffer
-    fh = None
-    pending = b""
-    last_pid_check = 0.0
+def _open_fds():
+    try:
+        return [int(fd) for fd in os.listdir("/proc/self/fd")]
+    except OSError:
+        return list(range(3, 256))
 
-    def drain():
-        nonlocal fh
-        if fh is None:
+
+class Follow:
+    """One attempt the agent streams: its log from an offset, its events, its end."""
+
+    def __init__(self, aid, adir, offset, notify_fd=None):
+        self.aid, self.adir, self.offset, self.notify_fd = aid, adir, offset, notify_fd
+        self.fh = None
+        self.pending = b""
+        self.last_pid_check = time.monotonic()
+        self.kill_at = None  # (monotonic deadline, pgid) after a cancel's TERM
+
+
+class Agent:
+    """Serves one controller over one channel: JSON requests on stdin, frames on stdout.
+
+    Requests: ``{"op": "launch", "id": A, ...payload}``, ``{"op": "follow", "id": A,
+    "attempt_dir": D, "offset": N}``, ``{"op": "cancel", "id": A, "attempt_dir": D,
+    "grace": S}``. Frames: a JSON header line ``{"a": A, "t": TYPE, ...}``; a ``log`` header
+    has ``"n": N`` and N raw bytes follow. Types: log, started, attached, exit, lost, error.
+    When stdin closes the agent exits; the attempts it launched keep running.
+    """
+
+    def __init__(self):
+        self.out = sys.stdout.buffer
+        self.follows = {}
+        self.inbuf = b""
+
+    def frame(self, aid, kind, data=None, **fields):
+        fields["a"], fields["t"] = aid, kind
+        if data is not None:
+            fields["n"] = len(data)
+        self.out.write((json.dumps(fields) + "\n").encode())
+        if data:
+            self.out.write(data)
+
+    def run(self):
+        stdin = sys.stdin.buffer.fileno()
+        while True:
+            fds = [stdin] + [f.notify_fd for f in self.follows.values() if f.notify_fd is not None]
+            timeout = POLL_ATTACHED if self.follows else None
             try:
-                fh = open(log_path, "rb")
-                fh.seek(offset)
+                ready, _, _ = select.select(fds, [], [], timeout)
+            except InterruptedError:
+                continue
+            if stdin in ready:
+                data = os.read(stdin, CHUNK)
+                if not data:
+                    return 0
+                self.inbuf += data
+                while b"\n" in self.inbuf:
+                    line, self.inbuf = self.inbuf.split(b"\n", 1)
+                    if line.strip():
+                        self.request(line)
+            for follow in list(self.follows.values()):
+                if follow.notify_fd is not None and follow.notify_fd in ready:
+                    self.notified(follow)
+            self.tick()
+            self.out.flush()
+
+    def request(self, line):
+        aid = None
+        try:
+            req = json.loads(line.decode("utf-8"))
+            aid = req.get("id")
+            op = req.get("op")
+            if op == "launch":
+                self.launch(aid, req)
+            elif op == "follow":
+                adir = os.path.expanduser(req["attempt_dir"])
+                self.follows[aid] = Follow(aid, adir, int(req.get("offset", 0)))
+            elif op == "cancel":
+                self.cancel(aid, os.path.expanduser(req["attempt_dir"]), float(req.get("grace", 10)))
+            elif op == "ping":
+                self.frame(aid, "pong")
+            else:
+                raise ValueError("unknown op %r" % op)
+        except Exception as exc:
+            self.frame(aid, "error", message="%s: %s" % (type(exc).__name__, exc))
+
+    def launch(self, aid, payload):
+        adir = os.path.expanduser(payload["attempt_dir"])
+        os.makedirs(os.path.dirname(adir), exist_ok=True)
+        try:
+            os.mkdir(adir)  # the launch marker: never start an attempt twice
+        except FileExistsError:
+            self.frame(aid, "attached", dir=adir)
+            self.follows[aid] = Follow(aid, adir, int(payload.get("offset", 0)))
+            return
+        try:
+            _prepare(adir, payload)
+        except Exception as exc:
+            _write_json(os.path.join(adir, "status.json"), {
+                "exit_code": None, "signal": None, "timed_out": False, "cancelled": False,
+                "phase": "prepare", "error": "prepare: %s" % exc,
+                "started_at": time.time(), "ended_at": time.time()})
+            self.follows[aid] = Follow(aid, adir, 0)
+            return
+        self.follows[aid] = Follow(aid, adir, 0, _spawn_supervisor(adir, payload))
+
+    def cancel(self, aid, adir, grace):
+        if not os.path.isdir(adir):
+            return  # never launched, or already cleaned up
+        with open(os.path.join(adir, "cancel"), "w") as fh:
+            fh.write(str(time.time()))
+        proc = _read_json(os.path.join(adir, "proc.json")) or {}
+        pgid = proc.get("pgid")
+        if pgid and not os.path.exists(os.path.join(adir, "status.json")):
+            _signal_group(pgid, signal.SIGTERM)
+            follow = self.follows.get(aid)
+            if follow is not None:
+                follow.kill_at = (time.monotonic() + grace, pgid)
+
+    def notified(self, follow):
+        data = os.read(follow.notify_fd, 4096)
+        if not data:  # the supervisor exited; its status is written
+            os.close(follow.notify_fd)
+            follow.notify_fd = None
+            self.finish(follow)
+            return
+        follow.pending += data
+        while b"\n" in follow.pending:
+            line, follow.pending = follow.pending.split(b"\n", 1)
+            try:
+                event = json.loads(line.decode())
+            except ValueError:
+                continue
+            kind = event.pop("event", "event")
+            self.frame(follow.aid, kind, **event)
+
+    def drain(self, follow):
+        if follow.fh is None:
+            try:
+                follow.fh = open(os.path.join(follow.adir, "log"), "rb")
+                follow.fh.seek(follow.offset)
             except OSError:
                 return
         while True:
-            data = fh.read(CHUNK)
+            data = follow.fh.read(CHUNK)
             if not data:
-                break
-            out.write(data)
-        out.flush()
+                return
+            follow.offset += len(data)
+            self.frame(follow.aid, "log", data)
 
-    while True:
-        if notify_fd is not None:
-            ready, _, _ = select.select([notify_fd], [], [], POLL_ATTACHED)
-            if ready:
-                data = os.read(notify_fd, 4096)
-                if not data:  # the supervisor exited: its status is written
-                    os.close(notify_fd)
-                    notify_fd = None
-                    drain()
-                    continue
-                pending += data
-                while b"\n" in pending:
-                    line, pending = pending.split(b"\n", 1)
-                    sys.stderr.write(line.decode() + "\n")
-                    sys.stderr.flush()
-            drain()
-            continue
-        drain()
-        if os.path.exists(status_path):
-            drain()
-            break
+    def finish(self, follow):
+        self.drain(follow)
+        status_path = os.path.join(follow.adir, "status.json")
+        status = _read_json(status_path) or {}
+        self.frame(follow.aid, "exit", status=status,
+                   result=_read_json(os.path.join(follow.adir, "result.json")),
+                   error=_read_json(os.path.join(follow.adir, "error.json")),
+                   log_size=follow.offset)
+        if follow.fh is not None:
+            follow.fh.close()
+        self.follows.pop(follow.aid, None)
+
+    def tick(self):
         now = time.monotonic()
-        if now - last_pid_check > 1.0:
-            last_pid_check = now
+        for follow in list(self.follows.values()):
+            self.drain(follow)
+            if follow.kill_at is not None and now >= follow.kill_at[0]:
+                _signal_group(follow.kill_at[1], signal.SIGKILL)
+                follow.kill_at = None
+            if follow.notify_fd is not None:
+                continue  # the pipe tells us when it ends
+            if os.path.exists(os.path.join(follow.adir, "status.json")):
+                self.finish(follow)
+                continue
+            if now - follow.last_pid_check < 1.0:
+                continue
+            follow.last_pid_check = now
             try:
-                with open(os.path.join(adir, "pid")) as pf:
+                with open(os.path.join(follow.adir, "pid")) as pf:
                     spid = int(pf.read().strip() or 0)
             except (OSError, ValueError):
                 spid = 0
-            if spid and not _alive(spid) and not os.path.exists(status_path):
-                drain()
-                _event(event="lost", message="the attempt's supervisor (pid %d) is gone "
-                       "without an exit status" % spid)
-                return 0
-            if not spid and not os.path.isdir(adir):
-                _event(event="lost", message="attempt directory %s does not exist" % adir)
-                return 0
-        time.sleep(POLL_DETACHED)
-    status = _read_json(status_path) or {}
-    _event(event="exit", status=status,
-           result=_read_json(os.path.join(adir, "result.json")),
-           error=_read_json(os.path.join(adir, "error.json")),
-           log_size=os.path.getsize(log_path) if os.path.exists(log_path) else 0)
-    return 0
-
-
-def cancel(adir, grace):
-    adir = os.path.expanduser(adir)
-    if not os.path.isdir(adir):
-        return 0  # never launched or already collected: nothing to do
-    with open(os.path.join(adir, "cancel"), "w") as fh:
-        fh.write(str(time.time()))
-    status_path = os.path.join(adir, "status.json")
-    proc = _read_json(os.path.join(adir, "proc.json")) or {}
-    pgid = proc.get("pgid")
-    if not pgid or os.path.exists(status_path):
-        return 0
-    _signal_group(pgid, signal.SIGTERM)
-    end = time.monotonic() + grace
-    while time.monotonic() < end:
-        if os.path.exists(status_path) or not _signal_group(pgid, 0):
-            return 0
-        time.sleep(0.05)
-    _signal_group(pgid, signal.SIGKILL)
-    return 0
+            if not os.path.isdir(follow.adir):
+                self.frame(follow.aid, "lost", message="attempt directory %s does not exist" % follow.adir)
+                self.follows.pop(follow.aid, None)
+            elif spid and not _alive(spid) and not os.path.exists(os.path.join(follow.adir, "status.json")):
+                self.drain(follow)
+                self.frame(follow.aid, "lost", message="the attempt's supervisor (pid %d) is gone "
+                           "without an exit status" % spid)
+                self.follows.pop(follow.aid, None)
 
 
 def main(argv):
-    if len(argv) >= 1 and argv[0] == "launch":
-        return launch()
-    if len(argv) == 3 and argv[0] == "follow":
-        return follow(argv[1], int(argv[2]))
-    if len(argv) == 3 and argv[0] == "cancel":
-        return cancel(argv[1], float(argv[2]))
-    sys.stderr.write("usage: wrapper.py launch | follow DIR OFFSET | cancel DIR GRACE\n")
+    if argv[:1] == ["agent"]:
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        return Agent().run()
+    sys.stderr.write("usage: wrapper.py agent   (JSON requests on stdin, frames on stdout)\n")
     return 2
 
 

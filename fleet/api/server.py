@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -65,6 +66,30 @@ class ApiContext:
         return self.blobs_dir / sha[:2] / sha
 
 
+class ServerTiming:
+    """ASGI middleware: ``Server-Timing: app;dur=<ms>`` on every response (time in fleet, not
+    on the wire), so clients and benchmarks can tell server time from network time."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+
+        async def timed_send(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                dur = (time.perf_counter() - start) * 1000
+                headers = list(message.get("headers") or [])
+                headers.append((b"server-timing", f"app;dur={dur:.3f}".encode()))
+                message = dict(message, headers=headers)
+            await send(message)
+
+        await self.app(scope, receive, timed_send)
+
+
 _bearer = HTTPBearer(auto_error=False)
 
 
@@ -100,6 +125,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         description="Job runner for edge-device ML labs. Bearer token on every route but /health.",
     )
     app.state.ctx = ctx
+    app.add_middleware(ServerTiming)
 
     def visible_job(job_id: str, user: User) -> Job:
         job = ctx.store.get_job(job_id)

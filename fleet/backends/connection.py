@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 
@@ -54,6 +55,13 @@ class Transport:
         """
         raise NotImplementedError
 
+    async def open_channel(self, command: str) -> Channel:
+        """Start ``command`` as a long-lived process with binary stdin/stdout pipes.
+
+        Raises HostLost if the host cannot be reached.
+        """
+        raise NotImplementedError
+
     async def close(self) -> None:
         return None
 
@@ -62,8 +70,45 @@ class Transport:
         return False
 
 
+class Channel:
+    """A long-lived command on a host: write to its stdin, read its stdout."""
+
+    def __init__(self, writer: Callable[[bytes], None], stdout: Any, stderr: Any,
+                 closer: Callable[[], None], waiter: Callable[[], Awaitable[Any]]) -> None:
+        self._writer, self.stdout, self.stderr = writer, stdout, stderr
+        self._closer, self._waiter = closer, waiter
+
+    def write(self, data: bytes) -> None:
+        self._writer(data)
+
+    async def readline(self) -> bytes:
+        return await self.stdout.readline()
+
+    async def readexactly(self, n: int) -> bytes:
+        return await self.stdout.readexactly(n)
+
+    def close(self) -> None:
+        self._closer()
+
+    async def wait(self) -> Any:
+        return await self._waiter()
+
+
 class LocalTransport(Transport):
     """``ansible_connection=local``: commands run as local processes."""
+
+    async def open_channel(self, command: str) -> Channel:
+        proc = await asyncio.create_subprocess_exec(
+            "/bin/sh", "-c", command, stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, limit=1 << 20,
+        )
+        assert proc.stdin is not None
+
+        def close() -> None:
+            if proc.stdin is not None and not proc.stdin.is_closing():
+                proc.stdin.close()
+
+        return Channel(proc.stdin.write, proc.stdout, proc.stderr, close, proc.wait)
 
     async def exec(self, command, stdin=None, on_stdout=None, on_stderr=None):  # type: ignore[no-untyped-def]
         proc = await asyncio.create_subprocess_exec(
@@ -103,6 +148,18 @@ class SSHTransport(Transport):
     @property
     def closed(self) -> bool:
         return self._closed
+
+    async def open_channel(self, command: str) -> Channel:
+        try:
+            proc = await self.conn.create_process(command, encoding=None)
+        except (asyncssh.Error, OSError) as exc:
+            self._closed = True
+            raise HostLost(f"host {self.host.name}: cannot open a channel: {_describe(exc)}") from None
+
+        def close() -> None:
+            proc.stdin.write_eof()
+
+        return Channel(proc.stdin.write, proc.stdout, proc.stderr, close, proc.wait)
 
     async def exec(self, command, stdin=None, on_stdout=None, on_stderr=None):  # type: ignore[no-untyped-def]
         try:

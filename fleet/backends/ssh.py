@@ -1,9 +1,9 @@
 """The built-in ssh backend: runs attempts on inventory hosts through the attempt wrapper.
 
 Per host, once per runner-bundle version: the bundle is unpacked into ``<workdir>/lib/<hash>``.
-Per input file, once per host: the file goes into ``<workdir>/cache/<sha256>``. Per attempt: one
-channel runs ``wrapper.py launch`` with the plan on stdin; that channel then carries the log
-(stdout) and the events (stderr, JSON lines) until the exit record arrives.
+Per input file, once per host: the file goes into ``<workdir>/cache/<sha256>``. Per host, one
+long-lived channel runs the agent (``wrapper.py agent``); each attempt is a launch request on it,
+and its log and events come back framed on the same channel (see ``fleet.backends.agent``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import shlex
 from collections.abc import Callable
 from pathlib import Path
 
+from fleet.backends.agent import AgentChannel
 from fleet.backends.base import (
     AttemptPlan,
     AttemptSink,
@@ -57,6 +58,8 @@ class SSHBackend(Backend):
         self._lib_ready: dict[str, asyncio.Future[None]] = {}
         self._cached: dict[str, set[str]] = {}
         self._cache_locks: dict[str, asyncio.Lock] = {}
+        self._agents: dict[str, AgentChannel] = {}
+        self._agent_locks: dict[str, asyncio.Lock] = {}
 
     # ------------------------------------------------------------------ paths on the host
 
@@ -76,29 +79,33 @@ class SSHBackend(Backend):
 
     async def launch(self, plan: AttemptPlan, sink: AttemptSink, log_offset: int = 0) -> Outcome:
         host = plan.host
-        transport = await self._transport(host)
         try:
+            transport = await self._transport(host)
             await self._ensure_lib(transport, host)
             if plan.inputs:
                 await self._ensure_inputs(transport, host, plan)
-            return await self._launch(transport, plan, sink, log_offset)
+            agent = await self._agent(transport, host)
+            request = self._payload(plan, log_offset)
+            request["op"] = "launch"
+            return await agent.run(plan.attempt_id, request, sink)
         except HostLost:
-            self.pool.drop(host.name)
             self._forget(host.name)
             raise
 
     async def cancel(self, plan: AttemptPlan, grace: float) -> None:
         host = plan.host
-        transport = await self._transport(host)
-        await self._ensure_lib(transport, host)
-        adir = self.attempt_dir(host, plan.attempt_id)
-        cmd = (
-            f"exec {shlex.quote(host.python)} -S {sh_path(join(self.lib_dir(host), 'wrapper.py'))}"
-            f" cancel {sh_path(adir)} {float(grace)}"
-        )
-        await transport.exec(cmd)
+        agent = self._agents.get(host.name)
+        if agent is None or not agent.alive:
+            transport = await self._transport(host)
+            await self._ensure_lib(transport, host)
+            agent = await self._agent(transport, host)
+        agent.send({"op": "cancel", "id": plan.attempt_id,
+                    "attempt_dir": self.attempt_dir(host, plan.attempt_id), "grace": float(grace)})
 
     async def close(self) -> None:
+        for agent in self._agents.values():
+            agent.close()
+        self._agents.clear()
         await self.pool.close()
 
     # ------------------------------------------------------------------ steps
@@ -107,8 +114,30 @@ class SSHBackend(Backend):
         return await self.pool.get(host)
 
     def _forget(self, host_name: str) -> None:
+        """After a failure: drop the connection and what we believed about the host."""
+        self.pool.drop(host_name)
         self._lib_ready.pop(host_name, None)
         self._cached.pop(host_name, None)
+        agent = self._agents.pop(host_name, None)
+        if agent is not None:
+            agent.close()
+
+    async def _agent(self, transport: Transport, host: Host) -> AgentChannel:
+        """The host's agent channel, started on first use and restarted when it died."""
+        agent = self._agents.get(host.name)
+        if agent is not None and agent.alive:
+            return agent
+        lock = self._agent_locks.setdefault(host.name, asyncio.Lock())
+        async with lock:
+            agent = self._agents.get(host.name)
+            if agent is None or not agent.alive:
+                wrapper = sh_path(join(self.lib_dir(host), "wrapper.py"))
+                channel = await transport.open_channel(
+                    f"exec {shlex.quote(host.python)} -S {wrapper} agent"
+                )
+                agent = AgentChannel(host.name, channel)
+                self._agents[host.name] = agent
+            return agent
 
     async def _ensure_lib(self, transport: Transport, host: Host) -> None:
         """Unpack the runner bundle into the host's lib dir unless it is there. Idempotent."""
@@ -191,77 +220,3 @@ class SSHBackend(Backend):
             payload["entry"] = [host.python, entry, "job.json"]
         return payload
 
-    async def _launch(
-        self, transport: Transport, plan: AttemptPlan, sink: AttemptSink, log_offset: int
-    ) -> Outcome:
-        host = plan.host
-        wrapper = sh_path(join(self.lib_dir(host), "wrapper.py"))
-        cmd = f"exec {shlex.quote(host.python)} -S {wrapper} launch"
-        events = _EventReader(sink)
-        stdin = json.dumps(self._payload(plan, log_offset)).encode()
-        code = await transport.exec(cmd, stdin=stdin, on_stdout=sink.log, on_stderr=events.feed)
-        events.flush()
-        if events.outcome is not None:
-            return events.outcome
-        if code == 127:
-            raise SetupFailed(
-                f"host {host.name}: {host.python} not found; install Python 3.8+ or set "
-                f"ansible_python_interpreter for the host"
-            )
-        raise HostLost(
-            f"host {host.name}: attempt wrapper ended without an exit record (exit {code}): "
-            f"{events.noise_text() or 'no output'}"
-        )
-
-
-class _EventReader:
-    """Parses the wrapper's stderr: JSON event lines; anything else is kept as noise."""
-
-    def __init__(self, sink: AttemptSink) -> None:
-        self.sink = sink
-        self.buf = b""
-        self.outcome: Outcome | None = None
-        self.noise: list[str] = []
-
-    def feed(self, data: bytes) -> None:
-        self.buf += data
-        while b"\n" in self.buf:
-            line, self.buf = self.buf.split(b"\n", 1)
-            self._line(line)
-
-    def flush(self) -> None:
-        if self.buf:
-            self._line(self.buf)
-            self.buf = b""
-
-    def noise_text(self) -> str:
-        return " | ".join(self.noise[-5:])[:2000]
-
-    def _line(self, raw: bytes) -> None:
-        text = raw.decode("utf-8", errors="replace").strip()
-        if not text:
-            return
-        try:
-            event = json.loads(text)
-            kind = event["event"]
-        except (ValueError, KeyError, TypeError):
-            self.noise.append(text)
-            return
-        if kind == "started":
-            self.sink.started(int(event.get("pid") or 0), float(event.get("at") or 0.0))
-        elif kind == "exit":
-            st = event.get("status") or {}
-            self.outcome = Outcome(
-                exit_code=st.get("exit_code"),
-                signal=st.get("signal"),
-                timed_out=bool(st.get("timed_out")),
-                cancelled=bool(st.get("cancelled")),
-                phase=st.get("phase") or "run",
-                error=st.get("error"),
-                result=event.get("result"),
-                runner_error=event.get("error"),
-                started_at=st.get("started_at"),
-                ended_at=st.get("ended_at"),
-            )
-        elif kind == "lost":
-            self.outcome = Outcome(exit_code=None, lost=str(event.get("message") or "lost"))

@@ -1,0 +1,313 @@
+#!/usr/bin/env python3
+"""Dispatch benchmark: the whole path (API -> DB -> scheduler -> SSH -> result) against a
+raw asyncssh loop and Ansible ad-hoc on the same simulated hosts, measured in the same run.
+
+    python bench/dispatch.py [--hosts 50] [--jobs 2000] [--idle 100] [--rows 100000] [--json]
+
+Prints fleet's jobs/s and submit->start p50/p99 (idle fleet), the raw asyncssh limit, Ansible
+ad-hoc on 10 hosts, the ratios, and the server-side time of the first page of ``fleet jobs``
+with 100,000 jobs in the database. The lab hosts (pure-Python asyncssh servers) run in a
+separate process (``python -m tests.lab serve``). Targets on a 2-core machine: fleet >= 0.3x
+raw asyncssh throughput; submit->start p50 <= 25 ms; jobs page <= 50 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import asyncssh  # noqa: E402
+import httpx  # noqa: E402
+
+COMMAND = "echo hello"
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    if not values:
+        return float("nan")
+    k = (len(values) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+def start_lab(hosts: int, out: Path) -> subprocess.Popen[bytes]:
+    out.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.lab", "serve", "--hosts", str(hosts), "--profile", "rtx5060",
+         "--out", str(out)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(out / "lab.log", "wb"),
+    )
+    deadline = time.monotonic() + 60
+    while not (out / "ready").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"lab failed to start: {(out / 'lab.log').read_text()[-2000:]}")
+        time.sleep(0.05)
+    return proc
+
+
+def lab_hosts(inventory: Path) -> list[dict[str, str]]:
+    """(name, address, port, user, key) per host from the lab's INI inventory."""
+    hosts = []
+    for line in inventory.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith(("[", "#", ";")):
+            continue
+        name, *pairs = line.split()
+        fields = dict(p.split("=", 1) for p in pairs if "=" in p)
+        hosts.append({"name": name, **fields})
+    return hosts
+
+
+# ---------------------------------------------------------------------- baselines
+
+
+async def raw_asyncssh(hosts: list[dict[str, str]], known_hosts: Path, jobs: int) -> float:
+    """The limit: one connection per host, one command at a time per host (1 slot), no DB."""
+    conns = await asyncio.gather(*(
+        asyncssh.connect(h["ansible_host"], port=int(h["ansible_port"]), username=h["ansible_user"],
+                         client_keys=[h["ansible_ssh_private_key_file"]], known_hosts=str(known_hosts))
+        for h in hosts
+    ))
+    remaining = jobs
+
+    async def worker(conn: asyncssh.SSHClientConnection) -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            await conn.run(COMMAND, check=True)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(c) for c in conns))
+    elapsed = time.perf_counter() - start
+    for c in conns:
+        c.close()
+    return jobs / elapsed
+
+
+def ansible_adhoc(inventory: Path, known_hosts: Path, count: int = 10) -> float:
+    """Commands per second of one ``ansible -m command`` over ``count`` hosts."""
+    ansible = shutil.which("ansible") or str(Path(sys.executable).parent / "ansible")
+    env = dict(os.environ)
+    env.update(
+        ANSIBLE_HOST_KEY_CHECKING="True",
+        ANSIBLE_SSH_ARGS=f"-o UserKnownHostsFile={known_hosts} -o ControlMaster=no",
+        ANSIBLE_PYTHON_INTERPRETER="auto_silent", ANSIBLE_STDOUT_CALLBACK="minimal",
+    )
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [ansible, "-i", str(inventory), f"all[0:{count - 1}]", "-m", "command", "-a", COMMAND, "-f", str(count)],
+        capture_output=True, text=True, env=env,
+    )
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        print(f"ansible ad-hoc failed (exit {proc.returncode}):\n{proc.stdout[-1500:]}\n{proc.stderr[-1500:]}")
+        return float("nan")
+    return count / elapsed
+
+
+# ---------------------------------------------------------------------- fleet
+
+
+def start_fleet(home: Path, inventory: Path | None, known_hosts: Path | None) -> tuple[str, str, object]:
+    os.environ["FLEET_HOME"] = str(home)
+    for var in ("FLEET_SERVER", "FLEET_TOKEN", "FLEET_INVENTORY"):
+        os.environ.pop(var, None)
+    home.mkdir(parents=True, exist_ok=True)
+    if known_hosts:
+        shutil.copy(known_hosts, home / "known_hosts")
+    from fleet.cli import local
+    from fleet.config import load_settings
+
+    settings = load_settings()
+    info = local.start_local(settings, str(inventory) if inventory else None)
+    assert info.token
+    return info.url, info.token, settings
+
+
+def stop_fleet(settings: object) -> None:
+    from fleet.cli import local
+
+    local.stop_local(settings)  # type: ignore[arg-type]
+
+
+async def fleet_throughput(url: str, token: str, jobs: int, concurrency: int = 64) -> dict[str, float]:
+    headers = {"Authorization": f"Bearer {token}"}
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=120) as http:
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(i: int) -> str:
+            async with sem:
+                r = await http.post("/jobs", json={"name": f"b{i}", "run": COMMAND + " $FLEET_JOB_ID"})
+                r.raise_for_status()
+                return r.json()["id"]
+
+        start = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(jobs)))
+        submitted = time.perf_counter() - start
+        active = "PENDING,RETRYING,STARTING,RUNNING,CANCELLING"
+        while True:
+            r = await http.get("/jobs", params={"state": active, "limit": 1})
+            if not r.json()["items"]:
+                break
+            await asyncio.sleep(0.02)
+        items: list[dict] = []
+        before = None
+        while True:
+            params: dict[str, object] = {"limit": 1000}
+            if before:
+                params["before"] = before
+            page = (await http.get("/jobs", params=params)).json()
+            items += page["items"]
+            before = page["next"]
+            if not before:
+                break
+    items = [j for j in items if j["name"].startswith("b")]
+    ok = sum(1 for j in items if j["state"] == "SUCCEEDED")
+    first = min(j["created_ts"] for j in items)
+    last = max(j["ended_ts"] for j in items if j["ended_ts"])
+    return {"jobs": len(items), "succeeded": ok, "jobs_per_s": len(items) / (last - first),
+            "submit_per_s": jobs / submitted}
+
+
+async def fleet_idle_latency(url: str, token: str, count: int) -> list[float]:
+    """submit->start (ms) of jobs sent one at a time to an idle fleet (host clock for start)."""
+    headers = {"Authorization": f"Bearer {token}"}
+    out = []
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as http:
+        for i in range(count):
+            r = await http.post("/jobs", json={"name": f"idle{i}", "run": COMMAND})
+            job_id = r.json()["id"]
+            detail = (await http.get(f"/jobs/{job_id}/wait", params={"timeout": 30})).json()
+            assert detail["state"] == "SUCCEEDED", detail
+            out.append((detail["started_ts"] - detail["created_ts"]) * 1000)
+    return out
+
+
+def fill_jobs(db: Path, rows: int) -> None:
+    """Bulk-insert finished jobs (as a busy lab accumulates them) straight into SQLite."""
+    from fleet.ids import new_id
+
+    conn = sqlite3.connect(db)
+    now = time.time()
+    states = ["SUCCEEDED", "FAILED", "CANCELLED", "SUCCEEDED", "TIMED_OUT"]
+    users = ["alice", "bob", "carol", "root"]
+    data = [
+        (new_id("j"), f"job{i}", users[i % 4], "shell", "shell", "local", "*/*/*", 500,
+         '{"name":"x","run":"true"}', states[i % 5], "succeeded", None, now - rows + i, now - rows + i,
+         now - rows + i, now - rows + i + 1, "localhost", 1, None, None)
+        for i in range(rows)
+    ]
+    conn.executemany(
+        "INSERT INTO jobs (id, name, user, kind, runner, pool, queue, priority, spec_json, state, reason,"
+        " message, created_at, updated_at, started_at, ended_at, host, attempt_count, current_attempt,"
+        " why_json) VALUES (" + ",".join("?" * 20) + ")", data)
+    conn.commit()
+    conn.close()
+
+
+def jobs_page_timing(url: str, token: str, params: dict[str, object], repeat: int = 30) -> tuple[float, float]:
+    """(server-side ms p50, client-side ms p50) of GET /jobs."""
+    server, client = [], []
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}) as http:
+        for _ in range(repeat):
+            t = time.perf_counter()
+            r = http.get("/jobs", params=params)
+            client.append((time.perf_counter() - t) * 1000)
+            r.raise_for_status()
+            server.append(float(r.headers["server-timing"].split("dur=")[1]))
+    return statistics.median(server), statistics.median(client)
+
+
+# ---------------------------------------------------------------------- main
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--hosts", type=int, default=50)
+    ap.add_argument("--jobs", type=int, default=2000)
+    ap.add_argument("--idle", type=int, default=100, help="jobs for the idle submit->start latency")
+    ap.add_argument("--rows", type=int, default=100_000, help="jobs in the DB for the listing test")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
+    lab = start_lab(args.hosts, work / "lab")
+    figures: dict[str, float] = {}
+    try:
+        inventory, known_hosts = work / "lab" / "inventory.ini", work / "lab" / "known_hosts"
+        hosts = lab_hosts(inventory)
+        print(f"lab: {len(hosts)} pure-Python asyncssh hosts in a separate process")
+
+        figures["raw_asyncssh_per_s"] = asyncio.run(raw_asyncssh(hosts, known_hosts, args.jobs))
+        print(f"raw asyncssh loop:     {figures['raw_asyncssh_per_s']:8.1f} commands/s ({args.jobs} commands)")
+        figures["ansible_adhoc_per_s"] = ansible_adhoc(inventory, known_hosts, min(10, len(hosts)))
+        print(f"ansible ad-hoc (10):   {figures['ansible_adhoc_per_s']:8.1f} commands/s")
+
+        url, token, settings = start_fleet(work / "fleet", inventory, known_hosts)
+        try:
+            # Warm the connection pool and the runner bundle on every host first.
+            asyncio.run(fleet_throughput(url, token, len(hosts)))
+            lat = asyncio.run(fleet_idle_latency(url, token, args.idle))
+            figures["submit_start_p50_ms"] = pct(lat, 0.5)
+            figures["submit_start_p99_ms"] = pct(lat, 0.99)
+            print(f"fleet submit->start:   p50 {figures['submit_start_p50_ms']:.1f} ms, "
+                  f"p99 {figures['submit_start_p99_ms']:.1f} ms (idle fleet, {args.idle} jobs)")
+            tp = asyncio.run(fleet_throughput(url, token, args.jobs))
+            figures["fleet_per_s"] = tp["jobs_per_s"]
+            figures["fleet_submit_per_s"] = tp["submit_per_s"]
+            print(f"fleet end to end:      {tp['jobs_per_s']:8.1f} jobs/s ({tp['succeeded']}/{tp['jobs']} "
+                  f"succeeded; API accepted {tp['submit_per_s']:.0f} submits/s)")
+        finally:
+            stop_fleet(settings)
+    finally:
+        lab.send_signal(signal.SIGTERM)
+        lab.wait(timeout=30)
+
+    url, token, settings = start_fleet(work / "fleet-100k", None, None)
+    try:
+        stop_fleet(settings)  # the schema exists now; fill it while no server holds it
+        fill_jobs(work / "fleet-100k" / "fleet.db", args.rows)
+        url, token, settings = start_fleet(work / "fleet-100k", None, None)
+        srv, cli = jobs_page_timing(url, token, {"limit": 50})
+        figures["jobs_page_ms"] = srv
+        srv_s, _ = jobs_page_timing(url, token, {"limit": 50, "state": "FAILED"})
+        srv_u, _ = jobs_page_timing(url, token, {"limit": 50, "user": "bob"})
+        figures["jobs_page_state_ms"], figures["jobs_page_user_ms"] = srv_s, srv_u
+        print(f"fleet jobs, {args.rows} rows: first page {srv:.2f} ms server-side ({cli:.2f} ms "
+              f"client-side); --state {srv_s:.2f} ms; --user {srv_u:.2f} ms")
+    finally:
+        stop_fleet(settings)
+
+    figures["ratio_fleet_vs_raw"] = figures["fleet_per_s"] / figures["raw_asyncssh_per_s"]
+    figures["ratio_fleet_vs_ansible"] = figures["fleet_per_s"] / figures["ansible_adhoc_per_s"]
+    print(f"ratio fleet / raw asyncssh:    {figures['ratio_fleet_vs_raw']:.2f}x (target >= 0.3x)")
+    print(f"ratio fleet / ansible ad-hoc:  {figures['ratio_fleet_vs_ansible']:.1f}x")
+    verdicts = {
+        "throughput >= 0.3x raw": figures["ratio_fleet_vs_raw"] >= 0.3,
+        "submit->start p50 <= 25 ms": figures["submit_start_p50_ms"] <= 25,
+        "jobs page <= 50 ms": figures["jobs_page_ms"] <= 50,
+    }
+    for name, ok in verdicts.items():
+        print(f"  {'met' if ok else 'NOT MET'}: {name}")
+    if args.json:
+        print(json.dumps(figures))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
