@@ -13,6 +13,7 @@ import pytest
 
 from fleet.api.client import Client
 from fleet.errors import NotFound
+from tests.helpers import pid_alive
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -25,15 +26,6 @@ def wait_for_file(path: Path, client: Client, job_id: str) -> None:
         detail = client.wait(job_id, timeout=0.1)
         assert not detail.state in {"FAILED", "SUCCEEDED", "TIMED_OUT", "CANCELLED"}, detail
     raise AssertionError(f"{path} never appeared")
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    return state != "Z"
 
 
 def test_shell_job_sees_its_ids_and_logs_follow(fleet, tmp_path):

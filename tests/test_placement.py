@@ -118,3 +118,9 @@ def test_judge_classifies_outcomes():
 def test_gateway_hosts_run_no_jobs():
     gw = Host(name="gw", pools=("bastion",), arch="x86_64", accelerator="cpu", slots=1, schedulable=False)
     assert static_reason(demand(""), gw, None) == "runs no jobs (fleet_jobs=false)"
+
+
+def test_equal_hosts_are_used_in_turn():
+    d = demand("resources: {pool: jetson}")
+    views = [HostView(LAB[1], last_placed=5.0), HostView(LAB[2], last_placed=1.0), HostView(LAB[3], last_placed=3.0)]
+    assert place(d, views, statics(d)).host == "jet-2"

@@ -87,9 +87,10 @@ def start_local(settings: Settings, inventory: str | None) -> ServerInfo:
         running = local_server(settings)
         if running is not None and _healthy(running.url):
             return running
-        cmd = [sys.executable, "-m", "fleet", "serve", "--local", "--host", "127.0.0.1", "--port", "0"]
+        cmd = [sys.executable, "-m", "fleet"]
         if inventory:
             cmd += ["--inventory", str(Path(inventory).expanduser().resolve())]
+        cmd += ["serve", "--local", "--host", "127.0.0.1", "--port", "0"]
         log = settings.server_log.open("ab")
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 start_new_session=True, env=os.environ.copy())

@@ -134,6 +134,7 @@ class Scheduler:
         self.health: dict[str, Health] = {}
         self.drained: set[str] = set()
         self.cached: dict[str, set[str]] = {}
+        self.last_placed: dict[str, float] = {}
         self.queues: dict[str, ClassQueue] = {}
         self.pending: dict[str, QueuedJob] = {}
         self.running_by_user: Counter[str] = Counter()
@@ -314,6 +315,7 @@ class Scheduler:
             HostView(
                 host=h, used_slots=self.used[h.name], health=self.health.get(h.name, Health.GOOD),
                 drained=h.name in self.drained, cached=frozenset(self.cached.get(h.name, ())),
+                last_placed=self.last_placed.get(h.name, 0.0),
             )
             for h in self.hosts.values()
         ]
@@ -357,6 +359,7 @@ class Scheduler:
                 views[decision.host] = HostView(
                     host=view.host, used_slots=self.used[decision.host], health=view.health,
                     drained=view.drained, cached=view.cached,
+                    last_placed=self.last_placed[decision.host],
                 )
             if not len(queue):
                 del self.queues[key]
@@ -365,6 +368,7 @@ class Scheduler:
         slots = qj.demand.slots
         attempt = self.store.start_attempt(qj.job, host.name, slots)
         self.used[host.name] += slots
+        self.last_placed[host.name] = time.monotonic()
         self.running_by_user[qj.job.user] += 1
         run = Running(qj=qj, attempt=attempt, host=host, plan=self._plan(qj, attempt, host))
         self.running[qj.job.id] = run

@@ -61,6 +61,7 @@ class HostView:
     health: Health = Health.GOOD
     drained: bool = False
     cached: frozenset[str] = frozenset()
+    last_placed: float = 0.0  # when the scheduler last placed a job here (spreads equal hosts)
 
     @property
     def free_slots(self) -> int:
@@ -158,6 +159,7 @@ def place(
     reasons: Counter[str] = Counter()
     dynamic_only = True
     best: Placement | None = None
+    best_key: tuple[float, float, str] | None = None
     inputs = tuple(inputs)
     for view in in_scope:
         why = static.get(view.host.name)
@@ -170,8 +172,10 @@ def place(
             reasons[why] += 1
             continue
         score = rank(view, inputs, failed_on)
-        if best is None or score > best.score or (score == best.score and view.host.name < best.host):
-            best = Placement(host=view.host.name, score=score)
+        # Best score first; among equals the least recently used host, then the name.
+        key = (-score, view.last_placed, view.host.name)
+        if best_key is None or key < best_key:
+            best_key, best = key, Placement(host=view.host.name, score=score)
     if best is not None:
         return best
     return Unplaceable(

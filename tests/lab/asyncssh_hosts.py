@@ -6,9 +6,11 @@ status or signal, the way sshd does: the exit status is sent once the shell has 
 stdout and stderr have reached EOF. It also serves SFTP/SCP (relative paths start at HOME) and
 direct-tcpip forwarding to loopback, so ProxyJump through it works.
 
-Deliberate differences from sshd: no PTYs; the client's env requests are ignored; commands run as
-the test process's user, so ``~user`` expands to that user's real home (``$HOME`` and ``~`` are
-the host's).
+Deliberate differences from sshd: a PTY request is granted but the command still runs on pipes
+(Ansible insists on ``ssh -tt``; nothing here needs a terminal); the client's env requests are
+ignored; commands run as the test process's user with the real /etc, so ``~user`` expands to that
+user's real home (``$HOME`` and ``~`` are the host's; see :meth:`Lab.write_inventory` for how
+Ansible is kept inside the host's HOME).
 """
 
 from __future__ import annotations
@@ -75,7 +77,6 @@ class AsyncsshHost:
                 allow_scp=True,
                 encoding=None,
                 line_editor=False,
-                allow_pty=False,
                 agent_forwarding=False,
                 x11_forwarding=False,
             )

@@ -252,7 +252,8 @@ class Lab:
     ) -> Path:
         """Write an Ansible INI inventory of the named hosts (default: all) and return ``path``.
 
-        One group per profile pool. ``extra_host_vars`` maps host names to variables that are
+        One group per profile pool. Asyncssh hosts also get ``ansible_remote_tmp`` inside their
+        HOME (``~user`` there is the real user's home). ``extra_host_vars`` maps host names to variables that are
         added to (and override) the generated ones; dicts and lists are written as JSON, which
         Ansible reads back as such. Hosts must have been started (their ports are needed).
         """
@@ -378,6 +379,10 @@ class Lab:
             variables["fleet_slots"] = host.slots
         variables["fleet_workdir"] = str(host.home / ".fleet")
         variables["ansible_python_interpreter"] = str(self.python)
+        if host.kind == "asyncssh":
+            # Ansible finds its remote home with `echo ~user`, which on an asyncssh host is the
+            # user's real home (the real /etc/passwd): keep its temp files in the host's HOME.
+            variables["ansible_remote_tmp"] = str(host.home / ".ansible" / "tmp")
         return variables
 
     def _select(self, names: list[str] | None) -> list[LabHost]:
