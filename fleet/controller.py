@@ -12,6 +12,7 @@ import getpass
 import json
 import logging
 import os
+import signal
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,7 +96,10 @@ async def serve(settings: Settings, options: ServeOptions) -> None:
     ctx_holder["ctx"] = ctx
     app = create_app(ctx)
 
-    sock = socket.socket(socket.AF_INET6 if ":" in options.host else socket.AF_INET)
+    # proto=IPPROTO_TCP matters: asyncio only sets TCP_NODELAY on sockets that say they are TCP,
+    # and without it every small response waits ~40 ms for a delayed ACK.
+    family = socket.AF_INET6 if ":" in options.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((options.host, options.port))
     sock.listen(512)
@@ -110,6 +114,10 @@ async def serve(settings: Settings, options: ServeOptions) -> None:
     if options.local:
         write_private(settings.server_file, json.dumps({"url": url, "pid": os.getpid(),
                                                         "inventory": source}))
+    # uvicorn captures SIGTERM/SIGINT while serving and re-raises them afterwards; with these
+    # handlers in place the re-raise is harmless and the shutdown below always runs.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda _sig, _frame: None)
     try:
         await server.serve(sockets=[sock])
     finally:

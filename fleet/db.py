@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, SQLModel, create_engine
 
 from fleet.models import tables  # noqa: F401  (registers the tables on SQLModel.metadata)
@@ -54,6 +54,12 @@ class Database:
         with Session(self.engine, expire_on_commit=False) as session:
             yield session
             session.commit()
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A Core connection in a transaction, for hot-path writes (no ORM unit of work)."""
+        with self.engine.begin() as conn:
+            yield conn
 
     def dispose(self) -> None:
         self.engine.dispose()

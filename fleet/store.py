@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, update
+from sqlalchemy import bindparam, func, insert, update
 from sqlmodel import col, select
 
 from fleet.db import Database
@@ -25,6 +25,35 @@ from fleet.models.tables import Attempt, HostStatus, Job, Result, Token, User
 
 ACTIVE_JOB_STATES = [JobState.STARTING.value, JobState.RUNNING.value, JobState.CANCELLING.value]
 QUEUED_JOB_STATES = [JobState.PENDING.value, JobState.RETRYING.value]
+
+
+_JOBS = Job.__table__  # type: ignore[attr-defined]
+_ATTEMPTS = Attempt.__table__  # type: ignore[attr-defined]
+_RESULTS = Result.__table__  # type: ignore[attr-defined]
+_UPDATES: dict[tuple[str, tuple[str, ...]], Any] = {}
+
+
+def _update(table: Any, names: tuple[str, ...]) -> Any:
+    """A cached Core ``UPDATE table SET names... WHERE id = :_id`` (statement built once).
+
+    Hot-path writes go through Core with bound parameters: building ORM/DML statements per
+    call cost more than SQLite's own work.
+    """
+    key = (table.name, names)
+    stmt = _UPDATES.get(key)
+    if stmt is None:
+        stmt = update(table).where(table.c.id == bindparam("_id")).values({n: bindparam(n) for n in names})
+        _UPDATES[key] = stmt
+    return stmt
+
+
+# STARTING -> RUNNING; the job's started_at is its first attempt's start (retries keep it).
+_JOB_RUNNING = (
+    update(_JOBS)
+    .where(_JOBS.c.id == bindparam("_id"), _JOBS.c.state == bindparam("_state"))
+    .values(state=bindparam("state"), updated_at=bindparam("updated_at"),
+            started_at=func.coalesce(_JOBS.c.started_at, bindparam("started_at")))
+)
 
 
 def hash_token(token: str) -> str:
@@ -79,8 +108,19 @@ class Store:
     # ------------------------------------------------------------------ jobs
 
     def create_job(self, spec: JobSpec, user: str, queue: str) -> Job:
+        return self.create_jobs([(spec, queue)], user)[0]
+
+    def create_jobs(self, specs: Sequence[tuple[JobSpec, str]], user: str) -> list[Job]:
+        """Insert PENDING jobs (spec, queue key) in one transaction: all or none."""
+        jobs = [self._new_job(spec, user, queue) for spec, queue in specs]
+        with self.db.write() as conn:
+            conn.execute(insert(_JOBS), [job.model_dump() for job in jobs])
+        return jobs
+
+    @staticmethod
+    def _new_job(spec: JobSpec, user: str, queue: str) -> Job:
         now = time.time()
-        job = Job(
+        return Job(
             id=new_id("j"),
             name=spec.name,
             user=user,
@@ -94,9 +134,6 @@ class Store:
             created_at=now,
             updated_at=now,
         )
-        with self.db.session() as s:
-            s.add(job)
-        return job
 
     def get_job(self, job_id: str) -> Job:
         """A job by id or unique id prefix (at least 6 characters). Raises NotFound."""
@@ -146,8 +183,8 @@ class Store:
 
     def set_job(self, job_id: str, **fields: Any) -> None:
         fields["updated_at"] = time.time()
-        with self.db.session() as s:
-            s.execute(update(Job).where(col(Job.id) == job_id).values(**fields))
+        with self.db.write() as conn:
+            conn.execute(_update(_JOBS, tuple(sorted(fields))), dict(fields, _id=job_id))
 
     def finish_job(self, job_id: str, state: JobState, reason: Reason, message: str | None) -> None:
         now = time.time()
@@ -162,24 +199,22 @@ class Store:
             id=new_id("a"), job_id=job.id, number=job.attempt_count + 1, host=host, backend=backend,
             slots=slots, state=AttemptState.STARTING.value, created_at=now,
         )
-        with self.db.session() as s:
-            s.add(attempt)
-            s.execute(
-                update(Job).where(col(Job.id) == job.id).values(
-                    state=JobState.STARTING.value, host=host, attempt_count=attempt.number,
-                    current_attempt=attempt.id, updated_at=now, reason=None, message=None,
-                )
-            )
+        fields = dict(state=JobState.STARTING.value, host=host, attempt_count=attempt.number,
+                      current_attempt=attempt.id, updated_at=now, reason=None, message=None)
+        with self.db.write() as s:
+            s.execute(insert(_ATTEMPTS), attempt.model_dump())
+            s.execute(_update(_JOBS, tuple(sorted(fields))), dict(fields, _id=job.id))
         job.attempt_count = attempt.number
         return attempt
 
     def attempt_running(self, job_id: str, attempt_id: str, started_at: float) -> None:
         now = time.time()
-        with self.db.session() as s:
-            s.execute(update(Attempt).where(col(Attempt.id) == attempt_id).values(
-                state=AttemptState.RUNNING.value, started_at=started_at))
-            s.execute(update(Job).where(col(Job.id) == job_id, col(Job.state) == JobState.STARTING.value).values(
-                state=JobState.RUNNING.value, started_at=func.coalesce(Job.started_at, started_at), updated_at=now))
+        with self.db.write() as s:
+            s.execute(_update(_ATTEMPTS, ("started_at", "state")),
+                      {"_id": attempt_id, "state": AttemptState.RUNNING.value, "started_at": started_at})
+            s.execute(_JOB_RUNNING, {"_id": job_id, "_state": JobState.STARTING.value,
+                                     "state": JobState.RUNNING.value, "started_at": started_at,
+                                     "updated_at": now})
 
     def finish_attempt(
         self, attempt_id: str, state: AttemptState, reason: Reason, message: str | None,
@@ -192,8 +227,20 @@ class Store:
         )
         if started_at is not None:
             values["started_at"] = started_at
-        with self.db.session() as s:
-            s.execute(update(Attempt).where(col(Attempt.id) == attempt_id).values(**values))
+        with self.db.write() as s:
+            s.execute(_update(_ATTEMPTS, tuple(sorted(values))), dict(values, _id=attempt_id))
+
+    def finish(
+        self, attempt_id: str, attempt_values: dict[str, Any], job_id: str, job_values: dict[str, Any],
+        result: dict[str, Any] | None = None,
+    ) -> None:
+        """End an attempt, move its job on and store its result, in one transaction."""
+        job_values = dict(job_values, updated_at=time.time())
+        with self.db.write() as s:
+            s.execute(_update(_ATTEMPTS, tuple(sorted(attempt_values))), dict(attempt_values, _id=attempt_id))
+            s.execute(_update(_JOBS, tuple(sorted(job_values))), dict(job_values, _id=job_id))
+            if result is not None:
+                s.execute(insert(_RESULTS), dict(result, created_at=time.time()))
 
     def attempts(self, job_id: str) -> list[Attempt]:
         with self.db.session() as s:
@@ -211,8 +258,8 @@ class Store:
     # ------------------------------------------------------------------ results
 
     def add_result(self, job: Job, attempt: Attempt, device_class: str, record: dict[str, Any]) -> None:
-        with self.db.session() as s:
-            s.add(Result(
+        with self.db.write() as s:
+            s.execute(insert(_RESULTS), dict(
                 job_id=job.id, attempt_id=attempt.id, user=job.user, runner=job.runner,
                 host=attempt.host, device_class=device_class, created_at=time.time(),
                 record_json=json.dumps(record),

@@ -17,7 +17,7 @@ import asyncssh
 import pytest
 
 from tests.lab import PROFILES, Lab, LabError, LabHost, have_sshd
-from tests.lab.fixtures import lab, requires_sshd  # noqa: F401 - the fixture
+from tests.lab.fixtures import requires_sshd  # the `lab` fixture comes from conftest.py
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS = ["asyncssh", pytest.param("openssh", marks=requires_sshd)]
@@ -48,7 +48,9 @@ def alive(pid: int) -> bool:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-async def test_host_runs_commands_in_its_own_environment(lab: Lab, tmp_path: Path, kind: str) -> None:
+async def test_host_runs_commands_in_its_own_environment(
+    lab: Lab, tmp_path: Path, kind: str
+) -> None:
     rtx, jetson = lab.add_hosts("rtx5060", 1, kind) + lab.add_hosts("jetson-orin-nano", 1, kind)
     known_hosts = tmp_path / "known_hosts"
     known_hosts.write_text(lab.known_hosts_text())
@@ -60,7 +62,12 @@ async def test_host_runs_commands_in_its_own_environment(lab: Lab, tmp_path: Pat
                 check=True,
             )
         home, name, profile, machine, cwd, python3, shell, *env = str(result.stdout).splitlines()
-        assert (home, cwd, name, profile) == (str(host.home), str(host.home), host.name, host.profile.name)
+        assert (home, cwd, name, profile) == (
+            str(host.home),
+            str(host.home),
+            host.name,
+            host.profile.name,
+        )
         assert machine == arch
         assert python3 == f"{host.home}/bin/python3"
         assert shell == "/bin/sh"
@@ -207,7 +214,8 @@ def test_ansible_pings_asyncssh_and_openssh_hosts(lab: Lab, tmp_path: Path) -> N
         hosts += lab.add_hosts("jetson-orin-nano", 1, "openssh")
     proxy = f"-o ProxyJump={lab.user}@{jump.address}:{jump.port}"
     inventory = lab.write_inventory(
-        tmp_path / "inventory.ini", extra_host_vars={behind.name: {"ansible_ssh_common_args": proxy}}
+        tmp_path / "inventory.ini",
+        extra_host_vars={behind.name: {"ansible_ssh_common_args": proxy}},
     )
     result = subprocess.run(
         [str(Path(sys.executable).parent / "ansible"), "-i", str(inventory), "all", "-m", "ping"],
@@ -253,14 +261,14 @@ async def test_fifty_hosts_answer(lab: Lab) -> None:
 
 async def test_serve_runs_a_lab_in_another_process(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "tests.lab", "serve", "--hosts", "3", "--profile", "jetson-orin-nano",
-         "--out", str(out)],
-        cwd=REPO, stdout=subprocess.PIPE, text=True,
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.lab", "serve", "--hosts", "3",
+        "--profile", "jetson-orin-nano", "--out", str(out),
+        cwd=REPO, stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
         assert server.stdout is not None
-        assert server.stdout.readline() == "ready\n"
+        assert await asyncio.wait_for(server.stdout.readline(), 30) == b"ready\n"
         assert (out / "ready").read_text() == f"{server.pid}\n"
         assert "[jetson]" in (out / "inventory.ini").read_text()
         address_port, _ = (out / "known_hosts").read_text().splitlines()[0].split(" ", 1)
@@ -274,8 +282,8 @@ async def test_serve_runs_a_lab_in_another_process(tmp_path: Path) -> None:
         ) as conn:
             assert (await conn.run("uname -m", check=True)).stdout == "aarch64\n"
         server.send_signal(signal.SIGTERM)
-        assert server.wait(timeout=10) == 0
+        assert await asyncio.wait_for(server.wait(), 10) == 0
     finally:
-        if server.poll() is None:
+        if server.returncode is None:
             server.kill()
-            server.wait()
+            await server.wait()

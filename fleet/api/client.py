@@ -94,6 +94,10 @@ class Client:
     def submit(self, spec: dict[str, Any]) -> JobOut:
         return JobOut.model_validate(self._post("/jobs", spec))
 
+    def submit_many(self, specs: list[dict[str, Any]]) -> list[JobOut]:
+        """Submit several specs in one request: all are queued, or none (SpecError-like 422)."""
+        return [JobOut.model_validate(j) for j in self._post("/jobs/batch", {"jobs": specs})]
+
     def job(self, job_id: str) -> JobDetail:
         return JobDetail.model_validate(self._get(f"/jobs/{job_id}"))
 

@@ -17,6 +17,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
 
 from fleet import __version__
 from fleet.api.schemas import (
@@ -93,7 +94,7 @@ class ServerTiming:
 _bearer = HTTPBearer(auto_error=False)
 
 
-def current_user(
+async def current_user(
     request: Request,
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> User:
@@ -109,7 +110,7 @@ def current_user(
 UserDep = Annotated[User, Depends(current_user)]
 
 
-def admin_only(user: UserDep) -> User:
+async def admin_only(user: UserDep) -> User:
     if not user.is_admin:
         raise HTTPException(403, "admin only")
     return user
@@ -160,17 +161,17 @@ def create_app(ctx: ApiContext) -> FastAPI:
     # ------------------------------------------------------------------ health, identity
 
     @app.get("/health", tags=["server"])
-    def health() -> dict[str, Any]:
+    async def health() -> dict[str, Any]:
         return {"ok": True, "version": __version__, "pid": os.getpid()}
 
     @app.get("/whoami", tags=["users"])
-    def whoami(user: UserDep) -> UserOut:
+    async def whoami(user: UserDep) -> UserOut:
         return UserOut(name=user.name, admin=user.is_admin)
 
     # ------------------------------------------------------------------ blobs
 
     @app.head("/blobs/{sha256}", tags=["blobs"])
-    def blob_exists(sha256: str, _user: UserDep) -> Response:
+    async def blob_exists(sha256: str, _user: UserDep) -> Response:
         if not SHA256_RE.match(sha256):
             raise HTTPException(422, "sha256 must be 64 lowercase hex digits")
         return Response(status_code=200 if ctx.blob_path(sha256).is_file() else 404)
@@ -203,24 +204,17 @@ def create_app(ctx: ApiContext) -> FastAPI:
     # ------------------------------------------------------------------ jobs
 
     @app.post("/jobs", tags=["jobs"], status_code=201, responses={422: {"description": "invalid spec"}})
-    def submit(body: dict[str, Any], user: UserDep) -> JobOut:
+    async def submit(body: dict[str, Any], user: UserDep) -> JobOut:
         """Submit a job spec (inputs already uploaded as blobs)."""
-        spec = validate_spec(body)
-        missing = [
-            (f"inputs.{name}", f"blob {blob.sha256[:12]} of {rel} is not uploaded")
-            for name, ref in spec.uploaded().items()
-            for rel, blob in ref.files.items()
-            if not ctx.blob_path(blob.sha256).is_file()
-        ]
-        if missing:
-            raise SpecError(missing)
-        demand = ctx.scheduler.demand_for(spec)
-        job = ctx.store.create_job(spec, user.name, demand.key)
-        ctx.scheduler.submit(job, spec)
-        return JobOut.of(job)
+        return _submit_many(ctx, [body], user)[0]
+
+    @app.post("/jobs/batch", tags=["jobs"], status_code=201, responses={422: {"description": "invalid spec"}})
+    async def submit_batch(body: BatchIn, user: UserDep) -> list[JobOut]:
+        """Submit several specs at once: all are accepted or none (errors name ``jobs[i]``)."""
+        return _submit_many(ctx, body.jobs, user)
 
     @app.get("/jobs", tags=["jobs"])
-    def list_jobs(
+    async def list_jobs(
         user: UserDep,
         state: Annotated[list[str] | None, Query()] = None,
         pool: str | None = None,
@@ -248,7 +242,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         return JobDetail.build(job, ctx.store.attempts(job.id), ctx.store.result_for(job.id))
 
     @app.get("/jobs/{job_id}", tags=["jobs"])
-    def get_job(job_id: str, user: UserDep) -> JobDetail:
+    async def get_job(job_id: str, user: UserDep) -> JobDetail:
         return detail(visible_job(job_id, user))
 
     @app.get("/jobs/{job_id}/wait", tags=["jobs"])
@@ -268,7 +262,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         return CancelOut(id=job.id, state=await ctx.scheduler.cancel(job.id))
 
     @app.get("/jobs/{job_id}/why", tags=["jobs"])
-    def why_job(job_id: str, user: UserDep) -> WhyOut:
+    async def why_job(job_id: str, user: UserDep) -> WhyOut:
         job = visible_job(job_id, user)
         return WhyOut(**ctx.scheduler.why(job.id))
 
@@ -290,7 +284,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     # ------------------------------------------------------------------ results
 
     @app.get("/results", tags=["results"])
-    def results(
+    async def results(
         user: UserDep,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
         before: int | None = None,
@@ -311,11 +305,11 @@ def create_app(ctx: ApiContext) -> FastAPI:
     # ------------------------------------------------------------------ hosts and pools
 
     @app.get("/hosts", tags=["hosts"])
-    def hosts(_user: UserDep) -> list[HostOut]:
+    async def hosts(_user: UserDep) -> list[HostOut]:
         return [_host_out(v) for v in ctx.scheduler.host_views()]
 
     @app.get("/pools", tags=["hosts"])
-    def pools(_user: UserDep) -> list[PoolOut]:
+    async def pools(_user: UserDep) -> list[PoolOut]:
         by_pool: dict[str, list[HostOut]] = {}
         for h in (_host_out(v) for v in ctx.scheduler.host_views()):
             for p in h.pools:
@@ -330,17 +324,17 @@ def create_app(ctx: ApiContext) -> FastAPI:
     # ------------------------------------------------------------------ users and tokens
 
     @app.get("/users", tags=["users"])
-    def users(_admin: AdminDep) -> list[UserOut]:
+    async def users(_admin: AdminDep) -> list[UserOut]:
         return [UserOut(name=u.name, admin=u.is_admin) for u in ctx.store.list_users()]
 
     @app.post("/users", tags=["users"], status_code=201)
-    def add_user(body: UserIn, _admin: AdminDep) -> TokenOut:
+    async def add_user(body: UserIn, _admin: AdminDep) -> TokenOut:
         """Create a user and a first token for them (shown once)."""
         user = ctx.store.create_user(body.name, body.admin)
         return TokenOut(user=user.name, token=ctx.store.create_token(user))
 
     @app.post("/tokens", tags=["users"], status_code=201)
-    def add_token(body: TokenIn, user: UserDep) -> TokenOut:
+    async def add_token(body: TokenIn, user: UserDep) -> TokenOut:
         """A new token for yourself, or (admins) for another user."""
         target = user
         if body.user and body.user != user.name:
@@ -353,6 +347,37 @@ def create_app(ctx: ApiContext) -> FastAPI:
         return TokenOut(user=target.name, token=ctx.store.create_token(target, body.name))
 
     return app
+
+
+class BatchIn(BaseModel):
+    jobs: list[dict[str, Any]] = Field(min_length=1, max_length=10_000)
+
+
+def _submit_many(ctx: ApiContext, bodies: list[dict[str, Any]], user: User) -> list[JobOut]:
+    """Validate every spec, then queue them all in one transaction. Raises SpecError."""
+    accepted = []
+    errors: list[tuple[str, str]] = []
+    for i, body in enumerate(bodies):
+        prefix = f"jobs[{i}]." if len(bodies) > 1 else ""
+        try:
+            spec = validate_spec(body)
+            missing = [
+                (f"inputs.{name}", f"blob {blob.sha256[:12]} of {rel} is not uploaded")
+                for name, ref in spec.uploaded().items()
+                for rel, blob in ref.files.items()
+                if not ctx.blob_path(blob.sha256).is_file()
+            ]
+            if missing:
+                raise SpecError(missing)
+            accepted.append((spec, ctx.scheduler.demand_for(spec).key))
+        except SpecError as exc:
+            errors.extend((prefix + f if f else prefix.rstrip("."), p) for f, p in exc.errors)
+    if errors:
+        raise SpecError(errors)
+    jobs = ctx.store.create_jobs(accepted, user.name)
+    for job, (spec, _key) in zip(jobs, accepted, strict=True):
+        ctx.scheduler.submit(job, spec)
+    return [JobOut.of(job) for job in jobs]
 
 
 def _host_out(view: Any) -> HostOut:

@@ -118,9 +118,13 @@ class LocalTransport(Transport):
         )
         if stdin is not None:
             assert proc.stdin is not None
-            proc.stdin.write(stdin)
-            await proc.stdin.drain()
-            proc.stdin.close()
+            try:
+                proc.stdin.write(stdin)
+                await proc.stdin.drain()
+                proc.stdin.close()
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the command exited without reading all of its input; its status tells
+
         await asyncio.gather(
             _pump(proc.stdout, on_stdout), _pump(proc.stderr, on_stderr)  # type: ignore[arg-type]
         )

@@ -156,7 +156,7 @@ class SSHBackend(Backend):
         lib = sh_path(self.lib_dir(host))
         libs = sh_path(join(host.workdir, "lib"))
         script = (
-            f"test -f {lib}/.ok && exit 0; set -e; mkdir -p {libs}; "
+            f"test -f {lib}/.ok && {{ cat >/dev/null; exit 0; }}; set -e; mkdir -p {libs}; "
             f't=$(mktemp -d {libs}/.tmp.XXXXXX); tar -xzf - -C "$t"; touch "$t/.ok"; '
             f'mv -T "$t" {lib} 2>/dev/null || rm -rf "$t"; test -f {lib}/.ok'
         )

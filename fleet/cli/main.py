@@ -199,15 +199,8 @@ def _finish(detail: Any, as_json: bool) -> None:
     sys.exit(0 if detail.state == JobState.SUCCEEDED.value else 1)
 
 
-@cli.command()
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--wait", is_flag=True, help="wait until the job ends; exit 0 only if it succeeded")
-@click.option("--follow", "-f", is_flag=True, help="stream the log until the job ends")
-@click.option("--json", "as_json", is_flag=True)
-@pass_ctx
-@handle_errors
-def submit(obj: Ctx, file: Path, wait: bool, follow: bool, as_json: bool) -> None:
-    """Submit the job spec in FILE (YAML)."""
+def _load_spec_file(client: Client | None, file: Path) -> dict[str, Any]:
+    """Read and check a spec file locally (fail fast, before any upload), then upload inputs."""
     if not file.is_file():
         raise FleetError(f"{file}: no such file")
     try:
@@ -215,26 +208,57 @@ def submit(obj: Ctx, file: Path, wait: bool, follow: bool, as_json: bool) -> Non
     except yaml.YAMLError as exc:
         raise SpecError([("", f"not valid YAML: {exc}")], str(file)) from None
     try:
-        validate_spec(data, str(file))  # fail fast, before any upload
+        validate_spec(data, str(file))
     except SpecError as exc:
         raise SpecError(exc.errors, str(file)) from None
+    if client is not None:
+        _upload_inputs(client, data, file.parent)
+    return data
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--wait", is_flag=True, help="wait until the jobs end; exit 0 only if all succeeded")
+@click.option("--follow", "-f", is_flag=True, help="stream the log until the job ends (one file)")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@handle_errors
+def submit(obj: Ctx, files: tuple[Path, ...], wait: bool, follow: bool, as_json: bool) -> None:
+    """Submit the job specs in FILES (YAML). Several files are queued together or not at all."""
+    if follow and len(files) != 1:
+        raise FleetError("--follow takes exactly one spec file")
+    for file in files:
+        _load_spec_file(None, file)  # every file is checked before anything is uploaded
     client = obj.client
-    _upload_inputs(client, data, file.parent)
+    specs = [_load_spec_file(client, file) for file in files]
     try:
-        job = client.submit(data)
+        jobs = [client.submit(specs[0])] if len(specs) == 1 else client.submit_many(specs)
     except ApiError as exc:
-        raise ApiError(exc.status, f"{file}: {exc}") from None
+        where = str(files[0]) if len(files) == 1 else "batch"
+        raise ApiError(exc.status, f"{where}: {exc}") from None
     if not (wait or follow):
-        click.echo(render.dump(job) if as_json else f"{job.id}  {job.name}  {job.state}  queue {job.queue}")
+        if as_json:
+            click.echo(render.dump(jobs[0] if len(jobs) == 1 else jobs))
+        else:
+            for job in jobs:
+                click.echo(f"{job.id}  {job.name}  {job.state}  queue {job.queue}")
         return
     if not as_json:
-        click.echo(f"{job.id}  {job.name}  submitted to queue {job.queue}", err=True)
+        for job in jobs:
+            click.echo(f"{job.id}  {job.name}  submitted to queue {job.queue}", err=True)
     if follow:
         out = sys.stderr.buffer if as_json else sys.stdout.buffer
-        for chunk in client.logs(job.id, follow=True):
+        for chunk in client.logs(jobs[0].id, follow=True):
             out.write(chunk)
             out.flush()
-    _finish(_wait_terminal(client, job.id), as_json)
+    details = [_wait_terminal(client, job.id) for job in jobs]
+    if len(details) == 1:
+        _finish(details[0], as_json)
+    if as_json:
+        click.echo(render.dump(details))
+    else:
+        click.echo(render.jobs_table(details))
+    sys.exit(0 if all(d.state == JobState.SUCCEEDED.value for d in details) else 1)
 
 
 @cli.command()

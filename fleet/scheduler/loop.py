@@ -9,6 +9,7 @@ the attempt tasks it owns, so a host never runs more attempts than its slots.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import Counter
@@ -430,13 +431,7 @@ class Scheduler:
                                          host=host, runner=run.plan.runner)
             except InvalidResult as exc:
                 verdict = Verdict(AttemptState.FAILED, Reason.RUNNER_ERROR, str(exc), verdict.exit_code)
-        self.store.finish_attempt(
-            attempt.id, verdict.state, verdict.reason, verdict.message, verdict.exit_code,
-            log_bytes, started_at=outcome.started_at, ended_at=outcome.ended_at,
-        )
         self.logs.close(attempt.id)
-        if record is not None:
-            self.store.add_result(qj.job, attempt, host.device_class, record)
         # Release the lease and the fair-share count before deciding on a retry.
         self.used[host.name] -= attempt.slots
         self.running_by_user[qj.job.user] -= 1
@@ -445,12 +440,27 @@ class Scheduler:
         if verdict.state is AttemptState.SUCCEEDED:
             cached = self.cached.setdefault(host.name, set())
             cached.update(f.sha256 for f in qj.inputs)
-        if self._should_retry(qj, host, verdict):
-            self.store.set_job(qj.job.id, state=JobState.RETRYING.value, reason=verdict.reason.value,
-                               message=f"attempt {attempt.number} on {host.name}: {verdict.message}; retrying")
+        attempt_values: dict[str, Any] = dict(
+            state=verdict.state.value, reason=verdict.reason.value, message=verdict.message,
+            exit_code=verdict.exit_code, ended_at=outcome.ended_at or time.time(), log_bytes=log_bytes,
+        )
+        if outcome.started_at is not None:
+            attempt_values["started_at"] = outcome.started_at
+        retry = self._should_retry(qj, host, verdict)
+        if retry:
+            job_values = dict(state=JobState.RETRYING.value, reason=verdict.reason.value,
+                              message=f"attempt {attempt.number} on {host.name}: {verdict.message}; retrying")
+        else:
+            job_values = dict(state=_JOB_STATE[verdict.state].value, reason=verdict.reason.value,
+                              message=verdict.message, ended_at=time.time())
+        result_row = None
+        if record is not None:
+            result_row = dict(job_id=qj.job.id, attempt_id=attempt.id, user=qj.job.user, runner=qj.job.runner,
+                              host=host.name, device_class=host.device_class, record_json=json.dumps(record))
+        self.store.finish(attempt.id, attempt_values, qj.job.id, job_values, result_row)
+        if retry:
             self._enqueue(qj.job, qj.spec)
         else:
-            self.store.finish_job(qj.job.id, _JOB_STATE[verdict.state], verdict.reason, verdict.message)
             self._job_done(qj.job.id)
         self._wake.set()
 

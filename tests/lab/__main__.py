@@ -33,7 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     return _serve(args.hosts, args.profile, args.kind, args.slots, args.out, args.root)
 
 
-def _serve(count: int, profile: str, kind: str, slots: int | None, out: Path, root: Path | None) -> int:
+def _serve(
+    count: int, profile: str, kind: str, slots: int | None, out: Path, root: Path | None
+) -> int:
     # Block the signals before the lab's thread starts (it inherits the mask), then wait for
     # them synchronously in the main thread.
     stop_signals = {signal.SIGTERM, signal.SIGINT}

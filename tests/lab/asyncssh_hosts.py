@@ -23,6 +23,7 @@ import posixpath
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 
@@ -199,7 +200,8 @@ async def _run_child(
     stdin_task = asyncio.create_task(child.pump_stdin())
     closed_task = asyncio.create_task(process.channel.wait_closed())
     try:
-        await asyncio.wait({child.finished, closed_task}, return_when=asyncio.FIRST_COMPLETED)
+        waiters: set[asyncio.Future[Any]] = {child.finished, closed_task}
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     finally:
         stdin_task.cancel()
         if not child.exited.done():
@@ -233,6 +235,7 @@ class _Child(asyncio.SubprocessProtocol):
         self._transport: asyncio.SubprocessTransport | None = None
         self._open_outputs = {1, 2}
         self._paused_outputs: set[int] = set()
+        self._drains: set[asyncio.Task[None]] = set()  # strong refs: the loop only keeps weak ones
         self._stdin_open = True
         self._stdin_writable = asyncio.Event()
         self._stdin_writable.set()
@@ -253,9 +256,13 @@ class _Child(asyncio.SubprocessProtocol):
             fd not in self._paused_outputs
             and self._process.channel.get_write_buffer_size() > _OUTPUT_HIGH_WATER
         ):
-            self._pipe(fd).pause_reading()  # type: ignore[attr-defined]
-            self._paused_outputs.add(fd)
-            asyncio.get_running_loop().create_task(self._resume_after_drain(fd, writer))
+            pipe = self._output_pipe(fd)
+            if pipe is not None:
+                pipe.pause_reading()
+                self._paused_outputs.add(fd)
+                drain = asyncio.get_running_loop().create_task(self._resume_after_drain(fd, writer))
+                self._drains.add(drain)
+                drain.add_done_callback(self._drains.discard)
 
     async def _resume_after_drain(self, fd: int, writer: asyncssh.SSHWriter[bytes]) -> None:
         try:
@@ -263,9 +270,9 @@ class _Child(asyncio.SubprocessProtocol):
         except (OSError, asyncssh.Error):
             return  # channel gone: the child is being killed
         self._paused_outputs.discard(fd)
-        pipe = self._pipe(fd)
+        pipe = self._output_pipe(fd)
         if pipe is not None and not pipe.is_closing():
-            pipe.resume_reading()  # type: ignore[attr-defined]
+            pipe.resume_reading()
 
     def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
         if fd == 0:
@@ -307,13 +314,13 @@ class _Child(asyncio.SubprocessProtocol):
                 if not data:
                     break
                 await self._stdin_writable.wait()
-                pipe = self._pipe(0)
+                pipe = self._stdin_pipe()
                 if self._stdin_open and pipe is not None and not pipe.is_closing():
-                    pipe.write(data)  # type: ignore[attr-defined]
+                    pipe.write(data)
         except (OSError, asyncssh.Error):
             pass  # channel gone; the caller tears the child down
         finally:
-            pipe = self._pipe(0)
+            pipe = self._stdin_pipe()
             if pipe is not None:
                 pipe.close()
 
@@ -325,9 +332,15 @@ class _Child(asyncio.SubprocessProtocol):
             except ProcessLookupError:
                 pass
 
-    def _pipe(self, fd: int) -> asyncio.BaseTransport | None:
+    def _output_pipe(self, fd: int) -> asyncio.ReadTransport | None:
         assert self._transport is not None
-        return self._transport.get_pipe_transport(fd)
+        pipe = self._transport.get_pipe_transport(fd)
+        return pipe if isinstance(pipe, asyncio.ReadTransport) else None
+
+    def _stdin_pipe(self) -> asyncio.WriteTransport | None:
+        assert self._transport is not None
+        pipe = self._transport.get_pipe_transport(0)
+        return pipe if isinstance(pipe, asyncio.WriteTransport) else None
 
     def _maybe_finished(self) -> None:
         if self.exited.done() and not self._open_outputs and not self.finished.done():

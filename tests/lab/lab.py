@@ -14,6 +14,7 @@ its identity. Every public method is synchronous, thread-safe and blocks until d
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import os
 import pwd
@@ -24,7 +25,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
+from typing import Protocol, Self
 
 import asyncssh
 
@@ -153,6 +154,7 @@ class Lab:
         with self._lock:
             if self._loop is None:
                 self._loop = LoopThread(f"fleet-lab-{self.root.name}")
+                atexit.register(self.stop)  # no sshd outlives a test run that forgot stop()
             self._start_hosts([host.name for host in self.hosts])
 
     def stop(self) -> None:
@@ -164,6 +166,7 @@ class Lab:
             if self._loop is None:
                 return
             loop, self._loop = self._loop, None
+            atexit.unregister(self.stop)
             try:
                 loop.run(self._stop_servers(list(self._servers), kill_processes=True))
             finally:
@@ -185,10 +188,10 @@ class Lab:
     def stop_host(self, name: str, *, kill_processes: bool = False) -> None:
         """Take one host off the network: stop listening and drop its open connections.
 
-        Commands running on those connections are killed (as a dropped session's would be, at
-        the latest when they next write); processes they detached keep running, like jobs on a
-        host that only lost its network. With ``kill_processes`` they are killed too, like a
-        power cut. Idempotent.
+        The commands of dropped sessions lose their channel: an asyncssh host kills them, under
+        sshd they die of SIGPIPE when they next write. Processes they detached keep running,
+        like jobs on a host that only lost its network; with ``kill_processes`` every process
+        of the host is killed too, like a power cut. Idempotent.
         """
         with self._lock:
             host = self.host(name)
@@ -199,7 +202,7 @@ class Lab:
             if kill_processes:
                 procs.kill_all(procs.pids_with_home_in([host.home]))
 
-    def __enter__(self) -> Lab:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -287,7 +290,9 @@ class Lab:
 
     def _new_host(self, profile: Profile, kind: str, slots: int | None) -> LabHost:
         index = len(self.hosts)
-        number = 1 + sum(1 for host in self.hosts if host.profile.host_prefix == profile.host_prefix)
+        number = 1 + sum(
+            1 for host in self.hosts if host.profile.host_prefix == profile.host_prefix
+        )
         name = f"{profile.host_prefix}-{number}"
         directory = self.root / "hosts" / name
         home = directory / "home"

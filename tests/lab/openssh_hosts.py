@@ -38,7 +38,15 @@ def namespaces_work(scratch: Path) -> bool:
     upper.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", _mount_etc(upper, work)],
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "/bin/sh",
+            "-c",
+            _mount_etc(upper, work),
+        ],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -147,7 +155,7 @@ class OpensshHost:
         log_task = asyncio.create_task(self._follow_log(process.stderr, listening))
         try:
             await asyncio.wait_for(asyncio.shield(listening), _START_TIMEOUT)
-        except (SshdError, asyncio.TimeoutError) as exc:
+        except (SshdError, TimeoutError) as exc:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
             await process.wait()
@@ -157,7 +165,9 @@ class OpensshHost:
         self._process, self._log_task = process, log_task
         self._namespace = procs.mount_namespace(process.pid) if self.namespaces else None
 
-    async def _follow_log(self, stream: asyncio.StreamReader, listening: asyncio.Future[None]) -> None:
+    async def _follow_log(
+        self, stream: asyncio.StreamReader, listening: asyncio.Future[None]
+    ) -> None:
         """Append sshd's stderr to sshd.log; resolve ``listening`` when it says so."""
         with self.log_path.open("ab", buffering=0) as log:
             while line := await stream.readline():

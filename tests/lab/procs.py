@@ -7,8 +7,11 @@ mount namespace (or, without namespaces, descend from its listener).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import signal
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -36,9 +39,10 @@ def pids_with_home_in(homes: Iterable[Path]) -> list[int]:
     found = []
     for pid in all_pids():
         home = environ_home(pid)
-        if pid != os.getpid() and home is not None:
-            if any(home == root or home.startswith(root + "/") for root in roots):
-                found.append(pid)
+        if pid == os.getpid() or home is None:
+            continue
+        if any(home == root or home.startswith(root + "/") for root in roots):
+            found.append(pid)
     return found
 
 
@@ -88,10 +92,34 @@ def executable(pid: int) -> str | None:
         return None
 
 
-def kill_all(pids: Iterable[int], sig: int = signal.SIGKILL) -> None:
-    """Send ``sig`` to each pid, ignoring processes that are already gone."""
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
+def kill_all(pids: Iterable[int], timeout: float = 5.0) -> None:
+    """SIGKILL each pid and wait until all have exited (zombies count as exited).
+
+    Waits on pidfds, not on a timer; processes already gone are skipped. Raises TimeoutError if
+    some process is still alive after ``timeout`` seconds.
+    """
+    pidfds = []
+    try:
+        for pid in set(pids):
+            try:
+                pidfd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                continue
+            pidfds.append(pidfd)
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        poller = select.poll()
+        for pidfd in pidfds:
+            poller.register(pidfd, select.POLLIN)  # readable once the process has exited
+        waiting, deadline = len(pidfds), time.monotonic() + timeout
+        while waiting:
+            left = deadline - time.monotonic()
+            events = poller.poll(max(0, int(left * 1000))) if left > 0 else []
+            if not events:
+                raise TimeoutError(f"{waiting} killed processes did not exit in {timeout} s")
+            for pidfd, _ in events:
+                poller.unregister(pidfd)
+                waiting -= 1
+    finally:
+        for pidfd in pidfds:
+            os.close(pidfd)
