@@ -4,9 +4,7 @@ server process, the API and the ``fleet`` command."""
 from __future__ import annotations
 
 import json
-import os
 import stat
-import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +22,7 @@ def wait_for_file(path: Path, client: Client, job_id: str) -> None:
         if path.exists():
             return
         detail = client.wait(job_id, timeout=0.1)
-        assert not detail.state in {"FAILED", "SUCCEEDED", "TIMED_OUT", "CANCELLED"}, detail
+        assert detail.state not in {"FAILED", "SUCCEEDED", "TIMED_OUT", "CANCELLED"}, detail
     raise AssertionError(f"{path} never appeared")
 
 
@@ -180,3 +178,16 @@ def test_server_status_start_stop(fleet):
     stopped = fleet.cli_json("server", "stop")
     assert stopped["stopped"] and not pid_alive(fleet.info.pid)
     assert fleet.cli("server", "status", check=False).returncode == 3
+
+
+def test_restart_keeps_history_and_reuses_the_installed_agent(fleet):
+    client = fleet.start()
+    first = client.submit({"name": "one", "run": "echo one"}).id
+    assert client.wait(first, 60).state == "SUCCEEDED"
+    fleet.stop()
+    assert not fleet.settings.server_file.exists()  # SIGTERM ran the graceful shutdown
+    client = fleet.start()
+    second = client.submit({"name": "two", "run": "echo two"}).id
+    assert client.wait(second, 60).state == "SUCCEEDED", fleet.server_log()
+    assert [j.id for j in client.jobs().items] == [second, first]
+    assert "Traceback" not in fleet.server_log()

@@ -2,13 +2,12 @@
 
 from collections import Counter
 
+from fleet.backends.base import Outcome
 from fleet.inventory import Host
-from fleet.models.enums import Health
+from fleet.models.enums import AttemptState, Health, Reason
 from fleet.models.spec import load_spec
 from fleet.runners import manifests
 from fleet.scheduler.loop import judge
-from fleet.backends.base import Outcome
-from fleet.models.enums import AttemptState, Reason
 from fleet.scheduler.placement import (
     Demand,
     HostView,

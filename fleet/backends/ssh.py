@@ -9,7 +9,6 @@ and its log and events come back framed on the same channel (see ``fleet.backend
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import shlex
 from collections.abc import Callable

@@ -16,12 +16,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from fleet.backends.base import AttemptPlan, Backend, BackendError, HostLost, InputFile, Outcome
+from fleet.backends.base import AttemptPlan, Backend, BackendError, InputFile, Outcome
 from fleet.errors import NotFound, SpecError
 from fleet.inventory import Host
 from fleet.logstore import LogStore
-from fleet.models.enums import AttemptState, FailureClass, Health, JobState, REASON_CLASS, Reason
-from fleet.models.spec import InputRef, JobSpec, SecretValue
+from fleet.models.enums import REASON_CLASS, AttemptState, FailureClass, Health, JobState, Reason
+from fleet.models.spec import JobSpec, SecretValue
 from fleet.models.tables import Attempt, Job
 from fleet.results import InvalidResult, complete_record
 from fleet.runners import manifests
@@ -30,6 +30,7 @@ from fleet.scheduler.placement import (
     HostView,
     Placement,
     Unplaceable,
+    dynamic_reason,
     place,
     static_reason,
     static_report,
@@ -253,7 +254,6 @@ class Scheduler:
             queue = self.queues[qj.demand.key]
             ids = queue.job_ids()
             ahead = ids.index(job_id) if job_id in ids else 0
-            blocked = self.blocked.get(qj.demand.key)
             views = self._views()
             report = place(qj.demand, views, self._static_for(qj.demand), failed_on=frozenset(qj.failed_on))
             if isinstance(report, Placement):
@@ -262,7 +262,6 @@ class Scheduler:
             else:
                 summary = report.summary()
                 reasons = dict(report.reasons)
-            del blocked
             return {
                 "job": job_id, "state": "waiting", "queue": qj.demand.key, "queued": len(ids),
                 "ahead": ahead, "summary": summary, "reasons": reasons,
@@ -284,8 +283,6 @@ class Scheduler:
         for view in self._views():
             if demand.pool is not None and demand.pool not in view.host.pools:
                 continue
-            from fleet.scheduler.placement import dynamic_reason
-
             why = static.get(view.host.name) or dynamic_reason(demand, view)
             out[view.host.name] = why or "free"
         return out
@@ -402,7 +399,7 @@ class Scheduler:
     async def _run_attempt(self, run: Running, log_offset: int) -> None:
         sink = _Sink(self, run)
         sink.bytes = log_offset
-        qj, attempt = run.qj, run.attempt
+        attempt = run.attempt
         try:
             if run.cancel_requested and not log_offset:
                 outcome = Outcome(exit_code=None, cancelled=True)
@@ -517,4 +514,4 @@ def _join(base: str, rel: str, kind: str) -> str:
     return base if kind == "file" else f"{base}/{rel}"
 
 
-__all__ = ["Scheduler", "judge", "HostLost"]
+__all__ = ["Scheduler", "judge"]

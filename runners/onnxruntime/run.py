@@ -104,7 +104,7 @@ def check_params(params):
         try:
             merged["duration"] = float(merged["duration"])
         except (TypeError, ValueError):
-            raise RunnerError("param duration must be a number of seconds, not %r" % (merged["duration"],))
+            raise RunnerError("param duration must be a number of seconds, not %r" % (merged["duration"],)) from None
         if merged["duration"] <= 0:
             raise RunnerError("param duration must be > 0")
     if not isinstance(merged["dims"], dict) or not isinstance(merged["shapes"], dict):
@@ -121,14 +121,14 @@ def import_tools():
         import numpy
     except ImportError as exc:
         raise RunnerError("numpy is not installed for %s (Python %s): %s; install it (pip install numpy)"
-                          % (sys.executable, platform.python_version(), exc), "setup_failed")
+                          % (sys.executable, platform.python_version(), exc), "setup_failed") from None
     try:
         import onnxruntime
     except ImportError as exc:
         raise RunnerError(
             "onnxruntime is not installed for %s (Python %s): %s; install it (pip install "
             "onnxruntime, or onnxruntime-gpu / the Jetson wheel)"
-            % (sys.executable, platform.python_version(), exc), "setup_failed")
+            % (sys.executable, platform.python_version(), exc), "setup_failed") from None
     return numpy, onnxruntime
 
 
@@ -174,7 +174,7 @@ def benchmark(job, params, np, ort):
     try:
         session = ort.InferenceSession(model_rel, sess_options=options, providers=usable)
     except Exception as exc:
-        raise RunnerError("ONNX Runtime cannot load %s: %s" % (model_rel, str(exc).strip()[:500]))
+        raise RunnerError("ONNX Runtime cannot load %s: %s" % (model_rel, str(exc).strip()[:500])) from None
     applied = session.get_providers()
     log("model %s loaded; providers requested %s, applied %s%s" % (
         os.path.basename(model_rel), requested, applied,
