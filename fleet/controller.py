@@ -22,6 +22,7 @@ import uvicorn
 from fleet.api.server import ApiContext, create_app
 from fleet.backends.connection import SSHOptions
 from fleet.backends.ssh import SSHBackend
+from fleet.blobs import BlobStore
 from fleet.config import Settings
 from fleet.db import Database
 from fleet.inventory import Host, embedded_inventory, load_inventory
@@ -87,13 +88,10 @@ async def serve(settings: Settings, options: ServeOptions) -> None:
         connect_timeout=settings.connect_timeout,
     )
     by_name = {h.name: h for h in hosts}
-    ctx_holder: dict[str, ApiContext] = {}
-    backend = SSHBackend(
-        ssh_options, by_name.get, lambda sha: ctx_holder["ctx"].blob_path(sha)
-    )
+    blobs = BlobStore(settings.blobs_dir)
+    backend = SSHBackend(ssh_options, by_name.get, blobs.path)
     scheduler = Scheduler(store, hosts, backend, LogStore(settings.logs_dir), settings.kill_grace)
-    ctx = ApiContext(store, scheduler, settings.blobs_dir)
-    ctx_holder["ctx"] = ctx
+    ctx = ApiContext(store, scheduler, blobs)
     app = create_app(ctx)
 
     # proto=IPPROTO_TCP matters: asyncio only sets TCP_NODELAY on sockets that say they are TCP,

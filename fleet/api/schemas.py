@@ -8,7 +8,6 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from fleet.models.spec import SecretValue
 from fleet.models.tables import Attempt, Job
 
 
@@ -167,5 +166,3 @@ class ErrorOut(BaseModel):
     detail: str
     errors: list[dict[str, str]] | None = None
 
-
-__all__ = ["SecretValue"]

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
@@ -36,6 +36,7 @@ from fleet.api.schemas import (
     WhyOut,
     iso,
 )
+from fleet.blobs import BlobStore
 from fleet.errors import FleetError, NotFound, SpecError
 from fleet.models.enums import JobState
 from fleet.models.spec import SHA256_RE, validate_spec
@@ -49,10 +50,10 @@ MAX_BLOB = 8 << 30
 class ApiContext:
     """What the routes need: the store, the scheduler, the log store and the blob dir."""
 
-    def __init__(self, store: Store, scheduler: Scheduler, blobs_dir: Path) -> None:
+    def __init__(self, store: Store, scheduler: Scheduler, blobs: BlobStore) -> None:
         self.store = store
         self.scheduler = scheduler
-        self.blobs_dir = blobs_dir
+        self.blobs = blobs
         self._token_cache: dict[str, User] = {}
 
     def user_for(self, token: str) -> User | None:
@@ -62,9 +63,6 @@ class ApiContext:
             if user is not None:
                 self._token_cache[token] = user
         return user
-
-    def blob_path(self, sha: str) -> Path:
-        return self.blobs_dir / sha[:2] / sha
 
 
 class ServerTiming:
@@ -174,14 +172,14 @@ def create_app(ctx: ApiContext) -> FastAPI:
     async def blob_exists(sha256: str, _user: UserDep) -> Response:
         if not SHA256_RE.match(sha256):
             raise HTTPException(422, "sha256 must be 64 lowercase hex digits")
-        return Response(status_code=200 if ctx.blob_path(sha256).is_file() else 404)
+        return Response(status_code=200 if ctx.blobs.has(sha256) else 404)
 
     @app.put("/blobs/{sha256}", tags=["blobs"], status_code=201)
     async def blob_put(sha256: str, request: Request, _user: UserDep) -> dict[str, Any]:
         """Upload a file by content; the body must hash to ``sha256``."""
         if not SHA256_RE.match(sha256):
             raise HTTPException(422, "sha256 must be 64 lowercase hex digits")
-        path = ctx.blob_path(sha256)
+        path = ctx.blobs.path(sha256)
         if path.is_file():
             return {"sha256": sha256, "size": path.stat().st_size, "existed": True}
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -289,15 +287,13 @@ def create_app(ctx: ApiContext) -> FastAPI:
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
         before: int | None = None,
     ) -> ResultPage:
-        import json as _json
-
         rows = ctx.store.list_results(None if user.is_admin else user.name, limit + 1, before)
         more = len(rows) > limit
         rows = rows[:limit]
         items = [
             ResultOut(id=r.id or 0, job_id=r.job_id, attempt_id=r.attempt_id, user=r.user,
                       runner=r.runner, host=r.host, device_class=r.device_class,
-                      created_at=iso(r.created_at), record=_json.loads(r.record_json))
+                      created_at=iso(r.created_at), record=json.loads(r.record_json))
             for r in rows
         ]
         return ResultPage(items=items, next=items[-1].id if more else None)
@@ -365,7 +361,7 @@ def _submit_many(ctx: ApiContext, bodies: list[dict[str, Any]], user: User) -> l
                 (f"inputs.{name}", f"blob {blob.sha256[:12]} of {rel} is not uploaded")
                 for name, ref in spec.uploaded().items()
                 for rel, blob in ref.files.items()
-                if not ctx.blob_path(blob.sha256).is_file()
+                if not ctx.blobs.has(blob.sha256)
             ]
             if missing:
                 raise SpecError(missing)

@@ -8,7 +8,7 @@ names the field instead of a setting silently ignored. ``load_spec`` turns YAML 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -263,5 +263,3 @@ def load_spec(text: str, source: str | None = None) -> JobSpec:
         raise SpecError([("", f"not valid YAML: {exc}")], source) from None
     return validate_spec(data, source)
 
-
-Priority = Annotated[int, Field(ge=1, le=1000)]

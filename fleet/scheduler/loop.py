@@ -141,7 +141,6 @@ class Scheduler:
         self.pending: dict[str, QueuedJob] = {}
         self.running_by_user: Counter[str] = Counter()
         self.running: dict[str, Running] = {}  # by job id
-        self.blocked: dict[str, Unplaceable] = {}  # by queue key
         self._static: dict[str, dict[str, str | None]] = {}
         self._wake = asyncio.Event()
         self._done: dict[str, asyncio.Event] = {}
@@ -347,9 +346,7 @@ class Scheduler:
                     inputs=[f.sha256 for f in qj.inputs], failed_on=frozenset(qj.failed_on),
                 )
                 if isinstance(decision, Unplaceable):
-                    self.blocked[key] = decision
                     break
-                self.blocked.pop(key, None)
                 queue.remove(job_id)
                 del self.pending[job_id]
                 self._commit(qj, self.hosts[decision.host])
