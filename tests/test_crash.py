@@ -1,0 +1,85 @@
+"""Controller crash and restart: kill -9 of ``fleet serve`` while jobs run, then a restart.
+
+The proof is a side effect on the host: each job appends its id to a file when it starts, so a
+job run twice leaves two lines. Logs are numbered lines printed over time, so a gap or a
+duplicate after the reattach shows.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import pid_alive
+
+LINES = 40
+
+
+def _inventory(tmp_path: Path, slots: int) -> Path:
+    inv = tmp_path / "hosts.ini"
+    inv.write_text(f"localhost ansible_connection=local fleet_slots={slots}\n")
+    return inv
+
+
+def _job(name: str, side: Path, code: int) -> dict:
+    script = (
+        f'echo "$FLEET_JOB_ID" >> {side}; i=0; '
+        f'while [ $i -lt {LINES} ]; do echo "line $i"; i=$((i+1)); sleep 0.05; done; exit {code}'
+    )
+    return {"name": name, "run": script}
+
+
+def _wait_running(client, ids: list[str], min_log: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        jobs = [client.job(j) for j in ids]
+        if all(j.state == "RUNNING" for j in jobs) and all(
+            len(b''.join(client.logs(j)).split(b'\n')) >= min_log for j in ids
+        ):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"jobs did not all run: {[(j, client.job(j).state) for j in ids]}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
+def test_controller_death_then_restart_reattaches_without_rerun_gap_or_duplicate(fleet, tmp_path, sig):
+    """SIGKILL: nothing runs in the controller. SIGTERM: the graceful path, which must leave
+    the attempts detached too. Either way the next controller finishes the story."""
+    side = tmp_path / "side-effects.txt"
+    client = fleet.start(_inventory(tmp_path, slots=3))
+    running = [client.submit(_job(f"r{i}", side, code)).id for i, code in enumerate((0, 0, 7))]
+    queued = [client.submit(_job(f"q{i}", side, 0)).id for i in range(3)]
+    _wait_running(client, running, min_log=20)
+    assert all(client.job(j).state == "PENDING" for j in queued)
+
+    pid = fleet.info.pid
+    os.kill(pid, sig)
+    deadline = time.monotonic() + 10
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not pid_alive(pid)
+    fleet.client.close()
+    assert sorted(side.read_text().split()) == sorted(running)  # the queued jobs did not start on the way down
+    time.sleep(0.8)  # the jobs keep printing (the failing one ends) while no controller listens
+
+    client = fleet.start(_inventory(tmp_path, slots=3))
+    for job_id in running + queued:
+        assert client.wait(job_id, 60).state in {"SUCCEEDED", "FAILED"}, fleet.server_log()
+
+    expected = "".join(f"line {i}\n" for i in range(LINES))
+    for job_id in running + queued:
+        job = client.job(job_id)
+        assert b''.join(client.logs(job_id)).decode() == expected, job_id
+        assert len(job.attempt_list) == 1, job.attempt_list
+    states = {j: client.job(j) for j in running}
+    assert [states[j].state for j in running] == ["SUCCEEDED", "SUCCEEDED", "FAILED"]
+    assert states[running[2]].attempt_list[0].exit_code == 7
+    assert states[running[2]].reason == "exit_nonzero"
+    # One line per job: nothing ran twice, everything ran once.
+    lines = side.read_text().split()
+    assert sorted(lines) == sorted(running + queued)
+    assert "Traceback" not in fleet.server_log()
