@@ -24,6 +24,9 @@ CONFIG_KEYS = {
     "keepalive_count_max": "unanswered keepalives before a connection is dead (default 3)",
     "connect_timeout": "seconds to wait for an SSH connection (default 15)",
     "kill_grace": "seconds between TERM and KILL on cancel/timeout (default 10)",
+    "health_check_timeout": "seconds a health check may take before it fails (default 15)",
+    "health_bad_after": "failed health checks in a row before a host is quarantined (default 3)",
+    "health_recheck_interval": "longest pause between health checks of a bad host (default 30)",
 }
 
 
@@ -45,6 +48,9 @@ class Settings:
     keepalive_count_max: int = 3
     connect_timeout: float = 15.0
     kill_grace: float = 10.0
+    health_check_timeout: float = 15.0
+    health_bad_after: int = 3
+    health_recheck_interval: float = 30.0
     extra: dict[str, object] = field(default_factory=dict)
 
     @property

@@ -27,7 +27,7 @@ from fleet.config import Settings
 from fleet.db import Database
 from fleet.inventory import Host, embedded_inventory, load_inventory
 from fleet.logstore import LogStore
-from fleet.scheduler.loop import Scheduler
+from fleet.scheduler.loop import Policy, Scheduler
 from fleet.store import Store
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,10 @@ async def serve(settings: Settings, options: ServeOptions) -> None:
     by_name = {h.name: h for h in hosts}
     blobs = BlobStore(settings.blobs_dir)
     backend = SSHBackend(ssh_options, by_name.get, blobs.path)
-    scheduler = Scheduler(store, hosts, backend, LogStore(settings.logs_dir), settings.kill_grace)
+    policy = Policy(kill_grace=settings.kill_grace, check_timeout=settings.health_check_timeout,
+                    bad_after=settings.health_bad_after,
+                    recheck_interval=settings.health_recheck_interval)
+    scheduler = Scheduler(store, hosts, backend, LogStore(settings.logs_dir), policy)
     ctx = ApiContext(store, scheduler, blobs)
     app = create_app(ctx)
 

@@ -285,6 +285,19 @@ class Store:
         with self.db.session() as s:
             return {h.name: h for h in s.exec(select(HostStatus)).all()}
 
+    def set_drained(self, name: str, drained: bool) -> None:
+        with self.db.session() as s:
+            row = s.get(HostStatus, name) or HostStatus(name=name, updated_at=time.time())
+            row.drained, row.updated_at = drained, time.time()
+            s.add(row)
+
+    def lost_attempts(self, host: str, since: float) -> list[str]:
+        """Ids of attempts on ``host`` declared lost since ``since`` (they may still run there)."""
+        with self.db.session() as s:
+            return list(s.exec(select(Attempt.id).where(
+                Attempt.host == host, Attempt.reason == Reason.HOST_LOST.value,
+                col(Attempt.ended_at) >= since)).all())
+
     def set_health(self, name: str, health: Health, message: str | None) -> None:
         with self.db.session() as s:
             row = s.get(HostStatus, name)

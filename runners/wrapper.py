@@ -231,7 +231,6 @@ class Follow:
         self.fh = None
         self.pending = b""
         self.last_pid_check = time.monotonic()
-        self.kill_at = None  # (monotonic deadline, pgid) after a cancel's TERM
 
 
 class Agent:
@@ -247,6 +246,7 @@ class Agent:
     def __init__(self):
         self.out = sys.stdout.buffer
         self.follows = {}
+        self.kills = []  # (monotonic deadline, pgid, attempt dir): KILL after a cancel's grace
         self.inbuf = b""
 
     def frame(self, aid, kind, data=None, **fields):
@@ -261,7 +261,7 @@ class Agent:
         stdin = sys.stdin.buffer.fileno()
         while True:
             fds = [stdin] + [f.notify_fd for f in self.follows.values() if f.notify_fd is not None]
-            timeout = POLL_ATTACHED if self.follows else None
+            timeout = POLL_ATTACHED if self.follows or self.kills else None
             try:
                 ready, _, _ = select.select(fds, [], [], timeout)
             except InterruptedError:
@@ -330,9 +330,7 @@ class Agent:
         pgid = proc.get("pgid")
         if pgid and not os.path.exists(os.path.join(adir, "status.json")):
             _signal_group(pgid, signal.SIGTERM)
-            follow = self.follows.get(aid)
-            if follow is not None:
-                follow.kill_at = (time.monotonic() + grace, pgid)
+            self.kills.append((time.monotonic() + grace, pgid, adir))
 
     def notified(self, follow):
         data = os.read(follow.notify_fd, 4096)
@@ -379,11 +377,12 @@ class Agent:
 
     def tick(self):
         now = time.monotonic()
+        for kill in [k for k in self.kills if now >= k[0]]:
+            self.kills.remove(kill)
+            if not os.path.exists(os.path.join(kill[2], "status.json")):
+                _signal_group(kill[1], signal.SIGKILL)
         for follow in list(self.follows.values()):
             self.drain(follow)
-            if follow.kill_at is not None and now >= follow.kill_at[0]:
-                _signal_group(follow.kill_at[1], signal.SIGKILL)
-                follow.kill_at = None
             if follow.notify_fd is not None:
                 continue  # the pipe tells us when it ends
             if os.path.exists(os.path.join(follow.adir, "status.json")):

@@ -6,11 +6,13 @@ import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
 from fleet.api.schemas import (
     CancelOut,
+    HostCheckOut,
     HostOut,
     JobDetail,
     JobOut,
@@ -136,6 +138,14 @@ class Client:
 
     def hosts(self) -> list[HostOut]:
         return [HostOut.model_validate(h) for h in self._get("/hosts")]
+
+    def host_action(self, name: str, action: str, **params: Any) -> HostOut:
+        """drain, undrain or maintenance (``on=``) on one host (admins)."""
+        resp = self.http.post(f"/hosts/{quote(name, safe='')}/{action}", params=params, json={})
+        return HostOut.model_validate(self._check(resp).json())
+
+    def check_host(self, name: str) -> HostCheckOut:
+        return HostCheckOut.model_validate(self._post(f"/hosts/{quote(name, safe='')}/check", {}))
 
     def pools(self) -> list[PoolOut]:
         return [PoolOut.model_validate(p) for p in self._get("/pools")]

@@ -113,7 +113,15 @@ class HostOut(BaseModel):
     used_slots: int
     labels: dict[str, str]
     target: str
-    state: str
+    state: str = Field(description="idle, busy, draining, drained or offline")
+    health: str = Field(description="good, unknown, bad or maintenance")
+    health_message: str | None = None
+
+
+class HostCheckOut(BaseModel):
+    host: str
+    ok: bool
+    message: str | None
     health: str
 
 

@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 from fleet import __version__
 from fleet.api.schemas import (
     CancelOut,
+    HostCheckOut,
     HostOut,
     JobDetail,
     JobOut,
@@ -38,7 +39,7 @@ from fleet.api.schemas import (
 )
 from fleet.blobs import BlobStore
 from fleet.errors import FleetError, NotFound, SpecError
-from fleet.models.enums import JobState
+from fleet.models.enums import Health, JobState
 from fleet.models.spec import SHA256_RE, validate_spec
 from fleet.models.tables import Job, User
 from fleet.scheduler.loop import Scheduler
@@ -302,7 +303,37 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
     @app.get("/hosts", tags=["hosts"])
     async def hosts(_user: UserDep) -> list[HostOut]:
-        return [_host_out(v) for v in ctx.scheduler.host_views()]
+        notes = {name: row.health_message for name, row in ctx.store.host_statuses().items()}
+        return [_host_out(v, notes.get(v.host.name)) for v in ctx.scheduler.host_views()]
+
+    def _one_host(name: str) -> HostOut:
+        for view in ctx.scheduler.host_views():
+            if view.host.name == name:
+                row = ctx.store.host_statuses().get(name)
+                return _host_out(view, row.health_message if row else None)
+        raise NotFound(f"no host named {name!r} in the inventory")
+
+    @app.post("/hosts/{name}/drain", tags=["hosts"])
+    async def drain_host(name: str, _admin: AdminDep) -> HostOut:
+        """Let the host finish its running attempts and give it no new ones."""
+        ctx.scheduler.drain(name, True)
+        return _one_host(name)
+
+    @app.post("/hosts/{name}/undrain", tags=["hosts"])
+    async def undrain_host(name: str, _admin: AdminDep) -> HostOut:
+        ctx.scheduler.drain(name, False)
+        return _one_host(name)
+
+    @app.post("/hosts/{name}/maintenance", tags=["hosts"])
+    async def maintenance_host(name: str, _admin: AdminDep, on: bool = True) -> HostOut:
+        """Maintenance on: no new jobs, no health checks. Off: a health check decides."""
+        ctx.scheduler.maintenance(name, on)
+        return _one_host(name)
+
+    @app.post("/hosts/{name}/check", tags=["hosts"])
+    async def check_host(name: str, _admin: AdminDep) -> HostCheckOut:
+        """Run a health check now (ahead of the queue) and report it."""
+        return HostCheckOut(**await ctx.scheduler.check_host(name))
 
     @app.get("/pools", tags=["hosts"])
     async def pools(_user: UserDep) -> list[PoolOut]:
@@ -376,10 +407,12 @@ def _submit_many(ctx: ApiContext, bodies: list[dict[str, Any]], user: User) -> l
     return [JobOut.of(job) for job in jobs]
 
 
-def _host_out(view: Any) -> HostOut:
+def _host_out(view: Any, health_message: str | None = None) -> HostOut:
     h = view.host
     if view.drained:
-        state = "draining"
+        state = "draining" if view.used_slots > 0 else "drained"
+    elif view.health in (Health.UNKNOWN, Health.BAD) and health_message:
+        state = "offline"
     elif view.used_slots > 0:
         state = "busy"
     else:
@@ -388,6 +421,7 @@ def _host_out(view: Any) -> HostOut:
         name=h.name, pools=list(h.pools), arch=h.arch, accelerator=h.accelerator,
         device_class=h.device_class, slots=h.slots, used_slots=view.used_slots,
         labels=h.labels, target=h.target, state=state, health=view.health.value,
+        health_message=health_message,
     )
 
 

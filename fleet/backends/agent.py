@@ -33,6 +33,7 @@ class AgentChannel:
         self.waiters: dict[str, _Waiter] = {}
         self.dead: str | None = None
         self.stderr_tail: list[str] = []
+        self._pings = 0
         self._reader = asyncio.create_task(self._read_loop(), name=f"agent-{host_name}")
         self._err_reader = asyncio.create_task(self._read_stderr(), name=f"agent-err-{host_name}")
 
@@ -54,6 +55,22 @@ class AgentChannel:
             return await future
         finally:
             self.waiters.pop(attempt_id, None)
+
+    async def ping(self, timeout: float) -> None:
+        """Round trip through the agent; raises HostLost if no answer within ``timeout``."""
+        if self.dead is not None:
+            raise HostLost(self.dead)
+        self._pings += 1
+        ping_id = f"ping-{self._pings}"
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self.waiters[ping_id] = _Waiter(None, future)
+        try:
+            self.send({"op": "ping", "id": ping_id})
+            await asyncio.wait_for(future, timeout)
+        except (TimeoutError, asyncio.TimeoutError):
+            raise HostLost(f"host {self.host_name}: agent did not answer within {timeout:g} s") from None
+        finally:
+            self.waiters.pop(ping_id, None)
 
     def send(self, request: dict[str, Any]) -> None:
         if self.dead is not None:
@@ -138,6 +155,8 @@ class AgentChannel:
                 result=header.get("result"), runner_error=header.get("error"),
                 started_at=st.get("started_at"), ended_at=st.get("ended_at"),
             ))
+        elif kind == "pong":
+            waiter.future.set_result(Outcome(exit_code=0))
         elif kind == "lost":
             waiter.future.set_result(Outcome(exit_code=None, lost=str(header.get("message") or "lost")))
         elif kind == "error":

@@ -112,6 +112,14 @@ class Backend(abc.ABC):
         Returns quietly if the attempt never started or already ended.
         """
 
+    async def check(self, host: Host, timeout: float) -> None:
+        """Health check: prove the host can run attempts now (reachable, fleet's runners
+        installed, agent answering). Raises a BackendError saying what is wrong."""
+
+    async def kill_stale(self, host: Host, attempt_ids: list[str], grace: float) -> None:
+        """Stop attempts this controller gave up on (declared lost, retried elsewhere) in case
+        they still run on a host that came back. Idempotent; quiet for attempts long gone."""
+
     @abc.abstractmethod
     async def close(self) -> None:
         """Close connections. Running attempts are left running on their hosts."""

@@ -101,6 +101,28 @@ class SSHBackend(Backend):
         agent.send({"op": "cancel", "id": plan.attempt_id,
                     "attempt_dir": self.attempt_dir(host, plan.attempt_id), "grace": float(grace)})
 
+    async def check(self, host: Host, timeout: float) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                transport = await self._transport(host)
+                await self._ensure_lib(transport, host)
+                agent = await self._agent(transport, host)
+            await agent.ping(timeout)
+        except TimeoutError:
+            self._forget(host.name)
+            raise HostLost(f"host {host.name}: no answer within {timeout:g} s") from None
+        except HostLost:
+            self._forget(host.name)
+            raise
+
+    async def kill_stale(self, host: Host, attempt_ids: list[str], grace: float) -> None:
+        transport = await self._transport(host)
+        await self._ensure_lib(transport, host)
+        agent = await self._agent(transport, host)
+        for attempt_id in attempt_ids:
+            agent.send({"op": "cancel", "id": attempt_id,
+                        "attempt_dir": self.attempt_dir(host, attempt_id), "grace": float(grace)})
+
     async def close(self) -> None:
         for agent in self._agents.values():
             agent.close()

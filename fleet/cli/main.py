@@ -430,6 +430,64 @@ def hosts(ctx: click.Context, as_json: bool) -> None:
     click.echo(render.table(rows, ["NAME", "POOLS", "ARCH", "ACCEL", "SLOTS", "LABELS", "TARGET", "STATE", "HEALTH"]))
 
 
+def _host_action(obj: Ctx, names: tuple[str, ...], action: str, as_json: bool, **params: object) -> None:
+    items = [obj.client.host_action(name, action, **params) for name in names]
+    if as_json:
+        click.echo(render.dump(items))
+        return
+    for h in items:
+        click.echo(f"{h.name}: state {h.state}, health {h.health}, {h.used_slots}/{h.slots} slots used")
+
+
+@hosts.command("drain")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@handle_errors
+def hosts_drain(obj: Ctx, names: tuple[str, ...], as_json: bool) -> None:
+    """Finish the running jobs of HOST, start no new ones (admins)."""
+    _host_action(obj, names, "drain", as_json)
+
+
+@hosts.command("undrain")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@handle_errors
+def hosts_undrain(obj: Ctx, names: tuple[str, ...], as_json: bool) -> None:
+    """Let a drained HOST take jobs again (admins)."""
+    _host_action(obj, names, "undrain", as_json)
+
+
+@hosts.command("maintenance")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--off", is_flag=True, help="end maintenance: a health check decides the health")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@handle_errors
+def hosts_maintenance(obj: Ctx, names: tuple[str, ...], off: bool, as_json: bool) -> None:
+    """Put HOST in maintenance: no new jobs and no health checks until --off (admins)."""
+    _host_action(obj, names, "maintenance", as_json, on=str(not off).lower())
+
+
+@hosts.command("check")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@handle_errors
+def hosts_check(obj: Ctx, names: tuple[str, ...], as_json: bool) -> None:
+    """Run a health check on HOST now and show the result (admins). Exit 1 if one fails."""
+    results = [obj.client.check_host(name) for name in names]
+    if as_json:
+        click.echo(render.dump(results))
+    else:
+        for r in results:
+            verdict = "ok" if r.ok else f"FAILED: {r.message}"
+            click.echo(f"{r.host}: {verdict} (health {r.health})")
+    if not all(r.ok for r in results):
+        raise SystemExit(1)
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx

@@ -106,10 +106,11 @@ def job_detail(job: JobDetail) -> str:
     if job.attempt_list:
         rows = [
             [str(a.number), a.id, a.host, a.state, a.reason or "", "" if a.exit_code is None else str(a.exit_code),
-             a.started_at or "-", (a.message or "")[:60]]
+             a.started_at or "-", a.ended_at or "-", (a.message or "")[:60]]
             for a in job.attempt_list
         ]
-        lines.append(_indent(table(rows, ["#", "ATTEMPT", "HOST", "STATE", "REASON", "EXIT", "STARTED", "MESSAGE"])))
+        lines.append(_indent(table(rows, ["#", "ATTEMPT", "HOST", "STATE", "REASON", "EXIT", "STARTED",
+                                          "ENDED", "MESSAGE"])))
     summary = result_summary(job.result)
     if summary:
         lines.append(f"result:    {summary}")

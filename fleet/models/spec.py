@@ -139,6 +139,9 @@ class JobSpec(_Strict):
     run: str | None = None
     envs: dict[str, str | SecretValue] = Field(default_factory=dict)
     timeout: float | None = Field(None, description="seconds (or '10m', '2h'); enforced on the host")
+    queue_timeout: float | None = Field(
+        None, description="longest wait in the queue (seconds or '10m'); past it the job ends "
+                          "FAILED with reason no_capacity and the why")
     retries: Retries = Field(default_factory=Retries)
     priority: int = Field(500, ge=1, le=1000)
     outputs: list[str] = Field(default_factory=list)
@@ -163,7 +166,7 @@ class JobSpec(_Strict):
             raise ValueError(f"must be a string; YAML read {shown} as a {type(value).__name__}: quote it")
         return value
 
-    @field_validator("timeout", mode="before")
+    @field_validator("timeout", "queue_timeout", mode="before")
     @classmethod
     def _timeout(cls, value: Any) -> Any:
         return None if value is None else parse_duration(value)

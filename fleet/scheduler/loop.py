@@ -41,6 +41,16 @@ from fleet.store import Store
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Policy:
+    """Operator knobs of the scheduler (from fleet.config.Settings)."""
+
+    kill_grace: float = 10.0
+    check_timeout: float = 15.0  # a health check that takes longer fails
+    bad_after: int = 3  # consecutive failed checks before a host is quarantined (bad)
+    recheck_interval: float = 30.0  # seconds between checks of a bad host (doubling from 1 s)
+
+
 @dataclass
 class QueuedJob:
     job: Job
@@ -50,6 +60,7 @@ class QueuedJob:
     failed_on: set[str] = field(default_factory=set)
     infra_failures: int = 0
     job_failures: int = 0
+    expiry: asyncio.TimerHandle | None = None  # queue_timeout
 
 
 @dataclass
@@ -125,13 +136,17 @@ class _Sink:
 
 class Scheduler:
     def __init__(
-        self, store: Store, hosts: list[Host], backend: Backend, logs: LogStore, kill_grace: float = 10.0
+        self, store: Store, hosts: list[Host], backend: Backend, logs: LogStore,
+        policy: Policy | None = None,
     ) -> None:
         self.store = store
         self.hosts = {h.name: h for h in hosts}
         self.backend = backend
         self.logs = logs
-        self.kill_grace = kill_grace
+        self.policy = policy or Policy()
+        self.kill_grace = self.policy.kill_grace
+        self.check_failures: Counter[str] = Counter()
+        self._checks: dict[str, asyncio.Task[None]] = {}
         self.used: Counter[str] = Counter()
         self.health: dict[str, Health] = {}
         self.drained: set[str] = set()
@@ -163,6 +178,9 @@ class Scheduler:
                 self.store.finish_job(job.id, JobState.FAILED, Reason.INVALID_SPEC, str(exc))
         for attempt in self.store.active_attempts():
             self._reattach(attempt)
+        for name, health in self.health.items():
+            if health in (Health.UNKNOWN, Health.BAD):
+                self._schedule_check(name)
         self._loop_task = asyncio.create_task(self._loop(), name="fleet-scheduler")
 
     async def stop(self) -> None:
@@ -170,6 +188,10 @@ class Scheduler:
         self._stopping = True
         self._wake.set()
         tasks = [r.task for r in self.running.values() if r.task is not None]
+        tasks += list(self._checks.values())
+        for qj in self.pending.values():
+            if qj.expiry is not None:
+                qj.expiry.cancel()
         if self._loop_task is not None:
             tasks.append(self._loop_task)
         for task in tasks:
@@ -210,6 +232,11 @@ class Scheduler:
             ]
             qj = QueuedJob(job=job, spec=spec, demand=demand, inputs=inputs, failed_on=failed_on or set())
             self.pending[job.id] = qj
+        if spec.queue_timeout is not None and qj.expiry is None:
+            # Counted from submission for the first attempt, from the requeue for a retry.
+            since = job.created_at if not job.attempt_count else time.time()
+            delay = max(0.0, since + spec.queue_timeout - time.time())
+            qj.expiry = asyncio.get_running_loop().call_later(delay, self._expire, job.id)
         queue = self.queues.get(demand.key)
         if queue is None:
             queue = self.queues[demand.key] = ClassQueue(demand.key)
@@ -218,9 +245,8 @@ class Scheduler:
     async def cancel(self, job_id: str) -> str:
         """Cancel a job. Queued: ends now. Running: TERM/KILL on the host; the attempt's end
         finishes the job. Returns the state after the request. Idempotent."""
-        qj = self.pending.pop(job_id, None)
+        qj = self._dequeue(job_id)
         if qj is not None:
-            self.queues[qj.demand.key].remove(job_id)
             self.store.finish_job(job_id, JobState.CANCELLED, Reason.CANCELLED_BY_USER, "cancelled while queued")
             self._job_done(job_id)
             return JobState.CANCELLED.value
@@ -232,6 +258,33 @@ class Scheduler:
             self.store.set_job(job_id, state=JobState.CANCELLING.value)
             asyncio.create_task(self._cancel_remote(run))
         return JobState.CANCELLING.value
+
+    def _dequeue(self, job_id: str) -> QueuedJob | None:
+        """Take a waiting job out of its queue (placement, cancel, expiry)."""
+        qj = self.pending.pop(job_id, None)
+        if qj is None:
+            return None
+        queue = self.queues.get(qj.demand.key)
+        if queue is not None:
+            queue.remove(job_id)
+            if not len(queue):
+                del self.queues[qj.demand.key]
+        if qj.expiry is not None:
+            qj.expiry.cancel()
+            qj.expiry = None
+        return qj
+
+    def _expire(self, job_id: str) -> None:
+        """queue_timeout passed: the job ends no_capacity, saying why it could not start."""
+        if job_id not in self.pending:
+            return
+        why = self.why(job_id)
+        qj = self._dequeue(job_id)
+        assert qj is not None
+        message = f"waited {qj.spec.queue_timeout:g} s in queue {qj.demand.key}: {why['summary']}"
+        self.store.set_job(job_id, why_json=json.dumps(why))
+        self.store.finish_job(job_id, JobState.FAILED, Reason.NO_CAPACITY, message)
+        self._job_done(job_id)
 
     async def _cancel_remote(self, run: Running) -> None:
         # Wait until the process exists (or the attempt ended) so the signal has a target.
@@ -347,8 +400,7 @@ class Scheduler:
                 )
                 if isinstance(decision, Unplaceable):
                     break
-                queue.remove(job_id)
-                del self.pending[job_id]
+                self._dequeue(job_id)
                 self._commit(qj, self.hosts[decision.host])
                 view = views[decision.host]
                 views[decision.host] = HostView(
@@ -356,8 +408,6 @@ class Scheduler:
                     drained=view.drained, cached=view.cached,
                     last_placed=self.last_placed[decision.host],
                 )
-            if not len(queue):
-                del self.queues[key]
 
     def _commit(self, qj: QueuedJob, host: Host) -> None:
         slots = qj.demand.slots
@@ -473,14 +523,111 @@ class Scheduler:
         return True
 
     def _update_health(self, host: Host, verdict: Verdict) -> None:
-        current = self.health.get(host.name, Health.GOOD)
-        if REASON_CLASS.get(verdict.reason) is FailureClass.INFRA and verdict.reason is Reason.HOST_LOST:
-            if current is Health.GOOD:
-                self.health[host.name] = Health.UNKNOWN
-                self.store.set_health(host.name, Health.UNKNOWN, verdict.message)
-        elif verdict.state is AttemptState.SUCCEEDED and current is Health.UNKNOWN:
-            self.health[host.name] = Health.GOOD
-            self.store.set_health(host.name, Health.GOOD, None)
+        """An infrastructure failure makes a good host ``unknown`` until a health check says."""
+        if REASON_CLASS.get(verdict.reason) is not FailureClass.INFRA:
+            return
+        if self.health.get(host.name, Health.GOOD) is Health.GOOD:
+            self._set_health(host.name, Health.UNKNOWN, verdict.message)
+        self._schedule_check(host.name)
+
+    def _set_health(self, name: str, health: Health, message: str | None) -> None:
+        if self.health.get(name, Health.GOOD) is not health:
+            log.info("host %s: health %s%s", name, health.value, f" ({message})" if message else "")
+        self.health[name] = health
+        self.store.set_health(name, health, message)
+
+    # ------------------------------------------------------------------ health checks
+
+    def _schedule_check(self, name: str, delay: float = 0.0) -> None:
+        task = self._checks.get(name)
+        if task is None or task.done():
+            self._checks[name] = asyncio.create_task(self._check_until_settled(name, delay),
+                                                     name=f"check-{name}")
+
+    async def _check_until_settled(self, name: str, delay: float) -> None:
+        """Check a host until it is good again; after ``bad_after`` failures it is quarantined
+        and checked with a growing pause (up to ``recheck_interval``)."""
+        await asyncio.sleep(delay)
+        pause = 1.0
+        while not self._stopping and self.health.get(name) in (Health.UNKNOWN, Health.BAD):
+            if await self._check_once(name) is None:
+                return
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, self.policy.recheck_interval)
+
+    async def _check_once(self, name: str) -> str | None:
+        """One health check ahead of the queue; returns None if the host is good, else why not."""
+        host = self.hosts[name]
+        try:
+            await self.backend.check(host, self.policy.check_timeout)
+        except BackendError as exc:
+            self.check_failures[name] += 1
+            count = self.check_failures[name]
+            message = f"health check {count} failed: {exc}"
+            if self.health.get(name) is not Health.MAINTENANCE:
+                bad = count >= self.policy.bad_after
+                self._set_health(name, Health.BAD if bad else Health.UNKNOWN, message)
+            return message
+        except Exception as exc:  # noqa: BLE001 - a check must never kill the scheduler
+            log.exception("health check of %s failed in the controller", name)
+            return f"health check error: {exc}"
+        self.check_failures[name] = 0
+        if self.health.get(name) is not Health.MAINTENANCE:
+            self._set_health(name, Health.GOOD, None)
+        await self._kill_stale(host)
+        self._wake.set()
+        return None
+
+    async def _kill_stale(self, host: Host) -> None:
+        """A host that comes back may still run attempts we declared lost and retried elsewhere:
+        stop them so a job never finishes twice."""
+        stale = [a for a in self.store.lost_attempts(host.name, time.time() - 86400)
+                 if not any(r.attempt.id == a for r in self.running.values())]
+        if not stale:
+            return
+        try:
+            await self.backend.kill_stale(host, stale, self.kill_grace)
+        except BackendError as exc:
+            log.warning("could not stop stale attempts on %s: %s", host.name, exc)
+
+    async def check_host(self, name: str) -> dict[str, Any]:
+        """Operator: run a health check now. Returns the host's health afterwards."""
+        self._host(name)
+        failure = await self._check_once(name)
+        if failure is not None and self.health.get(name) is Health.GOOD:
+            self._set_health(name, Health.UNKNOWN, failure)
+        if failure is not None:
+            self._schedule_check(name, delay=1.0)
+        return {"host": name, "ok": failure is None, "message": failure,
+                "health": self.health.get(name, Health.GOOD).value}
+
+    # ------------------------------------------------------------------ operators
+
+    def _host(self, name: str) -> Host:
+        host = self.hosts.get(name)
+        if host is None:
+            raise NotFound(f"no host named {name!r} in the inventory")
+        return host
+
+    def drain(self, name: str, drained: bool = True) -> None:
+        """A drained host finishes its running attempts and takes no new ones."""
+        self._host(name)
+        if drained:
+            self.drained.add(name)
+        else:
+            self.drained.discard(name)
+        self.store.set_drained(name, drained)
+        self._wake.set()
+
+    def maintenance(self, name: str, on: bool = True) -> None:
+        """Maintenance: like drain, and health checks leave it alone until it is turned off;
+        turning it off asks a health check before the host takes jobs again."""
+        self._host(name)
+        if on:
+            self._set_health(name, Health.MAINTENANCE, "set by an operator")
+            return
+        self._set_health(name, Health.UNKNOWN, "out of maintenance; checking")
+        self._schedule_check(name)
 
     def _reattach(self, attempt: Attempt) -> None:
         """Follow an attempt a previous controller started (it kept running on its host)."""

@@ -117,7 +117,7 @@ def static_reason(demand: Demand, host: Host, runner: RunnerManifest | None) -> 
 
 def dynamic_reason(demand: Demand, view: HostView) -> str | None:
     """Why ``view`` cannot take a job of ``demand`` right now (None if it can). Pure."""
-    if view.health in (Health.BAD, Health.MAINTENANCE):
+    if view.health is not Health.GOOD:  # unknown: a health check runs first
         return f"health={view.health.value}"
     if view.drained:
         return "draining"
@@ -132,8 +132,6 @@ def rank(view: HostView, inputs: Iterable[str], failed_on: frozenset[str]) -> fl
     score = view.free_slots / max(view.host.slots, 1)
     if inputs:
         score += 0.5 * sum(1 for sha in inputs if sha in view.cached) / len(inputs)
-    if view.health is Health.UNKNOWN:
-        score -= 0.25
     if view.host.name in failed_on:
         score -= 2.0
     return score

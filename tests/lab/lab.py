@@ -20,6 +20,7 @@ import os
 import pwd
 import shlex
 import shutil
+import signal
 import sys
 import threading
 from dataclasses import dataclass
@@ -201,6 +202,28 @@ class Lab:
             self._started.discard(name)
             if kill_processes:
                 procs.kill_all(procs.pids_with_home_in([host.home]))
+
+    def freeze_host(self, name: str) -> None:
+        """Hang an OpenSSH host: SIGSTOP its sshd processes and every process of its own (jobs
+        included). Its TCP port still accepts and its kernel still ACKs, but nothing answers,
+        like a box that locked up. :meth:`thaw_host` resumes it."""
+        self._signal_host(name, signal.SIGSTOP)
+
+    def thaw_host(self, name: str) -> None:
+        """Resume a host frozen by :meth:`freeze_host`."""
+        self._signal_host(name, signal.SIGCONT)
+
+    def _signal_host(self, name: str, sig: int) -> None:
+        with self._lock:
+            host = self.host(name)
+            server = self._servers.get(name)
+            if not isinstance(server, OpensshHost):
+                raise LabError(f"{name}: only OpenSSH hosts can be frozen (processes of their own)")
+            for pid in server.members() | set(procs.pids_with_home_in([host.home])):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
 
     def __enter__(self) -> Self:
         self.start()

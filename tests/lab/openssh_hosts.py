@@ -116,6 +116,15 @@ class OpensshHost:
                     raise
         raise AssertionError("unreachable")
 
+    def members(self) -> set[int]:
+        """Every process of this host: its sshd listener, the per-connection sshds and all
+        they started (namespace members, or descendants without namespaces)."""
+        if self._process is None:
+            return set()
+        if self._namespace is not None:
+            return set(procs.namespace_members(self._namespace)) | {self._process.pid}
+        return set(procs.descendants(self._process.pid))
+
     async def stop(self, kill_processes: bool = False) -> None:
         """Kill this host's sshd processes (all of its processes with ``kill_processes``) and
         reap the listener. Idempotent."""

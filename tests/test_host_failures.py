@@ -1,0 +1,146 @@
+"""Host loss, hangs, health checks, drain and maintenance, queue timeouts — on the device lab.
+
+A host that dies (its SSH server and every process gone) or hangs (every process of it
+SIGSTOPped) mid-job is detected within the keepalive window; the attempt ends ``host_lost`` and
+the job is retried on another host of its class. Health checks bring a host back, or quarantine
+it after repeated failures; a host that comes back never finishes the attempt it was given up on.
+"""
+
+from __future__ import annotations
+
+import time
+
+from tests.helpers import eventually
+from tests.lab.fixtures import requires_sshd
+from tests.test_e2e_lab import start_fleet
+
+# keepalive 1 s x 2: a silent host is dropped after ~2-3 s.
+FAST = {"keepalive_interval": 1, "keepalive_count_max": 2, "connect_timeout": 2,
+        "health_check_timeout": 2, "health_bad_after": 2, "health_recheck_interval": 1}
+WINDOW = FAST["keepalive_interval"] * (FAST["keepalive_count_max"] + 1) + FAST["connect_timeout"]
+
+
+def _long_job(side, steps: int = 40) -> dict:
+    """Writes 'start HOST' at once and 'end HOST' after ``steps`` x 0.2 s of running time."""
+    return {
+        "name": "long",
+        "resources": {"pool": "rtx"},
+        "run": (f'echo "start $FLEET_HOST" >> {side}; i=0; while [ $i -lt {steps} ]; do '
+                f'echo "tick $i"; i=$((i+1)); sleep 0.2; done; echo "end $FLEET_HOST" >> {side}'),
+    }
+
+
+def _running_host(client, job_id: str) -> str:
+    job = eventually(lambda: (j := client.job(job_id)).state == "RUNNING" and j, what="RUNNING")
+    return job.attempt_list[-1].host
+
+
+def _health(client, name: str) -> str:
+    return next(h for h in client.hosts() if h.name == name).health
+
+
+def _assert_retried_after_loss(client, job_id: str, lost: str, t_lost: float) -> None:
+    job = client.wait(job_id, 90)
+    assert job.state == "SUCCEEDED", job
+    first, second = job.attempt_list
+    assert (first.host, first.state, first.reason) == (lost, "FAILED", "host_lost")
+    assert second.host != lost and second.state == "SUCCEEDED"
+    # Detected within the keepalive window (plus scheduling slack), not at the job's end.
+    ended = _ts(first.ended_at)
+    assert ended - t_lost < WINDOW + 2, (ended - t_lost, WINDOW)
+
+
+def _ts(iso: str | None) -> float:
+    from datetime import datetime
+
+    assert iso is not None
+    return datetime.fromisoformat(iso).timestamp()
+
+
+def test_host_dies_mid_job_retry_elsewhere_then_health_bad_then_good(fleet, lab, tmp_path):
+    lab.add_hosts("rtx5060", 2, slots=1)
+    lab.start()
+    side = tmp_path / "side.txt"
+    client = start_fleet(fleet, lab, tmp_path, config=FAST)
+    job_id = client.submit(_long_job(side, steps=10)).id
+    lost = _running_host(client, job_id)
+    t_lost = time.time()
+    lab.stop_host(lost, kill_processes=True)  # power cut: sshd and every process gone
+    _assert_retried_after_loss(client, job_id, lost, t_lost)
+
+    status = fleet.cli("status", job_id).stdout
+    assert "host_lost" in status and lost in status and "ENDED" in status
+
+    # Health: unknown at once, bad after two failed checks while it stays down.
+    assert eventually(lambda: _health(client, lost) == "bad", timeout=30, what=f"{lost} bad")
+    host = next(h for h in client.hosts() if h.name == lost)
+    assert host.state == "offline" and "health check" in (host.health_message or "")
+    # Back on the network: the periodic check finds it and it takes jobs again.
+    lab.start_host(lost)
+    assert eventually(lambda: _health(client, lost) == "good", timeout=30, what=f"{lost} good")
+    check = fleet.cli_json("hosts", "check", lost)
+    assert check[0]["ok"] is True and check[0]["health"] == "good"
+    lines = side.read_text().splitlines()
+    assert lines.count(f"start {lost}") == 1 and f"end {lost}" not in lines
+    assert sum(line.startswith("end ") for line in lines) == 1
+
+
+@requires_sshd
+def test_hung_host_is_given_up_and_its_attempt_never_finishes_later(fleet, lab, tmp_path):
+    lab.add_hosts("rtx5060", 2, kind="openssh", slots=1)
+    lab.start()
+    side = tmp_path / "side.txt"
+    client = start_fleet(fleet, lab, tmp_path, config=FAST)
+    job_id = client.submit(_long_job(side, steps=40)).id
+    hung = _running_host(client, job_id)
+    eventually(lambda: side.exists() and f"start {hung}" in side.read_text(), what="job started")
+    t_hung = time.time()
+    lab.freeze_host(hung)
+    try:
+        _assert_retried_after_loss(client, job_id, hung, t_hung)
+        assert _health(client, hung) in {"unknown", "bad"}
+    finally:
+        lab.thaw_host(hung)
+    # Thawed, the old attempt would finish its loop in < 8 s; the health check must stop it first.
+    assert eventually(lambda: _health(client, hung) == "good", timeout=30, what=f"{hung} good")
+    time.sleep(10)
+    lines = side.read_text().splitlines()
+    assert f"end {hung}" not in lines, lines
+    assert sum(line.startswith("end ") for line in lines) == 1
+
+
+def test_drain_maintenance_and_queue_timeout(fleet, lab, tmp_path):
+    a, b = lab.add_hosts("rtx5060", 2, slots=1)
+    lab.start()
+    side = tmp_path / "side.txt"
+    client = start_fleet(fleet, lab, tmp_path, config=FAST)
+    # A running job on a host being drained finishes there; new jobs go elsewhere.
+    first = client.submit(_long_job(side, steps=5)).id
+    busy = _running_host(client, first)
+    other = b.name if busy == a.name else a.name
+    drained = fleet.cli_json("hosts", "drain", busy)
+    assert drained[0]["state"] == "draining"
+    later = [client.submit({"name": f"n{i}", "resources": {"pool": "rtx"}, "run": "echo $FLEET_HOST"}).id
+             for i in range(3)]
+    for job_id in later:
+        assert client.wait(job_id, 60).host == other
+    assert client.wait(first, 60).state == "SUCCEEDED" and client.job(first).host == busy
+    assert next(h for h in client.hosts() if h.name == busy).state == "drained"
+
+    # Maintenance on the other: no host can take the job; queue_timeout ends it with the why.
+    fleet.cli("hosts", "maintenance", other)
+    waiting = client.submit({"name": "w", "resources": {"pool": "rtx"}, "run": "true",
+                             "queue_timeout": "2s"}).id
+    job = client.wait(waiting, 30)
+    assert (job.state, job.reason) == ("FAILED", "no_capacity"), job
+    assert "waited 2 s" in job.message and "draining" in job.message and "maintenance" in job.message
+    assert job.attempt_list == []
+
+    # Out of maintenance (a check decides) and undrained: both take jobs again.
+    fleet.cli("hosts", "maintenance", "--off", other)
+    fleet.cli("hosts", "undrain", busy)
+    assert eventually(lambda: {_health(client, a.name), _health(client, b.name)} == {"good"},
+                      what="both good")
+    hosts_seen = {client.wait(client.submit({"name": f"m{i}", "resources": {"pool": "rtx"},
+                                             "run": "sleep 0.5"}).id, 60).host for i in range(4)}
+    assert hosts_seen == {a.name, b.name}
