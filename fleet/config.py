@@ -24,6 +24,9 @@ CONFIG_KEYS = {
     "keepalive_count_max": "unanswered keepalives before a connection is dead (default 3)",
     "connect_timeout": "seconds to wait for an SSH connection (default 15)",
     "kill_grace": "seconds between TERM and KILL on cancel/timeout (default 10)",
+    "leader_lease": "seconds a leader's lease lasts; a follower takes over after it (default 15)",
+    "advertise_url": "URL other replicas use to reach this one's API (default: the bound address)",
+    "shared_dir": "directory for logs and input blobs shared by all replicas (HA; default FLEET_HOME)",
     "health_check_timeout": "seconds a health check may take before it fails (default 15)",
     "health_bad_after": "failed health checks in a row before a host is quarantined (default 3)",
     "health_recheck_interval": "longest pause between health checks of a bad host (default 30)",
@@ -48,6 +51,9 @@ class Settings:
     keepalive_count_max: int = 3
     connect_timeout: float = 15.0
     kill_grace: float = 10.0
+    leader_lease: float = 15.0
+    advertise_url: str | None = None
+    shared_dir: str | None = None
     health_check_timeout: float = 15.0
     health_bad_after: int = 3
     health_recheck_interval: float = 30.0
@@ -62,12 +68,17 @@ class Settings:
         return self.database or f"sqlite:///{self.home / 'fleet.db'}"
 
     @property
+    def shared(self) -> Path:
+        """Where logs and blobs live: shared by all replicas in HA, else FLEET_HOME."""
+        return Path(self.shared_dir).expanduser() if self.shared_dir else self.home
+
+    @property
     def logs_dir(self) -> Path:
-        return self.home / "logs"
+        return self.shared / "logs"
 
     @property
     def blobs_dir(self) -> Path:
-        return self.home / "blobs"
+        return self.shared / "blobs"
 
     @property
     def known_hosts(self) -> Path:

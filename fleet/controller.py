@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from fleet.blobs import BlobStore
 from fleet.config import Settings
 from fleet.db import Database
 from fleet.inventory import Host, embedded_inventory, load_inventory
+from fleet.leader import LeaderLease, make_holder
 from fleet.logstore import LogStore
 from fleet.scheduler.loop import Policy, Scheduler
 from fleet.store import Store
@@ -94,7 +96,8 @@ async def serve(settings: Settings, options: ServeOptions) -> None:
                     bad_after=settings.health_bad_after,
                     recheck_interval=settings.health_recheck_interval)
     scheduler = Scheduler(store, hosts, backend, LogStore(settings.logs_dir), policy)
-    ctx = ApiContext(store, scheduler, blobs)
+    lease = LeaderLease(db, make_holder(), None, settings.leader_lease)
+    ctx = ApiContext(store, scheduler, blobs, lease)
     app = create_app(ctx)
 
     # proto=IPPROTO_TCP matters: asyncio only sets TCP_NODELAY on sockets that say they are TCP,
@@ -110,7 +113,9 @@ async def serve(settings: Settings, options: ServeOptions) -> None:
                             timeout_graceful_shutdown=3)
     server = uvicorn.Server(config)
 
-    await scheduler.start()
+    lease.url = settings.advertise_url or url
+    scheduler.fence = lambda: None if lease.held else _step_down()
+    elector = asyncio.create_task(lead(lease, scheduler), name="fleet-leader")
     log.info("fleet serving %s with %d hosts from %s", url, len(hosts), source)
     if options.local:
         write_private(settings.server_file, json.dumps({"url": url, "pid": os.getpid(),
@@ -129,8 +134,45 @@ async def serve(settings: Settings, options: ServeOptions) -> None:
                     settings.server_file.unlink()
             except (OSError, ValueError):
                 pass
+        elector.cancel()
+        await asyncio.gather(elector, return_exceptions=True)
         await scheduler.stop()
+        if scheduler.leading:
+            lease.release()  # a follower takes over now instead of after the lease time
         db.dispose()
+
+
+def _step_down() -> None:
+    """The lease is gone: leave at once, without another write (attempts stay detached)."""
+    log.critical("lost the leader lease; exiting so the next leader takes over")
+    logging.shutdown()
+    os._exit(75)
+
+
+async def lead(lease: LeaderLease, scheduler: Scheduler) -> None:
+    """Take the leader lease when free and keep renewing it; the leader runs the scheduler.
+
+    A leader that cannot renew (database unreachable, another replica took over) exits the
+    process before its lease runs out: a scheduler never acts on a stale lease, and its running
+    attempts stay detached on their hosts for the next leader to reattach.
+    """
+    period = lease.ttl / 3
+    while True:
+        try:
+            ok = lease.try_acquire()
+        except Exception as exc:  # noqa: BLE001 - the database may be away for a moment
+            log.warning("leader lease: %s", exc)
+            ok = False
+        if ok and not scheduler.leading:
+            log.info("this replica is the leader now (lease %g s)", lease.ttl)
+            await scheduler.start()
+        if scheduler.leading and not ok:
+            left = lease.valid_until - time.monotonic()
+            if left < min(1.0, period):
+                _step_down()
+            await asyncio.sleep(min(0.5, left / 4))
+            continue
+        await asyncio.sleep(period if scheduler.leading else min(1.0, period))
 
 
 def run_serve(settings: Settings, options: ServeOptions) -> None:

@@ -181,6 +181,15 @@ class Store:
         with self.db.session() as s:
             return list(s.exec(select(Job).where(col(Job.state).in_(QUEUED_JOB_STATES)).order_by(Job.id)).all())
 
+    def pending_job_ids(self) -> list[str]:
+        """Ids of PENDING jobs (cheap: the (state, created_at) index, ids only)."""
+        with self.db.write() as conn:
+            return list(conn.execute(select(Job.id).where(Job.state == JobState.PENDING.value)).scalars())
+
+    def jobs_by_id(self, ids: Sequence[str]) -> list[Job]:
+        with self.db.session() as s:
+            return list(s.exec(select(Job).where(col(Job.id).in_(list(ids))).order_by(Job.id)).all())
+
     def set_job(self, job_id: str, **fields: Any) -> None:
         fields["updated_at"] = time.time()
         with self.db.write() as conn:

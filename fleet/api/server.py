@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+import httpx
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -39,6 +40,7 @@ from fleet.api.schemas import (
 )
 from fleet.blobs import BlobStore
 from fleet.errors import FleetError, NotFound, SpecError
+from fleet.leader import LeaderLease
 from fleet.models.enums import Health, JobState
 from fleet.models.spec import SHA256_RE, validate_spec
 from fleet.models.tables import Job, User
@@ -51,11 +53,41 @@ MAX_BLOB = 8 << 30
 class ApiContext:
     """What the routes need: the store, the scheduler, the log store and the blob dir."""
 
-    def __init__(self, store: Store, scheduler: Scheduler, blobs: BlobStore) -> None:
+    def __init__(
+        self, store: Store, scheduler: Scheduler, blobs: BlobStore, lease: LeaderLease | None = None
+    ) -> None:
         self.store = store
         self.scheduler = scheduler
         self.blobs = blobs
+        self.lease = lease
         self._token_cache: dict[str, User] = {}
+        self._leader_http: httpx.AsyncClient | None = None
+
+    def leader_url(self) -> str | None:
+        """The API URL of the current leader (None if this replica leads or nobody does)."""
+        info = self.lease.current() if self.lease is not None else None
+        if info is None or info.holder == self.lease.holder or info.expires_at < time.time():  # type: ignore[union-attr]
+            return None
+        return info.url
+
+    async def forward(self, request: Request) -> Response:
+        """On a follower: hand a scheduler request (why, cancel, hosts...) to the leader."""
+        url = self.leader_url()
+        if url is None:
+            raise HTTPException(503, "no scheduler leader right now (a replica is taking over); "
+                                     "retry in a few seconds")
+        if self._leader_http is None:
+            self._leader_http = httpx.AsyncClient(timeout=httpx.Timeout(330.0, connect=5.0))
+        headers = {k: v for k, v in request.headers.items()
+                   if k.lower() in ("authorization", "content-type", "accept")}
+        try:
+            resp = await self._leader_http.request(
+                request.method, url + request.url.path, params=request.query_params,
+                content=await request.body(), headers=headers)
+        except httpx.HTTPError as exc:
+            raise HTTPException(503, f"the scheduler leader at {url} does not answer ({exc}); "
+                                     "retry in a few seconds") from None
+        return Response(resp.content, resp.status_code, media_type=resp.headers.get("content-type"))
 
     def user_for(self, token: str) -> User | None:
         user = self._token_cache.get(token)
@@ -161,7 +193,10 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
     @app.get("/health", tags=["server"])
     async def health() -> dict[str, Any]:
-        return {"ok": True, "version": __version__, "pid": os.getpid()}
+        leading = ctx.scheduler.leading
+        return {"ok": True, "version": __version__, "pid": os.getpid(),
+                "role": "leader" if leading else "follower",
+                "leader": None if leading else ctx.leader_url()}
 
     @app.get("/whoami", tags=["users"])
     async def whoami(user: UserDep) -> UserOut:
@@ -254,15 +289,19 @@ def create_app(ctx: ApiContext) -> FastAPI:
         return detail(ctx.store.get_job(job.id))
 
     @app.post("/jobs/{job_id}/cancel", tags=["jobs"])
-    async def cancel_job(job_id: str, user: UserDep) -> CancelOut:
+    async def cancel_job(job_id: str, user: UserDep, request: Request) -> CancelOut:
         job = visible_job(job_id, user)
         if JobState(job.state).terminal:
             return CancelOut(id=job.id, state=job.state)
+        if not ctx.scheduler.leading:
+            return await ctx.forward(request)  # type: ignore[return-value]
         return CancelOut(id=job.id, state=await ctx.scheduler.cancel(job.id))
 
     @app.get("/jobs/{job_id}/why", tags=["jobs"])
-    async def why_job(job_id: str, user: UserDep) -> WhyOut:
+    async def why_job(job_id: str, user: UserDep, request: Request) -> WhyOut:
         job = visible_job(job_id, user)
+        if not ctx.scheduler.leading:
+            return await ctx.forward(request)  # type: ignore[return-value]
         return WhyOut(**ctx.scheduler.why(job.id))
 
     @app.get("/jobs/{job_id}/logs", tags=["jobs"], response_class=StreamingResponse,
@@ -302,7 +341,9 @@ def create_app(ctx: ApiContext) -> FastAPI:
     # ------------------------------------------------------------------ hosts and pools
 
     @app.get("/hosts", tags=["hosts"])
-    async def hosts(_user: UserDep) -> list[HostOut]:
+    async def hosts(_user: UserDep, request: Request) -> list[HostOut]:
+        if not ctx.scheduler.leading:
+            return await ctx.forward(request)  # type: ignore[return-value]
         notes = {name: row.health_message for name, row in ctx.store.host_statuses().items()}
         return [_host_out(v, notes.get(v.host.name)) for v in ctx.scheduler.host_views()]
 
@@ -314,29 +355,39 @@ def create_app(ctx: ApiContext) -> FastAPI:
         raise NotFound(f"no host named {name!r} in the inventory")
 
     @app.post("/hosts/{name}/drain", tags=["hosts"])
-    async def drain_host(name: str, _admin: AdminDep) -> HostOut:
+    async def drain_host(name: str, _admin: AdminDep, request: Request) -> HostOut:
+        if not ctx.scheduler.leading:
+            return await ctx.forward(request)  # type: ignore[return-value]
         """Let the host finish its running attempts and give it no new ones."""
         ctx.scheduler.drain(name, True)
         return _one_host(name)
 
     @app.post("/hosts/{name}/undrain", tags=["hosts"])
-    async def undrain_host(name: str, _admin: AdminDep) -> HostOut:
+    async def undrain_host(name: str, _admin: AdminDep, request: Request) -> HostOut:
+        if not ctx.scheduler.leading:
+            return await ctx.forward(request)  # type: ignore[return-value]
         ctx.scheduler.drain(name, False)
         return _one_host(name)
 
     @app.post("/hosts/{name}/maintenance", tags=["hosts"])
-    async def maintenance_host(name: str, _admin: AdminDep, on: bool = True) -> HostOut:
+    async def maintenance_host(name: str, _admin: AdminDep, request: Request, on: bool = True) -> HostOut:
         """Maintenance on: no new jobs, no health checks. Off: a health check decides."""
+        if not ctx.scheduler.leading:
+            return await ctx.forward(request)  # type: ignore[return-value]
         ctx.scheduler.maintenance(name, on)
         return _one_host(name)
 
     @app.post("/hosts/{name}/check", tags=["hosts"])
-    async def check_host(name: str, _admin: AdminDep) -> HostCheckOut:
+    async def check_host(name: str, _admin: AdminDep, request: Request) -> HostCheckOut:
         """Run a health check now (ahead of the queue) and report it."""
+        if not ctx.scheduler.leading:
+            return await ctx.forward(request)  # type: ignore[return-value]
         return HostCheckOut(**await ctx.scheduler.check_host(name))
 
     @app.get("/pools", tags=["hosts"])
-    async def pools(_user: UserDep) -> list[PoolOut]:
+    async def pools(_user: UserDep, request: Request) -> list[PoolOut]:
+        if not ctx.scheduler.leading:
+            return await ctx.forward(request)  # type: ignore[return-value]
         by_pool: dict[str, list[HostOut]] = {}
         for h in (_host_out(v) for v in ctx.scheduler.host_views()):
             for p in h.pools:
@@ -455,7 +506,7 @@ async def _log_stream(
                     offset += len(data)
                     yield data
                 break
-            await logs.wait(current.id, 1.0)
+            await logs.wait(current.id, 1.0 if ctx.scheduler.leading else 0.25)  # followers poll
         if number is not None:
             return
         # The attempt ended: stop if the job is done, else follow its next attempt.

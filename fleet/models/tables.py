@@ -105,3 +105,14 @@ class HostStatus(SQLModel, table=True):
     health_message: str | None = None
     drained: bool = False
     updated_at: float
+
+
+class Lease(SQLModel, table=True):
+    """An expiring lease held by one controller; ``scheduler`` names the leader (HA)."""
+
+    __tablename__ = "leases"
+    name: str = Field(primary_key=True)
+    holder: str
+    url: str | None = None
+    expires_at: float
+    updated_at: float

@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +50,7 @@ class Policy:
     check_timeout: float = 15.0  # a health check that takes longer fails
     bad_after: int = 3  # consecutive failed checks before a host is quarantined (bad)
     recheck_interval: float = 30.0  # seconds between checks of a bad host (doubling from 1 s)
+    sync_interval: float = 0.5  # how often the leader looks for jobs other replicas queued
 
 
 @dataclass
@@ -124,12 +126,14 @@ class _Sink:
         self.bytes = 0
 
     def started(self, pid: int, at: float) -> None:
+        self.sched.fence()
         if self.run.started.is_set():
             return
         self.run.started.set()
         self.sched.store.attempt_running(self.run.qj.job.id, self.run.attempt.id, at or time.time())
 
     def log(self, data: bytes) -> None:
+        self.sched.fence()
         self.bytes += len(data)
         self.sched.logs.append(self.run.qj.job.id, self.run.attempt.id, data)
 
@@ -147,6 +151,11 @@ class Scheduler:
         self.kill_grace = self.policy.kill_grace
         self.check_failures: Counter[str] = Counter()
         self._checks: dict[str, asyncio.Task[None]] = {}
+        self._sync_task: asyncio.Task[None] | None = None
+        self.leading = False  # True once started: this replica schedules (see fleet.leader)
+        # Called before every write that only a leader may make; with HA it ends the process
+        # if the leader lease ran out (a leader that was frozen must not act when it wakes).
+        self.fence: Callable[[], None] = lambda: None
         self.used: Counter[str] = Counter()
         self.health: dict[str, Health] = {}
         self.drained: set[str] = set()
@@ -165,7 +174,11 @@ class Scheduler:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Load host health, re-queue waiting jobs, reattach running attempts, start the loop."""
+        """Load host health, re-queue waiting jobs, reattach running attempts, start the loop.
+
+        Called when this replica becomes the leader; until then it only validates submissions
+        (the jobs go to the database and the leader picks them up)."""
+        self.leading = True
         for name, row in self.store.host_statuses().items():
             if name in self.hosts:
                 self.health[name] = Health(row.health)
@@ -182,6 +195,7 @@ class Scheduler:
             if health in (Health.UNKNOWN, Health.BAD):
                 self._schedule_check(name)
         self._loop_task = asyncio.create_task(self._loop(), name="fleet-scheduler")
+        self._sync_task = asyncio.create_task(self._sync_loop(), name="fleet-sync")
 
     async def stop(self) -> None:
         """Stop placing; leave running attempts detached on their hosts for the next controller."""
@@ -189,6 +203,8 @@ class Scheduler:
         self._wake.set()
         tasks = [r.task for r in self.running.values() if r.task is not None]
         tasks += list(self._checks.values())
+        if self._sync_task is not None:
+            tasks.append(self._sync_task)
         for qj in self.pending.values():
             if qj.expiry is not None:
                 qj.expiry.cancel()
@@ -217,8 +233,29 @@ class Scheduler:
         return demand
 
     def submit(self, job: Job, spec: JobSpec) -> None:
-        """Queue a job already written to the DB and wake the loop. Never blocks."""
+        """Queue a job already written to the DB and wake the loop. Never blocks. On a
+        follower this does nothing: the leader finds the job in the database."""
+        if not self.leading:
+            return
         self._enqueue(job, spec)
+        self._wake.set()
+
+    async def _sync_loop(self) -> None:
+        """Pick up jobs queued by other replicas (followers write submissions to the DB)."""
+        while not self._stopping:
+            await asyncio.sleep(self.policy.sync_interval)
+            try:
+                self._sync()
+            except Exception:  # noqa: BLE001 - a DB hiccup must not stop scheduling
+                log.exception("looking for new jobs failed")
+
+    def _sync(self) -> None:
+        fresh = [i for i in self.store.pending_job_ids() if i not in self.pending and i not in self.running]
+        if not fresh:
+            return
+        for job in self.store.jobs_by_id(fresh):
+            if job.state == JobState.PENDING.value and job.id not in self.pending:
+                self._enqueue(job, JobSpec.model_validate_json(job.spec_json))
         self._wake.set()
 
     def _enqueue(self, job: Job, spec: JobSpec, failed_on: set[str] | None = None) -> None:
@@ -276,6 +313,7 @@ class Scheduler:
 
     def _expire(self, job_id: str) -> None:
         """queue_timeout passed: the job ends no_capacity, saying why it could not start."""
+        self.fence()
         if job_id not in self.pending:
             return
         why = self.why(job_id)
@@ -344,6 +382,13 @@ class Scheduler:
         job = self.store.get_job(job_id)
         if JobState(job.state).terminal:
             return
+        if not self.leading:  # a follower learns of the end from the database
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+                if JobState(self.store.get_job(job_id).state).terminal:
+                    return
+            return
         event = self._done.setdefault(job.id, asyncio.Event())
         try:
             await asyncio.wait_for(event.wait(), timeout)
@@ -410,6 +455,7 @@ class Scheduler:
                 )
 
     def _commit(self, qj: QueuedJob, host: Host) -> None:
+        self.fence()
         slots = qj.demand.slots
         attempt = self.store.start_attempt(qj.job, host.name, slots)
         self.used[host.name] += slots
@@ -467,6 +513,7 @@ class Scheduler:
         self._finish(run, outcome, verdict, sink.bytes)
 
     def _finish(self, run: Running, outcome: Outcome, verdict: Verdict, log_bytes: int) -> None:
+        self.fence()
         qj, attempt, host = run.qj, run.attempt, run.host
         record = None
         if outcome.result is not None and verdict.state is AttemptState.SUCCEEDED:

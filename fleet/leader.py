@@ -1,0 +1,128 @@
+"""Leader election for several ``fleet serve`` replicas on one database (DESIGN.md §5.9).
+
+One row of the ``leases`` table names the leader and when its lease expires. A replica takes
+the lease when it is free, expired, or held by a dead process on this same machine (so a
+controller restarted after ``kill -9`` does not wait out its own old lease). The leader renews
+every third of the lease time; a leader that cannot renew before its lease runs out stops at
+once (see ``fleet.controller``), so two schedulers never act at the same time as long as the
+replicas' clocks agree to well under the lease time (NTP).
+
+Every statement is a single conditional UPDATE (or an INSERT that loses cleanly to a concurrent
+one), which is atomic on SQLite and PostgreSQL alike.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from fleet.db import Database
+from fleet.ids import new_id
+from fleet.models.tables import Lease
+
+LEADER = "scheduler"
+_LEASES = Lease.__table__  # type: ignore[attr-defined]
+
+
+def make_holder() -> str:
+    """``hostname:pid:random``: unique per process, and says where to check liveness."""
+    return f"{socket.gethostname()}:{os.getpid()}:{new_id('c')}"
+
+
+def _dead_here(holder: str) -> bool:
+    """True if ``holder`` is a process of this machine that no longer runs."""
+    try:
+        host, pid_text, _ = holder.split(":", 2)
+        pid = int(pid_text)
+    except ValueError:
+        return False
+    if host != socket.gethostname() or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@dataclass(frozen=True)
+class LeaseInfo:
+    holder: str
+    url: str | None
+    expires_at: float
+
+
+class LeaderLease:
+    def __init__(self, db: Database, holder: str, url: str | None, ttl: float) -> None:
+        self.db = db
+        self.holder = holder
+        self.url = url
+        self.ttl = ttl
+        self.valid_until = 0.0  # local monotonic time our lease is good until
+
+    @property
+    def held(self) -> bool:
+        return time.monotonic() < self.valid_until
+
+    def current(self) -> LeaseInfo | None:
+        with self.db.write() as conn:
+            row = conn.execute(select(_LEASES).where(_LEASES.c.name == LEADER)).first()
+        if row is None:
+            return None
+        return LeaseInfo(row.holder, row.url, row.expires_at)
+
+    def try_acquire(self) -> bool:
+        """Take or renew the lease if we may. Returns whether we hold it now."""
+        started = time.monotonic()
+        now = time.time()
+        values = dict(holder=self.holder, url=self.url, expires_at=now + self.ttl, updated_at=now)
+        with self.db.write() as conn:
+            taken = conn.execute(
+                update(_LEASES)
+                .where(_LEASES.c.name == LEADER)
+                .where((_LEASES.c.holder == self.holder) | (_LEASES.c.expires_at < now))
+                .values(**values)
+            ).rowcount
+        if not taken:
+            current = self.current()
+            if current is None:
+                taken = self._insert(values)
+            elif _dead_here(current.holder):
+                with self.db.write() as conn:
+                    taken = conn.execute(
+                        update(_LEASES)
+                        .where(_LEASES.c.name == LEADER, _LEASES.c.holder == current.holder)
+                        .values(**values)
+                    ).rowcount
+        if taken:
+            # Count from before the write: the DB may have applied it at any moment since.
+            self.valid_until = started + self.ttl
+        return bool(taken)
+
+    def _insert(self, values: dict[str, object]) -> bool:
+        try:
+            with self.db.write() as conn:
+                conn.execute(insert(_LEASES).values(name=LEADER, **values))
+            return True
+        except IntegrityError:
+            return False  # another replica inserted first
+
+    def release(self) -> None:
+        """Give the lease up now (graceful shutdown) so a follower need not wait it out."""
+        with self.db.write() as conn:
+            conn.execute(
+                update(_LEASES).where(_LEASES.c.name == LEADER, _LEASES.c.holder == self.holder)
+                .values(expires_at=0.0, updated_at=time.time())
+            )
+        self.valid_until = 0.0

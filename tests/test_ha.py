@@ -1,0 +1,164 @@
+"""High availability: several ``fleet serve`` replicas on one database, one leader.
+
+The replicas share the database and a directory for logs and blobs (``shared_dir``) and run
+jobs on one host (a local one with a fixed workdir, so any replica reaches the same attempt
+directories). Kill the leader: a follower takes over, reattaches the running attempts, starts
+the queued ones; each job appends its id to a file on the host, so a job run twice shows.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from fleet.api.client import Client
+from tests.helpers import eventually, pid_alive
+
+LINES = 30
+LEASE = 3.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Replica:
+    def __init__(self, root: Path, n: int, db_url: str, inventory: Path, shared: Path) -> None:
+        self.home = root / f"replica{n}"
+        self.home.mkdir(parents=True)
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        (self.home / "config.yaml").write_text(yaml.safe_dump({
+            "database": db_url, "inventory": str(inventory), "shared_dir": str(shared),
+            "leader_lease": LEASE, "kill_grace": 2, "keepalive_interval": 2,
+        }))
+        env = dict(os.environ, FLEET_HOME=str(self.home))
+        for var in ("FLEET_SERVER", "FLEET_TOKEN", "FLEET_INVENTORY", "FLEET_DATABASE"):
+            env.pop(var, None)
+        self.log = (self.home / "server.log").open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fleet", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            stdout=self.log, stderr=self.log, env=env, start_new_session=True)
+        eventually(self.health, timeout=30, what=f"replica {n} listening")
+
+    def health(self) -> dict | None:
+        try:
+            return httpx.get(f"{self.url}/health", timeout=1).json()
+        except httpx.HTTPError:
+            return None
+
+    def role(self) -> str | None:
+        h = self.health()
+        return h and h["role"]
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        os.kill(self.proc.pid, sig)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.log.close()
+
+    def server_log(self) -> str:
+        return (self.home / "server.log").read_text(errors="replace")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'shared.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def replicas(tmp_path, db_url):
+    shared = tmp_path / "shared"
+    inventory = tmp_path / "hosts.ini"
+    inventory.write_text(
+        f"box ansible_connection=local fleet_slots=3 fleet_workdir={tmp_path / 'box'}\n")
+    made: list[Replica] = []
+
+    def start() -> Replica:
+        replica = Replica(tmp_path, len(made) + 1, db_url, inventory, shared)
+        made.append(replica)
+        return replica
+
+    yield start
+    for replica in made:
+        replica.stop()
+
+
+def _job(name: str, side: Path) -> dict:
+    return {"name": name, "run": (
+        f'echo "$FLEET_JOB_ID" >> {side}; i=0; '
+        f'while [ $i -lt {LINES} ]; do echo "line $i"; i=$((i+1)); sleep 0.1; done')}
+
+
+def test_leader_killed_follower_takes_over_nothing_lost_or_run_twice(replicas, tmp_path):
+    side = tmp_path / "side.txt"
+    first = replicas()
+    assert eventually(lambda: first.role() == "leader", what="first replica leads")
+    second = replicas()
+    assert second.role() == "follower" and second.health()["leader"] == first.url
+    token = (first.home / "token").read_text().strip()
+
+    # Submitted through the follower: it writes the jobs, the leader runs them.
+    client = Client(second.url, token, timeout=60)
+    ids = [client.submit(_job(f"j{i}", side)).id for i in range(6)]
+    eventually(lambda: sum(client.job(j).state == "RUNNING" for j in ids) == 3, what="3 running")
+    eventually(lambda: all(len(b"".join(client.logs(j)).splitlines()) >= 5
+                           for j in ids if client.job(j).state == "RUNNING"), what="logs flowing")
+    assert client.why(ids[-1]).state == "waiting"  # proxied to the leader
+
+    first.kill(signal.SIGKILL)
+    killed_at = time.monotonic()
+    eventually(lambda: second.role() == "leader", timeout=LEASE + 10, what="takeover")
+    took = time.monotonic() - killed_at
+    assert took < LEASE + 2, took
+
+    for job_id in ids:
+        assert client.wait(job_id, 60).state == "SUCCEEDED", second.server_log()
+    expected = "".join(f"line {i}\n" for i in range(LINES))
+    for job_id in ids:
+        assert b"".join(client.logs(job_id)).decode() == expected, job_id
+        assert len(client.job(job_id).attempt_list) == 1
+    assert sorted(side.read_text().split()) == sorted(ids)  # each ran exactly once
+    assert "Traceback" not in second.server_log()
+
+
+def test_a_hung_leader_is_replaced_and_steps_down_when_it_wakes(replicas, tmp_path):
+    side = tmp_path / "side.txt"
+    first = replicas()
+    assert eventually(lambda: first.role() == "leader", what="first replica leads")
+    second = replicas()
+    token = (first.home / "token").read_text().strip()
+    client = Client(second.url, token, timeout=60)
+    ids = [client.submit(_job(f"h{i}", side)).id for i in range(2)]
+    eventually(lambda: all(client.job(j).state == "RUNNING" for j in ids), what="running")
+
+    first.kill(signal.SIGSTOP)  # hung: holds the lease but cannot renew it
+    try:
+        eventually(lambda: second.role() == "leader", timeout=LEASE + 10, what="takeover")
+    finally:
+        first.kill(signal.SIGCONT)
+    # Awake again, the old leader sees its lease gone and exits without acting.
+    eventually(lambda: first.proc.poll() is not None, timeout=LEASE + 5, what="old leader exits")
+    assert first.proc.returncode == 75
+    assert "lost the leader lease" in first.server_log()
+    assert not pid_alive(first.proc.pid)
+    for job_id in ids:
+        assert client.wait(job_id, 60).state == "SUCCEEDED"
+        assert len(client.job(job_id).attempt_list) == 1
+    assert sorted(side.read_text().split()) == sorted(ids)
