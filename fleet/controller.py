@@ -88,6 +88,7 @@ async def serve(settings: Settings, options: ServeOptions) -> None:
         keepalive_interval=settings.keepalive_interval,
         keepalive_count_max=settings.keepalive_count_max,
         connect_timeout=settings.connect_timeout,
+        command_timeout=settings.command_timeout,
     )
     by_name = {h.name: h for h in hosts}
     blobs = BlobStore(settings.blobs_dir)

@@ -37,6 +37,7 @@ class SSHOptions:
     keepalive_interval: float = 15.0
     keepalive_count_max: int = 3
     connect_timeout: float = 15.0
+    command_timeout: float = 120.0  # fleet's own commands (install, cache check, upload)
 
 
 class Transport:

@@ -13,6 +13,7 @@ import logging
 import shlex
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from fleet.backends.agent import AgentChannel
 from fleet.backends.base import (
@@ -182,7 +183,7 @@ class SSHBackend(Backend):
             f'mv -T "$t" {lib} 2>/dev/null || rm -rf "$t"; test -f {lib}/.ok'
         )
         err = bytearray()
-        code = await transport.exec(script, stdin=bundle().tarball, on_stderr=err.extend)
+        code = await self._exec(host, transport, script, stdin=bundle().tarball, on_stderr=err.extend)
         if code != 0:
             raise SetupFailed(
                 f"host {host.name}: cannot install fleet's runners into {self.lib_dir(host)}: "
@@ -206,7 +207,7 @@ class SSHBackend(Backend):
                 f"mkdir -p {cache} && cd {cache} && for s in {' '.join(wanted)}; "
                 f'do [ -f "$s" ] || echo "$s"; done'
             )
-            code = await transport.exec(check, on_stdout=out.extend)
+            code = await self._exec(host, transport, check, on_stdout=out.extend)
             if code != 0:
                 raise SetupFailed(f"host {host.name}: cannot create the input cache {self.cache_dir(host)}")
             missing = out.decode().split()
@@ -215,9 +216,21 @@ class SSHBackend(Backend):
                 upload = (
                     f"cd {cache} && cat > .up.$$ && mv -f .up.$$ {shlex.quote(sha)}"
                 )
-                if await transport.exec(upload, stdin=data) != 0:
+                if await self._exec(host, transport, upload, stdin=data) != 0:
                     raise SetupFailed(f"host {host.name}: upload of input {sha[:12]} failed")
             known.update(wanted)
+
+    async def _exec(self, host: Host, transport: Transport, command: str, *,
+                    stdin: bytes | None = None, **callbacks: Any) -> int:
+        """One of fleet's own commands, bounded by ``command_timeout`` (plus 1 s per MiB sent):
+        a host that stops answering mid-command is lost, not waited on forever."""
+        limit = self.pool.options.command_timeout + (len(stdin) / (1 << 20) if stdin else 0)
+        try:
+            async with asyncio.timeout(limit):
+                return await transport.exec(command, stdin=stdin, **callbacks)
+        except TimeoutError:
+            self._forget(host.name)
+            raise HostLost(f"host {host.name}: a fleet command took longer than {limit:.0f} s") from None
 
     def _payload(self, plan: AttemptPlan, log_offset: int) -> dict[str, object]:
         host = plan.host
