@@ -24,6 +24,8 @@ CONFIG_KEYS = {
     "keepalive_count_max": "unanswered keepalives before a connection is dead (default 3)",
     "connect_timeout": "seconds to wait for an SSH connection (default 15)",
     "command_timeout": "seconds fleet's own commands on a host may take (default 120)",
+    "attempt_lease": "seconds a job may run out of touch with the controller before it stops "
+                     "itself; a job lost with its host is retried after this (default 60)",
     "kill_grace": "seconds between TERM and KILL on cancel/timeout (default 10)",
     "leader_lease": "seconds a leader's lease lasts; a follower takes over after it (default 15)",
     "advertise_url": "URL other replicas use to reach this one's API (default: the bound address)",
@@ -52,6 +54,7 @@ class Settings:
     keepalive_count_max: int = 3
     connect_timeout: float = 15.0
     command_timeout: float = 120.0
+    attempt_lease: float = 60.0
     kill_grace: float = 10.0
     leader_lease: float = 15.0
     advertise_url: str | None = None

@@ -89,13 +89,15 @@ async def serve(settings: Settings, options: ServeOptions) -> None:
         keepalive_count_max=settings.keepalive_count_max,
         connect_timeout=settings.connect_timeout,
         command_timeout=settings.command_timeout,
+        attempt_lease=settings.attempt_lease,
     )
     by_name = {h.name: h for h in hosts}
     blobs = BlobStore(settings.blobs_dir)
     backend = SSHBackend(ssh_options, by_name.get, blobs.path)
     policy = Policy(kill_grace=settings.kill_grace, check_timeout=settings.health_check_timeout,
                     bad_after=settings.health_bad_after,
-                    recheck_interval=settings.health_recheck_interval)
+                    recheck_interval=settings.health_recheck_interval,
+                    attempt_lease=settings.attempt_lease)
     scheduler = Scheduler(store, hosts, backend, LogStore(settings.logs_dir), policy)
     lease = LeaderLease(db, make_holder(), None, settings.leader_lease)
     ctx = ApiContext(store, scheduler, blobs, lease)

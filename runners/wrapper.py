@@ -27,6 +27,7 @@ import time
 CHUNK = 65536
 POLL_ATTACHED = 0.05  # log poll interval while the supervisor's pipe is open
 POLL_DETACHED = 0.1  # when following an attempt we did not launch (reattach)
+LEASE_CHECK = 0.05  # how often a supervisor looks at its attempt lease
 
 
 def _write_json(path, data):
@@ -50,6 +51,16 @@ def _inside(base, rel):
         return False
     full = os.path.normpath(os.path.join(base, rel))
     return full == base or full.startswith(base.rstrip("/") + "/")
+
+
+def _touch(path):
+    try:
+        os.utime(path)
+    except OSError:
+        try:
+            open(path, "a").close()
+        except OSError:
+            pass
 
 
 def _signal_group(pgid, sig):
@@ -84,6 +95,9 @@ class Supervisor:
         self.notify_fd = notify_fd
         self.log = None
         self.cancel_path = os.path.join(adir, "cancel")
+        self.lease_path = os.path.join(adir, "lease")
+        self.lease = float(payload.get("lease") or 0)  # 0: no attempt lease
+        self.fenced = False
 
     def notify(self, **fields):
         if self.notify_fd is None:
@@ -103,6 +117,7 @@ class Supervisor:
             status["error"] = "wrapper: %s: %s" % (type(exc).__name__, exc)
         status["ended_at"] = time.time()
         status["cancelled"] = status["cancelled"] or os.path.exists(self.cancel_path)
+        status["fenced"] = self.fenced
         _write_json(os.path.join(self.adir, "status.json"), status)
 
     def _run_phases(self, status):
@@ -125,8 +140,32 @@ class Supervisor:
         code, sig, timed_out = self._run(argv, env, deadline, grace, "run")
         return {"exit_code": code, "signal": sig, "timed_out": timed_out, "phase": "run"}
 
+    def _lease_expired(self):
+        """The attempt lease: the agent touches ``lease`` whenever the controller renews it. No
+        renewal for ``lease`` seconds means the controller gave this attempt up (or is down for
+        longer than it promised to be): stop, so the job never runs twice."""
+        if not self.lease:
+            return False
+        try:
+            age = time.time() - os.stat(self.lease_path).st_mtime
+        except OSError:
+            return False
+        return age > self.lease
+
+    def _stop(self, proc, grace):
+        _signal_group(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            self.log.write(b"fleet: still running after the grace period; sending KILL\n")
+            _signal_group(proc.pid, signal.SIGKILL)
+            proc.wait()
+
     def _run(self, argv, env, deadline, grace, phase):
         if os.path.exists(self.cancel_path):
+            return None, signal.SIGTERM, False
+        if self._lease_expired():
+            self.fenced = True
             return None, signal.SIGTERM, False
         try:
             proc = subprocess.Popen(
@@ -143,19 +182,23 @@ class Supervisor:
         timed_out = False
         while True:
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if self.lease:
+                timeout = LEASE_CHECK if timeout is None else min(timeout, LEASE_CHECK)
             try:
                 proc.wait(timeout=timeout)
                 break
             except subprocess.TimeoutExpired:
+                pass
+            if deadline is not None and time.monotonic() >= deadline:
                 timed_out = True
                 self.log.write(b"\nfleet: timeout reached; sending TERM to the process group\n")
-                _signal_group(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=grace)
-                except subprocess.TimeoutExpired:
-                    self.log.write(b"fleet: still running after the grace period; sending KILL\n")
-                    _signal_group(proc.pid, signal.SIGKILL)
-                    proc.wait()
+                self._stop(proc, grace)
+                break
+            if self._lease_expired():
+                self.fenced = True
+                self.log.write(("\nfleet: no word from the controller for %g s (attempt lease); "
+                                "stopping the job so that it never runs twice\n" % self.lease).encode())
+                self._stop(proc, grace)
                 break
         # Leftover children in the group (daemons the job started) go with the job.
         _signal_group(proc.pid, signal.SIGKILL)
@@ -171,6 +214,7 @@ class Supervisor:
 def _prepare(adir, payload):
     """Write job.json and link the inputs from the host's content-addressed cache."""
     _write_json(os.path.join(adir, "job.json"), payload.get("job") or {})
+    _touch(os.path.join(adir, "lease"))
     cache = os.path.expanduser(payload.get("cache_dir") or "")
     for rel, sha in payload.get("inputs") or []:
         if not _inside(adir, rel) or not rel.startswith("inputs/"):
@@ -292,6 +336,10 @@ class Agent:
             elif op == "follow":
                 adir = os.path.expanduser(req["attempt_dir"])
                 self.follows[aid] = Follow(aid, adir, int(req.get("offset", 0)))
+                _touch(os.path.join(adir, "lease"))
+            elif op == "renew":  # the controller still follows: extend every attempt's lease
+                for follow in self.follows.values():
+                    _touch(os.path.join(follow.adir, "lease"))
             elif op == "cancel":
                 self.cancel(aid, os.path.expanduser(req["attempt_dir"]), float(req.get("grace", 10)))
             elif op == "ping":
@@ -309,6 +357,7 @@ class Agent:
         except FileExistsError:
             self.frame(aid, "attached", dir=adir)
             self.follows[aid] = Follow(aid, adir, int(payload.get("offset", 0)))
+            _touch(os.path.join(adir, "lease"))
             return
         try:
             _prepare(adir, payload)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import pid_alive
+from tests.helpers import eventually, pid_alive
 
 LINES = 40
 
@@ -83,3 +83,27 @@ def test_controller_death_then_restart_reattaches_without_rerun_gap_or_duplicate
     lines = side.read_text().split()
     assert sorted(lines) == sorted(running + queued)
     assert "Traceback" not in fleet.server_log()
+
+
+def test_a_job_out_of_touch_longer_than_its_lease_stops_itself_and_is_retried(fleet, tmp_path):
+    """The attempt lease: a controller gone longer than ``attempt_lease`` must not find its job
+    still running when a retry could already run elsewhere; the job stops itself."""
+    side = tmp_path / "side-effects.txt"
+    inv = _inventory(tmp_path, slots=1)
+    client = fleet.start(inv, config={"attempt_lease": 1.5})
+    job_id = client.submit({"name": "leased", "run": f'echo "$FLEET_ATTEMPT_ID" >> {side}; sleep 30'}).id
+    _wait_running(client, [job_id], min_log=0)
+    os.kill(fleet.info.pid, signal.SIGKILL)
+    fleet.client.close()
+    time.sleep(3.0)  # past the lease: the job's supervisor stops it
+    client = fleet.start(inv, config={"attempt_lease": 1.5})
+    job = eventually(lambda: (j := client.job(job_id)).attempt_list[0].state != "RUNNING" and j,
+                     what="first attempt judged")
+    first = job.attempt_list[0]
+    assert (first.state, first.reason) == ("FAILED", "host_lost"), first
+    assert "attempt lease" in first.message
+    assert "no word from the controller" in b"".join(client.logs(job_id, attempt=1)).decode()
+    # Retried (the first attempt is known to be stopped), and cancelled here to end the test.
+    eventually(lambda: len(client.job(job_id).attempt_list) == 2, what="a second attempt")
+    client.cancel(job_id)
+    assert client.wait(job_id, 30).state == "CANCELLED"

@@ -15,7 +15,7 @@ from tests.lab.fixtures import requires_sshd
 from tests.test_e2e_lab import start_fleet
 
 # keepalive 1 s x 2: a silent host is dropped after ~2-3 s.
-FAST = {"keepalive_interval": 1, "keepalive_count_max": 2, "connect_timeout": 2,
+FAST = {"keepalive_interval": 1, "keepalive_count_max": 2, "connect_timeout": 2, "attempt_lease": 3,
         "health_check_timeout": 2, "health_bad_after": 2, "health_recheck_interval": 1}
 WINDOW = FAST["keepalive_interval"] * (FAST["keepalive_count_max"] + 1) + FAST["connect_timeout"]
 

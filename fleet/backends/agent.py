@@ -27,7 +27,7 @@ class _Waiter:
 
 
 class AgentChannel:
-    def __init__(self, host_name: str, channel: Channel) -> None:
+    def __init__(self, host_name: str, channel: Channel, renew_every: float | None = None) -> None:
         self.host_name = host_name
         self.channel = channel
         self.waiters: dict[str, _Waiter] = {}
@@ -36,6 +36,18 @@ class AgentChannel:
         self._pings = 0
         self._reader = asyncio.create_task(self._read_loop(), name=f"agent-{host_name}")
         self._err_reader = asyncio.create_task(self._read_stderr(), name=f"agent-err-{host_name}")
+        self._renewer = (asyncio.create_task(self._renew(renew_every), name=f"agent-renew-{host_name}")
+                         if renew_every else None)
+
+    async def _renew(self, every: float) -> None:
+        """Extend the attempt lease of every attempt the agent follows (see runners/wrapper.py):
+        while this controller is alive and connected, its jobs never stop themselves."""
+        while self.dead is None:
+            await asyncio.sleep(every)
+            try:
+                self.send({"op": "renew"})
+            except Exception:  # noqa: BLE001 - a dead channel ends the loop above
+                return
 
     @property
     def alive(self) -> bool:
@@ -84,6 +96,8 @@ class AgentChannel:
             pass
         self._reader.cancel()
         self._err_reader.cancel()
+        if self._renewer is not None:
+            self._renewer.cancel()
 
     async def _read_stderr(self) -> None:
         while True:
@@ -151,7 +165,7 @@ class AgentChannel:
             waiter.future.set_result(Outcome(
                 exit_code=st.get("exit_code"), signal=st.get("signal"),
                 timed_out=bool(st.get("timed_out")), cancelled=bool(st.get("cancelled")),
-                phase=st.get("phase") or "run", error=st.get("error"),
+                phase=st.get("phase") or "run", error=st.get("error"), fenced=bool(st.get("fenced")),
                 result=header.get("result"), runner_error=header.get("error"),
                 started_at=st.get("started_at"), ended_at=st.get("ended_at"),
             ))

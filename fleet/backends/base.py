@@ -24,9 +24,13 @@ class BackendError(Exception):
 
 
 class HostLost(BackendError):
-    """The host cannot be reached or dropped the connection (infrastructure's fault)."""
+    """The host cannot be reached or dropped the connection (infrastructure's fault).
+
+    ``may_run``: the attempt may have been launched and may still run there (False when the
+    host was lost before the launch request went out)."""
 
     reason = Reason.HOST_LOST
+    may_run = True
 
 
 class HostKeyRefused(HostLost):
@@ -63,6 +67,7 @@ class AttemptPlan:
     timeout: float | None
     grace: float
     inputs: list[InputFile] = field(default_factory=list)
+    reattach: bool = False  # following an attempt a previous controller launched
 
 
 @dataclass
@@ -80,6 +85,7 @@ class Outcome:
     started_at: float | None = None
     ended_at: float | None = None
     lost: str | None = None  # set when the supervisor vanished without a status
+    fenced: bool = False  # the job stopped itself: its attempt lease ran out (controller gone)
 
 
 class AttemptSink(Protocol):

@@ -38,6 +38,7 @@ class SSHOptions:
     keepalive_count_max: int = 3
     connect_timeout: float = 15.0
     command_timeout: float = 120.0  # fleet's own commands (install, cache check, upload)
+    attempt_lease: float = 60.0  # a job stops itself after this long without the controller
 
 
 class Transport:

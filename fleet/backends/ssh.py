@@ -80,11 +80,15 @@ class SSHBackend(Backend):
     async def launch(self, plan: AttemptPlan, sink: AttemptSink, log_offset: int = 0) -> Outcome:
         host = plan.host
         try:
-            transport = await self._transport(host)
-            await self._ensure_lib(transport, host)
-            if plan.inputs:
-                await self._ensure_inputs(transport, host, plan)
-            agent = await self._agent(transport, host)
+            try:
+                transport = await self._transport(host)
+                await self._ensure_lib(transport, host)
+                if plan.inputs:
+                    await self._ensure_inputs(transport, host, plan)
+                agent = await self._agent(transport, host)
+            except HostLost as exc:
+                exc.may_run = log_offset > 0 or plan.reattach  # a first launch never went out
+                raise
             request = self._payload(plan, log_offset)
             request["op"] = "launch"
             return await agent.run(plan.attempt_id, request, sink)
@@ -157,7 +161,7 @@ class SSHBackend(Backend):
                 channel = await transport.open_channel(
                     f"exec {shlex.quote(host.python)} -S {wrapper} agent"
                 )
-                agent = AgentChannel(host.name, channel)
+                agent = AgentChannel(host.name, channel, renew_every=self.pool.options.attempt_lease / 4)
                 self._agents[host.name] = agent
             return agent
 
@@ -244,6 +248,7 @@ class SSHBackend(Backend):
             "grace": plan.grace,
             "inputs": [[f.rel_path, f.sha256] for f in plan.inputs],
             "offset": log_offset,
+            "lease": self.pool.options.attempt_lease,
         }
         if plan.argv is not None:
             payload["argv"] = plan.argv

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fleet.backends.base import AttemptPlan, Backend, BackendError, InputFile, Outcome
+from fleet.backends.base import AttemptPlan, Backend, BackendError, HostLost, InputFile, Outcome
 from fleet.errors import NotFound, SpecError
 from fleet.inventory import Host
 from fleet.logstore import LogStore
@@ -51,6 +51,12 @@ class Policy:
     bad_after: int = 3  # consecutive failed checks before a host is quarantined (bad)
     recheck_interval: float = 30.0  # seconds between checks of a bad host (doubling from 1 s)
     sync_interval: float = 0.5  # how often the leader looks for jobs other replicas queued
+    attempt_lease: float = 60.0  # a job out of touch with the controller this long stops itself
+
+    @property
+    def lost_hold(self) -> float:
+        """How long after losing touch with an attempt it is surely stopped (lease + grace)."""
+        return self.attempt_lease + self.kill_grace + 1.0
 
 
 @dataclass
@@ -82,6 +88,7 @@ class Verdict:
     reason: Reason
     message: str | None
     exit_code: int | None
+    may_run: bool = False  # host lost while the job may still run there (until its lease ends)
 
 
 def judge(outcome: Outcome, runner: str) -> Verdict:
@@ -89,6 +96,10 @@ def judge(outcome: Outcome, runner: str) -> Verdict:
     code = outcome.exit_code
     if outcome.lost:
         return Verdict(AttemptState.FAILED, Reason.HOST_LOST, outcome.lost, None)
+    if outcome.fenced:
+        return Verdict(AttemptState.FAILED, Reason.HOST_LOST,
+                       "the host stopped the job: no word from the controller within the attempt lease",
+                       outcome.exit_code)
     if outcome.cancelled:
         return Verdict(AttemptState.CANCELLED, Reason.CANCELLED_BY_USER, "cancelled", code)
     if outcome.timed_out:
@@ -152,6 +163,8 @@ class Scheduler:
         self.check_failures: Counter[str] = Counter()
         self._checks: dict[str, asyncio.Task[None]] = {}
         self._sync_task: asyncio.Task[None] | None = None
+        # Retries waiting for a lost attempt's lease to run out: job id -> (job, timer, until).
+        self.held: dict[str, tuple[QueuedJob, asyncio.TimerHandle, float]] = {}
         self.leading = False  # True once started: this replica schedules (see fleet.leader)
         # Called before every write that only a leader may make; with HA it ends the process
         # if the leader lease ran out (a leader that was frozen must not act when it wakes).
@@ -186,9 +199,14 @@ class Scheduler:
                     self.drained.add(name)
         for job in self.store.queued_jobs():
             try:
-                self._enqueue(job, JobSpec.model_validate_json(job.spec_json))
+                spec = JobSpec.model_validate_json(job.spec_json)
             except Exception as exc:  # noqa: BLE001 - a stored spec this release cannot read
                 self.store.finish_job(job.id, JobState.FAILED, Reason.INVALID_SPEC, str(exc))
+                continue
+            if job.state == JobState.RETRYING.value:
+                self._requeue_retry(job, spec)
+            else:
+                self._enqueue(job, spec)
         for attempt in self.store.active_attempts():
             self._reattach(attempt)
         for name, health in self.health.items():
@@ -208,6 +226,8 @@ class Scheduler:
         for qj in self.pending.values():
             if qj.expiry is not None:
                 qj.expiry.cancel()
+        for _qj, handle, _until in self.held.values():
+            handle.cancel()
         if self._loop_task is not None:
             tasks.append(self._loop_task)
         for task in tasks:
@@ -258,17 +278,33 @@ class Scheduler:
                 self._enqueue(job, JobSpec.model_validate_json(job.spec_json))
         self._wake.set()
 
-    def _enqueue(self, job: Job, spec: JobSpec, failed_on: set[str] | None = None) -> None:
+    @staticmethod
+    def _queued_job(job: Job, spec: JobSpec) -> QueuedJob:
+        inputs = [
+            InputFile(rel_path=_join(ref.host_path(name), rel, ref.kind), sha256=blob.sha256, size=blob.size)
+            for name, ref in spec.uploaded().items()
+            for rel, blob in ref.files.items()
+        ]
+        return QueuedJob(job=job, spec=spec, demand=Demand.of(spec), inputs=inputs)
+
+    def _restored(self, job: Job, spec: JobSpec) -> QueuedJob:
+        """A job a previous controller knew, with its retry history rebuilt from its attempts."""
+        qj = self._queued_job(job, spec)
+        for a in self.store.attempts(job.id) if job.attempt_count else []:
+            reason = Reason(a.reason) if a.reason else None
+            if reason is not None and REASON_CLASS.get(reason) is FailureClass.INFRA:
+                qj.infra_failures += 1
+                qj.failed_on.add(a.host)
+            elif reason is Reason.EXIT_NONZERO:
+                qj.job_failures += 1
+                qj.failed_on.add(a.host)
+        return qj
+
+    def _enqueue(self, job: Job, spec: JobSpec) -> None:
         demand = Demand.of(spec)
         qj = self.pending.get(job.id)
         if qj is None:
-            inputs = [
-                InputFile(rel_path=_join(ref.host_path(name), rel, ref.kind), sha256=blob.sha256, size=blob.size)
-                for name, ref in spec.uploaded().items()
-                for rel, blob in ref.files.items()
-            ]
-            qj = QueuedJob(job=job, spec=spec, demand=demand, inputs=inputs, failed_on=failed_on or set())
-            self.pending[job.id] = qj
+            qj = self.pending[job.id] = self._queued_job(job, spec)
         if spec.queue_timeout is not None and qj.expiry is None:
             # Counted from submission for the first attempt, from the requeue for a retry.
             since = job.created_at if not job.attempt_count else time.time()
@@ -283,7 +319,10 @@ class Scheduler:
         """Cancel a job. Queued: ends now. Running: TERM/KILL on the host; the attempt's end
         finishes the job. Returns the state after the request. Idempotent."""
         qj = self._dequeue(job_id)
-        if qj is not None:
+        held = self.held.pop(job_id, None)
+        if held is not None:
+            held[1].cancel()
+        if qj is not None or held is not None:
             self.store.finish_job(job_id, JobState.CANCELLED, Reason.CANCELLED_BY_USER, "cancelled while queued")
             self._job_done(job_id)
             return JobState.CANCELLED.value
@@ -295,6 +334,33 @@ class Scheduler:
             self.store.set_job(job_id, state=JobState.CANCELLING.value)
             asyncio.create_task(self._cancel_remote(run))
         return JobState.CANCELLING.value
+
+    def _requeue_retry(self, job: Job, spec: JobSpec) -> None:
+        """After a restart: a job between attempts gets its retry history back, and waits out
+        the lease of an attempt lost on a host that may still run it."""
+        qj = self.pending[job.id] = self._restored(job, spec)
+        self._enqueue(job, spec)
+        last = self.store.get_attempt(job.current_attempt) if job.current_attempt else None
+        wait = 0.0
+        if last is not None and last.reason == Reason.HOST_LOST.value and last.ended_at:
+            wait = last.ended_at + self.policy.lost_hold - time.time()
+        if wait > 0:
+            self._dequeue(job.id)
+            self._hold(qj, wait)
+
+    def _hold(self, qj: QueuedJob, delay: float) -> None:
+        """Queue ``qj`` only after ``delay`` seconds (its lost attempt may run until then)."""
+        handle = asyncio.get_running_loop().call_later(delay, self._unhold, qj.job.id)
+        self.held[qj.job.id] = (qj, handle, time.time() + delay)
+
+    def _unhold(self, job_id: str) -> None:
+        entry = self.held.pop(job_id, None)
+        if entry is None:
+            return
+        qj = entry[0]
+        self.pending[job_id] = qj
+        self._enqueue(qj.job, qj.spec)
+        self._wake.set()
 
     def _dequeue(self, job_id: str) -> QueuedJob | None:
         """Take a waiting job out of its queue (placement, cancel, expiry)."""
@@ -357,6 +423,12 @@ class Scheduler:
                 "ahead": ahead, "summary": summary, "reasons": reasons,
                 "hosts": self._host_reasons(qj.demand),
             }
+        held = self.held.get(job_id)
+        if held is not None:
+            left = max(0.0, held[2] - time.time())
+            return {"job": job_id, "state": "waiting", "queue": held[0].demand.key,
+                    "summary": f"retrying in {left:.0f} s, when the attempt lost on its host has "
+                               "surely stopped (attempt lease)", "reasons": {}, "hosts": {}}
         run = self.running.get(job_id)
         if run is not None:
             return {"job": job_id, "state": "running", "queue": run.qj.demand.key,
@@ -503,7 +575,8 @@ class Scheduler:
             raise  # controller shutdown: the attempt keeps running on the host
         except BackendError as exc:
             outcome = Outcome(exit_code=None)
-            verdict = Verdict(AttemptState.FAILED, exc.reason, str(exc), None)
+            verdict = Verdict(AttemptState.FAILED, exc.reason, str(exc), None,
+                              may_run=isinstance(exc, HostLost) and exc.may_run)
         except Exception as exc:  # noqa: BLE001
             log.exception("attempt %s failed in the controller", attempt.id)
             outcome = Outcome(exit_code=None)
@@ -539,8 +612,11 @@ class Scheduler:
             attempt_values["started_at"] = outcome.started_at
         retry = self._should_retry(qj, host, verdict)
         if retry:
+            after = (f" once its lease ends ({self.policy.lost_hold:g} s) so it never runs twice"
+                     if verdict.may_run else "")
             job_values = dict(state=JobState.RETRYING.value, reason=verdict.reason.value,
-                              message=f"attempt {attempt.number} on {host.name}: {verdict.message}; retrying")
+                              message=f"attempt {attempt.number} on {host.name}: {verdict.message}; "
+                                      f"retrying{after}")
         else:
             job_values = dict(state=_JOB_STATE[verdict.state].value, reason=verdict.reason.value,
                               message=verdict.message, ended_at=time.time())
@@ -549,7 +625,10 @@ class Scheduler:
             result_row = dict(job_id=qj.job.id, attempt_id=attempt.id, user=qj.job.user, runner=qj.job.runner,
                               host=host.name, device_class=host.device_class, record_json=json.dumps(record))
         self.store.finish(attempt.id, attempt_values, qj.job.id, job_values, result_row)
-        if retry:
+        if retry and verdict.may_run:
+            del self.pending[qj.job.id]
+            self._hold(qj, self.policy.lost_hold)
+        elif retry:
             self._enqueue(qj.job, qj.spec)
         else:
             self._job_done(qj.job.id)
@@ -683,8 +762,7 @@ class Scheduler:
         except NotFound:
             return
         host = self.hosts.get(attempt.host)
-        spec = JobSpec.model_validate_json(job.spec_json)
-        qj = QueuedJob(job=job, spec=spec, demand=Demand.of(spec), inputs=[])
+        qj = self._restored(job, JobSpec.model_validate_json(job.spec_json))
         if host is None:
             self.store.finish_attempt(attempt.id, AttemptState.FAILED, Reason.HOST_LOST,
                                       f"host {attempt.host} is no longer in the inventory", None, 0)
@@ -694,6 +772,7 @@ class Scheduler:
         self.used[host.name] += attempt.slots
         self.running_by_user[job.user] += 1
         run = Running(qj=qj, attempt=attempt, host=host, plan=self._plan(qj, attempt, host))
+        run.plan.reattach = True
         if attempt.state == AttemptState.RUNNING.value:
             run.started.set()
         self.running[job.id] = run
