@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -110,6 +111,7 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=2)
     parser.add_argument("--deadline", type=float, default=600.0, help="seconds before giving up")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep the lab and FLEET_HOME afterwards")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     root = Path(tempfile.mkdtemp(prefix="fleet-chaos-"))
@@ -232,6 +234,10 @@ def main() -> None:
     client.close()
     ctl.stop()
     lab.stop()
+    if args.keep:
+        print(f"kept {root}", file=sys.stderr)
+    else:
+        shutil.rmtree(root, ignore_errors=True)
 
     out = {
         "seed": args.seed, "hosts": len(names), "openssh_hosts": len(openssh) if frozen_ok else 0,
