@@ -46,11 +46,16 @@ def _read_json(path):
 
 
 def _inside(base, rel):
-    """True if ``rel`` stays inside ``base`` (no absolute path, no ``..`` escape)."""
-    if not rel or rel.startswith("/") or "\x00" in rel:
+    """True if ``rel`` stays inside ``base``: no absolute path, no ``..`` escape, and no
+    symlink on the way that leads out (what exists of the path is resolved)."""
+    if not rel or rel.startswith(("/", "~")) or "\x00" in rel:
         return False
     full = os.path.normpath(os.path.join(base, rel))
-    return full == base or full.startswith(base.rstrip("/") + "/")
+    if not (full == base or full.startswith(base.rstrip("/") + "/")):
+        return False
+    real_base = os.path.realpath(base)
+    real = os.path.realpath(os.path.dirname(full))
+    return real == real_base or real.startswith(real_base.rstrip("/") + "/")
 
 
 def _touch(path):
@@ -212,8 +217,14 @@ class Supervisor:
 
 
 def _prepare(adir, payload):
-    """Write job.json and link the inputs from the host's content-addressed cache."""
-    _write_json(os.path.join(adir, "job.json"), payload.get("job") or {})
+    """Write job.json and link the inputs from the host's content-addressed cache. Refuses
+    input and output paths that would leave the attempt directory, whatever the controller
+    checked."""
+    job = payload.get("job") or {}
+    for glob in job.get("outputs") or []:
+        if not isinstance(glob, str) or ".." in glob.split("/") or not _inside(adir, glob):
+            raise ValueError("output path %r leaves the attempt directory" % (glob,))
+    _write_json(os.path.join(adir, "job.json"), job)
     _touch(os.path.join(adir, "lease"))
     cache = os.path.expanduser(payload.get("cache_dir") or "")
     for rel, sha in payload.get("inputs") or []:
@@ -224,6 +235,8 @@ def _prepare(adir, payload):
             raise ValueError("input %s (sha256 %s) is not in the cache %s" % (rel, sha, cache))
         dst = os.path.join(adir, rel)
         os.makedirs(os.path.dirname(dst), exist_ok=True)
+        if not _inside(adir, rel):  # a directory made above may be a link placed by an input
+            raise ValueError("input path %r leaves the attempt directory" % rel)
         os.symlink(src, dst)
 
 
@@ -351,6 +364,9 @@ class Agent:
 
     def launch(self, aid, payload):
         adir = os.path.expanduser(payload["attempt_dir"])
+        if payload.get("follow_only") and not os.path.isdir(adir):
+            self.frame(aid, "lost", message="attempt %s was never launched on this host" % aid)
+            return
         os.makedirs(os.path.dirname(adir), exist_ok=True)
         try:
             os.mkdir(adir)  # the launch marker: never start an attempt twice

@@ -144,3 +144,25 @@ def test_drain_maintenance_and_queue_timeout(fleet, lab, tmp_path):
     hosts_seen = {client.wait(client.submit({"name": f"m{i}", "resources": {"pool": "rtx"},
                                              "run": "sleep 0.5"}).id, 60).host for i in range(4)}
     assert hosts_seen == {a.name, b.name}
+
+
+def test_a_job_that_finished_while_its_host_was_unreachable_keeps_its_result(fleet, lab, tmp_path):
+    """The network drops (processes keep running) and the job finishes meanwhile. Once the
+    attempt lease has run out and the host is back, fleet asks how the lost attempt ended and
+    takes that result instead of running the job again."""
+    (host,) = lab.add_hosts("rtx5060", 1, slots=1)
+    lab.start()
+    side = tmp_path / "side.txt"
+    client = start_fleet(fleet, lab, tmp_path, config=FAST)
+    job_id = client.submit(_long_job(side, steps=5)).id
+    _running_host(client, job_id)
+    lab.stop_host(host.name)  # off the network only: the job goes on and ends
+    eventually(lambda: f"end {host.name}" in side.read_text(), what="job ended on the host")
+    eventually(lambda: client.job(job_id).state == "RETRYING", what="attempt given up on")
+    lab.start_host(host.name)
+    job = client.wait(job_id, 60)
+    assert job.state == "SUCCEEDED", job
+    (attempt,) = job.attempt_list
+    assert attempt.state == "SUCCEEDED" and "came back" in attempt.message
+    assert side.read_text().splitlines() == [f"start {host.name}", f"end {host.name}"]
+    assert "tick 4" in b"".join(client.logs(job_id)).decode()

@@ -68,6 +68,7 @@ class AttemptPlan:
     grace: float
     inputs: list[InputFile] = field(default_factory=list)
     reattach: bool = False  # following an attempt a previous controller launched
+    follow_only: bool = False  # never launch: only learn how an attempt given up on ended
 
 
 @dataclass

@@ -249,6 +249,7 @@ class SSHBackend(Backend):
             "inputs": [[f.rel_path, f.sha256] for f in plan.inputs],
             "offset": log_offset,
             "lease": self.pool.options.attempt_lease,
+            "follow_only": plan.follow_only,
         }
         if plan.argv is not None:
             payload["argv"] = plan.argv

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shlex
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -18,11 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleet.backends.base import AttemptPlan, Backend, BackendError, HostLost, InputFile, Outcome
+from fleet.config import Settings, fleet_home
 from fleet.errors import NotFound, SpecError
 from fleet.inventory import Host
 from fleet.logstore import LogStore
 from fleet.models.enums import REASON_CLASS, AttemptState, FailureClass, Health, JobState, Reason
-from fleet.models.spec import JobSpec, SecretValue
+from fleet.models.spec import JobSpec
 from fleet.models.tables import Attempt, Job
 from fleet.results import InvalidResult, complete_record
 from fleet.runners import manifests
@@ -37,6 +39,7 @@ from fleet.scheduler.placement import (
     static_report,
 )
 from fleet.scheduler.queues import ClassQueue
+from fleet.secrets import SecretBox, SecretError
 from fleet.store import Store
 
 log = logging.getLogger(__name__)
@@ -80,6 +83,7 @@ class Running:
     task: asyncio.Task[None] | None = None
     started: asyncio.Event = field(default_factory=asyncio.Event)
     cancel_requested: bool = False
+    resolving: bool = False  # following up an attempt lost earlier: how did it really end?
 
 
 @dataclass(frozen=True)
@@ -152,19 +156,22 @@ class _Sink:
 class Scheduler:
     def __init__(
         self, store: Store, hosts: list[Host], backend: Backend, logs: LogStore,
-        policy: Policy | None = None,
+        policy: Policy | None = None, secrets: SecretBox | None = None,
     ) -> None:
         self.store = store
         self.hosts = {h.name: h for h in hosts}
         self.backend = backend
         self.logs = logs
+        # Opens the job secrets the API sealed (fleet.secrets); only _plan uses it.
+        self.secrets = secrets or SecretBox(Settings(home=fleet_home()).secret_key_file)
         self.policy = policy or Policy()
         self.kill_grace = self.policy.kill_grace
         self.check_failures: Counter[str] = Counter()
         self._checks: dict[str, asyncio.Task[None]] = {}
         self._sync_task: asyncio.Task[None] | None = None
-        # Retries waiting for a lost attempt's lease to run out: job id -> (job, timer, until).
-        self.held: dict[str, tuple[QueuedJob, asyncio.TimerHandle, float]] = {}
+        # Retries waiting for a lost attempt's lease to run out: job id -> (job, timer, until,
+        # the lost attempt and its host, to ask how it ended if the host is back by then).
+        self.held: dict[str, tuple[QueuedJob, asyncio.TimerHandle, float, Attempt | None, Host | None]] = {}
         self.leading = False  # True once started: this replica schedules (see fleet.leader)
         # Called before every write that only a leader may make; with HA it ends the process
         # if the leader lease ran out (a leader that was frozen must not act when it wakes).
@@ -226,8 +233,8 @@ class Scheduler:
         for qj in self.pending.values():
             if qj.expiry is not None:
                 qj.expiry.cancel()
-        for _qj, handle, _until in self.held.values():
-            handle.cancel()
+        for held in self.held.values():
+            held[1].cancel()
         if self._loop_task is not None:
             tasks.append(self._loop_task)
         for task in tasks:
@@ -346,21 +353,39 @@ class Scheduler:
             wait = last.ended_at + self.policy.lost_hold - time.time()
         if wait > 0:
             self._dequeue(job.id)
-            self._hold(qj, wait)
+            self._hold(qj, wait, last, self.hosts.get(last.host) if last else None)
 
-    def _hold(self, qj: QueuedJob, delay: float) -> None:
+    def _hold(self, qj: QueuedJob, delay: float, attempt: Attempt | None, host: Host | None) -> None:
         """Queue ``qj`` only after ``delay`` seconds (its lost attempt may run until then)."""
         handle = asyncio.get_running_loop().call_later(delay, self._unhold, qj.job.id)
-        self.held[qj.job.id] = (qj, handle, time.time() + delay)
+        self.held[qj.job.id] = (qj, handle, time.time() + delay, attempt, host)
 
     def _unhold(self, job_id: str) -> None:
+        """The lost attempt has surely stopped. If its host is back, first ask how it ended
+        (it may have finished before the host dropped off: then that is the job's result);
+        else retry elsewhere."""
         entry = self.held.pop(job_id, None)
         if entry is None:
             return
-        qj = entry[0]
+        qj, _handle, _until, attempt, host = entry
+        if attempt is not None and host is not None and self.health.get(host.name, Health.GOOD) is Health.GOOD:
+            self._resolve(qj, attempt, host)
+            return
         self.pending[job_id] = qj
         self._enqueue(qj.job, qj.spec)
         self._wake.set()
+
+    def _resolve(self, qj: QueuedJob, attempt: Attempt, host: Host) -> None:
+        self.fence()
+        self.used[host.name] += attempt.slots
+        self.running_by_user[qj.job.user] += 1
+        run = Running(qj=qj, attempt=attempt, host=host, plan=self._plan(qj, attempt, host), resolving=True)
+        run.plan.reattach = run.plan.follow_only = True
+        run.started.set()
+        self.running[qj.job.id] = run
+        self.store.set_job(qj.job.id, message=f"asking {host.name} how attempt {attempt.number} ended")
+        offset = self.logs.size(qj.job.id, attempt.id)
+        run.task = asyncio.create_task(self._run_attempt(run, offset), name=f"resolve-{attempt.id}")
 
     def _dequeue(self, job_id: str) -> QueuedJob | None:
         """Take a waiting job out of its queue (placement, cancel, expiry)."""
@@ -539,7 +564,14 @@ class Scheduler:
 
     def _plan(self, qj: QueuedJob, attempt: Attempt, host: Host) -> AttemptPlan:
         spec = qj.spec
-        env = {k: (v.value if isinstance(v, SecretValue) else v) for k, v in spec.envs.items()}
+        setup = spec.setup
+        try:
+            env, secrets = self.secrets.open_envs(spec)
+        except SecretError as exc:
+            # Never run the job without its secrets: the attempt fails in setup, saying why.
+            env, secrets = {}, []
+            setup = f"echo {shlex.quote('fleet: ' + str(exc))} >&2; exit 1"
+        self.logs.redact(attempt.id, secrets)
         env.update(FLEET_JOB_ID=qj.job.id, FLEET_ATTEMPT_ID=attempt.id, FLEET_HOST=host.name,
                    FLEET_DEVICE_CLASS=host.device_class)
         inputs_map: dict[str, str] = {}
@@ -555,7 +587,7 @@ class Scheduler:
         return AttemptPlan(
             attempt_id=attempt.id, job_id=qj.job.id, host=host, job=job_doc,
             argv=["/bin/sh", "-c", spec.run] if spec.runner == "shell" and spec.run else None,
-            runner=spec.runner or "shell", setup=spec.setup, env=env, timeout=spec.timeout,
+            runner=spec.runner or "shell", setup=setup, env=env, timeout=spec.timeout,
             grace=self.kill_grace, inputs=qj.inputs,
         )
 
@@ -600,7 +632,13 @@ class Scheduler:
         self.used[host.name] -= attempt.slots
         self.running_by_user[qj.job.user] -= 1
         del self.running[qj.job.id]
-        self._update_health(host, verdict)
+        lost_again = run.resolving and verdict.reason is Reason.HOST_LOST
+        if not lost_again:
+            self._update_health(host, verdict)
+        if run.resolving and not lost_again:
+            verdict = Verdict(verdict.state, verdict.reason,
+                              f"the host came back and the attempt had ended: {verdict.message or 'succeeded'}",
+                              verdict.exit_code)
         if verdict.state is AttemptState.SUCCEEDED:
             cached = self.cached.setdefault(host.name, set())
             cached.update(f.sha256 for f in qj.inputs)
@@ -610,7 +648,11 @@ class Scheduler:
         )
         if outcome.started_at is not None:
             attempt_values["started_at"] = outcome.started_at
-        retry = self._should_retry(qj, host, verdict)
+        if lost_again:  # still unknown or stopped by its lease: retry, counted when first lost
+            retry = True
+            self.pending[qj.job.id] = qj
+        else:
+            retry = self._should_retry(qj, host, verdict)
         if retry:
             after = (f" once its lease ends ({self.policy.lost_hold:g} s) so it never runs twice"
                      if verdict.may_run else "")
@@ -627,7 +669,7 @@ class Scheduler:
         self.store.finish(attempt.id, attempt_values, qj.job.id, job_values, result_row)
         if retry and verdict.may_run:
             del self.pending[qj.job.id]
-            self._hold(qj, self.policy.lost_hold)
+            self._hold(qj, self.policy.lost_hold, attempt, host)
         elif retry:
             self._enqueue(qj.job, qj.spec)
         else:

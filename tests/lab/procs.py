@@ -102,12 +102,15 @@ def kill_all(pids: Iterable[int], timeout: float = 5.0) -> None:
     try:
         for pid in set(pids):
             try:
-                pidfd = os.pidfd_open(pid)
+                pidfds.append(os.pidfd_open(pid))
             except ProcessLookupError:
                 continue
-            pidfds.append(pidfd)
-            with contextlib.suppress(ProcessLookupError):
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        # Stop them all first, then kill: like a power cut, no process sees another die (a
+        # supervisor must not get to record its job's death as the job's own failure).
+        for sig in (signal.SIGSTOP, signal.SIGKILL):
+            for pidfd in pidfds:
+                with contextlib.suppress(ProcessLookupError):
+                    signal.pidfd_send_signal(pidfd, sig)
         poller = select.poll()
         for pidfd in pidfds:
             poller.register(pidfd, select.POLLIN)  # readable once the process has exited
