@@ -361,14 +361,14 @@ class Scheduler:
         self.held[qj.job.id] = (qj, handle, time.time() + delay, attempt, host)
 
     def _unhold(self, job_id: str) -> None:
-        """The lost attempt has surely stopped. If its host is back, first ask how it ended
-        (it may have finished before the host dropped off: then that is the job's result);
-        else retry elsewhere."""
+        """The lost attempt has surely stopped. Unless its host is known bad, first ask it how
+        the attempt ended (it may have finished before the host dropped off: then that is the
+        job's result); if the host does not answer, retry elsewhere."""
         entry = self.held.pop(job_id, None)
         if entry is None:
             return
         qj, _handle, _until, attempt, host = entry
-        if attempt is not None and host is not None and self.health.get(host.name, Health.GOOD) is Health.GOOD:
+        if attempt is not None and host is not None and self.health.get(host.name) is not Health.BAD:
             self._resolve(qj, attempt, host)
             return
         self.pending[job_id] = qj
