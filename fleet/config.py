@@ -86,6 +86,12 @@ class Settings:
         return self.shared / "blobs"
 
     @property
+    def secret_key_file(self) -> Path:
+        """The key that seals job secrets in the database (made on first use, 0600). Under
+        ``shared_dir`` when set, since every replica must open what another one sealed."""
+        return self.shared / "secret.key"
+
+    @property
     def known_hosts(self) -> Path:
         return self.home / "known_hosts"
 

@@ -30,6 +30,7 @@ from fleet.inventory import Host, embedded_inventory, load_inventory
 from fleet.leader import LeaderLease, make_holder
 from fleet.logstore import LogStore
 from fleet.scheduler.loop import Policy, Scheduler
+from fleet.secrets import SecretBox
 from fleet.store import Store
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,8 @@ async def serve(settings: Settings, options: ServeOptions) -> None:
                     bad_after=settings.health_bad_after,
                     recheck_interval=settings.health_recheck_interval,
                     attempt_lease=settings.attempt_lease)
-    scheduler = Scheduler(store, hosts, backend, LogStore(settings.logs_dir), policy)
+    scheduler = Scheduler(store, hosts, backend, LogStore(settings.logs_dir), policy,
+                          SecretBox(settings.secret_key_file))
     lease = LeaderLease(db, make_holder(), None, settings.leader_lease)
     ctx = ApiContext(store, scheduler, blobs, lease)
     app = create_app(ctx)
