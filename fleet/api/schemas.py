@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from fleet.models.tables import Attempt, Job
 
@@ -155,9 +155,21 @@ class UserIn(BaseModel):
     admin: bool = False
 
 
+def _valid_unicode(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("holds a character that is not valid unicode (a lone surrogate)") from None
+    return value
+
+
+# Free text from a client: it goes to the database, which stores UTF-8.
+Text = Annotated[str, Field(max_length=256), AfterValidator(_valid_unicode)]
+
+
 class TokenIn(BaseModel):
-    user: str | None = None
-    name: str = "default"
+    user: Text | None = None
+    name: Text = "default"
 
 
 class TokenOut(BaseModel):

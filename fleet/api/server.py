@@ -14,15 +14,18 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import httpx
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from fleet import __version__
 from fleet.api.schemas import (
     CancelOut,
+    ErrorOut,
     HostCheckOut,
     HostOut,
     JobDetail,
@@ -48,6 +51,16 @@ from fleet.scheduler.loop import Scheduler
 from fleet.store import Store
 
 MAX_BLOB = 8 << 30
+Sha256 = Annotated[str, Path(pattern=SHA256_RE.pattern, description="64 lowercase hex digits")]
+
+
+def _any_case(word: str) -> str:
+    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in word)
+
+
+_STATE = "(" + "|".join(_any_case(s) for s in JobState.__members__) + ")"
+# One or more job states, any case, comma-separated (what GET /jobs?state= accepts).
+STATES_RE = rf"^\s*{_STATE}(\s*,\s*{_STATE})*\s*$"
 
 
 class ApiContext:
@@ -165,25 +178,29 @@ def create_app(ctx: ApiContext) -> FastAPI:
             raise NotFound(f"no job {job_id}")
         return job
 
+    # Error bodies echo what the client sent (a field name, an id), which may hold characters
+    # UTF-8 cannot encode (lone surrogates from a JSON "\ud800"): escape them, never fail.
     @app.exception_handler(SpecError)
     async def _spec_error(_req: Request, exc: SpecError) -> JSONResponse:
         return JSONResponse(
-            {"detail": str(exc), "errors": [{"field": f, "problem": p} for f, p in exc.errors]},
+            {"detail": _safe(str(exc)),
+             "errors": [{"field": _safe(f), "problem": _safe(p)} for f, p in exc.errors]},
             status_code=422,
         )
 
     @app.exception_handler(NotFound)
     async def _not_found(_req: Request, exc: NotFound) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=404)
+        return JSONResponse({"detail": _safe(str(exc))}, status_code=404)
 
     @app.exception_handler(FleetError)
     async def _fleet_error(_req: Request, exc: FleetError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=400)
+        return JSONResponse({"detail": _safe(str(exc))}, status_code=400)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
-            {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "problem": e["msg"]}
+            {"field": _safe(".".join(str(p) for p in e["loc"] if p != "body") or "body"),
+             "problem": _safe(e["msg"])}
             for e in exc.errors()
         ]
         text = "; ".join(f"{e['field']}: {e['problem']}" for e in errors)
@@ -205,13 +222,15 @@ def create_app(ctx: ApiContext) -> FastAPI:
     # ------------------------------------------------------------------ blobs
 
     @app.head("/blobs/{sha256}", tags=["blobs"])
-    async def blob_exists(sha256: str, _user: UserDep) -> Response:
+    async def blob_exists(sha256: Sha256, _user: UserDep) -> Response:
         if not SHA256_RE.match(sha256):
             raise HTTPException(422, "sha256 must be 64 lowercase hex digits")
         return Response(status_code=200 if ctx.blobs.has(sha256) else 404)
 
-    @app.put("/blobs/{sha256}", tags=["blobs"], status_code=201)
-    async def blob_put(sha256: str, request: Request, _user: UserDep) -> dict[str, Any]:
+    @app.put("/blobs/{sha256}", tags=["blobs"], status_code=201, openapi_extra={"requestBody": {
+        "required": True,
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
+    async def blob_put(sha256: Sha256, request: Request, _user: UserDep) -> dict[str, Any]:
         """Upload a file by content; the body must hash to ``sha256``."""
         if not SHA256_RE.match(sha256):
             raise HTTPException(422, "sha256 must be 64 lowercase hex digits")
@@ -250,7 +269,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
     @app.get("/jobs", tags=["jobs"])
     async def list_jobs(
         user: UserDep,
-        state: Annotated[list[str] | None, Query()] = None,
+        state: Annotated[list[Annotated[str, Query(pattern=STATES_RE)]] | None,
+                         Query(description="job states, e.g. RUNNING or running,pending")] = None,
         pool: str | None = None,
         owner: Annotated[str | None, Query(alias="user")] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
@@ -408,6 +428,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
     @app.post("/users", tags=["users"], status_code=201)
     async def add_user(body: UserIn, _admin: AdminDep) -> TokenOut:
         """Create a user and a first token for them (shown once)."""
+        if ctx.store.get_user(body.name) is not None:
+            raise HTTPException(409, f"user {body.name} already exists")
         user = ctx.store.create_user(body.name, body.admin)
         return TokenOut(user=user.name, token=ctx.store.create_token(user))
 
@@ -424,7 +446,71 @@ def create_app(ctx: ApiContext) -> FastAPI:
             target = found
         return TokenOut(user=target.name, token=ctx.store.create_token(target, body.name))
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
+            _document_errors(schema, app.routes)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+_ERRORS = {
+    400: "the body is not JSON",
+    401: "no valid bearer token",
+    403: "admins only",
+    404: "no such job, host or user (someone else's job is not found either)",
+    409: "already exists",
+    413: "body too large",
+    422: "invalid request: `errors` names each bad field and its problem",
+    503: "no scheduler leader right now (a replica is taking over): retry in a few seconds",
+}
+_FORWARDED = {"cancel_job", "why_job", "hosts", "drain_host", "undrain_host", "maintenance_host",
+              "check_host", "pools"}  # a follower hands these to the leader
+
+
+def _calls(dependant: Any) -> set[Any]:
+    calls = {dependant.call}
+    for dep in dependant.dependencies:
+        calls |= _calls(dep)
+    return calls
+
+
+def _document_errors(schema: dict[str, Any], routes: list[Any]) -> None:
+    """Publish the error answers every route can give, with their body (ErrorOut) — FastAPI
+    documents only its own 422 shape, which fleet replaces."""
+    schema.setdefault("components", {}).setdefault("schemas", {})["ErrorOut"] = \
+        ErrorOut.model_json_schema(ref_template="#/components/schemas/{model}")
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}
+    for route in routes:
+        if not isinstance(route, APIRoute) or current_user not in _calls(route.dependant):
+            continue
+        codes = {401, 422}
+        if admin_only in _calls(route.dependant) or route.name == "add_token":
+            codes.add(403)
+        if "{" in route.path or route.name == "add_token":
+            codes.add(404)
+        if route.name in _FORWARDED:
+            codes.add(503)
+        if route.name == "add_user":
+            codes.add(409)
+        if route.name == "blob_put":
+            codes.add(413)
+        if route.body_field is not None:
+            codes.add(400)
+        for method in route.methods:
+            op = schema["paths"][route.path_format][method.lower()]
+            for code in sorted(codes):
+                op["responses"][str(code)] = {"description": _ERRORS[code], "content": error}
+            if method == "HEAD":  # answers without a body
+                for response in op["responses"].values():
+                    response.pop("content", None)
+    if "/HTTPValidationError" not in json.dumps(schema["paths"]):
+        schema["components"]["schemas"].pop("HTTPValidationError", None)
+        schema["components"]["schemas"].pop("ValidationError", None)
 
 
 class BatchIn(BaseModel):
@@ -447,7 +533,8 @@ def _submit_many(ctx: ApiContext, bodies: list[dict[str, Any]], user: User) -> l
             ]
             if missing:
                 raise SpecError(missing)
-            accepted.append((spec, ctx.scheduler.demand_for(spec).key))
+            key = ctx.scheduler.demand_for(spec).key
+            accepted.append((ctx.scheduler.secrets.seal_spec(spec), key))  # never stored in clear
         except SpecError as exc:
             errors.extend((prefix + f if f else prefix.rstrip("."), p) for f, p in exc.errors)
     if errors:
@@ -456,6 +543,11 @@ def _submit_many(ctx: ApiContext, bodies: list[dict[str, Any]], user: User) -> l
     for job, (spec, _key) in zip(jobs, accepted, strict=True):
         ctx.scheduler.submit(job, spec)
     return [JobOut.of(job) for job in jobs]
+
+
+def _safe(text: str) -> str:
+    """``text`` with what UTF-8 cannot encode (lone surrogates) written as ``\\udXXX``."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _host_out(view: Any, health_message: str | None = None) -> HostOut:

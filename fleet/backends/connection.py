@@ -10,8 +10,8 @@ file; a key that differs from a recorded one is always refused.
 from __future__ import annotations
 
 import asyncio
+import getpass
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -313,7 +313,8 @@ class ConnectionPool:
                     host.address,
                     port=host.port,
                     tunnel=tunnel,
-                    username=host.user or os.environ.get("USER") or None,
+                    # Like ssh: no ansible_user means the local user (asyncssh fails on None).
+                    username=host.user or getpass.getuser(),
                     client_keys=[host.key_file] if host.key_file else (),
                     known_hosts=list(files),
                     keepalive_interval=opts.keepalive_interval,

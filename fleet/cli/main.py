@@ -11,14 +11,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-import yaml
 
 from fleet.api.client import Client
 from fleet.cli import local, render
 from fleet.config import Settings, load_settings
 from fleet.errors import ApiError, FleetError, SpecError
 from fleet.models.enums import JobState
-from fleet.models.spec import InputRef, validate_spec
+from fleet.models.spec import InputRef, parse_yaml, validate_spec
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -204,9 +203,10 @@ def _load_spec_file(client: Client | None, file: Path) -> dict[str, Any]:
     if not file.is_file():
         raise FleetError(f"{file}: no such file")
     try:
-        data = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as exc:
-        raise SpecError([("", f"not valid YAML: {exc}")], str(file)) from None
+        text = file.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError([("", f"cannot read the file: {exc}")], str(file)) from None
+    data = parse_yaml(text, str(file))
     try:
         validate_spec(data, str(file))
     except SpecError as exc:

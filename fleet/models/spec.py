@@ -7,6 +7,8 @@ names the field instead of a setting silently ignored. ``load_spec`` turns YAML 
 
 from __future__ import annotations
 
+import datetime
+import math
 import re
 from typing import Any
 
@@ -36,6 +38,8 @@ def parse_duration(value: object) -> float:
         if not match:
             raise ValueError(f"{value!r} is not a duration like 600, '90s', '10m' or '2h'")
         seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if not math.isfinite(seconds):
+        raise ValueError("must be a finite number of seconds")
     if seconds <= 0:
         raise ValueError("must be greater than 0")
     return seconds
@@ -104,7 +108,19 @@ class InputRef(_Strict):
             parts = rel.split("/")
             if not rel or rel.startswith("/") or any(p in {"", ".", ".."} for p in parts) or "\x00" in rel:
                 raise ValueError(f"path {rel!r} would leave the input directory")
+        for rel in value:  # a file cannot also be a directory of other files
+            for i in range(1, rel.count("/") + 1):
+                if rel.rsplit("/", i)[0] in value:
+                    raise ValueError(f"path {rel!r} lies under {rel.rsplit('/', i)[0]!r}, which is a file")
         return value
+
+    @model_validator(mode="after")
+    def _one_file(self) -> InputRef:
+        if not self.files:
+            raise ValueError("files: must list at least one file")
+        if self.kind == "file" and len(self.files) != 1:
+            raise ValueError(f"files: an input of kind file holds exactly one file, not {len(self.files)}")
+        return self
 
     def host_path(self, name: str) -> str:
         """Where the input lands, relative to the attempt directory."""
@@ -192,6 +208,9 @@ class JobSpec(_Strict):
                 raise ValueError(f"{key!r}: names starting with FLEET_ are set by fleet")
             if isinstance(val, (int, float)) and not isinstance(val, bool):
                 val = str(val)
+            secret = val.get("value") if isinstance(val, dict) else None
+            if "\x00" in (val if isinstance(val, str) else secret if isinstance(secret, str) else ""):
+                raise ValueError(f"{key!r}: environment values must not contain NUL characters")
             out[key] = val
         return out
 
@@ -201,6 +220,23 @@ class JobSpec(_Strict):
         for key in value:
             if not INPUT_NAME_RE.match(key):
                 raise ValueError(f"{key!r} is not a valid input name (letters, digits, '_.-')")
+        return value
+
+    @field_validator("outputs")
+    @classmethod
+    def _outputs(cls, value: list[str]) -> list[str]:
+        for glob in value:
+            parts = glob.split("/")
+            if not glob or glob.startswith(("/", "~")) or ".." in parts or "\x00" in glob:
+                raise ValueError(f"{glob!r} must be a relative path or glob inside the attempt "
+                                 "directory (no '/' or '~' at the start, no '..')")
+        return value
+
+    @field_validator("run", "setup", "name")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        if value is not None and "\x00" in value:
+            raise ValueError("must not contain NUL characters")
         return value
 
     @model_validator(mode="after")
@@ -226,43 +262,102 @@ class JobSpec(_Strict):
 _UNION_TAGS = {"str", "constrained-str", "SecretValue", "InputRef", "int", "float", "bool"}
 
 
+def _part(key: object) -> str:
+    """One step of a field path as the user reads it (an empty key shows as "")."""
+    return str(key) if key != "" else '""'
+
+
 def format_validation_error(exc: ValidationError) -> list[tuple[str, str]]:
     """``(field.path, problem)`` pairs from a pydantic error, in words a user understands."""
-    errors: list[tuple[str, str]] = []
+    errors: list[tuple[str, str, bool]] = []
     for err in exc.errors():
         # pydantic puts union member tags in the path; keep the user's field names only.
-        loc = [str(p) for p in err["loc"] if str(p) not in _UNION_TAGS and "[" not in str(p)]
+        in_union = any(str(p) in _UNION_TAGS or "[" in str(p) for p in err["loc"])
+        loc = [_part(p) for p in err["loc"] if str(p) not in _UNION_TAGS and "[" not in str(p)]
         field = ".".join(loc)
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
         elif msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
-        if ": " in msg and not field and msg.split(": ", 1)[0].isidentifier():
-            field, msg = msg.split(": ", 1)
-        errors.append((field, msg))
+        if ": " in msg and msg.split(": ", 1)[0].isidentifier():
+            # A model validator names the field it checks: "run: required for shell jobs".
+            sub, msg = msg.split(": ", 1)
+            field = f"{field}.{sub}" if field else sub
+        mismatch = in_union and err["type"].endswith(("_type", "_parsing"))
+        errors.append((field, msg, mismatch))
+    # A union whose member fits the shape but has a bad part (inputs.m.filename) also fails
+    # on its other members (inputs.m: not a string); the bad part is what the user needs.
+    deeper = {f for f, _, _ in errors}
+    errors = [e for e in errors
+              if not (e[2] and any(d.startswith(e[0] + ".") for d in deeper if e[0]))]
     # A union failing on every member repeats the field; keep the first problem per field.
     seen: dict[str, str] = {}
-    for fld, msg in errors:
+    for fld, msg, _ in errors:
         seen.setdefault(fld, msg)
     return list(seen.items())
+
+
+_MAX_DEPTH = 32
+
+
+def _plain_data_errors(data: Any, path: str = "", depth: int = 0) -> list[tuple[str, str]]:
+    """Problems with values JSON cannot carry: YAML dates and binary, NaN, lone surrogates,
+    nesting too deep (or a YAML alias pointing at itself). Pydantic checks the rest."""
+    if isinstance(data, str):
+        try:
+            data.encode("utf-8")
+        except UnicodeEncodeError:
+            return [(path, "holds a character that is not valid unicode (a lone surrogate)")]
+        return []
+    if data is None or isinstance(data, (bool, int)):
+        return []
+    if isinstance(data, float):
+        return [] if math.isfinite(data) else [(path, f"must be a finite number, not {data}")]
+    if isinstance(data, (datetime.date, datetime.datetime)):
+        return [(path, f"YAML read {data.isoformat()} as a {type(data).__name__}: quote it")]
+    if isinstance(data, (dict, list)):
+        if depth >= _MAX_DEPTH:
+            return [(path, f"nested more than {_MAX_DEPTH} levels deep")]
+        items = data.items() if isinstance(data, dict) else enumerate(data)
+        errors: list[tuple[str, str]] = []
+        for key, value in items:
+            sub = f"{path}.{_part(key)}" if path else _part(key)
+            errors += _plain_data_errors(key, sub, depth + 1) if isinstance(key, str) else []
+            errors += _plain_data_errors(value, sub, depth + 1)
+            if len(errors) >= 20:
+                break
+        return errors
+    kind = "binary data" if isinstance(data, (bytes, bytearray)) else f"a {type(data).__name__}"
+    return [(path, f"{kind} cannot be used here (expected text, a number, a list or a mapping)")]
 
 
 def validate_spec(data: Any, source: str | None = None) -> JobSpec:
     """Validate a parsed spec; raises SpecError naming each bad field."""
     if not isinstance(data, dict):
         raise SpecError([("", f"expected a mapping of fields, got {type(data).__name__}")], source)
+    problems = _plain_data_errors(data)
+    if problems:
+        raise SpecError(problems, source)
     try:
         return JobSpec.model_validate(data)
     except ValidationError as exc:
         raise SpecError(format_validation_error(exc), source) from None
 
 
-def load_spec(text: str, source: str | None = None) -> JobSpec:
-    """Parse YAML text into a JobSpec; raises SpecError."""
+def parse_yaml(text: str, source: str | None = None) -> Any:
+    """The YAML document in ``text``; raises SpecError if it cannot be read."""
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise SpecError([("", f"not valid YAML: {exc}")], source) from None
-    return validate_spec(data, source)
+    except RecursionError:
+        raise SpecError([("", "not valid YAML: nested too deeply")], source) from None
+    except Exception as exc:  # noqa: BLE001 - e.g. ValueError for a date like 2024-13-01
+        raise SpecError([("", f"not valid YAML: {type(exc).__name__}: {exc}")], source) from None
+
+
+def load_spec(text: str, source: str | None = None) -> JobSpec:
+    """Parse YAML text into a JobSpec; raises SpecError."""
+    return validate_spec(parse_yaml(text, source), source)
 
