@@ -112,6 +112,7 @@ def main() -> None:
     parser.add_argument("--deadline", type=float, default=600.0, help="seconds before giving up")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the lab and FLEET_HOME afterwards")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print each event with its time")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     root = Path(tempfile.mkdtemp(prefix="fleet-chaos-"))
@@ -155,6 +156,13 @@ def main() -> None:
     names = [h.name for h in lab.hosts]
     openssh = [h.name for h in lab.hosts[args.asyncssh:]]
     events: Counter[str] = Counter()
+
+    def note(what: str, count: bool = True) -> None:
+        if count:
+            events[what.split(":")[0]] += 1
+        if args.verbose:
+            stamp = time.strftime("%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}"
+            print(f"  {stamp} {what}", file=sys.stderr)
     down: dict[str, tuple[str, float]] = {}  # host -> (how, when to bring back)
 
     def done_count() -> int:
@@ -171,6 +179,7 @@ def main() -> None:
                 else:
                     lab.thaw_host(name)
                 del down[name]
+                note(f"back: {name}", count=False)
         if done_count() >= len(ids):
             break
         time.sleep(rng.uniform(1.0, 3.0))
@@ -178,21 +187,22 @@ def main() -> None:
         up = [n for n in names if n not in down]
         if roll < 0.25:
             ctl.kill()
-            events["controller killed"] += 1
+            note("controller killed")
             time.sleep(rng.uniform(0.5, 3.0))
             ctl.start()
+            note("controller started", count=False)
         elif roll < 0.6 and len(up) > 2:
             name = rng.choice(up)
             lab.stop_host(name, kill_processes=True)
             down[name] = ("killed", time.monotonic() + rng.uniform(3, 10))
-            events["host killed"] += 1
+            note(f"host killed: {name}")
         elif roll < 0.9 and frozen_ok and len(up) > 2:
             candidates = [n for n in openssh if n in up]
             if candidates:
                 name = rng.choice(candidates)
                 lab.freeze_host(name)
                 down[name] = ("hung", time.monotonic() + rng.uniform(3, 10))
-                events["host hung"] += 1
+                note(f"host hung: {name}")
     elapsed = time.monotonic() - started
     for name, (how, _) in down.items():
         lab.start_host(name) if how == "killed" else lab.thaw_host(name)

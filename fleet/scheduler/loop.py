@@ -348,12 +348,11 @@ class Scheduler:
         qj = self.pending[job.id] = self._restored(job, spec)
         self._enqueue(job, spec)
         last = self.store.get_attempt(job.current_attempt) if job.current_attempt else None
-        wait = 0.0
         if last is not None and last.reason == Reason.HOST_LOST.value and last.ended_at:
-            wait = last.ended_at + self.policy.lost_hold - time.time()
-        if wait > 0:
+            # Wait out its lease if need be, then ask its host how it ended (see _unhold).
+            wait = max(0.0, last.ended_at + self.policy.lost_hold - time.time())
             self._dequeue(job.id)
-            self._hold(qj, wait, last, self.hosts.get(last.host) if last else None)
+            self._hold(qj, wait, last, self.hosts.get(last.host))
 
     def _hold(self, qj: QueuedJob, delay: float, attempt: Attempt | None, host: Host | None) -> None:
         """Queue ``qj`` only after ``delay`` seconds (its lost attempt may run until then)."""
