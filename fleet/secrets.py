@@ -98,33 +98,48 @@ def _read_or_create_key(path: Path) -> bytes:
 class Redactor:
     """Masks secret values in a byte stream that arrives in chunks.
 
-    A secret may be split across two chunks, so the longest end of what arrived that could
-    still grow into a secret is held back until the next chunk (or ``flush``). The mask keeps
-    the length (``*`` per byte): the controller's log then stays as long as the host's, which
-    is what a restarted controller resumes from.
+    Every byte that is part of an occurrence of a secret becomes ``*`` (overlapping secrets
+    included). A secret may be split across two chunks, so the longest end of what arrived
+    that could still grow into a secret is held back until the next chunk (or ``flush``). The
+    mask keeps the length: the controller's log then stays as long as the host's, which is
+    where a restarted controller resumes reading.
     """
 
     def __init__(self, secrets: Iterable[str]) -> None:
         self.secrets = sorted({s.encode() for s in secrets if s}, key=len, reverse=True)
         self.held = b""
+        self.held_spans: list[tuple[int, int]] = []  # masked ranges within ``held``
 
     def feed(self, data: bytes) -> bytes:
         if not self.secrets:
             return data
         buf = self.held + data
+        spans = list(self.held_spans)
         for secret in self.secrets:
-            if secret in buf:
-                buf = buf.replace(secret, b"*" * len(secret))
+            i = buf.find(secret)
+            while i != -1:
+                spans.append((i, i + len(secret)))
+                i = buf.find(secret, i + 1)
         keep = 0
         for secret in self.secrets:
             for n in range(min(len(secret) - 1, len(buf)), keep, -1):
                 if buf.endswith(secret[:n]):
                     keep = n
                     break
-        self.held = buf[len(buf) - keep:] if keep else b""
-        return buf[: len(buf) - keep]
+        cut = len(buf) - keep
+        out = bytearray(buf[:cut])
+        self.held, self.held_spans = buf[cut:], []
+        for a, b in spans:
+            if a < cut:
+                out[a:min(b, cut)] = b"*" * (min(b, cut) - a)
+            if b > cut:
+                self.held_spans.append((max(a, cut) - cut, b - cut))
+        return bytes(out)
 
     def flush(self) -> bytes:
-        """What is held back (the stream ended: it is not a whole secret)."""
-        held, self.held = self.held, b""
-        return held
+        """What is held back, masked where a secret covers it (the stream ended)."""
+        out = bytearray(self.held)
+        for a, b in self.held_spans:
+            out[a:b] = b"*" * (b - a)
+        self.held, self.held_spans = b"", []
+        return bytes(out)

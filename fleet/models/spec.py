@@ -10,10 +10,18 @@ from __future__ import annotations
 import datetime
 import math
 import re
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fleet.errors import SpecError
 from fleet.models.enums import JobKind
@@ -47,6 +55,11 @@ def parse_duration(value: object) -> float:
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+# What the job receives exactly as written (env values, secrets, file names, param names):
+# surrounding whitespace is part of the value there, not a typo to tidy up.
+Verbatim = Annotated[str, StringConstraints(strip_whitespace=False)]
 
 
 class Resources(_Strict):
@@ -91,8 +104,8 @@ class InputRef(_Strict):
     """An input after upload: a file (one entry in ``files``) or a directory tree."""
 
     kind: str = Field("file", pattern="^(file|dir)$")
-    filename: str = Field(description="the file's or directory's base name")
-    files: dict[str, BlobRef] = Field(description="relative path -> blob")
+    filename: Verbatim = Field(description="the file's or directory's base name")
+    files: dict[Verbatim, BlobRef] = Field(description="relative path -> blob")
 
     @field_validator("filename")
     @classmethod
@@ -128,7 +141,7 @@ class InputRef(_Strict):
 
 
 class SecretValue(_Strict):
-    value: str
+    value: Verbatim
     secret: bool = True
 
 
@@ -150,10 +163,10 @@ class JobSpec(_Strict):
     runner: str | None = None
     resources: Resources = Field(default_factory=Resources)
     inputs: dict[str, str | InputRef] = Field(default_factory=dict)
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: dict[Verbatim, Any] = Field(default_factory=dict)
     setup: str | None = None
     run: str | None = None
-    envs: dict[str, str | SecretValue] = Field(default_factory=dict)
+    envs: dict[str, Verbatim | SecretValue] = Field(default_factory=dict)
     timeout: float | None = Field(None, description="seconds (or '10m', '2h'); enforced on the host")
     queue_timeout: float | None = Field(
         None, description="longest wait in the queue (seconds or '10m'); past it the job ends "
