@@ -122,7 +122,8 @@ class Supervisor:
             status["error"] = "wrapper: %s: %s" % (type(exc).__name__, exc)
         status["ended_at"] = time.time()
         status["cancelled"] = status["cancelled"] or os.path.exists(self.cancel_path)
-        status["fenced"] = self.fenced
+        status["fenced"] = self.fenced or os.path.exists(os.path.join(self.adir, "fence"))
+        status["cancelled"] = status["cancelled"] and not status["fenced"]
         _write_json(os.path.join(self.adir, "status.json"), status)
 
     def _run_phases(self, status):
@@ -167,7 +168,7 @@ class Supervisor:
             proc.wait()
 
     def _run(self, argv, env, deadline, grace, phase):
-        if os.path.exists(self.cancel_path):
+        if os.path.exists(self.cancel_path) or os.path.exists(os.path.join(self.adir, "fence")):
             return None, signal.SIGTERM, False
         if self._lease_expired():
             self.fenced = True
@@ -353,8 +354,8 @@ class Agent:
             elif op == "renew":  # the controller still follows: extend every attempt's lease
                 for follow in self.follows.values():
                     _touch(os.path.join(follow.adir, "lease"))
-            elif op == "cancel":
-                self.cancel(aid, os.path.expanduser(req["attempt_dir"]), float(req.get("grace", 10)))
+            elif op in ("cancel", "fence"):  # fence: the controller gave the attempt up
+                self.cancel(aid, os.path.expanduser(req["attempt_dir"]), float(req.get("grace", 10)), op)
             elif op == "ping":
                 self.frame(aid, "pong")
             else:
@@ -386,10 +387,10 @@ class Agent:
             return
         self.follows[aid] = Follow(aid, adir, 0, _spawn_supervisor(adir, payload))
 
-    def cancel(self, aid, adir, grace):
+    def cancel(self, aid, adir, grace, marker="cancel"):
         if not os.path.isdir(adir):
             return  # never launched, or already cleaned up
-        with open(os.path.join(adir, "cancel"), "w") as fh:
+        with open(os.path.join(adir, marker), "w") as fh:
             fh.write(str(time.time()))
         proc = _read_json(os.path.join(adir, "proc.json")) or {}
         pgid = proc.get("pgid")

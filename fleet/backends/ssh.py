@@ -126,7 +126,7 @@ class SSHBackend(Backend):
         await self._ensure_lib(transport, host)
         agent = await self._agent(transport, host)
         for attempt_id in attempt_ids:
-            agent.send({"op": "cancel", "id": attempt_id,
+            agent.send({"op": "fence", "id": attempt_id,
                         "attempt_dir": self.attempt_dir(host, attempt_id), "grace": float(grace)})
 
     async def close(self) -> None:

@@ -102,7 +102,8 @@ def judge(outcome: Outcome, runner: str) -> Verdict:
         return Verdict(AttemptState.FAILED, Reason.HOST_LOST, outcome.lost, None)
     if outcome.fenced:
         return Verdict(AttemptState.FAILED, Reason.HOST_LOST,
-                       "the host stopped the job: no word from the controller within the attempt lease",
+                       "the job was stopped on its host: the controller had given it up "
+                       "(no word within the attempt lease, or fenced when the host came back)",
                        outcome.exit_code)
     if outcome.cancelled:
         return Verdict(AttemptState.CANCELLED, Reason.CANCELLED_BY_USER, "cancelled", code)
@@ -741,9 +742,19 @@ class Scheduler:
         self.check_failures[name] = 0
         if self.health.get(name) is not Health.MAINTENANCE:
             self._set_health(name, Health.GOOD, None)
+        self._follow_up_on(host)
         await self._kill_stale(host)
         self._wake.set()
         return None
+
+    def _follow_up_on(self, host: Host) -> None:
+        """The host is back: follow the attempts lost on it whose jobs wait to be retried. Their
+        lease is renewed as soon as they are followed again, so they run on to their real end."""
+        for job_id, (_qj, _handle, _until, attempt, lost_on) in list(self.held.items()):
+            if attempt is not None and lost_on is not None and lost_on.name == host.name:
+                qj, handle = self.held.pop(job_id)[:2]
+                handle.cancel()
+                self._resolve(qj, attempt, host)
 
     async def _kill_stale(self, host: Host) -> None:
         """A host that comes back may still run attempts we declared lost and retried elsewhere:
