@@ -225,6 +225,17 @@ class Store:
                                      "state": JobState.RUNNING.value, "started_at": started_at,
                                      "updated_at": now})
 
+    def reopen_attempt(self, job_id: str, attempt_id: str, message: str) -> None:
+        """An attempt given up on is followed again: it is active again (a restart reattaches
+        it) until its real end is known."""
+        now = time.time()
+        with self.db.write() as s:
+            s.execute(_update(_ATTEMPTS, ("ended_at", "message", "reason", "state")),
+                      {"_id": attempt_id, "state": AttemptState.RUNNING.value, "reason": None,
+                       "message": message, "ended_at": None})
+            s.execute(_update(_JOBS, ("message", "state", "updated_at")),
+                      {"_id": job_id, "state": JobState.RUNNING.value, "message": message, "updated_at": now})
+
     def finish_attempt(
         self, attempt_id: str, state: AttemptState, reason: Reason, message: str | None,
         exit_code: int | None, log_bytes: int, started_at: float | None = None,

@@ -26,11 +26,10 @@ class BackendError(Exception):
 class HostLost(BackendError):
     """The host cannot be reached or dropped the connection (infrastructure's fault).
 
-    ``may_run``: the attempt may have been launched and may still run there (False when the
-    host was lost before the launch request went out)."""
+    ``sent``: whether the launch or follow request went out before the host was lost."""
 
     reason = Reason.HOST_LOST
-    may_run = True
+    sent = True
 
 
 class HostKeyRefused(HostLost):

@@ -87,8 +87,7 @@ class SSHBackend(Backend):
                     await self._ensure_inputs(transport, host, plan)
                 agent = await self._agent(transport, host)
             except HostLost as exc:
-                # A first launch never went out; a follow-up comes after the lease ran out.
-                exc.may_run = (log_offset > 0 or plan.reattach) and not plan.follow_only
+                exc.sent = False
                 raise
             request = self._payload(plan, log_offset)
             request["op"] = "launch"

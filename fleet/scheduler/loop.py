@@ -383,7 +383,8 @@ class Scheduler:
         run.plan.reattach = run.plan.follow_only = True
         run.started.set()
         self.running[qj.job.id] = run
-        self.store.set_job(qj.job.id, message=f"asking {host.name} how attempt {attempt.number} ended")
+        self.store.reopen_attempt(qj.job.id, attempt.id,
+                                  f"lost, then found again: following it on {host.name}")
         offset = self.logs.size(qj.job.id, attempt.id)
         run.task = asyncio.create_task(self._run_attempt(run, offset), name=f"resolve-{attempt.id}")
 
@@ -608,7 +609,7 @@ class Scheduler:
         except BackendError as exc:
             outcome = Outcome(exit_code=None)
             verdict = Verdict(AttemptState.FAILED, exc.reason, str(exc), None,
-                              may_run=isinstance(exc, HostLost) and exc.may_run)
+                              may_run=isinstance(exc, HostLost) and self._may_run(run, exc))
         except Exception as exc:  # noqa: BLE001
             log.exception("attempt %s failed in the controller", attempt.id)
             outcome = Outcome(exit_code=None)
@@ -616,6 +617,15 @@ class Scheduler:
         if run.cancel_requested and verdict.state is not AttemptState.SUCCEEDED and verdict.reason is not Reason.HOST_LOST:
             verdict = Verdict(AttemptState.CANCELLED, Reason.CANCELLED_BY_USER, "cancelled", verdict.exit_code)
         self._finish(run, outcome, verdict, sink.bytes)
+
+    @staticmethod
+    def _may_run(run: Running, exc: HostLost) -> bool:
+        """Whether the job may still run on the host we lost. Yes once the request went out;
+        before that only for an attempt a previous controller launched (a reattach) and not
+        for a follow-up after a hold, whose lease has run out since nobody renewed it."""
+        if exc.sent:
+            return True
+        return run.plan.reattach and not run.resolving
 
     def _finish(self, run: Running, outcome: Outcome, verdict: Verdict, log_bytes: int) -> None:
         self.fence()
@@ -826,6 +836,7 @@ class Scheduler:
         run = Running(qj=qj, attempt=attempt, host=host, plan=self._plan(qj, attempt, host))
         run.plan.reattach = True
         if attempt.state == AttemptState.RUNNING.value:
+            run.plan.follow_only = True  # it was launched: never launch it anew
             run.started.set()
         self.running[job.id] = run
         offset = self.logs.size(job.id, attempt.id)
