@@ -238,7 +238,7 @@ def main() -> None:
     for j in ids:
         if ends[j] > 1:  # say what happened, for whoever reads the run
             print(f"  completed twice: {j}: " + "; ".join(
-                f"#{a.number} {a.host} {a.state}/{a.reason} {a.started_at}..{a.ended_at}"
+                f"#{a.number} {a.host} {a.state}/{a.reason} {a.started_at}..{a.ended_at} ({a.message})"
                 for a in final[j].attempt_list), file=sys.stderr)
             print("    " + " | ".join(x for x in side.read_text().splitlines() if j in x), file=sys.stderr)
     client.close()

@@ -28,6 +28,7 @@ CHUNK = 65536
 POLL_ATTACHED = 0.05  # log poll interval while the supervisor's pipe is open
 POLL_DETACHED = 0.1  # when following an attempt we did not launch (reattach)
 LEASE_CHECK = 0.05  # how often a supervisor looks at its attempt lease
+NO_SUPERVISOR = 10.0  # an attempt dir without a supervisor pid this long was never started
 
 
 def _write_json(path, data):
@@ -289,6 +290,7 @@ class Follow:
         self.fh = None
         self.pending = b""
         self.last_pid_check = time.monotonic()
+        self.since = time.monotonic()
 
 
 class Agent:
@@ -466,9 +468,18 @@ class Agent:
                 self.frame(follow.aid, "lost", message="attempt directory %s does not exist" % follow.adir)
                 self.follows.pop(follow.aid, None)
             elif spid and not _alive(spid) and not os.path.exists(os.path.join(follow.adir, "status.json")):
+                # The job may have outlived its supervisor (an OOM kill of the supervisor
+                # alone): stop it, or it would run on unsupervised while a retry runs too.
+                pgid = (_read_json(os.path.join(follow.adir, "proc.json")) or {}).get("pgid")
+                if pgid:
+                    _signal_group(pgid, signal.SIGKILL)
                 self.drain(follow)
                 self.frame(follow.aid, "lost", message="the attempt's supervisor (pid %d) is gone "
                            "without an exit status" % spid)
+                self.follows.pop(follow.aid, None)
+            elif not spid and now - follow.since > NO_SUPERVISOR:
+                self.frame(follow.aid, "lost", message="the attempt never got a supervisor "
+                           "(its launch was cut short)")
                 self.follows.pop(follow.aid, None)
 
 

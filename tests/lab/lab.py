@@ -171,7 +171,7 @@ class Lab:
             try:
                 loop.run(self._stop_servers(list(self._servers), kill_processes=True))
             finally:
-                procs.kill_all(procs.pids_with_home_in(host.home for host in self.hosts))
+                procs.kill_homes([host.home for host in self.hosts])
                 self._started.clear()
                 loop.close()
 
@@ -201,7 +201,7 @@ class Lab:
             self._loop.run(self._stop_servers([name], kill_processes=kill_processes))
             self._started.discard(name)
             if kill_processes:
-                procs.kill_all(procs.pids_with_home_in([host.home]))
+                procs.kill_homes([host.home])
 
     def freeze_host(self, name: str) -> None:
         """Hang an OpenSSH host: SIGSTOP its sshd processes and every process of its own (jobs

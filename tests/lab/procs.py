@@ -126,3 +126,14 @@ def kill_all(pids: Iterable[int], timeout: float = 5.0) -> None:
     finally:
         for pidfd in pidfds:
             os.close(pidfd)
+
+
+def kill_homes(homes: list[Path], rounds: int = 10) -> None:
+    """Kill every process whose HOME is one of ``homes``, again until none is left: a process
+    forked between a snapshot and the kill (a supervisor starting its job) must not survive
+    what is meant as a power cut."""
+    for _ in range(rounds):
+        pids = pids_with_home_in(homes)
+        if not pids:
+            return
+        kill_all(pids)
