@@ -7,7 +7,6 @@ from fleet.inventory import Host
 from fleet.models.enums import AttemptState, Health, Reason
 from fleet.models.spec import load_spec
 from fleet.runners import manifests
-from fleet.scheduler.loop import judge
 from fleet.scheduler.placement import (
     Demand,
     HostView,
@@ -18,6 +17,7 @@ from fleet.scheduler.placement import (
     static_report,
 )
 from fleet.scheduler.queues import ClassQueue
+from fleet.scheduler.verdict import judge
 
 
 def host(name, pools, arch="x86_64", accel="cpu", slots=1, labels=None):

@@ -28,6 +28,7 @@ from fleet.models.spec import JobSpec
 from fleet.models.tables import Attempt, Job
 from fleet.results import InvalidResult, complete_record
 from fleet.runners import manifests
+from fleet.scheduler.health import HealthMixin
 from fleet.scheduler.placement import (
     Demand,
     HostView,
@@ -39,6 +40,7 @@ from fleet.scheduler.placement import (
     static_report,
 )
 from fleet.scheduler.queues import ClassQueue
+from fleet.scheduler.verdict import JOB_STATE, Verdict, judge
 from fleet.secrets import SecretBox, SecretError
 from fleet.store import Store
 
@@ -86,55 +88,6 @@ class Running:
     resolving: bool = False  # following up an attempt lost earlier: how did it really end?
 
 
-@dataclass(frozen=True)
-class Verdict:
-    state: AttemptState
-    reason: Reason
-    message: str | None
-    exit_code: int | None
-    may_run: bool = False  # host lost while the job may still run there (until its lease ends)
-
-
-def judge(outcome: Outcome, runner: str) -> Verdict:
-    """Classify how an attempt ended (DESIGN.md §5.4). Pure."""
-    code = outcome.exit_code
-    if outcome.lost:
-        return Verdict(AttemptState.FAILED, Reason.HOST_LOST, outcome.lost, None)
-    if outcome.fenced:
-        return Verdict(AttemptState.FAILED, Reason.HOST_LOST,
-                       "the job was stopped on its host: the controller had given it up "
-                       "(no word within the attempt lease, or fenced when the host came back)",
-                       outcome.exit_code)
-    if outcome.cancelled:
-        return Verdict(AttemptState.CANCELLED, Reason.CANCELLED_BY_USER, "cancelled", code)
-    if outcome.timed_out:
-        return Verdict(AttemptState.TIMED_OUT, Reason.TIMED_OUT, f"timed out during {outcome.phase}", code)
-    if outcome.error:
-        return Verdict(AttemptState.FAILED, Reason.SETUP_FAILED, outcome.error, code)
-    if outcome.phase == "setup" and code != 0:
-        return Verdict(AttemptState.FAILED, Reason.SETUP_FAILED, f"setup exited with {code}", code)
-    if outcome.runner_error:
-        cls = outcome.runner_error.get("class")
-        message = str(outcome.runner_error.get("message") or "runner failed")
-        reason = Reason.SETUP_FAILED if cls == "setup_failed" else Reason.RUNNER_ERROR
-        return Verdict(AttemptState.FAILED, reason, message, code)
-    if code == 0:
-        if runner != "shell" and outcome.result is None:
-            return Verdict(AttemptState.FAILED, Reason.RUNNER_ERROR, "runner wrote no result.json", code)
-        return Verdict(AttemptState.SUCCEEDED, Reason.SUCCEEDED, None, code)
-    if code is None and outcome.signal:
-        return Verdict(AttemptState.FAILED, Reason.EXIT_NONZERO, f"killed by signal {outcome.signal}", None)
-    hint = " (command not found)" if code == 127 else ""
-    return Verdict(AttemptState.FAILED, Reason.EXIT_NONZERO, f"exited with {code}{hint}", code)
-
-
-_JOB_STATE = {
-    AttemptState.SUCCEEDED: JobState.SUCCEEDED,
-    AttemptState.FAILED: JobState.FAILED,
-    AttemptState.CANCELLED: JobState.CANCELLED,
-    AttemptState.TIMED_OUT: JobState.TIMED_OUT,
-}
-
 
 class _Sink:
     def __init__(self, sched: Scheduler, run: Running) -> None:
@@ -154,7 +107,7 @@ class _Sink:
         self.sched.logs.append(self.run.qj.job.id, self.run.attempt.id, data)
 
 
-class Scheduler:
+class Scheduler(HealthMixin):
     def __init__(
         self, store: Store, hosts: list[Host], backend: Backend, logs: LogStore,
         policy: Policy | None = None, secrets: SecretBox | None = None,
@@ -670,7 +623,7 @@ class Scheduler:
                               message=f"attempt {attempt.number} on {host.name}: {verdict.message}; "
                                       f"retrying{after}")
         else:
-            job_values = dict(state=_JOB_STATE[verdict.state].value, reason=verdict.reason.value,
+            job_values = dict(state=JOB_STATE[verdict.state].value, reason=verdict.reason.value,
                               message=verdict.message, ended_at=time.time())
         result_row = None
         if record is not None:
@@ -699,123 +652,6 @@ class Scheduler:
         qj.failed_on.add(host.name)
         self.pending[qj.job.id] = qj
         return True
-
-    def _update_health(self, host: Host, verdict: Verdict) -> None:
-        """An infrastructure failure makes a good host ``unknown`` until a health check says."""
-        if REASON_CLASS.get(verdict.reason) is not FailureClass.INFRA:
-            return
-        if self.health.get(host.name, Health.GOOD) is Health.GOOD:
-            self._set_health(host.name, Health.UNKNOWN, verdict.message)
-        self._schedule_check(host.name)
-
-    def _set_health(self, name: str, health: Health, message: str | None) -> None:
-        if self.health.get(name, Health.GOOD) is not health:
-            log.info("host %s: health %s%s", name, health.value, f" ({message})" if message else "")
-        self.health[name] = health
-        self.store.set_health(name, health, message)
-
-    # ------------------------------------------------------------------ health checks
-
-    def _schedule_check(self, name: str, delay: float = 0.0) -> None:
-        task = self._checks.get(name)
-        if task is None or task.done():
-            self._checks[name] = asyncio.create_task(self._check_until_settled(name, delay),
-                                                     name=f"check-{name}")
-
-    async def _check_until_settled(self, name: str, delay: float) -> None:
-        """Check a host until it is good again; after ``bad_after`` failures it is quarantined
-        and checked with a growing pause (up to ``recheck_interval``)."""
-        await asyncio.sleep(delay)
-        pause = 1.0
-        while not self._stopping and self.health.get(name) in (Health.UNKNOWN, Health.BAD):
-            if await self._check_once(name) is None:
-                return
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, self.policy.recheck_interval)
-
-    async def _check_once(self, name: str) -> str | None:
-        """One health check ahead of the queue; returns None if the host is good, else why not."""
-        host = self.hosts[name]
-        try:
-            await self.backend.check(host, self.policy.check_timeout)
-        except BackendError as exc:
-            self.check_failures[name] += 1
-            count = self.check_failures[name]
-            message = f"health check {count} failed: {exc}"
-            if self.health.get(name) is not Health.MAINTENANCE:
-                bad = count >= self.policy.bad_after
-                self._set_health(name, Health.BAD if bad else Health.UNKNOWN, message)
-            return message
-        except Exception as exc:  # noqa: BLE001 - a check must never kill the scheduler
-            log.exception("health check of %s failed in the controller", name)
-            return f"health check error: {exc}"
-        self.check_failures[name] = 0
-        if self.health.get(name) is not Health.MAINTENANCE:
-            self._set_health(name, Health.GOOD, None)
-        self._follow_up_on(host)
-        await self._kill_stale(host)
-        self._wake.set()
-        return None
-
-    def _follow_up_on(self, host: Host) -> None:
-        """The host is back: follow the attempts lost on it whose jobs wait to be retried. Their
-        lease is renewed as soon as they are followed again, so they run on to their real end."""
-        for job_id, (_qj, _handle, _until, attempt, lost_on) in list(self.held.items()):
-            if attempt is not None and lost_on is not None and lost_on.name == host.name:
-                qj, handle = self.held.pop(job_id)[:2]
-                handle.cancel()
-                self._resolve(qj, attempt, host)
-
-    async def _kill_stale(self, host: Host) -> None:
-        """A host that comes back may still run attempts we declared lost and retried elsewhere:
-        stop them so a job never finishes twice."""
-        stale = [a for a in self.store.lost_attempts(host.name, time.time() - 86400)
-                 if not any(r.attempt.id == a for r in self.running.values())]
-        if not stale:
-            return
-        try:
-            await self.backend.kill_stale(host, stale, self.kill_grace)
-        except BackendError as exc:
-            log.warning("could not stop stale attempts on %s: %s", host.name, exc)
-
-    async def check_host(self, name: str) -> dict[str, Any]:
-        """Operator: run a health check now. Returns the host's health afterwards."""
-        self._host(name)
-        failure = await self._check_once(name)
-        if failure is not None and self.health.get(name) is Health.GOOD:
-            self._set_health(name, Health.UNKNOWN, failure)
-        if failure is not None:
-            self._schedule_check(name, delay=1.0)
-        return {"host": name, "ok": failure is None, "message": failure,
-                "health": self.health.get(name, Health.GOOD).value}
-
-    # ------------------------------------------------------------------ operators
-
-    def _host(self, name: str) -> Host:
-        host = self.hosts.get(name)
-        if host is None:
-            raise NotFound(f"no host named {name!r} in the inventory")
-        return host
-
-    def drain(self, name: str, drained: bool = True) -> None:
-        """A drained host finishes its running attempts and takes no new ones."""
-        self._host(name)
-        if drained:
-            self.drained.add(name)
-        else:
-            self.drained.discard(name)
-        self.store.set_drained(name, drained)
-        self._wake.set()
-
-    def maintenance(self, name: str, on: bool = True) -> None:
-        """Maintenance: like drain, and health checks leave it alone until it is turned off;
-        turning it off asks a health check before the host takes jobs again."""
-        self._host(name)
-        if on:
-            self._set_health(name, Health.MAINTENANCE, "set by an operator")
-            return
-        self._set_health(name, Health.UNKNOWN, "out of maintenance; checking")
-        self._schedule_check(name)
 
     def _reattach(self, attempt: Attempt) -> None:
         """Follow an attempt a previous controller started (it kept running on its host)."""
@@ -847,4 +683,4 @@ def _join(base: str, rel: str, kind: str) -> str:
     return base if kind == "file" else f"{base}/{rel}"
 
 
-__all__ = ["Scheduler", "judge"]
+__all__ = ["Policy", "Scheduler"]
