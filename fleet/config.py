@@ -26,6 +26,10 @@ CONFIG_KEYS = {
     "command_timeout": "seconds fleet's own commands on a host may take (default 120)",
     "attempt_lease": "seconds a job may run out of touch with the controller before it stops "
                      "itself; a job lost with its host is retried after this (default 60)",
+    "log_cap": "bytes kept of one attempt's log: head and tail, with a marker (default 100 MiB)",
+    "log_store_limit": "bytes the controller's log store may hold; oldest ended logs go (default 20 GiB)",
+    "log_retention_days": "days an ended attempt's log is kept (default 30)",
+    "gc_interval": "seconds between retention passes over the log store (default 300)",
     "kill_grace": "seconds between TERM and KILL on cancel/timeout (default 10)",
     "leader_lease": "seconds a leader's lease lasts; a follower takes over after it (default 15)",
     "advertise_url": "URL other replicas use to reach this one's API (default: the bound address)",
@@ -56,6 +60,10 @@ class Settings:
     command_timeout: float = 120.0
     attempt_lease: float = 60.0
     kill_grace: float = 10.0
+    log_cap: int = 100 << 20
+    log_store_limit: int = 20 << 30
+    log_retention_days: float = 30.0
+    gc_interval: float = 300.0
     leader_lease: float = 15.0
     advertise_url: str | None = None
     shared_dir: str | None = None

@@ -99,7 +99,7 @@ async def serve(settings: Settings, options: ServeOptions) -> None:
                     bad_after=settings.health_bad_after,
                     recheck_interval=settings.health_recheck_interval,
                     attempt_lease=settings.attempt_lease)
-    scheduler = Scheduler(store, hosts, backend, LogStore(settings.logs_dir), policy,
+    scheduler = Scheduler(store, hosts, backend, LogStore(settings.logs_dir, settings.log_cap), policy,
                           SecretBox(settings.secret_key_file))
     lease = LeaderLease(db, make_holder(), None, settings.leader_lease)
     ctx = ApiContext(store, scheduler, blobs, lease)
@@ -121,6 +121,7 @@ async def serve(settings: Settings, options: ServeOptions) -> None:
     lease.url = settings.advertise_url or url
     scheduler.fence = lambda: None if lease.held else _step_down()
     elector = asyncio.create_task(lead(lease, scheduler), name="fleet-leader")
+    collector = asyncio.create_task(collect_logs(scheduler, settings), name="fleet-gc")
     log.info("fleet serving %s with %d hosts from %s", url, len(hosts), source)
     if options.local:
         write_private(settings.server_file, json.dumps({"url": url, "pid": os.getpid(),
@@ -140,11 +141,34 @@ async def serve(settings: Settings, options: ServeOptions) -> None:
             except (OSError, ValueError):
                 pass
         elector.cancel()
-        await asyncio.gather(elector, return_exceptions=True)
+        collector.cancel()
+        await asyncio.gather(elector, collector, return_exceptions=True)
         await scheduler.stop()
         if scheduler.leading:
             lease.release()  # a follower takes over now instead of after the lease time
         db.dispose()
+
+
+async def collect_logs(scheduler: Scheduler, settings: Settings) -> None:
+    """Log retention on the leader: every ``gc_interval``, and as soon as the store has grown by
+    an eighth of ``log_store_limit`` since the last pass (a flood of logs)."""
+    logs = scheduler.logs
+    max_age = settings.log_retention_days * 86400
+    last_pass, last_size = 0.0, logs.appended
+    while True:
+        await asyncio.sleep(1.0)
+        due = time.monotonic() - last_pass >= settings.gc_interval
+        grown = logs.appended - last_size >= settings.log_store_limit / 8
+        if not scheduler.leading or not (due or grown):
+            continue
+        last_pass, last_size = time.monotonic(), logs.appended
+        try:
+            removed, freed = logs.collect(max_age, settings.log_store_limit)
+        except OSError as exc:
+            log.warning("log retention failed: %s", exc)
+            continue
+        if removed:
+            log.info("log retention removed %d ended attempts' logs (%d bytes)", removed, freed)
 
 
 def _step_down() -> None:

@@ -1,34 +1,112 @@
-"""The controller's log store: one file per attempt under ``$FLEET_HOME/logs/<job>/``.
+"""The controller's log store: per attempt, under ``$FLEET_HOME/logs/<job>/``.
 
 Writers append bytes as they arrive from the host; followers wait on a per-attempt condition
 instead of polling, so ``fleet logs -f`` sees a line as soon as the controller has it.
+
+**Cap.** An attempt's log keeps at most ``cap`` bytes: its head (the first ``cap/2`` bytes, in
+``<attempt>.log``) and its tail (the newest bytes, in at most two segments of ``cap/4`` bytes,
+``<attempt>.log.<start>`` where ``start`` is the segment's offset in the host's log). Offsets
+are those of the host's log: what the controller received is the end of the newest segment
+(or the head's size), which is the data itself, so it stays right across a ``kill -9`` and a
+reattach resumes at exactly that byte. A reader that reaches dropped bytes gets one marker line
+saying how many were dropped, then the tail. When an attempt ends its files are gzipped.
+
+**Retention.** :meth:`collect` removes the logs of ended attempts older than an age, then the
+oldest until the store is under a size limit; the controller runs it on a timer and when the
+store grows past its limit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gzip
+import os
+import shutil
+import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from fleet.secrets import Redactor
 
+MiB = 1 << 20
+COLLECTED = b"[fleet: this log was removed by the log retention (see log_retention_days, log_store_limit)]\n"
+
+
+@dataclass
+class _Files:
+    """What is on disk for one attempt."""
+
+    head: int  # bytes in the head file
+    segments: list[tuple[int, Path]]  # (start offset, path), oldest first
+    gz: Path | None  # the compressed log of an ended attempt
+
+    def received(self) -> int:
+        if not self.segments:
+            return self.head
+        start, path = self.segments[-1]
+        return start + path.stat().st_size
+
+
+class _Writer:
+    def __init__(self, head_fh: BinaryIO, files: _Files) -> None:
+        self.head_fh = head_fh
+        self.head = files.head
+        self.segments = list(files.segments)
+        self.seg_fh: BinaryIO | None = None
+        self.seg_size = 0
+        self.received = files.received()
+        if self.segments:
+            self.seg_fh = self.segments[-1][1].open("ab", buffering=0)
+            self.seg_size = self.received - self.segments[-1][0]
+
 
 class LogStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, cap: int = 100 * MiB) -> None:
         self.root = root
-        self._open: dict[str, BinaryIO] = {}
+        self.cap = max(int(cap), 4096)
+        self.head_limit = self.cap // 2
+        self.segment = self.cap // 4
+        self._open: dict[str, _Writer] = {}
         self._waiters: dict[str, asyncio.Event] = {}
         self._redactors: dict[str, Redactor] = {}
+        self.appended = 0  # bytes written since start (the GC looks at the store when it grows)
+
+    # ------------------------------------------------------------------ paths and sizes
 
     def path(self, job_id: str, attempt_id: str) -> Path:
         return self.root / job_id / f"{attempt_id}.log"
 
-    def size(self, job_id: str, attempt_id: str) -> int:
+    def _files(self, job_id: str, attempt_id: str) -> _Files:
+        head = self.path(job_id, attempt_id)
         try:
-            return self.path(job_id, attempt_id).stat().st_size
+            head_size = head.stat().st_size
         except FileNotFoundError:
-            return 0
+            head_size = 0
+        segments: list[tuple[int, Path]] = []
+        gz = head.with_name(head.name + ".gz")
+        try:
+            for entry in os.scandir(head.parent):
+                prefix = head.name + "."
+                if entry.name.startswith(prefix) and entry.name[len(prefix):].isdigit():
+                    segments.append((int(entry.name[len(prefix):]), Path(entry.path)))
+        except FileNotFoundError:
+            pass
+        segments.sort()
+        return _Files(head_size, segments, gz if gz.exists() else None)
+
+    def size(self, job_id: str, attempt_id: str) -> int:
+        """Bytes of the host's log the controller has received (where a reattach resumes)."""
+        writer = self._open.get(attempt_id)
+        if writer is not None:
+            return writer.received
+        files = self._files(job_id, attempt_id)
+        if files.gz is not None:
+            return self._gz_header(files.gz)[0]
+        return files.received()
+
+    # ------------------------------------------------------------------ writing
 
     def redact(self, attempt_id: str, secrets: Iterable[str]) -> None:
         """Mask these values (a job's secrets) in everything appended to the attempt's log."""
@@ -41,25 +119,158 @@ class LogStore:
         redactor = self._redactors.get(attempt_id)
         if redactor is not None:
             data = redactor.feed(data)
-        fh = self._open.get(attempt_id)
-        if fh is None:
-            path = self.path(job_id, attempt_id)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fh = path.open("ab", buffering=0)
-            self._open[attempt_id] = fh
-        fh.write(data)
+        writer = self._open.get(attempt_id)
+        if writer is None:
+            writer = self._open[attempt_id] = self._writer(job_id, attempt_id)
+        self._write(job_id, attempt_id, writer, data)
         self._wake(attempt_id)
 
-    def close(self, attempt_id: str) -> None:
-        """The attempt ended: close its file and release followers for a final read."""
+    def _writer(self, job_id: str, attempt_id: str) -> _Writer:
+        path = self.path(job_id, attempt_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        files = self._files(job_id, attempt_id)
+        if files.gz is not None:  # ended before, followed again: back to plain files
+            self._gunzip(files.gz, path)
+            files = self._files(job_id, attempt_id)
+        return _Writer(path.open("ab", buffering=0), files)
+
+    def _write(self, job_id: str, attempt_id: str, w: _Writer, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            if w.head < self.head_limit:
+                n = min(len(view), self.head_limit - w.head)
+                w.head_fh.write(view[:n])
+                w.head += n
+            else:
+                if w.seg_fh is None or w.seg_size >= self.segment:
+                    self._new_segment(job_id, attempt_id, w)
+                assert w.seg_fh is not None
+                n = min(len(view), self.segment - w.seg_size)
+                w.seg_fh.write(view[:n])
+                w.seg_size += n
+            w.received += n
+            self.appended += n
+            view = view[n:]
+
+    def _new_segment(self, job_id: str, attempt_id: str, w: _Writer) -> None:
+        if w.seg_fh is not None:
+            w.seg_fh.close()
+        path = self.path(job_id, attempt_id)
+        new = path.with_name(f"{path.name}.{w.received}")
+        w.seg_fh, w.seg_size = new.open("ab", buffering=0), 0
+        w.segments.append((w.received, new))
+        while len(w.segments) > 2:  # the tail: the newest one or two segments
+            _start, old = w.segments.pop(0)
+            old.unlink(missing_ok=True)
+
+    def close(self, attempt_id: str, job_id: str | None = None) -> None:
+        """The attempt ended: flush, close, compress its files; release followers."""
         redactor = self._redactors.pop(attempt_id, None)
         tail = redactor.flush() if redactor is not None else b""
-        if tail and attempt_id in self._open:
-            self._open[attempt_id].write(tail)
-        fh = self._open.pop(attempt_id, None)
-        if fh is not None:
-            fh.close()
+        writer = self._open.pop(attempt_id, None)
+        if writer is not None:
+            if tail and job_id is not None:
+                self._write(job_id, attempt_id, writer, tail)
+            writer.head_fh.close()
+            if writer.seg_fh is not None:
+                writer.seg_fh.close()
+            if job_id is not None:
+                self._compress(job_id, attempt_id, writer.received)
         self._wake(attempt_id)
+
+    def _compress(self, job_id: str, attempt_id: str, received: int) -> None:
+        """One gzip file per ended attempt: a header ``fleet-log <received> <head> <tail
+        start>``, the head, then the tail (host offsets stay readable, see :meth:`_read_gz`)."""
+        path = self.path(job_id, attempt_id)
+        files = self._files(job_id, attempt_id)
+        gz = path.with_name(path.name + ".gz")
+        tmp = gz.with_name(gz.name + ".tmp")
+        tail_start = files.segments[0][0] if files.segments else files.head
+        with gzip.open(tmp, "wb", compresslevel=5) as out:
+            out.write(b"fleet-log %d %d %d\n" % (received, files.head, tail_start))
+            for part in [path] + [seg for _start, seg in files.segments]:
+                if part.exists():
+                    with part.open("rb") as fh:
+                        shutil.copyfileobj(fh, out)
+        os.replace(tmp, gz)
+        path.unlink(missing_ok=True)
+        for _start, seg in files.segments:
+            seg.unlink(missing_ok=True)
+
+    @staticmethod
+    def _gz_header(gz: Path) -> tuple[int, int, int]:
+        with gzip.open(gz, "rb") as fh:
+            _magic, received, head, tail_start = fh.readline().split()
+        return int(received), int(head), int(tail_start)
+
+    def _gunzip(self, gz: Path, path: Path) -> None:
+        """Undo a compression (an ended attempt followed again): head and tail files again."""
+        received, head, tail_start = self._gz_header(gz)
+        with gzip.open(gz, "rb") as fh:
+            fh.readline()
+            path.write_bytes(fh.read(head))
+            if received > head:
+                path.with_name(f"{path.name}.{tail_start}").write_bytes(fh.read())
+        gz.unlink()
+
+    # ------------------------------------------------------------------ reading
+
+    def read(self, job_id: str, attempt_id: str, offset: int, limit: int = MiB) -> tuple[bytes, int]:
+        """Bytes from ``offset`` (host-log offsets) and the offset after them. A reader that
+        reaches bytes dropped by the cap gets a marker line instead, and then the tail."""
+        files = self._files(job_id, attempt_id)
+        if files.gz is not None and attempt_id not in self._open:
+            return self._read_gz(files.gz, offset, limit)
+        return self._read_plain(job_id, attempt_id, offset, limit, files)
+
+    def _read_plain(self, job_id: str, attempt_id: str, offset: int, limit: int,
+                    files: _Files | None = None) -> tuple[bytes, int]:
+        files = files or self._files(job_id, attempt_id)
+        if offset < files.head:
+            with self.path(job_id, attempt_id).open("rb") as fh:
+                fh.seek(offset)
+                data = fh.read(min(limit, files.head - offset))
+            return data, offset + len(data)
+        if not files.segments:
+            return b"", offset
+        first = files.segments[0][0]
+        if offset < first:
+            return self._marker(first - offset), first
+        for start, seg in reversed(files.segments):
+            if offset >= start:
+                try:
+                    with seg.open("rb") as fh:
+                        fh.seek(offset - start)
+                        data = fh.read(limit)
+                except FileNotFoundError:  # rotated away meanwhile: read again
+                    return self._read_plain(job_id, attempt_id, offset, limit)
+                if data:
+                    return data, offset + len(data)
+        return b"", offset
+
+    def _read_gz(self, gz: Path, offset: int, limit: int) -> tuple[bytes, int]:
+        """An ended attempt's log, with the same host offsets as before it was compressed."""
+        with gzip.open(gz, "rb") as fh:
+            _magic, received, head, tail_start = (int(x) if x.isdigit() else x for x in fh.readline().split())
+            stored = fh.read()  # head + tail: bounded by the cap
+        if offset < head:
+            data = stored[offset:min(head, offset + limit)]
+        elif offset < tail_start:
+            return self._marker(tail_start - offset), tail_start
+        else:
+            pos = head + (offset - tail_start)
+            data = stored[pos:pos + limit]
+        return data, offset + len(data)
+
+    def _marker(self, dropped: int) -> bytes:
+        return b"\n[fleet: %d bytes dropped here: the log cap keeps %d bytes of head and tail]\n" % (
+            dropped, self.cap)
+
+    def exists(self, job_id: str, attempt_id: str) -> bool:
+        files = self._files(job_id, attempt_id)
+        return bool(files.head or files.segments or files.gz) or self.path(job_id, attempt_id).exists()
+
+    # ------------------------------------------------------------------ followers
 
     def _wake(self, attempt_id: str) -> None:
         event = self._waiters.pop(attempt_id, None)
@@ -74,17 +285,63 @@ class LogStore:
         except (TimeoutError, asyncio.TimeoutError):
             pass
 
-    def read(self, job_id: str, attempt_id: str, offset: int, limit: int = 1 << 20) -> bytes:
-        try:
-            with self.path(job_id, attempt_id).open("rb") as fh:
-                fh.seek(offset)
-                return fh.read(limit)
-        except FileNotFoundError:
-            return b""
-
     def close_all(self) -> None:
         # Shutdown: attempts go on without us. Bytes held back for redaction are not written;
         # the next controller reads them again from the host (it resumes at the log's size).
         self._redactors.clear()
         for attempt_id in list(self._open):
             self.close(attempt_id)
+
+    # ------------------------------------------------------------------ retention
+
+    def collect(self, max_age: float | None, max_bytes: int | None) -> tuple[int, int]:
+        """Remove logs of ended attempts: older than ``max_age`` seconds, then the oldest until
+        the store holds at most ``max_bytes``. Logs being written are never touched. Returns
+        (attempts removed, bytes freed)."""
+        open_names = {f"{a}.log" for a in self._open}
+        groups: dict[tuple[str, str], list[os.DirEntry[str]]] = {}
+        try:
+            job_dirs = list(os.scandir(self.root))
+        except FileNotFoundError:
+            return 0, 0
+        for job_dir in job_dirs:
+            if not job_dir.is_dir():
+                continue
+            for entry in os.scandir(job_dir.path):
+                base = entry.name.split(".log", 1)[0] + ".log"
+                if base in open_names:
+                    continue
+                groups.setdefault((job_dir.path, base), []).append(entry)
+        items = []
+        for key, entries in groups.items():
+            stats = [e.stat() for e in entries]
+            items.append((max(s.st_mtime for s in stats), sum(s.st_size for s in stats), key, entries))
+        items.sort()  # oldest first
+        total = sum(size for _m, size, _k, _e in items)
+        now, removed, freed = time.time(), 0, 0
+        for mtime, size, _key, entries in items:
+            old = max_age is not None and now - mtime > max_age
+            over = max_bytes is not None and total > max_bytes
+            if not (old or over):
+                continue
+            for entry in entries:
+                Path(entry.path).unlink(missing_ok=True)
+            total -= size
+            removed += 1
+            freed += size
+        for job_dir in job_dirs:
+            try:
+                os.rmdir(job_dir.path)  # only if empty
+            except OSError:
+                pass
+        return removed, freed
+
+    def total_bytes(self) -> int:
+        total = 0
+        for dirpath, _dirs, names in os.walk(self.root):
+            for name in names:
+                try:
+                    total += os.stat(os.path.join(dirpath, name)).st_size
+                except FileNotFoundError:
+                    pass
+        return total

@@ -44,6 +44,7 @@ from fleet.api.schemas import (
 from fleet.blobs import BlobStore
 from fleet.errors import FleetError, NotFound, SpecError
 from fleet.leader import LeaderLease
+from fleet.logstore import COLLECTED
 from fleet.models.enums import Health, JobState
 from fleet.models.spec import SHA256_RE, validate_spec
 from fleet.models.tables import Job, User
@@ -583,19 +584,23 @@ async def _log_stream(
             await ctx.scheduler.wait_done(job_id, 0.2)
             continue
         current = attempts[-1]
+        if current.ended_at is not None and current.log_bytes and not logs.exists(job_id, current.id):
+            yield COLLECTED
+            if not follow or number is not None:
+                return
         while True:
-            data = logs.read(job_id, current.id, offset)
+            data, offset = logs.read(job_id, current.id, offset)
             if data:
-                offset += len(data)
                 yield data
                 continue
             if not follow:
                 return
             fresh = store.get_attempt(current.id)
             if fresh is None or fresh.ended_at is not None:
-                data = logs.read(job_id, current.id, offset)
-                if data:
-                    offset += len(data)
+                while True:
+                    data, offset = logs.read(job_id, current.id, offset)
+                    if not data:
+                        break
                     yield data
                 break
             await logs.wait(current.id, 1.0 if ctx.scheduler.leading else 0.25)  # followers poll

@@ -590,7 +590,7 @@ class Scheduler(HealthMixin):
                                          host=host, runner=run.plan.runner)
             except InvalidResult as exc:
                 verdict = Verdict(AttemptState.FAILED, Reason.RUNNER_ERROR, str(exc), verdict.exit_code)
-        self.logs.close(attempt.id)
+        self.logs.close(attempt.id, qj.job.id)
         # Release the lease and the fair-share count before deciding on a retry.
         self.used[host.name] -= attempt.slots
         self.running_by_user[qj.job.user] -= 1

@@ -1,0 +1,150 @@
+"""Logs and disk: the per-attempt cap keeps head and tail with a marker, retention keeps the
+store under its limit, and a reattach after a crash resumes a capped log at the right byte."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import signal
+import time
+from pathlib import Path
+
+from fleet.logstore import LogStore
+from tests.helpers import eventually
+
+KiB, MiB = 1 << 10, 1 << 20
+# 1 MiB of numbered lines, like a training loop's log: "line 000000 ...\n" is 64 bytes.
+PRINT_1MIB = ('i=0; while [ $i -lt 16384 ]; do printf "line %06d step loss 0.%06d lr 0.001 '
+              'grad-norm 1.2345 tokens/s 1234\\n" $i $i; i=$((i+1)); done')
+
+
+def _line(i: int) -> bytes:
+    return b"line %06d step loss 0.%06d lr 0.001 grad-norm 1.2345 tokens/s 1234\n" % (i, i)
+
+
+def test_capped_store_keeps_head_and_tail_and_offsets_across_restart(tmp_path):
+    cap = 64 * KiB
+    store = LogStore(tmp_path, cap)
+    data = b"".join(_line(i) for i in range(16384))
+    for k in range(0, len(data), 10_000):  # arrives in chunks
+        store.append("j", "a", data[k:k + 10_000])
+    assert store.size("j", "a") == len(data)
+    # A new store (a controller after kill -9) finds the same received count from the files.
+    assert LogStore(tmp_path, cap).size("j", "a") == len(data)
+    on_disk = sum(p.stat().st_size for p in (tmp_path / "j").iterdir())
+    assert on_disk <= cap
+    text, offset = b"", 0
+    while True:
+        chunk, offset = store.read("j", "a", offset)
+        if not chunk:
+            break
+        text += chunk
+    assert text.startswith(data[: cap // 2])
+    assert text.endswith(data[-cap // 4:])
+    assert b"bytes dropped here" in text
+    store.close("a", "j")
+    assert [p.name for p in (tmp_path / "j").iterdir()] == ["a.log.gz"]
+    reread, offset = b"", 0
+    while True:
+        chunk, offset = store.read("j", "a", offset)
+        if not chunk:
+            break
+        reread += chunk
+    assert reread == text and store.size("j", "a") == len(data)
+
+
+def test_thousand_jobs_of_1mib_stay_under_the_store_limit_with_head_and_tail(fleet, tmp_path):
+    inv = tmp_path / "hosts.ini"
+    inv.write_text("localhost ansible_connection=local fleet_slots=8\n")
+    client = fleet.start(inv, config={"log_cap": 64 * KiB, "log_store_limit": 16 * MiB})
+    ids: list[str] = []
+    for batch in range(10):
+        ids += [j.id for j in client.submit_many(
+            [{"name": f"big-{batch}-{i}", "run": PRINT_1MIB} for i in range(100)])]
+    for job_id in ids:
+        assert client.wait(job_id, 300).state == "SUCCEEDED"
+    logs_dir = fleet.settings.logs_dir
+    total = sum(p.stat().st_size for p in logs_dir.rglob("*") if p.is_file())
+    assert total <= 16 * MiB, total
+    kept = removed = 0
+    for job_id in ids:
+        text = b"".join(client.logs(job_id))
+        if text.startswith(b"[fleet: this log was removed"):
+            removed += 1
+            continue
+        kept += 1
+        assert text.startswith(_line(0) + _line(1)), text[:200]
+        assert text.endswith(_line(16382) + _line(16383)), text[-200:]
+        assert b"bytes dropped here" in text
+        assert len(text) < 64 * KiB + 200
+    print(f"1000 x 1 MiB: store {total / MiB:.1f} MiB, {kept} logs kept whole (head+tail), {removed} removed")
+    assert kept + removed == len(ids)
+    assert kept >= 500  # gzipped capped logs of this kind are ~10 KiB: most fit in 16 MiB
+
+
+def test_capped_log_survives_kill9_mid_stream_without_gap_or_duplicate(fleet, tmp_path):
+    inv = tmp_path / "hosts.ini"
+    inv.write_text("localhost ansible_connection=local fleet_slots=1\n")
+    cfg = {"log_cap": 64 * KiB}
+    client = fleet.start(inv, config=cfg)
+    slow = ('i=0; while [ $i -lt 4000 ]; do printf "line %06d step loss 0.%06d lr 0.001 '
+            'grad-norm 1.2345 tokens/s 1234\\n" $i $i; i=$((i+1)); '
+            '[ $((i % 200)) -eq 0 ] && sleep 0.1; done')
+    job_id = client.submit({"name": "slow", "run": slow}).id
+    eventually(lambda: len(b"".join(client.logs(job_id))) > 40 * KiB, what="log past the head")
+    os.kill(fleet.info.pid, signal.SIGKILL)
+    fleet.client.close()
+    time.sleep(0.5)
+    client = fleet.start(inv, config=cfg)
+    assert client.wait(job_id, 60).state == "SUCCEEDED"
+    text = b"".join(client.logs(job_id))
+    head, marker, tail = text.partition(b"\n[fleet: ")
+    assert marker, "no drop marker"
+    tail = tail.split(b"]\n", 1)[1]
+    # The cut falls anywhere in a line: drop the head's last and the tail's first partial line.
+    head_numbers = [int(line.split()[1]) for line in head.splitlines()[:-1]]
+    tail_numbers = [int(line.split()[1]) for line in tail.splitlines()[1:]]
+    assert head_numbers == list(range(len(head_numbers)))
+    # The tail is contiguous up to the end: no gap and no duplicate after the reattach.
+    assert tail_numbers == list(range(tail_numbers[0], 4000))
+    gz = next(Path(fleet.settings.logs_dir, job_id).glob("*.log.gz"))
+    assert gzip.open(gz).readline().startswith(b"fleet-log ")
+
+
+def test_retention_by_age_and_size_spares_logs_being_written(tmp_path):
+    store = LogStore(tmp_path, 64 * KiB)
+    now = time.time()
+    for i in range(10):
+        store.append(f"j{i}", f"a{i}", b"x" * 10_000)
+        store.close(f"a{i}", f"j{i}")
+        gz = tmp_path / f"j{i}" / f"a{i}.log.gz"
+        os.utime(gz, (now - (10 - i) * 86400, now - (10 - i) * 86400))  # j0 oldest
+    store.append("jrun", "arun", b"y" * 50_000)  # running: never collected
+    removed, _ = store.collect(max_age=7.5 * 86400, max_bytes=None)
+    assert removed == 3 and not (tmp_path / "j0").exists() and (tmp_path / "j3").exists()
+    sizes = sum(p.stat().st_size for p in tmp_path.rglob("*.gz"))
+    removed, _ = store.collect(max_age=None, max_bytes=sizes // 2)
+    left = sorted(p.parent.name for p in tmp_path.rglob("*.gz"))
+    assert left == [f"j{i}" for i in range(10 - len(left), 10)]  # the newest stay
+    assert store.size("jrun", "arun") == 50_000  # the open log was not touched
+
+
+def test_the_server_keeps_its_log_store_under_the_limit(fleet, tmp_path):
+    inv = tmp_path / "hosts.ini"
+    inv.write_text("localhost ansible_connection=local fleet_slots=8\n")
+    limit = 256 * KiB
+    client = fleet.start(inv, config={"log_cap": 64 * KiB, "log_store_limit": limit})
+    ids = [j.id for j in client.submit_many(
+        [{"name": f"n{i}", "run": PRINT_1MIB} for i in range(100)])]
+    for job_id in ids:
+        assert client.wait(job_id, 120).state == "SUCCEEDED"
+    logs_dir = fleet.settings.logs_dir
+
+    def total() -> int:
+        return sum(p.stat().st_size for p in logs_dir.rglob("*") if p.is_file())
+
+    eventually(lambda: total() <= limit, timeout=10, what="store under its limit")
+    texts = [b"".join(client.logs(j)) for j in ids]
+    removed = [t for t in texts if t.startswith(b"[fleet: this log was removed")]
+    assert 0 < len(removed) < len(ids)
+    assert texts[-1].startswith(_line(0)) and texts[-1].endswith(_line(16383))  # newest kept
