@@ -1,4 +1,5 @@
-"""The state database: engine set-up (SQLite WAL by default), schema and short sessions.
+"""The state database: engine set-up (SQLite WAL by default, or PostgreSQL), schema and short
+sessions.
 
 Rule of the house: never hold a transaction open across network I/O. Callers open a session,
 read or write, commit, and leave before any SSH call.
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
-from sqlmodel import Session, SQLModel, create_engine
+from sqlmodel import Session, create_engine
 
 from fleet.models import tables  # noqa: F401  (registers the tables on SQLModel.metadata)
 
@@ -46,8 +47,11 @@ class Database:
         self.engine = make_engine(url)
 
     def create_schema(self) -> None:
-        """Create missing tables and indexes. Idempotent."""
-        SQLModel.metadata.create_all(self.engine)
+        """Upgrade the schema to the newest migration (a fresh database gets every table; one
+        made by fleet 0.1.0 is upgraded in place). Idempotent. See ``fleet.migrations``."""
+        from fleet.migrations import upgrade  # alembic is only needed here
+
+        upgrade(self.engine)
 
     @contextmanager
     def session(self) -> Iterator[Session]:

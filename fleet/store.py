@@ -56,6 +56,24 @@ _JOB_RUNNING = (
 )
 
 
+_ID_CHARS = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def _prefix_bounds(prefix: str) -> tuple[str, str | None] | None:
+    """``[low, high)`` holding exactly the ids that start with ``prefix`` (None: no id can).
+
+    ``high`` is the prefix "plus one" in digits-then-letters, not ``prefix + "\\x7f"``: that is
+    only right in byte order (SQLite, PostgreSQL's C collation); a linguistic collation such as
+    en_US ignores control characters. Both bounds keep the lookup on the primary key index.
+    """
+    if any(c not in _ID_CHARS for c in prefix):
+        return None
+    stem = prefix.rstrip("z")
+    if not stem:
+        return prefix, None
+    return prefix, stem[:-1] + _ID_CHARS[_ID_CHARS.index(stem[-1]) + 1]
+
+
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -139,10 +157,11 @@ class Store:
         """A job by id or unique id prefix (at least 6 characters). Raises NotFound."""
         with self.db.session() as s:
             job = s.get(Job, job_id)
-            if job is None and len(job_id) >= 6:
-                rows = s.exec(
-                    select(Job).where(col(Job.id) >= job_id, col(Job.id) < job_id + "\x7f").limit(2)
-                ).all()
+            if job is None and len(job_id) >= 6 and (bounds := _prefix_bounds(job_id)):
+                q = select(Job).where(col(Job.id) >= bounds[0])
+                if bounds[1] is not None:
+                    q = q.where(col(Job.id) < bounds[1])
+                rows = s.exec(q.limit(2)).all()
                 if len(rows) == 1:
                     job = rows[0]
                 elif len(rows) > 1:

@@ -18,7 +18,7 @@ from fleet.config import load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 
-pytest_plugins = ["tests.lab.fixtures"]
+pytest_plugins = ["tests.lab.fixtures", "tests.pg"]
 
 
 @pytest.fixture
