@@ -29,7 +29,10 @@ CONFIG_KEYS = {
     "log_cap": "bytes kept of one attempt's log: head and tail, with a marker (default 100 MiB)",
     "log_store_limit": "bytes the controller's log store may hold; oldest ended logs go (default 20 GiB)",
     "log_retention_days": "days an ended attempt's log is kept (default 30)",
-    "gc_interval": "seconds between retention passes over the log store (default 300)",
+    "gc_interval": "seconds between retention passes over the log store and hosts (default 300)",
+    "host_retention_days": "days an ended attempt's directory (log, raw files) stays on its host "
+                           "(default 7)",
+    "host_store_limit": "bytes of ended attempt directories a host may keep (default 10 GiB)",
     "kill_grace": "seconds between TERM and KILL on cancel/timeout (default 10)",
     "leader_lease": "seconds a leader's lease lasts; a follower takes over after it (default 15)",
     "advertise_url": "URL other replicas use to reach this one's API (default: the bound address)",
@@ -64,6 +67,8 @@ class Settings:
     log_store_limit: int = 20 << 30
     log_retention_days: float = 30.0
     gc_interval: float = 300.0
+    host_retention_days: float = 7.0
+    host_store_limit: int = 10 << 30
     leader_lease: float = 15.0
     advertise_url: str | None = None
     shared_dir: str | None = None

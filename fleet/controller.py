@@ -121,7 +121,7 @@ async def serve(settings: Settings, options: ServeOptions) -> None:
     lease.url = settings.advertise_url or url
     scheduler.fence = lambda: None if lease.held else _step_down()
     elector = asyncio.create_task(lead(lease, scheduler), name="fleet-leader")
-    collector = asyncio.create_task(collect_logs(scheduler, settings), name="fleet-gc")
+    collector = asyncio.create_task(collect_garbage(scheduler, settings), name="fleet-gc")
     log.info("fleet serving %s with %d hosts from %s", url, len(hosts), source)
     if options.local:
         write_private(settings.server_file, json.dumps({"url": url, "pid": os.getpid(),
@@ -149,9 +149,10 @@ async def serve(settings: Settings, options: ServeOptions) -> None:
         db.dispose()
 
 
-async def collect_logs(scheduler: Scheduler, settings: Settings) -> None:
-    """Log retention on the leader: every ``gc_interval``, and as soon as the store has grown by
-    an eighth of ``log_store_limit`` since the last pass (a flood of logs)."""
+async def collect_garbage(scheduler: Scheduler, settings: Settings) -> None:
+    """Retention on the leader. Logs: every ``gc_interval``, and as soon as the store has grown
+    by an eighth of ``log_store_limit`` since the last pass (a flood of logs). Hosts' attempt
+    directories (logs, results' raw files): every ``gc_interval``."""
     logs = scheduler.logs
     max_age = settings.log_retention_days * 86400
     last_pass, last_size = 0.0, logs.appended
@@ -166,9 +167,17 @@ async def collect_logs(scheduler: Scheduler, settings: Settings) -> None:
             removed, freed = logs.collect(max_age, settings.log_store_limit)
         except OSError as exc:
             log.warning("log retention failed: %s", exc)
-            continue
+            removed = freed = 0
         if removed:
             log.info("log retention removed %d ended attempts' logs (%d bytes)", removed, freed)
+        if not due:
+            continue
+        passes = await scheduler.gc_hosts(settings.host_retention_days * 86400,
+                                          settings.host_store_limit)
+        for host, (count, freed, left) in sorted(passes.items()):
+            if count:
+                log.info("attempt gc on %s removed %d ended attempt directories (%d bytes; %d "
+                         "left)", host, count, freed, left)
 
 
 def _step_down() -> None:

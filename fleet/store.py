@@ -294,6 +294,14 @@ class Store:
             return list(s.exec(select(Attempt).where(
                 col(Attempt.state).in_([AttemptState.STARTING.value, AttemptState.RUNNING.value]))).all())
 
+    def unfinished_attempts(self, host: str) -> list[str]:
+        """Attempts on ``host`` whose job has not ended: their directories stay on the host
+        (a lost attempt may still be followed again and its result taken)."""
+        terminal = [s.value for s in JobState if s.terminal]
+        with self.db.session() as s:
+            return list(s.exec(select(Attempt.id).join(Job, col(Job.id) == col(Attempt.job_id)).where(
+                Attempt.host == host, col(Job.state).not_in(terminal))).all())
+
     # ------------------------------------------------------------------ results
 
     def add_result(self, job: Job, attempt: Attempt, device_class: str, record: dict[str, Any]) -> None:

@@ -89,6 +89,82 @@ def _alive(pid):
         return True
 
 
+def _tree_bytes(path):
+    total = 0
+    for base, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(base, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def _group_alive(pgid):
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except OSError as exc:
+        return exc.errno == errno.EPERM
+
+
+def _attempt_ended_at(adir):
+    """When the attempt in ``adir`` ended, or None while anything of it may still run."""
+    try:
+        return os.stat(os.path.join(adir, "status.json")).st_mtime
+    except OSError:
+        pass
+    try:
+        with open(os.path.join(adir, "pid")) as fh:
+            spid = int(fh.read().strip() or 0)
+    except (OSError, ValueError):
+        spid = 0
+    pgid = (_read_json(os.path.join(adir, "proc.json")) or {}).get("pgid")
+    if (spid and _alive(spid)) or (pgid and _group_alive(pgid)):
+        return None
+    try:  # never finished (power cut, supervisor killed): its last sign of life
+        last = max(os.stat(os.path.join(adir, name)).st_mtime
+                   for name in ("", "log", "lease") if os.path.exists(os.path.join(adir, name)))
+    except (OSError, ValueError):
+        return None
+    # ...unless that is recent: another controller's agent may be launching it right now
+    return last if time.time() - last > 2 * NO_SUPERVISOR else None
+
+
+def gc_attempts(root, max_age, max_bytes, keep, now=None):
+    """Remove ended attempt directories under ``root``: those ended more than ``max_age``
+    seconds ago, then the oldest ended ones until the whole of ``root`` is at most ``max_bytes``.
+    Never an attempt in ``keep`` (the controller has not collected it yet) or one that may still
+    run. Returns ``(removed ids, bytes freed, bytes left)``."""
+    import shutil
+
+    now = time.time() if now is None else now
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return [], 0, 0
+    ended, total = [], 0
+    for name in names:
+        adir = os.path.join(root, name)
+        if not os.path.isdir(adir) or os.path.islink(adir):
+            continue
+        size = _tree_bytes(adir)
+        total += size
+        at = None if name in keep else _attempt_ended_at(adir)
+        if at is not None:
+            ended.append((at, name, size))
+    ended.sort()
+    removed, freed = [], 0
+    for at, name, size in ended:
+        if now - at <= max_age and total - freed <= max_bytes:
+            continue
+        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        if not os.path.exists(os.path.join(root, name)):
+            removed.append(name)
+            freed += size
+    return removed, freed, total - freed
+
+
 # ---------------------------------------------------------------- supervisor (detached)
 
 
@@ -298,8 +374,9 @@ class Agent:
 
     Requests: ``{"op": "launch", "id": A, ...payload}``, ``{"op": "follow", "id": A,
     "attempt_dir": D, "offset": N}``, ``{"op": "cancel", "id": A, "attempt_dir": D,
-    "grace": S}``. Frames: a JSON header line ``{"a": A, "t": TYPE, ...}``; a ``log`` header
-    has ``"n": N`` and N raw bytes follow. Types: log, started, attached, exit, lost, error.
+    "grace": S}``, ``{"op": "gc", "root": R, "max_age": S, "max_bytes": B, "keep": [A...]}``,
+    ``{"op": "ping"}``. Frames: a JSON header line ``{"a": A, "t": TYPE, ...}``; a ``log`` header
+    has ``"n": N`` and N raw bytes follow. Types: log, started, attached, exit, lost, error, pong, gc.
     When stdin closes the agent exits; the attempts it launched keep running.
     """
 
@@ -360,6 +437,11 @@ class Agent:
                 self.cancel(aid, os.path.expanduser(req["attempt_dir"]), float(req.get("grace", 10)), op)
             elif op == "ping":
                 self.frame(aid, "pong")
+            elif op == "gc":  # retention of ended attempt directories (and their raw files)
+                keep = set(req.get("keep") or ()) | set(self.follows)
+                removed, freed, left = gc_attempts(
+                    os.path.expanduser(req["root"]), float(req["max_age"]), int(req["max_bytes"]), keep)
+                self.frame(aid, "gc", removed=removed, freed=freed, left=left)
             else:
                 raise ValueError("unknown op %r" % op)
         except Exception as exc:

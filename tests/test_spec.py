@@ -24,6 +24,9 @@ def test_minimal_shell_job_defaults():
 def test_unknown_fields_are_errors_at_any_depth():
     assert errors_of("name: a\nrun: x\nrunn: y\n") == {"runn": "unknown field"}
     assert errors_of("name: a\nrun: x\nresources: {pol: rtx}\n") == {"resources.pol": "unknown field"}
+    # Names that pydantic also uses for union members are still named (found by hypothesis).
+    assert errors_of("name: a\nrun: x\nbool: 1\n") == {"bool": "unknown field"}
+    assert errors_of("name: a\nrun: x\nresources: {str: 1}\n") == {"resources.str": "unknown field"}
 
 
 @pytest.mark.parametrize(

@@ -84,6 +84,26 @@ class AgentChannel:
         finally:
             self.waiters.pop(ping_id, None)
 
+    async def gc(self, root: str, max_age: float, max_bytes: int, keep: list[str],
+                 timeout: float) -> dict[str, Any]:
+        """Retention of ended attempt directories under ``root`` (see ``gc_attempts`` in
+        runners/wrapper.py); returns ``{"removed": [ids], "freed": N, "left": N}``."""
+        if self.dead is not None:
+            raise HostLost(self.dead)
+        self._pings += 1
+        gc_id = f"gc-{self._pings}"
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self.waiters[gc_id] = _Waiter(None, future)
+        try:
+            self.send({"op": "gc", "id": gc_id, "root": root, "max_age": max_age,
+                       "max_bytes": max_bytes, "keep": keep})
+            outcome = await asyncio.wait_for(future, timeout)
+        except (TimeoutError, asyncio.TimeoutError):
+            raise HostLost(f"host {self.host_name}: attempt gc took over {timeout:g} s") from None
+        finally:
+            self.waiters.pop(gc_id, None)
+        return outcome.result or {}
+
     def send(self, request: dict[str, Any]) -> None:
         if self.dead is not None:
             raise HostLost(self.dead)
@@ -169,6 +189,8 @@ class AgentChannel:
                 result=header.get("result"), runner_error=header.get("error"),
                 started_at=st.get("started_at"), ended_at=st.get("ended_at"),
             ))
+        elif kind == "gc":
+            waiter.future.set_result(Outcome(exit_code=0, result=header))
         elif kind == "pong":
             waiter.future.set_result(Outcome(exit_code=0))
         elif kind == "lost":

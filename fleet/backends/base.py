@@ -126,6 +126,14 @@ class Backend(abc.ABC):
         """Stop attempts this controller gave up on (declared lost, retried elsewhere) in case
         they still run on a host that came back. Idempotent; quiet for attempts long gone."""
 
+    async def gc_attempts(self, host: Host, max_age: float, max_bytes: int, keep: list[str],
+                          timeout: float) -> tuple[int, int, int] | None:
+        """Retention on the host: remove ended attempt directories (logs, results' raw files)
+        older than ``max_age`` seconds, then the oldest until they take at most ``max_bytes``;
+        never those in ``keep``. Returns (removed, bytes freed, bytes left), or None when the
+        backend keeps nothing on hosts."""
+        return None
+
     @abc.abstractmethod
     async def close(self) -> None:
         """Close connections. Running attempts are left running on their hosts."""

@@ -128,6 +128,18 @@ class SSHBackend(Backend):
             agent.send({"op": "fence", "id": attempt_id,
                         "attempt_dir": self.attempt_dir(host, attempt_id), "grace": float(grace)})
 
+    async def gc_attempts(self, host: Host, max_age: float, max_bytes: int, keep: list[str],
+                          timeout: float) -> tuple[int, int, int] | None:
+        try:
+            async with asyncio.timeout(timeout):
+                transport = await self._transport(host)
+                await self._ensure_lib(transport, host)
+                agent = await self._agent(transport, host)
+            done = await agent.gc(join(host.workdir, "attempts"), max_age, max_bytes, keep, timeout)
+        except TimeoutError:
+            raise HostLost(f"host {host.name}: no answer within {timeout:g} s") from None
+        return len(done.get("removed") or ()), int(done.get("freed") or 0), int(done.get("left") or 0)
+
     async def close(self) -> None:
         for agent in self._agents.values():
             agent.close()

@@ -285,8 +285,12 @@ def format_validation_error(exc: ValidationError) -> list[tuple[str, str]]:
     errors: list[tuple[str, str, bool]] = []
     for err in exc.errors():
         # pydantic puts union member tags in the path; keep the user's field names only.
-        in_union = any(str(p) in _UNION_TAGS or "[" in str(p) for p in err["loc"])
-        loc = [_part(p) for p in err["loc"] if str(p) not in _UNION_TAGS and "[" not in str(p)]
+        # An unknown field's own name is the last step and is kept, even if it reads "bool".
+        path, own = (err["loc"][:-1], err["loc"][-1:]) if err["type"] == "extra_forbidden" \
+            else (err["loc"], ())
+        in_union = any(str(p) in _UNION_TAGS or "[" in str(p) for p in path)
+        loc = [_part(p) for p in path if str(p) not in _UNION_TAGS and "[" not in str(p)]
+        loc += [_part(p) for p in own]
         field = ".".join(loc)
         msg = err["msg"]
         if err["type"] == "extra_forbidden":

@@ -128,6 +128,23 @@ class HealthMixin:
         except BackendError as exc:
             log.warning("could not stop stale attempts on %s: %s", host.name, exc)
 
+    async def gc_hosts(self, max_age: float, max_bytes: int) -> dict[str, tuple[int, int, int]]:
+        """Retention of attempt directories on every good host (those in the middle of a check
+        or unreachable are left for the next pass). Returns (removed, freed, left) per host."""
+
+        async def one(host: Host) -> tuple[str, tuple[int, int, int] | None]:
+            keep = self.store.unfinished_attempts(host.name)
+            try:
+                return host.name, await self.backend.gc_attempts(
+                    host, max_age, max_bytes, keep, self.policy.check_timeout * 4)
+            except BackendError as exc:
+                log.warning("attempt gc on %s failed: %s", host.name, exc)
+                return host.name, None
+
+        hosts = [h for h in self.hosts.values() if self.health.get(h.name, Health.GOOD) is Health.GOOD]
+        done = await asyncio.gather(*(one(h) for h in hosts))
+        return {name: figures for name, figures in done if figures is not None}
+
     async def check_host(self, name: str) -> dict[str, Any]:
         """Operator: run a health check now. Returns the host's health afterwards."""
         self._host(name)
