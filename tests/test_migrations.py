@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from alembic import command
 from sqlalchemy import inspect, text
-from sqlmodel import SQLModel, select
+from sqlmodel import select
 
 from fleet import migrations
 from fleet.db import Database
@@ -30,7 +30,7 @@ from fleet.store import Store
 DUMP = Path(__file__).parent / "data" / "fleet-3c93149.sql"
 # The bootstrap token of the dump's admin (root), as fleet 0.1.0 wrote it to $FLEET_HOME/token.
 ROOT_TOKEN = "flt_5YfsByXDV1clWZMqZekqPFoSdwkIvSOGQ8oNpfT22no"
-TABLES = {"users", "tokens", "jobs", "attempts", "results", "hosts", "leases"}
+TABLES = {"users", "tokens", "jobs", "attempts", "results", "hosts", "leases", "artifacts"}
 
 
 @pytest.fixture
@@ -69,12 +69,10 @@ def test_every_revision_downgrades_and_upgrades_again(db: Database) -> None:
 def test_unversioned_database_is_stamped_and_upgraded(db: Database, made_by: str) -> None:
     """Tables but no alembic_version: 0.1.0's schema, or a development build's create_all (which
     already has the leases table): both are taken as 0001 and upgraded, rows kept."""
-    if made_by == "0.1.0":
-        migrations.upgrade(db.engine, migrations.BASELINE)
-        with db.engine.begin() as conn:
-            conn.execute(text("DROP TABLE alembic_version"))
-    else:
-        SQLModel.metadata.create_all(db.engine)
+    # The development builds' create_all made 0.1.0's tables and the leases table (= 0002).
+    migrations.upgrade(db.engine, migrations.BASELINE if made_by == "0.1.0" else "0002")
+    with db.engine.begin() as conn:
+        conn.execute(text("DROP TABLE alembic_version"))
     store = Store(db)
     store.create_user("old", is_admin=True)
     assert migrations.current(db.engine) is None
@@ -119,7 +117,7 @@ def _load_dump(path: Path) -> Counter[str]:
     conn = sqlite3.connect(path)
     conn.executescript(dump)
     conn.close()
-    return Counter(re.findall(r'^INSERT INTO "?(\w+)"?', dump, re.M))
+    return Counter(re.findall(r'^INSERT INTO "?(\w+)"?', dump, re.MULTILINE))
 
 
 def test_previous_release_database_upgrades_in_place_and_keeps_its_jobs(tmp_path: Path) -> None:

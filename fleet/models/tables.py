@@ -58,6 +58,9 @@ class Job(SQLModel, table=True):
     attempt_count: int = 0
     current_attempt: str | None = None
     why_json: str | None = Field(default=None, sa_column=Column(Text))
+    chain: str | None = Field(default=None, index=True, description="first job of its chain")
+    step: str | None = Field(default=None, description="its step's name in the chain")
+    after: str | None = Field(default=None, index=True, description="job it waits for")
 
 
 class Attempt(SQLModel, table=True):
@@ -94,6 +97,31 @@ class Result(SQLModel, table=True):
     device_class: str
     created_at: float
     record_json: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class Artifact(SQLModel, table=True):
+    """A file a job made (an engine, a HEF, an output), kept in the blob store by content.
+
+    ``key`` is the hash of what makes two artifacts interchangeable (for an engine: model
+    sha256, GPU or SM, TensorRT version, precision, shapes), ``key_json`` that basis itself."""
+
+    __tablename__ = "artifacts"
+    __table_args__ = (Index("ix_artifacts_user_id", "user", "id"),)
+    id: str = Field(primary_key=True)
+    name: str
+    kind: str = "file"
+    sha256: str = Field(index=True)
+    size: int
+    job_id: str = Field(index=True)
+    attempt_id: str
+    user: str
+    host: str
+    device_class: str
+    tool: str | None = None
+    tool_version: str | None = None
+    key: str | None = Field(default=None, index=True)
+    key_json: str | None = Field(default=None, sa_column=Column(Text))
+    created_at: float
 
 
 class HostStatus(SQLModel, table=True):
