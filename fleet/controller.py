@@ -100,7 +100,7 @@ async def serve(settings: Settings, options: ServeOptions) -> None:
                     recheck_interval=settings.health_recheck_interval,
                     attempt_lease=settings.attempt_lease)
     scheduler = Scheduler(store, hosts, backend, LogStore(settings.logs_dir, settings.log_cap), policy,
-                          SecretBox(settings.secret_key_file))
+                          SecretBox(settings.secret_key_file), blobs)
     lease = LeaderLease(db, make_holder(), None, settings.leader_lease)
     ctx = ApiContext(store, scheduler, blobs, lease)
     app = create_app(ctx)

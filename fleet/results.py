@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import cache
+from pathlib import Path
 from typing import Any
+
+from jsonschema import Draft202012Validator
 
 from fleet.inventory import Host
 
@@ -69,5 +73,47 @@ def complete_record(
     target.setdefault("arch", host.arch)
     record["target"] = target
     record.setdefault("tool", {"name": runner})
+    record.setdefault("metrics", {})
     record["comparison_key"] = comparison_key(record)
+    validate(record)
+    return record
+
+
+@cache
+def schema() -> dict[str, Any]:
+    """The JSON Schema of the result record (fleet/schemas/result.schema.json)."""
+    return json.loads((Path(__file__).parent / "schemas" / "result.schema.json").read_text())
+
+
+def validate(record: dict[str, Any]) -> None:
+    """Raise InvalidResult naming the first place where ``record`` breaks the schema."""
+    validator = Draft202012Validator(schema())
+    errors = sorted(validator.iter_errors(record), key=lambda e: list(e.absolute_path))
+    if errors:
+        err = errors[0]
+        where = ".".join(str(p) for p in err.absolute_path) or "(record)"
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise InvalidResult(f"result record: {where}: {err.message}{more}")
+
+
+def imported_record(partial: dict[str, Any], *, fmt: str, result_id: str, host: str,
+                    device_class: str, name: str | None, source: str | None) -> dict[str, Any]:
+    """A full record from a log parsed by hand (``fleet results import``)."""
+    record = {k: v for k, v in partial.items() if k in _SECTIONS}
+    record["schema_version"] = SCHEMA_VERSION
+    record["job_id"] = result_id
+    record["attempt_id"] = ""
+    record["matrix_run_id"] = None
+    record["invalid_reasons"] = []
+    record["status"] = "ok"
+    target = dict(record.get("target") or {})
+    target.update(host=host, device_class=device_class)
+    record["target"] = target
+    record.setdefault("tool", {"name": fmt})
+    record.setdefault("metrics", {})
+    if name:
+        record["model"] = dict(record.get("model") or {}, name=name)
+    record["raw"] = dict(record.get("raw") or {}, imported_from=source, format=fmt)
+    record["comparison_key"] = comparison_key(record)
+    validate(record)
     return record

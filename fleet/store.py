@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, update
+from sqlalchemy import bindparam, delete, func, insert, update
 from sqlmodel import col, select
 
 from fleet.db import Database
@@ -21,7 +21,7 @@ from fleet.errors import FleetError, NotFound
 from fleet.ids import new_id
 from fleet.models.enums import AttemptState, Health, JobState, Reason
 from fleet.models.spec import JobSpec
-from fleet.models.tables import Attempt, HostStatus, Job, Result, Token, User
+from fleet.models.tables import Artifact, Attempt, HostStatus, Job, Result, Token, User
 
 ACTIVE_JOB_STATES = [JobState.STARTING.value, JobState.RUNNING.value, JobState.CANCELLING.value]
 QUEUED_JOB_STATES = [JobState.PENDING.value, JobState.RETRYING.value]
@@ -128,9 +128,24 @@ class Store:
     def create_job(self, spec: JobSpec, user: str, queue: str) -> Job:
         return self.create_jobs([(spec, queue)], user)[0]
 
-    def create_jobs(self, specs: Sequence[tuple[JobSpec, str]], user: str) -> list[Job]:
-        """Insert PENDING jobs (spec, queue key) in one transaction: all or none."""
+    def create_jobs(self, specs: Sequence[tuple[JobSpec, str]], user: str,
+                    links: Sequence[dict[str, Any] | None] | None = None) -> list[Job]:
+        """Insert PENDING jobs (spec, queue key) in one transaction: all or none.
+
+        ``links[i]`` puts job i in a chain: ``{"step": NAME, "after": INDEX or None}`` (INDEX:
+        an earlier job of this batch; the chain is named by its first job), or ``{"after_id":
+        JOB}`` for a job that waits for an existing one."""
         jobs = [self._new_job(spec, user, queue) for spec, queue in specs]
+        for job, link in zip(jobs, links or [None] * len(jobs), strict=True):
+            if not link:
+                continue
+            if link.get("after_id"):
+                job.after = link["after_id"]
+                continue
+            job.step = link["step"]
+            before = link.get("after")
+            job.after = jobs[before].id if before is not None else None
+            job.chain = jobs[link["first"]].id
         with self.db.write() as conn:
             conn.execute(insert(_JOBS), [job.model_dump() for job in jobs])
         return jobs
@@ -199,6 +214,16 @@ class Store:
     def queued_jobs(self) -> list[Job]:
         with self.db.session() as s:
             return list(s.exec(select(Job).where(col(Job.state).in_(QUEUED_JOB_STATES)).order_by(Job.id)).all())
+
+    def dependents(self, job_id: str) -> list[Job]:
+        """Unfinished jobs that wait for ``job_id``."""
+        with self.db.session() as s:
+            return list(s.exec(select(Job).where(Job.after == job_id, Job.state == JobState.PENDING.value)
+                               .order_by(Job.id)).all())
+
+    def chain_jobs(self, chain: str) -> list[Job]:
+        with self.db.session() as s:
+            return list(s.exec(select(Job).where(Job.chain == chain).order_by(Job.id)).all())
 
     def pending_job_ids(self) -> list[str]:
         """Ids of PENDING jobs (cheap: the (state, created_at) index, ids only)."""
@@ -271,15 +296,18 @@ class Store:
 
     def finish(
         self, attempt_id: str, attempt_values: dict[str, Any], job_id: str, job_values: dict[str, Any],
-        result: dict[str, Any] | None = None,
+        result: dict[str, Any] | None = None, artifacts: Sequence[dict[str, Any]] = (),
     ) -> None:
-        """End an attempt, move its job on and store its result, in one transaction."""
+        """End an attempt, move its job on and store its result and artifacts, in one
+        transaction."""
         job_values = dict(job_values, updated_at=time.time())
         with self.db.write() as s:
             s.execute(_update(_ATTEMPTS, tuple(sorted(attempt_values))), dict(attempt_values, _id=attempt_id))
             s.execute(_update(_JOBS, tuple(sorted(job_values))), dict(job_values, _id=job_id))
             if result is not None:
                 s.execute(insert(_RESULTS), dict(result, created_at=time.time()))
+            if artifacts:
+                s.execute(insert(Artifact), list(artifacts))
 
     def attempts(self, job_id: str) -> list[Attempt]:
         with self.db.session() as s:
@@ -302,6 +330,58 @@ class Store:
             return list(s.exec(select(Attempt.id).join(Job, col(Job.id) == col(Attempt.job_id)).where(
                 Attempt.host == host, col(Job.state).not_in(terminal))).all())
 
+    # ------------------------------------------------------------------ artifacts
+
+    def list_artifacts(self, owner: str | None, *, job_id: str | None = None, kind: str | None = None,
+                       key: str | None = None, limit: int = 50, before: str | None = None) -> list[Artifact]:
+        """Newest first; ``owner`` None: everyone's (admins)."""
+        q = select(Artifact)
+        if owner is not None:
+            q = q.where(Artifact.user == owner)
+        if job_id is not None:
+            q = q.where(Artifact.job_id == job_id)
+        if kind is not None:
+            q = q.where(Artifact.kind == kind)
+        if key is not None:
+            q = q.where(Artifact.key == key)
+        if before is not None:
+            q = q.where(col(Artifact.id) < before)
+        with self.db.session() as s:
+            return list(s.exec(q.order_by(col(Artifact.id).desc()).limit(limit)).all())
+
+    def get_artifact(self, artifact_id: str) -> Artifact:
+        with self.db.session() as s:
+            art = s.get(Artifact, artifact_id)
+        if art is None:
+            raise NotFound(f"no artifact {artifact_id}")
+        return art
+
+    def delete_artifacts(self, ids: Sequence[str]) -> list[str]:
+        """Remove artifact rows; returns the sha256 of content no remaining artifact uses."""
+        if not ids:
+            return []
+        with self.db.write() as conn:
+            shas = set(conn.execute(select(Artifact.sha256).where(col(Artifact.id).in_(list(ids)))).scalars())
+            conn.execute(delete(Artifact).where(col(Artifact.id).in_(list(ids))))
+            still = set(conn.execute(
+                select(Artifact.sha256).where(col(Artifact.sha256).in_(list(shas)))).scalars())
+        return sorted(shas - still)
+
+    def blob_in_use(self, sha256: str) -> bool:
+        """Whether an unfinished job's spec refers to this content (as an input)."""
+        with self.db.session() as s:
+            return s.exec(select(Job.id).where(
+                col(Job.state).not_in([s.value for s in JobState if s.terminal]),
+                col(Job.spec_json).contains(sha256)).limit(1)).first() is not None
+
+    def expired_artifacts(self, before: float, limit: int = 1000) -> list[str]:
+        """Artifacts made before ``before`` whose job no unfinished job waits for."""
+        waiting = select(Job.after).where(col(Job.after).is_not(None),
+                                          col(Job.state).not_in([s.value for s in JobState if s.terminal]))
+        with self.db.session() as s:
+            return list(s.exec(select(Artifact.id).where(
+                Artifact.created_at < before, col(Artifact.job_id).not_in(waiting)).limit(limit)).all())
+
     # ------------------------------------------------------------------ results
 
     def add_result(self, job: Job, attempt: Attempt, device_class: str, record: dict[str, Any]) -> None:
@@ -311,6 +391,16 @@ class Store:
                 host=attempt.host, device_class=device_class, created_at=time.time(),
                 record_json=json.dumps(record),
             ))
+
+    def import_result(self, result_id: str, user: str, runner: str, host: str, device_class: str,
+                      record: dict[str, Any]) -> Result:
+        """Store a record parsed from a log someone captured by hand (no job behind it)."""
+        row = dict(job_id=result_id, attempt_id="", user=user, runner=runner, host=host,
+                   device_class=device_class, created_at=time.time(), record_json=json.dumps(record))
+        with self.db.write() as conn:
+            conn.execute(insert(_RESULTS), row)
+        with self.db.session() as s:
+            return s.exec(select(Result).where(Result.job_id == result_id)).one()
 
     def result_for(self, job_id: str) -> dict[str, Any] | None:
         with self.db.session() as s:

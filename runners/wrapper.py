@@ -165,6 +165,51 @@ def gc_attempts(root, max_age, max_bytes, keep, now=None):
     return removed, freed, total - freed
 
 
+MAX_OUTPUTS = 1000
+
+
+def _sha256_file(path):
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def collect_outputs(adir, globs, result):
+    """The files an ended attempt hands to the controller: its ``outputs`` globs and the
+    artifact its runner declared in result.json. Regular files inside the attempt directory
+    only (no links: inputs are links into the cache). Returns ``(files, problem)`` where
+    files are ``{"path", "size", "sha256"}`` and problem says what was refused or missing."""
+    import glob as globmod
+
+    wanted, problems = [], []
+    for pattern in globs or []:
+        matches = sorted(globmod.glob(os.path.join(adir, pattern), recursive=True))
+        if not matches:
+            problems.append("output %r matched no file" % pattern)
+        wanted += matches
+    artifact = (result or {}).get("artifact") if isinstance(result, dict) else None
+    if isinstance(artifact, dict) and isinstance(artifact.get("path"), str):
+        if _inside(adir, artifact["path"]):
+            wanted.append(os.path.join(adir, artifact["path"]))
+        else:
+            problems.append("artifact path %r leaves the attempt directory" % artifact["path"])
+    files, seen = [], set()
+    for path in wanted:
+        rel = os.path.relpath(path, adir)
+        if rel in seen or os.path.islink(path) or not os.path.isfile(path) or not _inside(adir, rel):
+            continue
+        seen.add(rel)
+        if len(files) >= MAX_OUTPUTS:
+            problems.append("more than %d output files; the rest were not collected" % MAX_OUTPUTS)
+            break
+        files.append({"path": rel, "size": os.path.getsize(path), "sha256": _sha256_file(path)})
+    return files, "; ".join(problems) or None
+
+
 # ---------------------------------------------------------------- supervisor (detached)
 
 
@@ -517,10 +562,15 @@ class Agent:
         self.drain(follow)
         status_path = os.path.join(follow.adir, "status.json")
         status = _read_json(status_path) or {}
-        self.frame(follow.aid, "exit", status=status,
-                   result=_read_json(os.path.join(follow.adir, "result.json")),
+        result = _read_json(os.path.join(follow.adir, "result.json"))
+        job = _read_json(os.path.join(follow.adir, "job.json")) or {}
+        try:
+            outputs, problem = collect_outputs(follow.adir, job.get("outputs"), result)
+        except OSError as exc:
+            outputs, problem = [], "outputs: %s" % exc
+        self.frame(follow.aid, "exit", status=status, result=result,
                    error=_read_json(os.path.join(follow.adir, "error.json")),
-                   log_size=follow.offset)
+                   log_size=follow.offset, outputs=outputs, outputs_problem=problem)
         if follow.fh is not None:
             follow.fh.close()
         self.follows.pop(follow.aid, None)

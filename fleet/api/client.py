@@ -11,6 +11,8 @@ from urllib.parse import quote
 import httpx
 
 from fleet.api.schemas import (
+    ArtifactOut,
+    ArtifactPage,
     CancelOut,
     HostCheckOut,
     HostOut,
@@ -18,6 +20,7 @@ from fleet.api.schemas import (
     JobOut,
     JobPage,
     PoolOut,
+    ResultOut,
     ResultPage,
     TokenOut,
     UserOut,
@@ -133,6 +136,37 @@ class Client:
 
     def results(self, limit: int = 50, before: int | None = None) -> ResultPage:
         return ResultPage.model_validate(self._get("/results", limit=limit, before=before))
+
+    def import_result(self, fmt: str, text: str, *, host: str | None = None,
+                      device_class: str | None = None, name: str | None = None,
+                      source: str | None = None) -> ResultOut:
+        body = {"format": fmt, "text": text, "host": host, "device_class": device_class,
+                "name": name, "source": source}
+        return ResultOut.model_validate(self._post("/results/import", body))
+
+    def artifacts(self, *, job: str | None = None, kind: str | None = None, key: str | None = None,
+                  limit: int = 50, before: str | None = None) -> ArtifactPage:
+        return ArtifactPage.model_validate(self._get("/artifacts", job=job, kind=kind, key=key,
+                                                     limit=limit, before=before))
+
+    def artifact(self, artifact_id: str) -> ArtifactOut:
+        return ArtifactOut.model_validate(self._get(f"/artifacts/{quote(artifact_id, safe='')}"))
+
+    def download_artifact(self, artifact_id: str, dest: Any) -> int:
+        """Stream an artifact's content into the open binary file ``dest``; returns bytes."""
+        size = 0
+        with self.http.stream("GET", f"/artifacts/{quote(artifact_id, safe='')}/content") as resp:
+            if resp.status_code >= 400:
+                resp.read()
+                self._check(resp)
+            for chunk in resp.iter_bytes(1 << 20):
+                dest.write(chunk)
+                size += len(chunk)
+        return size
+
+    def delete_artifact(self, artifact_id: str) -> ArtifactOut:
+        resp = self.http.delete(f"/artifacts/{quote(artifact_id, safe='')}")
+        return ArtifactOut.model_validate(self._check(resp).json())
 
     # ------------------------------------------------------------------ hosts, users
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field
 
@@ -35,6 +35,31 @@ class AttemptOut(BaseModel):
                    started_at=iso(a.started_at), ended_at=iso(a.ended_at), log_bytes=a.log_bytes)
 
 
+class ArtifactOut(BaseModel):
+    id: str
+    name: str
+    kind: str
+    sha256: str
+    size: int
+    job_id: str
+    attempt_id: str
+    user: str
+    host: str
+    device_class: str
+    tool: str | None
+    tool_version: str | None
+    key: str | None
+    key_basis: dict[str, Any] | None
+    created_at: str | None
+
+    @classmethod
+    def of(cls, a: Any) -> ArtifactOut:
+        return cls(id=a.id, name=a.name, kind=a.kind, sha256=a.sha256, size=a.size, job_id=a.job_id,
+                   attempt_id=a.attempt_id, user=a.user, host=a.host, device_class=a.device_class,
+                   tool=a.tool, tool_version=a.tool_version, key=a.key,
+                   key_basis=json.loads(a.key_json) if a.key_json else None, created_at=iso(a.created_at))
+
+
 class JobOut(BaseModel):
     id: str
     name: str
@@ -55,6 +80,9 @@ class JobOut(BaseModel):
     created_ts: float
     started_ts: float | None
     ended_ts: float | None
+    chain: str | None = Field(None, description="the first job of its chain (pipelines)")
+    step: str | None = Field(None, description="its step's name in the chain")
+    after: str | None = Field(None, description="the job it waits for")
 
     @classmethod
     def of(cls, j: Job) -> JobOut:
@@ -63,22 +91,27 @@ class JobOut(BaseModel):
                    message=j.message, host=j.host, attempts=j.attempt_count,
                    created_at=iso(j.created_at), started_at=iso(j.started_at),
                    ended_at=iso(j.ended_at), created_ts=j.created_at, started_ts=j.started_at,
-                   ended_ts=j.ended_at)
+                   ended_ts=j.ended_at, chain=j.chain, step=j.step, after=j.after)
 
 
 class JobDetail(JobOut):
     spec: dict[str, Any]
     attempt_list: list[AttemptOut] = Field(default_factory=list)
     result: dict[str, Any] | None = None
+    chain_jobs: list[JobOut] = Field(default_factory=list, description="every step of its chain")
+    artifacts: list[ArtifactOut] = Field(default_factory=list)
 
     @classmethod
-    def build(cls, j: Job, attempts: list[Attempt], result: dict[str, Any] | None) -> JobDetail:
+    def build(cls, j: Job, attempts: list[Attempt], result: dict[str, Any] | None,
+              chain: list[Job] | None = None, artifacts: list[Any] | None = None) -> JobDetail:
         base = JobOut.of(j).model_dump()
         spec = json.loads(j.spec_json)
         for key, value in list((spec.get("envs") or {}).items()):
             if isinstance(value, dict) and value.get("secret"):
                 spec["envs"][key] = {"value": "***", "secret": True}
-        return cls(**base, spec=spec, attempt_list=[AttemptOut.of(a) for a in attempts], result=result)
+        return cls(**base, spec=spec, attempt_list=[AttemptOut.of(a) for a in attempts], result=result,
+                   chain_jobs=[JobOut.of(c) for c in chain or []],
+                   artifacts=[ArtifactOut.of(a) for a in artifacts or []])
 
 
 class JobPage(BaseModel):
@@ -96,6 +129,22 @@ class ResultOut(BaseModel):
     device_class: str
     created_at: str | None
     record: dict[str, Any]
+
+
+class ArtifactPage(BaseModel):
+    items: list[ArtifactOut]
+    next: str | None = None
+
+
+class ResultImportIn(BaseModel):
+    """A log captured by hand, to parse into a result record."""
+
+    format: Literal["trtexec", "hailortcli", "tegrastats", "ort-perf"]
+    text: str = Field(max_length=16 << 20, description="the tool's output as printed")
+    host: str | None = Field(None, max_length=200, description="the host it ran on (default: manual)")
+    device_class: str | None = Field(None, max_length=200, description="e.g. aarch64/jetson-orin-nano")
+    name: str | None = Field(None, max_length=200, description="model or run name")
+    source: str | None = Field(None, max_length=1000, description="where the text came from (a file name)")
 
 
 class ResultPage(BaseModel):

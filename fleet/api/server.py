@@ -17,13 +17,15 @@ import httpx
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from fleet import __version__
 from fleet.api.schemas import (
+    ArtifactOut,
+    ArtifactPage,
     CancelOut,
     ErrorOut,
     HostCheckOut,
@@ -32,6 +34,7 @@ from fleet.api.schemas import (
     JobOut,
     JobPage,
     PoolOut,
+    ResultImportIn,
     ResultOut,
     ResultPage,
     TokenIn,
@@ -43,11 +46,14 @@ from fleet.api.schemas import (
 )
 from fleet.blobs import BlobStore
 from fleet.errors import FleetError, NotFound, SpecError
+from fleet.ids import new_id
 from fleet.leader import LeaderLease
 from fleet.logstore import COLLECTED
 from fleet.models.enums import Health, JobState
-from fleet.models.spec import SHA256_RE, validate_spec
+from fleet.models.spec import SHA256_RE, InputRef, JobSpec, expand_steps, validate_spec
 from fleet.models.tables import Job, User
+from fleet.results import InvalidResult, imported_record
+from fleet.scheduler.artifacts import artifact_input
 from fleet.scheduler.loop import Scheduler
 from fleet.store import Store
 
@@ -294,7 +300,9 @@ def create_app(ctx: ApiContext) -> FastAPI:
         return JobPage(items=[JobOut.of(j) for j in rows], next=rows[-1].id if more else None)
 
     def detail(job: Job) -> JobDetail:
-        return JobDetail.build(job, ctx.store.attempts(job.id), ctx.store.result_for(job.id))
+        return JobDetail.build(job, ctx.store.attempts(job.id), ctx.store.result_for(job.id),
+                               ctx.store.chain_jobs(job.chain) if job.chain else None,
+                               ctx.store.list_artifacts(None, job_id=job.id, limit=100))
 
     @app.get("/jobs/{job_id}", tags=["jobs"])
     async def get_job(job_id: str, user: UserDep) -> JobDetail:
@@ -358,6 +366,71 @@ def create_app(ctx: ApiContext) -> FastAPI:
             for r in rows
         ]
         return ResultPage(items=items, next=items[-1].id if more else None)
+
+    @app.post("/results/import", tags=["results"], status_code=201,
+              responses={422: {"model": ErrorOut, "description": "nothing of that format in the text"}})
+    async def results_import(body: ResultImportIn, user: UserDep) -> ResultOut:
+        from fleet_runners.devtools import importers  # parsers shared with the runners
+
+        try:
+            partial = importers.parse_file(body.format, body.text)
+        except ValueError as exc:
+            raise HTTPException(422, f"cannot import {body.source or 'the text'}: {exc}") from None
+        result_id = new_id("imp")
+        host, device_class = body.host or "manual", body.device_class or "unknown"
+        try:
+            record = imported_record(partial, fmt=body.format, result_id=result_id, host=host,
+                                     device_class=device_class, name=body.name, source=body.source)
+        except InvalidResult as exc:
+            raise HTTPException(422, f"cannot import {body.source or 'the text'}: {exc}") from None
+        row = ctx.store.import_result(result_id, user.name, f"import:{body.format}", host, device_class, record)
+        return ResultOut(id=row.id or 0, job_id=row.job_id, attempt_id=row.attempt_id, user=row.user,
+                         runner=row.runner, host=row.host, device_class=row.device_class,
+                         created_at=iso(row.created_at), record=record)
+
+    # ------------------------------------------------------------------ artifacts
+
+    def visible_artifact(artifact_id: str, user: User) -> Any:
+        art = ctx.store.get_artifact(artifact_id)
+        if not user.is_admin and art.user != user.name:
+            raise NotFound(f"no artifact {artifact_id}")
+        return art
+
+    @app.get("/artifacts", tags=["artifacts"])
+    async def artifacts(
+        user: UserDep,
+        job: Annotated[str | None, Query(max_length=64)] = None,
+        kind: Annotated[str | None, Query(max_length=64)] = None,
+        key: Annotated[str | None, Query(max_length=64)] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+        before: Annotated[str | None, Query(max_length=64)] = None,
+    ) -> ArtifactPage:
+        job_id = visible_job(job, user).id if job else None
+        rows = ctx.store.list_artifacts(None if user.is_admin else user.name, job_id=job_id,
+                                        kind=kind, key=key, limit=limit + 1, before=before)
+        items = [ArtifactOut.of(a) for a in rows[:limit]]
+        return ArtifactPage(items=items, next=items[-1].id if len(rows) > limit else None)
+
+    @app.get("/artifacts/{artifact_id}", tags=["artifacts"])
+    async def artifact(artifact_id: Annotated[str, Path(max_length=64)], user: UserDep) -> ArtifactOut:
+        return ArtifactOut.of(visible_artifact(artifact_id, user))
+
+    @app.get("/artifacts/{artifact_id}/content", tags=["artifacts"], response_class=FileResponse,
+             responses={200: {"content": {"application/octet-stream": {}}}, 404: {"model": ErrorOut}})
+    async def artifact_content(artifact_id: Annotated[str, Path(max_length=64)], user: UserDep) -> FileResponse:
+        art = visible_artifact(artifact_id, user)
+        path = ctx.blobs.path(art.sha256)
+        if not path.is_file():
+            raise NotFound(f"artifact {artifact_id}: its content ({art.sha256[:12]}) is gone from the store")
+        return FileResponse(path, media_type="application/octet-stream", filename=art.name)
+
+    @app.delete("/artifacts/{artifact_id}", tags=["artifacts"])
+    async def artifact_delete(artifact_id: Annotated[str, Path(max_length=64)], user: UserDep) -> ArtifactOut:
+        art = visible_artifact(artifact_id, user)
+        for sha in ctx.store.delete_artifacts([art.id]):
+            if not ctx.store.blob_in_use(sha):  # an unfinished job may still have it as input
+                ctx.blobs.path(sha).unlink(missing_ok=True)
+        return ArtifactOut.of(art)
 
     # ------------------------------------------------------------------ hosts and pools
 
@@ -519,31 +592,83 @@ class BatchIn(BaseModel):
 
 
 def _submit_many(ctx: ApiContext, bodies: list[dict[str, Any]], user: User) -> list[JobOut]:
-    """Validate every spec, then queue them all in one transaction. Raises SpecError."""
-    accepted = []
+    """Validate every spec (a chain's steps each become a job), then queue them all in one
+    transaction. Raises SpecError."""
+    accepted: list[tuple[JobSpec, str]] = []
+    links: list[dict[str, Any] | None] = []
     errors: list[tuple[str, str]] = []
     for i, body in enumerate(bodies):
         prefix = f"jobs[{i}]." if len(bodies) > 1 else ""
         try:
             spec = validate_spec(body)
-            missing = [
-                (f"inputs.{name}", f"blob {blob.sha256[:12]} of {rel} is not uploaded")
-                for name, ref in spec.uploaded().items()
-                for rel, blob in ref.files.items()
-                if not ctx.blobs.has(blob.sha256)
-            ]
-            if missing:
-                raise SpecError(missing)
-            key = ctx.scheduler.demand_for(spec).key
-            accepted.append((ctx.scheduler.secrets.seal_spec(spec), key))  # never stored in clear
+            if spec.steps is not None:
+                steps = expand_steps(spec, body)
+                first, names = len(accepted), {}
+                for k, (step, step_spec, after) in enumerate(steps):
+                    try:
+                        accepted.append(_accept(ctx, step_spec, user))
+                    except SpecError as exc:
+                        raise SpecError([(f"steps[{k}].{f}" if f else f"steps[{k}]", m)
+                                         for f, m in exc.errors]) from None
+                    names[step] = len(accepted) - 1
+                    links.append({"step": step, "first": first,
+                                  "after": names[after] if after is not None else None})
+            else:
+                accepted.append(_accept(ctx, spec, user))
+                waits = {ref.job for ref in spec.refs().values() if ref.job}
+                if len(waits) > 1:
+                    raise SpecError([("inputs", "a job takes artifacts from one other job")])
+                if any(ref.step for ref in spec.refs().values()):
+                    raise SpecError([("inputs", "{step: ...} inputs are for chains (steps:)")])
+                links.append({"after_id": _visible_job(ctx, next(iter(waits)), user).id} if waits else None)
         except SpecError as exc:
             errors.extend((prefix + f if f else prefix.rstrip("."), p) for f, p in exc.errors)
     if errors:
         raise SpecError(errors)
-    jobs = ctx.store.create_jobs(accepted, user.name)
+    jobs = ctx.store.create_jobs(accepted, user.name, links)
     for job, (spec, _key) in zip(jobs, accepted, strict=True):
         ctx.scheduler.submit(job, spec)
     return [JobOut.of(job) for job in jobs]
+
+
+def _visible_job(ctx: ApiContext, job_id: str, user: User) -> Job:
+    try:
+        job = ctx.store.get_job(job_id)
+    except NotFound:
+        job = None
+    if job is None or (not user.is_admin and job.user != user.name):
+        raise SpecError([("inputs", f"no job {job_id}")])
+    return job
+
+
+def _accept(ctx: ApiContext, spec: JobSpec, user: User) -> tuple[JobSpec, str]:
+    """Check one job spec's inputs and demand; resolve ``{artifact: ID}`` inputs now; seal
+    its secrets. Returns (spec, queue key). Raises SpecError."""
+    resolved = {}
+    for name, ref in spec.refs().items():
+        if ref.job or ref.step:
+            continue
+        try:
+            art = ctx.store.get_artifact(ref.artifact or "")
+        except NotFound:
+            art = None
+        if art is None or (not user.is_admin and art.user != user.name):
+            raise SpecError([(f"inputs.{name}", f"no artifact {ref.artifact}")])
+        resolved[name] = artifact_input(art)
+    if resolved:
+        spec = spec.model_copy(update={"inputs": {**spec.inputs, **resolved}})
+    missing = [
+        (f"inputs.{name}", f"blob {blob.sha256[:12]} of {rel} is not uploaded")
+        for name, ref in spec.inputs.items() if isinstance(ref, InputRef)
+        for rel, blob in ref.files.items()
+        if not ctx.blobs.has(blob.sha256)
+    ]
+    local = [(f"inputs.{k}", "not uploaded (submit it through the CLI)")
+             for k, v in spec.inputs.items() if isinstance(v, str)]
+    if missing or local:
+        raise SpecError(local + missing)
+    key = ctx.scheduler.demand_for(spec).key
+    return ctx.scheduler.secrets.seal_spec(spec), key  # never stored in clear
 
 
 def _safe(text: str) -> str:

@@ -188,6 +188,7 @@ class AgentChannel:
                 phase=st.get("phase") or "run", error=st.get("error"), fenced=bool(st.get("fenced")),
                 result=header.get("result"), runner_error=header.get("error"),
                 started_at=st.get("started_at"), ended_at=st.get("ended_at"),
+                outputs=list(header.get("outputs") or []), outputs_problem=header.get("outputs_problem"),
             ))
         elif kind == "gc":
             waiter.future.set_result(Outcome(exit_code=0, result=header))

@@ -10,6 +10,7 @@ also how ``reattach`` works.
 from __future__ import annotations
 
 import abc
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -86,6 +87,8 @@ class Outcome:
     ended_at: float | None = None
     lost: str | None = None  # set when the supervisor vanished without a status
     fenced: bool = False  # the job stopped itself: its attempt lease ran out (controller gone)
+    outputs: list[dict[str, Any]] = field(default_factory=list)  # {path, size, sha256} to collect
+    outputs_problem: str | None = None  # an output glob that matched nothing, a refused path
 
 
 class AttemptSink(Protocol):
@@ -125,6 +128,11 @@ class Backend(abc.ABC):
     async def kill_stale(self, host: Host, attempt_ids: list[str], grace: float) -> None:
         """Stop attempts this controller gave up on (declared lost, retried elsewhere) in case
         they still run on a host that came back. Idempotent; quiet for attempts long gone."""
+
+    async def fetch(self, plan: AttemptPlan, rel_path: str, dest: Path, size: int = 0) -> None:
+        """Copy a file of the ended attempt (``rel_path`` inside its directory) to ``dest``.
+        Raises HostLost if the host goes away, BackendError if the file cannot be read."""
+        raise BackendError(f"backend {self.name} cannot collect outputs")
 
     async def gc_attempts(self, host: Host, max_age: float, max_bytes: int, keep: list[str],
                           timeout: float) -> tuple[int, int, int] | None:

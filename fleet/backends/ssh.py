@@ -128,6 +128,26 @@ class SSHBackend(Backend):
             agent.send({"op": "fence", "id": attempt_id,
                         "attempt_dir": self.attempt_dir(host, attempt_id), "grace": float(grace)})
 
+    async def fetch(self, plan: AttemptPlan, rel_path: str, dest: Path, size: int = 0) -> None:
+        host = plan.host
+        src = sh_path(join(self.attempt_dir(host, plan.attempt_id), rel_path))
+        transport = await self._transport(host)
+        tmp = dest.with_name(f".{dest.name}.{plan.attempt_id}.part")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        err = bytearray()
+        with tmp.open("wb") as fh:
+            try:
+                code = await self._exec(host, transport, f"cat {src}", on_stdout=fh.write,
+                                        on_stderr=err.extend, transfer=size)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+        if code != 0:
+            tmp.unlink(missing_ok=True)
+            raise BackendError(f"host {host.name}: cannot read {rel_path} of attempt "
+                               f"{plan.attempt_id}: {err.decode(errors='replace').strip() or code}")
+        tmp.replace(dest)
+
     async def gc_attempts(self, host: Host, max_age: float, max_bytes: int, keep: list[str],
                           timeout: float) -> tuple[int, int, int] | None:
         try:
@@ -237,10 +257,11 @@ class SSHBackend(Backend):
             known.update(wanted)
 
     async def _exec(self, host: Host, transport: Transport, command: str, *,
-                    stdin: bytes | None = None, **callbacks: Any) -> int:
-        """One of fleet's own commands, bounded by ``command_timeout`` (plus 1 s per MiB sent):
-        a host that stops answering mid-command is lost, not waited on forever."""
-        limit = self.pool.options.command_timeout + (len(stdin) / (1 << 20) if stdin else 0)
+                    stdin: bytes | None = None, transfer: int = 0, **callbacks: Any) -> int:
+        """One of fleet's own commands, bounded by ``command_timeout`` (plus 1 s per MiB sent or
+        expected back): a host that stops answering mid-command is lost, not waited on forever."""
+        moved = (len(stdin) if stdin else 0) + transfer
+        limit = self.pool.options.command_timeout + moved / (1 << 20)
         try:
             async with asyncio.timeout(limit):
                 return await transport.exec(command, stdin=stdin, **callbacks)

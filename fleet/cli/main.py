@@ -213,6 +213,9 @@ def _load_spec_file(client: Client | None, file: Path) -> dict[str, Any]:
         raise SpecError(exc.errors, str(file)) from None
     if client is not None:
         _upload_inputs(client, data, file.parent)
+        for step in data.get("steps") or []:
+            if isinstance(step, dict):
+                _upload_inputs(client, step, file.parent)
     return data
 
 
@@ -232,7 +235,9 @@ def submit(obj: Ctx, files: tuple[Path, ...], wait: bool, follow: bool, as_json:
     client = obj.client
     specs = [_load_spec_file(client, file) for file in files]
     try:
-        jobs = [client.submit(specs[0])] if len(specs) == 1 else client.submit_many(specs)
+        # A chain (steps:) becomes one job per step: the batch route returns them all.
+        single = len(specs) == 1 and not specs[0].get("steps")
+        jobs = [client.submit(specs[0])] if single else client.submit_many(specs)
     except ApiError as exc:
         where = str(files[0]) if len(files) == 1 else "batch"
         raise ApiError(exc.status, f"{where}: {exc}") from None
@@ -383,13 +388,16 @@ def why(obj: Ctx, job_id: str, as_json: bool) -> None:
             click.echo(f"  {host}: {reason}")
 
 
-@cli.command()
+@cli.group(invoke_without_command=True)
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--json", "as_json", is_flag=True)
-@pass_ctx
+@click.pass_context
 @handle_errors
-def results(obj: Ctx, limit: int, as_json: bool) -> None:
-    """List result records, newest first."""
+def results(ctx: click.Context, limit: int, as_json: bool) -> None:
+    """List result records, newest first (``fleet results import`` adds one by hand)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    obj: Ctx = ctx.obj
     page = obj.client.results(limit=limit)
     if as_json:
         click.echo(render.dump(page))
@@ -401,10 +409,116 @@ def results(obj: Ctx, limit: int, as_json: bool) -> None:
     for r in page.items:
         m = r.record.get("metrics") or {}
         lat = m.get("latency_ms") or {}
-        fmt = lambda v: f"{v:.3f}" if isinstance(v, (int, float)) else "-"  # noqa: E731
+        fmt = lambda v: f"{v:.3f}" if isinstance(v, (int, float)) else "-"
         rows.append([r.job_id, r.host, r.device_class, r.runner, fmt(lat.get("mean")), fmt(lat.get("p99")),
                      fmt(m.get("throughput_per_s")), r.created_at or ""])
     click.echo(render.table(rows, ["JOB", "HOST", "DEVICE", "RUNNER", "MEAN_MS", "P99_MS", "PER_S", "WHEN"]))
+
+
+@results.command("import")
+@click.option("--format", "fmt", required=True, type=click.Choice(["trtexec", "hailortcli", "tegrastats", "ort-perf"]),
+              help="what tool printed the file")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path, allow_dash=True))
+@click.option("--host", default=None, help="the host it ran on (default: manual)")
+@click.option("--device-class", default=None, help="e.g. aarch64/jetson-orin-nano")
+@click.option("--name", default=None, help="model or run name to record")
+@click.option("--json", "as_json", is_flag=True, help="print the stored record")
+@pass_ctx
+@handle_errors
+def results_import(obj: Ctx, fmt: str, file: Path, host: str | None, device_class: str | None,
+                   name: str | None, as_json: bool) -> None:
+    """Parse a log captured by hand (trtexec, hailortcli, tegrastats, onnxruntime_perf_test)
+    into the result schema and store it."""
+    try:
+        text = sys.stdin.read() if str(file) == "-" else file.read_text(errors="replace")
+    except OSError as exc:
+        raise FleetError(f"{file}: {exc.strerror or exc}") from None
+    out = obj.client.import_result(fmt, text, host=host, device_class=device_class, name=name,
+                                   source=str(file))
+    if as_json:
+        click.echo(render.dump(out.record))
+        return
+    m = out.record.get("metrics") or {}
+    lat = m.get("latency_ms") or {}
+    parts = [f"result {out.id} imported from {file} ({fmt})"]
+    if "throughput_per_s" in m:
+        parts.append(f"throughput {m['throughput_per_s']:.2f}/s")
+    if "mean" in lat:
+        parts.append(f"latency mean {lat['mean']:.3f} ms")
+    if (m.get("power_w") or {}).get("avg") is not None:
+        parts.append(f"power avg {m['power_w']['avg']:.2f} W")
+    click.echo(", ".join(parts))
+
+
+# ---------------------------------------------------------------------- artifacts
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--job", default=None, help="only this job's artifacts")
+@click.option("--kind", default=None, help="e.g. tensorrt-engine, hef, file")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@handle_errors
+def artifacts(ctx: click.Context, job: str | None, kind: str | None, limit: int, as_json: bool) -> None:
+    """Artifacts jobs made (engines, HEFs, outputs): list, get, rm."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(artifacts_list, job=job, kind=kind, limit=limit, as_json=as_json)
+
+
+@artifacts.command("list")
+@click.option("--job", default=None, help="only this job's artifacts")
+@click.option("--kind", default=None, help="e.g. tensorrt-engine, hef, file")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@handle_errors
+def artifacts_list(obj: Ctx, job: str | None, kind: str | None, limit: int, as_json: bool) -> None:
+    """List artifacts, newest first."""
+    page = obj.client.artifacts(job=job, kind=kind, limit=limit)
+    if as_json:
+        click.echo(render.dump(page))
+        return
+    if not page.items:
+        click.echo("no artifacts")
+        return
+    rows = [[a.id, a.name, a.kind, render.size(a.size), a.job_id, a.device_class,
+             f"{a.tool or '-'} {a.tool_version or ''}".strip(), a.created_at or ""] for a in page.items]
+    click.echo(render.table(rows, ["ID", "NAME", "KIND", "SIZE", "JOB", "DEVICE", "TOOL", "MADE"]))
+
+
+@artifacts.command("get")
+@click.argument("artifact_id")
+@click.option("-o", "--output", type=click.Path(dir_okay=True, path_type=Path), default=None,
+              help="file or directory to write (default: the artifact's name here)")
+@click.option("--json", "as_json", is_flag=True, help="print its metadata instead")
+@pass_ctx
+@handle_errors
+def artifacts_get(obj: Ctx, artifact_id: str, output: Path | None, as_json: bool) -> None:
+    """Download an artifact (or show its metadata with --json)."""
+    art = obj.client.artifact(artifact_id)
+    if as_json:
+        click.echo(render.dump(art))
+        return
+    dest = output or Path(art.name.replace("/", "_"))
+    if dest.is_dir():
+        dest = dest / art.name.replace("/", "_")
+    tmp = dest.with_name(f".{dest.name}.part")
+    with tmp.open("wb") as fh:
+        size = obj.client.download_artifact(art.id, fh)
+    tmp.replace(dest)
+    click.echo(f"{dest} ({render.size(size)}, sha256 {art.sha256[:12]})")
+
+
+@artifacts.command("rm")
+@click.argument("artifact_ids", nargs=-1, required=True)
+@pass_ctx
+@handle_errors
+def artifacts_rm(obj: Ctx, artifact_ids: tuple[str, ...]) -> None:
+    """Remove artifacts (their content goes when nothing else uses it)."""
+    for artifact_id in artifact_ids:
+        art = obj.client.delete_artifact(artifact_id)
+        click.echo(f"removed {art.id} ({art.name})")
 
 
 # ---------------------------------------------------------------------- hosts

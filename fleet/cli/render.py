@@ -114,6 +114,17 @@ def job_detail(job: JobDetail) -> str:
     summary = result_summary(job.result)
     if summary:
         lines.append(f"result:    {summary}")
+    if job.result and job.result.get("status") == "invalid":
+        lines.append("validity:  INVALID: " + "; ".join(job.result.get("invalid_reasons") or []))
+    if job.artifacts:
+        lines.append("artifacts:")
+        lines.append(_indent(table([[a.id, a.name, a.kind, size(a.size), a.sha256[:12]] for a in job.artifacts],
+                                   ["ID", "NAME", "KIND", "SIZE", "SHA256"])))
+    if job.chain_jobs:
+        lines.append(f"chain:     {job.chain} ({len(job.chain_jobs)} steps)")
+        rows = [[("> " if c.id == job.id else "  ") + (c.step or ""), c.id, c.state, c.reason or "",
+                 c.host or c.pool or "-", (c.message or "")[:70]] for c in job.chain_jobs]
+        lines.append(_indent(table(rows, ["STEP", "JOB", "STATE", "REASON", "HOST/POOL", "MESSAGE"])))
     return "\n".join(lines)
 
 
@@ -127,3 +138,13 @@ def dump(data: Any) -> str:
     elif isinstance(data, list):
         data = [d.model_dump(mode="json") if hasattr(d, "model_dump") else d for d in data]
     return json.dumps(data, indent=2)
+
+
+def size(n: int) -> str:
+    """Bytes for people: 512 B, 4.0 KiB, 12.3 MiB."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"

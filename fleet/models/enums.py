@@ -62,6 +62,8 @@ class Reason(StrEnum):
     CANCELLED_BY_USER = "cancelled_by_user"
     INVALID_SPEC = "invalid_spec"
     CONTROLLER_ERROR = "controller_error"
+    OUTPUT_MISSING = "output_missing"  # an output glob matched nothing, a declared artifact absent
+    DEPENDENCY_FAILED = "dependency_failed"  # the step (job) it waits for did not succeed
 
 
 class FailureClass(StrEnum):
@@ -80,6 +82,8 @@ REASON_CLASS: dict[Reason, FailureClass] = {
     Reason.RUNNER_ERROR: FailureClass.JOB,
     Reason.TIMED_OUT: FailureClass.JOB,
     Reason.INVALID_SPEC: FailureClass.JOB,
+    Reason.OUTPUT_MISSING: FailureClass.JOB,
+    Reason.DEPENDENCY_FAILED: FailureClass.JOB,
     Reason.HOST_LOST: FailureClass.INFRA,
     Reason.CONTROLLER_ERROR: FailureClass.INFRA,
     Reason.NO_CAPACITY: FailureClass.INFRA,

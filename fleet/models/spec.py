@@ -140,6 +140,23 @@ class InputRef(_Strict):
         return f"inputs/{name}/{self.filename}" if self.kind == "file" else f"inputs/{name}"
 
 
+class FromRef(_Strict):
+    """An input made by another job: ``{job: ID}`` or, in a chain, ``{step: NAME}``, optionally
+    naming which of its artifacts (default: the one its runner declared); or ``{artifact: ID}``."""
+
+    job: str | None = Field(None, max_length=64, description="a job id (or unique prefix)")
+    step: str | None = Field(None, max_length=128, description="an earlier step of this chain")
+    artifact: str | None = Field(None, max_length=1000, description="artifact name (or id alone)")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> FromRef:
+        if self.job and self.step:
+            raise ValueError("give job or step, not both")
+        if not (self.job or self.step or self.artifact):
+            raise ValueError("needs job, step or artifact")
+        return self
+
+
 class SecretValue(_Strict):
     value: Verbatim
     secret: bool = True
@@ -162,7 +179,7 @@ class JobSpec(_Strict):
     kind: JobKind = JobKind.SHELL
     runner: str | None = None
     resources: Resources = Field(default_factory=Resources)
-    inputs: dict[str, str | InputRef] = Field(default_factory=dict)
+    inputs: dict[str, str | InputRef | FromRef] = Field(default_factory=dict)
     params: dict[Verbatim, Any] = Field(default_factory=dict)
     setup: str | None = None
     run: str | None = None
@@ -176,6 +193,9 @@ class JobSpec(_Strict):
     outputs: list[str] = Field(default_factory=list)
     hooks: Hooks | None = None
     burst: bool = False
+    steps: list[dict[str, Any]] | None = Field(
+        None, description="a chain: each step is a job spec that inherits this one's resources, "
+                          "params, envs, inputs, timeouts, retries and priority")
 
     @field_validator("name")
     @classmethod
@@ -254,6 +274,12 @@ class JobSpec(_Strict):
 
     @model_validator(mode="after")
     def _kind_rules(self) -> JobSpec:
+        if self.steps is not None:
+            if not self.steps:
+                raise ValueError("steps: a chain needs at least one step")
+            if self.run or self.runner:
+                raise ValueError("steps: a chain's run and runner go in its steps")
+            return self
         if self.runner is None:
             if self.kind is not JobKind.SHELL:
                 raise ValueError(f"runner: required for kind {self.kind.value} (e.g. onnxruntime)")
@@ -264,9 +290,14 @@ class JobSpec(_Strict):
             raise ValueError(f"run: only shell jobs take a command; runner {self.runner} does not")
         return self
 
+    def refs(self) -> dict[str, FromRef]:
+        """Inputs that another job makes (resolved when that job has succeeded)."""
+        return {k: v for k, v in self.inputs.items() if isinstance(v, FromRef)}
+
     def uploaded(self) -> dict[str, InputRef]:
         """The inputs as uploaded refs; raises SpecError if some are still local paths."""
-        bad = [k for k, v in self.inputs.items() if not isinstance(v, InputRef)]
+        bad = [k for k, v in self.inputs.items() if isinstance(v, str)]
+        bad += [k for k, v in self.inputs.items() if isinstance(v, FromRef)]
         if bad:
             raise SpecError([(f"inputs.{k}", "not uploaded (submit it through the CLI)") for k in bad])
         return {k: v for k, v in self.inputs.items() if isinstance(v, InputRef)}
@@ -360,6 +391,63 @@ def validate_spec(data: Any, source: str | None = None) -> JobSpec:
         return JobSpec.model_validate(data)
     except ValidationError as exc:
         raise SpecError(format_validation_error(exc), source) from None
+
+
+_INHERITED = ("resources", "params", "envs", "inputs", "timeout", "queue_timeout", "retries",
+              "priority", "hooks", "outputs")
+_MERGED = ("resources", "params", "envs", "inputs")
+
+
+def expand_steps(spec: JobSpec, data: dict[str, Any]) -> list[tuple[str, JobSpec, str | None]]:
+    """A chain's steps as ``(step name, job spec, step it waits for)``: each step inherits the
+    chain's fields (``resources``, ``params``, ``envs`` and ``inputs`` merged key by key) and
+    waits for the step its ``{step: ...}`` inputs name, else the one before it. Raises
+    SpecError naming ``steps[i].field``."""
+    errors: list[tuple[str, str]] = []
+    out: list[tuple[str, JobSpec, str | None]] = []
+    for i, step in enumerate(spec.steps or []):
+        where = f"steps[{i}]"
+        if not isinstance(step, dict):
+            errors.append((where, "must be a mapping (a job spec)"))
+            continue
+        if "steps" in step:
+            errors.append((f"{where}.steps", "a step cannot have steps of its own"))
+            continue
+        merged: dict[str, Any] = {k: data[k] for k in _INHERITED if k in data}
+        for key, value in step.items():
+            if key in _MERGED and isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key] = {**merged[key], **value}
+            else:
+                merged[key] = value
+        step_name = str(step.get("name") or "")
+        if not step_name:
+            errors.append((f"{where}.name", "required: every step has a name"))
+            continue
+        merged["name"] = f"{spec.name}.{step_name}"
+        try:
+            job = validate_spec(merged)
+        except SpecError as exc:
+            errors.extend((f"{where}.{f}" if f else where, m.replace(f"{spec.name}.", "", 1)
+                           if f == "name" else m) for f, m in exc.errors)
+            continue
+        names = [name for name, _, _ in out]
+        if step_name in names:
+            errors.append((f"{where}.name", f"step {step_name!r} is named twice"))
+            continue
+        waits = {ref.step for ref in job.refs().values() if ref.step}
+        unknown = sorted(w for w in waits if w not in names)
+        if unknown:
+            errors.append((f"{where}.inputs", f"no earlier step named {unknown[0]!r} "
+                                              f"(steps so far: {', '.join(names) or 'none'})"))
+            continue
+        if len(waits) > 1 or any(ref.job for ref in job.refs().values()):
+            errors.append((f"{where}.inputs", "a step takes artifacts from one earlier step"))
+            continue
+        after = next(iter(waits)) if waits else (names[-1] if names else None)
+        out.append((step_name, job, after))
+    if errors:
+        raise SpecError(errors)
+    return out
 
 
 def parse_yaml(text: str, source: str | None = None) -> Any:

@@ -96,7 +96,7 @@ class HealthMixin:
                 bad = count >= self.policy.bad_after
                 self._set_health(name, Health.BAD if bad else Health.UNKNOWN, message)
             return message
-        except Exception as exc:  # noqa: BLE001 - a check must never kill the scheduler
+        except Exception as exc:
             log.exception("health check of %s failed in the controller", name)
             return f"health check error: {exc}"
         self.check_failures[name] = 0

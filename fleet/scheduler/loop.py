@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleet.backends.base import AttemptPlan, Backend, BackendError, HostLost, InputFile, Outcome
+from fleet.blobs import BlobStore
 from fleet.config import Settings, fleet_home
 from fleet.errors import NotFound, SpecError
 from fleet.inventory import Host
@@ -28,6 +29,8 @@ from fleet.models.spec import JobSpec
 from fleet.models.tables import Attempt, Job
 from fleet.results import InvalidResult, complete_record
 from fleet.runners import manifests
+from fleet.scheduler import artifacts
+from fleet.scheduler.chains import ChainMixin
 from fleet.scheduler.health import HealthMixin
 from fleet.scheduler.placement import (
     Demand,
@@ -86,6 +89,7 @@ class Running:
     started: asyncio.Event = field(default_factory=asyncio.Event)
     cancel_requested: bool = False
     resolving: bool = False  # following up an attempt lost earlier: how did it really end?
+    collected: list[dict[str, Any]] = field(default_factory=list)  # outputs now in the blob store
 
 
 
@@ -107,12 +111,15 @@ class _Sink:
         self.sched.logs.append(self.run.qj.job.id, self.run.attempt.id, data)
 
 
-class Scheduler(HealthMixin):
+class Scheduler(ChainMixin, HealthMixin):
     def __init__(
         self, store: Store, hosts: list[Host], backend: Backend, logs: LogStore,
         policy: Policy | None = None, secrets: SecretBox | None = None,
+        blobs: BlobStore | None = None,
     ) -> None:
         self.store = store
+        # Where collected outputs go (artifacts); the API's uploads live there too.
+        self.blobs = blobs or BlobStore(Settings(home=fleet_home()).blobs_dir)
         self.hosts = {h.name: h for h in hosts}
         self.backend = backend
         self.logs = logs
@@ -137,6 +144,7 @@ class Scheduler(HealthMixin):
         self.last_placed: dict[str, float] = {}
         self.queues: dict[str, ClassQueue] = {}
         self.pending: dict[str, QueuedJob] = {}
+        self.waiting: dict[str, JobSpec] = {}  # PENDING jobs that wait for another job (chains)
         self.running_by_user: Counter[str] = Counter()
         self.running: dict[str, Running] = {}  # by job id
         self._static: dict[str, dict[str, str | None]] = {}
@@ -167,7 +175,7 @@ class Scheduler(HealthMixin):
             if job.state == JobState.RETRYING.value:
                 self._requeue_retry(job, spec)
             else:
-                self._enqueue(job, spec)
+                self._admit(job, spec)
         for attempt in self.store.active_attempts():
             self._reattach(attempt)
         for name, health in self.health.items():
@@ -218,7 +226,7 @@ class Scheduler(HealthMixin):
         follower this does nothing: the leader finds the job in the database."""
         if not self.leading:
             return
-        self._enqueue(job, spec)
+        self._admit(job, spec)
         self._wake.set()
 
     async def _sync_loop(self) -> None:
@@ -227,16 +235,17 @@ class Scheduler(HealthMixin):
             await asyncio.sleep(self.policy.sync_interval)
             try:
                 self._sync()
-            except Exception:  # noqa: BLE001 - a DB hiccup must not stop scheduling
+            except Exception:
                 log.exception("looking for new jobs failed")
 
     def _sync(self) -> None:
-        fresh = [i for i in self.store.pending_job_ids() if i not in self.pending and i not in self.running]
+        fresh = [i for i in self.store.pending_job_ids()
+                 if i not in self.pending and i not in self.running and i not in self.waiting]
         if not fresh:
             return
         for job in self.store.jobs_by_id(fresh):
             if job.state == JobState.PENDING.value and job.id not in self.pending:
-                self._enqueue(job, JobSpec.model_validate_json(job.spec_json))
+                self._admit(job, JobSpec.model_validate_json(job.spec_json))
         self._wake.set()
 
     @staticmethod
@@ -279,6 +288,11 @@ class Scheduler(HealthMixin):
     async def cancel(self, job_id: str) -> str:
         """Cancel a job. Queued: ends now. Running: TERM/KILL on the host; the attempt's end
         finishes the job. Returns the state after the request. Idempotent."""
+        if self.waiting.pop(job_id, None) is not None:
+            self.store.finish_job(job_id, JobState.CANCELLED, Reason.CANCELLED_BY_USER,
+                                  "cancelled while waiting for the job before it")
+            self._job_done(job_id)
+            return JobState.CANCELLED.value
         qj = self._dequeue(job_id)
         held = self.held.pop(job_id, None)
         if held is not None:
@@ -443,13 +457,14 @@ class Scheduler(HealthMixin):
         event = self._done.setdefault(job.id, asyncio.Event())
         try:
             await asyncio.wait_for(event.wait(), timeout)
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             pass
 
     def _job_done(self, job_id: str) -> None:
         event = self._done.pop(job_id, None)
         if event is not None:
             event.set()
+        self._dependents_of(job_id)
 
     def host_views(self) -> list[HostView]:
         return self._views()
@@ -480,7 +495,7 @@ class Scheduler(HealthMixin):
             self._wake.clear()
             try:
                 self._place_all()
-            except Exception:  # noqa: BLE001 - the loop must survive a bad pass
+            except Exception:
                 log.exception("scheduling pass failed")
 
     def _place_all(self) -> None:
@@ -557,13 +572,18 @@ class Scheduler(HealthMixin):
             else:
                 outcome = await self.backend.launch(run.plan, sink, log_offset)
             verdict = judge(outcome, run.plan.runner)
+            if verdict.state is AttemptState.SUCCEEDED and outcome.outputs_problem:
+                verdict = Verdict(AttemptState.FAILED, Reason.OUTPUT_MISSING, outcome.outputs_problem,
+                                  verdict.exit_code)
+            elif verdict.state is AttemptState.SUCCEEDED and outcome.outputs:
+                run.collected = await artifacts.collect(self.backend, self.blobs, run.plan, outcome)
         except asyncio.CancelledError:
             raise  # controller shutdown: the attempt keeps running on the host
         except BackendError as exc:
             outcome = Outcome(exit_code=None)
             verdict = Verdict(AttemptState.FAILED, exc.reason, str(exc), None,
                               may_run=isinstance(exc, HostLost) and self._may_run(run, exc))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.exception("attempt %s failed in the controller", attempt.id)
             outcome = Outcome(exit_code=None)
             verdict = Verdict(AttemptState.FAILED, Reason.CONTROLLER_ERROR, f"{type(exc).__name__}: {exc}", None)
@@ -626,10 +646,19 @@ class Scheduler(HealthMixin):
             job_values = dict(state=JOB_STATE[verdict.state].value, reason=verdict.reason.value,
                               message=verdict.message, ended_at=time.time())
         result_row = None
+        made = []
+        if verdict.state is AttemptState.SUCCEEDED and run.collected:
+            made = artifacts.rows(run.collected, record, job_id=qj.job.id, attempt_id=attempt.id,
+                                  user=qj.job.user, host=host.name, device_class=host.device_class)
+            if record is not None and record.get("artifact"):
+                main = next((a for a in made if a["kind"] != "file"), None)
+                if main is not None:
+                    record["artifact"] = dict(record["artifact"], id=main["id"], sha256=main["sha256"],
+                                              size=main["size"])
         if record is not None:
             result_row = dict(job_id=qj.job.id, attempt_id=attempt.id, user=qj.job.user, runner=qj.job.runner,
                               host=host.name, device_class=host.device_class, record_json=json.dumps(record))
-        self.store.finish(attempt.id, attempt_values, qj.job.id, job_values, result_row)
+        self.store.finish(attempt.id, attempt_values, qj.job.id, job_values, result_row, made)
         if retry and verdict.may_run:
             del self.pending[qj.job.id]
             self._hold(qj, self.policy.lost_hold, attempt, host)

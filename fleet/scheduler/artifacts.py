@@ -1,0 +1,80 @@
+"""Outputs of an ended attempt become artifacts: files copied from the host into the
+controller's content-addressed blob store (once per content), with a row that says which job,
+host class and tool made them and the key that makes two of them interchangeable."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import time
+from typing import Any
+
+from fleet.backends.base import AttemptPlan, Backend, BackendError, Outcome
+from fleet.blobs import BlobStore
+from fleet.ids import new_id
+from fleet.models.spec import BlobRef, InputRef
+
+
+async def collect(backend: Backend, blobs: BlobStore, plan: AttemptPlan, outcome: Outcome) -> list[dict[str, Any]]:
+    """Copy the attempt's outputs the blob store lacks; returns them as ``{path, sha256, size}``.
+    Raises BackendError (HostLost if the host went away) when a file cannot be copied or its
+    content is not what the host said."""
+    files = []
+    for out in outcome.outputs:
+        path, sha, size = str(out["path"]), str(out["sha256"]), int(out["size"])
+        if not blobs.has(sha):
+            dest = blobs.path(sha)
+            await backend.fetch(plan, path, dest, size)
+            got = _sha256(dest)
+            if got != sha:
+                dest.unlink(missing_ok=True)
+                raise BackendError(f"host {plan.host.name}: output {path} changed while it was "
+                                   f"copied (sha256 {got[:12]}, expected {sha[:12]})")
+        files.append({"path": path, "sha256": sha, "size": size})
+    return files
+
+
+def _sha256(path: Any) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def key_of(basis: dict[str, Any] | None) -> str | None:
+    """The artifact key: a hash of what must match for two artifacts to be interchangeable."""
+    if not basis:
+        return None
+    return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def rows(files: list[dict[str, Any]], record: dict[str, Any] | None, *, job_id: str, attempt_id: str,
+         user: str, host: str, device_class: str) -> list[dict[str, Any]]:
+    """Artifact rows for collected files. The runner's declared artifact (``artifact.path`` in
+    its result) gets its kind, tool and key; other outputs are plain files."""
+    declared = (record or {}).get("artifact") or {}
+    tool = (record or {}).get("tool") or {}
+    out = []
+    for f in files:
+        main = declared.get("path") == f["path"]
+        basis = declared.get("key") if main else None
+        out.append(dict(
+            id=new_id("a"), name=posixpath.basename(f["path"]) if main else f["path"],
+            kind=str(declared.get("kind") or "file") if main else "file",
+            sha256=f["sha256"], size=f["size"], job_id=job_id, attempt_id=attempt_id, user=user,
+            host=host, device_class=device_class,
+            tool=(declared.get("compiler") or tool.get("name")) if main else None,
+            tool_version=(declared.get("compiler_version") or tool.get("version")) if main else None,
+            key=key_of(basis), key_json=json.dumps(basis, sort_keys=True) if basis else None,
+            created_at=time.time(),
+        ))
+    return out
+
+
+def artifact_input(art: Any) -> InputRef:
+    """An artifact as a job input: one file, already in the blob store."""
+    filename = posixpath.basename(art.name) or art.id
+    return InputRef(kind="file", filename=filename,
+                    files={filename: BlobRef(sha256=art.sha256, size=art.size)})
