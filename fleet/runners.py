@@ -12,7 +12,8 @@ import importlib.util
 import io
 import json
 import tarfile
-from dataclasses import dataclass
+import fnmatch
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
@@ -28,13 +29,22 @@ class RunnerManifest:
     tools: tuple[str, ...]
     entry: str | None
     params: dict[str, object]
+    # Per kind (compile, benchmark): {"arch": [...], "accelerators": [...]} narrowing the above.
+    placement: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
 
-    def unsupported(self, arch: str, accelerator: str) -> str | None:
-        """Why this runner cannot run on a host, or None if it can."""
-        if self.arch is not None and arch not in self.arch:
-            return f"runner {self.name} does not run on {arch}"
-        if self.accelerators is not None and accelerator not in self.accelerators:
-            return f"runner {self.name} does not support {accelerator}"
+    def unsupported(self, arch: str, accelerator: str, kind: str | None = None) -> str | None:
+        """Why this runner cannot run on a host, or None if it can. Accelerators may be
+        patterns (``rtx*``, ``jetson-*``)."""
+        rules = self.placement.get(kind or "", {})
+        archs = rules.get("arch", self.arch)
+        accels = rules.get("accelerators", self.accelerators)
+        what = f"runner {self.name}" + (f" ({kind})" if kind in self.placement else "")
+        if archs is not None and arch not in archs:
+            return f"{what} does not run on {arch}"
+        if accels is not None and not any(fnmatch.fnmatchcase(accelerator, a) for a in accels):
+            return f"{what} does not support {accelerator}"
+        if self.kinds and kind is not None and kind != "shell" and kind not in self.kinds:
+            return f"runner {self.name} does not do {kind} jobs (only {', '.join(self.kinds)})"
         return None
 
 
@@ -61,6 +71,8 @@ def manifests() -> dict[str, RunnerManifest]:
                 tools=tuple(data.get("tools") or ()),
                 entry=data.get("entry"),
                 params=dict(data.get("params") or {}),
+                placement={kind: {k: tuple(v) for k, v in rules.items() if v is not None}
+                           for kind, rules in (data.get("placement") or {}).items()},
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise FleetError(f"runner manifest {path} is invalid: {exc}") from exc

@@ -26,6 +26,7 @@ class Demand:
     labels: tuple[tuple[str, str], ...]
     slots: int
     runner: str
+    kind: str = "shell"
 
     @classmethod
     def of(cls, spec: JobSpec) -> Demand:
@@ -33,6 +34,7 @@ class Demand:
         return cls(
             pool=r.pool, arch=r.arch, accelerator=r.accelerator,
             labels=tuple(sorted(r.labels.items())), slots=r.slots, runner=spec.runner or "shell",
+            kind=spec.kind.value,
         )
 
     @property
@@ -46,6 +48,8 @@ class Demand:
             key += f"#{self.slots}"
         if self.runner != "shell":
             key += f"@{self.runner}"
+            if self.kind == "compile":
+                key += ".compile"
         return key
 
     def describe_scope(self) -> str:
@@ -109,7 +113,7 @@ def static_reason(demand: Demand, host: Host, runner: RunnerManifest | None) -> 
     if demand.slots > host.slots:
         return f"only {host.slots} slot{'s' if host.slots != 1 else ''}"
     if runner is not None:
-        why = runner.unsupported(host.arch, host.accelerator)
+        why = runner.unsupported(host.arch, host.accelerator, demand.kind)
         if why:
             return why
     return None
