@@ -21,7 +21,7 @@ import run as ort_runner  # noqa: E402  (the runner is a script, not a package)
 
 def run_job(tmp_path: Path, params: dict, model: str | None = "tinycnn.onnx", python: str = sys.executable):
     adir = tmp_path / "attempt"
-    adir.mkdir()
+    adir.mkdir(parents=True)
     inputs = {}
     if model:
         (adir / "inputs" / "model").mkdir(parents=True)
@@ -57,6 +57,25 @@ def test_duration_mode_and_missing_provider(tmp_path):
     assert result["tool"]["duration_s"] >= 0.2 and result["metrics"]["iterations"] >= 1
     assert result["environment"]["providers_missing"] == ["TensorrtExecutionProvider"]
     assert result["environment"]["providers_applied"] == ["CPUExecutionProvider"]
+
+
+def test_auto_providers_take_what_the_host_has_and_strict_mode_refuses(tmp_path):
+    """This machine's ONNX Runtime is the CPU build: auto resolves to what it has (on a CUDA
+    or TensorRT build the same code puts those first; not run here)."""
+    import onnxruntime
+
+    have = onnxruntime.get_available_providers()
+    proc, result, _, _ = run_job(tmp_path / "a", {"iterations": 3, "providers": ["auto"]})
+    assert proc.returncode == 0, proc.stdout
+    expected = [p for p in ort_runner.AUTO_PROVIDERS if p in have]
+    assert result["environment"]["providers_requested"] == expected
+    assert result["environment"]["providers_applied"][0] == expected[0]
+    if "CUDAExecutionProvider" in have:
+        pytest.skip("this host has CUDA: the strict-mode refusal needs a provider it lacks")
+    proc, result, error, _ = run_job(tmp_path / "b", {"iterations": 3, "require_providers": True,
+                                                     "providers": ["CUDAExecutionProvider"]})
+    assert proc.returncode == 78 and result is None
+    assert error["class"] == "setup_failed" and "CUDAExecutionProvider" in error["message"]
 
 
 def test_dynamic_model_batch_and_dims(tmp_path):

@@ -17,7 +17,7 @@ import time
 DEFAULTS = {
     "warmup": 10, "iterations": 100, "duration": None, "threads": 0, "inter_threads": 0,
     "batch": 1, "dims": {}, "shapes": {}, "providers": ["CPUExecutionProvider"],
-    "graph_optimization": "all", "seed": 0,
+    "graph_optimization": "all", "seed": 0, "require_providers": False, "precision": None,
 }
 EX_SETUP = 78
 DTYPES = {
@@ -86,6 +86,25 @@ def sha256_of(path):
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+AUTO_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def provider_entry(name, params):
+    """A provider with its options: TensorRT keeps its engine cache in fleet's host cache and
+    builds fp16 engines when params.precision says so."""
+    if name != "TensorrtExecutionProvider":
+        return name
+    cache = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath("."))), "cache", "ort-trt")
+    try:
+        os.makedirs(cache, exist_ok=True)
+    except OSError:
+        return name
+    options = {"trt_engine_cache_enable": True, "trt_engine_cache_path": cache}
+    if params.get("precision") == "fp16":
+        options["trt_fp16_enable"] = True
+    return (name, options)
 
 
 def check_params(params):
@@ -169,10 +188,16 @@ def benchmark(job, params, np, ort):
     }[params["graph_optimization"]]
     available = list(ort.get_available_providers())
     requested = list(params["providers"])
+    if requested == ["auto"]:  # the fastest this host has: TensorRT, then CUDA, then CPU
+        requested = [p for p in AUTO_PROVIDERS if p in available] or ["CPUExecutionProvider"]
     missing = [p for p in requested if p not in available]
+    if missing and params["require_providers"]:
+        raise RunnerError("execution provider(s) %s not available on this host (it has %s)" % (
+            ", ".join(missing), ", ".join(available)), "setup_failed")
     usable = [p for p in requested if p in available] or ["CPUExecutionProvider"]
     try:
-        session = ort.InferenceSession(model_rel, sess_options=options, providers=usable)
+        session = ort.InferenceSession(model_rel, sess_options=options,
+                                       providers=[provider_entry(p, params) for p in usable])
     except Exception as exc:
         raise RunnerError("ONNX Runtime cannot load %s: %s" % (model_rel, str(exc).strip()[:500])) from None
     applied = session.get_providers()
