@@ -4,6 +4,9 @@ Everything a lab owns lives under its root directory::
 
     root/client_key[.pub]  authorized_keys  known_hosts  ssh_config
     root/hosts/<name>/home/             the host's HOME (fleet keeps ~/.fleet there)
+    root/hosts/<name>/home/bin/         device tool stand-ins (first on the host's PATH)
+    root/hosts/<name>/home/root/        the host's own files ($FLEET_HOST_ROOT)
+    root/hosts/<name>/home/.lab/        stand-in config (tools.json) and state (state.json)
     root/hosts/<name>/ssh_host_ed25519_key[.pub]
     root/hosts/<name>/sshd_config  sshd.log  etc-upper/      (OpenSSH hosts)
 
@@ -26,13 +29,13 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Any, Protocol, Self
 
 import asyncssh
 
 from . import procs
 from .asyncssh_hosts import AsyncsshHost
-from .homes import host_env, lab_vars, prepare_home
+from .homes import host_env, host_root, lab_vars, prepare_home, read_state, read_tools, write_tools
 from .keys import load_or_create_key, public_key_text
 from .loop import LoopThread
 from .openssh_hosts import SSHD, OpensshHost, namespaces_work
@@ -245,6 +248,30 @@ class Lab:
             if host.name == name:
                 return host
         raise LabError(f"no lab host named {name!r}")
+
+    def tools(self, name: str) -> dict[str, Any]:
+        """The stand-in tool configuration of host ``name`` (its ``~/.lab/tools.json``)."""
+        return read_tools(self.host(name).home)
+
+    def set_tools(self, name: str, **changes: Any) -> dict[str, Any]:
+        """Change what host ``name``'s device tools report; returns the new configuration.
+
+        Keys are those of ``tests/lab/tools/_labtool.py``'s ``TOOL_DEFAULTS``, e.g.
+        ``lab.set_tools("rtx-1", tensorrt="11.0.0")``, ``hailo_arch="HAILO8L"``,
+        ``fail="trtexec"`` (that tool exits 1), ``power_mode_id=0``. Setting the power mode or
+        ``clocks_locked`` also discards what ``nvpmodel -m`` / ``jetson_clocks`` changed.
+        Takes effect on the next tool run; works whether or not the host is started.
+        """
+        return write_tools(self.host(name).home, changes)
+
+    def tool_state(self, name: str) -> dict[str, Any]:
+        """Host ``name``'s tool configuration with what its tools changed on top (power mode
+        set by ``nvpmodel -m``, clocks locked by ``jetson_clocks`` or ``nvidia-smi -lgc``)."""
+        return read_state(self.host(name).home)
+
+    def host_root(self, name: str) -> Path:
+        """Host ``name``'s root directory: its ``FLEET_HOST_ROOT``."""
+        return host_root(self.host(name).home)
 
     def commands(self, name: str) -> list[str]:
         """Exec commands an asyncssh host has received, oldest first (a copy).
