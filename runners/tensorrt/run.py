@@ -127,7 +127,7 @@ def build(job, params, trtexec, version, device, model):
     key = engine_key(model_sha, device, version, precision, params["shapes"])
     cached = os.path.join(cache_dir("tensorrt", "engines"), key_hash(key) + ".engine")
     build_shapes, _ = shape_args(params["shapes"])
-    argv = [trtexec, "--onnx=" + model, "--saveEngine=model.engine"] + build_shapes
+    argv = [trtexec, "--onnx=" + model, "--saveEngine=model.engine", "--skipInference"] + build_shapes
     flag = PRECISIONS.get(precision or "fp32")
     if flag:
         argv.append(flag)
