@@ -33,6 +33,7 @@ CONFIG_KEYS = {
     "host_retention_days": "days an ended attempt's directory (log, raw files) stays on its host "
                            "(default 7)",
     "host_store_limit": "bytes of ended attempt directories a host may keep (default 10 GiB)",
+    "artifact_retention_days": "days an artifact is kept unless a waiting job needs it (default 90)",
     "kill_grace": "seconds between TERM and KILL on cancel/timeout (default 10)",
     "leader_lease": "seconds a leader's lease lasts; a follower takes over after it (default 15)",
     "advertise_url": "URL other replicas use to reach this one's API (default: the bound address)",
@@ -69,6 +70,7 @@ class Settings:
     gc_interval: float = 300.0
     host_retention_days: float = 7.0
     host_store_limit: int = 10 << 30
+    artifact_retention_days: float = 90.0
     leader_lease: float = 15.0
     advertise_url: str | None = None
     shared_dir: str | None = None

@@ -172,12 +172,30 @@ async def collect_garbage(scheduler: Scheduler, settings: Settings) -> None:
             log.info("log retention removed %d ended attempts' logs (%d bytes)", removed, freed)
         if not due:
             continue
+        try:
+            gone = expire_artifacts(scheduler, time.time() - settings.artifact_retention_days * 86400)
+        except OSError as exc:
+            log.warning("artifact retention failed: %s", exc)
+            gone = 0
+        if gone:
+            log.info("artifact retention removed %d artifacts", gone)
         passes = await scheduler.gc_hosts(settings.host_retention_days * 86400,
                                           settings.host_store_limit)
         for host, (count, freed, left) in sorted(passes.items()):
             if count:
                 log.info("attempt gc on %s removed %d ended attempt directories (%d bytes; %d "
                          "left)", host, count, freed, left)
+
+
+def expire_artifacts(scheduler: Scheduler, before: float) -> int:
+    """Remove artifacts made before ``before`` (none a waiting job needs); their content goes
+    from the blob store when no other artifact and no unfinished job uses it."""
+    store, blobs = scheduler.store, scheduler.blobs
+    ids = store.expired_artifacts(before)
+    for sha in store.delete_artifacts(ids):
+        if not store.blob_in_use(sha):
+            blobs.path(sha).unlink(missing_ok=True)
+    return len(ids)
 
 
 def _step_down() -> None:

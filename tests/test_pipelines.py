@@ -131,3 +131,53 @@ def test_chain_and_artifact_input_errors_name_the_field(fleet, submit, tmp_path)
                                        "run": "true"}))
     out = fleet.cli("submit", str(missing), check=False)
     assert out.returncode != 0 and "no job jnosuchjob000" in out.stderr
+
+
+def test_artifact_retention_removes_old_artifacts_and_their_content(tmp_path):
+    """The leader's retention pass (fleet.controller.expire_artifacts) on a real store: old
+    artifacts go, content shared with a newer one stays, one a waiting job needs stays."""
+    import time
+
+    from fleet.blobs import BlobStore
+    from fleet.controller import expire_artifacts
+    from fleet.db import Database
+    from fleet.models.spec import JobSpec
+    from fleet.store import Store
+
+    db = Database(f"sqlite:///{tmp_path / 'fleet.db'}")
+    db.create_schema()
+    store = Store(db)
+    blobs = BlobStore(tmp_path / "blobs")
+
+    def blob(data: bytes) -> str:
+        sha = hashlib.sha256(data).hexdigest()
+        blobs.path(sha).parent.mkdir(parents=True, exist_ok=True)
+        blobs.path(sha).write_bytes(data)
+        return sha
+
+    maker, needed, fresh = store.create_jobs(
+        [(JobSpec(name=n, run="true"), "*/*/*") for n in ("old", "needed", "fresh")], "u")
+    waiter, = store.create_jobs([(JobSpec(name="w", run="true"), "*/*/*")], "u",
+                                [{"after_id": needed.id}])
+    old_sha, shared_sha, kept_sha = blob(b"old"), blob(b"shared"), blob(b"kept")
+    long_ago = time.time() - 100 * 86400
+    rows = [("a0old", maker.id, old_sha, long_ago), ("a1shared-old", maker.id, shared_sha, long_ago),
+            ("a2shared-new", fresh.id, shared_sha, time.time()), ("a3needed", needed.id, kept_sha, long_ago)]
+    from sqlalchemy import insert
+
+    from fleet.models.tables import Artifact
+    with db.write() as conn:
+        conn.execute(insert(Artifact), [dict(id=i, name=i, kind="file", sha256=s, size=1, job_id=j,
+                                             attempt_id="a", user="u", host="h", device_class="c",
+                                             created_at=at) for i, j, s, at in rows])
+
+    class Sched:  # what expire_artifacts uses of the scheduler
+        pass
+    sched = Sched()
+    sched.store, sched.blobs = store, blobs
+    assert expire_artifacts(sched, time.time() - 90 * 86400) == 2  # type: ignore[arg-type]
+    left = {a.id for a in store.list_artifacts(None, limit=10)}
+    assert left == {"a2shared-new", "a3needed"}
+    assert not blobs.has(old_sha) and blobs.has(shared_sha) and blobs.has(kept_sha)
+    assert waiter.after == needed.id
+    db.dispose()
