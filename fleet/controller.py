@@ -14,12 +14,14 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
 
+from fleet.ansible import write_local_inventory
 from fleet.api.server import ApiContext, create_app
 from fleet.backends.connection import SSHOptions
 from fleet.backends.ssh import SSHBackend
@@ -101,6 +103,11 @@ async def serve(settings: Settings, options: ServeOptions) -> None:
                     attempt_lease=settings.attempt_lease)
     scheduler = Scheduler(store, hosts, backend, LogStore(settings.logs_dir, settings.log_cap), policy,
                           SecretBox(settings.secret_key_file), blobs)
+    if source.startswith("<embedded"):
+        scheduler.inventory_source = str(write_local_inventory(settings.home / "embedded-inventory.json",
+                                                               sys.executable))
+    else:
+        scheduler.inventory_source = source
     lease = LeaderLease(db, make_holder(), None, settings.leader_lease)
     ctx = ApiContext(store, scheduler, blobs, lease)
     app = create_app(ctx)

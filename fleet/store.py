@@ -435,6 +435,13 @@ class Store:
                 Attempt.host == host, Attempt.reason == Reason.HOST_LOST.value,
                 col(Attempt.ended_at) >= since)).all())
 
+    def set_facts(self, name: str, facts: dict[str, Any]) -> None:
+        """What a probe found on the host (``fleet hosts probe``)."""
+        with self.db.session() as s:
+            row = s.get(HostStatus, name) or HostStatus(name=name, updated_at=time.time())
+            row.facts_json, row.probed_at, row.updated_at = json.dumps(facts), time.time(), time.time()
+            s.add(row)
+
     def set_health(self, name: str, health: Health, message: str | None) -> None:
         with self.db.session() as s:
             row = s.get(HostStatus, name)

@@ -20,6 +20,8 @@ from fleet.api.schemas import (
     JobOut,
     JobPage,
     PoolOut,
+    ProbeOut,
+    ProvisionOut,
     ResultOut,
     ResultPage,
     TokenOut,
@@ -172,6 +174,13 @@ class Client:
 
     def hosts(self) -> list[HostOut]:
         return [HostOut.model_validate(h) for h in self._get("/hosts")]
+
+    def ansible(self, what: str, pattern: str = "all", check: bool = False) -> list[Any]:
+        """``probe`` or ``provision`` the hosts matching an Ansible pattern (admins)."""
+        resp = self.http.post(f"/hosts/{what}", json={"pattern": pattern, "check": check},
+                              timeout=httpx.Timeout(1900.0, connect=10.0))
+        model = ProbeOut if what == "probe" else ProvisionOut
+        return [model.model_validate(r) for r in self._check(resp).json()]
 
     def host_action(self, name: str, action: str, **params: Any) -> HostOut:
         """drain, undrain or maintenance (``on=``) on one host (admins)."""

@@ -165,6 +165,32 @@ class HostOut(BaseModel):
     state: str = Field(description="idle, busy, draining, drained or offline")
     health: str = Field(description="good, unknown, bad or maintenance")
     health_message: str | None = None
+    facts: dict[str, Any] = Field(default_factory=dict, description="what the last probe found")
+    mismatches: list[str] = Field(default_factory=list, description="inventory vs host, from the last probe")
+
+
+class AnsibleIn(BaseModel):
+    pattern: str = Field("all", max_length=1000, description="Ansible host pattern, e.g. jetson or rtx-1")
+    check: bool = Field(False, description="provision: report what would change, change nothing")
+
+
+class ProbeOut(BaseModel):
+    host: str
+    status: str = Field(description="ok, unreachable or failed")
+    message: str | None = None
+    facts: dict[str, Any] = Field(default_factory=dict)
+    mismatches: list[str] = Field(default_factory=list)
+
+
+class ProvisionOut(BaseModel):
+    host: str
+    status: str = Field(description="ok (nothing to change), changed, failed or unreachable")
+    ok: int
+    changed: int
+    failed: int
+    unreachable: int
+    message: str | None = None
+    check: bool
 
 
 class HostCheckOut(BaseModel):

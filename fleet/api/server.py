@@ -22,8 +22,10 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
-from fleet import __version__
+from fleet import __version__, probe
+from fleet.ansible import playbook_path, run_playbook
 from fleet.api.schemas import (
+    AnsibleIn,
     ArtifactOut,
     ArtifactPage,
     CancelOut,
@@ -34,6 +36,8 @@ from fleet.api.schemas import (
     JobOut,
     JobPage,
     PoolOut,
+    ProbeOut,
+    ProvisionOut,
     ResultImportIn,
     ResultOut,
     ResultPage,
@@ -439,13 +443,14 @@ def create_app(ctx: ApiContext) -> FastAPI:
         if not ctx.scheduler.leading:
             return await ctx.forward(request)  # type: ignore[return-value]
         notes = {name: row.health_message for name, row in ctx.store.host_statuses().items()}
-        return [_host_out(v, notes.get(v.host.name)) for v in ctx.scheduler.host_views()]
+        facts = ctx.scheduler.facts
+        return [_host_out(v, notes.get(v.host.name), facts.get(v.host.name)) for v in ctx.scheduler.host_views()]
 
     def _one_host(name: str) -> HostOut:
         for view in ctx.scheduler.host_views():
             if view.host.name == name:
                 row = ctx.store.host_statuses().get(name)
-                return _host_out(view, row.health_message if row else None)
+                return _host_out(view, row.health_message if row else None, ctx.scheduler.facts.get(name))
         raise NotFound(f"no host named {name!r} in the inventory")
 
     @app.post("/hosts/{name}/drain", tags=["hosts"])
@@ -477,6 +482,47 @@ def create_app(ctx: ApiContext) -> FastAPI:
         if not ctx.scheduler.leading:
             return await ctx.forward(request)  # type: ignore[return-value]
         return HostCheckOut(**await ctx.scheduler.check_host(name))
+
+    def _ansible_target(pattern: str) -> str:
+        if ctx.scheduler.inventory_source is None:
+            raise HTTPException(503, "this server has no inventory file for Ansible")
+        return ctx.scheduler.inventory_source
+
+    @app.post("/hosts/probe", tags=["hosts"])
+    async def probe_hosts(body: AnsibleIn, _admin: AdminDep, request: Request) -> list[ProbeOut]:
+        """Run playbooks/facts.yml on the hosts matching ``pattern``; record what they are."""
+        if not ctx.scheduler.leading:
+            return await ctx.forward(request)  # type: ignore[return-value]
+        inventory = _ansible_target(body.pattern)
+        run = await asyncio.to_thread(run_playbook, playbook_path("facts.yml"), inventory,
+                                      limit=body.pattern, timeout=600)
+        if not run.hosts:
+            raise HTTPException(422, f"pattern {body.pattern!r} matches no host of the inventory")
+        out = []
+        for name, stats in sorted(run.hosts.items()):
+            reported = run.reported.get(name, {}).get("fleet_probe")
+            facts = probe.parse(reported) if isinstance(reported, dict) else {}
+            host = ctx.scheduler.hosts.get(name)
+            if facts and host is not None:
+                ctx.scheduler.set_facts(name, facts)
+            out.append(ProbeOut(host=name, status="ok" if facts else ("unreachable" if stats.unreachable else "failed"),
+                                message=None if facts else stats.message, facts=facts,
+                                mismatches=probe.mismatches(host, facts) if facts and host else []))
+        return out
+
+    @app.post("/hosts/provision", tags=["hosts"])
+    async def provision_hosts(body: AnsibleIn, _admin: AdminDep, request: Request) -> list[ProvisionOut]:
+        """Run playbooks/provision.yml on the hosts matching ``pattern`` (``check``: dry run)."""
+        if not ctx.scheduler.leading:
+            return await ctx.forward(request)  # type: ignore[return-value]
+        inventory = _ansible_target(body.pattern)
+        run = await asyncio.to_thread(run_playbook, playbook_path("provision.yml"), inventory,
+                                      limit=body.pattern, check=body.check, timeout=1800)
+        if not run.hosts:
+            raise HTTPException(422, f"pattern {body.pattern!r} matches no host of the inventory")
+        return [ProvisionOut(host=name, status=s.status, ok=s.ok, changed=s.changed, failed=s.failed,
+                             unreachable=s.unreachable, message=s.message, check=body.check)
+                for name, s in sorted(run.hosts.items())]
 
     @app.get("/pools", tags=["hosts"])
     async def pools(_user: UserDep, request: Request) -> list[PoolOut]:
@@ -676,7 +722,7 @@ def _safe(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _host_out(view: Any, health_message: str | None = None) -> HostOut:
+def _host_out(view: Any, health_message: str | None = None, facts: dict[str, Any] | None = None) -> HostOut:
     h = view.host
     if view.drained:
         state = "draining" if view.used_slots > 0 else "drained"
@@ -690,7 +736,8 @@ def _host_out(view: Any, health_message: str | None = None) -> HostOut:
         name=h.name, pools=list(h.pools), arch=h.arch, accelerator=h.accelerator,
         device_class=h.device_class, slots=h.slots, used_slots=view.used_slots,
         labels=h.labels, target=h.target, state=state, health=view.health.value,
-        health_message=health_message,
+        health_message=health_message, facts=facts or {},
+        mismatches=probe.mismatches(h, facts) if facts else [],
     )
 
 

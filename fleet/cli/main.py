@@ -542,6 +542,58 @@ def hosts(ctx: click.Context, as_json: bool) -> None:
         for h in items
     ]
     click.echo(render.table(rows, ["NAME", "POOLS", "ARCH", "ACCEL", "SLOTS", "LABELS", "TARGET", "STATE", "HEALTH"]))
+    for h in items:
+        for m in h.mismatches:
+            click.echo(f"MISMATCH {h.name}: {m}", err=True)
+
+
+@hosts.command("probe")
+@click.argument("pattern", default="all")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@handle_errors
+def hosts_probe(obj: Ctx, pattern: str, as_json: bool) -> None:
+    """Read what the hosts matching PATTERN really are (Ansible facts and accelerator tools);
+    report where the inventory disagrees (admins). Exit 1 if a host was unreachable or
+    disagrees."""
+    click.echo(f"probing {pattern} (playbooks/facts.yml)...", err=True)
+    results = obj.client.ansible("probe", pattern)
+    if as_json:
+        click.echo(render.dump(results))
+    else:
+        keys = ("arch", "os", "cpu", "memory_mb", "gpu", "driver", "tensorrt", "l4t", "jetpack",
+                "power_mode", "hailort", "hailo_arch", "hailo_firmware")
+        for r in results:
+            if r.status != "ok":
+                click.echo(f"{r.host}: {r.status.upper()}: {r.message}")
+                continue
+            shown = ", ".join(f"{k}={r.facts[k]}" for k in keys if k in r.facts)
+            click.echo(f"{r.host}: {shown} (from {r.facts.get('facts_source')})")
+            for m in r.mismatches:
+                click.echo(f"  MISMATCH {m}")
+    if any(r.status != "ok" or r.mismatches for r in results):
+        raise SystemExit(1)
+
+
+@hosts.command("provision")
+@click.argument("pattern", default="all")
+@click.option("--check", is_flag=True, help="report what would change; change nothing")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@handle_errors
+def hosts_provision(obj: Ctx, pattern: str, check: bool, as_json: bool) -> None:
+    """Run playbooks/provision.yml on the hosts matching PATTERN (admins). Exit 1 if a host
+    failed or was unreachable."""
+    click.echo(f"provisioning {pattern}{' (check mode)' if check else ''}...", err=True)
+    results = obj.client.ansible("provision", pattern, check=check)
+    if as_json:
+        click.echo(render.dump(results))
+    else:
+        rows = [[r.host, r.status + (" (check)" if r.check else ""), str(r.ok), str(r.changed),
+                 str(r.failed), str(r.unreachable), (r.message or "")[:80]] for r in results]
+        click.echo(render.table(rows, ["HOST", "STATUS", "OK", "CHANGED", "FAILED", "UNREACHABLE", "MESSAGE"]))
+    if any(r.status in ("failed", "unreachable") for r in results):
+        raise SystemExit(1)
 
 
 def _host_action(obj: Ctx, names: tuple[str, ...], action: str, as_json: bool, **params: object) -> None:

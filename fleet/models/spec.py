@@ -70,6 +70,18 @@ class Resources(_Strict):
     accelerator: str | None = Field(None, description="e.g. rtx5060, jetson-orin-nano, hailo8, cpu")
     labels: dict[str, str] = Field(default_factory=dict, description="host labels that must match")
     slots: int = Field(1, ge=1, le=64, description="slots the job occupies on its host")
+    requires: list[str] = Field(
+        default_factory=list, description="probed host facts, e.g. tensorrt>=10, jetpack>=6 "
+                                          "(fleet hosts probe)")
+
+    @field_validator("requires")
+    @classmethod
+    def _requires(cls, value: list[str]) -> list[str]:
+        from fleet.probe import parse_requirement
+
+        for req in value:
+            parse_requirement(req)
+        return value
 
     @field_validator("arch")
     @classmethod

@@ -133,6 +133,8 @@ class HostStatus(SQLModel, table=True):
     health_message: str | None = None
     drained: bool = False
     updated_at: float
+    facts_json: str | None = Field(default=None, sa_column=Column(Text), description="last probe")
+    probed_at: float | None = None
 
 
 class Lease(SQLModel, table=True):

@@ -148,6 +148,8 @@ class Scheduler(ChainMixin, HealthMixin):
         self.running_by_user: Counter[str] = Counter()
         self.running: dict[str, Running] = {}  # by job id
         self._static: dict[str, dict[str, str | None]] = {}
+        self.facts: dict[str, dict[str, Any]] = {}  # what `fleet hosts probe` found, per host
+        self.inventory_source: str | None = None  # for Ansible (probe, provision, hooks)
         self._wake = asyncio.Event()
         self._done: dict[str, asyncio.Event] = {}
         self._loop_task: asyncio.Task[None] | None = None
@@ -161,6 +163,7 @@ class Scheduler(ChainMixin, HealthMixin):
         Called when this replica becomes the leader; until then it only validates submissions
         (the jobs go to the database and the leader picks them up)."""
         self.leading = True
+        self.load_facts()
         for name, row in self.store.host_statuses().items():
             if name in self.hosts:
                 self.health[name] = Health(row.health)
@@ -216,10 +219,23 @@ class Scheduler(ChainMixin, HealthMixin):
         if demand.pool is not None and not any(demand.pool in h.pools for h in self.hosts.values()):
             pools = ", ".join(sorted({p for h in self.hosts.values() for p in h.pools}))
             raise SpecError([("resources.pool", f"no pool named {demand.pool!r} (pools: {pools})")])
-        report = static_report(demand, list(self.hosts.values()), manifests().get(demand.runner))
+        if demand.requires:
+            self.load_facts()  # a follower has not seen the leader's probes
+        report = static_report(demand, list(self.hosts.values()), manifests().get(demand.runner), self.facts)
         if report is not None:
             raise SpecError([("resources", f"no host can ever run this job: {report.summary()}")])
         return demand
+
+    def load_facts(self) -> None:
+        self.facts = {name: json.loads(row.facts_json) for name, row in self.store.host_statuses().items()
+                      if row.facts_json and name in self.hosts}
+
+    def set_facts(self, name: str, facts: dict[str, Any]) -> None:
+        """A probe's findings: stored, and placement sees them from now on."""
+        self.store.set_facts(name, facts)
+        self.facts[name] = facts
+        self._static.clear()
+        self._wake.set()
 
     def submit(self, job: Job, spec: JobSpec) -> None:
         """Queue a job already written to the DB and wake the loop. Never blocks. On a
@@ -485,7 +501,8 @@ class Scheduler(ChainMixin, HealthMixin):
         static = self._static.get(demand.key)
         if static is None:
             runner = manifests().get(demand.runner)
-            static = {h.name: static_reason(demand, h, runner) for h in self.hosts.values()}
+            static = {h.name: static_reason(demand, h, runner, self.facts.get(h.name))
+                      for h in self.hosts.values()}
             self._static[demand.key] = static
         return static
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from fleet.inventory import Host
 from fleet.models.enums import Health
 from fleet.models.spec import JobSpec
+from fleet.probe import unmet
 from fleet.runners import RunnerManifest
 
 
@@ -27,6 +29,7 @@ class Demand:
     slots: int
     runner: str
     kind: str = "shell"
+    requires: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, spec: JobSpec) -> Demand:
@@ -34,7 +37,7 @@ class Demand:
         return cls(
             pool=r.pool, arch=r.arch, accelerator=r.accelerator,
             labels=tuple(sorted(r.labels.items())), slots=r.slots, runner=spec.runner or "shell",
-            kind=spec.kind.value,
+            kind=spec.kind.value, requires=tuple(r.requires),
         )
 
     @property
@@ -46,6 +49,8 @@ class Demand:
             key += "+" + ",".join(f"{k}={v}" for k, v in self.labels)
         if self.slots != 1:
             key += f"#{self.slots}"
+        if self.requires:
+            key += "?" + ",".join(self.requires)
         if self.runner != "shell":
             key += f"@{self.runner}"
             if self.kind == "compile":
@@ -96,7 +101,8 @@ class Unplaceable:
         return f"{self.considered} {noun} in {self.scope}: {parts}"
 
 
-def static_reason(demand: Demand, host: Host, runner: RunnerManifest | None) -> str | None:
+def static_reason(demand: Demand, host: Host, runner: RunnerManifest | None,
+                  facts: dict[str, Any] | None = None) -> str | None:
     """Why ``host`` can never take jobs of ``demand`` (None if it can). Pure."""
     if not host.schedulable:
         return "runs no jobs (fleet_jobs=false)"
@@ -116,6 +122,8 @@ def static_reason(demand: Demand, host: Host, runner: RunnerManifest | None) -> 
         why = runner.unsupported(host.arch, host.accelerator, demand.kind)
         if why:
             return why
+    if demand.requires:
+        return unmet(demand.requires, facts)
     return None
 
 
@@ -185,12 +193,13 @@ def place(
     )
 
 
-def static_report(demand: Demand, hosts: list[Host], runner: RunnerManifest | None) -> Unplaceable | None:
+def static_report(demand: Demand, hosts: list[Host], runner: RunnerManifest | None,
+                  facts: Mapping[str, dict[str, Any]] | None = None) -> Unplaceable | None:
     """None if some host can ever take the demand; else the per-reason counts. Pure."""
     in_scope = [h for h in hosts if demand.pool is None or demand.pool in h.pools]
     reasons: Counter[str] = Counter()
     for host in in_scope:
-        why = static_reason(demand, host, runner)
+        why = static_reason(demand, host, runner, (facts or {}).get(host.name))
         if why is None:
             return None
         reasons[why] += 1
