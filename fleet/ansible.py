@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -133,7 +134,13 @@ def run_playbook(
                 on_line(line)
         return kind != "verbose"  # keep the rest for ansible-runner's own bookkeeping
 
+    # ansible-playbook from fleet's own environment (a venv need not be on PATH): ansible-runner
+    # looks the command up on this process's PATH.
+    bindir = str(Path(sys.executable).parent)
+    if shutil.which("ansible-playbook") is None:
+        os.environ["PATH"] = f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}"
     envvars = {k: v for k, v in os.environ.items() if k.startswith("ANSIBLE_")}
+    envvars["PATH"] = f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}"
     envvars.update(env or {})
     envvars.setdefault("ANSIBLE_NOCOLOR", "1")
     envvars.setdefault("ANSIBLE_RETRY_FILES_ENABLED", "0")
@@ -169,7 +176,7 @@ def run_playbook(
         raise FleetError(f"cannot run ansible-playbook {playbook}: {exc}") from None
     finally:
         shutil.rmtree(private, ignore_errors=True)
-    if run.status not in ("successful", "failed") and not run.hosts:
+    if not run.hosts and run.rc != 0:
         raise FleetError(f"ansible-playbook {Path(playbook).name} ended {run.status} (rc {run.rc}): "
                          f"{run.stdout[-500:].strip()}")
     return run

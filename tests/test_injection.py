@@ -35,6 +35,12 @@ report = {
     "files": files,
 }
 json.dump(report, open(sys.argv[1], "w"))
+# The outputs, made with names as verbatim as the globs that collect them.
+for glob in report["job"]["outputs"]:
+    path = os.path.join(adir, glob.replace("*", "a"))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as fh:
+        fh.write(glob)
 """
 
 
@@ -99,6 +105,9 @@ def test_metacharacters_in_params_envs_inputs_and_outputs_arrive_verbatim(fleet,
     assert {k: v for k, v in report["env"].items() if k.startswith("EVIL_")} == envs
     assert report["job"]["params"] == params
     assert report["job"]["outputs"] == outputs
+    # ...and were collected as artifacts under those names (globs matched, nothing ran).
+    names = {a["name"] for a in detail["artifacts"]}
+    assert names == {f"$(touch {token})/a.txt", f"`touch {token}`", f"a;touch {token}"}
     assert report["job"]["name"] == "meta-chars_1.0"
     assert report["job"]["inputs"] == {"model": f"inputs/model/{weird}", "tree": "inputs/tree"}
     cache = fleet.settings.local_workdir / "cache"

@@ -58,6 +58,7 @@ from fleet.models.spec import SHA256_RE, InputRef, JobSpec, expand_steps, valida
 from fleet.models.tables import Job, User
 from fleet.results import InvalidResult, imported_record
 from fleet.scheduler.artifacts import artifact_input
+from fleet.scheduler.hooks import hook_log_id
 from fleet.scheduler.loop import Scheduler
 from fleet.store import Store
 
@@ -582,14 +583,14 @@ _ERRORS = {
     400: "the body is not JSON",
     401: "no valid bearer token",
     403: "admins only",
-    404: "no such job, host or user (someone else's job is not found either)",
+    404: "no such job, artifact, host or user (someone else's is not found either)",
     409: "already exists",
     413: "body too large",
     422: "invalid request: `errors` names each bad field and its problem",
     503: "no scheduler leader right now (a replica is taking over): retry in a few seconds",
 }
 _FORWARDED = {"cancel_job", "why_job", "hosts", "drain_host", "undrain_host", "maintenance_host",
-              "check_host", "pools"}  # a follower hands these to the leader
+              "check_host", "pools", "probe_hosts", "provision_hosts"}  # a follower hands these to the leader
 
 
 def _calls(dependant: Any) -> set[Any]:
@@ -611,9 +612,9 @@ def _document_errors(schema: dict[str, Any], routes: list[Any]) -> None:
         codes = {401, 422}
         if admin_only in _calls(route.dependant) or route.name == "add_token":
             codes.add(403)
-        if "{" in route.path or route.name == "add_token":
+        if "{" in route.path or route.name in ("add_token", "artifacts"):
             codes.add(404)
-        if route.name in _FORWARDED:
+        if route.name in _FORWARDED or route.name in ("probe_hosts", "provision_hosts"):
             codes.add(503)
         if route.name == "add_user":
             codes.add(409)
@@ -711,6 +712,15 @@ def _accept(ctx: ApiContext, spec: JobSpec, user: User) -> tuple[JobSpec, str]:
     ]
     local = [(f"inputs.{k}", "not uploaded (submit it through the CLI)")
              for k, v in spec.inputs.items() if isinstance(v, str)]
+    for which in ("before", "after"):
+        hook = getattr(spec.hooks, which) if spec.hooks else None
+        if isinstance(hook, str):
+            local.append((f"hooks.{which}", "not uploaded (submit it through the CLI, which uploads the playbook)"))
+        elif isinstance(hook, InputRef):
+            if hook.kind != "file":
+                local.append((f"hooks.{which}", "must be a playbook file"))
+            missing += [(f"hooks.{which}", f"blob {b.sha256[:12]} is not uploaded")
+                        for b in hook.files.values() if not ctx.blobs.has(b.sha256)]
     if missing or local:
         raise SpecError(local + missing)
     key = ctx.scheduler.demand_for(spec).key
@@ -760,13 +770,19 @@ async def _log_stream(
             yield COLLECTED
             if not follow or number is not None:
                 return
+        before, before_offset = hook_log_id(current.id, "before"), 0
         while True:
+            if offset == 0:  # before the job prints: what its before hook did
+                data, before_offset = logs.read(job_id, before, before_offset)
+                if data:
+                    yield data
+                    continue
             data, offset = logs.read(job_id, current.id, offset)
             if data:
                 yield data
                 continue
             if not follow:
-                return
+                break
             fresh = store.get_attempt(current.id)
             if fresh is None or fresh.ended_at is not None:
                 while True:
@@ -776,6 +792,14 @@ async def _log_stream(
                     yield data
                 break
             await logs.wait(current.id, 1.0 if ctx.scheduler.leading else 0.25)  # followers poll
+        after_offset = 0
+        while True:  # what its after hook did
+            data, after_offset = logs.read(job_id, hook_log_id(current.id, "after"), after_offset)
+            if not data:
+                break
+            yield data
+        if not follow:
+            return
         if number is not None:
             return
         # The attempt ended: stop if the job is done, else follow its next attempt.

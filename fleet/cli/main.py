@@ -186,6 +186,22 @@ def _upload_inputs(client: Client, data: dict[str, Any], base: Path) -> None:
         inputs[name] = ref.model_dump()
 
 
+def _upload_hooks(client: Client, data: dict[str, Any], base: Path) -> None:
+    """Replace hook playbook paths with uploaded blob refs (the server runs them)."""
+    hooks = data.get("hooks")
+    if not isinstance(hooks, dict):
+        return
+    for which, value in list(hooks.items()):
+        if not isinstance(value, str):
+            continue
+        path = (base / value).expanduser() if not os.path.isabs(value) else Path(value)
+        if not path.is_file():
+            raise SpecError([(f"hooks.{which}", f"{value}: no such playbook file (looked in {path})")])
+        sha, size = client.upload(path)
+        hooks[which] = InputRef(kind="file", filename=path.name,
+                                files={path.name: {"sha256": sha, "size": size}}).model_dump()  # type: ignore[dict-item]
+
+
 def _wait_terminal(client: Client, job_id: str) -> Any:
     while True:
         detail = client.wait(job_id, timeout=60)
@@ -213,9 +229,11 @@ def _load_spec_file(client: Client | None, file: Path) -> dict[str, Any]:
         raise SpecError(exc.errors, str(file)) from None
     if client is not None:
         _upload_inputs(client, data, file.parent)
+        _upload_hooks(client, data, file.parent)
         for step in data.get("steps") or []:
             if isinstance(step, dict):
                 _upload_inputs(client, step, file.parent)
+                _upload_hooks(client, step, file.parent)
     return data
 
 

@@ -175,8 +175,11 @@ class SecretValue(_Strict):
 
 
 class Hooks(_Strict):
-    before: str | None = None
-    after: str | None = None
+    """Ansible playbooks run on the leased host around the job (paths relative to the spec;
+    the CLI uploads them)."""
+
+    before: str | InputRef | None = Field(None, description="runs first; its failure ends the job setup_failed")
+    after: str | InputRef | None = Field(None, description="runs after the job, whatever its end")
 
 
 class Retries(_Strict):

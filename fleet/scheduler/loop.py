@@ -25,13 +25,14 @@ from fleet.errors import NotFound, SpecError
 from fleet.inventory import Host
 from fleet.logstore import LogStore
 from fleet.models.enums import REASON_CLASS, AttemptState, FailureClass, Health, JobState, Reason
-from fleet.models.spec import JobSpec
+from fleet.models.spec import InputRef, JobSpec
 from fleet.models.tables import Attempt, Job
 from fleet.results import InvalidResult, complete_record
 from fleet.runners import manifests
 from fleet.scheduler import artifacts
 from fleet.scheduler.chains import ChainMixin
 from fleet.scheduler.health import HealthMixin
+from fleet.scheduler.hooks import hook_log_id, run_hook
 from fleet.scheduler.placement import (
     Demand,
     HostView,
@@ -583,8 +584,15 @@ class Scheduler(ChainMixin, HealthMixin):
         sink = _Sink(self, run)
         sink.bytes = log_offset
         attempt = run.attempt
+        hooks = run.qj.spec.hooks
         try:
-            if run.cancel_requested and not log_offset:
+            before_failed = None
+            fresh = not (run.plan.reattach or run.resolving or log_offset)
+            if hooks is not None and isinstance(hooks.before, InputRef) and fresh and not run.cancel_requested:
+                before_failed = await self._hook(run, "before", hooks.before)
+            if before_failed:
+                outcome = Outcome(exit_code=None, error=before_failed)
+            elif run.cancel_requested and not log_offset:
                 outcome = Outcome(exit_code=None, cancelled=True)
             else:
                 outcome = await self.backend.launch(run.plan, sink, log_offset)
@@ -606,7 +614,32 @@ class Scheduler(ChainMixin, HealthMixin):
             verdict = Verdict(AttemptState.FAILED, Reason.CONTROLLER_ERROR, f"{type(exc).__name__}: {exc}", None)
         if run.cancel_requested and verdict.state is not AttemptState.SUCCEEDED and verdict.reason is not Reason.HOST_LOST:
             verdict = Verdict(AttemptState.CANCELLED, Reason.CANCELLED_BY_USER, "cancelled", verdict.exit_code)
+        if hooks is not None and isinstance(hooks.after, InputRef) and not self._stopping:
+            # Always, also after a failure or a cancel; its failure is recorded, the job's own
+            # end stands.
+            after_failed = await self._hook(run, "after", hooks.after, verdict)
+            if after_failed:
+                message = f"{verdict.message}; {after_failed}" if verdict.message else after_failed
+                verdict = Verdict(verdict.state, verdict.reason, message, verdict.exit_code, verdict.may_run)
         self._finish(run, outcome, verdict, sink.bytes)
+
+    async def _hook(self, run: Running, which: str, ref: InputRef, verdict: Verdict | None = None) -> str | None:
+        spec = run.qj.spec
+        extravars: dict[str, Any] = {
+            "fleet_job_id": run.qj.job.id, "fleet_attempt_id": run.attempt.id, "fleet_job_name": spec.name,
+            "fleet_host": run.host.name, "fleet_params": spec.params, "fleet_device_class": run.host.device_class}
+        if verdict is not None:
+            extravars.update(fleet_job_state=verdict.state.value, fleet_job_reason=verdict.reason.value,
+                             fleet_exit_code=verdict.exit_code)
+        try:
+            return await run_hook(which, ref, blobs=self.blobs, logs=self.logs, inventory=self.inventory_source,
+                                  job_id=run.qj.job.id, attempt_id=run.attempt.id, host=run.host.name,
+                                  extravars=extravars)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a hook never takes the scheduler down
+            log.exception("%s hook of %s failed in the controller", which, run.attempt.id)
+            return f"{which} hook: {type(exc).__name__}: {exc}"
 
     @staticmethod
     def _may_run(run: Running, exc: HostLost) -> bool:
@@ -628,6 +661,9 @@ class Scheduler(ChainMixin, HealthMixin):
             except InvalidResult as exc:
                 verdict = Verdict(AttemptState.FAILED, Reason.RUNNER_ERROR, str(exc), verdict.exit_code)
         self.logs.close(attempt.id, qj.job.id)
+        if qj.spec.hooks is not None:
+            for which in ("before", "after"):
+                self.logs.close(hook_log_id(attempt.id, which), qj.job.id)
         # Release the lease and the fair-share count before deciding on a retry.
         self.used[host.name] -= attempt.slots
         self.running_by_user[qj.job.user] -= 1
