@@ -110,6 +110,8 @@ async def serve(settings: Settings, options: ServeOptions) -> None:
         scheduler.inventory_source = source
     lease = LeaderLease(db, make_holder(), None, settings.leader_lease)
     ctx = ApiContext(store, scheduler, blobs, lease)
+    ctx.ssh_known_hosts = [*ssh_options.known_hosts_files, ssh_options.fleet_known_hosts]
+    ctx.trust_on_first_use = settings.trust_on_first_use
     app = create_app(ctx)
 
     # proto=IPPROTO_TCP matters: asyncio only sets TCP_NODELAY on sockets that say they are TCP,

@@ -182,6 +182,9 @@ class Client:
         model = ProbeOut if what == "probe" else ProvisionOut
         return [model.model_validate(r) for r in self._check(resp).json()]
 
+    def ssh_config(self) -> str:
+        return self._check(self.http.get("/ssh-config")).text
+
     def host_action(self, name: str, action: str, **params: Any) -> HostOut:
         """drain, undrain or maintenance (``on=``) on one host (admins)."""
         resp = self.http.post(f"/hosts/{quote(name, safe='')}/{action}", params=params, json={})

@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import json
 import os
+import pathlib
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -17,7 +18,7 @@ import httpx
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
@@ -49,6 +50,7 @@ from fleet.api.schemas import (
     iso,
 )
 from fleet.blobs import BlobStore
+from fleet.sshconfig import render as render_ssh_config
 from fleet.errors import FleetError, NotFound, SpecError
 from fleet.ids import new_id
 from fleet.leader import LeaderLease
@@ -85,6 +87,9 @@ class ApiContext:
         self.scheduler = scheduler
         self.blobs = blobs
         self.lease = lease
+        # For `fleet ssh-config`: the known_hosts files and TOFU setting fleet itself uses.
+        self.ssh_known_hosts: list[pathlib.Path] = [pathlib.Path("~/.ssh/known_hosts").expanduser()]
+        self.trust_on_first_use = False
         self._token_cache: dict[str, User] = {}
         self._leader_http: httpx.AsyncClient | None = None
 
@@ -524,6 +529,13 @@ def create_app(ctx: ApiContext) -> FastAPI:
         return [ProvisionOut(host=name, status=s.status, ok=s.ok, changed=s.changed, failed=s.failed,
                              unreachable=s.unreachable, message=s.message, check=body.check)
                 for name, s in sorted(run.hosts.items())]
+
+    @app.get("/ssh-config", tags=["hosts"], response_class=PlainTextResponse,
+             responses={200: {"content": {"text/plain": {}}}})
+    async def ssh_config(_user: UserDep) -> PlainTextResponse:
+        """OpenSSH ``Host`` blocks for the inventory (paths are the server's)."""
+        return PlainTextResponse(render_ssh_config(
+            ctx.scheduler.hosts.values(), ctx.ssh_known_hosts, ctx.trust_on_first_use))
 
     @app.get("/pools", tags=["hosts"])
     async def pools(_user: UserDep, request: Request) -> list[PoolOut]:

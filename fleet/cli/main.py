@@ -468,6 +468,46 @@ def results_import(obj: Ctx, fmt: str, file: Path, host: str | None, device_clas
     click.echo(", ".join(parts))
 
 
+# ---------------------------------------------------------------------- ssh
+
+
+@cli.command("ssh-config")
+@pass_ctx
+@handle_errors
+def ssh_config(obj: Ctx) -> None:
+    """Print OpenSSH Host blocks for the inventory (address, port, user, key, ProxyJump,
+    fleet's known_hosts). Include the output from ~/.ssh/config and plain `ssh HOST` works."""
+    click.echo(obj.client.ssh_config(), nl=False)
+
+
+@cli.command("ssh", context_settings={"ignore_unknown_options": True})
+@click.argument("host")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@pass_ctx
+@handle_errors
+def ssh(obj: Ctx, host: str, command: tuple[str, ...]) -> None:
+    """Open a shell on HOST, or run `-- COMMAND` there, with the inventory's connection
+    settings (jump hosts and keys included). Like ssh, COMMAND's words are joined with spaces
+    and run by the host's shell. Exits with the command's status."""
+    import subprocess
+    import tempfile
+
+    hosts = {h.name: h for h in obj.client.hosts()}
+    if host not in hosts:
+        raise FleetError(f"no host {host} in the inventory (hosts: {', '.join(sorted(hosts)) or 'none'})")
+    argv = list(command)
+    if hosts[host].target == "local":  # ansible_connection=local: this machine
+        shell = os.environ.get("SHELL", "/bin/sh")
+        code = subprocess.call([shell, "-c", " ".join(argv)] if argv else [shell])
+        raise SystemExit(code)
+    with tempfile.NamedTemporaryFile("w", prefix="fleet-ssh-", suffix=".conf") as conf:
+        conf.write(obj.client.ssh_config())
+        conf.flush()
+        code = subprocess.call(["ssh", "-F", conf.name, *(["-t"] if not argv and sys.stdin.isatty() else []),
+                                host, *([" ".join(argv)] if argv else [])])
+    raise SystemExit(code)
+
+
 # ---------------------------------------------------------------------- artifacts
 
 

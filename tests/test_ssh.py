@@ -1,0 +1,60 @@
+"""fleet ssh and fleet ssh-config: the real OpenSSH client reaches lab hosts (pure-Python and
+real sshd) by their inventory names, jump hosts and keys included, with host keys checked."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from tests.lab import have_sshd
+
+pytestmark = pytest.mark.skipif(shutil.which("ssh") is None, reason="needs the OpenSSH client (ssh)")
+
+
+def test_fleet_ssh_runs_commands_on_hosts_by_name_through_jump_hosts(fleet, lab, tmp_path):
+    jump, behind = lab.add_hosts("rtx5060", 2)
+    real = lab.add_hosts("jetson-orin-nano", 1, kind="openssh")[0] if have_sshd() else None
+    proxy = f"-o ProxyJump={lab.user}@{jump.address}:{jump.port}"
+    (fleet.home / "known_hosts").write_text(lab.known_hosts_text())
+    fleet.start(lab.write_inventory(tmp_path / "inventory.ini",
+                                    extra_host_vars={behind.name: {"ansible_ssh_common_args": proxy}}))
+
+    out = fleet.cli("ssh", jump.name, "--", "echo", "home=$HOME", "&&", "uname", "-m")
+    assert out.stdout.split() == [f"home={jump.home}", "x86_64"]
+    out = fleet.cli("ssh", behind.name, "--", "echo", "$FLEET_LAB_HOST")
+    assert out.stdout.strip() == behind.name
+    assert (behind.address, behind.port) in lab.tunnel_requests(jump.name)  # it went via the jump host
+    if real is not None:
+        out = fleet.cli("ssh", real.name, "--", "uname", "-m")
+        assert out.stdout.strip() == "aarch64"  # the Jetson host's simulated arch
+    failed = fleet.cli("ssh", jump.name, "--", "exit", "3", check=False)
+    assert failed.returncode == 3
+    missing = fleet.cli("ssh", "nope", "--", "true", check=False)
+    assert missing.returncode != 0 and "no host nope" in missing.stderr
+
+    # The same blocks, included from an ssh config, make plain `ssh HOST` work.
+    config = tmp_path / "ssh_config"
+    config.write_text(fleet.cli("ssh-config").stdout)
+    text = config.read_text()
+    assert f"Host {behind.name}" in text and f"ProxyJump {jump.name}" in text
+    assert "StrictHostKeyChecking yes" in text and str(fleet.home / "known_hosts") in text
+    plain = subprocess.run(["ssh", "-F", str(config), behind.name, "echo $FLEET_LAB_HOST"],
+                           capture_output=True, text=True, timeout=60)
+    assert plain.stdout.strip() == behind.name, plain.stderr
+
+
+def test_an_unknown_host_key_is_refused(fleet, lab, tmp_path):
+    (host,) = lab.add_hosts("rtx5060", 1)
+    (fleet.home / "known_hosts").write_text("")
+    fleet.start(lab.write_inventory(tmp_path / "inventory.ini"))
+    out = fleet.cli("ssh", host.name, "--", "echo", "reached", check=False)
+    assert out.returncode != 0 and "reached" not in out.stdout
+    assert "Host key verification failed" in out.stderr
+
+
+def test_ssh_to_a_local_host_runs_here(fleet):
+    fleet.start()
+    out = fleet.cli("ssh", "localhost", "--", "echo", "local $((1+1))")
+    assert out.stdout.strip() == "local 2"
