@@ -8,6 +8,7 @@ names the field instead of a setting silently ignored. ``load_spec`` turns YAML 
 from __future__ import annotations
 
 import datetime
+import json
 import math
 import re
 from typing import Annotated, Any
@@ -322,8 +323,10 @@ _UNION_TAGS = {"str", "constrained-str", "SecretValue", "InputRef", "int", "floa
 
 
 def _part(key: object) -> str:
-    """One step of a field path as the user reads it (an empty key shows as "")."""
-    return str(key) if key != "" else '""'
+    """One step of a field path as the user reads it: quoted when it is empty or holds a dot
+    (so ``a.b`` is always a path and ``"a.b"`` one key)."""
+    text = str(key)
+    return json.dumps(text, ensure_ascii=False) if text == "" or "." in text else text
 
 
 def format_validation_error(exc: ValidationError) -> list[tuple[str, str]]:
