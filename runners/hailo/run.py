@@ -15,7 +15,10 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# fleet's shared runner code sits one level up; only for these imports: the folders there are
+# named like the tools (onnxruntime/, tensorrt/) and must not shadow them.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _ROOT)
 
 import capture  # noqa: E402
 from devtools import hailo as fmt  # noqa: E402
@@ -23,6 +26,7 @@ from runnerlib import (  # noqa: E402
     RunnerError, check_params, find_tool, log, main, param_number, quiet, run_tool, sha256_of,
     write_json,
 )
+sys.path.remove(_ROOT)
 
 DEFAULTS = {"hw_arch": "hailo8", "random_calib": False, "duration_s": 10, "require": {}}
 HW_ARCHS = ("hailo8", "hailo8l", "hailo8r")

@@ -7,43 +7,31 @@ exits 0. On failure writes ``error.json`` (``setup_failed`` when onnxruntime or 
 missing, exit 78; ``runner_error`` otherwise, exit 1).
 """
 
-import hashlib
 import json
 import os
 import platform
 import sys
 import time
 
+# fleet's shared runner code sits one level up; only for these imports: the folders there are
+# named like the tools (onnxruntime/, tensorrt/) and must not shadow them.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _ROOT)
+
+from runnerlib import EX_SETUP, RunnerError, log, sha256_of, write_json  # noqa: E402
+sys.path.remove(_ROOT)
+
 DEFAULTS = {
     "warmup": 10, "iterations": 100, "duration": None, "threads": 0, "inter_threads": 0,
     "batch": 1, "dims": {}, "shapes": {}, "providers": ["CPUExecutionProvider"],
     "graph_optimization": "all", "seed": 0, "require_providers": False, "precision": None,
 }
-EX_SETUP = 78
 DTYPES = {
     "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
     "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int16)": "int16",
     "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(bool)": "bool",
 }
 PRECISION = {"float32": "fp32", "float16": "fp16", "float64": "fp64", "int8": "int8", "uint8": "int8"}
-
-
-class RunnerError(Exception):
-    def __init__(self, message, cls="runner_error"):
-        Exception.__init__(self, message)
-        self.cls = cls
-
-
-def write_json(path, data):
-    tmp = "%s.tmp.%d" % (path, os.getpid())
-    with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=1)
-    os.replace(tmp, path)
-
-
-def log(message):
-    sys.stdout.write(message + "\n")
-    sys.stdout.flush()
 
 
 def percentile(sorted_values, q):
@@ -78,14 +66,6 @@ def cpu_model():
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def sha256_of(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 AUTO_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")

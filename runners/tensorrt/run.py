@@ -19,7 +19,10 @@ import shutil
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# fleet's shared runner code sits one level up; only for these imports: the folders there are
+# named like the tools (onnxruntime/, tensorrt/) and must not shadow them.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _ROOT)
 
 import capture  # noqa: E402
 from devtools import trtexec as fmt  # noqa: E402
@@ -27,6 +30,7 @@ from runnerlib import (  # noqa: E402
     RunnerError, cache_dir, check_params, find_tool, log, main, param_number, quiet, run_tool,
     sha256_of, write_json,
 )
+sys.path.remove(_ROOT)
 
 JETSON_TRTEXEC = "/usr/src/tensorrt/bin/trtexec"
 DEFAULTS = {
