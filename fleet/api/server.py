@@ -18,7 +18,13 @@ import httpx
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import (
+    FileResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
@@ -49,19 +55,19 @@ from fleet.api.schemas import (
     WhyOut,
     iso,
 )
+from fleet.api.submit import submit_many
 from fleet.blobs import BlobStore
-from fleet.sshconfig import render as render_ssh_config
 from fleet.errors import FleetError, NotFound, SpecError
 from fleet.ids import new_id
 from fleet.leader import LeaderLease
 from fleet.logstore import COLLECTED
 from fleet.models.enums import Health, JobState
-from fleet.models.spec import SHA256_RE, InputRef, JobSpec, expand_steps, validate_spec
+from fleet.models.spec import SHA256_RE
 from fleet.models.tables import Job, User
 from fleet.results import InvalidResult, imported_record
-from fleet.scheduler.artifacts import artifact_input
 from fleet.scheduler.hooks import hook_log_id
 from fleet.scheduler.loop import Scheduler
+from fleet.sshconfig import render as render_ssh_config
 from fleet.store import Store
 
 MAX_BLOB = 8 << 30
@@ -276,12 +282,12 @@ def create_app(ctx: ApiContext) -> FastAPI:
     @app.post("/jobs", tags=["jobs"], status_code=201, responses={422: {"description": "invalid spec"}})
     async def submit(body: dict[str, Any], user: UserDep) -> JobOut:
         """Submit a job spec (inputs already uploaded as blobs)."""
-        return _submit_many(ctx, [body], user)[0]
+        return submit_many(ctx, [body], user)[0]
 
     @app.post("/jobs/batch", tags=["jobs"], status_code=201, responses={422: {"description": "invalid spec"}})
     async def submit_batch(body: BatchIn, user: UserDep) -> list[JobOut]:
         """Submit several specs at once: all are accepted or none (errors name ``jobs[i]``)."""
-        return _submit_many(ctx, body.jobs, user)
+        return submit_many(ctx, body.jobs, user)
 
     @app.get("/jobs", tags=["jobs"])
     async def list_jobs(
@@ -648,95 +654,6 @@ def _document_errors(schema: dict[str, Any], routes: list[Any]) -> None:
 
 class BatchIn(BaseModel):
     jobs: list[dict[str, Any]] = Field(min_length=1, max_length=10_000)
-
-
-def _submit_many(ctx: ApiContext, bodies: list[dict[str, Any]], user: User) -> list[JobOut]:
-    """Validate every spec (a chain's steps each become a job), then queue them all in one
-    transaction. Raises SpecError."""
-    accepted: list[tuple[JobSpec, str]] = []
-    links: list[dict[str, Any] | None] = []
-    errors: list[tuple[str, str]] = []
-    for i, body in enumerate(bodies):
-        prefix = f"jobs[{i}]." if len(bodies) > 1 else ""
-        try:
-            spec = validate_spec(body)
-            if spec.steps is not None:
-                steps = expand_steps(spec, body)
-                first, names = len(accepted), {}
-                for k, (step, step_spec, after) in enumerate(steps):
-                    try:
-                        accepted.append(_accept(ctx, step_spec, user))
-                    except SpecError as exc:
-                        raise SpecError([(f"steps[{k}].{f}" if f else f"steps[{k}]", m)
-                                         for f, m in exc.errors]) from None
-                    names[step] = len(accepted) - 1
-                    links.append({"step": step, "first": first,
-                                  "after": names[after] if after is not None else None})
-            else:
-                accepted.append(_accept(ctx, spec, user))
-                waits = {ref.job for ref in spec.refs().values() if ref.job}
-                if len(waits) > 1:
-                    raise SpecError([("inputs", "a job takes artifacts from one other job")])
-                if any(ref.step for ref in spec.refs().values()):
-                    raise SpecError([("inputs", "{step: ...} inputs are for chains (steps:)")])
-                links.append({"after_id": _visible_job(ctx, next(iter(waits)), user).id} if waits else None)
-        except SpecError as exc:
-            errors.extend((prefix + f if f else prefix.rstrip("."), p) for f, p in exc.errors)
-    if errors:
-        raise SpecError(errors)
-    jobs = ctx.store.create_jobs(accepted, user.name, links)
-    for job, (spec, _key) in zip(jobs, accepted, strict=True):
-        ctx.scheduler.submit(job, spec)
-    return [JobOut.of(job) for job in jobs]
-
-
-def _visible_job(ctx: ApiContext, job_id: str, user: User) -> Job:
-    try:
-        job = ctx.store.get_job(job_id)
-    except NotFound:
-        job = None
-    if job is None or (not user.is_admin and job.user != user.name):
-        raise SpecError([("inputs", f"no job {job_id}")])
-    return job
-
-
-def _accept(ctx: ApiContext, spec: JobSpec, user: User) -> tuple[JobSpec, str]:
-    """Check one job spec's inputs and demand; resolve ``{artifact: ID}`` inputs now; seal
-    its secrets. Returns (spec, queue key). Raises SpecError."""
-    resolved = {}
-    for name, ref in spec.refs().items():
-        if ref.job or ref.step:
-            continue
-        try:
-            art = ctx.store.get_artifact(ref.artifact or "")
-        except NotFound:
-            art = None
-        if art is None or (not user.is_admin and art.user != user.name):
-            raise SpecError([(f"inputs.{name}", f"no artifact {ref.artifact}")])
-        resolved[name] = artifact_input(art)
-    if resolved:
-        spec = spec.model_copy(update={"inputs": {**spec.inputs, **resolved}})
-    missing = [
-        (f"inputs.{name}", f"blob {blob.sha256[:12]} of {rel} is not uploaded")
-        for name, ref in spec.inputs.items() if isinstance(ref, InputRef)
-        for rel, blob in ref.files.items()
-        if not ctx.blobs.has(blob.sha256)
-    ]
-    local = [(f"inputs.{k}", "not uploaded (submit it through the CLI)")
-             for k, v in spec.inputs.items() if isinstance(v, str)]
-    for which in ("before", "after"):
-        hook = getattr(spec.hooks, which) if spec.hooks else None
-        if isinstance(hook, str):
-            local.append((f"hooks.{which}", "not uploaded (submit it through the CLI, which uploads the playbook)"))
-        elif isinstance(hook, InputRef):
-            if hook.kind != "file":
-                local.append((f"hooks.{which}", "must be a playbook file"))
-            missing += [(f"hooks.{which}", f"blob {b.sha256[:12]} is not uploaded")
-                        for b in hook.files.values() if not ctx.blobs.has(b.sha256)]
-    if missing or local:
-        raise SpecError(local + missing)
-    key = ctx.scheduler.demand_for(spec).key
-    return ctx.scheduler.secrets.seal_spec(spec), key  # never stored in clear
 
 
 def _safe(text: str) -> str:

@@ -1,0 +1,105 @@
+"""Submitting jobs: validate every spec (a chain's steps become one job each), check inputs and
+hooks are uploaded, resolve ``{artifact: ID}`` inputs, seal secrets, then queue them all in one
+transaction."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from fleet.api.schemas import JobOut
+from fleet.errors import NotFound, SpecError
+from fleet.models.spec import InputRef, JobSpec, expand_steps, validate_spec
+from fleet.models.tables import Job, User
+from fleet.scheduler.artifacts import artifact_input
+
+if TYPE_CHECKING:
+    from fleet.api.server import ApiContext
+
+
+def submit_many(ctx: ApiContext, bodies: list[dict[str, Any]], user: User) -> list[JobOut]:
+    """Validate every spec (a chain's steps each become a job), then queue them all in one
+    transaction. Raises SpecError."""
+    accepted: list[tuple[JobSpec, str]] = []
+    links: list[dict[str, Any] | None] = []
+    errors: list[tuple[str, str]] = []
+    for i, body in enumerate(bodies):
+        prefix = f"jobs[{i}]." if len(bodies) > 1 else ""
+        try:
+            spec = validate_spec(body)
+            if spec.steps is not None:
+                steps = expand_steps(spec, body)
+                first, names = len(accepted), {}
+                for k, (step, step_spec, after) in enumerate(steps):
+                    try:
+                        accepted.append(_accept(ctx, step_spec, user))
+                    except SpecError as exc:
+                        raise SpecError([(f"steps[{k}].{f}" if f else f"steps[{k}]", m)
+                                         for f, m in exc.errors]) from None
+                    names[step] = len(accepted) - 1
+                    links.append({"step": step, "first": first,
+                                  "after": names[after] if after is not None else None})
+            else:
+                accepted.append(_accept(ctx, spec, user))
+                waits = {ref.job for ref in spec.refs().values() if ref.job}
+                if len(waits) > 1:
+                    raise SpecError([("inputs", "a job takes artifacts from one other job")])
+                if any(ref.step for ref in spec.refs().values()):
+                    raise SpecError([("inputs", "{step: ...} inputs are for chains (steps:)")])
+                links.append({"after_id": _visible_job(ctx, next(iter(waits)), user).id} if waits else None)
+        except SpecError as exc:
+            errors.extend((prefix + f if f else prefix.rstrip("."), p) for f, p in exc.errors)
+    if errors:
+        raise SpecError(errors)
+    jobs = ctx.store.create_jobs(accepted, user.name, links)
+    for job, (spec, _key) in zip(jobs, accepted, strict=True):
+        ctx.scheduler.submit(job, spec)
+    return [JobOut.of(job) for job in jobs]
+
+
+def _visible_job(ctx: ApiContext, job_id: str, user: User) -> Job:
+    try:
+        job = ctx.store.get_job(job_id)
+    except NotFound:
+        job = None
+    if job is None or (not user.is_admin and job.user != user.name):
+        raise SpecError([("inputs", f"no job {job_id}")])
+    return job
+
+
+def _accept(ctx: ApiContext, spec: JobSpec, user: User) -> tuple[JobSpec, str]:
+    """Check one job spec's inputs and demand; resolve ``{artifact: ID}`` inputs now; seal
+    its secrets. Returns (spec, queue key). Raises SpecError."""
+    resolved = {}
+    for name, ref in spec.refs().items():
+        if ref.job or ref.step:
+            continue
+        try:
+            art = ctx.store.get_artifact(ref.artifact or "")
+        except NotFound:
+            art = None
+        if art is None or (not user.is_admin and art.user != user.name):
+            raise SpecError([(f"inputs.{name}", f"no artifact {ref.artifact}")])
+        resolved[name] = artifact_input(art)
+    if resolved:
+        spec = spec.model_copy(update={"inputs": {**spec.inputs, **resolved}})
+    missing = [
+        (f"inputs.{name}", f"blob {blob.sha256[:12]} of {rel} is not uploaded")
+        for name, ref in spec.inputs.items() if isinstance(ref, InputRef)
+        for rel, blob in ref.files.items()
+        if not ctx.blobs.has(blob.sha256)
+    ]
+    local = [(f"inputs.{k}", "not uploaded (submit it through the CLI)")
+             for k, v in spec.inputs.items() if isinstance(v, str)]
+    for which in ("before", "after"):
+        hook = getattr(spec.hooks, which) if spec.hooks else None
+        if isinstance(hook, str):
+            local.append((f"hooks.{which}", "not uploaded (submit it through the CLI, which uploads the playbook)"))
+        elif isinstance(hook, InputRef):
+            if hook.kind != "file":
+                local.append((f"hooks.{which}", "must be a playbook file"))
+            missing += [(f"hooks.{which}", f"blob {b.sha256[:12]} is not uploaded")
+                        for b in hook.files.values() if not ctx.blobs.has(b.sha256)]
+    if missing or local:
+        raise SpecError(local + missing)
+    key = ctx.scheduler.demand_for(spec).key
+    return ctx.scheduler.secrets.seal_spec(spec), key  # never stored in clear
