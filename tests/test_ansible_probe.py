@@ -5,16 +5,21 @@ and, on Jetson hosts, an /etc/nv_tegra_release under their FLEET_HOST_ROOT."""
 from __future__ import annotations
 
 import json
+import re
 
 from tests.lab import Lab, have_sshd
 
 
-def start(fleet, lab: Lab, tmp_path, monkeypatch, extra=None):
+def start(fleet, lab: Lab, tmp_path, monkeypatch, extra=None, no_arch=()):
     for key, value in lab.ansible_env().items():
         if key.startswith("ANSIBLE_") or key == "PATH":
             monkeypatch.setenv(key, value)
     (fleet.home / "known_hosts").write_text(lab.known_hosts_text())
-    return fleet.start(lab.write_inventory(tmp_path / "inventory.ini", extra_host_vars=extra))
+    inventory = lab.write_inventory(tmp_path / "inventory.ini", extra_host_vars=extra)
+    lines = [re.sub(r" fleet_arch=\S+", "", line) if line.split(" ")[0] in no_arch else line
+             for line in inventory.read_text().splitlines()]
+    inventory.write_text("\n".join(lines) + "\n")
+    return fleet.start(inventory)
 
 
 def test_probe_reads_what_hosts_are_and_reports_mismatches(fleet, lab, tmp_path, monkeypatch):
@@ -22,7 +27,9 @@ def test_probe_reads_what_hosts_are_and_reports_mismatches(fleet, lab, tmp_path,
     lab.add_hosts("jetson-orin-nano", 1, kind="openssh" if have_sshd() else "asyncssh")
     lab.add_hosts("hailo8", 1)
     gone = lab.add_hosts("rtx5060", 1)[0]
-    client = start(fleet, lab, tmp_path, monkeypatch, extra={"hailo-1": {"fleet_accelerator": "hailo8l"}})
+    client = start(fleet, lab, tmp_path, monkeypatch, extra={"hailo-1": {"fleet_accelerator": "hailo8l"}},
+                   no_arch=("rtx-1",))
+    assert {h.name: h.arch for h in client.hosts()}["rtx-1"] == "unknown"  # no fleet_arch given
     lab.stop_host(gone.name)
     out = fleet.cli("hosts", "probe", "--json", check=False, timeout=300)
     assert out.returncode == 1  # a mismatch and an unreachable host
@@ -43,6 +50,8 @@ def test_probe_reads_what_hosts_are_and_reports_mismatches(fleet, lab, tmp_path,
 
     listed = {h.name: h for h in client.hosts()}
     assert listed["jetson-1"].facts["l4t"] == "36.3.0" and listed["jetson-1"].mismatches
+    assert listed["rtx-1"].arch == "x86_64"  # filled in from the probe
+    assert listed["jetson-1"].arch == "aarch64"  # what the inventory says stays (and is reported)
     assert "MISMATCH hailo-1" in fleet.cli("hosts").stderr
 
     # Probed facts can be required by jobs.

@@ -9,6 +9,7 @@ the attempt tasks it owns, so a host never runs more attempts than its slots.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import shlex
@@ -22,7 +23,7 @@ from fleet.backends.base import AttemptPlan, Backend, BackendError, HostLost, In
 from fleet.blobs import BlobStore
 from fleet.config import Settings, fleet_home
 from fleet.errors import NotFound, SpecError
-from fleet.inventory import Host
+from fleet.inventory import ARCH_ALIASES, UNKNOWN_ARCH, Host
 from fleet.logstore import LogStore
 from fleet.models.enums import REASON_CLASS, AttemptState, FailureClass, Health, JobState, Reason
 from fleet.models.spec import InputRef, JobSpec
@@ -230,13 +231,24 @@ class Scheduler(ChainMixin, HealthMixin):
     def load_facts(self) -> None:
         self.facts = {name: json.loads(row.facts_json) for name, row in self.store.host_statuses().items()
                       if row.facts_json and name in self.hosts}
+        for name, facts in self.facts.items():
+            self._fill_in(name, facts)
 
     def set_facts(self, name: str, facts: dict[str, Any]) -> None:
         """A probe's findings: stored, and placement sees them from now on."""
         self.store.set_facts(name, facts)
         self.facts[name] = facts
+        self._fill_in(name, facts)
         self._static.clear()
         self._wake.set()
+
+    def _fill_in(self, name: str, facts: dict[str, Any]) -> None:
+        """What the inventory left out and the probe found: a host without ``fleet_arch``
+        takes the kernel's (DESIGN.md §5.1). What the inventory says stays; a disagreement is
+        only reported (``fleet hosts``: MISMATCH)."""
+        host = self.hosts.get(name)
+        if host is not None and host.arch == UNKNOWN_ARCH and facts.get("arch") in ARCH_ALIASES.values():
+            self.hosts[name] = dataclasses.replace(host, arch=facts["arch"])
 
     def submit(self, job: Job, spec: JobSpec) -> None:
         """Queue a job already written to the DB and wake the loop. Never blocks. On a
