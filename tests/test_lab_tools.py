@@ -736,3 +736,16 @@ def test_lab_set_tools_resets_what_the_tools_changed(lab: Lab) -> None:
     lab.set_tools(jetson.name, power_mode_id=1, power_mode="25W", clocks_locked=False)
     assert run("nvpmodel", "-q") == "NV Power Mode: 25W\n1\n"
     assert nvidia_parser.parse_jetson_clocks(run("jetson_clocks", "--show"))["locked"] is False
+
+
+def test_importing_the_lab_leaves_the_test_process_sigpipe_alone():
+    """The stand-ins die quietly on a closed pipe; the pytest process importing the lab must
+    not (it would die of SIGPIPE on the first write to a closed socket)."""
+    import signal
+    import subprocess
+    import sys
+
+    code = "import signal, tests.lab, tests.lab.profiles; print(int(signal.getsignal(signal.SIGPIPE)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=str(Path(__file__).resolve().parent.parent))
+    assert out.stdout.strip() == str(int(signal.SIG_IGN)), out.stderr

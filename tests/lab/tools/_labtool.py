@@ -25,8 +25,12 @@ import signal
 import sys
 import time
 
-# Die quietly on a closed pipe (`tool | head`), as the real (C) tools do.
-signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+# Die quietly on a closed pipe (`tool | head`), as the real (C) tools do: only in a stand-in
+# tool's own process (which imports this as `_labtool`), never in the test process that imports
+# it as tests.lab.tools._labtool for TOOL_DEFAULTS (there it would make pytest itself die of
+# SIGPIPE on the first write to a closed socket).
+if __name__ == "_labtool":
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 
 FIXTURES = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__)))),
