@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from fleet.errors import FleetError
 
 
@@ -96,12 +98,50 @@ def _message(res: dict[str, Any]) -> str:
     return " ".join(str(msg).split())[:300] or "no message"
 
 
+class _Unsafe(str):
+    """A string Ansible must never template (YAML ``!unsafe``)."""
+
+
+def _unsafe_representer(dumper: yaml.SafeDumper, value: _Unsafe) -> yaml.Node:
+    return dumper.represent_scalar("!unsafe", str(value))
+
+
+class _VarsDumper(yaml.SafeDumper):
+    pass
+
+
+_VarsDumper.add_representer(_Unsafe, _unsafe_representer)
+
+
+def _untrusted(value: Any) -> Any:
+    """``value`` with every string in it (keys too) marked ``!unsafe``: what a user sent is
+    data, never a template (``{{ lookup('pipe', ...) }}`` in a variable would run on the
+    controller)."""
+    if isinstance(value, str):
+        return _Unsafe(value)
+    if isinstance(value, dict):
+        return {_untrusted(k) if isinstance(k, str) else k: _untrusted(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_untrusted(v) for v in value]
+    return value
+
+
+def write_extravars(path: Path, trusted: dict[str, Any], untrusted: dict[str, Any]) -> None:
+    """Ansible's extra variables file: fleet's own values as they are, users' values marked
+    ``!unsafe``. A user's value never overrides one of fleet's."""
+    merged = {k: _untrusted(v) for k, v in untrusted.items()}
+    merged.update(trusted)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.dump(merged, Dumper=_VarsDumper, sort_keys=True))
+
+
 def run_playbook(
     playbook: Path,
     inventory: str,
     *,
     limit: str | None = None,
     extravars: dict[str, Any] | None = None,
+    untrusted_vars: dict[str, Any] | None = None,
     check: bool = False,
     on_line: Callable[[str], None] | None = None,
     env: dict[str, str] | None = None,
@@ -109,12 +149,15 @@ def run_playbook(
 ) -> PlaybookRun:
     """Run ``playbook`` against ``inventory`` (a path Ansible reads) limited to ``limit``.
 
-    Never raises for what happens on hosts (that is in the stats); raises FleetError if
+    ``extravars`` are fleet's own values; ``untrusted_vars`` come from users and reach the
+    playbook as data that is never templated. Never raises for what happens on hosts (that is in the stats); raises FleetError if
     ansible-playbook cannot run at all."""
     import ansible_runner  # heavy: only when a playbook runs
 
     private = Path(tempfile.mkdtemp(prefix="fleet-ansible-"))
     run = PlaybookRun(rc=-1, status="failed")
+    if extravars or untrusted_vars:  # ansible-runner passes env/extravars as -e @file
+        write_extravars(private / "env" / "extravars", extravars or {}, untrusted_vars or {})
 
     def handler(event: dict[str, Any]) -> bool:
         data = event.get("event_data") or {}
@@ -148,7 +191,7 @@ def run_playbook(
     try:
         result = ansible_runner.run(
             private_data_dir=str(private), playbook=str(Path(playbook).resolve()),
-            inventory=inventory, limit=limit, extravars=extravars or {},
+            inventory=inventory, limit=limit,
             cmdline="--check --diff" if check else None, quiet=True, event_handler=handler,
             envvars=envvars, timeout=int(timeout) if timeout else None,
             settings={"suppress_ansible_output": True},

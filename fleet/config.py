@@ -41,7 +41,11 @@ CONFIG_KEYS = {
     "health_check_timeout": "seconds a health check may take before it fails (default 15)",
     "health_bad_after": "failed health checks in a row before a host is quarantined (default 3)",
     "health_recheck_interval": "longest pause between health checks of a bad host (default 30)",
+    "hooks_dir": "directory of the hook playbooks jobs may name (fleet hooks; default FLEET_HOME/hooks)",
 }
+
+
+_ATTRS = {"hooks_dir": "hooks_dir_setting"}  # keys whose Settings field is a derived path
 
 
 def fleet_home() -> Path:
@@ -77,6 +81,7 @@ class Settings:
     health_check_timeout: float = 15.0
     health_bad_after: int = 3
     health_recheck_interval: float = 30.0
+    hooks_dir_setting: str | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -105,6 +110,11 @@ class Settings:
         """The key that seals job secrets in the database (made on first use, 0600). Under
         ``shared_dir`` when set, since every replica must open what another one sealed."""
         return self.shared / "secret.key"
+
+    @property
+    def hooks_dir(self) -> Path:
+        """The hook catalog (admins install playbooks here; see fleet.hooks)."""
+        return Path(self.hooks_dir_setting).expanduser() if self.hooks_dir_setting else self.home / "hooks"
 
     @property
     def known_hosts(self) -> Path:
@@ -163,7 +173,8 @@ def _apply(settings: Settings, key: str, value: object, source: str) -> None:
     if key not in CONFIG_KEYS:
         known = ", ".join(sorted(CONFIG_KEYS))
         raise ConfigError(f"{source}: unknown setting {key!r} (known: {known})")
-    current = getattr(settings, key)
+    attr = _ATTRS.get(key, key)
+    current = getattr(settings, attr)
     try:
         if isinstance(current, bool):
             if isinstance(value, str):
@@ -185,4 +196,4 @@ def _apply(settings: Settings, key: str, value: object, source: str) -> None:
             value = str(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{source}: setting {key!r} has a bad value {value!r}") from None
-    setattr(settings, key, value)
+    setattr(settings, attr, value)

@@ -28,6 +28,7 @@ from fleet.backends.ssh import SSHBackend
 from fleet.blobs import BlobStore
 from fleet.config import Settings
 from fleet.db import Database
+from fleet.hooks import Catalog
 from fleet.inventory import Host, embedded_inventory, load_inventory
 from fleet.leader import LeaderLease, make_holder
 from fleet.logstore import LogStore
@@ -103,6 +104,7 @@ async def serve(settings: Settings, options: ServeOptions) -> None:
                     attempt_lease=settings.attempt_lease)
     scheduler = Scheduler(store, hosts, backend, LogStore(settings.logs_dir, settings.log_cap), policy,
                           SecretBox(settings.secret_key_file), blobs)
+    scheduler.hook_catalog = Catalog(settings.hooks_dir)
     if source.startswith("<embedded"):
         scheduler.inventory_source = str(write_local_inventory(settings.home / "embedded-inventory.json",
                                                                sys.executable))

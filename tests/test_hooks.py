@@ -97,3 +97,119 @@ def test_a_missing_hook_file_is_an_error_naming_the_field(fleet, tmp_path):
     spec.write_text("name: x\nrun: 'true'\nhooks: {before: nope.yml}\n")
     out = fleet.cli("submit", str(spec), check=False)
     assert out.returncode == 2 and "hooks.before: nope.yml: no such playbook file" in out.stderr
+
+
+# ---------------------------------------------------------------------- the catalog (DESIGN.md §7)
+
+STEAL = """
+- hosts: all
+  gather_facts: false
+  tasks:
+    - ansible.builtin.fail:
+        msg: "{{ lookup('file', '%s') }}"
+"""
+ECHO_VARS = """
+- hosts: all
+  gather_facts: false
+  tasks:
+    - name: write what the job passed
+      ansible.builtin.copy:
+        dest: "{{ out }}"
+        content: "mode={{ power_mode }} note={{ note }} model={{ fleet_params.model }}\\n"
+"""
+ECHO_META = """
+description: Set the power mode before a benchmark
+vars:
+  power_mode: {type: int, description: nvpmodel mode id, default: 0}
+  note: {type: str, required: true}
+  out: {type: str, required: true}
+"""
+
+
+def bob(fleet):
+    from fleet.api.client import Client
+
+    token = fleet.cli_json("users", "add", "bob")["token"]
+    return token, Client(fleet.info.url, token)
+
+
+def test_a_user_cannot_send_a_playbook_so_no_user_code_runs_on_the_controller(fleet, tmp_path):
+    """The attack: a non-admin's before hook reads the admin token on the controller through
+    lookup('file') and puts it in the job's message. Refused at submit, naming the field."""
+    fleet.start()
+    token_file = fleet.settings.token_file
+    write(tmp_path, "steal.yml", STEAL % token_file, tmp_path)
+    spec = tmp_path / "steal.yaml"
+    spec.write_text("name: steal\nrun: 'true'\nhooks: {before: steal.yml, after: steal.yml}\n")
+    bob_token, client = bob(fleet)
+    env = {"FLEET_TOKEN": bob_token, "FLEET_SERVER": fleet.info.url}
+    import os
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "fleet", "submit", str(spec)], capture_output=True,
+                         text=True, env={**os.environ, **env}, timeout=120)
+    assert out.returncode == 2, out
+    assert "hooks.before: only admins may send a playbook" in out.stderr
+    assert "hooks.after: only admins may send a playbook" in out.stderr
+    assert client.jobs().items == []  # nothing was queued
+    # The same through the API with an already uploaded playbook (a crafted request).
+    sha, size = client.upload(tmp_path / "steal.yml")
+    ref = {"kind": "file", "filename": "steal.yml", "files": {"steal.yml": {"sha256": sha, "size": size}}}
+    from fleet.errors import ApiError
+    import pytest
+    with pytest.raises(ApiError) as err:
+        client.submit({"name": "steal", "run": "true", "hooks": {"before": ref}})
+    assert err.value.status == 422 and "only admins may send a playbook" in str(err.value)
+    client.close()
+
+
+def test_catalog_hooks_run_by_name_with_their_declared_variables(fleet, tmp_path):
+    fleet.start()
+    hooks_dir = fleet.settings.hooks_dir
+    hooks_dir.mkdir()
+    (hooks_dir / "power.yml").write_text(ECHO_VARS)
+    (hooks_dir / "power.meta.yml").write_text(ECHO_META)
+    (hooks_dir / "plain.yaml").write_text(BEFORE)
+    (hooks_dir / "broken.yml").write_text(BEFORE)
+    (hooks_dir / "broken.meta.yml").write_text("vars: {ansible_connection: {type: str}}\n")
+    listed = {h["name"]: h for h in fleet.cli_json("hooks")}
+    assert set(listed) == {"power", "plain", "broken"}
+    assert listed["power"]["description"] == "Set the power mode before a benchmark"
+    assert listed["power"]["vars"]["note"] == {"type": "str", "description": "", "required": True, "default": None}
+    assert listed["power"]["vars"]["power_mode"]["default"] == 0
+    assert "ansible_" in listed["broken"]["error"]  # a var that would change the connection
+    text = fleet.cli("hooks").stdout
+    assert "power  Set the power mode before a benchmark" in text and "note (str required)" in text
+
+    _, client = bob(fleet)
+    out = tmp_path / "hook-out"
+    # What a user passes is data, never a template: a lookup in a variable or in the job's
+    # params stays text (it would otherwise run on the controller).
+    evil = "{{ lookup('pipe', 'id -un') }}"
+    job = client.submit({"name": "bench", "run": "true", "params": {"model": evil},
+                         "hooks": {"before": {"hook": "power", "vars": {"note": evil, "out": str(out)}}}})
+    detail = client.wait(job.id, timeout=120)
+    while detail.state not in ("SUCCEEDED", "FAILED"):
+        detail = client.wait(job.id, timeout=120)
+    assert detail.state == "SUCCEEDED", detail
+    assert out.read_text() == f"mode=0 note={evil} model={evil}\n"
+    log = b"".join(client.logs(job.id)).decode()
+    assert "[hook before power] ok: [localhost] write what the job passed (changed)" in log
+
+    from fleet.errors import ApiError
+    import pytest
+    cases = [
+        ({"before": "nosuch"}, "hooks.before.hook: no hook named 'nosuch' in the catalog (known: broken, plain, power)"),
+        ({"before": {"hook": "power", "vars": {"out": "x", "note": "n", "ansible_connection": "local"}}},
+         "hooks.before.vars.ansible_connection: hook power declares no such variable"),
+        ({"before": {"hook": "power", "vars": {"out": "x"}}}, "hooks.before.vars.note: required by hook power"),
+        ({"after": {"hook": "power", "vars": {"out": "x", "note": "n", "power_mode": "max"}}},
+         "hooks.after.vars.power_mode: must be int, not str"),
+        ({"before": {"hook": "plain", "vars": {"x": 1}}}, "hooks.before.vars.x: hook plain declares no such variable (it takes: none)"),
+        ({"before": "broken"}, "hooks.before.hook: hook 'broken' cannot be used: broken.meta.yml: vars.ansible_connection"),
+    ]
+    for hooks, message in cases:
+        with pytest.raises(ApiError) as err:
+            client.submit({"name": "x", "run": "true", "hooks": hooks})
+        assert err.value.status == 422 and message in str(err.value), (hooks, str(err.value))
+    client.close()

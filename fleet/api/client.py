@@ -14,6 +14,7 @@ from fleet.api.schemas import (
     ArtifactOut,
     ArtifactPage,
     CancelOut,
+    HookOut,
     HostCheckOut,
     HostOut,
     JobDetail,
@@ -192,6 +193,9 @@ class Client:
 
     def check_host(self, name: str) -> HostCheckOut:
         return HostCheckOut.model_validate(self._post(f"/hosts/{quote(name, safe='')}/check", {}))
+
+    def hooks(self) -> list[HookOut]:
+        return [HookOut.model_validate(h) for h in self._get("/hooks")]
 
     def pools(self) -> list[PoolOut]:
         return [PoolOut.model_validate(p) for p in self._get("/pools")]

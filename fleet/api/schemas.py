@@ -257,6 +257,22 @@ class UserOut(BaseModel):
     admin: bool
 
 
+class HookVarOut(BaseModel):
+    type: str
+    description: str
+    required: bool
+    default: Any = None
+
+
+class HookOut(BaseModel):
+    """A hook of the server's catalog: jobs name it and pass its variables."""
+
+    name: str
+    description: str
+    vars: dict[str, HookVarOut]
+    error: str | None = None
+
+
 class ErrorOut(BaseModel):
     detail: str
     errors: list[dict[str, str]] | None = None

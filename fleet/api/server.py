@@ -38,6 +38,7 @@ from fleet.api.schemas import (
     CancelOut,
     ErrorOut,
     HostCheckOut,
+    HookOut,
     HostOut,
     JobDetail,
     JobOut,
@@ -557,6 +558,14 @@ def create_app(ctx: ApiContext) -> FastAPI:
                     states=dict(Counter(h.state for h in hs)), health=dict(Counter(h.health for h in hs)))
             for name, hs in sorted(by_pool.items())
         ]
+
+    # ------------------------------------------------------------------ hook catalog
+
+    @app.get("/hooks", tags=["hooks"])
+    async def hooks(_user: UserDep) -> list[HookOut]:
+        """The hooks jobs may run before and after themselves (admins install them in
+        ``hooks_dir``), with the variables each takes."""
+        return [HookOut.model_validate(h.as_dict()) for h in ctx.scheduler.hook_catalog.hooks().values()]
 
     # ------------------------------------------------------------------ users and tokens
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from fleet.api.schemas import JobOut
 from fleet.errors import NotFound, SpecError
-from fleet.models.spec import InputRef, JobSpec, expand_steps, validate_spec
+from fleet.models.spec import HookCall, InputRef, JobSpec, expand_steps, validate_spec
 from fleet.models.tables import Job, User
 from fleet.scheduler.artifacts import artifact_input
 
@@ -92,7 +92,13 @@ def _accept(ctx: ApiContext, spec: JobSpec, user: User) -> tuple[JobSpec, str]:
              for k, v in spec.inputs.items() if isinstance(v, str)]
     for which in ("before", "after"):
         hook = getattr(spec.hooks, which) if spec.hooks else None
-        if isinstance(hook, str):
+        if isinstance(hook, HookCall):
+            ctx.scheduler.hook_catalog.check(hook, f"hooks.{which}")
+        elif not user.is_admin and hook is not None:
+            # A playbook is code and hooks run in the controller's Ansible (DESIGN.md §7).
+            local.append((f"hooks.{which}", "only admins may send a playbook; name a hook of the "
+                                            "server's catalog instead (fleet hooks lists them)"))
+        elif isinstance(hook, str):
             local.append((f"hooks.{which}", "not uploaded (submit it through the CLI, which uploads the playbook)"))
         elif isinstance(hook, InputRef):
             if hook.kind != "file":

@@ -17,7 +17,7 @@ from fleet.cli import local, render
 from fleet.config import Settings, load_settings
 from fleet.errors import ApiError, FleetError, SpecError
 from fleet.models.enums import JobState
-from fleet.models.spec import InputRef, parse_yaml, validate_spec
+from fleet.models.spec import HOOK_NAME_RE, InputRef, parse_yaml, validate_spec
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -187,12 +187,13 @@ def _upload_inputs(client: Client, data: dict[str, Any], base: Path) -> None:
 
 
 def _upload_hooks(client: Client, data: dict[str, Any], base: Path) -> None:
-    """Replace hook playbook paths with uploaded blob refs (the server runs them)."""
+    """Replace hook playbook paths with uploaded blob refs (admins only: the server refuses a
+    playbook from anyone else). A bare name is a hook of the server's catalog: left as is."""
     hooks = data.get("hooks")
     if not isinstance(hooks, dict):
         return
     for which, value in list(hooks.items()):
-        if not isinstance(value, str):
+        if not isinstance(value, str) or HOOK_NAME_RE.match(value.strip()):
             continue
         path = (base / value).expanduser() if not os.path.isabs(value) else Path(value)
         if not path.is_file():
@@ -710,6 +711,27 @@ def hosts_check(obj: Ctx, names: tuple[str, ...], as_json: bool) -> None:
             click.echo(f"{r.host}: {verdict} (health {r.health})")
     if not all(r.ok for r in results):
         raise SystemExit(1)
+
+
+@cli.command("hooks")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@handle_errors
+def hooks_list(obj: Ctx, as_json: bool) -> None:
+    """The hooks a job may run before and after itself (hooks: {before: NAME}), with their
+    variables. Admins install them as playbooks in the server's hooks_dir."""
+    found = obj.client.hooks()
+    if as_json:
+        click.echo(render.dump(found))
+        return
+    if not found:
+        click.echo("no hooks in the catalog (an admin installs playbooks in the server's hooks_dir)")
+    for hook in found:
+        click.echo(f"{hook.name}" + (f"  {hook.description}" if hook.description else "")
+                   + (f"  [unusable: {hook.error}]" if hook.error else ""))
+        for name, var in hook.vars.items():
+            extra = " required" if var.required else (f" default {var.default!r}" if var.default is not None else "")
+            click.echo(f"    {name} ({var.type}{extra})" + (f": {var.description}" if var.description else ""))
 
 
 @cli.command()

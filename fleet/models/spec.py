@@ -17,8 +17,10 @@ import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     StringConstraints,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -31,6 +33,9 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 INPUT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+# A hook of the server's catalog (``fleet hooks``): a bare name; a playbook file has a
+# ``.yml``/``.yaml`` suffix or a ``/`` in it.
+HOOK_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 ARCHES = ("x86_64", "aarch64")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -175,12 +180,50 @@ class SecretValue(_Strict):
     secret: bool = True
 
 
-class Hooks(_Strict):
-    """Ansible playbooks run on the leased host around the job (paths relative to the spec;
-    the CLI uploads them)."""
+class HookCall(_Strict):
+    """A hook from the server's catalog (admins install its playbooks in ``hooks_dir``), with
+    the variables the catalog declares for it."""
 
-    before: str | InputRef | None = Field(None, description="runs first; its failure ends the job setup_failed")
-    after: str | InputRef | None = Field(None, description="runs after the job, whatever its end")
+    hook: str = Field(description="its name in the catalog (fleet hooks)")
+    vars: dict[Verbatim, Any] = Field(default_factory=dict, description="values of its declared variables")
+
+    @field_validator("hook")
+    @classmethod
+    def _hook_name(cls, value: str) -> str:
+        if not HOOK_NAME_RE.match(value):
+            raise ValueError(f"{value!r} is not a hook name (letters, digits, '_', '-'; "
+                             "a playbook file ends in .yml)")
+        return value
+
+
+def _hook_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "file" if "files" in value or "filename" in value else "catalog"
+    if isinstance(value, (HookCall, InputRef)):
+        return "catalog" if isinstance(value, HookCall) else "file"
+    return "path"
+
+
+HookRef = Annotated[
+    Annotated[HookCall, Tag("catalog")] | Annotated[InputRef, Tag("file")] | Annotated[str, Tag("path")],
+    Discriminator(_hook_kind),
+]
+
+
+class Hooks(_Strict):
+    """Ansible playbooks run on the leased host around the job: a catalog hook by name
+    (``reset-power`` or ``{hook: reset-power, vars: {...}}``), or, for admins only, a playbook
+    file (a path ending in .yml/.yaml, relative to the spec; the CLI uploads it)."""
+
+    before: HookRef | None = Field(None, description="runs first; its failure ends the job setup_failed")
+    after: HookRef | None = Field(None, description="runs after the job, whatever its end")
+
+    @field_validator("before", "after", mode="before")
+    @classmethod
+    def _catalog_name(cls, value: Any) -> Any:
+        if isinstance(value, str) and HOOK_NAME_RE.match(value.strip()):
+            return {"hook": value.strip()}
+        return value
 
 
 class Retries(_Strict):
@@ -319,7 +362,8 @@ class JobSpec(_Strict):
         return {k: v for k, v in self.inputs.items() if isinstance(v, InputRef)}
 
 
-_UNION_TAGS = {"str", "constrained-str", "SecretValue", "InputRef", "int", "float", "bool"}
+_UNION_TAGS = {"str", "constrained-str", "SecretValue", "InputRef", "HookCall", "int", "float", "bool",
+               "catalog", "file", "path"}
 
 
 def _part(key: object) -> str:

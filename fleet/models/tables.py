@@ -7,7 +7,7 @@ page cursor is just the last id seen. The composite indexes match the listings:
 
 from __future__ import annotations
 
-from sqlalchemy import Index, Text
+from sqlalchemy import BigInteger, Index, Text
 from sqlmodel import Column, Field, SQLModel
 
 
@@ -29,6 +29,8 @@ class Token(SQLModel, table=True):
     token_hash: str = Field(index=True, unique=True)
     created_at: float
     last_used_at: float | None = None
+    expires_at: float | None = None
+    revoked_at: float | None = None
 
 
 class Job(SQLModel, table=True):
@@ -122,6 +124,28 @@ class Artifact(SQLModel, table=True):
     key: str | None = Field(default=None, index=True)
     key_json: str | None = Field(default=None, sa_column=Column(Text))
     created_at: float
+
+
+class Upload(SQLModel, table=True):
+    """Who uploaded which content: a blob is visible only to its uploaders (and to owners of a
+    job or artifact that holds it). ``size`` counts against the uploader's quota."""
+
+    __tablename__ = "uploads"
+    user: str = Field(primary_key=True)
+    sha256: str = Field(primary_key=True, index=True)
+    size: int = Field(sa_column=Column(BigInteger, nullable=False))
+    created_at: float
+
+
+class SubmitKey(SQLModel, table=True):
+    """An idempotency key of a submission: a retried request with the same key and user gets
+    the jobs the first one made instead of new ones."""
+
+    __tablename__ = "submit_keys"
+    user: str = Field(primary_key=True)
+    key: str = Field(primary_key=True)
+    job_ids: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: float = Field(index=True)
 
 
 class HostStatus(SQLModel, table=True):

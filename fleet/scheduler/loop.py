@@ -26,7 +26,8 @@ from fleet.errors import NotFound, SpecError
 from fleet.inventory import ARCH_ALIASES, UNKNOWN_ARCH, Host
 from fleet.logstore import LogStore
 from fleet.models.enums import REASON_CLASS, AttemptState, FailureClass, Health, JobState, Reason
-from fleet.models.spec import InputRef, JobSpec
+from fleet.hooks import Catalog
+from fleet.models.spec import HookCall, InputRef, JobSpec
 from fleet.models.tables import Attempt, Job
 from fleet.results import InvalidResult, complete_record
 from fleet.runners import manifests
@@ -152,6 +153,7 @@ class Scheduler(ChainMixin, HealthMixin):
         self._static: dict[str, dict[str, str | None]] = {}
         self.facts: dict[str, dict[str, Any]] = {}  # what `fleet hosts probe` found, per host
         self.inventory_source: str | None = None  # for Ansible (probe, provision, hooks)
+        self.hook_catalog = Catalog(Settings(home=fleet_home()).hooks_dir)  # admins' hook playbooks
         self._wake = asyncio.Event()
         self._done: dict[str, asyncio.Event] = {}
         self._loop_task: asyncio.Task[None] | None = None
@@ -600,7 +602,8 @@ class Scheduler(ChainMixin, HealthMixin):
         try:
             before_failed = None
             fresh = not (run.plan.reattach or run.resolving or log_offset)
-            if hooks is not None and isinstance(hooks.before, InputRef) and fresh and not run.cancel_requested:
+            if hooks is not None and isinstance(hooks.before, HookCall | InputRef) and fresh \
+                    and not run.cancel_requested:
                 before_failed = await self._hook(run, "before", hooks.before)
             if before_failed:
                 outcome = Outcome(exit_code=None, error=before_failed)
@@ -626,7 +629,7 @@ class Scheduler(ChainMixin, HealthMixin):
             verdict = Verdict(AttemptState.FAILED, Reason.CONTROLLER_ERROR, f"{type(exc).__name__}: {exc}", None)
         if run.cancel_requested and verdict.state is not AttemptState.SUCCEEDED and verdict.reason is not Reason.HOST_LOST:
             verdict = Verdict(AttemptState.CANCELLED, Reason.CANCELLED_BY_USER, "cancelled", verdict.exit_code)
-        if hooks is not None and isinstance(hooks.after, InputRef) and not self._stopping:
+        if hooks is not None and isinstance(hooks.after, HookCall | InputRef) and not self._stopping:
             # Always, also after a failure or a cancel; its failure is recorded, the job's own
             # end stands.
             after_failed = await self._hook(run, "after", hooks.after, verdict)
@@ -635,18 +638,21 @@ class Scheduler(ChainMixin, HealthMixin):
                 verdict = Verdict(verdict.state, verdict.reason, message, verdict.exit_code, verdict.may_run)
         self._finish(run, outcome, verdict, sink.bytes)
 
-    async def _hook(self, run: Running, which: str, ref: InputRef, verdict: Verdict | None = None) -> str | None:
+    async def _hook(self, run: Running, which: str, ref: HookCall | InputRef,
+                    verdict: Verdict | None = None) -> str | None:
         spec = run.qj.spec
         extravars: dict[str, Any] = {
-            "fleet_job_id": run.qj.job.id, "fleet_attempt_id": run.attempt.id, "fleet_job_name": spec.name,
-            "fleet_host": run.host.name, "fleet_params": spec.params, "fleet_device_class": run.host.device_class}
+            "fleet_job_id": run.qj.job.id, "fleet_attempt_id": run.attempt.id,
+            "fleet_host": run.host.name, "fleet_device_class": run.host.device_class}
         if verdict is not None:
             extravars.update(fleet_job_state=verdict.state.value, fleet_job_reason=verdict.reason.value,
                              fleet_exit_code=verdict.exit_code)
+        untrusted = {"fleet_job_name": spec.name, "fleet_params": spec.params}
         try:
-            return await run_hook(which, ref, blobs=self.blobs, logs=self.logs, inventory=self.inventory_source,
-                                  job_id=run.qj.job.id, attempt_id=run.attempt.id, host=run.host.name,
-                                  extravars=extravars)
+            return await run_hook(which, ref, catalog=self.hook_catalog, blobs=self.blobs, logs=self.logs,
+                                  inventory=self.inventory_source, job_id=run.qj.job.id,
+                                  attempt_id=run.attempt.id, host=run.host.name, extravars=extravars,
+                                  untrusted=untrusted)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - a hook never takes the scheduler down

@@ -7,7 +7,7 @@ DOCUMENTATION = r"""
 module: fleet_job
 short_description: Submit a job to a fleet server and optionally wait for its result
 description:
-  - Submits a job spec to the fleet API (C(POST /jobs)), uploading local input files and hook playbooks first.
+  - Submits a job spec to the fleet API (C(POST /jobs)), uploading local input files first (and hook playbook files, which only admins may send; a bare hook name is a hook of the server's catalog).
   - With I(wait), waits until the job ends and returns its state, reason and result record.
   - In check mode nothing is submitted.
 version_added: "0.1.0"
@@ -104,6 +104,7 @@ job:
 import hashlib
 import json
 import os
+import re
 import time
 
 from ansible.module_utils.basic import AnsibleModule
@@ -188,6 +189,8 @@ def _upload_inputs(api, spec, base):
         for name, value in list(section.items()):
             if not isinstance(value, str):
                 continue
+            if key == "hooks" and re.match(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$", value.strip()):
+                continue  # a hook of the server's catalog, by name
             path = value if os.path.isabs(value) else os.path.join(base, os.path.expanduser(value))
             if os.path.isfile(path):
                 fname = os.path.basename(path)
