@@ -1,8 +1,18 @@
-"""Content-addressed store of job inputs on the controller: ``<dir>/<sha[:2]>/<sha>``."""
+"""Content-addressed store of job inputs and artifacts on the controller:
+``<dir>/<sha[:2]>/<sha>``.
+
+A name is always a sha256 that fleet checked (64 lowercase hex digits): a path taken from a
+host or a request never becomes a path here (DESIGN.md §7).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import os
+import uuid
 from pathlib import Path
+
+from fleet.models.spec import SHA256_RE
 
 
 class BlobStore:
@@ -10,7 +20,37 @@ class BlobStore:
         self.root = root
 
     def path(self, sha: str) -> Path:
+        """Where the content with this sha256 lives. Raises ValueError for anything that is not
+        a sha256."""
+        if not isinstance(sha, str) or not SHA256_RE.match(sha):
+            raise ValueError(f"not a sha256: {str(sha)[:80]!r}")
         return self.root / sha[:2] / sha
 
     def has(self, sha: str) -> bool:
-        return self.path(sha).is_file()
+        try:
+            return self.path(sha).is_file()
+        except ValueError:
+            return False
+
+    def temp(self) -> Path:
+        """A new temporary file name inside the store (same file system: a rename adds it)."""
+        tmp = self.root / ".incoming"
+        tmp.mkdir(parents=True, exist_ok=True)
+        return tmp / f"{os.getpid()}.{uuid.uuid4().hex}"
+
+    def add(self, tmp: Path, expect: str | None = None) -> tuple[str, int]:
+        """Move a finished temporary file into the store under the hash of its content (read
+        back and hashed here, whatever anyone said it was). With ``expect``, only if the
+        content hashes to it (else the file stays where it is). Returns (sha256, size)."""
+        digest, size = hashlib.sha256(), 0
+        with tmp.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+                size += len(block)
+        sha = digest.hexdigest()
+        if expect is not None and sha != expect:
+            return sha, size
+        dest = self.path(sha)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, dest)
+        return sha, size

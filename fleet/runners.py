@@ -88,11 +88,42 @@ class Bundle:
 
 
 def _bundle_files() -> list[Path]:
+    """The files of the bundle, sorted by their relative path as a string (the order the
+    host-side check, ``VERIFY_BUNDLE``, hashes them in)."""
     root = runners_dir()
     return sorted(
-        p for p in root.rglob("*")
-        if p.is_file() and "__pycache__" not in p.parts and p.suffix not in {".pyc", ".pyo"}
+        (p for p in root.rglob("*")
+         if p.is_file() and "__pycache__" not in p.parts and p.suffix not in {".pyc", ".pyo"}),
+        key=lambda p: p.relative_to(root).as_posix(),
     )
+
+
+# Run on a host as ``python -S -B -c VERIFY_BUNDLE LIBDIR DIGEST``: exit 0 when the directory
+# holds exactly the bundle's files with the bundle's content (the same hash as ``bundle()``),
+# 3 when it is missing, 4 when anything differs (a file changed, added, or a link). Stdlib,
+# Python >= 3.8. It is sent by the controller, never read from the host it checks.
+VERIFY_BUNDLE = """
+import hashlib, os, stat, sys
+root, want = sys.argv[1], sys.argv[2]
+if not os.path.isdir(root):
+    sys.exit(3)
+rels = []
+for base, dirs, names in os.walk(root):
+    for name in names + [d for d in dirs if os.path.islink(os.path.join(base, d))]:
+        rels.append(os.path.relpath(os.path.join(base, name), root).replace(os.sep, "/"))
+digest = hashlib.sha256()
+for rel in sorted(rels):
+    path = os.path.join(root, rel)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        sys.exit(4)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            sys.exit(4)
+        digest.update(rel.encode() + b"\\0" + fh.read() + b"\\0")
+sys.exit(0 if digest.hexdigest()[:16] == want else 4)
+"""
 
 
 @cache

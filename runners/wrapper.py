@@ -25,17 +25,63 @@ import sys
 import time
 
 CHUNK = 65536
+MAX_REQUEST = 64 << 20  # bytes of one request line from the controller
 POLL_ATTACHED = 0.05  # log poll interval while the supervisor's pipe is open
 POLL_DETACHED = 0.1  # when following an attempt we did not launch (reattach)
 LEASE_CHECK = 0.05  # how often a supervisor looks at its attempt lease
 NO_SUPERVISOR = 10.0  # an attempt dir without a supervisor pid this long was never started
 
 
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+
+
 def _write_json(path, data):
+    """Write atomically (temp file, rename). The temp file is created new and never through a
+    link a job may have planted under its name."""
     tmp = "%s.tmp.%d" % (path, os.getpid())
-    with open(tmp, "w") as fh:
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w") as fh:
         json.dump(data, fh)
     os.replace(tmp, path)
+
+
+def open_inside(base, rel, flags=os.O_RDONLY):
+    """A file descriptor of ``rel`` inside the directory ``base``, opened without following a
+    link at any step (a job cannot point an output or a log at a file outside its attempt
+    directory). Raises OSError, or ValueError for a path that leaves ``base``."""
+    parts = rel.split("/")
+    if not rel or rel.startswith("/") or "\x00" in rel or any(p in ("", ".", "..") for p in parts):
+        raise ValueError("path %r is not inside the attempt directory" % rel)
+    fd = os.open(base, os.O_RDONLY | _DIRECTORY)
+    try:
+        for part in parts[:-1]:
+            nxt = os.open(part, os.O_RDONLY | _DIRECTORY | _NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        return os.open(parts[-1], flags | _NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def open_regular(base, rel, owner=None):
+    """``open_inside`` for reading a regular file (not a FIFO, device or directory), owned by
+    ``owner`` when given. Returns a binary file object."""
+    import stat
+
+    fd = open_inside(base, rel)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise ValueError("%s is not a regular file" % rel)
+    if owner is not None and st.st_uid != owner:
+        os.close(fd)
+        raise ValueError("%s is not the job's own file" % rel)
+    return os.fdopen(fd, "rb")
 
 
 def _read_json(path):
@@ -168,21 +214,28 @@ def gc_attempts(root, max_age, max_bytes, keep, now=None):
 MAX_OUTPUTS = 1000
 
 
-def _sha256_file(path):
+def _sha256_fh(fh):
     import hashlib
 
-    digest = hashlib.sha256()
+    digest, size = hashlib.sha256(), 0
+    for block in iter(lambda: fh.read(1 << 20), b""):
+        digest.update(block)
+        size += len(block)
+    return digest.hexdigest(), size
+
+
+def _sha256_file(path):
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return _sha256_fh(fh)[0]
 
 
-def collect_outputs(adir, globs, result):
+def collect_outputs(adir, globs, result, owner=None):
     """The files an ended attempt hands to the controller: its ``outputs`` globs and the
     artifact its runner declared in result.json. Regular files inside the attempt directory
-    only (no links: inputs are links into the cache). Returns ``(files, problem)`` where
-    files are ``{"path", "size", "sha256"}`` and problem says what was refused or missing."""
+    only, opened without following links (inputs are links into the cache; a job's link to a
+    file elsewhere is not an output), owned by ``owner`` when given (isolation: user).
+    Returns ``(files, problem)`` where files are ``{"path", "size", "sha256"}`` and problem
+    says what was refused or missing."""
     import glob as globmod
 
     wanted, problems = [], []
@@ -206,7 +259,13 @@ def collect_outputs(adir, globs, result):
         if len(files) >= MAX_OUTPUTS:
             problems.append("more than %d output files; the rest were not collected" % MAX_OUTPUTS)
             break
-        files.append({"path": rel, "size": os.path.getsize(path), "sha256": _sha256_file(path)})
+        try:
+            with open_regular(adir, rel, owner) as fh:
+                sha, size = _sha256_fh(fh)
+        except (OSError, ValueError) as exc:
+            problems.append("output %r refused: %s" % (rel, exc))
+            continue
+        files.append({"path": rel, "size": size, "sha256": sha})
     return files, "; ".join(problems) or None
 
 
@@ -262,9 +321,9 @@ class Supervisor:
             if code != 0 or timed_out:
                 return {"exit_code": code, "signal": sig, "timed_out": timed_out, "phase": "setup"}
         argv = self.payload.get("argv")
-        if not argv:  # a runner: [python, entry script, job.json]; expand ~ in the entry
-            python, entry, arg = self.payload["entry"]
-            argv = [python, os.path.expanduser(entry), arg]
+        if not argv:  # a runner: [python, flags..., entry script, job.json]; expand ~ in the entry
+            argv = list(self.payload["entry"])
+            argv[-2] = os.path.expanduser(argv[-2])
         code, sig, timed_out = self._run(argv, env, deadline, grace, "run")
         return {"exit_code": code, "signal": sig, "timed_out": timed_out, "phase": "run"}
 
@@ -429,7 +488,10 @@ class Agent:
         self.out = sys.stdout.buffer
         self.follows = {}
         self.kills = []  # (monotonic deadline, pgid, attempt dir): KILL after a cancel's grace
-        self.inbuf = b""
+        self.inbuf = []  # chunks of the request line being read (none holds a newline)
+        self.inlen = 0
+        self.skipping = False  # dropping the rest of a request line that was too long
+        self.verified = {}  # sha256 -> stat of the cache file when its content was last hashed
 
     def frame(self, aid, kind, data=None, **fields):
         fields["a"], fields["t"] = aid, kind
@@ -452,16 +514,39 @@ class Agent:
                 data = os.read(stdin, CHUNK)
                 if not data:
                     return 0
-                self.inbuf += data
-                while b"\n" in self.inbuf:
-                    line, self.inbuf = self.inbuf.split(b"\n", 1)
-                    if line.strip():
-                        self.request(line)
+                self.received(data)
             for follow in list(self.follows.values()):
                 if follow.notify_fd is not None and follow.notify_fd in ready:
                     self.notified(follow)
             self.tick()
             self.out.flush()
+
+    def received(self, data):
+        """Split what arrived into request lines. Linear in the bytes: only the new chunk is
+        searched for a newline. A line longer than MAX_REQUEST is refused and skipped."""
+        while data:
+            i = data.find(b"\n")
+            if i < 0:
+                if not self.skipping:
+                    self.inbuf.append(data)
+                    self.inlen += len(data)
+                    if self.inlen > MAX_REQUEST:
+                        self.inbuf, self.inlen, self.skipping = [], 0, True
+                        self.frame(None, "error", message="request longer than %d bytes" % MAX_REQUEST)
+                return
+            head, data = data[:i], data[i + 1:]
+            if self.skipping:
+                self.skipping = False
+                continue
+            if self.inlen + len(head) > MAX_REQUEST:
+                self.inbuf, self.inlen = [], 0
+                self.frame(None, "error", message="request longer than %d bytes" % MAX_REQUEST)
+                continue
+            self.inbuf.append(head)
+            line = b"".join(self.inbuf)
+            self.inbuf, self.inlen = [], 0
+            if line.strip():
+                self.request(line)
 
     def request(self, line):
         aid = None
@@ -492,11 +577,53 @@ class Agent:
         except Exception as exc:
             self.frame(aid, "error", message="%s: %s" % (type(exc).__name__, exc))
 
+    def check_inputs(self, cache, inputs):
+        """The sha256 of inputs the cache lacks or holds altered (those are removed): a file is
+        hashed again whenever its inode, size or times changed since it was last hashed, so
+        a job that wrote into a cached input cannot hand the next job its version."""
+        import stat
+
+        bad = []
+        for _rel, sha in inputs:
+            if not isinstance(sha, str) or len(sha) != 64 or sha.strip("0123456789abcdef"):
+                raise ValueError("input hash %r is not a sha256" % (sha,))
+            path = os.path.join(cache, sha)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                bad.append(sha)
+                continue
+            key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
+            if stat.S_ISREG(st.st_mode) and self.verified.get(sha) == key:
+                continue
+            ok = False
+            if stat.S_ISREG(st.st_mode):
+                try:
+                    ok = _sha256_file(path) == sha
+                except OSError:
+                    pass
+            if ok:
+                self.verified[sha] = key
+                continue
+            self.verified.pop(sha, None)
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+            bad.append(sha)
+        return sorted(set(bad))
+
     def launch(self, aid, payload):
         adir = os.path.expanduser(payload["attempt_dir"])
         if payload.get("follow_only") and not os.path.isdir(adir):
             self.frame(aid, "lost", message="attempt %s was never launched on this host" % aid)
             return
+        if not os.path.isdir(adir) and payload.get("inputs"):
+            missing = self.check_inputs(os.path.expanduser(payload.get("cache_dir") or ""),
+                                        payload["inputs"])
+            if missing:  # before the launch marker: the controller uploads and asks again
+                self.frame(aid, "missing", inputs=missing)
+                return
         os.makedirs(os.path.dirname(adir), exist_ok=True)
         try:
             os.mkdir(adir)  # the launch marker: never start an attempt twice
@@ -615,11 +742,29 @@ class Agent:
                 self.follows.pop(follow.aid, None)
 
 
+def cat(adir, rel, owner=None):
+    """Copy an attempt's file to stdout (the controller fetching an output): a regular file
+    inside the attempt directory, reached without following links."""
+    try:
+        with open_regular(os.path.expanduser(adir), rel, owner) as fh:
+            out = sys.stdout.buffer
+            for block in iter(lambda: fh.read(CHUNK), b""):
+                out.write(block)
+            out.flush()
+    except (OSError, ValueError) as exc:
+        sys.stderr.write("%s\n" % exc)
+        return 1
+    return 0
+
+
 def main(argv):
     if argv[:1] == ["agent"]:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
         return Agent().run()
-    sys.stderr.write("usage: wrapper.py agent   (JSON requests on stdin, frames on stdout)\n")
+    if argv[:1] == ["cat"] and len(argv) in (3, 4):
+        return cat(argv[1], argv[2], int(argv[3]) if len(argv) == 4 else None)
+    sys.stderr.write("usage: wrapper.py agent   (JSON requests on stdin, frames on stdout)\n"
+                     "       wrapper.py cat ATTEMPT_DIR PATH [UID]\n")
     return 2
 
 

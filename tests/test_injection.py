@@ -244,11 +244,12 @@ def test_wrapper_agent_refuses_a_launch_with_an_escaping_input(tmp_path: Path) -
     prepare error and nothing is written outside its directory."""
     cache = tmp_path / "cache"
     cache.mkdir()
-    (cache / SHA).write_text("blob")
+    sha = hashlib.sha256(b"blob").hexdigest()  # the agent checks cached inputs by content
+    (cache / sha).write_text("blob")
     marker = tmp_path / "ran"
     request = {"op": "launch", "id": "a1", "attempt_dir": str(tmp_path / "attempts" / "a1"),
                "cache_dir": str(cache), "job": {}, "env": {}, "timeout": None, "grace": 1,
-               "inputs": [["inputs/m/../../../escaped", SHA]], "argv": ["touch", str(marker)]}
+               "inputs": [["inputs/m/../../../escaped", sha]], "argv": ["touch", str(marker)]}
     proc = subprocess.run([sys.executable, str(REPO / "runners" / "wrapper.py"), "agent"],
                           input=(json.dumps(request) + "\n").encode(), capture_output=True,
                           timeout=30, check=False)

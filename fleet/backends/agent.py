@@ -14,10 +14,62 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from fleet.backends import frames
 from fleet.backends.base import AttemptSink, BackendError, HostLost, Outcome, SetupFailed
 from fleet.backends.connection import Channel
+from fleet.models.spec import SHA256_RE
 
 log = logging.getLogger(__name__)
+
+
+class InputsMissing(BackendError):
+    """The host's cache lacks inputs of a launch (or had them altered: the agent removed
+    those): upload them and launch again. The attempt did not start."""
+
+    def __init__(self, host: str, shas: list[str]) -> None:
+        super().__init__(f"host {host}: inputs missing from its cache: {', '.join(s[:12] for s in shas)}")
+        self.shas = shas
+
+
+class _Reader:
+    """Buffered reads of the agent's stdout with a bound on a header line (a lying agent must
+    not make the controller buffer gigabytes looking for a newline)."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.buf = bytearray()
+        self.eof = False
+
+    async def _fill(self) -> bool:
+        data = await self.channel.read(65536)
+        if not data:
+            self.eof = True
+            return False
+        self.buf += data
+        return True
+
+    async def line(self, limit: int) -> bytes:
+        """One line without its newline; b"" at EOF. Raises ProtocolError past ``limit``."""
+        start = 0
+        while True:
+            i = self.buf.find(b"\n", start)
+            if i >= 0:
+                line = bytes(self.buf[:i])
+                del self.buf[:i + 1]
+                return line
+            if len(self.buf) > limit:
+                raise frames.ProtocolError(f"a frame header of over {limit} bytes")
+            start = len(self.buf)
+            if self.eof or not await self._fill():
+                return b""
+
+    async def exactly(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            if self.eof or not await self._fill():
+                raise asyncio.IncompleteReadError(bytes(self.buf), n)
+        data = bytes(self.buf[:n])
+        del self.buf[:n]
+        return data
 
 
 @dataclass
@@ -131,24 +183,33 @@ class AgentChannel:
     async def _read_loop(self) -> None:
         reason = "agent channel closed"
         error_cls: type[BackendError] = HostLost
+        reader = _Reader(self.channel)
         try:
             while True:
-                line = await self.channel.readline()
-                if not line:
+                line = await reader.line(frames.MAX_HEADER)
+                if not line and reader.eof:
                     code = await self._exit_code()
                     if code == 127:
                         error_cls = SetupFailed
                         reason = "cannot start fleet's agent: python not found (install Python " \
                                  ">= 3.8 or set ansible_python_interpreter)"
+                    elif code == 86:  # fleet.backends.ssh.BUNDLE_CHANGED
+                        reason = ("fleet's runner bundle on the host failed its content check "
+                                  "(changed since it was installed); it is installed again")
                     elif code is not None:
                         reason = f"agent exited with {code}"
                     break
-                header = json.loads(line)
-                data = await self.channel.readexactly(header["n"]) if header.get("t") == "log" else b""
+                if not line.strip():
+                    continue
+                header = frames.header(line)
+                data = await reader.exactly(header["n"]) if header["t"] == "log" else b""
                 self._dispatch(header, data)
         except asyncio.CancelledError:
             reason = "agent channel closed by the controller"
             raise
+        except frames.ProtocolError as exc:
+            reason = f"agent broke the protocol: {exc}"
+            self.close_soon()
         except (asyncio.IncompleteReadError, ConnectionError, OSError, ValueError, KeyError) as exc:
             reason = f"agent channel broke: {type(exc).__name__}: {exc}"
         except Exception as exc:  # noqa: BLE001 - asyncssh raises its own error types here
@@ -167,34 +228,58 @@ class AgentChannel:
             return None
         return done if isinstance(done, int) else getattr(done, "exit_status", None)
 
+    def close_soon(self) -> None:
+        """Close the channel from inside the read loop (the agent broke the protocol)."""
+        try:
+            self.channel.close()
+        except Exception:  # noqa: BLE001 - closing a dead channel
+            pass
+
     def _dispatch(self, header: dict[str, Any], data: bytes) -> None:
-        kind = header.get("t")
+        """Hand one frame to the attempt waiting for it. Every field is checked first
+        (fleet.backends.frames): a bad one fails that attempt, naming the field."""
+        kind = header["t"]
         waiter = self.waiters.get(header.get("a") or "")
         if waiter is None:
             if kind == "error":
-                log.warning("agent on %s: %s", self.host_name, header.get("message"))
+                log.warning("agent on %s: %s", self.host_name, str(header.get("message"))[:500])
             return
+        if waiter.future.done():
+            return
+        try:
+            self._deliver(kind, header, data, waiter)
+        except frames.BadFrame as exc:
+            waiter.future.set_exception(frames.BadFrame(f"host {self.host_name}: its agent sent an "
+                                                        f"invalid {kind} frame: {exc}"))
+
+    def _deliver(self, kind: str, header: dict[str, Any], data: bytes, waiter: _Waiter) -> None:
         if kind == "log":
             if waiter.sink is not None:
                 waiter.sink.log(data)
         elif kind == "started":
             if waiter.sink is not None:
-                waiter.sink.started(int(header.get("pid") or 0), float(header.get("at") or 0.0))
+                pid = frames.opt_int(header.get("pid"), "pid", 0, 1 << 31) or 0
+                waiter.sink.started(pid, frames.opt_time(header.get("at"), "at") or 0.0)
         elif kind == "exit":
-            st = header.get("status") or {}
-            waiter.future.set_result(Outcome(
-                exit_code=st.get("exit_code"), signal=st.get("signal"),
-                timed_out=bool(st.get("timed_out")), cancelled=bool(st.get("cancelled")),
-                phase=st.get("phase") or "run", error=st.get("error"), fenced=bool(st.get("fenced")),
-                result=header.get("result"), runner_error=header.get("error"),
-                started_at=st.get("started_at"), ended_at=st.get("ended_at"),
-                outputs=list(header.get("outputs") or []), outputs_problem=header.get("outputs_problem"),
-            ))
+            waiter.future.set_result(frames.exit_outcome(header))
         elif kind == "gc":
-            waiter.future.set_result(Outcome(exit_code=0, result=header))
+            removed = header.get("removed") or []
+            if not isinstance(removed, list) or not all(isinstance(r, str) for r in removed):
+                raise frames.BadFrame("removed must be a list of attempt ids")
+            waiter.future.set_result(Outcome(exit_code=0, result={
+                "removed": removed, "freed": frames.opt_int(header.get("freed"), "freed", 0, 1 << 62) or 0,
+                "left": frames.opt_int(header.get("left"), "left", 0, 1 << 62) or 0}))
         elif kind == "pong":
             waiter.future.set_result(Outcome(exit_code=0))
         elif kind == "lost":
-            waiter.future.set_result(Outcome(exit_code=None, lost=str(header.get("message") or "lost")))
+            message = frames.opt_text(header.get("message"), "message") or "lost"
+            waiter.future.set_result(Outcome(exit_code=None, lost=message))
+        elif kind == "missing":
+            shas = header.get("inputs")
+            if not isinstance(shas, list) or not shas or not all(isinstance(x, str) and SHA256_RE.match(x)
+                                                                 for x in shas):
+                raise frames.BadFrame("inputs must be a list of sha256 hashes")
+            waiter.future.set_exception(InputsMissing(self.host_name, shas))
         elif kind == "error":
-            waiter.future.set_exception(BackendError(f"host {self.host_name}: agent: {header.get('message')}"))
+            message = frames.opt_text(header.get("message"), "message")
+            waiter.future.set_exception(BackendError(f"host {self.host_name}: agent: {message}"))

@@ -89,6 +89,10 @@ class Channel:
     async def readexactly(self, n: int) -> bytes:
         return await self.stdout.readexactly(n)
 
+    async def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes as soon as some are there; b"" at EOF."""
+        return await self.stdout.read(n)
+
     def close(self) -> None:
         self._closer()
 

@@ -15,20 +15,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fleet.backends.agent import AgentChannel
+from fleet.backends.agent import AgentChannel, InputsMissing
 from fleet.backends.base import (
     AttemptPlan,
     AttemptSink,
     Backend,
+    BackendError,
     HostLost,
     Outcome,
     SetupFailed,
 )
 from fleet.backends.connection import ConnectionPool, SSHOptions, Transport
 from fleet.inventory import Host
-from fleet.runners import bundle, manifests
+from fleet.runners import VERIFY_BUNDLE, bundle, manifests
 
 log = logging.getLogger(__name__)
+
+BUNDLE_CHANGED = 86  # the agent's start command exits so when the bundle fails its check
 
 
 def sh_path(path: str) -> str:
@@ -91,7 +94,19 @@ class SSHBackend(Backend):
                 raise
             request = self._payload(plan, log_offset)
             request["op"] = "launch"
-            return await agent.run(plan.attempt_id, request, sink)
+            for _ in range(3):
+                try:
+                    return await agent.run(plan.attempt_id, request, sink)
+                except InputsMissing as exc:
+                    # The host's cache lost an input or had one altered (the agent removed
+                    # it): upload it again; the attempt has not started.
+                    self._cached.get(host.name, set()).difference_update(exc.shas)
+                    try:
+                        await self._ensure_inputs(transport, host, plan)
+                    except HostLost as lost:
+                        lost.sent = False
+                        raise
+            raise SetupFailed(f"host {host.name}: its input cache keeps losing this job's inputs")
         except HostLost:
             self._forget(host.name)
             raise
@@ -129,24 +144,32 @@ class SSHBackend(Backend):
                         "attempt_dir": self.attempt_dir(host, attempt_id), "grace": float(grace)})
 
     async def fetch(self, plan: AttemptPlan, rel_path: str, dest: Path, size: int = 0) -> None:
+        """Copy a file of the attempt into ``dest`` (a file the caller owns and removes on
+        failure). The host's wrapper opens it without following links, as a regular file
+        inside the attempt directory, so a job cannot hand over a file outside it."""
         host = plan.host
-        src = sh_path(join(self.attempt_dir(host, plan.attempt_id), rel_path))
         transport = await self._transport(host)
-        tmp = dest.with_name(f".{dest.name}.{plan.attempt_id}.part")
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        await self._ensure_lib(transport, host)
+        command = (f"exec {shlex.quote(host.python)} -S -B {sh_path(join(self.lib_dir(host), 'wrapper.py'))} "
+                   f"cat {sh_path(self.attempt_dir(host, plan.attempt_id))} {shlex.quote(rel_path)}")
         err = bytearray()
-        with tmp.open("wb") as fh:
-            try:
-                code = await self._exec(host, transport, f"cat {src}", on_stdout=fh.write,
-                                        on_stderr=err.extend, transfer=size)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
+        written = 0
+
+        def write(data: bytes) -> None:
+            nonlocal written
+            written += len(data)
+            if written <= size:  # the host said how big; more is not taken
+                fh.write(data)
+
+        with dest.open("wb") as fh:
+            code = await self._exec(host, transport, command, on_stdout=write, on_stderr=err.extend,
+                                    transfer=size)
         if code != 0:
-            tmp.unlink(missing_ok=True)
             raise BackendError(f"host {host.name}: cannot read {rel_path} of attempt "
-                               f"{plan.attempt_id}: {err.decode(errors='replace').strip() or code}")
-        tmp.replace(dest)
+                               f"{plan.attempt_id}: {err.decode(errors='replace').strip()[:500] or code}")
+        if written != size:
+            raise BackendError(f"host {host.name}: output {rel_path} of attempt {plan.attempt_id} has "
+                               f"{written} bytes, not the {size} its agent reported")
 
     async def gc_attempts(self, host: Host, max_age: float, max_bytes: int, keep: list[str],
                           timeout: float) -> tuple[int, int, int] | None:
@@ -189,9 +212,17 @@ class SSHBackend(Backend):
         async with lock:
             agent = self._agents.get(host.name)
             if agent is None or not agent.alive:
-                wrapper = sh_path(join(self.lib_dir(host), "wrapper.py"))
+                # The bundle is checked by content before every agent start (and installed
+                # again if anything differs): a job that rewrote the agent (isolation none)
+                # and killed it does not get its version run. The start command checks once
+                # more, closing the window between the two.
+                if agent is not None:
+                    await self._install_lib(transport, host)
+                lib = sh_path(self.lib_dir(host))
+                python = shlex.quote(host.python)
                 channel = await transport.open_channel(
-                    f"exec {shlex.quote(host.python)} -S {wrapper} agent"
+                    f"{python} -S -B -c {shlex.quote(VERIFY_BUNDLE)} {lib} {bundle().digest} "
+                    f"|| exit {BUNDLE_CHANGED}; exec {python} -S -B {lib}/wrapper.py agent"
                 )
                 agent = AgentChannel(host.name, channel, renew_every=self.pool.options.attempt_lease / 4)
                 self._agents[host.name] = agent
@@ -211,15 +242,23 @@ class SSHBackend(Backend):
             raise
 
     async def _install_lib(self, transport: Transport, host: Host) -> None:
+        """Make ``<workdir>/lib/<digest>`` hold exactly the bundle: checked by content hash
+        (not by a marker file a job could leave), replaced when anything in it differs."""
         lib = sh_path(self.lib_dir(host))
         libs = sh_path(join(host.workdir, "lib"))
+        verify = f"{shlex.quote(host.python)} -S -B -c {shlex.quote(VERIFY_BUNDLE)} {lib} {bundle().digest}"
         script = (
-            f"test -f {lib}/.ok && {{ cat >/dev/null; exit 0; }}; set -e; mkdir -p {libs}; "
-            f't=$(mktemp -d {libs}/.tmp.XXXXXX); tar -xzf - -C "$t"; touch "$t/.ok"; '
-            f'mv -T "$t" {lib} 2>/dev/null || rm -rf "$t"; test -f {lib}/.ok'
+            f"{verify} && {{ cat >/dev/null; exit 0; }}; [ $? = 127 ] && exit 127; set -e; "
+            f"mkdir -p {libs}; t=$(mktemp -d {libs}/.tmp.XXXXXX); tar -xzf - -C \"$t\"; "
+            f"chmod 755 \"$t\"; "
+            f"if [ -e {lib} ]; then o={libs}/.old.$$; mv -T {lib} \"$o\"; chmod -R u+w \"$o\"; rm -rf \"$o\"; fi; "
+            f'mv -T "$t" {lib} 2>/dev/null || rm -rf "$t"; {verify}'
         )
         err = bytearray()
         code = await self._exec(host, transport, script, stdin=bundle().tarball, on_stderr=err.extend)
+        if code == 127:
+            raise SetupFailed(f"host {host.name}: python not found ({host.python}); install Python "
+                              ">= 3.8 or set ansible_python_interpreter")
         if code != 0:
             raise SetupFailed(
                 f"host {host.name}: cannot install fleet's runners into {self.lib_dir(host)}: "
@@ -289,7 +328,8 @@ class SSHBackend(Backend):
         else:
             manifest = manifests()[plan.runner]
             entry = join(self.lib_dir(host), plan.runner, manifest.entry or "run.py")
-            # The wrapper expands ``~`` in the entry path (no shell is involved there).
-            payload["entry"] = [host.python, entry, "job.json"]
+            # The wrapper expands ``~`` in the entry path (no shell is involved there). -B:
+            # no bytecode next to the bundle (its check would find the extra files).
+            payload["entry"] = [host.python, "-B", entry, "job.json"]
         return payload
 

@@ -4,6 +4,7 @@ host class and tool made them and the key that makes two of them interchangeable
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import posixpath
@@ -17,30 +18,30 @@ from fleet.models.spec import BlobRef, InputRef
 
 
 async def collect(backend: Backend, blobs: BlobStore, plan: AttemptPlan, outcome: Outcome) -> list[dict[str, Any]]:
-    """Copy the attempt's outputs the blob store lacks; returns them as ``{path, sha256, size}``.
-    Raises BackendError (HostLost if the host went away) when a file cannot be copied or its
-    content is not what the host said."""
+    """Copy the attempt's outputs into the blob store; returns them as ``{path, sha256, size}``.
+
+    Nothing the host said is taken on trust (DESIGN.md §7): the frame's fields were checked
+    (fleet.backends.frames), every file is copied to a temporary file and hashed here, and it
+    enters the store under that hash only if it is what the host reported. Content already in
+    the store is not copied again: only the hash the host reported names it, and that content
+    was hashed here when it came. Raises BackendError (HostLost if the host went away) when a
+    file cannot be copied or is not what the host said."""
     files = []
     for out in outcome.outputs:
         path, sha, size = str(out["path"]), str(out["sha256"]), int(out["size"])
         if not blobs.has(sha):
-            dest = blobs.path(sha)
-            await backend.fetch(plan, path, dest, size)
-            got = _sha256(dest)
-            if got != sha:
-                dest.unlink(missing_ok=True)
-                raise BackendError(f"host {plan.host.name}: output {path} changed while it was "
-                                   f"copied (sha256 {got[:12]}, expected {sha[:12]})")
+            tmp = blobs.temp()
+            try:
+                await backend.fetch(plan, path, tmp, size)
+                got, got_size = await asyncio.to_thread(blobs.add, tmp, sha)
+            finally:
+                tmp.unlink(missing_ok=True)
+            if got != sha or got_size != size:
+                raise BackendError(f"host {plan.host.name}: output {path} is not what its agent "
+                                   f"reported (sha256 {got[:12]}, {got_size} bytes; reported "
+                                   f"{sha[:12]}, {size} bytes)")
         files.append({"path": path, "sha256": sha, "size": size})
     return files
-
-
-def _sha256(path: Any) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def key_of(basis: dict[str, Any] | None) -> str | None:
