@@ -11,6 +11,7 @@ from __future__ import annotations
 import getpass
 import os
 import platform
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,14 @@ class Host:
     python: str = "python3"
     source: str = ""
     schedulable: bool = True  # fleet_jobs=false: a jump host or gateway that runs no jobs
+    isolation: str = "none"  # fleet_isolation: none (one account) | user (one per fleet user)
+    job_user: str | None = None  # fleet_job_user: the account other users' jobs run as
+    env_keep: tuple[str, ...] = ()  # fleet_env_keep: host variables jobs keep (names, NAME_*)
+
+    @property
+    def needs_root(self) -> bool:
+        """Whether the agent must run as root here (to run jobs as other accounts)."""
+        return self.isolation == "user" or self.job_user is not None
 
     @property
     def device_class(self) -> str:
@@ -81,6 +90,23 @@ class Host:
         user = f"{self.user}@" if self.user else ""
         via = f" via {','.join(j.host for j in self.jumps)}" if self.jumps else ""
         return f"{user}{self.address}:{self.port}{via}"
+
+
+ISOLATIONS = ("none", "user")
+UNIX_NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+ENV_KEEP_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\*?$")
+
+
+def unix_account(user: str) -> str:
+    """The Unix account a fleet user's jobs run as on a host with ``isolation: user``:
+    ``fleet-<user>`` when the name is a plain lowercase account name, else a name with a hash
+    of the user's, so two fleet users (``Bob``, ``bob``) never share an account."""
+    if UNIX_NAME_RE.match(user) and len(user) <= 26:
+        return f"fleet-{user}"
+    import hashlib
+
+    stem = re.sub(r"[^a-z0-9_-]", "", user.lower())[:16] or "u"
+    return f"fleet-{stem}-{hashlib.sha256(user.encode()).hexdigest()[:8]}"
 
 
 def local_arch() -> str:
@@ -295,6 +321,21 @@ def _host_from_vars(
     else:
         raise v.error("fleet_jobs", f"is {jobs_raw!r}; expected true or false")
 
+    isolation = (v.str("fleet_isolation") or "none").strip().lower()
+    if isolation not in ISOLATIONS:
+        raise v.error("fleet_isolation", f"is {isolation!r}; expected one of {', '.join(ISOLATIONS)}")
+    job_user = v.str("fleet_job_user")
+    if job_user is not None and not UNIX_NAME_RE.match(job_user.strip()):
+        raise v.error("fleet_job_user", f"is {job_user!r}; expected an account name like fleet-jobs")
+    keep_raw = v.raw("fleet_env_keep")
+    if keep_raw is None:
+        env_keep: tuple[str, ...] = ()
+    elif isinstance(keep_raw, (list, tuple)) and all(isinstance(k, str) and ENV_KEEP_RE.match(k) for k in keep_raw):
+        env_keep = tuple(keep_raw)
+    else:
+        raise v.error("fleet_env_keep", f"is {keep_raw!r}; expected a list of variable names "
+                                        "(a trailing * keeps every name with that prefix)")
+
     return Host(
         name=name,
         pools=groups,
@@ -312,6 +353,9 @@ def _host_from_vars(
         python=python,
         source=_origin(hvars.get("ansible_host") or name, source),
         schedulable=schedulable,
+        isolation=isolation,
+        job_user=job_user.strip() if job_user else None,
+        env_keep=env_keep,
     )
 
 

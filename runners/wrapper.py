@@ -92,6 +92,77 @@ def _read_json(path):
         return None
 
 
+def _read_job_json(adir, name, owner):
+    """A JSON file the job wrote (result.json, error.json): read without following a link,
+    and only if the job's own account owns it (the agent may run as root)."""
+    try:
+        with open_regular(adir, name, owner) as fh:
+            return json.loads(fh.read(64 << 20).decode("utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _mark(path, text=""):
+    """Create or replace a small file the agent owns (cancel, fence) without following a link
+    a job may have put under its name."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+
+
+# What a job's environment starts from: the basics of a login on this host (never the
+# controller's settings), then the host's fleet_env_keep names, fleet's FLEET_* and the spec's.
+BASE_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR",
+            "TERM", "FLEET_HOST_ROOT")
+
+
+def job_env(environ, keep, account=None):
+    """The environment a job starts from (before fleet's and the spec's variables)."""
+    env = {}
+    for key, value in environ.items():
+        if key in BASE_ENV or key.startswith("LC_") or any(
+                key == k or (k.endswith("*") and key.startswith(k[:-1])) for k in keep or ()):
+            env[key] = value
+    if account is not None:
+        env["USER"] = env["LOGNAME"] = account["name"]
+        env["HOME"] = account["home"]
+        env["SHELL"] = "/bin/sh"
+    return env
+
+
+def account(name, isolation):
+    """The account ``name`` as ``{name, uid, gid, home}``; with ``isolation: user`` a missing
+    one is created (the agent runs as root there). Raises ValueError saying what is wrong."""
+    import pwd
+
+    if os.geteuid() != 0:
+        raise ValueError("running jobs as account %s needs fleet's agent to run as root "
+                         "(log in as root, or allow sudo -n for the login)" % name)
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        if isolation != "user":
+            raise ValueError("account %s (fleet_job_user) does not exist on this host: create it "
+                             "(fleet hosts provision does)" % name) from None
+        useradd = next((p for p in ("/usr/sbin/useradd", "/sbin/useradd") if os.path.exists(p)), "useradd")
+        proc = subprocess.run(
+            [useradd, "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
+             "--shell", "/usr/sbin/nologin", "--comment", "fleet jobs", name],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
+        if proc.returncode not in (0, 9):  # 9: made by a concurrent launch
+            raise ValueError("cannot create account %s: %s" % (
+                name, proc.stdout.decode(errors="replace").strip() or proc.returncode)) from None
+        pw = pwd.getpwnam(name)
+    if pw.pw_uid == 0:
+        raise ValueError("account %s is root: jobs never run as root" % name)
+    home = pw.pw_dir if pw.pw_dir and os.path.isdir(pw.pw_dir) else ""
+    return {"name": name, "uid": pw.pw_uid, "gid": pw.pw_gid, "home": home}
+
+
 def _inside(base, rel):
     """True if ``rel`` stays inside ``base``: no absolute path, no ``..`` escape, and no
     symlink on the way that leads out (what exists of the path is resolved)."""
@@ -107,10 +178,10 @@ def _inside(base, rel):
 
 def _touch(path):
     try:
-        os.utime(path)
-    except OSError:
+        os.utime(path, follow_symlinks=False)
+    except (OSError, NotImplementedError):
         try:
-            open(path, "a").close()
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | _NOFOLLOW, 0o644))
         except OSError:
             pass
 
@@ -284,6 +355,7 @@ class Supervisor:
         self.lease_path = os.path.join(adir, "lease")
         self.lease = float(payload.get("lease") or 0)  # 0: no attempt lease
         self.fenced = False
+        self.account = None  # {name, uid, gid, home} when the job runs as another account
 
     def notify(self, **fields):
         if self.notify_fd is None:
@@ -297,7 +369,8 @@ class Supervisor:
         status = {"exit_code": None, "signal": None, "timed_out": False, "cancelled": False,
                   "phase": "run", "error": None, "started_at": time.time(), "ended_at": None}
         try:
-            self.log = open(os.path.join(self.adir, "log"), "ab", buffering=0)
+            fd = os.open(os.path.join(self.adir, "log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o600)
+            self.log = os.fdopen(fd, "ab", buffering=0)
             status.update(self._run_phases(status))
         except Exception as exc:  # the wrapper must always leave a status behind
             status["error"] = "wrapper: %s: %s" % (type(exc).__name__, exc)
@@ -308,9 +381,17 @@ class Supervisor:
         _write_json(os.path.join(self.adir, "status.json"), status)
 
     def _run_phases(self, status):
-        env = dict(os.environ)
+        self.account = _read_json(os.path.join(self.adir, "account.json"))
+        if self.account is not None and not self.account["home"]:
+            self.account["home"] = self.adir
+        env = job_env(os.environ, self.payload.get("env_keep"), self.account)
         env.update(self.payload.get("env") or {})
         env["FLEET_ATTEMPT_DIR"] = self.adir
+        if self.account is not None:
+            problem = self._unreachable()
+            if problem:
+                return {"exit_code": None, "signal": None, "timed_out": False, "phase": "setup",
+                        "error": problem}
         deadline = None
         if self.payload.get("timeout"):
             deadline = time.monotonic() + float(self.payload["timeout"])
@@ -326,6 +407,30 @@ class Supervisor:
             argv[-2] = os.path.expanduser(argv[-2])
         code, sig, timed_out = self._run(argv, env, deadline, grace, "run")
         return {"exit_code": code, "signal": sig, "timed_out": timed_out, "phase": "run"}
+
+    def _drop(self):
+        """In the job's child, before exec: become the job's account (isolation)."""
+        os.setgroups([])
+        os.setgid(self.account["gid"])
+        os.setuid(self.account["uid"])
+        os.umask(0o077)
+
+    def _unreachable(self):
+        """Why the job's account cannot reach its attempt directory, or None (checked in a
+        child that has become the account: the path must be traversable by it)."""
+        pid = os.fork()
+        if pid == 0:
+            try:
+                self._drop()
+                os.stat(os.path.join(self.adir, "job.json"))
+                os._exit(0)
+            except BaseException:
+                os._exit(1)
+        _, code = os.waitpid(pid, 0)
+        if code == 0:
+            return None
+        return ("account %s cannot reach its attempt directory %s: fleet_workdir must lie where "
+                "every job account can pass through (e.g. /var/lib/fleet)" % (self.account["name"], self.adir))
 
     def _lease_expired(self):
         """The attempt lease: the agent touches ``lease`` whenever the controller renews it. No
@@ -358,6 +463,7 @@ class Supervisor:
             proc = subprocess.Popen(
                 argv, cwd=self.adir, env=env, stdin=subprocess.DEVNULL, stdout=self.log,
                 stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+                preexec_fn=self._drop if self.account is not None else None,
             )
         except OSError as exc:
             self.log.write(("fleet: cannot start %s: %s\n" % (argv[0], exc)).encode())
@@ -406,6 +512,13 @@ def _prepare(adir, payload):
     for glob in job.get("outputs") or []:
         if not isinstance(glob, str) or ".." in glob.split("/") or not _inside(adir, glob):
             raise ValueError("output path %r leaves the attempt directory" % (glob,))
+    if payload.get("run_as"):
+        # The job's own account: the directory is root's, the job's group may add files to it
+        # but not remove or replace root's (sticky), and nobody else may enter.
+        acct = account(payload["run_as"], payload.get("isolation"))
+        os.chown(adir, 0, acct["gid"])
+        os.chmod(adir, 0o1770)
+        _write_json(os.path.join(adir, "account.json"), acct)
     _write_json(os.path.join(adir, "job.json"), job)
     _touch(os.path.join(adir, "lease"))
     cache = os.path.expanduser(payload.get("cache_dir") or "")
@@ -624,9 +737,14 @@ class Agent:
             if missing:  # before the launch marker: the controller uploads and asks again
                 self.frame(aid, "missing", inputs=missing)
                 return
-        os.makedirs(os.path.dirname(adir), exist_ok=True)
+        parent = os.path.dirname(adir)
+        os.makedirs(parent, exist_ok=True)
+        try:  # nobody but fleet lists the attempts; each job reaches only its own
+            os.chmod(parent, 0o711)
+        except OSError:
+            pass
         try:
-            os.mkdir(adir)  # the launch marker: never start an attempt twice
+            os.mkdir(adir, 0o700)  # the launch marker: never start an attempt twice
         except FileExistsError:
             self.frame(aid, "attached", dir=adir)
             self.follows[aid] = Follow(aid, adir, int(payload.get("offset", 0)))
@@ -646,8 +764,7 @@ class Agent:
     def cancel(self, aid, adir, grace, marker="cancel"):
         if not os.path.isdir(adir):
             return  # never launched, or already cleaned up
-        with open(os.path.join(adir, marker), "w") as fh:
-            fh.write(str(time.time()))
+        _mark(os.path.join(adir, marker), str(time.time()))
         proc = _read_json(os.path.join(adir, "proc.json")) or {}
         pgid = proc.get("pgid")
         if pgid and not os.path.exists(os.path.join(adir, "status.json")):
@@ -689,14 +806,16 @@ class Agent:
         self.drain(follow)
         status_path = os.path.join(follow.adir, "status.json")
         status = _read_json(status_path) or {}
-        result = _read_json(os.path.join(follow.adir, "result.json"))
+        acct = _read_json(os.path.join(follow.adir, "account.json"))
+        owner = acct["uid"] if isinstance(acct, dict) and isinstance(acct.get("uid"), int) else None
+        result = _read_job_json(follow.adir, "result.json", owner)
         job = _read_json(os.path.join(follow.adir, "job.json")) or {}
         try:
-            outputs, problem = collect_outputs(follow.adir, job.get("outputs"), result)
+            outputs, problem = collect_outputs(follow.adir, job.get("outputs"), result, owner)
         except OSError as exc:
             outputs, problem = [], "outputs: %s" % exc
         self.frame(follow.aid, "exit", status=status, result=result,
-                   error=_read_json(os.path.join(follow.adir, "error.json")),
+                   error=_read_job_json(follow.adir, "error.json", owner),
                    log_size=follow.offset, outputs=outputs, outputs_problem=problem)
         if follow.fh is not None:
             follow.fh.close()
@@ -742,11 +861,15 @@ class Agent:
                 self.follows.pop(follow.aid, None)
 
 
-def cat(adir, rel, owner=None):
+def cat(adir, rel):
     """Copy an attempt's file to stdout (the controller fetching an output): a regular file
-    inside the attempt directory, reached without following links."""
+    inside the attempt directory, reached without following links, and the job's own when it
+    ran as another account."""
+    adir = os.path.expanduser(adir)
+    acct = _read_json(os.path.join(adir, "account.json"))
+    owner = acct.get("uid") if isinstance(acct, dict) else None
     try:
-        with open_regular(os.path.expanduser(adir), rel, owner) as fh:
+        with open_regular(adir, rel, owner if isinstance(owner, int) else None) as fh:
             out = sys.stdout.buffer
             for block in iter(lambda: fh.read(CHUNK), b""):
                 out.write(block)
@@ -759,12 +882,14 @@ def cat(adir, rel, owner=None):
 
 def main(argv):
     if argv[:1] == ["agent"]:
+        if argv[1:2] == ["--path"] and len(argv) == 3:  # started by sudo: the login's PATH
+            os.environ["PATH"] = argv[2]
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
         return Agent().run()
-    if argv[:1] == ["cat"] and len(argv) in (3, 4):
-        return cat(argv[1], argv[2], int(argv[3]) if len(argv) == 4 else None)
+    if argv[:1] == ["cat"] and len(argv) == 3:
+        return cat(argv[1], argv[2])
     sys.stderr.write("usage: wrapper.py agent   (JSON requests on stdin, frames on stdout)\n"
-                     "       wrapper.py cat ATTEMPT_DIR PATH [UID]\n")
+                     "       wrapper.py cat ATTEMPT_DIR PATH\n")
     return 2
 
 

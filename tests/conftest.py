@@ -72,6 +72,30 @@ class Fleet:
 
 
 @pytest.fixture
+def shared_local(tmp_path: Path) -> Iterator[Path]:
+    """An inventory for a team on this machine alone: ``localhost`` (ansible_connection=local)
+    runs other users' jobs as ``nobody`` (fleet_job_user), in a work directory that account can
+    pass through (pytest's own temp dirs are private to root)."""
+    import shutil
+    import tempfile
+
+    workdir = Path(tempfile.mkdtemp(prefix="fleet-shared-"))
+    workdir.chmod(0o711)
+    inventory = tmp_path / "shared.ini"
+    inventory.write_text(f"[lab]\nlocalhost ansible_connection=local fleet_job_user=nobody "
+                         f"fleet_workdir={workdir} ansible_python_interpreter={sys.executable}\n")
+    yield inventory
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def add_user(fleet: Fleet, name: str) -> tuple[str, Client]:
+    """Create a (non-admin) user on the running server; returns its token and a client."""
+    assert fleet.info is not None
+    token = fleet.cli_json("users", "add", name)["token"]
+    return token, Client(fleet.info.url, token)
+
+
+@pytest.fixture
 def fleet(fleet_home: Path) -> Iterator[Fleet]:
     f = Fleet(fleet_home)
     yield f

@@ -118,8 +118,8 @@ def test_quickstart_benchmark_with_real_onnxruntime(fleet):
     assert results["items"][0]["job_id"] == detail["id"]
 
 
-def test_users_see_only_their_own_jobs(fleet, submit):
-    admin = fleet.start()
+def test_users_see_only_their_own_jobs(fleet, submit, shared_local):
+    admin = fleet.start(shared_local)
     bob_token = fleet.cli_json("users", "add", "bob")["token"]
     bob = Client(fleet.info.url, bob_token)
     mine = submit({"name": "admins", "run": "true"})

@@ -127,16 +127,15 @@ vars:
 
 
 def bob(fleet):
-    from fleet.api.client import Client
+    from tests.conftest import add_user
 
-    token = fleet.cli_json("users", "add", "bob")["token"]
-    return token, Client(fleet.info.url, token)
+    return add_user(fleet, "bob")
 
 
-def test_a_user_cannot_send_a_playbook_so_no_user_code_runs_on_the_controller(fleet, tmp_path):
+def test_a_user_cannot_send_a_playbook_so_no_user_code_runs_on_the_controller(fleet, tmp_path, shared_local):
     """The attack: a non-admin's before hook reads the admin token on the controller through
     lookup('file') and puts it in the job's message. Refused at submit, naming the field."""
-    fleet.start()
+    fleet.start(shared_local)
     token_file = fleet.settings.token_file
     write(tmp_path, "steal.yml", STEAL % token_file, tmp_path)
     spec = tmp_path / "steal.yaml"
@@ -163,8 +162,8 @@ def test_a_user_cannot_send_a_playbook_so_no_user_code_runs_on_the_controller(fl
     client.close()
 
 
-def test_catalog_hooks_run_by_name_with_their_declared_variables(fleet, tmp_path):
-    fleet.start()
+def test_catalog_hooks_run_by_name_with_their_declared_variables(fleet, tmp_path, shared_local):
+    fleet.start(shared_local)
     hooks_dir = fleet.settings.hooks_dir
     hooks_dir.mkdir()
     (hooks_dir / "power.yml").write_text(ECHO_VARS)

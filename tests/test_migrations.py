@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import threading
+import traceback
 from collections import Counter
 from pathlib import Path
 
@@ -88,22 +89,22 @@ def test_replicas_starting_together_migrate_once(any_db_url: str) -> None:
     """create_schema in several processes' worth of engines at once: one migrates, the others
     wait for it under the lock and find the head (no 'table already exists')."""
     dbs = [Database(any_db_url) for _ in range(4)]
-    errors: list[BaseException] = []
+    errors: list[str] = []
     barrier = threading.Barrier(len(dbs))
 
     def run(d: Database) -> None:
         try:
             barrier.wait()
             d.create_schema()
-        except BaseException as exc:  # noqa: BLE001 (reported below)
-            errors.append(exc)
+        except BaseException:  # noqa: BLE001 (reported below)
+            errors.append(traceback.format_exc())
 
     threads = [threading.Thread(target=run, args=(d,)) for d in dbs]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
-    assert errors == []
+    assert errors == [], "\n".join(errors)
     assert migrations.current(dbs[0].engine) == migrations.head()
     for d in dbs:
         d.dispose()

@@ -167,6 +167,8 @@ class HostOut(BaseModel):
     health_message: str | None = None
     facts: dict[str, Any] = Field(default_factory=dict, description="what the last probe found")
     mismatches: list[str] = Field(default_factory=list, description="inventory vs host, from the last probe")
+    isolation: str = Field("none", description="none: jobs share one account; user: one account per fleet user")
+    job_user: str | None = Field(None, description="the account other users' jobs run as (fleet_job_user)")
 
 
 class AnsibleIn(BaseModel):

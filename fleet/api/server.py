@@ -686,6 +686,7 @@ def _host_out(view: Any, health_message: str | None = None, facts: dict[str, Any
         labels=h.labels, target=h.target, state=state, health=view.health.value,
         health_message=health_message, facts=facts or {},
         mismatches=probe.mismatches(h, facts) if facts else [],
+        isolation=h.isolation, job_user=h.job_user,
     )
 
 

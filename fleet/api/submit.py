@@ -107,5 +107,5 @@ def _accept(ctx: ApiContext, spec: JobSpec, user: User) -> tuple[JobSpec, str]:
                         for b in hook.files.values() if not ctx.blobs.has(b.sha256)]
     if missing or local:
         raise SpecError(local + missing)
-    key = ctx.scheduler.demand_for(spec).key
+    key = ctx.scheduler.demand_for(spec, user.name).key
     return ctx.scheduler.secrets.seal_spec(spec), key  # never stored in clear

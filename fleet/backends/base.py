@@ -67,6 +67,7 @@ class AttemptPlan:
     timeout: float | None
     grace: float
     inputs: list[InputFile] = field(default_factory=list)
+    run_as: str | None = None  # the Unix account the job runs as (None: the agent's own)
     reattach: bool = False  # following an attempt a previous controller launched
     follow_only: bool = False  # never launch: only learn how an attempt given up on ended
 

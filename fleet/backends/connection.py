@@ -100,13 +100,26 @@ class Channel:
         return await self._waiter()
 
 
+# What of the server's environment a local host's commands (and so its agent and jobs) get:
+# the basics of a login, never the server's own settings (FLEET_TOKEN, FLEET_HOME, ...).
+LOCAL_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM")
+
+
+def local_env() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if k in LOCAL_ENV or k.startswith("LC_")}
+
+
 class LocalTransport(Transport):
-    """``ansible_connection=local``: commands run as local processes."""
+    """``ansible_connection=local``: commands run as local processes, with a login's basic
+    environment rather than the server's (DESIGN.md §7)."""
 
     async def open_channel(self, command: str) -> Channel:
         proc = await asyncio.create_subprocess_exec(
             "/bin/sh", "-c", command, stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, limit=1 << 20,
+            env=local_env(),
         )
         assert proc.stdin is not None
 
@@ -120,7 +133,7 @@ class LocalTransport(Transport):
         proc = await asyncio.create_subprocess_exec(
             "/bin/sh", "-c", command,
             stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=local_env(),
         )
         if stdin is not None:
             assert proc.stdin is not None

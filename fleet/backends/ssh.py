@@ -220,9 +220,15 @@ class SSHBackend(Backend):
                     await self._install_lib(transport, host)
                 lib = sh_path(self.lib_dir(host))
                 python = shlex.quote(host.python)
+                start = f"exec {python} -S -B {lib}/wrapper.py agent"
+                if host.needs_root:
+                    # Jobs run as other accounts here: the agent runs as root (sudo -n when
+                    # the login is not root; it keeps the login's PATH for the jobs).
+                    start = (f'if [ "$(id -u)" = 0 ]; then {start}; else exec sudo -n -- {python} '
+                             f'-S -B {lib}/wrapper.py agent --path "$PATH"; fi')
                 channel = await transport.open_channel(
                     f"{python} -S -B -c {shlex.quote(VERIFY_BUNDLE)} {lib} {bundle().digest} "
-                    f"|| exit {BUNDLE_CHANGED}; exec {python} -S -B {lib}/wrapper.py agent"
+                    f"|| exit {BUNDLE_CHANGED}; {start}"
                 )
                 agent = AgentChannel(host.name, channel, renew_every=self.pool.options.attempt_lease / 4)
                 self._agents[host.name] = agent
@@ -249,7 +255,8 @@ class SSHBackend(Backend):
         verify = f"{shlex.quote(host.python)} -S -B -c {shlex.quote(VERIFY_BUNDLE)} {lib} {bundle().digest}"
         script = (
             f"{verify} && {{ cat >/dev/null; exit 0; }}; [ $? = 127 ] && exit 127; set -e; "
-            f"mkdir -p {libs}; t=$(mktemp -d {libs}/.tmp.XXXXXX); tar -xzf - -C \"$t\"; "
+            f"mkdir -p {libs}; chmod 755 {libs}; {self._open_workdir(host)}"
+            f"t=$(mktemp -d {libs}/.tmp.XXXXXX); tar -xzf - -C \"$t\"; "
             f"chmod 755 \"$t\"; "
             f"if [ -e {lib} ]; then o={libs}/.old.$$; mv -T {lib} \"$o\"; chmod -R u+w \"$o\"; rm -rf \"$o\"; fi; "
             f'mv -T "$t" {lib} 2>/dev/null || rm -rf "$t"; {verify}'
@@ -265,6 +272,12 @@ class SSHBackend(Backend):
                 f"{err.decode(errors='replace').strip() or f'exit {code}'}"
             )
 
+    @staticmethod
+    def _open_workdir(host: Host) -> str:
+        """Where jobs run as other accounts, they must pass through the work directory (to
+        their attempt, the runners, the cache): 0711, listable by nobody."""
+        return f"chmod 711 {sh_path(host.workdir)}; " if host.needs_root else ""
+
     async def _ensure_inputs(self, transport: Transport, host: Host, plan: AttemptPlan) -> None:
         """Upload the plan's input files the host's cache lacks (each sha256 once per host)."""
         lock = self._cache_locks.setdefault(host.name, asyncio.Lock())
@@ -279,7 +292,7 @@ class SSHBackend(Backend):
             cache = sh_path(self.cache_dir(host))
             out = bytearray()
             check = (
-                f"mkdir -p {cache} && cd {cache} && for s in {' '.join(wanted)}; "
+                f"mkdir -p {cache} && chmod 711 {cache} && cd {cache} && for s in {' '.join(wanted)}; "
                 f'do [ -f "$s" ] || echo "$s"; done'
             )
             code = await self._exec(host, transport, check, on_stdout=out.extend)
@@ -289,7 +302,7 @@ class SSHBackend(Backend):
             for sha in missing:
                 data = await asyncio.to_thread(self.blob_path(sha).read_bytes)
                 upload = (
-                    f"cd {cache} && cat > .up.$$ && mv -f .up.$$ {shlex.quote(sha)}"
+                    f"cd {cache} && cat > .up.$$ && chmod 644 .up.$$ && mv -f .up.$$ {shlex.quote(sha)}"
                 )
                 if await self._exec(host, transport, upload, stdin=data) != 0:
                     raise SetupFailed(f"host {host.name}: upload of input {sha[:12]} failed")
@@ -298,7 +311,11 @@ class SSHBackend(Backend):
     async def _exec(self, host: Host, transport: Transport, command: str, *,
                     stdin: bytes | None = None, transfer: int = 0, **callbacks: Any) -> int:
         """One of fleet's own commands, bounded by ``command_timeout`` (plus 1 s per MiB sent or
-        expected back): a host that stops answering mid-command is lost, not waited on forever."""
+        expected back): a host that stops answering mid-command is lost, not waited on forever.
+        On a host whose jobs run as other accounts, as root (``sudo -n`` unless the login is)."""
+        if host.needs_root:
+            quoted = shlex.quote(command)
+            command = f'if [ "$(id -u)" = 0 ]; then exec /bin/sh -c {quoted}; else exec sudo -n -- /bin/sh -c {quoted}; fi'
         moved = (len(stdin) if stdin else 0) + transfer
         limit = self.pool.options.command_timeout + moved / (1 << 20)
         try:
@@ -322,6 +339,9 @@ class SSHBackend(Backend):
             "offset": log_offset,
             "lease": self.pool.options.attempt_lease,
             "follow_only": plan.follow_only,
+            "run_as": plan.run_as,
+            "isolation": host.isolation,
+            "env_keep": list(host.env_keep),
         }
         if plan.argv is not None:
             payload["argv"] = plan.argv

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import getpass
 import json
 import logging
 import shlex
@@ -23,7 +24,7 @@ from fleet.backends.base import AttemptPlan, Backend, BackendError, HostLost, In
 from fleet.blobs import BlobStore
 from fleet.config import Settings, fleet_home
 from fleet.errors import NotFound, SpecError
-from fleet.inventory import ARCH_ALIASES, UNKNOWN_ARCH, Host
+from fleet.inventory import ARCH_ALIASES, UNKNOWN_ARCH, Host, unix_account
 from fleet.logstore import LogStore
 from fleet.models.enums import REASON_CLASS, AttemptState, FailureClass, Health, JobState, Reason
 from fleet.hooks import Catalog
@@ -154,6 +155,9 @@ class Scheduler(ChainMixin, HealthMixin):
         self.facts: dict[str, dict[str, Any]] = {}  # what `fleet hosts probe` found, per host
         self.inventory_source: str | None = None  # for Ansible (probe, provision, hooks)
         self.hook_catalog = Catalog(Settings(home=fleet_home()).hooks_dir)  # admins' hook playbooks
+        # The fleet user whose jobs may run as the server's own account on its machine: the
+        # one named like the OS account running the server (the first admin fleet makes).
+        self.owner = getpass.getuser()
         self._wake = asyncio.Event()
         self._done: dict[str, asyncio.Event] = {}
         self._loop_task: asyncio.Task[None] | None = None
@@ -214,12 +218,17 @@ class Scheduler(ChainMixin, HealthMixin):
 
     # ------------------------------------------------------------------ submit / cancel / queries
 
-    def demand_for(self, spec: JobSpec) -> Demand:
+    def demand_of(self, spec: JobSpec, user: str) -> Demand:
+        """What the job asks of a host; a job of anyone but the server's owner is a guest
+        (never run as the server's own account on the controller's machine)."""
+        return Demand.of(spec, guest=user != self.owner)
+
+    def demand_for(self, spec: JobSpec, user: str) -> Demand:
         """The job's demand; raises SpecError if no host in the inventory could ever take it."""
         if spec.runner not in manifests():
             known = ", ".join(sorted(manifests()))
             raise SpecError([("runner", f"unknown runner {spec.runner!r} (known: {known})")])
-        demand = Demand.of(spec)
+        demand = self.demand_of(spec, user)
         if demand.pool is not None and not any(demand.pool in h.pools for h in self.hosts.values()):
             pools = ", ".join(sorted({p for h in self.hosts.values() for p in h.pools}))
             raise SpecError([("resources.pool", f"no pool named {demand.pool!r} (pools: {pools})")])
@@ -279,14 +288,13 @@ class Scheduler(ChainMixin, HealthMixin):
                 self._admit(job, JobSpec.model_validate_json(job.spec_json))
         self._wake.set()
 
-    @staticmethod
-    def _queued_job(job: Job, spec: JobSpec) -> QueuedJob:
+    def _queued_job(self, job: Job, spec: JobSpec) -> QueuedJob:
         inputs = [
             InputFile(rel_path=_join(ref.host_path(name), rel, ref.kind), sha256=blob.sha256, size=blob.size)
             for name, ref in spec.uploaded().items()
             for rel, blob in ref.files.items()
         ]
-        return QueuedJob(job=job, spec=spec, demand=Demand.of(spec), inputs=inputs)
+        return QueuedJob(job=job, spec=spec, demand=self.demand_of(spec, job.user), inputs=inputs)
 
     def _restored(self, job: Job, spec: JobSpec) -> QueuedJob:
         """A job a previous controller knew, with its retry history rebuilt from its attempts."""
@@ -302,10 +310,10 @@ class Scheduler(ChainMixin, HealthMixin):
         return qj
 
     def _enqueue(self, job: Job, spec: JobSpec) -> None:
-        demand = Demand.of(spec)
         qj = self.pending.get(job.id)
         if qj is None:
             qj = self.pending[job.id] = self._queued_job(job, spec)
+        demand = qj.demand
         if spec.queue_timeout is not None and qj.expiry is None:
             # Counted from submission for the first attempt, from the requeue for a retry.
             since = job.created_at if not job.attempt_count else time.time()
@@ -589,8 +597,20 @@ class Scheduler(ChainMixin, HealthMixin):
             attempt_id=attempt.id, job_id=qj.job.id, host=host, job=job_doc,
             argv=["/bin/sh", "-c", spec.run] if spec.runner == "shell" and spec.run else None,
             runner=spec.runner or "shell", setup=setup, env=env, timeout=spec.timeout,
-            grace=self.kill_grace, inputs=qj.inputs,
+            grace=self.kill_grace, inputs=qj.inputs, run_as=self.account_for(host, qj.job.user),
         )
+
+    def account_for(self, host: Host, user: str) -> str | None:
+        """The Unix account a job of ``user`` runs as on ``host`` (None: the agent's own).
+        ``isolation: user`` gives each fleet user an account of their own; ``fleet_job_user``
+        names one account for everyone's jobs; on the controller's machine the server's
+        owner's jobs run as the server's account, nobody else's do (placement refuses them
+        where no other account is configured)."""
+        if host.connection == "local" and user == self.owner:
+            return None
+        if host.isolation == "user":
+            return unix_account(user)
+        return host.job_user
 
     # ------------------------------------------------------------------ attempts
 

@@ -30,14 +30,15 @@ class Demand:
     runner: str
     kind: str = "shell"
     requires: tuple[str, ...] = ()
+    guest: bool = False  # a job of someone other than the server's owner (DESIGN.md §7)
 
     @classmethod
-    def of(cls, spec: JobSpec) -> Demand:
+    def of(cls, spec: JobSpec, guest: bool = False) -> Demand:
         r = spec.resources
         return cls(
             pool=r.pool, arch=r.arch, accelerator=r.accelerator,
             labels=tuple(sorted(r.labels.items())), slots=r.slots, runner=spec.runner or "shell",
-            kind=spec.kind.value, requires=tuple(r.requires),
+            kind=spec.kind.value, requires=tuple(r.requires), guest=guest,
         )
 
     @property
@@ -55,6 +56,8 @@ class Demand:
             key += f"@{self.runner}"
             if self.kind == "compile":
                 key += ".compile"
+        if self.guest:
+            key += "~guest"
         return key
 
     def describe_scope(self) -> str:
@@ -106,6 +109,9 @@ def static_reason(demand: Demand, host: Host, runner: RunnerManifest | None,
     """Why ``host`` can never take jobs of ``demand`` (None if it can). Pure."""
     if not host.schedulable:
         return "runs no jobs (fleet_jobs=false)"
+    if demand.guest and host.connection == "local" and host.job_user is None and host.isolation != "user":
+        # A job there would run as the server's own account, next to its token and keys.
+        return "runs only the server owner's jobs (it is the controller's machine; set fleet_job_user)"
     if demand.pool is not None and demand.pool not in host.pools:
         return f"not in pool {demand.pool}"
     if demand.arch is not None and host.arch != demand.arch:

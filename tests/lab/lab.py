@@ -434,6 +434,7 @@ class Lab:
             variables["fleet_slots"] = host.slots
         variables["fleet_workdir"] = str(host.home / ".fleet")
         variables["ansible_python_interpreter"] = str(self.python)
+        variables["fleet_env_keep"] = ["FLEET_LAB_*"]  # jobs see which lab host they are on
         if host.kind == "asyncssh":
             # Ansible finds its remote home with `echo ~user`, which on an asyncssh host is the
             # user's real home (the real /etc/passwd): keep its temp files in the host's HOME.
