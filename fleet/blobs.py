@@ -38,6 +38,16 @@ class BlobStore:
         tmp.mkdir(parents=True, exist_ok=True)
         return tmp / f"{os.getpid()}.{uuid.uuid4().hex}"
 
+    def stale_temp_files(self) -> list[Path]:
+        """Temporary files of copies and uploads (finished or not): ``.incoming/*`` and the
+        ``.<sha>.*`` files older servers wrote beside the blobs."""
+        found = list((self.root / ".incoming").glob("*")) if (self.root / ".incoming").is_dir() else []
+        if self.root.is_dir():
+            for sub in self.root.iterdir():
+                if sub.is_dir() and len(sub.name) == 2:
+                    found.extend(sub.glob(".*"))
+        return found
+
     def add(self, tmp: Path, expect: str | None = None) -> tuple[str, int]:
         """Move a finished temporary file into the store under the hash of its content (read
         back and hashed here, whatever anyone said it was). With ``expect``, only if the

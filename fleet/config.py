@@ -42,6 +42,13 @@ CONFIG_KEYS = {
     "health_bad_after": "failed health checks in a row before a host is quarantined (default 3)",
     "health_recheck_interval": "longest pause between health checks of a bad host (default 30)",
     "hooks_dir": "directory of the hook playbooks jobs may name (fleet hooks; default FLEET_HOME/hooks)",
+    "max_request_bytes": "largest request body the API reads, uploads aside (default 16 MiB)",
+    "max_spec_bytes": "largest job spec, as JSON (default 1 MiB)",
+    "max_upload_bytes": "largest file one upload may be (default 8 GiB)",
+    "upload_quota_bytes": "bytes of uploads one user may hold on the server (default 50 GiB)",
+    "upload_retention_days": "days an upload is kept once no unfinished job uses it (default 7)",
+    "disk_reserve_bytes": "space held back in FLEET_HOME for the database when the disk fills "
+                          "(default 32 MiB)",
 }
 
 
@@ -82,6 +89,12 @@ class Settings:
     health_bad_after: int = 3
     health_recheck_interval: float = 30.0
     hooks_dir_setting: str | None = None
+    max_request_bytes: int = 16 << 20
+    max_spec_bytes: int = 1 << 20
+    max_upload_bytes: int = 8 << 30
+    upload_quota_bytes: int = 50 << 30
+    upload_retention_days: float = 7.0
+    disk_reserve_bytes: int = 32 << 20
     extra: dict[str, object] = field(default_factory=dict)
 
     @property

@@ -22,12 +22,13 @@ from pathlib import Path
 import uvicorn
 
 from fleet.ansible import write_local_inventory
-from fleet.api.server import ApiContext, create_app
+from fleet.api.server import ApiContext, Limits, create_app
 from fleet.backends.connection import SSHOptions
 from fleet.backends.ssh import SSHBackend
 from fleet.blobs import BlobStore
 from fleet.config import Settings
 from fleet.db import Database
+from fleet.disk import DiskGuard, is_disk_full
 from fleet.hooks import Catalog
 from fleet.inventory import Host, embedded_inventory, load_inventory
 from fleet.leader import LeaderLease, make_holder
@@ -78,7 +79,7 @@ def bootstrap_admin(store: Store, settings: Settings) -> str | None:
 
 async def serve(settings: Settings, options: ServeOptions) -> None:
     """Run the controller until SIGTERM/SIGINT."""
-    settings.home.mkdir(parents=True, exist_ok=True)
+    private_state(settings)
     hosts, source = resolve_hosts(settings, options.inventory)
     db = Database(settings.db_url)
     db.create_schema()
@@ -110,8 +111,15 @@ async def serve(settings: Settings, options: ServeOptions) -> None:
                                                                sys.executable))
     else:
         scheduler.inventory_source = source
+    disk = DiskGuard(settings.home, settings.disk_reserve_bytes)
+    disk.check()  # makes the reserve when there is room
+    scheduler.logs.paused = lambda: disk.full
+    scheduler.logs.on_error = disk.hit
+    scheduler.disk = disk
     lease = LeaderLease(db, make_holder(), None, settings.leader_lease)
-    ctx = ApiContext(store, scheduler, blobs, lease)
+    limits = Limits(max_request_bytes=settings.max_request_bytes, max_spec_bytes=settings.max_spec_bytes,
+                    max_upload_bytes=settings.max_upload_bytes, upload_quota_bytes=settings.upload_quota_bytes)
+    ctx = ApiContext(store, scheduler, blobs, lease, limits, disk)
     ctx.ssh_known_hosts = [*ssh_options.known_hosts_files, ssh_options.fleet_known_hosts]
     ctx.trust_on_first_use = settings.trust_on_first_use
     app = create_app(ctx)
@@ -131,7 +139,7 @@ async def serve(settings: Settings, options: ServeOptions) -> None:
 
     lease.url = settings.advertise_url or url
     scheduler.fence = lambda: None if lease.held else _step_down()
-    elector = asyncio.create_task(lead(lease, scheduler), name="fleet-leader")
+    elector = asyncio.create_task(lead(lease, scheduler, disk), name="fleet-leader")
     collector = asyncio.create_task(collect_garbage(scheduler, settings), name="fleet-gc")
     log.info("fleet serving %s with %d hosts from %s", url, len(hosts), source)
     if options.local:
@@ -169,6 +177,11 @@ async def collect_garbage(scheduler: Scheduler, settings: Settings) -> None:
     last_pass, last_size = 0.0, logs.appended
     while True:
         await asyncio.sleep(1.0)
+        disk = scheduler.disk
+        if disk is not None:
+            was_full = disk.full
+            if disk.check() != was_full and not disk.full:
+                scheduler.wake()  # room again: place what waited
         due = time.monotonic() - last_pass >= settings.gc_interval
         grown = logs.appended - last_size >= settings.log_store_limit / 8
         if not scheduler.leading or not (due or grown):
@@ -190,6 +203,13 @@ async def collect_garbage(scheduler: Scheduler, settings: Settings) -> None:
             gone = 0
         if gone:
             log.info("artifact retention removed %d artifacts", gone)
+        try:
+            dropped, freed = expire_uploads(scheduler, time.time() - settings.upload_retention_days * 86400)
+        except OSError as exc:
+            log.warning("upload retention failed: %s", exc)
+            dropped = freed = 0
+        if dropped or freed:
+            log.info("upload retention dropped %d uploads and %d files no job uses", dropped, freed)
         passes = await scheduler.gc_hosts(settings.host_retention_days * 86400,
                                           settings.host_store_limit)
         for host, (count, freed, left) in sorted(passes.items()):
@@ -209,6 +229,49 @@ def expire_artifacts(scheduler: Scheduler, before: float) -> int:
     return len(ids)
 
 
+def expire_uploads(scheduler: Scheduler, before: float, stale_temp: float = 3600.0) -> tuple[int, int]:
+    """Forget uploads made before ``before`` that no unfinished job uses; remove content nothing
+    needs any more (no upload, artifact or unfinished job), and temporary files of uploads and
+    copies that never finished (a server killed mid-upload) older than ``stale_temp`` seconds.
+    Returns (uploads forgotten, files removed)."""
+    store, blobs = scheduler.store, scheduler.blobs
+    dropped, removed = 0, 0
+    for user, sha in store.stale_uploads(before):
+        if store.blob_in_use(sha):
+            continue
+        store.delete_upload(user, sha)
+        dropped += 1
+        if not store.blob_referenced(sha):
+            blobs.path(sha).unlink(missing_ok=True)
+            removed += 1
+    cutoff = time.time() - stale_temp
+    for tmp in blobs.stale_temp_files():
+        try:
+            if tmp.stat().st_mtime < cutoff:
+                tmp.unlink()
+                removed += 1
+        except OSError:
+            pass
+    return dropped, removed
+
+
+def private_state(settings: Settings) -> None:
+    """``$FLEET_HOME`` (and ``shared_dir``) 0700, and everything the server writes 0600 or
+    0700, whatever the umask it was started with (DESIGN.md §7)."""
+    os.umask(0o077)
+    for root in {settings.home, settings.shared}:
+        root.mkdir(parents=True, exist_ok=True)
+        root.chmod(0o700)
+        for name in ("logs", "blobs"):
+            if (root / name).is_dir():
+                (root / name).chmod(0o700)
+    for name in ("fleet.db", "fleet.db-wal", "fleet.db-shm", "token", "secret.key", "server.log"):
+        for root in {settings.home, settings.shared}:
+            path = root / name
+            if path.is_file():
+                path.chmod(0o600)
+
+
 def _step_down() -> None:
     """The lease is gone: leave at once, without another write (attempts stay detached)."""
     log.critical("lost the leader lease; exiting so the next leader takes over")
@@ -216,7 +279,7 @@ def _step_down() -> None:
     os._exit(75)
 
 
-async def lead(lease: LeaderLease, scheduler: Scheduler) -> None:
+async def lead(lease: LeaderLease, scheduler: Scheduler, disk: DiskGuard | None = None) -> None:
     """Take the leader lease when free and keep renewing it; the leader runs the scheduler.
 
     A leader that cannot renew (database unreachable, another replica took over) exits the
@@ -230,6 +293,9 @@ async def lead(lease: LeaderLease, scheduler: Scheduler) -> None:
         except Exception as exc:  # noqa: BLE001 - the database may be away for a moment
             log.warning("leader lease: %s", exc)
             ok = False
+            if disk is not None and is_disk_full(exc) and not disk.full:
+                disk.hit(exc)  # the reserve goes: room for the database; renew again now
+                continue
         if ok and not scheduler.leading:
             log.info("this replica is the leader now (lease %g s)", lease.ttl)
             await scheduler.start()

@@ -23,7 +23,7 @@ import gzip
 import os
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -72,6 +72,11 @@ class LogStore:
         self._waiters: dict[str, asyncio.Event] = {}
         self._redactors: dict[str, Redactor] = {}
         self.appended = 0  # bytes written since start (the GC looks at the store when it grows)
+        # A full disk (fleet.disk): while ``paused()`` says so, arriving bytes are dropped, a gap
+        # the reader shows as a marker; ``on_error`` hears of a write that failed for space.
+        self.paused: Callable[[], bool] = lambda: False
+        self.on_error: Callable[[BaseException], None] = lambda exc: None
+        self.lost = 0  # bytes dropped because the disk was full
 
     # ------------------------------------------------------------------ paths and sizes
 
@@ -120,10 +125,30 @@ class LogStore:
         if redactor is not None:
             data = redactor.feed(data)
         writer = self._open.get(attempt_id)
-        if writer is None:
-            writer = self._open[attempt_id] = self._writer(job_id, attempt_id)
-        self._write(job_id, attempt_id, writer, data)
+        before = writer.received if writer is not None else 0
+        try:
+            if writer is None:
+                writer = self._open[attempt_id] = self._writer(job_id, attempt_id)
+                before = writer.received
+            if self.paused():
+                self._drop(writer, len(data))
+            else:
+                self._write(job_id, attempt_id, writer, data)
+        except OSError as exc:  # never raise into the stream: the host keeps the whole log
+            self.on_error(exc)
+            if writer is not None:  # what was written stays; the rest becomes a gap
+                self._drop(writer, len(data) - (writer.received - before))
+            else:
+                self.lost += len(data)
         self._wake(attempt_id)
+
+    def _drop(self, w: _Writer, n: int) -> None:
+        """Skip ``n`` bytes (a full disk): the next bytes go to a new segment at their host
+        offset, and readers see a marker for the gap."""
+        w.received += n
+        w.head = max(w.head, self.head_limit)
+        w.seg_size = self.segment  # the next write starts a segment at the new offset
+        self.lost += n
 
     def _writer(self, job_id: str, attempt_id: str) -> _Writer:
         path = self.path(job_id, attempt_id)
@@ -169,13 +194,21 @@ class LogStore:
         tail = redactor.flush() if redactor is not None else b""
         writer = self._open.pop(attempt_id, None)
         if writer is not None:
-            if tail and job_id is not None:
-                self._write(job_id, attempt_id, writer, tail)
+            try:
+                if tail and job_id is not None and not self.paused():
+                    self._write(job_id, attempt_id, writer, tail)
+            except OSError as exc:
+                self.on_error(exc)
             writer.head_fh.close()
             if writer.seg_fh is not None:
                 writer.seg_fh.close()
             if job_id is not None:
-                self._compress(job_id, attempt_id, writer.received)
+                try:
+                    self._compress(job_id, attempt_id, writer.received)
+                except OSError as exc:  # a full disk: the plain files stay, readable as they are
+                    self.on_error(exc)
+                    gz = self.path(job_id, attempt_id).with_name(self.path(job_id, attempt_id).name + ".gz.tmp")
+                    gz.unlink(missing_ok=True)
         self._wake(attempt_id)
 
     def _compress(self, job_id: str, attempt_id: str, received: int) -> None:
@@ -260,11 +293,13 @@ class LogStore:
         else:
             pos = head + (offset - tail_start)
             data = stored[pos:pos + limit]
+            if not data and offset < received:  # bytes the controller never got (a full disk)
+                return self._marker(received - offset), received
         return data, offset + len(data)
 
     def _marker(self, dropped: int) -> bytes:
-        return b"\n[fleet: %d bytes dropped here: the log cap keeps %d bytes of head and tail]\n" % (
-            dropped, self.cap)
+        return (b"\n[fleet: %d bytes dropped here: the log cap keeps %d bytes of head and tail "
+                b"(or the controller's disk was full)]\n" % (dropped, self.cap))
 
     def exists(self, job_id: str, attempt_id: str) -> bool:
         files = self._files(job_id, attempt_id)

@@ -143,3 +143,33 @@ class Redactor:
             out[a:b] = b"*" * (b - a)
         self.held, self.held_spans = b"", []
         return bytes(out)
+
+
+def mask_text(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every occurrence of a secret replaced by ``*`` of its length."""
+    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
+        text = text.replace(secret, "*" * len(secret))
+    return text
+
+
+def mask_value(value: object, secrets: list[str]) -> object:
+    """A JSON-like value (a result record) with secrets masked in every string, keys too."""
+    if not secrets:
+        return value
+    if isinstance(value, str):
+        return mask_text(value, secrets)
+    if isinstance(value, dict):
+        return {mask_text(k, secrets) if isinstance(k, str) else k: mask_value(v, secrets)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_value(v, secrets) for v in value]
+    return value
+
+
+def redact_file(src: Path, dst: Path, secrets: list[str]) -> None:
+    """Copy ``src`` to ``dst`` with every secret masked (streamed; the length is kept)."""
+    redactor = Redactor(secrets)
+    with src.open("rb") as fin, dst.open("wb") as fout:
+        for block in iter(lambda: fin.read(1 << 20), b""):
+            fout.write(redactor.feed(block))
+        fout.write(redactor.flush())

@@ -21,7 +21,7 @@ from fleet.errors import FleetError, NotFound
 from fleet.ids import new_id
 from fleet.models.enums import AttemptState, Health, JobState, Reason
 from fleet.models.spec import JobSpec
-from fleet.models.tables import Artifact, Attempt, HostStatus, Job, Result, Token, User
+from fleet.models.tables import Artifact, Attempt, HostStatus, Job, Result, Token, Upload, User
 
 ACTIVE_JOB_STATES = [JobState.STARTING.value, JobState.RUNNING.value, JobState.CANCELLING.value]
 QUEUED_JOB_STATES = [JobState.PENDING.value, JobState.RETRYING.value]
@@ -102,22 +102,64 @@ class Store:
         with self.db.session() as s:
             return s.exec(select(User).order_by(User.name)).all()
 
-    def create_token(self, user: User, name: str = "default") -> str:
+    def create_token(self, user: User, name: str = "default", expires_at: float | None = None) -> str:
         """Make a new token for ``user``; returns it in clear (only its hash is stored)."""
+        return self.issue_token(user, name, expires_at)[0]
+
+    def issue_token(self, user: User, name: str = "default",
+                    expires_at: float | None = None) -> tuple[str, Token]:
+        """A new token for ``user``: (the token in clear, shown once; its row)."""
         token = "flt_" + secrets.token_urlsafe(32)
         with self.db.session() as s:
             assert user.id is not None
-            s.add(Token(user_id=user.id, name=name, token_hash=hash_token(token), created_at=time.time()))
-        return token
+            row = Token(user_id=user.id, name=name, token_hash=hash_token(token), created_at=time.time(),
+                        expires_at=expires_at)
+            s.add(row)
+            s.flush()
+            s.refresh(row)
+        return token, row
 
-    def user_for_token(self, token: str) -> User | None:
+    def user_for_token(self, token: str, now: float | None = None) -> User | None:
+        """The user of a valid token: not revoked, not expired. Read from the database on every
+        call, so a revocation holds at once on every replica. Marks the token used (at most
+        once a minute: a write per request would cost more than the lookup)."""
+        now = time.time() if now is None else now
+        with self.db.write() as conn:
+            row = conn.execute(select(Token.id, Token.user_id, Token.expires_at, Token.revoked_at,
+                                      Token.last_used_at).where(Token.token_hash == hash_token(token))).first()
+            if row is None or row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now):
+                return None
+            if row.last_used_at is None or now - row.last_used_at > 60:
+                conn.execute(update(Token).where(Token.id == row.id).values(last_used_at=now))
+            user = conn.execute(select(User.id, User.name, User.is_admin, User.created_at)
+                                .where(User.id == row.user_id)).first()
+        if user is None:
+            return None
+        return User(id=user.id, name=user.name, is_admin=user.is_admin, created_at=user.created_at)
+
+    def list_tokens(self, user: str | None = None) -> list[tuple[Token, str]]:
+        """Tokens (never their value) with their user's name, newest first; ``user``: one user's."""
+        q = select(Token, User.name).join(User, col(User.id) == col(Token.user_id))
+        if user is not None:
+            q = q.where(User.name == user)
         with self.db.session() as s:
-            row = s.exec(
-                select(User).join(Token, col(Token.user_id) == col(User.id)).where(
-                    Token.token_hash == hash_token(token)
-                )
-            ).first()
-            return row
+            return [(t, n) for t, n in s.exec(q.order_by(col(Token.id).desc())).all()]
+
+    def revoke_token(self, token_id: int, user: str | None = None) -> tuple[Token, str] | None:
+        """Revoke a token (``user``: only if it is theirs). Returns it, or None if there is no
+        such token. Idempotent."""
+        with self.db.session() as s:
+            q = select(Token, User.name).join(User, col(User.id) == col(Token.user_id)).where(Token.id == token_id)
+            if user is not None:
+                q = q.where(User.name == user)
+            found = s.exec(q).first()
+            if found is None:
+                return None
+            token, name = found
+            if token.revoked_at is None:
+                token.revoked_at = time.time()
+                s.add(token)
+            return token, name
 
     def count_users(self) -> int:
         with self.db.session() as s:
@@ -168,14 +210,20 @@ class Store:
             updated_at=now,
         )
 
-    def get_job(self, job_id: str) -> Job:
-        """A job by id or unique id prefix (at least 6 characters). Raises NotFound."""
+    def get_job(self, job_id: str, owner: str | None = None) -> Job:
+        """A job by id or unique id prefix (at least 6 characters); with ``owner``, only among
+        that user's jobs (a prefix must not tell that someone else's job exists). Raises
+        NotFound."""
         with self.db.session() as s:
             job = s.get(Job, job_id)
+            if job is not None and owner is not None and job.user != owner:
+                job = None
             if job is None and len(job_id) >= 6 and (bounds := _prefix_bounds(job_id)):
                 q = select(Job).where(col(Job.id) >= bounds[0])
                 if bounds[1] is not None:
                     q = q.where(col(Job.id) < bounds[1])
+                if owner is not None:
+                    q = q.where(Job.user == owner)
                 rows = s.exec(q.limit(2)).all()
                 if len(rows) == 1:
                     job = rows[0]
@@ -366,6 +414,53 @@ class Store:
             still = set(conn.execute(
                 select(Artifact.sha256).where(col(Artifact.sha256).in_(list(shas)))).scalars())
         return sorted(shas - still)
+
+    # ------------------------------------------------------------------ uploads (who may use a blob)
+
+    def record_upload(self, user: str, sha256: str, size: int) -> None:
+        """``user`` sent this content (or proved having it by sending it again)."""
+        with self.db.write() as conn:
+            exists = conn.execute(select(Upload.sha256).where(
+                Upload.user == user, Upload.sha256 == sha256)).first()
+            if exists is None:
+                conn.execute(insert(Upload), {"user": user, "sha256": sha256, "size": size,
+                                              "created_at": time.time()})
+            else:
+                conn.execute(update(Upload).where(Upload.user == user, Upload.sha256 == sha256)
+                             .values(created_at=time.time()))
+
+    def blob_visible(self, user: str, sha256: str) -> bool:
+        """Whether ``user`` may use this content: they uploaded it, or own an artifact of it."""
+        with self.db.write() as conn:
+            if conn.execute(select(Upload.sha256).where(Upload.user == user, Upload.sha256 == sha256)).first():
+                return True
+            return conn.execute(select(Artifact.id).where(
+                Artifact.user == user, Artifact.sha256 == sha256).limit(1)).first() is not None
+
+    def upload_usage(self, user: str) -> int:
+        """Bytes of the uploads ``user`` holds (their quota counts these)."""
+        with self.db.write() as conn:
+            return int(conn.execute(select(func.coalesce(func.sum(Upload.size), 0))
+                                    .where(Upload.user == user)).scalar_one())
+
+    def stale_uploads(self, before: float, limit: int = 1000) -> list[tuple[str, str]]:
+        """(user, sha256) of uploads older than ``before``; callers skip those still in use."""
+        with self.db.write() as conn:
+            return [(r[0], r[1]) for r in conn.execute(
+                select(Upload.user, Upload.sha256).where(Upload.created_at < before).limit(limit))]
+
+    def delete_upload(self, user: str, sha256: str) -> None:
+        with self.db.write() as conn:
+            conn.execute(delete(Upload).where(Upload.user == user, Upload.sha256 == sha256))
+
+    def blob_referenced(self, sha256: str) -> bool:
+        """Whether anything still needs this content: an upload, an artifact, an unfinished job."""
+        with self.db.write() as conn:
+            if conn.execute(select(Upload.sha256).where(Upload.sha256 == sha256).limit(1)).first():
+                return True
+            if conn.execute(select(Artifact.id).where(Artifact.sha256 == sha256).limit(1)).first():
+                return True
+        return self.blob_in_use(sha256)
 
     def blob_in_use(self, sha256: str) -> bool:
         """Whether an unfinished job's spec refers to this content (as an input)."""

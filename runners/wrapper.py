@@ -50,6 +50,51 @@ def _write_json(path, data):
     os.replace(tmp, path)
 
 
+STATUS_BYTES = 4096
+
+
+def _reserve(path):
+    """Take the disk space of a small JSON file now (its temporary file, filled with spaces);
+    returns that file's name, or None if there was no room even now."""
+    tmp = "%s.reserved.%d" % (path, os.getpid())
+    try:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644)
+        try:
+            os.write(fd, b" " * STATUS_BYTES)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return tmp
+    except OSError:
+        return None
+
+
+def _write_reserved(path, tmp, data):
+    """Write ``data`` as JSON into the space ``_reserve`` took (in place: no new blocks), then
+    rename it to ``path``. Falls back to a plain write."""
+    text = json.dumps(data).encode()
+    if tmp is None or len(text) > STATUS_BYTES:
+        if len(text) > STATUS_BYTES and data.get("error"):
+            data = dict(data, error=str(data["error"])[:STATUS_BYTES // 2])
+        if tmp is None or len(json.dumps(data).encode()) > STATUS_BYTES:
+            _write_json(path, data)
+            return
+        text = json.dumps(data).encode()
+    try:
+        fd = os.open(tmp, os.O_WRONLY | _NOFOLLOW)
+        try:
+            os.write(fd, text + b" " * (STATUS_BYTES - len(text)))
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError:
+        _write_json(path, data)
+
+
 def open_inside(base, rel, flags=os.O_RDONLY):
     """A file descriptor of ``rel`` inside the directory ``base``, opened without following a
     link at any step (a job cannot point an output or a log at a file outside its attempt
@@ -368,6 +413,10 @@ class Supervisor:
     def run(self):
         status = {"exit_code": None, "signal": None, "timed_out": False, "cancelled": False,
                   "phase": "run", "error": None, "started_at": time.time(), "ended_at": None}
+        # The end must be recordable even if the job fills the disk: the status file's space
+        # is taken now and written in place at the end (else the attempt would look lost and
+        # the job run again elsewhere).
+        reserved = _reserve(os.path.join(self.adir, "status.json"))
         try:
             fd = os.open(os.path.join(self.adir, "log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o600)
             self.log = os.fdopen(fd, "ab", buffering=0)
@@ -378,7 +427,7 @@ class Supervisor:
         status["cancelled"] = status["cancelled"] or os.path.exists(self.cancel_path)
         status["fenced"] = self.fenced or os.path.exists(os.path.join(self.adir, "fence"))
         status["cancelled"] = status["cancelled"] and not status["fenced"]
-        _write_json(os.path.join(self.adir, "status.json"), status)
+        _write_reserved(os.path.join(self.adir, "status.json"), reserved, status)
 
     def _run_phases(self, status):
         self.account = _read_json(os.path.join(self.adir, "account.json"))
@@ -885,6 +934,9 @@ def main(argv):
         if argv[1:2] == ["--path"] and len(argv) == 3:  # started by sudo: the login's PATH
             os.environ["PATH"] = argv[2]
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        # What the agent makes (input links, job.json) is readable by a job that runs as
+        # another account; the attempt directory's own mode keeps other users out.
+        os.umask(0o022)
         return Agent().run()
     if argv[:1] == ["cat"] and len(argv) == 3:
         return cat(argv[1], argv[2])

@@ -25,6 +25,7 @@ from fleet.api.schemas import (
     ProvisionOut,
     ResultOut,
     ResultPage,
+    TokenInfo,
     TokenOut,
     UserOut,
     WhyOut,
@@ -206,5 +207,12 @@ class Client:
     def users(self) -> list[UserOut]:
         return [UserOut.model_validate(u) for u in self._get("/users")]
 
-    def create_token(self, user: str | None = None, name: str = "default") -> TokenOut:
-        return TokenOut.model_validate(self._post("/tokens", {"user": user, "name": name}))
+    def create_token(self, user: str | None = None, name: str = "default",
+                     expires: str | None = None) -> TokenOut:
+        return TokenOut.model_validate(self._post("/tokens", {"user": user, "name": name, "expires": expires}))
+
+    def tokens(self, user: str | None = None, everyone: bool = False) -> list[TokenInfo]:
+        return [TokenInfo.model_validate(t) for t in self._get("/tokens", user=user, all=everyone or None)]
+
+    def revoke_token(self, token_id: int) -> TokenInfo:
+        return TokenInfo.model_validate(self._check(self.http.delete(f"/tokens/{int(token_id)}")).json())

@@ -244,14 +244,47 @@ def _valid_unicode(value: str) -> str:
 Text = Annotated[str, Field(max_length=256), AfterValidator(_valid_unicode)]
 
 
+MAX_TOKEN_SECONDS = 100 * 365 * 86400
+# A token's lifetime: a whole number of seconds, minutes, hours or days (each well under the
+# maximum), at least 1.
+_DURATION = r"^\s*(0*[1-9]\d{0,8}\s*s?|0*[1-9]\d{0,6}\s*m|0*[1-9]\d{0,5}\s*h|0*[1-9]\d{0,3}\s*d)\s*$"
+
+
 class TokenIn(BaseModel):
     user: Text | None = None
     name: Text = "default"
+    expires: Annotated[str, Field(pattern=_DURATION)] | Annotated[float, Field(ge=1, le=MAX_TOKEN_SECONDS)] \
+        | None = Field(None, description="how long the token lasts: seconds or a duration like '30d', "
+                                         "'12h' (at least a second)")
 
 
 class TokenOut(BaseModel):
     user: str
     token: str
+    id: int | None = None
+    name: str | None = None
+    expires_at: str | None = None
+
+
+class TokenInfo(BaseModel):
+    """A token as listed: never its value (only its hash is stored)."""
+
+    id: int
+    user: str
+    name: str
+    state: str = Field(description="active, expired or revoked")
+    created_at: str | None
+    expires_at: str | None
+    last_used_at: str | None
+    revoked_at: str | None
+
+    @classmethod
+    def of(cls, token: Any, user: str, now: float) -> TokenInfo:
+        state = "revoked" if token.revoked_at is not None else (
+            "expired" if token.expires_at is not None and token.expires_at <= now else "active")
+        return cls(id=token.id, user=user, name=token.name, state=state, created_at=iso(token.created_at),
+                   expires_at=iso(token.expires_at), last_used_at=iso(token.last_used_at),
+                   revoked_at=iso(token.revoked_at))
 
 
 class UserOut(BaseModel):

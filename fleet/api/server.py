@@ -11,7 +11,8 @@ import os
 import pathlib
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import httpx
@@ -28,10 +29,12 @@ from fastapi.responses import (
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import OperationalError
 
 from fleet import __version__, probe
 from fleet.ansible import playbook_path, run_playbook
 from fleet.api.schemas import (
+    MAX_TOKEN_SECONDS,
     AnsibleIn,
     ArtifactOut,
     ArtifactPage,
@@ -50,6 +53,7 @@ from fleet.api.schemas import (
     ResultOut,
     ResultPage,
     TokenIn,
+    TokenInfo,
     TokenOut,
     UserIn,
     UserOut,
@@ -58,12 +62,13 @@ from fleet.api.schemas import (
 )
 from fleet.api.submit import submit_many
 from fleet.blobs import BlobStore
+from fleet.disk import DiskFull, DiskGuard, is_disk_full
 from fleet.errors import FleetError, NotFound, SpecError
 from fleet.ids import new_id
 from fleet.leader import LeaderLease
 from fleet.logstore import COLLECTED
 from fleet.models.enums import Health, JobState
-from fleet.models.spec import SHA256_RE
+from fleet.models.spec import SHA256_RE, parse_duration
 from fleet.models.tables import Job, User
 from fleet.results import InvalidResult, imported_record
 from fleet.scheduler.hooks import hook_log_id
@@ -71,7 +76,6 @@ from fleet.scheduler.loop import Scheduler
 from fleet.sshconfig import render as render_ssh_config
 from fleet.store import Store
 
-MAX_BLOB = 8 << 30
 Sha256 = Annotated[str, Path(pattern=SHA256_RE.pattern, description="64 lowercase hex digits")]
 
 
@@ -88,16 +92,18 @@ class ApiContext:
     """What the routes need: the store, the scheduler, the log store and the blob dir."""
 
     def __init__(
-        self, store: Store, scheduler: Scheduler, blobs: BlobStore, lease: LeaderLease | None = None
+        self, store: Store, scheduler: Scheduler, blobs: BlobStore, lease: LeaderLease | None = None,
+        limits: Limits | None = None, disk: DiskGuard | None = None,
     ) -> None:
         self.store = store
         self.scheduler = scheduler
         self.blobs = blobs
         self.lease = lease
+        self.limits = limits or Limits()
+        self.disk = disk or DiskGuard(blobs.root.parent, 0)
         # For `fleet ssh-config`: the known_hosts files and TOFU setting fleet itself uses.
         self.ssh_known_hosts: list[pathlib.Path] = [pathlib.Path("~/.ssh/known_hosts").expanduser()]
         self.trust_on_first_use = False
-        self._token_cache: dict[str, User] = {}
         self._leader_http: httpx.AsyncClient | None = None
 
     def leader_url(self) -> str | None:
@@ -127,12 +133,63 @@ class ApiContext:
         return Response(resp.content, resp.status_code, media_type=resp.headers.get("content-type"))
 
     def user_for(self, token: str) -> User | None:
-        user = self._token_cache.get(token)
-        if user is None:
-            user = self.store.user_for_token(token)
-            if user is not None:
-                self._token_cache[token] = user
-        return user
+        """The caller of a token, read from the database on each request (no cache): a revoked
+        or expired token stops working at once, on every replica."""
+        return self.store.user_for_token(token)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask of the server (DESIGN.md §7: every request is bounded)."""
+
+    max_request_bytes: int = 16 << 20  # a request body, uploads aside
+    max_spec_bytes: int = 1 << 20  # one job spec, as JSON
+    max_upload_bytes: int = 8 << 30  # one uploaded file
+    upload_quota_bytes: int = 50 << 30  # one user's uploads in all
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``max_request_bytes`` is answered 413 with the
+    limit, before the app buffers it (a 100 MB spec grew the server to 1.4 GB). Uploads
+    (``PUT /blobs/...``) stream to disk and have limits of their own."""
+
+    def __init__(self, app: Any, limit: Callable[[], int]) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or (scope["method"] == "PUT" and scope["path"].startswith("/blobs/")):
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit()
+        declared = next((v for k, v in scope.get("headers") or [] if k == b"content-length"), None)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _too_large(send, limit)
+            return
+        # Without a length (chunked), read up to the limit here, then hand the body on.
+        messages, seen = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            seen += len(message.get("body") or b"")
+            if seen > limit:
+                await _too_large(send, limit)
+                return
+            if not message.get("more_body"):
+                break
+
+        async def replay() -> Any:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+
+async def _too_large(send: Any, limit: int) -> None:
+    body = json.dumps({"detail": f"request body over the limit of {limit} bytes (max_request_bytes)"}).encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 class ServerTiming:
@@ -194,10 +251,11 @@ def create_app(ctx: ApiContext) -> FastAPI:
         description="Job runner for edge-device ML labs. Bearer token on every route but /health.",
     )
     app.state.ctx = ctx
+    app.add_middleware(BodyLimit, limit=lambda: ctx.limits.max_request_bytes)
     app.add_middleware(ServerTiming)
 
     def visible_job(job_id: str, user: User) -> Job:
-        job = ctx.store.get_job(job_id)
+        job = ctx.store.get_job(job_id, owner=None if user.is_admin else user.name)
         if not user.is_admin and job.user != user.name:
             raise NotFound(f"no job {job_id}")
         return job
@@ -211,6 +269,26 @@ def create_app(ctx: ApiContext) -> FastAPI:
              "errors": [{"field": _safe(f), "problem": _safe(p)} for f, p in exc.errors]},
             status_code=422,
         )
+
+    @app.exception_handler(DiskFull)
+    async def _disk_full(_req: Request, exc: DiskFull) -> JSONResponse:
+        return JSONResponse({"detail": _safe(str(exc))}, status_code=507)
+
+    @app.exception_handler(OSError)
+    async def _os_error(req: Request, exc: OSError) -> JSONResponse:
+        if is_disk_full(exc):
+            ctx.disk.hit(exc)
+            return await _disk_full(req, DiskFull(f"the controller's disk is full ({exc.strerror}); "
+                                                  "try again once an admin has made room"))
+        raise exc
+
+    @app.exception_handler(OperationalError)
+    async def _db_error(req: Request, exc: OperationalError) -> JSONResponse:
+        if is_disk_full(exc):
+            ctx.disk.hit(exc)
+            return await _disk_full(req, DiskFull("the controller's disk is full (the database "
+                                                  "cannot grow); try again once an admin has made room"))
+        raise exc
 
     @app.exception_handler(NotFound)
     async def _not_found(_req: Request, exc: NotFound) -> JSONResponse:
@@ -245,49 +323,78 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
     # ------------------------------------------------------------------ blobs
 
+    def blob_visible(user: User, sha256: str) -> bool:
+        """A blob is someone's only if they sent it (or own an artifact of it): its hash alone
+        is no key to it (DESIGN.md §7)."""
+        if not ctx.blobs.has(sha256):
+            return False
+        return user.is_admin or ctx.store.blob_visible(user.name, sha256)
+
     @app.head("/blobs/{sha256}", tags=["blobs"])
-    async def blob_exists(sha256: Sha256, _user: UserDep) -> Response:
+    async def blob_exists(sha256: Sha256, user: UserDep) -> Response:
+        """200 if you have this content on the server (then a job of yours may use it), 404
+        otherwise, whoever else may have it."""
         if not SHA256_RE.match(sha256):
             raise HTTPException(422, "sha256 must be 64 lowercase hex digits")
-        return Response(status_code=200 if ctx.blobs.has(sha256) else 404)
+        return Response(status_code=200 if blob_visible(user, sha256) else 404)
 
     @app.put("/blobs/{sha256}", tags=["blobs"], status_code=201, openapi_extra={"requestBody": {
         "required": True,
         "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
-    async def blob_put(sha256: Sha256, request: Request, _user: UserDep) -> dict[str, Any]:
-        """Upload a file by content; the body must hash to ``sha256``."""
+    async def blob_put(sha256: Sha256, request: Request, user: UserDep) -> dict[str, Any]:
+        """Upload a file by content; the body must hash to ``sha256``. Content someone else
+        sent is stored once, and is yours once you have sent it too. Counts against your
+        upload quota (``upload_quota_bytes``); one file is at most ``max_upload_bytes``."""
         if not SHA256_RE.match(sha256):
             raise HTTPException(422, "sha256 must be 64 lowercase hex digits")
         path = ctx.blobs.path(sha256)
-        if path.is_file():
+        if path.is_file() and blob_visible(user, sha256):
             return {"sha256": sha256, "size": path.stat().st_size, "existed": True}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{sha256}.{os.getpid()}.{id(request)}")
+        limits = ctx.limits
+        room = limits.upload_quota_bytes - ctx.store.upload_usage(user.name)
+        declared = int(request.headers.get("content-length") or 0)
+        if declared > limits.max_upload_bytes:
+            raise HTTPException(413, f"a file of {declared} bytes is over the limit of "
+                                     f"{limits.max_upload_bytes} bytes (max_upload_bytes)")
+        if declared > room:
+            raise HTTPException(413, _quota_message(user.name, limits.upload_quota_bytes, room))
+        ctx.disk.check_writable()
+        tmp = ctx.blobs.temp()
         digest, size = hashlib.sha256(), 0
-        with tmp.open("wb") as fh:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > MAX_BLOB:
-                    tmp.unlink(missing_ok=True)
-                    raise HTTPException(413, "blob too large")
-                digest.update(chunk)
-                fh.write(chunk)
-        if digest.hexdigest() != sha256:
+        try:  # the partial file goes on every path out: a bad hash, a limit, a lost client
+            with tmp.open("wb") as fh:
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limits.max_upload_bytes:
+                        raise HTTPException(413, f"a file of over {limits.max_upload_bytes} bytes is "
+                                                 "over the limit (max_upload_bytes)")
+                    if size > room:
+                        raise HTTPException(413, _quota_message(user.name, limits.upload_quota_bytes, room))
+                    digest.update(chunk)
+                    fh.write(chunk)
+            if digest.hexdigest() != sha256:
+                raise HTTPException(422, f"content hashes to {digest.hexdigest()}, not {sha256}")
+            existed = path.is_file()
+            if not existed:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, path)
+        finally:
             tmp.unlink(missing_ok=True)
-            raise HTTPException(422, f"content hashes to {digest.hexdigest()}, not {sha256}")
-        os.replace(tmp, path)
-        return {"sha256": sha256, "size": size, "existed": False}
+        ctx.store.record_upload(user.name, sha256, size)
+        return {"sha256": sha256, "size": size, "existed": existed}
 
     # ------------------------------------------------------------------ jobs
 
     @app.post("/jobs", tags=["jobs"], status_code=201, responses={422: {"description": "invalid spec"}})
     async def submit(body: dict[str, Any], user: UserDep) -> JobOut:
         """Submit a job spec (inputs already uploaded as blobs)."""
+        ctx.disk.check_writable()
         return submit_many(ctx, [body], user)[0]
 
     @app.post("/jobs/batch", tags=["jobs"], status_code=201, responses={422: {"description": "invalid spec"}})
     async def submit_batch(body: BatchIn, user: UserDep) -> list[JobOut]:
         """Submit several specs at once: all are accepted or none (errors name ``jobs[i]``)."""
+        ctx.disk.check_writable()
         return submit_many(ctx, body.jobs, user)
 
     @app.get("/jobs", tags=["jobs"])
@@ -573,17 +680,31 @@ def create_app(ctx: ApiContext) -> FastAPI:
     async def users(_admin: AdminDep) -> list[UserOut]:
         return [UserOut(name=u.name, admin=u.is_admin) for u in ctx.store.list_users()]
 
+    def issue(target: User, name: str, expires: str | float | None) -> TokenOut:
+        expires_at = None
+        if expires is not None:
+            try:
+                seconds = parse_duration(expires)
+            except ValueError as exc:
+                raise HTTPException(422, f"expires: {exc}") from None
+            if seconds > MAX_TOKEN_SECONDS:
+                raise HTTPException(422, "expires: at most a hundred years")
+            expires_at = time.time() + seconds
+        token, row = ctx.store.issue_token(target, name, expires_at)
+        return TokenOut(user=target.name, token=token, id=row.id, name=row.name, expires_at=iso(expires_at))
+
     @app.post("/users", tags=["users"], status_code=201)
     async def add_user(body: UserIn, _admin: AdminDep) -> TokenOut:
         """Create a user and a first token for them (shown once)."""
         if ctx.store.get_user(body.name) is not None:
             raise HTTPException(409, f"user {body.name} already exists")
         user = ctx.store.create_user(body.name, body.admin)
-        return TokenOut(user=user.name, token=ctx.store.create_token(user))
+        return issue(user, "default", None)
 
     @app.post("/tokens", tags=["users"], status_code=201)
     async def add_token(body: TokenIn, user: UserDep) -> TokenOut:
-        """A new token for yourself, or (admins) for another user."""
+        """A new token for yourself, or (admins) for another user; ``expires``: how long it
+        lasts (``30d``, ``12h``, seconds)."""
         target = user
         if body.user and body.user != user.name:
             if not user.is_admin:
@@ -592,7 +713,26 @@ def create_app(ctx: ApiContext) -> FastAPI:
             if found is None:
                 raise NotFound(f"no user {body.user}")
             target = found
-        return TokenOut(user=target.name, token=ctx.store.create_token(target, body.name))
+        return issue(target, body.name, body.expires)
+
+    @app.get("/tokens", tags=["users"])
+    async def tokens(user: UserDep, owner: Annotated[str | None, Query(alias="user", max_length=64)] = None,
+                     everyone: Annotated[bool, Query(alias="all")] = False) -> list[TokenInfo]:
+        """Your tokens (never their values), with when each was last used; admins may ask for
+        one user's (``user``) or everyone's (``all``)."""
+        if (owner and owner != user.name or everyone) and not user.is_admin:
+            raise HTTPException(403, "only admins list other users' tokens")
+        rows = ctx.store.list_tokens(None if everyone else (owner or user.name))
+        now = time.time()
+        return [TokenInfo.of(t, name, now) for t, name in rows]
+
+    @app.delete("/tokens/{token_id}", tags=["users"])
+    async def revoke_token(token_id: int, user: UserDep) -> TokenInfo:
+        """Revoke a token: it stops working at once, on every replica. Yours, or (admins) any."""
+        found = ctx.store.revoke_token(token_id, None if user.is_admin else user.name)
+        if found is None:
+            raise NotFound(f"no token {token_id}")
+        return TokenInfo.of(found[0], found[1], time.time())
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -612,7 +752,8 @@ _ERRORS = {
     403: "admins only",
     404: "no such job, artifact, host or user (someone else's is not found either)",
     409: "already exists",
-    413: "body too large",
+    413: "body too large: the message names the limit",
+    507: "the controller's disk is full: try again once an admin made room",
     422: "invalid request: `errors` names each bad field and its problem",
     503: "no scheduler leader right now (a replica is taking over): retry in a few seconds",
 }
@@ -645,8 +786,10 @@ def _document_errors(schema: dict[str, Any], routes: list[Any]) -> None:
             codes.add(503)
         if route.name == "add_user":
             codes.add(409)
-        if route.name == "blob_put":
+        if route.name == "blob_put" or route.body_field is not None:
             codes.add(413)
+        if route.name in ("blob_put", "submit", "submit_batch"):
+            codes.add(507)
         if route.body_field is not None:
             codes.add(400)
         for method in route.methods:
@@ -663,6 +806,11 @@ def _document_errors(schema: dict[str, Any], routes: list[Any]) -> None:
 
 class BatchIn(BaseModel):
     jobs: list[dict[str, Any]] = Field(min_length=1, max_length=10_000)
+
+
+def _quota_message(user: str, quota: int, room: int) -> str:
+    return (f"upload quota of user {user} is full: {quota - max(room, 0)} of {quota} bytes used "
+            "(upload_quota_bytes); uploads no job uses go after upload_retention_days")
 
 
 def _safe(text: str) -> str:

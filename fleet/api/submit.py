@@ -4,7 +4,10 @@ transaction."""
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
+
+from fastapi import HTTPException
 
 from fleet.api.schemas import JobOut
 from fleet.errors import NotFound, SpecError
@@ -22,6 +25,13 @@ def submit_many(ctx: ApiContext, bodies: list[dict[str, Any]], user: User) -> li
     accepted: list[tuple[JobSpec, str]] = []
     links: list[dict[str, Any] | None] = []
     errors: list[tuple[str, str]] = []
+    limit = ctx.limits.max_spec_bytes
+    for i, body in enumerate(bodies):
+        size = len(json.dumps(body, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+        if size > limit:
+            where = f"jobs[{i}]: " if len(bodies) > 1 else ""
+            raise HTTPException(413, f"{where}a job spec of {size} bytes is over the limit of {limit} "
+                                     "bytes (max_spec_bytes)")
     for i, body in enumerate(bodies):
         prefix = f"jobs[{i}]." if len(bodies) > 1 else ""
         try:
@@ -58,7 +68,7 @@ def submit_many(ctx: ApiContext, bodies: list[dict[str, Any]], user: User) -> li
 
 def _visible_job(ctx: ApiContext, job_id: str, user: User) -> Job:
     try:
-        job = ctx.store.get_job(job_id)
+        job = ctx.store.get_job(job_id, owner=None if user.is_admin else user.name)
     except NotFound:
         job = None
     if job is None or (not user.is_admin and job.user != user.name):
@@ -82,11 +92,14 @@ def _accept(ctx: ApiContext, spec: JobSpec, user: User) -> tuple[JobSpec, str]:
         resolved[name] = artifact_input(art)
     if resolved:
         spec = spec.model_copy(update={"inputs": {**spec.inputs, **resolved}})
+    def usable(sha: str) -> bool:  # uploaded by this user: someone else's hash is no key
+        return ctx.blobs.has(sha) and (user.is_admin or ctx.store.blob_visible(user.name, sha))
+
     missing = [
         (f"inputs.{name}", f"blob {blob.sha256[:12]} of {rel} is not uploaded")
         for name, ref in spec.inputs.items() if isinstance(ref, InputRef)
         for rel, blob in ref.files.items()
-        if not ctx.blobs.has(blob.sha256)
+        if not usable(blob.sha256)
     ]
     local = [(f"inputs.{k}", "not uploaded (submit it through the CLI)")
              for k, v in spec.inputs.items() if isinstance(v, str)]
@@ -104,7 +117,7 @@ def _accept(ctx: ApiContext, spec: JobSpec, user: User) -> tuple[JobSpec, str]:
             if hook.kind != "file":
                 local.append((f"hooks.{which}", "must be a playbook file"))
             missing += [(f"hooks.{which}", f"blob {b.sha256[:12]} is not uploaded")
-                        for b in hook.files.values() if not ctx.blobs.has(b.sha256)]
+                        for b in hook.files.values() if not usable(b.sha256)]
     if missing or local:
         raise SpecError(local + missing)
     key = ctx.scheduler.demand_for(spec, user.name).key

@@ -251,6 +251,8 @@ class AgentChannel:
         except frames.BadFrame as exc:
             waiter.future.set_exception(frames.BadFrame(f"host {self.host_name}: its agent sent an "
                                                         f"invalid {kind} frame: {exc}"))
+        except Exception:  # a sink's trouble (the controller's own) must not end the channel
+            log.exception("handling a %s frame of %s on %s", kind, header.get("a"), self.host_name)
 
     def _deliver(self, kind: str, header: dict[str, Any], data: bytes, waiter: _Waiter) -> None:
         if kind == "log":

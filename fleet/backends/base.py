@@ -68,6 +68,7 @@ class AttemptPlan:
     grace: float
     inputs: list[InputFile] = field(default_factory=list)
     run_as: str | None = None  # the Unix account the job runs as (None: the agent's own)
+    secrets: list[str] = field(default_factory=list)  # values to mask in what is kept of it
     reattach: bool = False  # following an attempt a previous controller launched
     follow_only: bool = False  # never launch: only learn how an attempt given up on ended
 

@@ -793,13 +793,47 @@ def token() -> None:
 @token.command("create")
 @click.option("--user", default=None, help="for another user (admins)")
 @click.option("--name", default="default", show_default=True)
+@click.option("--expires", default=None, metavar="DURATION", help="how long it lasts: 30d, 12h, 3600")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 @handle_errors
-def token_create(obj: Ctx, user: str | None, name: str, as_json: bool) -> None:
+def token_create(obj: Ctx, user: str | None, name: str, expires: str | None, as_json: bool) -> None:
     """Create a token (printed once; only its hash is stored)."""
-    res = obj.client.create_token(user, name)
+    res = obj.client.create_token(user, name, expires)
     click.echo(render.dump(res) if as_json else res.token)
+
+
+@token.command("list")
+@click.option("--user", default=None, help="another user's tokens (admins)")
+@click.option("--all", "everyone", is_flag=True, help="everyone's tokens (admins)")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@handle_errors
+def token_list(obj: Ctx, user: str | None, everyone: bool, as_json: bool) -> None:
+    """Tokens with their state and last use (never their values)."""
+    rows = obj.client.tokens(user, everyone)
+    if as_json:
+        click.echo(render.dump(rows))
+        return
+    click.echo(f"{'ID':>5}  {'USER':<12} {'NAME':<16} {'STATE':<8} {'EXPIRES':<20} LAST USED")
+    for t in rows:
+        click.echo(f"{t.id:>5}  {t.user:<12} {t.name:<16} {t.state:<8} {(t.expires_at or 'never')[:19]:<20} "
+                   f"{(t.last_used_at or 'never')[:19]}")
+
+
+@token.command("revoke")
+@click.argument("token_ids", nargs=-1, required=True, type=int)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@handle_errors
+def token_revoke(obj: Ctx, token_ids: tuple[int, ...], as_json: bool) -> None:
+    """Revoke tokens by id (fleet token list): they stop working at once."""
+    done = [obj.client.revoke_token(t) for t in token_ids]
+    if as_json:
+        click.echo(render.dump(done))
+        return
+    for t in done:
+        click.echo(f"revoked token {t.id} ({t.name}) of {t.user}")
 
 
 def main() -> None:

@@ -15,33 +15,53 @@ from fleet.backends.base import AttemptPlan, Backend, BackendError, Outcome
 from fleet.blobs import BlobStore
 from fleet.ids import new_id
 from fleet.models.spec import BlobRef, InputRef
+from fleet.secrets import redact_file
 
 
-async def collect(backend: Backend, blobs: BlobStore, plan: AttemptPlan, outcome: Outcome) -> list[dict[str, Any]]:
+async def collect(backend: Backend, blobs: BlobStore, plan: AttemptPlan, outcome: Outcome,
+                  secrets: list[str] | None = None) -> list[dict[str, Any]]:
     """Copy the attempt's outputs into the blob store; returns them as ``{path, sha256, size}``.
 
     Nothing the host said is taken on trust (DESIGN.md §7): the frame's fields were checked
     (fleet.backends.frames), every file is copied to a temporary file and hashed here, and it
     enters the store under that hash only if it is what the host reported. Content already in
     the store is not copied again: only the hash the host reported names it, and that content
-    was hashed here when it came. Raises BackendError (HostLost if the host went away) when a
+    was hashed here when it came. With ``secrets``, every file is copied and stored with
+    them masked (a job's ``outputs: [log]`` must not keep them in clear), under the hash of
+    what is stored. Raises BackendError (HostLost if the host went away) when a
     file cannot be copied or is not what the host said."""
     files = []
     for out in outcome.outputs:
         path, sha, size = str(out["path"]), str(out["sha256"]), int(out["size"])
-        if not blobs.has(sha):
-            tmp = blobs.temp()
+        if secrets or not blobs.has(sha):
+            tmp, masked = blobs.temp(), blobs.temp()
             try:
                 await backend.fetch(plan, path, tmp, size)
-                got, got_size = await asyncio.to_thread(blobs.add, tmp, sha)
+                if secrets:
+                    got, got_size = await asyncio.to_thread(_hash, tmp)
+                    if got == sha and got_size == size:
+                        await asyncio.to_thread(redact_file, tmp, masked, secrets)
+                        sha, size = await asyncio.to_thread(blobs.add, masked)
+                else:
+                    got, got_size = await asyncio.to_thread(blobs.add, tmp, sha)
             finally:
                 tmp.unlink(missing_ok=True)
-            if got != sha or got_size != size:
+                masked.unlink(missing_ok=True)
+            if got != str(out["sha256"]) or got_size != int(out["size"]):
                 raise BackendError(f"host {plan.host.name}: output {path} is not what its agent "
                                    f"reported (sha256 {got[:12]}, {got_size} bytes; reported "
-                                   f"{sha[:12]}, {size} bytes)")
+                                   f"{str(out['sha256'])[:12]}, {out['size']} bytes)")
         files.append({"path": path, "sha256": sha, "size": size})
     return files
+
+
+def _hash(path: Any) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+            size += len(block)
+    return digest.hexdigest(), size
 
 
 def key_of(basis: dict[str, Any] | None) -> str | None:

@@ -23,6 +23,7 @@ from typing import Any
 from fleet.backends.base import AttemptPlan, Backend, BackendError, HostLost, InputFile, Outcome
 from fleet.blobs import BlobStore
 from fleet.config import Settings, fleet_home
+from fleet.disk import DiskGuard, is_disk_full
 from fleet.errors import NotFound, SpecError
 from fleet.inventory import ARCH_ALIASES, UNKNOWN_ARCH, Host, unix_account
 from fleet.logstore import LogStore
@@ -48,7 +49,7 @@ from fleet.scheduler.placement import (
 )
 from fleet.scheduler.queues import ClassQueue
 from fleet.scheduler.verdict import JOB_STATE, Verdict, judge
-from fleet.secrets import SecretBox, SecretError
+from fleet.secrets import SecretBox, SecretError, mask_text, mask_value
 from fleet.store import Store
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,8 @@ class _Sink:
         if self.run.started.is_set():
             return
         self.run.started.set()
-        self.sched.store.attempt_running(self.run.qj.job.id, self.run.attempt.id, at or time.time())
+        self.sched._durably(self.sched.store.attempt_running, self.run.qj.job.id, self.run.attempt.id,
+                            at or time.time())
 
     def log(self, data: bytes) -> None:
         self.sched.fence()
@@ -158,6 +160,7 @@ class Scheduler(ChainMixin, HealthMixin):
         # The fleet user whose jobs may run as the server's own account on its machine: the
         # one named like the OS account running the server (the first admin fleet makes).
         self.owner = getpass.getuser()
+        self.disk: DiskGuard | None = None  # a full disk: no new placements (fleet.disk)
         self._wake = asyncio.Event()
         self._done: dict[str, asyncio.Event] = {}
         self._loop_task: asyncio.Task[None] | None = None
@@ -538,7 +541,13 @@ class Scheduler(ChainMixin, HealthMixin):
             except Exception:
                 log.exception("scheduling pass failed")
 
+    def wake(self) -> None:
+        """Run a scheduling pass soon (the disk has room again, say)."""
+        self._wake.set()
+
     def _place_all(self) -> None:
+        if self.disk is not None and self.disk.full:
+            return  # no new attempts while the disk is full: what runs goes on (fleet.disk)
         views = {v.host.name: v for v in self._views()}
         for key, queue in list(self.queues.items()):
             while len(queue):
@@ -598,6 +607,7 @@ class Scheduler(ChainMixin, HealthMixin):
             argv=["/bin/sh", "-c", spec.run] if spec.runner == "shell" and spec.run else None,
             runner=spec.runner or "shell", setup=setup, env=env, timeout=spec.timeout,
             grace=self.kill_grace, inputs=qj.inputs, run_as=self.account_for(host, qj.job.user),
+            secrets=secrets,
         )
 
     def account_for(self, host: Host, user: str) -> str | None:
@@ -636,7 +646,8 @@ class Scheduler(ChainMixin, HealthMixin):
                 verdict = Verdict(AttemptState.FAILED, Reason.OUTPUT_MISSING, outcome.outputs_problem,
                                   verdict.exit_code)
             elif verdict.state is AttemptState.SUCCEEDED and outcome.outputs:
-                run.collected = await artifacts.collect(self.backend, self.blobs, run.plan, outcome)
+                run.collected = await artifacts.collect(self.backend, self.blobs, run.plan, outcome,
+                                                        run.plan.secrets)
         except asyncio.CancelledError:
             raise  # controller shutdown: the attempt keeps running on the host
         except BackendError as exc:
@@ -698,6 +709,10 @@ class Scheduler(ChainMixin, HealthMixin):
                                          host=host, runner=run.plan.runner)
             except InvalidResult as exc:
                 verdict = Verdict(AttemptState.FAILED, Reason.RUNNER_ERROR, str(exc), verdict.exit_code)
+        if run.plan.secrets:  # what the job reported is kept with its secrets masked
+            record = mask_value(record, run.plan.secrets)  # type: ignore[assignment]
+            if verdict.message:
+                verdict = dataclasses.replace(verdict, message=mask_text(verdict.message, run.plan.secrets))
         self.logs.close(attempt.id, qj.job.id)
         if qj.spec.hooks is not None:
             for which in ("before", "after"):
@@ -749,7 +764,7 @@ class Scheduler(ChainMixin, HealthMixin):
         if record is not None:
             result_row = dict(job_id=qj.job.id, attempt_id=attempt.id, user=qj.job.user, runner=qj.job.runner,
                               host=host.name, device_class=host.device_class, record_json=json.dumps(record))
-        self.store.finish(attempt.id, attempt_values, qj.job.id, job_values, result_row, made)
+        self._durably(self.store.finish, attempt.id, attempt_values, qj.job.id, job_values, result_row, made)
         if retry and verdict.may_run:
             del self.pending[qj.job.id]
             self._hold(qj, self.policy.lost_hold, attempt, host)
@@ -758,6 +773,20 @@ class Scheduler(ChainMixin, HealthMixin):
         else:
             self._job_done(qj.job.id)
         self._wake.set()
+
+    def _durably(self, write: Callable[..., Any], *args: Any) -> Any:
+        """A write that must not be lost (how an attempt ended): when the disk is full, free
+        the reserve (fleet.disk) and write again."""
+        for attempt in range(3):
+            try:
+                return write(*args)
+            except Exception as exc:
+                if self.disk is None or not is_disk_full(exc) or attempt == 2:
+                    raise
+                log.error("disk full while recording an attempt's end; using the reserve")
+                self.disk.hit(exc)
+                self.disk.full = True
+        return None
 
     def _should_retry(self, qj: QueuedJob, host: Host, verdict: Verdict) -> bool:
         if self._stopping or verdict.state is not AttemptState.FAILED:
