@@ -210,6 +210,7 @@ async def collect_garbage(scheduler: Scheduler, settings: Settings) -> None:
             dropped = freed = 0
         if dropped or freed:
             log.info("upload retention dropped %d uploads and %d files no job uses", dropped, freed)
+        scheduler.store.forget_submit_keys(time.time() - 86400)
         passes = await scheduler.gc_hosts(settings.host_retention_days * 86400,
                                           settings.host_store_limit)
         for host, (count, freed, left) in sorted(passes.items()):

@@ -21,7 +21,7 @@ from fleet.errors import FleetError, NotFound
 from fleet.ids import new_id
 from fleet.models.enums import AttemptState, Health, JobState, Reason
 from fleet.models.spec import JobSpec
-from fleet.models.tables import Artifact, Attempt, HostStatus, Job, Result, Token, Upload, User
+from fleet.models.tables import Artifact, Attempt, HostStatus, Job, Result, SubmitKey, Token, Upload, User
 
 ACTIVE_JOB_STATES = [JobState.STARTING.value, JobState.RUNNING.value, JobState.CANCELLING.value]
 QUEUED_JOB_STATES = [JobState.PENDING.value, JobState.RETRYING.value]
@@ -171,7 +171,8 @@ class Store:
         return self.create_jobs([(spec, queue)], user)[0]
 
     def create_jobs(self, specs: Sequence[tuple[JobSpec, str]], user: str,
-                    links: Sequence[dict[str, Any] | None] | None = None) -> list[Job]:
+                    links: Sequence[dict[str, Any] | None] | None = None,
+                    idempotency_key: str | None = None) -> list[Job]:
         """Insert PENDING jobs (spec, queue key) in one transaction: all or none.
 
         ``links[i]`` puts job i in a chain: ``{"step": NAME, "after": INDEX or None}`` (INDEX:
@@ -189,8 +190,27 @@ class Store:
             job.after = jobs[before].id if before is not None else None
             job.chain = jobs[link["first"]].id
         with self.db.write() as conn:
+            if idempotency_key is not None:  # first, so a concurrent twin fails before any job
+                conn.execute(insert(SubmitKey), {"user": user, "key": idempotency_key,
+                                                 "job_ids": json.dumps([j.id for j in jobs]),
+                                                 "created_at": time.time()})
             conn.execute(insert(_JOBS), [job.model_dump() for job in jobs])
         return jobs
+
+    def jobs_for_key(self, user: str, key: str) -> list[Job] | None:
+        """The jobs an earlier submission with this idempotency key made, or None."""
+        with self.db.write() as conn:
+            row = conn.execute(select(SubmitKey.job_ids).where(SubmitKey.user == user,
+                                                               SubmitKey.key == key)).first()
+        if row is None:
+            return None
+        ids = json.loads(row[0])
+        by_id = {j.id: j for j in self.jobs_by_id(ids)}
+        return [by_id[i] for i in ids if i in by_id]
+
+    def forget_submit_keys(self, before: float) -> int:
+        with self.db.write() as conn:
+            return int(conn.execute(delete(SubmitKey).where(SubmitKey.created_at < before)).rowcount or 0)
 
     @staticmethod
     def _new_job(spec: JobSpec, user: str, queue: str) -> Job:

@@ -388,6 +388,61 @@ def collect_outputs(adir, globs, result, owner=None):
 # ---------------------------------------------------------------- supervisor (detached)
 
 
+def _become_subreaper():
+    """Linux: orphans among the job's descendants (a daemon that called setsid and left the
+    job's process group) are reparented to this process instead of init, so they can be
+    found and stopped with the job. Elsewhere a no-op."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        pass
+
+
+def _children():
+    me = str(os.getpid())
+    found = []
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return found
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % name) as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 1 and fields[1] == me and fields[0] != "Z":
+            found.append(int(name))
+    return found
+
+
+def _kill_children(rounds=50):
+    """KILL every child of this process (escaped descendants of the job reparented here), and
+    theirs as they are reparented in turn; reap them all."""
+    for _ in range(rounds):
+        kids = _children()
+        for pid in kids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        while True:
+            try:
+                pid, _status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                pid = 0
+            if not pid:
+                break
+        if not kids:
+            return
+        time.sleep(0.01)
+
+
 class Supervisor:
     """Runs setup and the command of one attempt; writes pid, pgid, status.json. Never raises."""
 
@@ -417,6 +472,7 @@ class Supervisor:
         # is taken now and written in place at the end (else the attempt would look lost and
         # the job run again elsewhere).
         reserved = _reserve(os.path.join(self.adir, "status.json"))
+        _become_subreaper()
         try:
             fd = os.open(os.path.join(self.adir, "log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o600)
             self.log = os.fdopen(fd, "ab", buffering=0)
@@ -542,8 +598,10 @@ class Supervisor:
                                 "stopping the job so that it never runs twice\n" % self.lease).encode())
                 self._stop(proc, grace)
                 break
-        # Leftover children in the group (daemons the job started) go with the job.
+        # Leftover children in the group (daemons the job started) go with the job, and so do
+        # those that left the group (setsid): as a subreaper, they became our children.
         _signal_group(proc.pid, signal.SIGKILL)
+        _kill_children()
         code = proc.returncode
         if code is not None and code < 0:
             return None, -code, timed_out

@@ -70,10 +70,13 @@ def test_probe_reads_what_hosts_are_and_reports_mismatches(fleet, lab, tmp_path,
 
 def test_provision_is_idempotent_and_check_changes_nothing(fleet, lab, tmp_path, monkeypatch):
     lab.add_hosts("jetson-orin-nano", 1)
+    extra: dict = {"jetson-1": {"fleet_power_mode": 0, "fleet_lock_clocks": True}}
     if have_sshd():
-        lab.add_hosts("rtx5060", 1, kind="openssh")
-    start(fleet, lab, tmp_path, monkeypatch,
-          extra={"jetson-1": {"fleet_power_mode": 0, "fleet_lock_clocks": True}})
+        rtx = lab.add_hosts("rtx5060", 1, kind="openssh")[0]
+        # A real sshd host in its own /etc: provision makes the accounts jobs run as there.
+        extra[rtx.name] = {"fleet_isolation": "user", "fleet_job_user": "fleet-shared"}
+    start(fleet, lab, tmp_path, monkeypatch, extra=extra)
+    fleet.cli("users", "add", "alice")
     fact = lab.host_root("jetson-1") / "etc" / "ansible" / "facts.d" / "fleet.fact"
 
     dry = json.loads(fleet.cli("hosts", "provision", "--check", "--json", timeout=300).stdout)
@@ -89,6 +92,11 @@ def test_provision_is_idempotent_and_check_changes_nothing(fleet, lab, tmp_path,
 
     second = json.loads(fleet.cli("hosts", "provision", "--json", timeout=300).stdout)
     assert all(r["status"] == "ok" and r["changed"] == 0 for r in second), second
+    if have_sshd():
+        accounts = fleet.cli("ssh", rtx.name, "--", "getent", "passwd", "fleet-alice", "fleet-root",
+                             "fleet-shared").stdout
+        assert [line.split(":")[0] for line in accounts.splitlines()] == ["fleet-alice", "fleet-root", "fleet-shared"]
+        assert all(line.endswith(":/nonexistent:/usr/sbin/nologin") for line in accounts.splitlines())
 
     # After provisioning, the probe reads fleet's custom fact instead of running commands.
     probed = json.loads(fleet.cli("hosts", "probe", "jetson-1", "--json", check=False, timeout=300).stdout)

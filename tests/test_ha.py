@@ -162,3 +162,21 @@ def test_a_hung_leader_is_replaced_and_steps_down_when_it_wakes(replicas, tmp_pa
         assert client.wait(job_id, 60).state == "SUCCEEDED"
         assert len(client.job(job_id).attempt_list) == 1
     assert sorted(side.read_text().split()) == sorted(ids)
+
+
+def test_a_revoked_token_stops_working_at_once_on_every_replica(replicas):
+    """Tokens used to be cached per replica: a deleted one kept working until a restart. Now
+    every replica reads the token on every request."""
+    first = replicas()
+    assert eventually(lambda: first.role() == "leader", what="first replica leads")
+    second = replicas()
+    admin_token = (first.home / "token").read_text().strip()
+    admin = Client(first.url, admin_token)
+    made = admin.create_token(name="laptop")
+    on_second = httpx.Client(base_url=second.url, headers={"Authorization": f"Bearer {made.token}"})
+    assert on_second.get("/whoami").status_code == 200  # used (and so cached, before) on the follower
+    admin.revoke_token(made.id)  # through the leader
+    assert on_second.get("/whoami").status_code == 401
+    assert httpx.get(f"{first.url}/whoami", headers={"Authorization": f"Bearer {made.token}"}).status_code == 401
+    on_second.close()
+    admin.close()

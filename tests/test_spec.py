@@ -3,7 +3,7 @@
 import pytest
 
 from fleet.errors import SpecError
-from fleet.models.spec import load_spec, parse_duration
+from fleet.models.spec import load_spec, parse_duration, validate_spec
 
 
 def errors_of(text: str) -> dict[str, str]:
@@ -70,3 +70,22 @@ def test_durations_and_retries_shorthand():
 def test_yaml_scalars_in_commands_get_a_hint():
     errs = errors_of("name: a\nrun: true\n")
     assert "quote it" in errs["run"]
+
+
+def test_a_run_longer_than_a_command_line_is_refused_at_submit() -> None:
+    """A `run` over Linux's limit for one argument (it reaches the host as `sh -c RUN`) failed
+    on the host with E2BIG; it is refused at submit, naming the field and the limit."""
+    from fleet.models.spec import MAX_ARG
+
+    cases = [
+        ({"name": "x", "run": "e" * (MAX_ARG + 1)}, "run", f"longer than one command line argument may be ({MAX_ARG}"),
+        ({"name": "x", "run": "true", "setup": "s" * (MAX_ARG + 1)}, "setup", "longer than one command line argument"),
+        ({"name": "x", "run": "true", "envs": {"BIG": "v" * MAX_ARG}}, "envs", "BIG is"),
+        ({"name": "x", "run": "true", "envs": {f"E{i}": "v" * 100_000 for i in range(11)}}, "run",
+         "more than a command line and environment may hold"),
+    ]
+    for spec, field, problem in cases:
+        with pytest.raises(SpecError) as err:
+            validate_spec(spec)
+        assert any(f == field and problem in p for f, p in err.value.errors), err.value.errors
+    validate_spec({"name": "x", "run": "e" * MAX_ARG})  # exactly at the limit: fine

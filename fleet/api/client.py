@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,9 @@ from fleet.api.schemas import (
     WhyOut,
 )
 from fleet.errors import ApiError, NotFound
+
+
+SUBMIT_TRIES = 4  # a submission is sent up to this often (0.5, 1, 2 s apart) if its answer is lost
 
 
 class Client:
@@ -100,12 +105,27 @@ class Client:
 
     # ------------------------------------------------------------------ jobs
 
+    def _submit(self, path: str, body: Any) -> Any:
+        """POST a submission with an idempotency key, retried with the same key when the
+        answer is lost (the connection broke, the server restarted): the jobs are made once."""
+        headers = {"Idempotency-Key": uuid.uuid4().hex}
+        delay = 0.5
+        for attempt in range(SUBMIT_TRIES):
+            try:
+                return self._check(self.http.post(path, json=body, headers=headers)).json()
+            except httpx.TransportError:
+                if attempt == SUBMIT_TRIES - 1:
+                    raise
+                time.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
     def submit(self, spec: dict[str, Any]) -> JobOut:
-        return JobOut.model_validate(self._post("/jobs", spec))
+        return JobOut.model_validate(self._submit("/jobs", spec))
 
     def submit_many(self, specs: list[dict[str, Any]]) -> list[JobOut]:
         """Submit several specs in one request: all are queued, or none (SpecError-like 422)."""
-        return [JobOut.model_validate(j) for j in self._post("/jobs/batch", {"jobs": specs})]
+        return [JobOut.model_validate(j) for j in self._submit("/jobs/batch", {"jobs": specs})]
 
     def job(self, job_id: str) -> JobDetail:
         return JobDetail.model_validate(self._get(f"/jobs/{job_id}"))

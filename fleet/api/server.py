@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import httpx
-from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import (
@@ -65,6 +65,7 @@ from fleet.blobs import BlobStore
 from fleet.disk import DiskFull, DiskGuard, is_disk_full
 from fleet.errors import FleetError, NotFound, SpecError
 from fleet.ids import new_id
+from fleet.inventory import unix_account
 from fleet.leader import LeaderLease
 from fleet.logstore import COLLECTED
 from fleet.models.enums import Health, JobState
@@ -76,6 +77,9 @@ from fleet.scheduler.loop import Scheduler
 from fleet.sshconfig import render as render_ssh_config
 from fleet.store import Store
 
+IdempotencyKey = Annotated[str | None, Header(
+    alias="Idempotency-Key", pattern=r"^[A-Za-z0-9._:-]{8,128}$",
+    description="makes a retried submission return the first one's jobs (per user, kept a day)")]
 Sha256 = Annotated[str, Path(pattern=SHA256_RE.pattern, description="64 lowercase hex digits")]
 
 
@@ -386,16 +390,18 @@ def create_app(ctx: ApiContext) -> FastAPI:
     # ------------------------------------------------------------------ jobs
 
     @app.post("/jobs", tags=["jobs"], status_code=201, responses={422: {"description": "invalid spec"}})
-    async def submit(body: dict[str, Any], user: UserDep) -> JobOut:
-        """Submit a job spec (inputs already uploaded as blobs)."""
+    async def submit(body: dict[str, Any], user: UserDep, key: IdempotencyKey = None) -> JobOut:
+        """Submit a job spec (inputs already uploaded as blobs). Send an ``Idempotency-Key``
+        and retry with it after a lost answer: the job is made once."""
         ctx.disk.check_writable()
-        return submit_many(ctx, [body], user)[0]
+        return submit_many(ctx, [body], user, key)[0]
 
     @app.post("/jobs/batch", tags=["jobs"], status_code=201, responses={422: {"description": "invalid spec"}})
-    async def submit_batch(body: BatchIn, user: UserDep) -> list[JobOut]:
-        """Submit several specs at once: all are accepted or none (errors name ``jobs[i]``)."""
+    async def submit_batch(body: BatchIn, user: UserDep, key: IdempotencyKey = None) -> list[JobOut]:
+        """Submit several specs at once: all are accepted or none (errors name ``jobs[i]``).
+        With an ``Idempotency-Key``, a retry returns the jobs the first request made."""
         ctx.disk.check_writable()
-        return submit_many(ctx, body.jobs, user)
+        return submit_many(ctx, body.jobs, user, key)
 
     @app.get("/jobs", tags=["jobs"])
     async def list_jobs(
@@ -636,8 +642,10 @@ def create_app(ctx: ApiContext) -> FastAPI:
         if not ctx.scheduler.leading:
             return await ctx.forward(request)  # type: ignore[return-value]
         inventory = _ansible_target(body.pattern)
+        accounts = sorted({unix_account(u.name) for u in ctx.store.list_users()})
         run = await asyncio.to_thread(run_playbook, playbook_path("provision.yml"), inventory,
-                                      limit=body.pattern, check=body.check, timeout=1800)
+                                      limit=body.pattern, check=body.check, timeout=1800,
+                                      extravars={"fleet_accounts": accounts})
         if not run.hosts:
             raise HTTPException(422, f"pattern {body.pattern!r} matches no host of the inventory")
         return [ProvisionOut(host=name, status=s.status, ok=s.ok, changed=s.changed, failed=s.failed,

@@ -8,6 +8,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from fastapi import HTTPException
+from sqlalchemy.exc import IntegrityError
 
 from fleet.api.schemas import JobOut
 from fleet.errors import NotFound, SpecError
@@ -19,9 +20,16 @@ if TYPE_CHECKING:
     from fleet.api.server import ApiContext
 
 
-def submit_many(ctx: ApiContext, bodies: list[dict[str, Any]], user: User) -> list[JobOut]:
+def submit_many(ctx: ApiContext, bodies: list[dict[str, Any]], user: User,
+                idempotency_key: str | None = None) -> list[JobOut]:
     """Validate every spec (a chain's steps each become a job), then queue them all in one
-    transaction. Raises SpecError."""
+    transaction. With ``idempotency_key``, a submission the same user made with that key
+    before returns its jobs instead of making new ones (a client retrying after a lost
+    answer). Raises SpecError."""
+    if idempotency_key is not None:
+        earlier = ctx.store.jobs_for_key(user.name, idempotency_key)
+        if earlier is not None:
+            return [JobOut.of(job) for job in earlier]
     accepted: list[tuple[JobSpec, str]] = []
     links: list[dict[str, Any] | None] = []
     errors: list[tuple[str, str]] = []
@@ -60,7 +68,13 @@ def submit_many(ctx: ApiContext, bodies: list[dict[str, Any]], user: User) -> li
             errors.extend((prefix + f if f else prefix.rstrip("."), p) for f, p in exc.errors)
     if errors:
         raise SpecError(errors)
-    jobs = ctx.store.create_jobs(accepted, user.name, links)
+    try:
+        jobs = ctx.store.create_jobs(accepted, user.name, links, idempotency_key)
+    except IntegrityError:
+        earlier = ctx.store.jobs_for_key(user.name, idempotency_key) if idempotency_key else None
+        if earlier is None:
+            raise
+        return [JobOut.of(job) for job in earlier]  # a twin of this request won the race
     for job, (spec, _key) in zip(jobs, accepted, strict=True):
         ctx.scheduler.submit(job, spec)
     return [JobOut.of(job) for job in jobs]

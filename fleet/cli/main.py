@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+import httpx
 
 from fleet.api.client import Client
 from fleet.cli import local, render
@@ -60,6 +61,16 @@ def handle_errors(fn: F) -> F:
         except ApiError as exc:
             click.echo(f"fleet: {exc} (HTTP {exc.status})", err=True)
             sys.exit(2 if 400 <= exc.status < 500 else 1)
+        except httpx.TransportError as exc:  # no traceback for a server that is not there
+            try:
+                where = exc.request.url
+                server = f"{where.scheme}://{where.netloc.decode()}"
+            except RuntimeError:  # httpx: no request attached
+                server = "the server"
+            reason = str(exc) or type(exc).__name__
+            click.echo(f"fleet: cannot reach the fleet server at {server}: {reason} (is it running? "
+                       "FLEET_SERVER and `fleet server status` say which one is used)", err=True)
+            sys.exit(1)
         except FleetError as exc:
             click.echo(f"fleet: {exc}", err=True)
             sys.exit(1)
@@ -272,9 +283,11 @@ def submit(obj: Ctx, files: tuple[Path, ...], wait: bool, follow: bool, as_json:
             click.echo(f"{job.id}  {job.name}  submitted to queue {job.queue}", err=True)
     if follow:
         out = sys.stderr.buffer if as_json else sys.stdout.buffer
+        safe = render.SafeText()
         for chunk in client.logs(jobs[0].id, follow=True):
-            out.write(chunk)
+            out.write(safe.feed(chunk))
             out.flush()
+        out.write(safe.feed(b"", final=True))
     details = [_wait_terminal(client, job.id) for job in jobs]
     if len(details) == 1:
         _finish(details[0], as_json)
@@ -351,18 +364,30 @@ def queue(obj: Ctx, states: tuple[str, ...], pool: str | None, user: str | None,
     _list_jobs(obj, states, pool, user, limit, before, as_json)
 
 
+def _print_log(chunks: Any, raw: bool) -> None:
+    """A job's log to stdout; control sequences shown, not obeyed, unless ``raw``."""
+    out = sys.stdout.buffer
+    safe = None if raw else render.SafeText()
+    for chunk in chunks:
+        out.write(chunk if safe is None else safe.feed(chunk))
+        out.flush()
+    if safe is not None:
+        out.write(safe.feed(b"", final=True))
+        out.flush()
+
+
 @cli.command()
 @click.argument("job_id")
 @click.option("--follow", "-f", is_flag=True, help="keep streaming until the job ends")
 @click.option("--attempt", type=int, default=None, help="attempt number (default: the latest)")
+@click.option("--raw", is_flag=True, help="the bytes as the job wrote them, terminal control "
+                                          "sequences included (default: shown as ^[...)")
 @pass_ctx
 @handle_errors
-def logs(obj: Ctx, job_id: str, follow: bool, attempt: int | None) -> None:
-    """Print a job's log."""
-    out = sys.stdout.buffer
-    for chunk in obj.client.logs(job_id, follow=follow, attempt=attempt):
-        out.write(chunk)
-        out.flush()
+def logs(obj: Ctx, job_id: str, follow: bool, attempt: int | None, raw: bool) -> None:
+    """Print a job's log. What a job printed to control a terminal (escape sequences, a
+    clipboard write, a screen clear) is shown as text unless --raw."""
+    _print_log(obj.client.logs(job_id, follow=follow, attempt=attempt), raw)
 
 
 @cli.command()

@@ -148,3 +148,42 @@ def size(n: int) -> str:
             return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{n} B"
+
+
+class SafeText:
+    """Makes a job's log safe to print on a terminal: control characters (escape sequences that
+    clear the screen, set the title or the clipboard through OSC 52, a lone carriage return
+    that hides a line) are shown in caret notation (``^[``, ``^M``) instead of being obeyed.
+    Tabs, newlines and CRLF stay. Fed bytes in chunks; UTF-8 split across chunks is kept."""
+
+    def __init__(self) -> None:
+        import codecs
+
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._cr = False  # a carriage return at the end of the last chunk
+
+    def feed(self, data: bytes, final: bool = False) -> bytes:
+        text = self._decoder.decode(data, final)
+        out = []
+        for ch in text:
+            if self._cr:
+                self._cr = False
+                if ch == "\n":
+                    out.append("\n")
+                    continue
+                out.append("^M")
+            code = ord(ch)
+            if ch == "\r":
+                self._cr = True
+            elif ch in "\n\t" or (32 <= code < 127) or code > 159:
+                out.append(ch)
+            elif code < 32:
+                out.append("^" + chr(code + 64))
+            elif code == 127:
+                out.append("^?")
+            else:  # C1 controls (U+0080..U+009F) act like ESC sequences on some terminals
+                out.append(f"<U+{code:04X}>")
+        if final and self._cr:
+            out.append("^M")
+            self._cr = False
+        return "".join(out).encode("utf-8")

@@ -37,6 +37,8 @@ SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 # ``.yml``/``.yaml`` suffix or a ``/`` in it.
 HOOK_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 ARCHES = ("x86_64", "aarch64")
+MAX_ARG = 131071  # Linux MAX_ARG_STRLEN (32 pages) less its terminating NUL
+MAX_ARGS_TOTAL = 1 << 20  # of ARG_MAX (2 MiB by default), what a job may take: half
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
@@ -330,6 +332,30 @@ class JobSpec(_Strict):
         if value is not None and "\x00" in value:
             raise ValueError("must not contain NUL characters")
         return value
+
+    @model_validator(mode="after")
+    def _fits_a_command_line(self) -> JobSpec:
+        """``run`` and ``setup`` reach the host as one argument of ``sh -c`` and each env entry
+        as one ``NAME=value`` string: Linux refuses any longer than MAX_ARG_STRLEN, and all of
+        them together past ARG_MAX. Refused here rather than failing on the host."""
+        for field in ("run", "setup"):
+            value = getattr(self, field)
+            if value is not None and len(value.encode("utf-8", "surrogatepass")) > MAX_ARG:
+                raise ValueError(f"{field}: {len(value.encode('utf-8', 'surrogatepass'))} bytes is longer "
+                                 f"than one command line argument may be ({MAX_ARG} bytes on Linux); put the "
+                                 "commands in a script and pass it as an input")
+        total = sum(len((v or "").encode("utf-8", "surrogatepass")) for v in (self.run, self.setup))
+        for key, value in self.envs.items():
+            text = value.value if isinstance(value, SecretValue) else value
+            size = len(key) + 1 + len(text.encode("utf-8", "surrogatepass"))
+            if size > MAX_ARG:
+                raise ValueError(f"envs: {key} is {size} bytes, longer than one environment entry "
+                                 f"may be ({MAX_ARG} bytes on Linux)")
+            total += size
+        if total > MAX_ARGS_TOTAL:
+            raise ValueError(f"run: with setup and envs it is {total} bytes, more than a command line "
+                             f"and environment may hold ({MAX_ARGS_TOTAL} bytes)")
+        return self
 
     @model_validator(mode="after")
     def _kind_rules(self) -> JobSpec:

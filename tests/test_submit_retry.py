@@ -1,0 +1,104 @@
+"""A submission is made once, however often it is sent (an idempotency key), and a client
+whose answer was lost sends it again by itself."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import uuid
+from urllib.parse import urlparse
+
+import httpx
+
+from fleet.api.client import Client
+from tests.conftest import add_user
+
+
+def test_the_same_key_makes_the_jobs_once_per_user(fleet, shared_local):
+    fleet.start(shared_local)
+    url, token = fleet.info.url, fleet.info.token
+    key = uuid.uuid4().hex
+    batch = {"jobs": [{"name": f"b{i}", "run": "true"} for i in range(5)]}
+    auth = {"Authorization": f"Bearer {token}", "Idempotency-Key": key}
+    first = httpx.post(f"{url}/jobs/batch", json=batch, headers=auth).json()
+    again = httpx.post(f"{url}/jobs/batch", json=batch, headers=auth).json()
+    assert [j["id"] for j in first] == [j["id"] for j in again] and len(first) == 5
+    bob_token, bob = add_user(fleet, "bob")  # the key is per user: bob's makes bob's jobs
+    his = httpx.post(f"{url}/jobs/batch", json=batch,
+                     headers={"Authorization": f"Bearer {bob_token}", "Idempotency-Key": key}).json()
+    assert {j["user"] for j in his} == {"bob"} and not {j["id"] for j in his} & {j["id"] for j in first}
+    admin = Client(url, token)
+    assert len(admin.jobs(limit=100).items) == 10
+    bad = httpx.post(f"{url}/jobs", json={"name": "x", "run": "true"},
+                     headers={"Authorization": f"Bearer {token}", "Idempotency-Key": "no spaces allowed"})
+    assert bad.status_code == 422 and "Idempotency-Key" in bad.text
+    admin.close()
+    bob.close()
+
+
+class DropFirstAnswer:
+    """A TCP proxy in front of the server that passes the first request on and then closes
+    the client's connection without its answer (a server killed after committing, a network
+    cut), and relays everything after that."""
+
+    def __init__(self, target: str) -> None:
+        parsed = urlparse(target)
+        self.target = (parsed.hostname, parsed.port)
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.dropped = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+
+    def _relay(self, client: socket.socket) -> None:
+        server = socket.create_connection(self.target)
+        drop = self.dropped == 0
+        self.dropped += 1
+
+        def up() -> None:
+            try:
+                while data := client.recv(65536):
+                    server.sendall(data)
+            except OSError:
+                pass
+
+        threading.Thread(target=up, daemon=True).start()
+        try:
+            while data := server.recv(65536):
+                if drop:  # the request went through; its answer never arrives
+                    break
+                client.sendall(data)
+        except OSError:
+            pass
+        for sock in (client, server):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_client_that_lost_the_answer_retries_and_the_jobs_are_made_once(fleet):
+    fleet.start()
+    proxy = DropFirstAnswer(fleet.info.url)
+    client = Client(proxy.url, fleet.info.token)
+    jobs = client.submit_many([{"name": f"r{i}", "run": "true"} for i in range(50)])
+    assert proxy.dropped >= 2  # the first answer was lost, the retry got through
+    direct = Client(fleet.info.url, fleet.info.token)
+    assert sorted(j.id for j in direct.jobs(limit=200).items) == sorted(j.id for j in jobs)
+    assert len(jobs) == 50
+    proxy.close()
+    client.close()
+    direct.close()
