@@ -22,7 +22,8 @@ from pathlib import Path
 import uvicorn
 
 from fleet.ansible import write_local_inventory
-from fleet.api.server import ApiContext, Limits, create_app
+from fleet.api.middleware import Limits
+from fleet.api.server import ApiContext, create_app
 from fleet.backends.connection import SSHOptions
 from fleet.backends.ssh import SSHBackend
 from fleet.blobs import BlobStore

@@ -24,211 +24,30 @@ import subprocess
 import sys
 import time
 
+from hostfs import (  # noqa: F401  (the agent's file rules; tests reach them through here)
+    _NOFOLLOW,
+    STATUS_BYTES,
+    _inside,
+    _mark,
+    _read_job_json,
+    _read_json,
+    _reserve,
+    _sha256_fh,
+    _sha256_file,
+    _touch,
+    _write_json,
+    _write_reserved,
+    open_inside,
+    open_regular,
+)
+from jobenv import _become_subreaper, _kill_children, account, job_env
+
 CHUNK = 65536
 MAX_REQUEST = 64 << 20  # bytes of one request line from the controller
 POLL_ATTACHED = 0.05  # log poll interval while the supervisor's pipe is open
 POLL_DETACHED = 0.1  # when following an attempt we did not launch (reattach)
 LEASE_CHECK = 0.05  # how often a supervisor looks at its attempt lease
 NO_SUPERVISOR = 10.0  # an attempt dir without a supervisor pid this long was never started
-
-
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
-
-
-def _write_json(path, data):
-    """Write atomically (temp file, rename). The temp file is created new and never through a
-    link a job may have planted under its name."""
-    tmp = "%s.tmp.%d" % (path, os.getpid())
-    try:
-        os.unlink(tmp)
-    except OSError:
-        pass
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh)
-    os.replace(tmp, path)
-
-
-STATUS_BYTES = 4096
-
-
-def _reserve(path):
-    """Take the disk space of a small JSON file now (its temporary file, filled with spaces);
-    returns that file's name, or None if there was no room even now."""
-    tmp = "%s.reserved.%d" % (path, os.getpid())
-    try:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644)
-        try:
-            os.write(fd, b" " * STATUS_BYTES)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        return tmp
-    except OSError:
-        return None
-
-
-def _write_reserved(path, tmp, data):
-    """Write ``data`` as JSON into the space ``_reserve`` took (in place: no new blocks), then
-    rename it to ``path``. Falls back to a plain write."""
-    text = json.dumps(data).encode()
-    if tmp is None or len(text) > STATUS_BYTES:
-        if len(text) > STATUS_BYTES and data.get("error"):
-            data = dict(data, error=str(data["error"])[:STATUS_BYTES // 2])
-        if tmp is None or len(json.dumps(data).encode()) > STATUS_BYTES:
-            _write_json(path, data)
-            return
-        text = json.dumps(data).encode()
-    try:
-        fd = os.open(tmp, os.O_WRONLY | _NOFOLLOW)
-        try:
-            os.write(fd, text + b" " * (STATUS_BYTES - len(text)))
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except OSError:
-        _write_json(path, data)
-
-
-def open_inside(base, rel, flags=os.O_RDONLY):
-    """A file descriptor of ``rel`` inside the directory ``base``, opened without following a
-    link at any step (a job cannot point an output or a log at a file outside its attempt
-    directory). Raises OSError, or ValueError for a path that leaves ``base``."""
-    parts = rel.split("/")
-    if not rel or rel.startswith("/") or "\x00" in rel or any(p in ("", ".", "..") for p in parts):
-        raise ValueError("path %r is not inside the attempt directory" % rel)
-    fd = os.open(base, os.O_RDONLY | _DIRECTORY)
-    try:
-        for part in parts[:-1]:
-            nxt = os.open(part, os.O_RDONLY | _DIRECTORY | _NOFOLLOW, dir_fd=fd)
-            os.close(fd)
-            fd = nxt
-        return os.open(parts[-1], flags | _NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
-    finally:
-        os.close(fd)
-
-
-def open_regular(base, rel, owner=None):
-    """``open_inside`` for reading a regular file (not a FIFO, device or directory), owned by
-    ``owner`` when given. Returns a binary file object."""
-    import stat
-
-    fd = open_inside(base, rel)
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        raise ValueError("%s is not a regular file" % rel)
-    if owner is not None and st.st_uid != owner:
-        os.close(fd)
-        raise ValueError("%s is not the job's own file" % rel)
-    return os.fdopen(fd, "rb")
-
-
-def _read_json(path):
-    try:
-        with open(path) as fh:
-            return json.load(fh)
-    except (OSError, ValueError):
-        return None
-
-
-def _read_job_json(adir, name, owner):
-    """A JSON file the job wrote (result.json, error.json): read without following a link,
-    and only if the job's own account owns it (the agent may run as root)."""
-    try:
-        with open_regular(adir, name, owner) as fh:
-            return json.loads(fh.read(64 << 20).decode("utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def _mark(path, text=""):
-    """Create or replace a small file the agent owns (cancel, fence) without following a link
-    a job may have put under its name."""
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-
-
-# What a job's environment starts from: the basics of a login on this host (never the
-# controller's settings), then the host's fleet_env_keep names, fleet's FLEET_* and the spec's.
-BASE_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR",
-            "TERM", "FLEET_HOST_ROOT")
-
-
-def job_env(environ, keep, account=None):
-    """The environment a job starts from (before fleet's and the spec's variables)."""
-    env = {}
-    for key, value in environ.items():
-        if key in BASE_ENV or key.startswith("LC_") or any(
-                key == k or (k.endswith("*") and key.startswith(k[:-1])) for k in keep or ()):
-            env[key] = value
-    if account is not None:
-        env["USER"] = env["LOGNAME"] = account["name"]
-        env["HOME"] = account["home"]
-        env["SHELL"] = "/bin/sh"
-    return env
-
-
-def account(name, isolation):
-    """The account ``name`` as ``{name, uid, gid, home}``; with ``isolation: user`` a missing
-    one is created (the agent runs as root there). Raises ValueError saying what is wrong."""
-    import pwd
-
-    if os.geteuid() != 0:
-        raise ValueError("running jobs as account %s needs fleet's agent to run as root "
-                         "(log in as root, or allow sudo -n for the login)" % name)
-    try:
-        pw = pwd.getpwnam(name)
-    except KeyError:
-        if isolation != "user":
-            raise ValueError("account %s (fleet_job_user) does not exist on this host: create it "
-                             "(fleet hosts provision does)" % name) from None
-        useradd = next((p for p in ("/usr/sbin/useradd", "/sbin/useradd") if os.path.exists(p)), "useradd")
-        proc = subprocess.run(
-            [useradd, "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
-             "--shell", "/usr/sbin/nologin", "--comment", "fleet jobs", name],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
-        if proc.returncode not in (0, 9):  # 9: made by a concurrent launch
-            raise ValueError("cannot create account %s: %s" % (
-                name, proc.stdout.decode(errors="replace").strip() or proc.returncode)) from None
-        pw = pwd.getpwnam(name)
-    if pw.pw_uid == 0:
-        raise ValueError("account %s is root: jobs never run as root" % name)
-    home = pw.pw_dir if pw.pw_dir and os.path.isdir(pw.pw_dir) else ""
-    return {"name": name, "uid": pw.pw_uid, "gid": pw.pw_gid, "home": home}
-
-
-def _inside(base, rel):
-    """True if ``rel`` stays inside ``base``: no absolute path, no ``..`` escape, and no
-    symlink on the way that leads out (what exists of the path is resolved)."""
-    if not rel or rel.startswith(("/", "~")) or "\x00" in rel:
-        return False
-    full = os.path.normpath(os.path.join(base, rel))
-    if not (full == base or full.startswith(base.rstrip("/") + "/")):
-        return False
-    real_base = os.path.realpath(base)
-    real = os.path.realpath(os.path.dirname(full))
-    return real == real_base or real.startswith(real_base.rstrip("/") + "/")
-
-
-def _touch(path):
-    try:
-        os.utime(path, follow_symlinks=False)
-    except (OSError, NotImplementedError):
-        try:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | _NOFOLLOW, 0o644))
-        except OSError:
-            pass
 
 
 def _signal_group(pgid, sig):
@@ -330,21 +149,6 @@ def gc_attempts(root, max_age, max_bytes, keep, now=None):
 MAX_OUTPUTS = 1000
 
 
-def _sha256_fh(fh):
-    import hashlib
-
-    digest, size = hashlib.sha256(), 0
-    for block in iter(lambda: fh.read(1 << 20), b""):
-        digest.update(block)
-        size += len(block)
-    return digest.hexdigest(), size
-
-
-def _sha256_file(path):
-    with open(path, "rb") as fh:
-        return _sha256_fh(fh)[0]
-
-
 def collect_outputs(adir, globs, result, owner=None):
     """The files an ended attempt hands to the controller: its ``outputs`` globs and the
     artifact its runner declared in result.json. Regular files inside the attempt directory
@@ -386,61 +190,6 @@ def collect_outputs(adir, globs, result, owner=None):
 
 
 # ---------------------------------------------------------------- supervisor (detached)
-
-
-def _become_subreaper():
-    """Linux: orphans among the job's descendants (a daemon that called setsid and left the
-    job's process group) are reparented to this process instead of init, so they can be
-    found and stopped with the job. Elsewhere a no-op."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
-    except (OSError, AttributeError):
-        pass
-
-
-def _children():
-    me = str(os.getpid())
-    found = []
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return found
-    for name in names:
-        if not name.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % name) as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if len(fields) > 1 and fields[1] == me and fields[0] != "Z":
-            found.append(int(name))
-    return found
-
-
-def _kill_children(rounds=50):
-    """KILL every child of this process (escaped descendants of the job reparented here), and
-    theirs as they are reparented in turn; reap them all."""
-    for _ in range(rounds):
-        kids = _children()
-        for pid in kids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        while True:
-            try:
-                pid, _status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                pid = 0
-            if not pid:
-                break
-        if not kids:
-            return
-        time.sleep(0.01)
 
 
 class Supervisor:

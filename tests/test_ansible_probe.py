@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from tests.lab import Lab, have_sshd
 
 
@@ -68,6 +70,7 @@ def test_probe_reads_what_hosts_are_and_reports_mismatches(fleet, lab, tmp_path,
     assert out.returncode == 2 and "resources.requires" in out.stderr
 
 
+@pytest.mark.timeout(400)  # four ansible-playbook runs against two hosts (~90 s, more under load)
 def test_provision_is_idempotent_and_check_changes_nothing(fleet, lab, tmp_path, monkeypatch):
     lab.add_hosts("jetson-orin-nano", 1)
     extra: dict = {"jetson-1": {"fleet_power_mode": 0, "fleet_lock_clocks": True}}

@@ -115,7 +115,7 @@ def test_drain_maintenance_and_queue_timeout(fleet, lab, tmp_path):
     side = tmp_path / "side.txt"
     client = start_fleet(fleet, lab, tmp_path, config=FAST)
     # A running job on a host being drained finishes there; new jobs go elsewhere.
-    first = client.submit(_long_job(side, steps=5)).id
+    first = client.submit(_long_job(side, steps=25)).id  # runs 5 s: still running when drained
     busy = _running_host(client, first)
     other = b.name if busy == a.name else a.name
     drained = fleet.cli_json("hosts", "drain", busy)

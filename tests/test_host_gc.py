@@ -9,6 +9,7 @@ import importlib.util
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,7 +19,11 @@ REPO = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("fleet_wrapper", REPO / "runners" / "wrapper.py")
 assert _spec and _spec.loader
 wrapper = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(wrapper)
+sys.path.insert(0, str(REPO / "runners"))  # its sibling modules (hostfs, jobenv), as on a host
+try:
+    _spec.loader.exec_module(wrapper)
+finally:
+    sys.path.remove(str(REPO / "runners"))
 
 KiB = 1 << 10
 

@@ -34,7 +34,6 @@ from fleet.api.schemas import (
 )
 from fleet.errors import ApiError, NotFound
 
-
 SUBMIT_TRIES = 4  # a submission is sent up to this often (0.5, 1, 2 s apart) if its answer is lost
 
 

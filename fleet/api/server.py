@@ -11,12 +11,11 @@ import os
 import pathlib
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import httpx
-from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request
+from fastapi import FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import (
@@ -26,13 +25,14 @@ from fastapi.responses import (
     Response,
     StreamingResponse,
 )
-from fastapi.routing import APIRoute
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import OperationalError
 
 from fleet import __version__, probe
 from fleet.ansible import playbook_path, run_playbook
+from fleet.api.auth import AdminDep, UserDep
+from fleet.api.middleware import BodyLimit, Limits, ServerTiming
+from fleet.api.openapi import document_errors
 from fleet.api.schemas import (
     MAX_TOKEN_SECONDS,
     AnsibleIn,
@@ -40,8 +40,8 @@ from fleet.api.schemas import (
     ArtifactPage,
     CancelOut,
     ErrorOut,
-    HostCheckOut,
     HookOut,
+    HostCheckOut,
     HostOut,
     JobDetail,
     JobOut,
@@ -140,112 +140,6 @@ class ApiContext:
         """The caller of a token, read from the database on each request (no cache): a revoked
         or expired token stops working at once, on every replica."""
         return self.store.user_for_token(token)
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one request may ask of the server (DESIGN.md §7: every request is bounded)."""
-
-    max_request_bytes: int = 16 << 20  # a request body, uploads aside
-    max_spec_bytes: int = 1 << 20  # one job spec, as JSON
-    max_upload_bytes: int = 8 << 30  # one uploaded file
-    upload_quota_bytes: int = 50 << 30  # one user's uploads in all
-
-
-class BodyLimit:
-    """ASGI middleware: a request body over ``max_request_bytes`` is answered 413 with the
-    limit, before the app buffers it (a 100 MB spec grew the server to 1.4 GB). Uploads
-    (``PUT /blobs/...``) stream to disk and have limits of their own."""
-
-    def __init__(self, app: Any, limit: Callable[[], int]) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or (scope["method"] == "PUT" and scope["path"].startswith("/blobs/")):
-            await self.app(scope, receive, send)
-            return
-        limit = self.limit()
-        declared = next((v for k, v in scope.get("headers") or [] if k == b"content-length"), None)
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            await _too_large(send, limit)
-            return
-        # Without a length (chunked), read up to the limit here, then hand the body on.
-        messages, seen = [], 0
-        while True:
-            message = await receive()
-            messages.append(message)
-            if message["type"] != "http.request":
-                break
-            seen += len(message.get("body") or b"")
-            if seen > limit:
-                await _too_large(send, limit)
-                return
-            if not message.get("more_body"):
-                break
-
-        async def replay() -> Any:
-            return messages.pop(0) if messages else await receive()
-
-        await self.app(scope, replay, send)
-
-
-async def _too_large(send: Any, limit: int) -> None:
-    body = json.dumps({"detail": f"request body over the limit of {limit} bytes (max_request_bytes)"}).encode()
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
-
-
-class ServerTiming:
-    """ASGI middleware: ``Server-Timing: app;dur=<ms>`` on every response (time in fleet, not
-    on the wire), so clients and benchmarks can tell server time from network time."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-
-        async def timed_send(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                dur = (time.perf_counter() - start) * 1000
-                headers = list(message.get("headers") or [])
-                headers.append((b"server-timing", f"app;dur={dur:.3f}".encode()))
-                message = dict(message, headers=headers)
-            await send(message)
-
-        await self.app(scope, receive, timed_send)
-
-
-_bearer = HTTPBearer(auto_error=False)
-
-
-async def current_user(
-    request: Request,
-    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> User:
-    """The caller, from the bearer token. 401 without a valid one."""
-    if creds is None or not creds.credentials:
-        raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-    user = request.app.state.ctx.user_for(creds.credentials)
-    if user is None:
-        raise HTTPException(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
-    return user
-
-
-UserDep = Annotated[User, Depends(current_user)]
-
-
-async def admin_only(user: UserDep) -> User:
-    if not user.is_admin:
-        raise HTTPException(403, "admin only")
-    return user
-
-
-AdminDep = Annotated[User, Depends(admin_only)]
 
 
 def create_app(ctx: ApiContext) -> FastAPI:
@@ -746,70 +640,12 @@ def create_app(ctx: ApiContext) -> FastAPI:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, description=app.description,
                                  routes=app.routes)
-            _document_errors(schema, app.routes)
+            document_errors(schema, app.routes)
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
-
-
-_ERRORS = {
-    400: "the body is not JSON",
-    401: "no valid bearer token",
-    403: "admins only",
-    404: "no such job, artifact, host or user (someone else's is not found either)",
-    409: "already exists",
-    413: "body too large: the message names the limit",
-    507: "the controller's disk is full: try again once an admin made room",
-    422: "invalid request: `errors` names each bad field and its problem",
-    503: "no scheduler leader right now (a replica is taking over): retry in a few seconds",
-}
-_FORWARDED = {"cancel_job", "why_job", "hosts", "drain_host", "undrain_host", "maintenance_host",
-              "check_host", "pools", "probe_hosts", "provision_hosts"}  # a follower hands these to the leader
-
-
-def _calls(dependant: Any) -> set[Any]:
-    calls = {dependant.call}
-    for dep in dependant.dependencies:
-        calls |= _calls(dep)
-    return calls
-
-
-def _document_errors(schema: dict[str, Any], routes: list[Any]) -> None:
-    """Publish the error answers every route can give, with their body (ErrorOut) — FastAPI
-    documents only its own 422 shape, which fleet replaces."""
-    schema.setdefault("components", {}).setdefault("schemas", {})["ErrorOut"] = \
-        ErrorOut.model_json_schema(ref_template="#/components/schemas/{model}")
-    error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}
-    for route in routes:
-        if not isinstance(route, APIRoute) or current_user not in _calls(route.dependant):
-            continue
-        codes = {401, 422}
-        if admin_only in _calls(route.dependant) or route.name == "add_token":
-            codes.add(403)
-        if "{" in route.path or route.name in ("add_token", "artifacts"):
-            codes.add(404)
-        if route.name in _FORWARDED or route.name in ("probe_hosts", "provision_hosts"):
-            codes.add(503)
-        if route.name == "add_user":
-            codes.add(409)
-        if route.name == "blob_put" or route.body_field is not None:
-            codes.add(413)
-        if route.name in ("blob_put", "submit", "submit_batch"):
-            codes.add(507)
-        if route.body_field is not None:
-            codes.add(400)
-        for method in route.methods:
-            op = schema["paths"][route.path_format][method.lower()]
-            for code in sorted(codes):
-                op["responses"][str(code)] = {"description": _ERRORS[code], "content": error}
-            if method == "HEAD":  # answers without a body
-                for response in op["responses"].values():
-                    response.pop("content", None)
-    if "/HTTPValidationError" not in json.dumps(schema["paths"]):
-        schema["components"]["schemas"].pop("HTTPValidationError", None)
-        schema["components"]["schemas"].pop("ValidationError", None)
 
 
 class BatchIn(BaseModel):

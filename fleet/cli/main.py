@@ -15,10 +15,10 @@ import httpx
 
 from fleet.api.client import Client
 from fleet.cli import local, render
+from fleet.cli.specs import load_spec_file
 from fleet.config import Settings, load_settings
 from fleet.errors import ApiError, FleetError, SpecError
 from fleet.models.enums import JobState
-from fleet.models.spec import HOOK_NAME_RE, InputRef, parse_yaml, validate_spec
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -172,48 +172,6 @@ def _server_out(obj: Ctx, info: local.ServerInfo, as_json: bool) -> None:
 # ---------------------------------------------------------------------- jobs
 
 
-def _upload_inputs(client: Client, data: dict[str, Any], base: Path) -> None:
-    """Replace local input paths in a spec with uploaded blob refs (files and directories)."""
-    inputs = data.get("inputs")
-    if not isinstance(inputs, dict):
-        return
-    for name, value in list(inputs.items()):
-        if not isinstance(value, str):
-            continue
-        path = (base / value).expanduser() if not os.path.isabs(value) else Path(value)
-        if not path.exists():
-            raise SpecError([(f"inputs.{name}", f"{value}: no such file or directory (looked in {path})")])
-        if path.is_file():
-            sha, size = client.upload(path)
-            ref = InputRef(kind="file", filename=path.name, files={path.name: {"sha256": sha, "size": size}})  # type: ignore[dict-item]
-        else:
-            files: dict[str, Any] = {}
-            for f in sorted(p for p in path.rglob("*") if p.is_file()):
-                sha, size = client.upload(f)
-                files[f.relative_to(path).as_posix()] = {"sha256": sha, "size": size}
-            if not files:
-                raise SpecError([(f"inputs.{name}", f"{value}: directory is empty")])
-            ref = InputRef(kind="dir", filename=path.name, files=files)
-        inputs[name] = ref.model_dump()
-
-
-def _upload_hooks(client: Client, data: dict[str, Any], base: Path) -> None:
-    """Replace hook playbook paths with uploaded blob refs (admins only: the server refuses a
-    playbook from anyone else). A bare name is a hook of the server's catalog: left as is."""
-    hooks = data.get("hooks")
-    if not isinstance(hooks, dict):
-        return
-    for which, value in list(hooks.items()):
-        if not isinstance(value, str) or HOOK_NAME_RE.match(value.strip()):
-            continue
-        path = (base / value).expanduser() if not os.path.isabs(value) else Path(value)
-        if not path.is_file():
-            raise SpecError([(f"hooks.{which}", f"{value}: no such playbook file (looked in {path})")])
-        sha, size = client.upload(path)
-        hooks[which] = InputRef(kind="file", filename=path.name,
-                                files={path.name: {"sha256": sha, "size": size}}).model_dump()  # type: ignore[dict-item]
-
-
 def _wait_terminal(client: Client, job_id: str) -> Any:
     while True:
         detail = client.wait(job_id, timeout=60)
@@ -224,29 +182,6 @@ def _wait_terminal(client: Client, job_id: str) -> Any:
 def _finish(detail: Any, as_json: bool) -> None:
     click.echo(render.dump(detail) if as_json else render.job_detail(detail))
     sys.exit(0 if detail.state == JobState.SUCCEEDED.value else 1)
-
-
-def _load_spec_file(client: Client | None, file: Path) -> dict[str, Any]:
-    """Read and check a spec file locally (fail fast, before any upload), then upload inputs."""
-    if not file.is_file():
-        raise FleetError(f"{file}: no such file")
-    try:
-        text = file.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError([("", f"cannot read the file: {exc}")], str(file)) from None
-    data = parse_yaml(text, str(file))
-    try:
-        validate_spec(data, str(file))
-    except SpecError as exc:
-        raise SpecError(exc.errors, str(file)) from None
-    if client is not None:
-        _upload_inputs(client, data, file.parent)
-        _upload_hooks(client, data, file.parent)
-        for step in data.get("steps") or []:
-            if isinstance(step, dict):
-                _upload_inputs(client, step, file.parent)
-                _upload_hooks(client, step, file.parent)
-    return data
 
 
 @cli.command()
@@ -261,9 +196,9 @@ def submit(obj: Ctx, files: tuple[Path, ...], wait: bool, follow: bool, as_json:
     if follow and len(files) != 1:
         raise FleetError("--follow takes exactly one spec file")
     for file in files:
-        _load_spec_file(None, file)  # every file is checked before anything is uploaded
+        load_spec_file(None, file)  # every file is checked before anything is uploaded
     client = obj.client
-    specs = [_load_spec_file(client, file) for file in files]
+    specs = [load_spec_file(client, file) for file in files]
     try:
         # A chain (steps:) becomes one job per step: the batch route returns them all.
         single = len(specs) == 1 and not specs[0].get("steps")

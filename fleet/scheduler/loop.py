@@ -13,7 +13,6 @@ import dataclasses
 import getpass
 import json
 import logging
-import shlex
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from fleet.blobs import BlobStore
 from fleet.config import Settings, fleet_home
 from fleet.disk import DiskGuard, is_disk_full
 from fleet.errors import NotFound, SpecError
-from fleet.inventory import ARCH_ALIASES, UNKNOWN_ARCH, Host, unix_account
+from fleet.inventory import ARCH_ALIASES, UNKNOWN_ARCH, Host
 from fleet.logstore import LogStore
 from fleet.models.enums import REASON_CLASS, AttemptState, FailureClass, Health, JobState, Reason
 from fleet.hooks import Catalog
@@ -33,7 +32,7 @@ from fleet.models.spec import HookCall, InputRef, JobSpec
 from fleet.models.tables import Attempt, Job
 from fleet.results import InvalidResult, complete_record
 from fleet.runners import manifests
-from fleet.scheduler import artifacts
+from fleet.scheduler import artifacts, plans
 from fleet.scheduler.chains import ChainMixin
 from fleet.scheduler.health import HealthMixin
 from fleet.scheduler.hooks import hook_log_id, run_hook
@@ -581,46 +580,16 @@ class Scheduler(ChainMixin, HealthMixin):
         run.task = asyncio.create_task(self._run_attempt(run, 0), name=f"attempt-{attempt.id}")
 
     def _plan(self, qj: QueuedJob, attempt: Attempt, host: Host) -> AttemptPlan:
-        spec = qj.spec
-        setup = spec.setup
+        """The attempt as the backend runs it; its secrets opened, and masked in its log."""
         try:
-            env, secrets = self.secrets.open_envs(spec)
-        except SecretError as exc:
-            # Never run the job without its secrets: the attempt fails in setup, saying why.
-            env, secrets = {}, []
-            setup = f"echo {shlex.quote('fleet: ' + str(exc))} >&2; exit 1"
+            env, secrets = self.secrets.open_envs(qj.spec)
+            failure = None
+        except SecretError as exc:  # never run the job without its secrets: setup fails saying why
+            env, secrets, failure = {}, [], str(exc)
         self.logs.redact(attempt.id, secrets)
-        env.update(FLEET_JOB_ID=qj.job.id, FLEET_ATTEMPT_ID=attempt.id, FLEET_HOST=host.name,
-                   FLEET_DEVICE_CLASS=host.device_class)
-        inputs_map: dict[str, str] = {}
-        for name, ref in spec.uploaded().items():
-            inputs_map[name] = ref.host_path(name)
-            env[f"FLEET_INPUT_{name.upper().replace('-', '_').replace('.', '_')}"] = ref.host_path(name)
-        job_doc = {
-            "schema": 1, "job_id": qj.job.id, "attempt_id": attempt.id, "host": host.name,
-            "name": spec.name, "kind": spec.kind.value, "runner": spec.runner,
-            "device_class": host.device_class, "inputs": inputs_map, "params": spec.params,
-            "outputs": spec.outputs,
-        }
-        return AttemptPlan(
-            attempt_id=attempt.id, job_id=qj.job.id, host=host, job=job_doc,
-            argv=["/bin/sh", "-c", spec.run] if spec.runner == "shell" and spec.run else None,
-            runner=spec.runner or "shell", setup=setup, env=env, timeout=spec.timeout,
-            grace=self.kill_grace, inputs=qj.inputs, run_as=self.account_for(host, qj.job.user),
-            secrets=secrets,
-        )
-
-    def account_for(self, host: Host, user: str) -> str | None:
-        """The Unix account a job of ``user`` runs as on ``host`` (None: the agent's own).
-        ``isolation: user`` gives each fleet user an account of their own; ``fleet_job_user``
-        names one account for everyone's jobs; on the controller's machine the server's
-        owner's jobs run as the server's account, nobody else's do (placement refuses them
-        where no other account is configured)."""
-        if host.connection == "local" and user == self.owner:
-            return None
-        if host.isolation == "user":
-            return unix_account(user)
-        return host.job_user
+        return plans.build(qj.job.id, qj.spec, attempt.id, host, env=env, secrets=secrets,
+                           secret_failure=failure, inputs=qj.inputs, grace=self.kill_grace,
+                           run_as=plans.account_for(host, qj.job.user, self.owner))
 
     # ------------------------------------------------------------------ attempts
 

@@ -1,0 +1,68 @@
+"""The error answers every route can give, published in the OpenAPI schema."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi.routing import APIRoute
+
+from fleet.api.auth import admin_only, current_user
+from fleet.api.schemas import ErrorOut
+
+_ERRORS = {
+    400: "the body is not JSON",
+    401: "no valid bearer token",
+    403: "admins only",
+    404: "no such job, artifact, host or user (someone else's is not found either)",
+    409: "already exists",
+    413: "body too large: the message names the limit",
+    507: "the controller's disk is full: try again once an admin made room",
+    422: "invalid request: `errors` names each bad field and its problem",
+    503: "no scheduler leader right now (a replica is taking over): retry in a few seconds",
+}
+_FORWARDED = {"cancel_job", "why_job", "hosts", "drain_host", "undrain_host", "maintenance_host",
+              "check_host", "pools", "probe_hosts", "provision_hosts"}  # a follower hands these to the leader
+
+
+def _calls(dependant: Any) -> set[Any]:
+    calls = {dependant.call}
+    for dep in dependant.dependencies:
+        calls |= _calls(dep)
+    return calls
+
+
+def document_errors(schema: dict[str, Any], routes: list[Any]) -> None:
+    """Publish the error answers every route can give, with their body (ErrorOut) — FastAPI
+    documents only its own 422 shape, which fleet replaces."""
+    schema.setdefault("components", {}).setdefault("schemas", {})["ErrorOut"] = \
+        ErrorOut.model_json_schema(ref_template="#/components/schemas/{model}")
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}
+    for route in routes:
+        if not isinstance(route, APIRoute) or current_user not in _calls(route.dependant):
+            continue
+        codes = {401, 422}
+        if admin_only in _calls(route.dependant) or route.name == "add_token":
+            codes.add(403)
+        if "{" in route.path or route.name in ("add_token", "artifacts"):
+            codes.add(404)
+        if route.name in _FORWARDED or route.name in ("probe_hosts", "provision_hosts"):
+            codes.add(503)
+        if route.name == "add_user":
+            codes.add(409)
+        if route.name == "blob_put" or route.body_field is not None:
+            codes.add(413)
+        if route.name in ("blob_put", "submit", "submit_batch"):
+            codes.add(507)
+        if route.body_field is not None:
+            codes.add(400)
+        for method in route.methods:
+            op = schema["paths"][route.path_format][method.lower()]
+            for code in sorted(codes):
+                op["responses"][str(code)] = {"description": _ERRORS[code], "content": error}
+            if method == "HEAD":  # answers without a body
+                for response in op["responses"].values():
+                    response.pop("content", None)
+    if "/HTTPValidationError" not in json.dumps(schema["paths"]):
+        schema["components"]["schemas"].pop("HTTPValidationError", None)
+        schema["components"]["schemas"].pop("ValidationError", None)

@@ -1,0 +1,175 @@
+"""Files in attempt directories, written and read so that a job cannot misdirect fleet.
+
+Stdlib only, Python >= 3.8 (shipped to hosts with the wrapper). A job may own files in its
+attempt directory and, on a host with ``isolation: none``, everything fleet has there; the
+agent may run as root. So files fleet writes are created new (never through a link a job put
+under their name), files a job wrote are opened without following links and only if they are
+regular files of the job's own account, and paths never leave the attempt directory.
+"""
+
+import json
+import os
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+
+
+def _write_json(path, data):
+    """Write atomically (temp file, rename). The temp file is created new and never through a
+    link a job may have planted under its name."""
+    tmp = "%s.tmp.%d" % (path, os.getpid())
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh)
+    os.replace(tmp, path)
+
+
+STATUS_BYTES = 4096
+
+
+def _reserve(path):
+    """Take the disk space of a small JSON file now (its temporary file, filled with spaces);
+    returns that file's name, or None if there was no room even now."""
+    tmp = "%s.reserved.%d" % (path, os.getpid())
+    try:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644)
+        try:
+            os.write(fd, b" " * STATUS_BYTES)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return tmp
+    except OSError:
+        return None
+
+
+def _write_reserved(path, tmp, data):
+    """Write ``data`` as JSON into the space ``_reserve`` took (in place: no new blocks), then
+    rename it to ``path``. Falls back to a plain write."""
+    text = json.dumps(data).encode()
+    if tmp is None or len(text) > STATUS_BYTES:
+        if len(text) > STATUS_BYTES and data.get("error"):
+            data = dict(data, error=str(data["error"])[:STATUS_BYTES // 2])
+        if tmp is None or len(json.dumps(data).encode()) > STATUS_BYTES:
+            _write_json(path, data)
+            return
+        text = json.dumps(data).encode()
+    try:
+        fd = os.open(tmp, os.O_WRONLY | _NOFOLLOW)
+        try:
+            os.write(fd, text + b" " * (STATUS_BYTES - len(text)))
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError:
+        _write_json(path, data)
+
+
+def open_inside(base, rel, flags=os.O_RDONLY):
+    """A file descriptor of ``rel`` inside the directory ``base``, opened without following a
+    link at any step (a job cannot point an output or a log at a file outside its attempt
+    directory). Raises OSError, or ValueError for a path that leaves ``base``."""
+    parts = rel.split("/")
+    if not rel or rel.startswith("/") or "\x00" in rel or any(p in ("", ".", "..") for p in parts):
+        raise ValueError("path %r is not inside the attempt directory" % rel)
+    fd = os.open(base, os.O_RDONLY | _DIRECTORY)
+    try:
+        for part in parts[:-1]:
+            nxt = os.open(part, os.O_RDONLY | _DIRECTORY | _NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        return os.open(parts[-1], flags | _NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def open_regular(base, rel, owner=None):
+    """``open_inside`` for reading a regular file (not a FIFO, device or directory), owned by
+    ``owner`` when given. Returns a binary file object."""
+    import stat
+
+    fd = open_inside(base, rel)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise ValueError("%s is not a regular file" % rel)
+    if owner is not None and st.st_uid != owner:
+        os.close(fd)
+        raise ValueError("%s is not the job's own file" % rel)
+    return os.fdopen(fd, "rb")
+
+
+def _read_json(path):
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
+
+
+def _read_job_json(adir, name, owner):
+    """A JSON file the job wrote (result.json, error.json): read without following a link,
+    and only if the job's own account owns it (the agent may run as root)."""
+    try:
+        with open_regular(adir, name, owner) as fh:
+            return json.loads(fh.read(64 << 20).decode("utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _mark(path, text=""):
+    """Create or replace a small file the agent owns (cancel, fence) without following a link
+    a job may have put under its name."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+
+
+def _inside(base, rel):
+    """True if ``rel`` stays inside ``base``: no absolute path, no ``..`` escape, and no
+    symlink on the way that leads out (what exists of the path is resolved)."""
+    if not rel or rel.startswith(("/", "~")) or "\x00" in rel:
+        return False
+    full = os.path.normpath(os.path.join(base, rel))
+    if not (full == base or full.startswith(base.rstrip("/") + "/")):
+        return False
+    real_base = os.path.realpath(base)
+    real = os.path.realpath(os.path.dirname(full))
+    return real == real_base or real.startswith(real_base.rstrip("/") + "/")
+
+
+def _touch(path):
+    try:
+        os.utime(path, follow_symlinks=False)
+    except (OSError, NotImplementedError):
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | _NOFOLLOW, 0o644))
+        except OSError:
+            pass
+
+
+def _sha256_fh(fh):
+    import hashlib
+
+    digest, size = hashlib.sha256(), 0
+    for block in iter(lambda: fh.read(1 << 20), b""):
+        digest.update(block)
+        size += len(block)
+    return digest.hexdigest(), size
+
+
+def _sha256_file(path):
+    with open(path, "rb") as fh:
+        return _sha256_fh(fh)[0]
