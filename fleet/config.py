@@ -11,8 +11,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from fleet.errors import ConfigError
 
 CONFIG_KEYS = {
@@ -162,6 +160,8 @@ def load_settings() -> Settings:
     settings = Settings(home=home)
     path = settings.config_file
     if path.exists():
+        import yaml  # only when there is a config file: the CLI's start stays light
+
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:

@@ -1,4 +1,5 @@
-"""Time-ordered ids: ``j`` / ``a`` + 11 base32 characters (milliseconds and a sequence) + 3 random ones.
+"""Time-ordered ids: a letter (``j`` job, ``a`` attempt, ``f`` artifact file) + 11 base32
+characters (milliseconds and a sequence) + 3 random ones.
 
 Lexical order is creation order (to the millisecond; the monotonic counter keeps ids made in one
 process strictly increasing), which lets listings page with ``id < cursor``.

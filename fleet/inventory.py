@@ -150,11 +150,33 @@ def load_inventory(source: str, local_workdir: Path) -> list[Host]:
     path = Path(source).expanduser()
     if not path.exists():
         raise InventoryError(f"inventory {source}: no such file or directory")
-    # Ansible only warns about sources it cannot parse; make that an error we can report.
-    os.environ.setdefault("ANSIBLE_INVENTORY_UNPARSED_FAILED", "True")
-    os.environ.setdefault("ANSIBLE_INVENTORY_ANY_UNPARSED_IS_FAILED", "True")
-    os.environ.setdefault("ANSIBLE_LOCALHOST_WARNING", "False")
-    os.environ.setdefault("ANSIBLE_DEPRECATION_WARNINGS", "False")
+    if path.is_file() and path.suffix in (".yml", ".yaml"):
+        # Ansible would fall back to the INI parser and report its complaint ("Invalid host
+        # pattern"); the YAML error is the one that helps.
+        import yaml
+
+        try:
+            with path.open() as fh:
+                yaml.safe_load(fh)
+        except yaml.YAMLError as exc:
+            raise InventoryError(f"inventory {source}: not valid YAML: {exc}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InventoryError(f"inventory {source}: cannot read it: {exc}") from None
+    # Ansible only warns about sources it cannot parse; make that an error we can report. Its
+    # settings are read when its modules load; the environment is put back afterwards, so
+    # the ansible-playbook runs this process starts later do not inherit them.
+    settings = {"ANSIBLE_INVENTORY_UNPARSED_FAILED": "True", "ANSIBLE_INVENTORY_ANY_UNPARSED_IS_FAILED": "True",
+                "ANSIBLE_LOCALHOST_WARNING": "False", "ANSIBLE_DEPRECATION_WARNINGS": "False"}
+    added = [k for k in settings if k not in os.environ]
+    os.environ.update({k: settings[k] for k in added})
+    try:
+        return _load(path, source, local_workdir)
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
+def _load(path: Path, source: str, local_workdir: Path) -> list[Host]:
     from ansible.errors import AnsibleError
     from ansible.inventory.manager import InventoryManager
     from ansible.parsing.dataloader import DataLoader
@@ -213,6 +235,21 @@ def _origin(value: Any, fallback: str) -> str:
     return fallback
 
 
+def _kind(value: Any) -> str:
+    """A value's type as a user reads it (Ansible hands over its own tagged str subclasses)."""
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, str):
+        return f"the text {str(value)[:40]!r}"
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return "nothing" if value is None else "a value of another kind"
+
+
 class _Vars:
     """Typed reads of one host's variables, with errors naming host, variable and file."""
 
@@ -237,7 +274,7 @@ class _Vars:
         if value is None:
             return default
         if isinstance(value, (dict, list)):
-            raise self.error(var, f"must be a string, not {type(value).__name__}")
+            raise self.error(var, f"must be a string, not {_kind(value)}")
         return str(value)
 
     def int(self, var: str, default: int, minimum: int = 1) -> int:
@@ -290,7 +327,7 @@ def _host_from_vars(
     elif isinstance(labels_raw, dict):
         labels = {str(k): str(val) for k, val in labels_raw.items()}
     else:
-        raise v.error("fleet_labels", f"must be a mapping, not {type(labels_raw).__name__}")
+        raise v.error("fleet_labels", f"must be a mapping (e.g. {{jetpack: '6.2'}}), not {_kind(labels_raw)}")
 
     jumps: list[Jump] = []
     for var in ("ansible_ssh_common_args", "ansible_ssh_extra_args"):

@@ -32,6 +32,25 @@ class RunnerManifest:
     # Per kind (compile, benchmark): {"arch": [...], "accelerators": [...]} narrowing the above.
     placement: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
 
+    def param_problems(self, params: dict[str, object]) -> list[tuple[str, str]]:
+        """``(params.NAME, problem)`` for params this runner does not take or of the wrong type,
+        so a typo fails at submit, not on the host. A runner that declares no params (shell)
+        takes any."""
+        if not self.params:
+            return []
+        problems = []
+        for key, value in params.items():
+            declared = self.params.get(key)
+            if not isinstance(declared, dict):
+                takes = ", ".join(sorted(self.params))
+                problems.append((f"params.{key}", f"runner {self.name} takes no param {key!r} (it takes: {takes})"))
+                continue
+            kinds = _PARAM_TYPES.get(str(declared.get("type") or ""))
+            if value is not None and kinds is not None and (
+                    not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)):
+                problems.append((f"params.{key}", f"must be {declared['type']}, not {type(value).__name__}"))
+        return problems
+
     def unsupported(self, arch: str, accelerator: str, kind: str | None = None) -> str | None:
         """Why this runner cannot run on a host, or None if it can. Accelerators may be
         patterns (``rtx*``, ``jetson-*``)."""
@@ -46,6 +65,12 @@ class RunnerManifest:
         if self.kinds and kind is not None and kind != "shell" and kind not in self.kinds:
             return f"runner {self.name} does not do {kind} jobs (only {', '.join(self.kinds)})"
         return None
+
+
+_PARAM_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "list": (list,),
+    "dict": (dict,),
+}
 
 
 def runners_dir() -> Path:

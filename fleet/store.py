@@ -234,24 +234,29 @@ class Store:
         """A job by id or unique id prefix (at least 6 characters); with ``owner``, only among
         that user's jobs (a prefix must not tell that someone else's job exists). Raises
         NotFound."""
+        return self._by_id(Job, "job", job_id, owner)
+
+    def _by_id(self, model: Any, what: str, key: str, owner: str | None) -> Any:
+        """A row of ``model`` (jobs, artifacts: time-ordered string ids with a ``user``) by id
+        or unique prefix of 6+ characters, among ``owner``'s rows when given."""
         with self.db.session() as s:
-            job = s.get(Job, job_id)
-            if job is not None and owner is not None and job.user != owner:
-                job = None
-            if job is None and len(job_id) >= 6 and (bounds := _prefix_bounds(job_id)):
-                q = select(Job).where(col(Job.id) >= bounds[0])
+            row = s.get(model, key)
+            if row is not None and owner is not None and row.user != owner:
+                row = None
+            if row is None and len(key) >= 6 and (bounds := _prefix_bounds(key)):
+                q = select(model).where(col(model.id) >= bounds[0])
                 if bounds[1] is not None:
-                    q = q.where(col(Job.id) < bounds[1])
+                    q = q.where(col(model.id) < bounds[1])
                 if owner is not None:
-                    q = q.where(Job.user == owner)
+                    q = q.where(model.user == owner)
                 rows = s.exec(q.limit(2)).all()
                 if len(rows) == 1:
-                    job = rows[0]
+                    row = rows[0]
                 elif len(rows) > 1:
-                    raise NotFound(f"job id prefix {job_id} is ambiguous")
-            if job is None:
-                raise NotFound(f"no job {job_id}")
-            return job
+                    raise NotFound(f"{what} id prefix {key} is ambiguous")
+            if row is None:
+                raise NotFound(f"no {what} {key}")
+            return row
 
     def list_jobs(
         self,
@@ -417,12 +422,10 @@ class Store:
         with self.db.session() as s:
             return list(s.exec(q.order_by(col(Artifact.id).desc()).limit(limit)).all())
 
-    def get_artifact(self, artifact_id: str) -> Artifact:
-        with self.db.session() as s:
-            art = s.get(Artifact, artifact_id)
-        if art is None:
-            raise NotFound(f"no artifact {artifact_id}")
-        return art
+    def get_artifact(self, artifact_id: str, owner: str | None = None) -> Artifact:
+        """An artifact by id or unique id prefix (6+ characters), among ``owner``'s when given.
+        Raises NotFound."""
+        return self._by_id(Artifact, "artifact", artifact_id, owner)
 
     def delete_artifacts(self, ids: Sequence[str]) -> list[str]:
         """Remove artifact rows; returns the sha256 of content no remaining artifact uses."""

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field
 
-from fleet.models.tables import Attempt, Job
+if TYPE_CHECKING:  # the CLI reads these bodies without the database layer (a fast start)
+    from fleet.models.tables import Attempt, Job
 
 
 def iso(ts: float | None) -> str | None:

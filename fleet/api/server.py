@@ -200,7 +200,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
             {"field": _safe(".".join(str(p) for p in e["loc"] if p != "body") or "body"),
-             "problem": _safe(e["msg"])}
+             "problem": _safe(_problem(e))}
             for e in exc.errors()
         ]
         text = "; ".join(f"{e['field']}: {e['problem']}" for e in errors)
@@ -301,7 +301,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
     async def list_jobs(
         user: UserDep,
         state: Annotated[list[Annotated[str, Query(pattern=STATES_RE)]] | None,
-                         Query(description="job states, e.g. RUNNING or running,pending")] = None,
+                         Query(description="job states, any case, e.g. RUNNING or running,pending: "
+                                           + ", ".join(JobState))] = None,
         pool: str | None = None,
         owner: Annotated[str | None, Query(alias="user")] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
@@ -415,7 +416,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     # ------------------------------------------------------------------ artifacts
 
     def visible_artifact(artifact_id: str, user: User) -> Any:
-        art = ctx.store.get_artifact(artifact_id)
+        art = ctx.store.get_artifact(artifact_id, owner=None if user.is_admin else user.name)
         if not user.is_admin and art.user != user.name:
             raise NotFound(f"no artifact {artifact_id}")
         return art
@@ -650,6 +651,17 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
 class BatchIn(BaseModel):
     jobs: list[dict[str, Any]] = Field(min_length=1, max_length=10_000)
+
+
+def _problem(error: dict[str, Any]) -> str:
+    """A validation error in words: a pattern is described, not shown (the job-state pattern
+    is a thousand characters of regex)."""
+    if error.get("type") == "string_pattern_mismatch":
+        if tuple(error.get("loc") or ())[:2] == ("query", "state"):
+            return f"unknown state {str(error.get('input'))[:60]!r}; one of {', '.join(JobState)} (any case)"
+        if len(str((error.get("ctx") or {}).get("pattern") or "")) > 80:
+            return "not in the accepted form (see the API's description of this field)"
+    return str(error["msg"])
 
 
 def _quota_message(user: str, quota: int, room: int) -> str:

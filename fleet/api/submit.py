@@ -98,7 +98,7 @@ def _accept(ctx: ApiContext, spec: JobSpec, user: User) -> tuple[JobSpec, str]:
         if ref.job or ref.step:
             continue
         try:
-            art = ctx.store.get_artifact(ref.artifact or "")
+            art = ctx.store.get_artifact(ref.artifact or "", owner=None if user.is_admin else user.name)
         except NotFound:
             art = None
         if art is None or (not user.is_admin and art.user != user.name):

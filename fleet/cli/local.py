@@ -92,14 +92,18 @@ def start_local(settings: Settings, inventory: str | None) -> ServerInfo:
             cmd += ["--inventory", str(Path(inventory).expanduser().resolve())]
         cmd += ["serve", "--local", "--host", "127.0.0.1", "--port", "0"]
         log = settings.server_log.open("ab")
+        start = log.tell()  # what this start writes: earlier failures stay out of its error
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 start_new_session=True, env=os.environ.copy())
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                tail = settings.server_log.read_text(errors="replace").strip().splitlines()[-5:]
-                raise FleetError("the local fleet server failed to start:\n  " + "\n  ".join(tail)
-                                 + f"\n(full log: {settings.server_log})")
+                with settings.server_log.open("rb") as fh:
+                    fh.seek(start)
+                    lines = fh.read().decode(errors="replace").strip().splitlines()
+                reason = _start_error(lines)
+                raise FleetError(f"the local fleet server failed to start: {reason}"
+                                 f"\n(its log: {settings.server_log})")
             info = local_server(settings)
             if info is not None and info.pid == proc.pid and _healthy(info.url):
                 return info
@@ -107,6 +111,18 @@ def start_local(settings: Settings, inventory: str | None) -> ServerInfo:
         proc.terminate()
         raise FleetError(f"the local fleet server did not start within {START_TIMEOUT:.0f} s "
                          f"(log: {settings.server_log})")
+
+
+def _start_error(lines: list[str]) -> str:
+    """The gist of a failed start from its log: fleet's own error line when there is one
+    ("fleet: ..."), else the last line of a traceback, else the last lines."""
+    for line in reversed(lines):
+        if line.startswith("fleet: "):
+            return line[len("fleet: "):]
+    for line in reversed(lines):
+        if line and not line.startswith((" ", "Traceback")) and ":" in line:
+            return line
+    return "\n  ".join(lines[-5:]) or "it exited without a word"
 
 
 def resolve(settings: Settings, inventory: str | None, autostart: bool = True) -> ServerInfo:

@@ -1,4 +1,9 @@
-"""``fleet``: submit and inspect jobs, list hosts and pools, run and manage the server."""
+"""``fleet``: submit and inspect jobs, list hosts and pools, run and manage the server.
+
+Start-up time matters here (every command is a new process): the API client and its pydantic
+schemas, and the spec models, are imported when a command needs them, so ``fleet --help``
+loads little more than click and httpx. Nothing server-side (SQLAlchemy, the scheduler) is
+ever imported by the client's path (tests/test_cli_start.py)."""
 
 from __future__ import annotations
 
@@ -8,17 +13,18 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import httpx
 
-from fleet.api.client import Client
 from fleet.cli import local, render
-from fleet.cli.specs import load_spec_file
 from fleet.config import Settings, load_settings
 from fleet.errors import ApiError, FleetError, SpecError
 from fleet.models.enums import JobState
+
+if TYPE_CHECKING:
+    from fleet.api.client import Client
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -44,6 +50,8 @@ class Ctx:
                     f"no API token: set FLEET_TOKEN or put one in {self.settings.token_file} "
                     f"(an admin creates it with: fleet token create --user NAME)"
                 )
+            from fleet.api.client import Client  # pydantic schemas: only for commands that call
+
             self._client = Client(info.url, info.token)
         return self._client
 
@@ -118,6 +126,7 @@ def server() -> None:
 @pass_ctx
 @handle_errors
 def server_start(obj: Ctx, as_json: bool) -> None:
+    """Start the local server in the background (127.0.0.1, a free port), unless it runs."""
     info = local.local_server(obj.settings) or local.start_local(obj.settings, obj.inventory or obj.settings.inventory)
     _server_out(obj, info, as_json)
 
@@ -127,6 +136,7 @@ def server_start(obj: Ctx, as_json: bool) -> None:
 @pass_ctx
 @handle_errors
 def server_stop(obj: Ctx, as_json: bool) -> None:
+    """Stop the local server (TERM, then KILL). Running jobs go on; a new server reattaches them."""
     pid = local.stop_local(obj.settings)
     if as_json:
         click.echo(json.dumps({"stopped": pid is not None, "pid": pid}))
@@ -139,6 +149,7 @@ def server_stop(obj: Ctx, as_json: bool) -> None:
 @pass_ctx
 @handle_errors
 def server_status(obj: Ctx, as_json: bool) -> None:
+    """Which server the CLI uses: its URL, pid, inventory and log."""
     settings = obj.settings
     if settings.server:
         info = local.ServerInfo(url=settings.server, token=local.read_token(settings), pid=None, local=False)
@@ -179,13 +190,23 @@ def _wait_terminal(client: Client, job_id: str) -> Any:
             return detail
 
 
+def _stopped_waiting(job_ids: list[str]) -> None:
+    """Ctrl-C while waiting: only the waiting stops. Say so, and how to go on."""
+    sys.stdout.flush()
+    which = job_ids[0] if len(job_ids) == 1 else " ".join(job_ids)
+    click.echo(f"\nfleet: stopped waiting; the job{'s' if len(job_ids) > 1 else ''} go"
+               f"{'' if len(job_ids) > 1 else 'es'} on (fleet logs -f {job_ids[0]} to follow, "
+               f"fleet status {job_ids[0]} to see it, fleet cancel {which} to stop)", err=True)
+    sys.exit(130)
+
+
 def _finish(detail: Any, as_json: bool) -> None:
     click.echo(render.dump(detail) if as_json else render.job_detail(detail))
     sys.exit(0 if detail.state == JobState.SUCCEEDED.value else 1)
 
 
 @cli.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--wait", is_flag=True, help="wait until the jobs end; exit 0 only if all succeeded")
 @click.option("--follow", "-f", is_flag=True, help="stream the log until the job ends (one file)")
 @click.option("--json", "as_json", is_flag=True)
@@ -193,6 +214,8 @@ def _finish(detail: Any, as_json: bool) -> None:
 @handle_errors
 def submit(obj: Ctx, files: tuple[Path, ...], wait: bool, follow: bool, as_json: bool) -> None:
     """Submit the job specs in FILES (YAML). Several files are queued together or not at all."""
+    from fleet.cli.specs import load_spec_file  # the spec models: only for submit
+
     if follow and len(files) != 1:
         raise FleetError("--follow takes exactly one spec file")
     for file in files:
@@ -216,14 +239,17 @@ def submit(obj: Ctx, files: tuple[Path, ...], wait: bool, follow: bool, as_json:
     if not as_json:
         for job in jobs:
             click.echo(f"{job.id}  {job.name}  submitted to queue {job.queue}", err=True)
-    if follow:
-        out = sys.stderr.buffer if as_json else sys.stdout.buffer
-        safe = render.SafeText()
-        for chunk in client.logs(jobs[0].id, follow=True):
-            out.write(safe.feed(chunk))
-            out.flush()
-        out.write(safe.feed(b"", final=True))
-    details = [_wait_terminal(client, job.id) for job in jobs]
+    try:
+        if follow:
+            out = sys.stderr.buffer if as_json else sys.stdout.buffer
+            safe = render.SafeText()
+            for chunk in client.logs(jobs[0].id, follow=True):
+                out.write(safe.feed(chunk))
+                out.flush()
+            out.write(safe.feed(b"", final=True))
+        details = [_wait_terminal(client, job.id) for job in jobs]
+    except KeyboardInterrupt:
+        _stopped_waiting([job.id for job in jobs])
     if len(details) == 1:
         _finish(details[0], as_json)
     if as_json:
@@ -241,7 +267,10 @@ def submit(obj: Ctx, files: tuple[Path, ...], wait: bool, follow: bool, as_json:
 @handle_errors
 def status(obj: Ctx, job_id: str, wait: bool, as_json: bool) -> None:
     """Show a job: state, reason, host, attempts and its result."""
-    detail = _wait_terminal(obj.client, job_id) if wait else obj.client.job(job_id)
+    try:
+        detail = _wait_terminal(obj.client, job_id) if wait else obj.client.job(job_id)
+    except KeyboardInterrupt:
+        _stopped_waiting([job_id])
     if wait:
         _finish(detail, as_json)
     click.echo(render.dump(detail) if as_json else render.job_detail(detail))
@@ -250,6 +279,10 @@ def status(obj: Ctx, job_id: str, wait: bool, as_json: bool) -> None:
 def _list_jobs(obj: Ctx, states: tuple[str, ...], pool: str | None, user: str | None, limit: int,
                before: str | None, as_json: bool) -> None:
     wanted = [s.strip().upper() for value in states for s in value.split(",") if s.strip()]
+    unknown = [s for s in wanted if s not in JobState.__members__]
+    if unknown:
+        raise click.BadParameter(f"unknown state {unknown[0]!r}; the states are "
+                                 f"{', '.join(JobState)} (any case, comma-separated)", param_hint="--state")
     page = obj.client.jobs(states=wanted or None, pool=pool, user=user, limit=limit, before=before)
     if as_json:
         click.echo(render.dump(page))
@@ -322,7 +355,20 @@ def _print_log(chunks: Any, raw: bool) -> None:
 def logs(obj: Ctx, job_id: str, follow: bool, attempt: int | None, raw: bool) -> None:
     """Print a job's log. What a job printed to control a terminal (escape sequences, a
     clipboard write, a screen clear) is shown as text unless --raw."""
-    _print_log(obj.client.logs(job_id, follow=follow, attempt=attempt), raw)
+    client = obj.client
+    if not follow:
+        job = client.job(job_id)
+        if not job.attempt_list:
+            click.echo(f"fleet: job {job.id} has not started yet ({job.state}); nothing is logged "
+                       f"until it runs (fleet logs -f {job.id} waits for it, fleet why {job.id} "
+                       "says why it waits)", err=True)
+            return
+    try:
+        _print_log(client.logs(job_id, follow=follow, attempt=attempt), raw)
+    except KeyboardInterrupt:
+        sys.stdout.flush()
+        click.echo(f"\nfleet: stopped following; job {job_id} goes on", err=True)
+        sys.exit(130)
 
 
 @cli.command()
@@ -373,7 +419,7 @@ def why(obj: Ctx, job_id: str, as_json: bool) -> None:
 @click.pass_context
 @handle_errors
 def results(ctx: click.Context, limit: int, as_json: bool) -> None:
-    """List result records, newest first (``fleet results import`` adds one by hand)."""
+    """List result records, newest first (`fleet results import` adds one by hand)."""
     if ctx.invoked_subcommand is not None:
         return
     obj: Ctx = ctx.obj
@@ -523,9 +569,15 @@ def artifacts_get(obj: Ctx, artifact_id: str, output: Path | None, as_json: bool
     if dest.is_dir():
         dest = dest / art.name.replace("/", "_")
     tmp = dest.with_name(f".{dest.name}.part")
-    with tmp.open("wb") as fh:
-        size = obj.client.download_artifact(art.id, fh)
-    tmp.replace(dest)
+    try:
+        with tmp.open("wb") as fh:
+            size = obj.client.download_artifact(art.id, fh)
+        tmp.replace(dest)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise FleetError(f"cannot write {dest}: {exc.strerror or exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
     click.echo(f"{dest} ({render.size(size)}, sha256 {art.sha256[:12]})")
 
 
@@ -738,6 +790,7 @@ def users_add(obj: Ctx, name: str, admin: bool, as_json: bool) -> None:
 @pass_ctx
 @handle_errors
 def users_list(obj: Ctx, as_json: bool) -> None:
+    """The users and whether they are admins."""
     items = obj.client.users()
     if as_json:
         click.echo(render.dump(items))
@@ -747,7 +800,7 @@ def users_list(obj: Ctx, as_json: bool) -> None:
 
 @cli.group()
 def token() -> None:
-    """API tokens."""
+    """API tokens: create (--expires), list with their last use, revoke."""
 
 
 @token.command("create")

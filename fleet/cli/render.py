@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import time
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from fleet.api.schemas import JobDetail, JobOut
+if TYPE_CHECKING:
+    from fleet.api.schemas import JobDetail, JobOut
 
 STATE_COLORS = {
     "SUCCEEDED": "green", "FAILED": "red", "TIMED_OUT": "red", "CANCELLED": "yellow",

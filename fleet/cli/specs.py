@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from fleet.api.client import Client
-from fleet.errors import FleetError, SpecError
+from fleet.errors import SpecError
 from fleet.models.spec import HOOK_NAME_RE, InputRef, parse_yaml, validate_spec
 
 
@@ -57,11 +57,14 @@ def _upload_hooks(client: Client, data: dict[str, Any], base: Path) -> None:
 def load_spec_file(client: Client | None, file: Path) -> dict[str, Any]:
     """Read and check a spec file locally (fail fast, before any upload), then upload inputs."""
     if not file.is_file():
-        raise FleetError(f"{file}: no such file")
+        what = "is a directory, not a spec file" if file.is_dir() else "no such file"
+        raise SpecError([("", what)], str(file))
     try:
         text = file.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError([("", f"cannot read the file: {exc}")], str(file)) from None
+    if not text.strip():
+        raise SpecError([("", "the file is empty: a spec needs at least name and run (or runner)")], str(file))
     data = parse_yaml(text, str(file))
     try:
         validate_spec(data, str(file))

@@ -82,7 +82,7 @@ def rows(files: list[dict[str, Any]], record: dict[str, Any] | None, *, job_id: 
         main = declared.get("path") == f["path"]
         basis = declared.get("key") if main else None
         out.append(dict(
-            id=new_id("a"), name=posixpath.basename(f["path"]) if main else f["path"],
+            id=new_id("f"), name=posixpath.basename(f["path"]) if main else f["path"],
             kind=str(declared.get("kind") or "file") if main else "file",
             sha256=f["sha256"], size=f["size"], job_id=job_id, attempt_id=attempt_id, user=user,
             host=host, device_class=device_class,

@@ -230,6 +230,9 @@ class Scheduler(ChainMixin, HealthMixin):
         if spec.runner not in manifests():
             known = ", ".join(sorted(manifests()))
             raise SpecError([("runner", f"unknown runner {spec.runner!r} (known: {known})")])
+        problems = manifests()[spec.runner].param_problems(spec.params) if spec.runner else []
+        if problems:
+            raise SpecError(problems)
         demand = self.demand_of(spec, user)
         if demand.pool is not None and not any(demand.pool in h.pools for h in self.hosts.values()):
             pools = ", ".join(sorted({p for h in self.hosts.values() for p in h.pools}))

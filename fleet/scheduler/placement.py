@@ -137,8 +137,8 @@ def dynamic_reason(demand: Demand, view: HostView) -> str | None:
     """Why ``view`` cannot take a job of ``demand`` right now (None if it can). Pure."""
     if view.health is not Health.GOOD:  # unknown: a health check runs first
         return f"health={view.health.value}"
-    if view.drained:
-        return "draining"
+    if view.drained:  # the words `fleet hosts` uses for the host's state
+        return "draining" if view.used_slots else "drained"
     if view.free_slots < demand.slots:
         return "busy"
     return None
