@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from tests.helpers import eventually
 from tests.lab.fixtures import requires_sshd
 from tests.test_e2e_lab import start_fleet
@@ -74,7 +76,7 @@ def test_host_dies_mid_job_retry_elsewhere_then_health_bad_then_good(fleet, lab,
     # Health: unknown at once, bad after two failed checks while it stays down.
     assert eventually(lambda: _health(client, lost) == "bad", timeout=30, what=f"{lost} bad")
     host = next(h for h in client.hosts() if h.name == lost)
-    assert host.state == "offline" and "health check" in (host.health_message or "")
+    assert host.state == "offline" and "unreachable" in (host.health_message or "")
     # Back on the network: the periodic check finds it and it takes jobs again.
     lab.start_host(lost)
     assert eventually(lambda: _health(client, lost) == "good", timeout=30, what=f"{lost} good")
@@ -133,7 +135,7 @@ def test_drain_maintenance_and_queue_timeout(fleet, lab, tmp_path):
                              "queue_timeout": "2s"}).id
     job = client.wait(waiting, 30)
     assert (job.state, job.reason) == ("FAILED", "no_capacity"), job
-    assert "waited 2 s" in job.message and "draining" in job.message and "maintenance" in job.message
+    assert "waited 2 s" in job.message and "1 drained" in job.message and "1 in maintenance" in job.message
     assert job.attempt_list == []
 
     # Out of maintenance (a check decides) and undrained: both take jobs again.
@@ -166,3 +168,43 @@ def test_a_job_that_finished_while_its_host_was_unreachable_keeps_its_result(fle
     assert attempt.state == "SUCCEEDED" and "came back" in attempt.message
     assert side.read_text().splitlines() == [f"start {host.name}", f"end {host.name}"]
     assert "tick 4" in b"".join(client.logs(job_id)).decode()
+
+
+@pytest.mark.parametrize("kind", ["asyncssh", pytest.param("openssh", marks=requires_sshd)])
+def test_a_host_never_reached_takes_no_job_until_a_check_reaches_it(fleet, lab, tmp_path, kind):
+    """A new inventory whose host does not answer: before, every host showed idle/good and the
+    first job spent its retries there and ended no_capacity. Now the host is unknown until a
+    check (run at start, ahead of the queue) reaches it; `fleet hosts` and `fleet why` say so;
+    the job waits and runs once the host answers. A gateway (fleet_jobs=false) is shown as one."""
+    (down,) = lab.add_hosts("rtx5060", 1, kind=kind)
+    (gateway,) = lab.add_hosts("hailo8", 1)
+    lab.stop_host(down.name)
+    client = start_fleet(fleet, lab, tmp_path, config=FAST, extra={gateway.name: {"fleet_jobs": False}})
+    job = client.submit({"name": "first", "resources": {"pool": "rtx"}, "run": "echo ran"}).id
+    hosts = eventually(lambda: {h.name: h for h in client.hosts()
+                                if "unreachable" in (h.health_message or "")} or None, what="the check")
+    assert hosts[down.name].state == "offline" and hosts[down.name].health in ("unknown", "bad")
+    assert "cannot connect" in hosts[down.name].health_message
+    listed = {h.name: h for h in client.hosts()}
+    assert listed[gateway.name].state == "gateway" and listed[gateway.name].health == "-"
+    assert "hailo8" not in {p.name for p in client.pools()}  # a gateway adds no slots
+    table = fleet.cli("hosts").stdout
+    assert "unreachable: host" in table and "runs no jobs (fleet_jobs=false)" in table
+    detail = client.job(job)
+    assert detail.state == "PENDING" and detail.attempts == 0  # no retries spent on it
+    assert "1 unreachable" in client.why(job).summary
+    lab.start_host(down.name)
+    done = client.wait(job, 60)
+    assert done.state == "SUCCEEDED" and done.host == down.name and len(done.attempt_list) == 1
+
+
+def test_hosts_are_not_checked_yet_until_the_leader_reaches_them(tmp_path):
+    """The words of a host never reached, as `fleet why` counts them (pure placement)."""
+    from fleet.inventory import Host
+    from fleet.models.enums import Health
+    from fleet.scheduler.placement import Demand, HostView, dynamic_reason
+
+    host = Host(name="h", pools=("p",), arch="x86_64", accelerator="cpu", slots=1)
+    demand = Demand(pool=None, arch=None, accelerator=None, labels=(), slots=1, runner="shell")
+    assert dynamic_reason(demand, HostView(host=host, health=Health.UNKNOWN, unchecked=True)) == "not checked yet"
+    assert dynamic_reason(demand, HostView(host=host, health=Health.UNKNOWN)).startswith("unreachable")

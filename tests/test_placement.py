@@ -61,7 +61,7 @@ def test_why_counts_hosts_by_reason():
     ]
     result = place(d, views, statics(d))
     assert isinstance(result, Unplaceable) and not result.static
-    assert result.summary() == "3 hosts in pool jetson: 2 busy, 1 health=bad"
+    assert result.summary() == "3 hosts in pool jetson: 2 busy, 1 unreachable, quarantined (health=bad)"
 
 
 def test_slots_and_drain_respected():

@@ -163,7 +163,8 @@ class HostOut(BaseModel):
     used_slots: int
     labels: dict[str, str]
     target: str
-    state: str = Field(description="idle, busy, draining, drained or offline")
+    state: str = Field(description="idle, busy, draining, drained, offline (not reachable or not "
+                                   "checked yet: see health_message) or gateway (runs no jobs)")
     health: str = Field(description="good, unknown, bad or maintenance")
     health_message: str | None = None
     facts: dict[str, Any] = Field(default_factory=dict, description="what the last probe found")

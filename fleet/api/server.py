@@ -559,7 +559,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         if not ctx.scheduler.leading:
             return await ctx.forward(request)  # type: ignore[return-value]
         by_pool: dict[str, list[HostOut]] = {}
-        for h in (_host_out(v) for v in ctx.scheduler.host_views()):
+        for h in (_host_out(v) for v in ctx.scheduler.host_views() if v.host.schedulable):
             for p in h.pools:
                 by_pool.setdefault(p, []).append(h)
         return [
@@ -676,9 +676,11 @@ def _safe(text: str) -> str:
 
 def _host_out(view: Any, health_message: str | None = None, facts: dict[str, Any] | None = None) -> HostOut:
     h = view.host
-    if view.drained:
+    if not h.schedulable:
+        state = "gateway"  # fleet_jobs=false: forwards SSH, runs no jobs
+    elif view.drained:
         state = "draining" if view.used_slots > 0 else "drained"
-    elif view.health in (Health.UNKNOWN, Health.BAD) and health_message:
+    elif view.health in (Health.UNKNOWN, Health.BAD):
         state = "offline"
     elif view.used_slots > 0:
         state = "busy"
@@ -687,7 +689,8 @@ def _host_out(view: Any, health_message: str | None = None, facts: dict[str, Any
     return HostOut(
         name=h.name, pools=list(h.pools), arch=h.arch, accelerator=h.accelerator,
         device_class=h.device_class, slots=h.slots, used_slots=view.used_slots,
-        labels=h.labels, target=h.target, state=state, health=view.health.value,
+        labels=h.labels, target=h.target, state=state,
+        health=view.health.value if h.schedulable else "-",
         health_message=health_message, facts=facts or {},
         mismatches=probe.mismatches(h, facts) if facts else [],
         isolation=h.isolation, job_user=h.job_user,

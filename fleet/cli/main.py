@@ -190,6 +190,11 @@ def _wait_terminal(client: Client, job_id: str) -> Any:
             return detail
 
 
+def _short(text: str | None, width: int = 70) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
 def _stopped_waiting(job_ids: list[str]) -> None:
     """Ctrl-C while waiting: only the waiting stops. Say so, and how to go on."""
     sys.stdout.flush()
@@ -608,11 +613,14 @@ def hosts(ctx: click.Context, as_json: bool) -> None:
         click.echo(render.dump(items))
         return
     rows = [
-        [h.name, ",".join(h.pools), h.arch, h.accelerator, f"{h.used_slots}/{h.slots}",
-         ",".join(f"{k}={v}" for k, v in sorted(h.labels.items())) or "-", h.target, h.state, h.health]
+        [h.name, ",".join(h.pools), h.arch, h.accelerator,
+         f"{h.used_slots}/{h.slots}" if h.state != "gateway" else "-",
+         ",".join(f"{k}={v}" for k, v in sorted(h.labels.items())) or "-", h.target, h.state, h.health,
+         _short(h.health_message) if h.state != "gateway" else "runs no jobs (fleet_jobs=false)"]
         for h in items
     ]
-    click.echo(render.table(rows, ["NAME", "POOLS", "ARCH", "ACCEL", "SLOTS", "LABELS", "TARGET", "STATE", "HEALTH"]))
+    click.echo(render.table(rows, ["NAME", "POOLS", "ARCH", "ACCEL", "SLOTS", "LABELS", "TARGET", "STATE",
+                                   "HEALTH", "NOTE"]))
     for h in items:
         for m in h.mismatches:
             click.echo(f"MISMATCH {h.name}: {m}", err=True)

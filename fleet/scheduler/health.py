@@ -38,6 +38,7 @@ class HealthMixin:
     policy: Policy
     hosts: dict[str, Host]
     health: dict[str, Health]
+    unchecked: set[str]
     drained: set[str]
     check_failures: Counter[str]
     running: dict[str, Running]
@@ -89,9 +90,10 @@ class HealthMixin:
         try:
             await self.backend.check(host, self.policy.check_timeout)
         except BackendError as exc:
+            self.unchecked.discard(name)
             self.check_failures[name] += 1
             count = self.check_failures[name]
-            message = f"health check {count} failed: {exc}"
+            message = f"unreachable: {exc} (check {count} failed)"
             if self.health.get(name) is not Health.MAINTENANCE:
                 bad = count >= self.policy.bad_after
                 self._set_health(name, Health.BAD if bad else Health.UNKNOWN, message)
@@ -100,6 +102,7 @@ class HealthMixin:
             log.exception("health check of %s failed in the controller", name)
             return f"health check error: {exc}"
         self.check_failures[name] = 0
+        self.unchecked.discard(name)
         if self.health.get(name) is not Health.MAINTENANCE:
             self._set_health(name, Health.GOOD, None)
         self._follow_up_on(host)
@@ -141,7 +144,7 @@ class HealthMixin:
                 log.warning("attempt gc on %s failed: %s", host.name, exc)
                 return host.name, None
 
-        hosts = [h for h in self.hosts.values() if self.health.get(h.name, Health.GOOD) is Health.GOOD]
+        hosts = [h for h in self.hosts.values() if self.health.get(h.name) is Health.GOOD]
         done = await asyncio.gather(*(one(h) for h in hosts))
         return {name: figures for name, figures in done if figures is not None}
 
@@ -154,7 +157,7 @@ class HealthMixin:
         if failure is not None:
             self._schedule_check(name, delay=1.0)
         return {"host": name, "ok": failure is None, "message": failure,
-                "health": self.health.get(name, Health.GOOD).value}
+                "health": self.health.get(name, Health.UNKNOWN).value}
 
     # ------------------------------------------------------------------ operators
 

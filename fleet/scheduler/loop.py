@@ -53,6 +53,8 @@ from fleet.store import Store
 
 log = logging.getLogger(__name__)
 
+NOT_CHECKED = "not checked yet"
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -144,6 +146,7 @@ class Scheduler(ChainMixin, HealthMixin):
         self.fence: Callable[[], None] = lambda: None
         self.used: Counter[str] = Counter()
         self.health: dict[str, Health] = {}
+        self.unchecked: set[str] = set()  # never reached yet: their first check is on its way
         self.drained: set[str] = set()
         self.cached: dict[str, set[str]] = {}
         self.last_placed: dict[str, float] = {}
@@ -179,6 +182,12 @@ class Scheduler(ChainMixin, HealthMixin):
                 self.health[name] = Health(row.health)
                 if row.drained:
                     self.drained.add(name)
+        # A host fleet has never reached takes no jobs until a check (ahead of the queue) has
+        # reached it: an inventory of hosts that do not answer must not eat jobs' retries.
+        for name, host in self.hosts.items():
+            if name not in self.health and host.schedulable:
+                self.unchecked.add(name)
+                self._set_health(name, Health.UNKNOWN, NOT_CHECKED)
         for job in self.store.queued_jobs():
             try:
                 spec = JobSpec.model_validate_json(job.spec_json)
@@ -518,9 +527,9 @@ class Scheduler(ChainMixin, HealthMixin):
     def _views(self) -> list[HostView]:
         return [
             HostView(
-                host=h, used_slots=self.used[h.name], health=self.health.get(h.name, Health.GOOD),
+                host=h, used_slots=self.used[h.name], health=self.health.get(h.name, Health.UNKNOWN),
                 drained=h.name in self.drained, cached=frozenset(self.cached.get(h.name, ())),
-                last_placed=self.last_placed.get(h.name, 0.0),
+                last_placed=self.last_placed.get(h.name, 0.0), unchecked=h.name in self.unchecked,
             )
             for h in self.hosts.values()
         ]

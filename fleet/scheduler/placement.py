@@ -74,6 +74,7 @@ class HostView:
     drained: bool = False
     cached: frozenset[str] = frozenset()
     last_placed: float = 0.0  # when the scheduler last placed a job here (spreads equal hosts)
+    unchecked: bool = False  # fleet has never reached it (a check is on its way)
 
     @property
     def free_slots(self) -> int:
@@ -133,10 +134,18 @@ def static_reason(demand: Demand, host: Host, runner: RunnerManifest | None,
     return None
 
 
+# Why a host that is not good takes no jobs, in the words `fleet hosts` uses for it.
+_HEALTH_REASON = {
+    Health.UNKNOWN: "unreachable (a check runs again)",
+    Health.BAD: "unreachable, quarantined (health=bad)",
+    Health.MAINTENANCE: "in maintenance",
+}
+
+
 def dynamic_reason(demand: Demand, view: HostView) -> str | None:
     """Why ``view`` cannot take a job of ``demand`` right now (None if it can). Pure."""
     if view.health is not Health.GOOD:  # unknown: a health check runs first
-        return f"health={view.health.value}"
+        return _HEALTH_REASON[view.health] if not view.unchecked else "not checked yet"
     if view.drained:  # the words `fleet hosts` uses for the host's state
         return "draining" if view.used_slots else "drained"
     if view.free_slots < demand.slots:
