@@ -29,10 +29,10 @@ from fleet.backends.ssh import SSHBackend
 from fleet.blobs import BlobStore
 from fleet.config import Settings
 from fleet.db import Database
-from fleet.disk import DiskGuard, is_disk_full
+from fleet.disk import DiskGuard
 from fleet.hooks import Catalog
 from fleet.inventory import Host, embedded_inventory, load_inventory
-from fleet.leader import LeaderLease, make_holder
+from fleet.leader import LeaderLease, LeaseKeeper, make_holder
 from fleet.logstore import LogStore
 from fleet.scheduler.loop import Policy, Scheduler
 from fleet.secrets import SecretBox
@@ -139,8 +139,9 @@ async def serve(settings: Settings, options: ServeOptions) -> None:
     server = uvicorn.Server(config)
 
     lease.url = settings.advertise_url or url
-    scheduler.fence = lambda: None if lease.held else _step_down()
+    scheduler.fence = lambda: None if lease.held else keep_or_step_down(lease)
     elector = asyncio.create_task(lead(lease, scheduler, disk), name="fleet-leader")
+    await asyncio.sleep(0)  # lead() takes a free lease and starts the scheduler before requests come
     collector = asyncio.create_task(collect_garbage(scheduler, settings), name="fleet-gc")
     log.info("fleet serving %s with %d hosts from %s", url, len(hosts), source)
     if options.local:
@@ -282,32 +283,40 @@ def _step_down() -> None:
 
 
 async def lead(lease: LeaderLease, scheduler: Scheduler, disk: DiskGuard | None = None) -> None:
-    """Take the leader lease when free and keep renewing it; the leader runs the scheduler.
+    """Lead while this replica holds the leader lease (renewed by a thread of its own,
+    ``LeaseKeeper``, so a busy event loop does not let it lapse); start the scheduler when it
+    is taken. A leader whose lease lapsed anyway takes it back when no rival holds it, and
+    leaves (exits) only when a rival does: its running attempts stay detached on their hosts
+    for the next leader to reattach."""
+    keeper = LeaseKeeper(lease, lease.ttl / 3, disk.hit if disk is not None else lambda exc: None)
+    try:
+        lease.try_acquire()  # at once: a lone replica leads before its API takes requests
+    except Exception as exc:  # noqa: BLE001 - the keeper tries again
+        log.warning("leader lease: %s", exc)
+    keeper.start()
+    try:
+        while True:
+            if lease.held and not scheduler.leading:
+                log.info("this replica is the leader now (lease %g s)", lease.ttl)
+                await scheduler.start()
+            elif scheduler.leading and not lease.held:
+                keep_or_step_down(lease)
+            await asyncio.sleep(0.2)
+    finally:
+        keeper.stop()
 
-    A leader that cannot renew (database unreachable, another replica took over) exits the
-    process before its lease runs out: a scheduler never acts on a stale lease, and its running
-    attempts stay detached on their hosts for the next leader to reattach.
-    """
-    period = lease.ttl / 3
-    while True:
-        try:
-            ok = lease.try_acquire()
-        except Exception as exc:  # noqa: BLE001 - the database may be away for a moment
-            log.warning("leader lease: %s", exc)
-            ok = False
-            if disk is not None and is_disk_full(exc) and not disk.full:
-                disk.hit(exc)  # the reserve goes: room for the database; renew again now
-                continue
-        if ok and not scheduler.leading:
-            log.info("this replica is the leader now (lease %g s)", lease.ttl)
-            await scheduler.start()
-        if scheduler.leading and not ok:
-            left = lease.valid_until - time.monotonic()
-            if left < min(1.0, period):
-                _step_down()
-            await asyncio.sleep(min(0.5, left / 4))
-            continue
-        await asyncio.sleep(period if scheduler.leading else min(1.0, period))
+
+def keep_or_step_down(lease: LeaderLease) -> None:
+    """Our lease lapsed (this process was busy, stopped or cut off from the database): take it
+    back if nobody else holds it, else leave at once, before any other write. Called by the
+    fence before every scheduler write and by ``lead``."""
+    try:
+        if lease.try_acquire():
+            log.warning("the leader lease had lapsed; no other replica held it, so it was taken back")
+            return
+    except Exception as exc:  # noqa: BLE001 - cannot tell: leave, the safe side
+        log.warning("leader lease: %s", exc)
+    _step_down()
 
 
 def run_serve(settings: Settings, options: ServeOptions) -> None:

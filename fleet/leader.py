@@ -13,9 +13,12 @@ one), which is atomic on SQLite and PostgreSQL alike.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import insert, select, update
@@ -24,6 +27,8 @@ from sqlalchemy.exc import IntegrityError
 from fleet.db import Database
 from fleet.ids import new_id
 from fleet.models.tables import Lease
+
+log = logging.getLogger(__name__)
 
 LEADER = "scheduler"
 _LEASES = Lease.__table__  # type: ignore[attr-defined]
@@ -126,3 +131,37 @@ class LeaderLease:
                 .values(expires_at=0.0, updated_at=time.time())
             )
         self.valid_until = 0.0
+
+
+class LeaseKeeper:
+    """Takes and renews the lease from a thread of its own, every ``period`` seconds: a busy
+    event loop (a large batch being validated, a slow disk) does not stop the renewals, so a
+    leader under load keeps its lease. ``on_error`` hears of a failed attempt (a full disk).
+    A process that is stopped (SIGSTOP) stops this thread too: its lease runs out, and a rival
+    takes over as before."""
+
+    def __init__(self, lease: LeaderLease, period: float,
+                 on_error: Callable[[BaseException], None] = lambda exc: None) -> None:
+        self.lease, self.period, self.on_error = lease, period, on_error
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fleet-lease", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop renewing (before the lease is released at shutdown). Blocks briefly."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.lease.try_acquire()
+            except Exception as exc:  # noqa: BLE001 - the database may be away for a moment
+                log.warning("leader lease: %s", exc)
+                self.on_error(exc)
+                if self._stop.wait(0.2):
+                    return
+                continue
+            self._stop.wait(self.period if self.lease.held else min(1.0, self.period))

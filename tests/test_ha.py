@@ -47,10 +47,13 @@ class Replica:
         for var in ("FLEET_SERVER", "FLEET_TOKEN", "FLEET_INVENTORY", "FLEET_DATABASE"):
             env.pop(var, None)
         self.log = (self.home / "server.log").open("ab")
+        self.n = n
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "fleet", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
             stdout=self.log, stderr=self.log, env=env, start_new_session=True)
-        eventually(self.health, timeout=30, what=f"replica {n} listening")
+
+    def wait_listening(self) -> None:
+        eventually(self.health, timeout=60, what=f"replica {self.n} listening")
 
     def health(self) -> dict | None:
         try:
@@ -92,7 +95,8 @@ def replicas(tmp_path, db_url):
 
     def start() -> Replica:
         replica = Replica(tmp_path, len(made) + 1, db_url, inventory, shared)
-        made.append(replica)
+        made.append(replica)  # before waiting: a replica that fails to come up is stopped too
+        replica.wait_listening()
         return replica
 
     yield start

@@ -288,14 +288,14 @@ def create_app(ctx: ApiContext) -> FastAPI:
         """Submit a job spec (inputs already uploaded as blobs). Send an ``Idempotency-Key``
         and retry with it after a lost answer: the job is made once."""
         ctx.disk.check_writable()
-        return submit_many(ctx, [body], user, key)[0]
+        return (await submit_many(ctx, [body], user, key))[0]
 
     @app.post("/jobs/batch", tags=["jobs"], status_code=201, responses={422: {"description": "invalid spec"}})
     async def submit_batch(body: BatchIn, user: UserDep, key: IdempotencyKey = None) -> list[JobOut]:
         """Submit several specs at once: all are accepted or none (errors name ``jobs[i]``).
         With an ``Idempotency-Key``, a retry returns the jobs the first request made."""
         ctx.disk.check_writable()
-        return submit_many(ctx, body.jobs, user, key)
+        return await submit_many(ctx, body.jobs, user, key)
 
     @app.get("/jobs", tags=["jobs"])
     async def list_jobs(

@@ -4,6 +4,7 @@ transaction."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -20,12 +21,37 @@ if TYPE_CHECKING:
     from fleet.api.server import ApiContext
 
 
-def submit_many(ctx: ApiContext, bodies: list[dict[str, Any]], user: User,
-                idempotency_key: str | None = None) -> list[JobOut]:
-    """Validate every spec (a chain's steps each become a job), then queue them all in one
-    transaction. With ``idempotency_key``, a submission the same user made with that key
-    before returns its jobs instead of making new ones (a client retrying after a lost
-    answer). Raises SpecError."""
+async def submit_many(ctx: ApiContext, bodies: list[dict[str, Any]], user: User,
+                      idempotency_key: str | None = None) -> list[JobOut]:
+    """Validate every spec (a chain's steps each become a job), write them all in one
+    transaction, then queue them. The validation and the write run in a worker thread: a batch
+    of thousands of specs takes seconds there, and the event loop (logs, other requests, the
+    scheduler) goes on meanwhile. With ``idempotency_key``, a submission the same user made
+    with that key before returns its jobs instead of making new ones (a client retrying after
+    a lost answer). Raises SpecError."""
+    checked = await asyncio.to_thread(validate_jobs, ctx, bodies, user, idempotency_key)
+    if isinstance(checked, list):
+        return checked  # made before under this key
+    accepted, links = checked
+    # The write and the queueing happen together on the loop, so the leader's look for jobs
+    # other replicas wrote (_sync) never finds these before they are queued here.
+    try:
+        jobs = ctx.store.create_jobs(accepted, user.name, links, idempotency_key)
+    except IntegrityError:
+        earlier = ctx.store.jobs_for_key(user.name, idempotency_key) if idempotency_key else None
+        if earlier is None:
+            raise
+        return [JobOut.of(job) for job in earlier]  # a twin of this request won the race
+    for job, (spec, _key) in zip(jobs, accepted, strict=True):
+        ctx.scheduler.submit(job, spec)
+    return [JobOut.of(job) for job in jobs]
+
+
+def validate_jobs(ctx: ApiContext, bodies: list[dict[str, Any]], user: User, idempotency_key: str | None
+                  ) -> list[JobOut] | tuple[list[tuple[JobSpec, str]], list[dict[str, Any] | None]]:
+    """Check every spec (blocking, reads only; any thread): the accepted specs with their
+    queue keys and chain links, or the jobs an earlier submission with this key made.
+    Raises SpecError."""
     if idempotency_key is not None:
         earlier = ctx.store.jobs_for_key(user.name, idempotency_key)
         if earlier is not None:
@@ -68,16 +94,7 @@ def submit_many(ctx: ApiContext, bodies: list[dict[str, Any]], user: User,
             errors.extend((prefix + f if f else prefix.rstrip("."), p) for f, p in exc.errors)
     if errors:
         raise SpecError(errors)
-    try:
-        jobs = ctx.store.create_jobs(accepted, user.name, links, idempotency_key)
-    except IntegrityError:
-        earlier = ctx.store.jobs_for_key(user.name, idempotency_key) if idempotency_key else None
-        if earlier is None:
-            raise
-        return [JobOut.of(job) for job in earlier]  # a twin of this request won the race
-    for job, (spec, _key) in zip(jobs, accepted, strict=True):
-        ctx.scheduler.submit(job, spec)
-    return [JobOut.of(job) for job in jobs]
+    return accepted, links
 
 
 def _visible_job(ctx: ApiContext, job_id: str, user: User) -> Job:

@@ -204,6 +204,7 @@ class Scheduler(ChainMixin, HealthMixin):
             if health in (Health.UNKNOWN, Health.BAD):
                 self._schedule_check(name)
         self._loop_task = asyncio.create_task(self._loop(), name="fleet-scheduler")
+        self._wake.set()  # what was queued before this replica led is placed now
         self._sync_task = asyncio.create_task(self._sync_loop(), name="fleet-sync")
 
     async def stop(self) -> None:

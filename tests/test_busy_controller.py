@@ -1,0 +1,45 @@
+"""A busy controller never kills itself (issue 10): its lease is renewed by a thread of its own,
+long submissions are validated off the event loop, and a leader whose lease lapsed with no
+rival takes it back instead of exiting. (A real rival still fences it: tests/test_ha.py.)"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from tests.helpers import eventually
+
+
+def test_a_lone_leader_stopped_past_its_lease_takes_it_back(fleet, tmp_path):
+    """The loop held (here: the whole process stopped) longer than the lease, with no other
+    replica: before, the fence exited the process (75) and the lab had no scheduler."""
+    client = fleet.start(config={"leader_lease": 2})
+    pid = client.health()["pid"]
+    side = tmp_path / "side"
+    job = client.submit({"name": "across", "run": f'sleep 1; echo "$FLEET_JOB_ID" >> {side}'}).id
+    eventually(lambda: client.job(job).state == "RUNNING", what="the job to run")
+    os.kill(pid, signal.SIGSTOP)
+    time.sleep(5)  # more than twice the lease
+    os.kill(pid, signal.SIGCONT)
+    assert client.wait(job, 60).state == "SUCCEEDED"
+    after = client.submit({"name": "after", "run": f'echo "$FLEET_JOB_ID" >> {side}'}).id
+    assert client.wait(after, 60).state == "SUCCEEDED"
+    health = client.health()
+    assert health["pid"] == pid and health["role"] == "leader"
+    assert side.read_text().split() == [job, after]
+    assert "was taken back" in fleet.server_log() and "lost the leader lease" not in fleet.server_log()
+
+
+def test_a_large_batch_does_not_cost_the_leader_its_lease(fleet):
+    """A 2,000-job batch is validated in a worker thread while the lease (2 s here) is kept by
+    its own thread: the controller stays the leader and makes every job once."""
+    client = fleet.start(config={"leader_lease": 2})
+    pid = client.health()["pid"]
+    specs = [{"name": f"b{i}", "run": "true", "params": {"i": i, "pad": "x" * 200}} for i in range(2000)]
+    jobs = client.submit_many(specs)
+    assert len({j.id for j in jobs}) == 2000
+    health = client.health()
+    assert health["pid"] == pid and health["role"] == "leader"
+    assert len(client.jobs(limit=1000).items) == 1000
+    assert "lost the leader lease" not in fleet.server_log()
