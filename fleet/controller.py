@@ -312,7 +312,6 @@ def keep_or_step_down(lease: LeaderLease) -> None:
     fence before every scheduler write and by ``lead``."""
     try:
         if lease.try_acquire():
-            log.warning("the leader lease had lapsed; no other replica held it, so it was taken back")
             return
     except Exception as exc:  # noqa: BLE001 - cannot tell: leave, the safe side
         log.warning("leader lease: %s", exc)

@@ -111,6 +111,9 @@ class LeaderLease:
                         .values(**values)
                     ).rowcount
         if taken:
+            if 0 < self.valid_until < started:
+                log.warning("the leader lease had lapsed %.1f s ago; no other replica held it, "
+                            "so it was taken back", started - self.valid_until)
             # Count from before the write: the DB may have applied it at any moment since.
             self.valid_until = started + self.ttl
         return bool(taken)
