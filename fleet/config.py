@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fleet.errors import ConfigError
 
@@ -45,6 +46,8 @@ CONFIG_KEYS = {
     "max_upload_bytes": "largest file one upload may be (default 8 GiB)",
     "upload_quota_bytes": "bytes of uploads one user may hold on the server (default 50 GiB)",
     "upload_retention_days": "days an upload is kept once no unfinished job uses it (default 7)",
+    "backends": "execution backends beside the built-in ssh one, with their settings: "
+                "{NAME: {...}} (plugins of the fleet.backends entry-point group)",
     "disk_reserve_bytes": "space held back in FLEET_HOME for the database when the disk fills "
                           "(default 32 MiB)",
 }
@@ -93,7 +96,7 @@ class Settings:
     upload_quota_bytes: int = 50 << 30
     upload_retention_days: float = 7.0
     disk_reserve_bytes: int = 32 << 20
-    extra: dict[str, object] = field(default_factory=dict)
+    backends: dict[str, Any] = field(default_factory=dict)
 
     @property
     def config_file(self) -> Path:
@@ -189,7 +192,14 @@ def _apply(settings: Settings, key: str, value: object, source: str) -> None:
     attr = _ATTRS.get(key, key)
     current = getattr(settings, attr)
     try:
-        if isinstance(current, bool):
+        if isinstance(current, dict):
+            if isinstance(value, str):  # FLEET_BACKENDS: JSON
+                import json
+
+                value = json.loads(value) if value.strip() else {}
+            if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+                raise ValueError(value)
+        elif isinstance(current, bool):
             if isinstance(value, str):
                 lowered = value.strip().lower()
                 if lowered not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:

@@ -24,8 +24,7 @@ import uvicorn
 from fleet.ansible import write_local_inventory
 from fleet.api.middleware import Limits
 from fleet.api.server import ApiContext, create_app
-from fleet.backends.connection import SSHOptions
-from fleet.backends.ssh import SSHBackend
+from fleet.backends.registry import load_backends
 from fleet.blobs import BlobStore
 from fleet.config import Settings
 from fleet.db import Database
@@ -82,29 +81,19 @@ async def serve(settings: Settings, options: ServeOptions) -> None:
     """Run the controller until SIGTERM/SIGINT."""
     private_state(settings)
     hosts, source = resolve_hosts(settings, options.inventory)
+    blobs = BlobStore(settings.blobs_dir)
+    loaded = load_backends(settings, hosts, blobs.path)  # a bad backends: setting stops here
+    offered = loaded.hosts()
     db = Database(settings.db_url)
     db.create_schema()
     store = Store(db)
     if bootstrap_admin(store, settings):
         log.info("created admin user %s; token in %s", getpass.getuser(), settings.token_file)
-    ssh_options = SSHOptions(
-        known_hosts_files=(Path("~/.ssh/known_hosts").expanduser(),),
-        fleet_known_hosts=settings.known_hosts,
-        trust_on_first_use=settings.trust_on_first_use,
-        keepalive_interval=settings.keepalive_interval,
-        keepalive_count_max=settings.keepalive_count_max,
-        connect_timeout=settings.connect_timeout,
-        command_timeout=settings.command_timeout,
-        attempt_lease=settings.attempt_lease,
-    )
-    by_name = {h.name: h for h in hosts}
-    blobs = BlobStore(settings.blobs_dir)
-    backend = SSHBackend(ssh_options, by_name.get, blobs.path)
     policy = Policy(kill_grace=settings.kill_grace, check_timeout=settings.health_check_timeout,
                     bad_after=settings.health_bad_after,
                     recheck_interval=settings.health_recheck_interval,
                     attempt_lease=settings.attempt_lease)
-    scheduler = Scheduler(store, hosts, backend, LogStore(settings.logs_dir, settings.log_cap), policy,
+    scheduler = Scheduler(store, offered, loaded.backends, LogStore(settings.logs_dir, settings.log_cap), policy,
                           SecretBox(settings.secret_key_file), blobs)
     scheduler.hook_catalog = Catalog(settings.hooks_dir)
     if source.startswith("<embedded"):
@@ -121,7 +110,7 @@ async def serve(settings: Settings, options: ServeOptions) -> None:
     limits = Limits(max_request_bytes=settings.max_request_bytes, max_spec_bytes=settings.max_spec_bytes,
                     max_upload_bytes=settings.max_upload_bytes, upload_quota_bytes=settings.upload_quota_bytes)
     ctx = ApiContext(store, scheduler, blobs, lease, limits, disk)
-    ctx.ssh_known_hosts = [*ssh_options.known_hosts_files, ssh_options.fleet_known_hosts]
+    ctx.ssh_known_hosts = [Path("~/.ssh/known_hosts").expanduser(), settings.known_hosts]
     ctx.trust_on_first_use = settings.trust_on_first_use
     app = create_app(ctx)
 
@@ -143,7 +132,8 @@ async def serve(settings: Settings, options: ServeOptions) -> None:
     elector = asyncio.create_task(lead(lease, scheduler, disk), name="fleet-leader")
     await asyncio.sleep(0)  # lead() takes a free lease and starts the scheduler before requests come
     collector = asyncio.create_task(collect_garbage(scheduler, settings), name="fleet-gc")
-    log.info("fleet serving %s with %d hosts from %s", url, len(hosts), source)
+    log.info("fleet serving %s with %d hosts from %s; backends: %s", url, len(hosts), source,
+             ", ".join(f"{n} ({len(b.offers())} offered)" for n, b in loaded.backends.items()))
     if options.local:
         write_private(settings.server_file, json.dumps({"url": url, "pid": os.getpid(),
                                                         "inventory": source}))

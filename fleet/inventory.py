@@ -72,6 +72,13 @@ class Host:
     isolation: str = "none"  # fleet_isolation: none (one account) | user (one per fleet user)
     job_user: str | None = None  # fleet_job_user: the account other users' jobs run as
     env_keep: tuple[str, ...] = ()  # fleet_env_keep: host variables jobs keep (names, NAME_*)
+    # Which backend runs its attempts ("ssh" for the inventory's hosts). An elastic host is a
+    # backend's pool (cloud burst): ``slots`` is its limit, it starts capacity on demand after
+    # ``startup_latency`` seconds at ``cost`` per slot-hour, and takes only burst jobs.
+    backend: str = "ssh"
+    elastic: bool = False
+    startup_latency: float = 0.0
+    cost: float = 0.0
 
     @property
     def needs_root(self) -> bool:
@@ -85,6 +92,8 @@ class Host:
     @property
     def target(self) -> str:
         """Human-readable connection target, e.g. ``root@10.0.0.5:22 via bastion``."""
+        if self.elastic:
+            return f"{self.backend} pool (elastic, up to {self.slots})"
         if self.connection == "local":
             return "local"
         user = f"{self.user}@" if self.user else ""

@@ -123,3 +123,39 @@ def test_equal_hosts_are_used_in_turn():
     d = demand("resources: {pool: jetson}")
     views = [HostView(LAB[1], last_placed=5.0), HostView(LAB[2], last_placed=1.0), HostView(LAB[3], last_placed=3.0)]
     assert place(d, views, statics(d)).host == "jet-2"
+
+
+def test_elastic_pools_take_only_burst_jobs_and_rank_below_every_free_fixed_host():
+    """Offers from several backends are ranked by the same pure function: an elastic pool (a
+    backend's burst capacity) is feasible only for ``burst: true`` and loses to any free fixed
+    host, even one the job already failed on; among pools the quicker and cheaper wins."""
+    fixed = host("rtx-1", ["rtx"], accel="rtx5060", slots=2)
+
+    def pool(name, latency=0.0, cost=0.0, limit=8):
+        return Host(name=name, pools=("rtx",), arch="x86_64", accelerator="rtx5060", slots=limit,
+                    backend="cloud", elastic=True, startup_latency=latency, cost=cost)
+
+    slow, fast = pool("slow", latency=120), pool("fast", latency=5)
+    hosts = [fixed, slow, fast]
+    stay = demand("resources: {pool: rtx}\n")
+    burst = demand("resources: {pool: rtx}\nburst: true\n")
+    assert stay.key != burst.key  # they cannot share a queue: their feasible hosts differ
+
+    def static(d):
+        return {h.name: static_reason(d, h, None) for h in hosts}
+
+    views = [HostView(host=h) for h in hosts]
+    assert place(burst, views, static(burst), failed_on=frozenset({"rtx-1"})) == \
+        Placement(host="rtx-1", score=-1.0)
+    full = [HostView(host=fixed, used_slots=2), HostView(host=slow), HostView(host=fast)]
+    assert place(burst, full, static(burst)).host == "fast"
+    cheap = [HostView(host=fixed, used_slots=2), HostView(host=pool("a", cost=3.0)),
+             HostView(host=pool("b", cost=0.5))]
+    assert place(burst, cheap, {v.host.name: None for v in cheap}).host == "b"
+    waiting = place(stay, full, static(stay))
+    assert isinstance(waiting, Unplaceable)
+    assert waiting.reasons == Counter({"busy": 1, "elastic pool of backend cloud (takes only jobs "
+                                                  "with burst: true)": 2})
+    # A pool at its limit is busy like a full host.
+    at_limit = [HostView(host=fixed, used_slots=2), HostView(host=fast, used_slots=8)]
+    assert place(burst, at_limit, static(burst)).reasons == Counter({"busy": 2})

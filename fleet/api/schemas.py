@@ -28,10 +28,11 @@ class AttemptOut(BaseModel):
     started_at: str | None
     ended_at: str | None
     log_bytes: int
+    backend: str = Field("ssh", description="the backend that ran it (fleet.backends plugin)")
 
     @classmethod
     def of(cls, a: Attempt) -> AttemptOut:
-        return cls(id=a.id, number=a.number, host=a.host, state=a.state, reason=a.reason,
+        return cls(id=a.id, number=a.number, host=a.host, backend=a.backend, state=a.state, reason=a.reason,
                    message=a.message, exit_code=a.exit_code, created_at=iso(a.created_at),
                    started_at=iso(a.started_at), ended_at=iso(a.ended_at), log_bytes=a.log_bytes)
 
@@ -171,6 +172,9 @@ class HostOut(BaseModel):
     mismatches: list[str] = Field(default_factory=list, description="inventory vs host, from the last probe")
     isolation: str = Field("none", description="none: jobs share one account; user: one account per fleet user")
     job_user: str | None = Field(None, description="the account other users' jobs run as (fleet_job_user)")
+    backend: str = Field("ssh", description="the backend that runs its attempts")
+    elastic: bool = Field(False, description="an elastic pool of a backend (cloud burst): slots is "
+                                             "its limit; it takes only jobs with burst: true")
 
 
 class AnsibleIn(BaseModel):

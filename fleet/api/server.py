@@ -552,7 +552,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     async def ssh_config(_user: UserDep) -> PlainTextResponse:
         """OpenSSH ``Host`` blocks for the inventory (paths are the server's)."""
         return PlainTextResponse(render_ssh_config(
-            ctx.scheduler.hosts.values(), ctx.ssh_known_hosts, ctx.trust_on_first_use))
+            [h for h in ctx.scheduler.hosts.values() if h.backend == "ssh"], ctx.ssh_known_hosts, ctx.trust_on_first_use))
 
     @app.get("/pools", tags=["hosts"])
     async def pools(_user: UserDep, request: Request) -> list[PoolOut]:
@@ -693,7 +693,7 @@ def _host_out(view: Any, health_message: str | None = None, facts: dict[str, Any
         health=view.health.value if h.schedulable else "-",
         health_message=health_message, facts=facts or {},
         mismatches=probe.mismatches(h, facts) if facts else [],
-        isolation=h.isolation, job_user=h.job_user,
+        isolation=h.isolation, job_user=h.job_user, backend=h.backend, elastic=h.elastic,
     )
 
 

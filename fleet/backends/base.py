@@ -10,12 +10,19 @@ also how ``reattach`` works.
 from __future__ import annotations
 
 import abc
-from pathlib import Path
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from fleet.inventory import Host
 from fleet.models.enums import Reason
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from fleet.config import Settings
 
 
 class BackendError(Exception):
@@ -41,6 +48,34 @@ class SetupFailed(BackendError):
     """The host lacks what the attempt needs (python3, a runner tool, an input)."""
 
     reason = Reason.SETUP_FAILED
+
+
+class Unsupported(BackendError):
+    """The backend cannot do what was asked (it does not declare the capability): the job asked
+    for something this backend lacks, so it is the job's failure, not the host's."""
+
+    reason = Reason.SETUP_FAILED
+
+
+class Capability(StrEnum):
+    """What a backend may do beyond launch/cancel/close. A backend lists the ones it has in
+    ``capabilities``; the scheduler never calls a method whose capability is not listed."""
+
+    CHECK = "check"  # health checks: prove a host can run attempts now
+    KILL_STALE = "kill_stale"  # stop attempts given up on, on a host that came back
+    FETCH = "fetch"  # copy output files of an ended attempt (artifacts)
+    GC = "gc"  # retention of ended attempts' directories on hosts
+
+
+@dataclass
+class BackendContext:
+    """What fleet hands a backend when it makes one (``Backend.create``)."""
+
+    name: str  # the name it is configured under (``backends: {NAME: ...}``)
+    settings: Settings  # fleet's own settings
+    inventory: list[Host]  # the hosts of the Ansible inventory
+    blob_path: Callable[[str], Path]  # sha256 -> the file of an uploaded input
+    state_dir: Path  # a private directory for the backend's own files (0700)
 
 
 @dataclass
@@ -102,9 +137,36 @@ class AttemptSink(Protocol):
 
 
 class Backend(abc.ABC):
-    """Async base class of execution backends."""
+    """Async base class of execution backends (DESIGN.md §5.8).
+
+    A backend comes from the ``fleet.backends`` entry-point group (the ssh backend is one too)
+    and is made by ``create`` from its validated settings. It offers placement hosts
+    (``offers``): fixed hosts with slots, or an elastic pool (a ``Host`` with ``elastic=True``,
+    its limit as slots). Methods beyond launch/cancel/close exist only if the backend lists
+    their ``Capability``; the base versions raise ``Unsupported``, never a silent no-op.
+    """
 
     name: str = "base"
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
+    # The pydantic model of the backend's settings (``backends: {NAME: {...}}``), or None if
+    # it takes none. Validated at start; errors name ``backends.NAME.key``.
+    settings_model: ClassVar[type[BaseModel] | None] = None
+
+    @classmethod
+    @abc.abstractmethod
+    def create(cls, settings: BaseModel | None, ctx: BackendContext) -> Backend:
+        """Make the backend from its validated settings (None when it takes none)."""
+
+    @abc.abstractmethod
+    def offers(self) -> list[Host]:
+        """The hosts (or elastic pools) this backend offers placement; their ``backend`` is
+        this backend's name."""
+
+    def can(self, capability: Capability) -> bool:
+        return capability in self.capabilities
+
+    def unsupported(self, capability: Capability) -> Unsupported:
+        return Unsupported(f"backend {self.name} cannot {capability.value.replace('_', ' ')}")
 
     @abc.abstractmethod
     async def launch(self, plan: AttemptPlan, sink: AttemptSink, log_offset: int = 0) -> Outcome:
@@ -126,23 +188,24 @@ class Backend(abc.ABC):
     async def check(self, host: Host, timeout: float) -> None:
         """Health check: prove the host can run attempts now (reachable, fleet's runners
         installed, agent answering). Raises a BackendError saying what is wrong."""
+        raise self.unsupported(Capability.CHECK)
 
     async def kill_stale(self, host: Host, attempt_ids: list[str], grace: float) -> None:
         """Stop attempts this controller gave up on (declared lost, retried elsewhere) in case
         they still run on a host that came back. Idempotent; quiet for attempts long gone."""
+        raise self.unsupported(Capability.KILL_STALE)
 
     async def fetch(self, plan: AttemptPlan, rel_path: str, dest: Path, size: int = 0) -> None:
         """Copy a file of the ended attempt (``rel_path`` inside its directory) to ``dest``.
         Raises HostLost if the host goes away, BackendError if the file cannot be read."""
-        raise BackendError(f"backend {self.name} cannot collect outputs")
+        raise self.unsupported(Capability.FETCH)
 
     async def gc_attempts(self, host: Host, max_age: float, max_bytes: int, keep: list[str],
                           timeout: float) -> tuple[int, int, int] | None:
         """Retention on the host: remove ended attempt directories (logs, results' raw files)
         older than ``max_age`` seconds, then the oldest until they take at most ``max_bytes``;
-        never those in ``keep``. Returns (removed, bytes freed, bytes left), or None when the
-        backend keeps nothing on hosts."""
-        return None
+        never those in ``keep``. Returns (removed, bytes freed, bytes left)."""
+        raise self.unsupported(Capability.GC)
 
     @abc.abstractmethod
     async def close(self) -> None:

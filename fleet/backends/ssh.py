@@ -13,10 +13,12 @@ import logging
 import shlex
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fleet.backends.agent import AgentChannel, InputsMissing
 from fleet.backends.base import (
+    BackendContext,
+    Capability,
     AttemptPlan,
     AttemptSink,
     Backend,
@@ -28,6 +30,9 @@ from fleet.backends.base import (
 from fleet.backends.connection import ConnectionPool, SSHOptions, Transport
 from fleet.inventory import Host
 from fleet.runners import VERIFY_BUNDLE, bundle, manifests
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 log = logging.getLogger(__name__)
 
@@ -48,21 +53,46 @@ def join(base: str, *parts: str) -> str:
 
 
 class SSHBackend(Backend):
+    """The built-in backend: the inventory's hosts, over one pooled asyncssh connection each."""
+
     name = "ssh"
+    capabilities = frozenset(Capability)
 
     def __init__(
         self,
         options: SSHOptions,
         lookup_host: Callable[[str], Host | None],
         blob_path: Callable[[str], Path],
+        hosts: list[Host] | None = None,
     ) -> None:
         self.pool = ConnectionPool(options, lookup_host)
         self.blob_path = blob_path
+        self.hosts = list(hosts or ())
         self._lib_ready: dict[str, asyncio.Future[None]] = {}
         self._cached: dict[str, set[str]] = {}
         self._cache_locks: dict[str, asyncio.Lock] = {}
         self._agents: dict[str, AgentChannel] = {}
         self._agent_locks: dict[str, asyncio.Lock] = {}
+
+    @classmethod
+    def create(cls, settings: BaseModel | None, ctx: BackendContext) -> SSHBackend:
+        """The inventory's hosts; its settings are fleet's own (``connect_timeout``, ...)."""
+        s = ctx.settings
+        options = SSHOptions(
+            known_hosts_files=(Path("~/.ssh/known_hosts").expanduser(),),
+            fleet_known_hosts=s.known_hosts,
+            trust_on_first_use=s.trust_on_first_use,
+            keepalive_interval=s.keepalive_interval,
+            keepalive_count_max=s.keepalive_count_max,
+            connect_timeout=s.connect_timeout,
+            command_timeout=s.command_timeout,
+            attempt_lease=s.attempt_lease,
+        )
+        by_name = {h.name: h for h in ctx.inventory}
+        return cls(options, by_name.get, ctx.blob_path, ctx.inventory)
+
+    def offers(self) -> list[Host]:
+        return self.hosts
 
     # ------------------------------------------------------------------ paths on the host
 

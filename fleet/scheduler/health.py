@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from fleet.backends.base import Backend, BackendError
+from fleet.backends.base import Backend, BackendError, Capability
 from fleet.errors import NotFound
 from fleet.inventory import Host
 from fleet.models.enums import REASON_CLASS, FailureClass, Health
@@ -34,7 +34,7 @@ class HealthMixin:
     whose state (below) it shares."""
 
     store: Store
-    backend: Backend
+    backends: dict[str, Backend]
     policy: Policy
     hosts: dict[str, Host]
     health: dict[str, Health]
@@ -49,6 +49,9 @@ class HealthMixin:
     _wake: asyncio.Event
 
     def _resolve(self, qj: QueuedJob, attempt: Attempt, host: Host) -> None:
+        raise NotImplementedError
+
+    def backend_of(self, host: Host) -> Backend:
         raise NotImplementedError
 
     def _update_health(self, host: Host, verdict: Verdict) -> None:
@@ -87,8 +90,12 @@ class HealthMixin:
     async def _check_once(self, name: str) -> str | None:
         """One health check ahead of the queue; returns None if the host is good, else why not."""
         host = self.hosts[name]
+        backend = self.backend_of(host)
         try:
-            await self.backend.check(host, self.policy.check_timeout)
+            if backend.can(Capability.CHECK):
+                await backend.check(host, self.policy.check_timeout)
+            # A backend without health checks: its hosts are taken as good once the pause
+            # after a failure has passed (the next launch tells).
         except BackendError as exc:
             self.unchecked.discard(name)
             self.check_failures[name] += 1
@@ -126,8 +133,13 @@ class HealthMixin:
                  if not any(r.attempt.id == a for r in self.running.values())]
         if not stale:
             return
+        backend = self.backend_of(host)
+        if not backend.can(Capability.KILL_STALE):
+            log.warning("backend %s cannot stop stale attempts; %d given up on may still run on %s",
+                        backend.name, len(stale), host.name)
+            return
         try:
-            await self.backend.kill_stale(host, stale, self.kill_grace)
+            await backend.kill_stale(host, stale, self.kill_grace)
         except BackendError as exc:
             log.warning("could not stop stale attempts on %s: %s", host.name, exc)
 
@@ -138,13 +150,14 @@ class HealthMixin:
         async def one(host: Host) -> tuple[str, tuple[int, int, int] | None]:
             keep = self.store.unfinished_attempts(host.name)
             try:
-                return host.name, await self.backend.gc_attempts(
+                return host.name, await self.backend_of(host).gc_attempts(
                     host, max_age, max_bytes, keep, self.policy.check_timeout * 4)
             except BackendError as exc:
                 log.warning("attempt gc on %s failed: %s", host.name, exc)
                 return host.name, None
 
-        hosts = [h for h in self.hosts.values() if self.health.get(h.name) is Health.GOOD]
+        hosts = [h for h in self.hosts.values() if self.health.get(h.name) is Health.GOOD
+                 and self.backend_of(h).can(Capability.GC)]
         done = await asyncio.gather(*(one(h) for h in hosts))
         return {name: figures for name, figures in done if figures is not None}
 

@@ -15,11 +15,19 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fleet.backends.base import AttemptPlan, Backend, BackendError, HostLost, InputFile, Outcome
+from fleet.backends.base import (
+    AttemptPlan,
+    Backend,
+    BackendError,
+    Capability,
+    HostLost,
+    InputFile,
+    Outcome,
+)
 from fleet.blobs import BlobStore
 from fleet.config import Settings, fleet_home
 from fleet.disk import DiskGuard, is_disk_full
@@ -120,7 +128,7 @@ class _Sink:
 
 class Scheduler(ChainMixin, HealthMixin):
     def __init__(
-        self, store: Store, hosts: list[Host], backend: Backend, logs: LogStore,
+        self, store: Store, hosts: list[Host], backends: Mapping[str, Backend], logs: LogStore,
         policy: Policy | None = None, secrets: SecretBox | None = None,
         blobs: BlobStore | None = None,
     ) -> None:
@@ -128,7 +136,9 @@ class Scheduler(ChainMixin, HealthMixin):
         # Where collected outputs go (artifacts); the API's uploads live there too.
         self.blobs = blobs or BlobStore(Settings(home=fleet_home()).blobs_dir)
         self.hosts = {h.name: h for h in hosts}
-        self.backend = backend
+        # Every backend by name; a host (or elastic pool) belongs to the one named in
+        # ``host.backend``, and so does every attempt placed on it (``attempt.backend``).
+        self.backends = dict(backends)
         self.logs = logs
         # Opens the job secrets the API sealed (fleet.secrets); only _plan uses it.
         self.secrets = secrets or SecretBox(Settings(home=fleet_home()).secret_key_file)
@@ -225,7 +235,11 @@ class Scheduler(ChainMixin, HealthMixin):
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await self.backend.close()
+        for backend in self.backends.values():
+            try:
+                await backend.close()
+            except Exception:
+                log.exception("closing backend %s failed", backend.name)
         self.logs.close_all()
 
     # ------------------------------------------------------------------ submit / cancel / queries
@@ -446,7 +460,7 @@ class Scheduler(ChainMixin, HealthMixin):
         if run.task.done():
             return
         try:
-            await self.backend.cancel(run.plan, self.kill_grace)
+            await self.backend_of(run.host).cancel(run.plan, self.kill_grace)
         except BackendError as exc:
             log.warning("cancel of %s on %s failed: %s", run.attempt.id, run.host.name, exc)
 
@@ -523,6 +537,10 @@ class Scheduler(ChainMixin, HealthMixin):
     def host_views(self) -> list[HostView]:
         return self._views()
 
+    def backend_of(self, host: Host) -> Backend:
+        """The backend that runs attempts on ``host`` (it offered the host)."""
+        return self.backends[host.backend]
+
     # ------------------------------------------------------------------ placement loop
 
     def _views(self) -> list[HostView]:
@@ -584,7 +602,7 @@ class Scheduler(ChainMixin, HealthMixin):
     def _commit(self, qj: QueuedJob, host: Host) -> None:
         self.fence()
         slots = qj.demand.slots
-        attempt = self.store.start_attempt(qj.job, host.name, slots)
+        attempt = self.store.start_attempt(qj.job, host.name, slots, backend=host.backend)
         self.used[host.name] += slots
         self.last_placed[host.name] = time.monotonic()
         self.running_by_user[qj.job.user] += 1
@@ -622,13 +640,16 @@ class Scheduler(ChainMixin, HealthMixin):
             elif run.cancel_requested and not log_offset:
                 outcome = Outcome(exit_code=None, cancelled=True)
             else:
-                outcome = await self.backend.launch(run.plan, sink, log_offset)
+                backend = self.backend_of(run.host)
+                if run.qj.spec.outputs and not backend.can(Capability.FETCH):
+                    raise backend.unsupported(Capability.FETCH)  # before it runs, not after
+                outcome = await backend.launch(run.plan, sink, log_offset)
             verdict = judge(outcome, run.plan.runner)
             if verdict.state is AttemptState.SUCCEEDED and outcome.outputs_problem:
                 verdict = Verdict(AttemptState.FAILED, Reason.OUTPUT_MISSING, outcome.outputs_problem,
                                   verdict.exit_code)
             elif verdict.state is AttemptState.SUCCEEDED and outcome.outputs:
-                run.collected = await artifacts.collect(self.backend, self.blobs, run.plan, outcome,
+                run.collected = await artifacts.collect(self.backend_of(run.host), self.blobs, run.plan, outcome,
                                                         run.plan.secrets)
         except asyncio.CancelledError:
             raise  # controller shutdown: the attempt keeps running on the host
@@ -792,11 +813,14 @@ class Scheduler(ChainMixin, HealthMixin):
             return
         host = self.hosts.get(attempt.host)
         qj = self._restored(job, JobSpec.model_validate_json(job.spec_json))
-        if host is None:
-            self.store.finish_attempt(attempt.id, AttemptState.FAILED, Reason.HOST_LOST,
-                                      f"host {attempt.host} is no longer in the inventory", None, 0)
-            self.store.finish_job(job.id, JobState.FAILED, Reason.HOST_LOST,
-                                  f"host {attempt.host} is no longer in the inventory")
+        gone = None
+        if attempt.backend not in self.backends:
+            gone = f"backend {attempt.backend} that ran it on {attempt.host} is not loaded"
+        elif host is None or host.backend != attempt.backend:
+            gone = f"host {attempt.host} is no longer offered by backend {attempt.backend}"
+        if gone is not None or host is None:
+            self.store.finish_attempt(attempt.id, AttemptState.FAILED, Reason.HOST_LOST, gone, None, 0)
+            self.store.finish_job(job.id, JobState.FAILED, Reason.HOST_LOST, gone)
             return
         self.used[host.name] += attempt.slots
         self.running_by_user[job.user] += 1

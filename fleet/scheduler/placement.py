@@ -31,6 +31,7 @@ class Demand:
     kind: str = "shell"
     requires: tuple[str, ...] = ()
     guest: bool = False  # a job of someone other than the server's owner (DESIGN.md §7)
+    burst: bool = False  # may go to an elastic pool (a cloud backend) when no fixed host is free
 
     @classmethod
     def of(cls, spec: JobSpec, guest: bool = False) -> Demand:
@@ -38,7 +39,7 @@ class Demand:
         return cls(
             pool=r.pool, arch=r.arch, accelerator=r.accelerator,
             labels=tuple(sorted(r.labels.items())), slots=r.slots, runner=spec.runner or "shell",
-            kind=spec.kind.value, requires=tuple(r.requires), guest=guest,
+            kind=spec.kind.value, requires=tuple(r.requires), guest=guest, burst=spec.burst,
         )
 
     @property
@@ -58,6 +59,8 @@ class Demand:
                 key += ".compile"
         if self.guest:
             key += "~guest"
+        if self.burst:
+            key += "^burst"
         return key
 
     def describe_scope(self) -> str:
@@ -110,6 +113,8 @@ def static_reason(demand: Demand, host: Host, runner: RunnerManifest | None,
     """Why ``host`` can never take jobs of ``demand`` (None if it can). Pure."""
     if not host.schedulable:
         return "runs no jobs (fleet_jobs=false)"
+    if host.elastic and not demand.burst:
+        return f"elastic pool of backend {host.backend} (takes only jobs with burst: true)"
     if demand.guest and host.connection == "local" and host.job_user is None and host.isolation != "user":
         # A job there would run as the server's own account, next to its token and keys.
         return "runs only the server owner's jobs (it is the controller's machine; set fleet_job_user)"
@@ -153,14 +158,22 @@ def dynamic_reason(demand: Demand, view: HostView) -> str | None:
     return None
 
 
+ELASTIC_PENALTY = 4.0  # below any free fixed host, even one the job failed on
+
+
 def rank(view: HostView, inputs: Iterable[str], failed_on: frozenset[str]) -> float:
-    """Higher is better: free capacity, inputs already cached, not a host that failed the job."""
+    """Higher is better: free capacity, inputs already cached, not a host that failed the job.
+    An elastic pool ranks below every free fixed host (it bursts when the lab is full), and
+    among pools the quicker to start and the cheaper first."""
     inputs = list(inputs)
     score = view.free_slots / max(view.host.slots, 1)
     if inputs:
         score += 0.5 * sum(1 for sha in inputs if sha in view.cached) / len(inputs)
     if view.host.name in failed_on:
         score -= 2.0
+    if view.host.elastic:
+        score -= ELASTIC_PENALTY + min(view.host.startup_latency, 3600.0) / 3600.0 \
+            + min(view.host.cost, 1000.0) / 1000.0
     return score
 
 

@@ -1,0 +1,144 @@
+"""Backends are plugins (DESIGN.md §5.8): a backend that lives outside fleet, as its own small
+distribution (tests/plugins/fleet-procpool, installed by the README's test command), registered
+only by its ``fleet.backends`` entry point, runs jobs end to end beside the ssh backend, survives
+a controller ``kill -9`` with nothing run twice, and shows in ``fleet hosts`` and ``fleet why``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
+
+import pytest
+
+from fleet.backends.registry import GROUP, load_backends
+from fleet.config import Settings
+from fleet.errors import ConfigError
+from tests.helpers import pid_alive
+
+REPO = Path(__file__).resolve().parent.parent
+PLUGIN = "procpool"
+
+
+def _installed() -> bool:
+    return any(ep.name == PLUGIN for ep in entry_points(group=GROUP))
+
+
+pytestmark = pytest.mark.skipif(not _installed(), reason="the procpool test plugin is not installed "
+                                "(pip install -e tests/plugins/fleet-procpool)")
+
+
+def _inventory(tmp_path: Path) -> Path:
+    inv = tmp_path / "hosts.ini"
+    inv.write_text("localhost ansible_connection=local fleet_slots=1\n")
+    return inv
+
+
+def _wait_state(client, job_id: str, states: set[str], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.job(job_id).state in states:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{job_id} stayed {client.job(job_id).state}, wanted {states}")
+
+
+def test_fleet_names_no_plugin():
+    """Nothing in fleet's own code knows this backend: it comes in by its entry point alone."""
+    found = subprocess.run(["grep", "-rli", PLUGIN, str(REPO / "fleet")], capture_output=True, text=True)
+    assert found.stdout == "", found.stdout
+
+
+def test_plugin_runs_jobs_beside_ssh_and_shows_in_hosts_and_why(fleet, tmp_path):
+    client = fleet.start(_inventory(tmp_path), config={"backends": {PLUGIN: {"limit": 2}}})
+    hosts = {h["name"]: h for h in fleet.cli_json("hosts")}
+    assert hosts[PLUGIN]["backend"] == PLUGIN and hosts[PLUGIN]["elastic"] is True
+    assert hosts[PLUGIN]["slots"] == 2 and "elastic" in hosts[PLUGIN]["target"]
+    assert hosts["localhost"]["backend"] == "ssh" and hosts["localhost"]["elastic"] is False
+
+    # The fixed host is free: a burst job goes there first (an elastic pool ranks below it).
+    first = client.submit({"name": "fixed-first", "burst": True, "run": "sleep 1.5"}).id
+    _wait_state(client, first, {"RUNNING"})
+    assert client.job(first).attempt_list[0].host == "localhost"
+    # The lab is full: a job that may not burst waits, and says why.
+    stays = client.submit({"name": "no-burst", "run": "true"}).id
+    why = fleet.cli_json("why", stays)
+    assert why["reasons"].get("busy") == 1, why
+    assert any("takes only jobs with burst: true" in r for r in why["reasons"]), why
+    # Jobs that may burst run in the plugin's pool, with their logs and exit status.
+    side = tmp_path / "ran.txt"
+    burst = [client.submit({"name": f"b{i}", "burst": True,
+                            "run": f'echo "$FLEET_JOB_ID" >> {side}; echo hello from $FLEET_HOST; exit {i}'}).id
+             for i in range(2)]
+    ended = [client.wait(j, 60) for j in burst]
+    assert [j.state for j in ended] == ["SUCCEEDED", "FAILED"], fleet.server_log()
+    for job in ended:
+        attempt = job.attempt_list[0]
+        assert (attempt.host, attempt.backend) == (PLUGIN, PLUGIN)
+        assert b"".join(client.logs(job.id)) == f"hello from {PLUGIN}\n".encode()
+    assert ended[1].attempt_list[0].exit_code == 1 and ended[1].reason == "exit_nonzero"
+    assert sorted(side.read_text().split()) == sorted(burst)
+    assert client.wait(first, 60).state == "SUCCEEDED"
+    assert client.wait(stays, 60).attempt_list[0].host == "localhost"
+
+    # What the plugin cannot do it says: it declares no output collection.
+    outputs = client.submit({"name": "wants-files", "burst": True, "resources": {"pool": PLUGIN},
+                             "run": "echo x > out.txt", "outputs": ["out.txt"]}).id
+    job = client.wait(outputs, 60)
+    assert job.state == "FAILED" and job.reason == "setup_failed", job
+    assert f"backend {PLUGIN} cannot fetch" in job.message
+
+
+def test_plugin_attempts_survive_controller_kill_9_and_run_once(fleet, tmp_path):
+    config = {"backends": {PLUGIN: {"limit": 3}}}
+    client = fleet.start(_inventory(tmp_path), config=config)
+    side = tmp_path / "ran.txt"
+    script = (f'echo "$FLEET_JOB_ID" >> {side}; i=0; '
+              'while [ $i -lt 30 ]; do echo "line $i"; i=$((i+1)); sleep 0.05; done')
+    ids = [client.submit({"name": f"k{i}", "burst": True, "resources": {"pool": PLUGIN},
+                          "run": script}).id for i in range(3)]
+    for job_id in ids:
+        _wait_state(client, job_id, {"RUNNING"})
+    pid = fleet.info.pid
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    fleet.client.close()
+
+    client = fleet.start(_inventory(tmp_path), config=config)
+    expected = "".join(f"line {i}\n" for i in range(30))
+    for job_id in ids:
+        job = client.wait(job_id, 60)
+        assert job.state == "SUCCEEDED", (job, fleet.server_log())
+        assert len(job.attempt_list) == 1 and job.attempt_list[0].backend == PLUGIN
+        assert b"".join(client.logs(job_id)).decode() == expected
+    assert sorted(side.read_text().split()) == sorted(ids)  # each ran exactly once
+
+
+@pytest.mark.parametrize(("backends", "says"), [
+    ({PLUGIN: {"limit": 0}}, f"backends.{PLUGIN}.limit"),
+    ({PLUGIN: {"limt": 2}}, f"backends.{PLUGIN}.limt"),
+    ({"nosuch": {}}, "no backend plugin named 'nosuch' is installed"),
+    ({"ssh": {"port": 22}}, "backends.ssh: this backend takes no settings"),
+], ids=["bad-value", "unknown-key", "not-installed", "ssh-takes-none"])
+def test_bad_backend_settings_stop_the_start_naming_the_key(fleet, tmp_path, backends, says):
+    with pytest.raises(Exception) as info:
+        fleet.start(_inventory(tmp_path), config={"backends": backends})
+    assert says in str(info.value)
+
+
+def test_a_plugin_that_fails_to_import_disables_only_itself(tmp_path):
+    settings = Settings(home=tmp_path, backends={"broken": {}})
+    available = {ep.name: ep for ep in entry_points(group=GROUP)}
+    available["broken"] = EntryPoint(name="broken", value="fleet_no_such_module:Backend", group=GROUP)
+    loaded = load_backends(settings, [], lambda sha: tmp_path / sha, available)
+    assert set(loaded.backends) == {"ssh"}
+    assert "ModuleNotFoundError" in loaded.disabled["broken"]
+    with pytest.raises(ConfigError, match="backends.procpool.pool"):
+        load_backends(Settings(home=tmp_path, backends={PLUGIN: {"pool": "Bad Name"}}), [],
+                      lambda sha: tmp_path / sha, available)
