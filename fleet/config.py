@@ -46,6 +46,8 @@ CONFIG_KEYS = {
     "max_upload_bytes": "largest file one upload may be (default 8 GiB)",
     "upload_quota_bytes": "bytes of uploads one user may hold on the server (default 50 GiB)",
     "upload_retention_days": "days an upload is kept once no unfinished job uses it (default 7)",
+    "event_retention_days": "days the event stream (GET /events) keeps events to resume from "
+                            "(default 7)",
     "backends": "execution backends beside the built-in ssh one, with their settings: "
                 "{NAME: {...}} (plugins of the fleet.backends entry-point group)",
     "disk_reserve_bytes": "space held back in FLEET_HOME for the database when the disk fills "
@@ -96,6 +98,7 @@ class Settings:
     upload_quota_bytes: int = 50 << 30
     upload_retention_days: float = 7.0
     disk_reserve_bytes: int = 32 << 20
+    event_retention_days: float = 7.0
     backends: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -29,6 +29,7 @@ from fleet.blobs import BlobStore
 from fleet.config import Settings
 from fleet.db import Database
 from fleet.disk import DiskGuard
+from fleet.events import EventHub
 from fleet.hooks import Catalog
 from fleet.inventory import Host, embedded_inventory, load_inventory
 from fleet.leader import LeaderLease, LeaseKeeper, make_holder
@@ -112,6 +113,9 @@ async def serve(settings: Settings, options: ServeOptions) -> None:
     ctx = ApiContext(store, scheduler, blobs, lease, limits, disk)
     ctx.ssh_known_hosts = [Path("~/.ssh/known_hosts").expanduser(), settings.known_hosts]
     ctx.trust_on_first_use = settings.trust_on_first_use
+    hub = EventHub(store, settings.db_url)
+    await hub.start()
+    ctx.events = hub
     app = create_app(ctx)
 
     # proto=IPPROTO_TCP matters: asyncio only sets TCP_NODELAY on sockets that say they are TCP,
@@ -155,6 +159,7 @@ async def serve(settings: Settings, options: ServeOptions) -> None:
         collector.cancel()
         await asyncio.gather(elector, collector, return_exceptions=True)
         await scheduler.stop()
+        await hub.stop()
         if scheduler.leading:
             lease.release()  # a follower takes over now instead of after the lease time
         db.dispose()
@@ -203,6 +208,7 @@ async def collect_garbage(scheduler: Scheduler, settings: Settings) -> None:
         if dropped or freed:
             log.info("upload retention dropped %d uploads and %d files no job uses", dropped, freed)
         scheduler.store.forget_submit_keys(time.time() - 86400)
+        scheduler.store.expire_events(time.time() - settings.event_retention_days * 86400)
         passes = await scheduler.gc_hosts(settings.host_retention_days * 86400,
                                           settings.host_store_limit)
         for host, (count, freed, left) in sorted(passes.items()):

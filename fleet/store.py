@@ -10,10 +10,12 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, update
+from sqlalchemy import bindparam, delete, func, insert, literal, null, text, update
+from sqlalchemy.engine import Connection
 from sqlmodel import col, select
 
 from fleet.db import Database
@@ -21,7 +23,18 @@ from fleet.errors import FleetError, NotFound
 from fleet.ids import new_id
 from fleet.models.enums import AttemptState, Health, JobState, Reason
 from fleet.models.spec import JobSpec
-from fleet.models.tables import Artifact, Attempt, HostStatus, Job, Result, SubmitKey, Token, Upload, User
+from fleet.models.tables import (
+    Artifact,
+    Attempt,
+    Event,
+    HostStatus,
+    Job,
+    Result,
+    SubmitKey,
+    Token,
+    Upload,
+    User,
+)
 
 ACTIVE_JOB_STATES = [JobState.STARTING.value, JobState.RUNNING.value, JobState.CANCELLING.value]
 QUEUED_JOB_STATES = [JobState.PENDING.value, JobState.RETRYING.value]
@@ -30,6 +43,10 @@ QUEUED_JOB_STATES = [JobState.PENDING.value, JobState.RETRYING.value]
 _JOBS = Job.__table__  # type: ignore[attr-defined]
 _ATTEMPTS = Attempt.__table__  # type: ignore[attr-defined]
 _RESULTS = Result.__table__  # type: ignore[attr-defined]
+_EVENTS = Event.__table__  # type: ignore[attr-defined]
+_EVENT_COLS = ["at", "type", "user", "job_id", "attempt_id", "host", "state", "reason", "message",
+               "data_json"]
+NOTIFY_CHANNEL = "fleet_events"  # PostgreSQL: every event write NOTIFYs it (fleet.events)
 _UPDATES: dict[tuple[str, tuple[str, ...]], Any] = {}
 
 
@@ -54,6 +71,25 @@ _JOB_RUNNING = (
     .values(state=bindparam("state"), updated_at=bindparam("updated_at"),
             started_at=func.coalesce(_JOBS.c.started_at, bindparam("started_at")))
 )
+
+
+
+def _job_events(conn: Connection, ids: Sequence[str], now: float) -> None:
+    """``job.state`` events for jobs as they are now in this transaction (one statement)."""
+    j = _JOBS.c
+    sel = select(literal(now), literal("job.state"), j.user, j.id, j.current_attempt, j.host, j.state,
+                 j.reason, j.message, null()).where(j.id.in_(list(ids)))
+    conn.execute(insert(_EVENTS).from_select(_EVENT_COLS, sel))
+
+
+def _attempt_event(conn: Connection, attempt_id: str, kind: str, now: float,
+                   data: dict[str, Any] | None = None) -> None:
+    """An ``attempt.*`` event for an attempt as it is now in this transaction."""
+    a, j = _ATTEMPTS.c, _JOBS.c
+    sel = (select(literal(now), literal(kind), j.user, a.job_id, a.id, a.host, a.state, a.reason,
+                  a.message, literal(json.dumps(data)) if data else null())
+           .select_from(_ATTEMPTS.join(_JOBS, j.id == a.job_id)).where(a.id == attempt_id))
+    conn.execute(insert(_EVENTS).from_select(_EVENT_COLS, sel))
 
 
 _ID_CHARS = "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -81,6 +117,50 @@ def hash_token(token: str) -> str:
 class Store:
     def __init__(self, db: Database) -> None:
         self.db = db
+        # Called (from any thread) after a transaction that wrote events commits: the event
+        # hub of this process reads them at once (fleet.events). Other processes learn of
+        # them by PostgreSQL NOTIFY.
+        self.on_event: Callable[[], None] | None = None
+
+    @contextmanager
+    def _telling(self) -> Iterator[Connection]:
+        """A write transaction that writes events: NOTIFY (PostgreSQL) at its commit, and
+        ``on_event`` after it."""
+        with self.db.write() as conn:
+            yield conn
+            if conn.dialect.name == "postgresql":
+                conn.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
+        if self.on_event is not None:
+            self.on_event()
+
+    # ------------------------------------------------------------------ events
+
+    def add_event(self, type: str, *, user: str | None = None, job_id: str | None = None,
+                  host: str | None = None, state: str | None = None, message: str | None = None,
+                  data: dict[str, Any] | None = None) -> None:
+        with self._telling() as conn:
+            conn.execute(insert(_EVENTS), {
+                "at": time.time(), "type": type, "user": user, "job_id": job_id,
+                "attempt_id": None, "host": host, "state": state, "reason": None,
+                "message": message, "data_json": json.dumps(data) if data else None})
+
+    def events_after(self, after: int, limit: int = 1000) -> list[Event]:
+        """Events numbered above ``after``, oldest first."""
+        with self.db.session() as s:
+            return list(s.exec(select(Event).where(col(Event.id) > after).order_by(col(Event.id))
+                               .limit(limit)).all())
+
+    def last_event_id(self) -> int:
+        with self.db.write() as conn:
+            return int(conn.execute(select(func.max(_EVENTS.c.id))).scalar() or 0)
+
+    def first_event_id(self) -> int:
+        with self.db.write() as conn:
+            return int(conn.execute(select(func.min(_EVENTS.c.id))).scalar() or 0)
+
+    def expire_events(self, before: float) -> int:
+        with self.db.write() as conn:
+            return int(conn.execute(delete(_EVENTS).where(_EVENTS.c.at < before)).rowcount or 0)
 
     # ------------------------------------------------------------------ users and tokens
 
@@ -189,12 +269,13 @@ class Store:
             before = link.get("after")
             job.after = jobs[before].id if before is not None else None
             job.chain = jobs[link["first"]].id
-        with self.db.write() as conn:
+        with self._telling() as conn:
             if idempotency_key is not None:  # first, so a concurrent twin fails before any job
                 conn.execute(insert(SubmitKey), {"user": user, "key": idempotency_key,
                                                  "job_ids": json.dumps([j.id for j in jobs]),
                                                  "created_at": time.time()})
             conn.execute(insert(_JOBS), [job.model_dump() for job in jobs])
+            _job_events(conn, [j.id for j in jobs], time.time())
         return jobs
 
     def jobs_for_key(self, user: str, key: str) -> list[Job] | None:
@@ -309,8 +390,13 @@ class Store:
 
     def set_job(self, job_id: str, **fields: Any) -> None:
         fields["updated_at"] = time.time()
-        with self.db.write() as conn:
+        if "state" not in fields:
+            with self.db.write() as conn:
+                conn.execute(_update(_JOBS, tuple(sorted(fields))), dict(fields, _id=job_id))
+            return
+        with self._telling() as conn:
             conn.execute(_update(_JOBS, tuple(sorted(fields))), dict(fields, _id=job_id))
+            _job_events(conn, [job_id], fields["updated_at"])
 
     def finish_job(self, job_id: str, state: JobState, reason: Reason, message: str | None) -> None:
         now = time.time()
@@ -327,31 +413,39 @@ class Store:
         )
         fields = dict(state=JobState.STARTING.value, host=host, attempt_count=attempt.number,
                       current_attempt=attempt.id, updated_at=now, reason=None, message=None)
-        with self.db.write() as s:
+        with self._telling() as s:
             s.execute(insert(_ATTEMPTS), attempt.model_dump())
             s.execute(_update(_JOBS, tuple(sorted(fields))), dict(fields, _id=job.id))
+            _attempt_event(s, attempt.id, "attempt.started", now, {"backend": backend,
+                                                                   "number": attempt.number})
+            _job_events(s, [job.id], now)
         job.attempt_count = attempt.number
         return attempt
 
     def attempt_running(self, job_id: str, attempt_id: str, started_at: float) -> None:
         now = time.time()
-        with self.db.write() as s:
+        with self._telling() as s:
             s.execute(_update(_ATTEMPTS, ("started_at", "state")),
                       {"_id": attempt_id, "state": AttemptState.RUNNING.value, "started_at": started_at})
-            s.execute(_JOB_RUNNING, {"_id": job_id, "_state": JobState.STARTING.value,
-                                     "state": JobState.RUNNING.value, "started_at": started_at,
-                                     "updated_at": now})
+            moved = s.execute(_JOB_RUNNING, {"_id": job_id, "_state": JobState.STARTING.value,
+                                             "state": JobState.RUNNING.value, "started_at": started_at,
+                                             "updated_at": now})
+            _attempt_event(s, attempt_id, "attempt.running", now)
+            if moved.rowcount:
+                _job_events(s, [job_id], now)
 
     def reopen_attempt(self, job_id: str, attempt_id: str, message: str) -> None:
         """An attempt given up on is followed again: it is active again (a restart reattaches
         it) until its real end is known."""
         now = time.time()
-        with self.db.write() as s:
+        with self._telling() as s:
             s.execute(_update(_ATTEMPTS, ("ended_at", "message", "reason", "state")),
                       {"_id": attempt_id, "state": AttemptState.RUNNING.value, "reason": None,
                        "message": message, "ended_at": None})
             s.execute(_update(_JOBS, ("message", "state", "updated_at")),
                       {"_id": job_id, "state": JobState.RUNNING.value, "message": message, "updated_at": now})
+            _attempt_event(s, attempt_id, "attempt.running", now)
+            _job_events(s, [job_id], now)
 
     def finish_attempt(
         self, attempt_id: str, state: AttemptState, reason: Reason, message: str | None,
@@ -364,8 +458,9 @@ class Store:
         )
         if started_at is not None:
             values["started_at"] = started_at
-        with self.db.write() as s:
+        with self._telling() as s:
             s.execute(_update(_ATTEMPTS, tuple(sorted(values))), dict(values, _id=attempt_id))
+            _attempt_event(s, attempt_id, "attempt.ended", time.time(), {"exit_code": exit_code})
 
     def finish(
         self, attempt_id: str, attempt_values: dict[str, Any], job_id: str, job_values: dict[str, Any],
@@ -373,10 +468,14 @@ class Store:
     ) -> None:
         """End an attempt, move its job on and store its result and artifacts, in one
         transaction."""
-        job_values = dict(job_values, updated_at=time.time())
-        with self.db.write() as s:
+        now = time.time()
+        job_values = dict(job_values, updated_at=now)
+        with self._telling() as s:
             s.execute(_update(_ATTEMPTS, tuple(sorted(attempt_values))), dict(attempt_values, _id=attempt_id))
             s.execute(_update(_JOBS, tuple(sorted(job_values))), dict(job_values, _id=job_id))
+            _attempt_event(s, attempt_id, "attempt.ended", now,
+                           {"exit_code": attempt_values.get("exit_code")})
+            _job_events(s, [job_id], now)
             if result is not None:
                 s.execute(insert(_RESULTS), dict(result, created_at=time.time()))
             if artifacts:
@@ -543,8 +642,11 @@ class Store:
     def set_drained(self, name: str, drained: bool) -> None:
         with self.db.session() as s:
             row = s.get(HostStatus, name) or HostStatus(name=name, updated_at=time.time())
+            changed = row.drained != drained
             row.drained, row.updated_at = drained, time.time()
             s.add(row)
+        if changed:
+            self.add_event("host.drain", host=name, state="drained" if drained else "undrained")
 
     def lost_attempts(self, host: str, since: float) -> list[str]:
         """Ids of attempts on ``host`` declared lost since ``since`` (they may still run there)."""
@@ -565,5 +667,8 @@ class Store:
             row = s.get(HostStatus, name)
             if row is None:
                 row = HostStatus(name=name, updated_at=time.time())
+            changed = (row.health, row.health_message) != (health.value, message)
             row.health, row.health_message, row.updated_at = health.value, message, time.time()
             s.add(row)
+        if changed:
+            self.add_event("host.health", host=name, state=health.value, message=message)

@@ -136,6 +136,59 @@ class Client:
     def wait(self, job_id: str, timeout: float = 30.0) -> JobDetail:
         return JobDetail.model_validate(self._get(f"/jobs/{job_id}/wait", timeout=timeout))
 
+    # ------------------------------------------------------------------ events
+
+    def events(self, *, after: int | None = None, jobs: list[str] | tuple[str, ...] = (),
+               types: list[str] | tuple[str, ...] = (), reconnect: int = 5) -> Iterator[dict[str, Any]]:
+        """The event stream (``GET /events``) as dicts with ``type`` and ``id``; the first is
+        ``{"type": "ready", "id": N}`` (the stream starts after event N). A dropped connection
+        is resumed from the last event seen (``Last-Event-ID``), up to ``reconnect`` times in
+        a row; events are neither lost nor repeated across it."""
+        params: dict[str, Any] = {"job": list(jobs), "type": list(types)}
+        last, failures = after, 0
+        while True:
+            headers = {"Last-Event-ID": str(last)} if last is not None else {}
+            try:
+                with self.http.stream("GET", "/events", params=params, headers=headers,
+                                      timeout=httpx.Timeout(self.http.timeout.connect, read=None)) as resp:
+                    if resp.status_code >= 400:
+                        resp.read()
+                        self._check(resp)
+                    for event in _sse(resp.iter_lines()):
+                        failures = 0
+                        if event.get("id") is not None:
+                            last = event["id"]
+                        yield event
+            except (httpx.TransportError, httpx.RemoteProtocolError):
+                failures += 1
+                if failures > reconnect:
+                    raise
+                time.sleep(min(0.2 * 2 ** failures, 5.0))
+                continue
+            # The server closed the stream (it stopped): resume like after a broken connection.
+            failures += 1
+            if failures > reconnect:
+                raise ApiError(503, "the event stream ended")
+            time.sleep(min(0.2 * 2 ** failures, 5.0))
+
+    def wait_all(self, job_ids: list[str]) -> list[JobDetail]:
+        """Block until every job is terminal, woken by their ``job.state`` events (no polling)."""
+        from fleet.models.enums import JobState
+
+        details = {j: self.job(j) for j in job_ids}  # ids resolved and visibility checked
+        ids = [d.id for d in details.values()]
+        left = {d.id for d in details.values() if not JobState(d.state).terminal}
+        if left:
+            for event in self.events(jobs=sorted(left), types=["job.state"]):
+                if event["type"] == "ready":  # subscribed: look once more, then only listen
+                    left = {j for j in left if not JobState(self.job(j).state).terminal}
+                elif event.get("state") and JobState(event["state"]).terminal:
+                    left.discard(event["job"])
+                if not left:
+                    break
+        by_id = {j: self.job(j) for j in ids}
+        return [by_id[d.id] for d in details.values()]
+
     def jobs(
         self, *, states: list[str] | None = None, pool: str | None = None, user: str | None = None,
         limit: int = 50, before: str | None = None,
@@ -239,3 +292,30 @@ class Client:
 
     def revoke_token(self, token_id: int) -> TokenInfo:
         return TokenInfo.model_validate(self._check(self.http.delete(f"/tokens/{int(token_id)}")).json())
+
+
+def _sse(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    """Parse Server-Sent Events: each event's JSON ``data`` with its ``type`` and ``id``."""
+    import json
+
+    kind, ident, data = "message", None, []
+    for line in lines:
+        if not line:
+            if data:
+                event = json.loads("\n".join(data))
+                event.setdefault("type", kind)
+                if ident is not None:
+                    event["id"] = int(ident)
+                yield event
+            kind, ident, data = "message", None, []
+            continue
+        if line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if field == "event":
+            kind = value
+        elif field == "data":
+            data.append(value)
+        elif field == "id":
+            ident = value

@@ -60,10 +60,12 @@ from fleet.api.schemas import (
     WhyOut,
     iso,
 )
+from fleet.api import routes_events
 from fleet.api.submit import submit_many
 from fleet.blobs import BlobStore
 from fleet.disk import DiskFull, DiskGuard, is_disk_full
 from fleet.errors import FleetError, NotFound, SpecError
+from fleet.events import EventHub
 from fleet.ids import new_id
 from fleet.inventory import unix_account
 from fleet.leader import LeaderLease
@@ -109,6 +111,7 @@ class ApiContext:
         self.ssh_known_hosts: list[pathlib.Path] = [pathlib.Path("~/.ssh/known_hosts").expanduser()]
         self.trust_on_first_use = False
         self._leader_http: httpx.AsyncClient | None = None
+        self.events: EventHub | None = None  # GET /events (fleet.events); set by the controller
 
     def leader_url(self) -> str | None:
         """The API URL of the current leader (None if this replica leads or nobody does)."""
@@ -149,6 +152,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         description="Job runner for edge-device ML labs. Bearer token on every route but /health.",
     )
     app.state.ctx = ctx
+    app.include_router(routes_events.router)
     app.add_middleware(BodyLimit, limit=lambda: ctx.limits.max_request_bytes)
     app.add_middleware(ServerTiming)
 
@@ -339,7 +343,11 @@ def create_app(ctx: ApiContext) -> FastAPI:
     ) -> JobDetail:
         """Return the job once it is terminal, or after ``timeout`` seconds (check ``state``)."""
         job = visible_job(job_id, user)
-        await ctx.scheduler.wait_done(job.id, timeout)
+        if ctx.scheduler.leading or ctx.events is None:
+            await ctx.scheduler.wait_done(job.id, timeout)
+        else:  # a follower learns of the end from the event table
+            await ctx.events.wait_until(
+                lambda: JobState(ctx.store.get_job(job.id).state).terminal, timeout)
         return detail(ctx.store.get_job(job.id))
 
     @app.post("/jobs/{job_id}/cancel", tags=["jobs"])

@@ -184,10 +184,8 @@ def _server_out(obj: Ctx, info: local.ServerInfo, as_json: bool) -> None:
 
 
 def _wait_terminal(client: Client, job_id: str) -> Any:
-    while True:
-        detail = client.wait(job_id, timeout=60)
-        if JobState(detail.state).terminal:
-            return detail
+    """Wait for the job's end on the event stream (GET /events)."""
+    return client.wait_all([job_id])[0]
 
 
 def _short(text: str | None, width: int = 70) -> str:
@@ -252,7 +250,7 @@ def submit(obj: Ctx, files: tuple[Path, ...], wait: bool, follow: bool, as_json:
                 out.write(safe.feed(chunk))
                 out.flush()
             out.write(safe.feed(b"", final=True))
-        details = [_wait_terminal(client, job.id) for job in jobs]
+        details = client.wait_all([job.id for job in jobs])
     except KeyboardInterrupt:
         _stopped_waiting([job.id for job in jobs])
     if len(details) == 1:
@@ -320,10 +318,50 @@ def _with_list_options(fn: F) -> F:
 @_with_list_options
 @pass_ctx
 @handle_errors
+@click.option("--watch", "-w", is_flag=True,
+              help="then print every job state change as it happens (until Ctrl-C); "
+                   "with --json, one event per line")
 def jobs(obj: Ctx, states: tuple[str, ...], pool: str | None, user: str | None, limit: int,
-         before: str | None, as_json: bool) -> None:
+         before: str | None, as_json: bool, watch: bool) -> None:
     """List jobs, newest first."""
-    _list_jobs(obj, states, pool, user, limit, before, as_json)
+    if not watch:
+        _list_jobs(obj, states, pool, user, limit, before, as_json)
+        return
+    _watch_jobs(obj, states, pool, user, limit, before, as_json)
+
+
+def _watch_jobs(obj: Ctx, states: tuple[str, ...], pool: str | None, user: str | None, limit: int,
+                before: str | None, as_json: bool) -> None:
+    """The list, then a line per job state change, from the event stream. Subscribed before
+    the list is read, so no change falls between the two."""
+    import datetime
+
+    wanted = {s.strip().upper() for value in states for s in value.split(",") if s.strip()}
+    stream = obj.client.events(types=["job.state"])
+    try:
+        ready = next(stream)  # subscribed
+        if as_json:  # a script learns where the stream starts (resume: GET /events?after=)
+            click.echo(json.dumps(ready))
+            sys.stdout.flush()
+        else:
+            _list_jobs(obj, states, pool, user, limit, before, False)
+            click.echo("-- watching job state changes (Ctrl-C stops watching; jobs go on)", err=True)
+        for event in stream:
+            if (wanted and event.get("state") not in wanted) or (user and event.get("user") != user):
+                continue
+            if as_json:
+                click.echo(json.dumps(event), nl=True)
+                sys.stdout.flush()
+                continue
+            at = datetime.datetime.fromtimestamp(event["at"]).strftime("%H:%M:%S")
+            where = f" on {event['host']}" if event.get("host") else ""
+            why = f" ({event['reason']})" if event.get("reason") else ""
+            message = f": {_short(event.get('message'), 60)}" if event.get("message") else ""
+            click.echo(f"{at}  {event['job']}  {event['state']}{why}{where}{message}")
+    except KeyboardInterrupt:
+        sys.exit(130)
+    finally:
+        stream.close()
 
 
 @cli.command()

@@ -170,3 +170,22 @@ class Lease(SQLModel, table=True):
     url: str | None = None
     expires_at: float
     updated_at: float
+
+
+class Event(SQLModel, table=True):
+    """What happened, numbered (``GET /events``): written in the same transaction as the change
+    it tells of, so a reader that follows ``id`` misses nothing and sees nothing undone.
+    ``user``: whose job it is (None: everyone may see it, e.g. a host's health)."""
+
+    __tablename__ = "events"
+    id: int | None = Field(default=None, primary_key=True)
+    at: float = Field(index=True)
+    type: str  # job.state, attempt.started, attempt.ended, host.health, host.drain, queue.depth
+    user: str | None = None
+    job_id: str | None = None
+    attempt_id: str | None = None
+    host: str | None = None
+    state: str | None = None
+    reason: str | None = None
+    message: str | None = Field(default=None, sa_column=Column(Text))
+    data_json: str | None = Field(default=None, sa_column=Column(Text))

@@ -174,6 +174,10 @@ class Scheduler(ChainMixin, HealthMixin):
         self.owner = getpass.getuser()
         self.disk: DiskGuard | None = None  # a full disk: no new placements (fleet.disk)
         self._wake = asyncio.Event()
+        # queue.depth events: what was last told, when, and the pending telling (coalesced).
+        self._depth_told: dict[str, int] = {}
+        self._depth_at = 0.0
+        self._depth_handle: asyncio.TimerHandle | None = None
         self._done: dict[str, asyncio.Event] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -230,6 +234,8 @@ class Scheduler(ChainMixin, HealthMixin):
                 qj.expiry.cancel()
         for held in self.held.values():
             held[1].cancel()
+        if self._depth_handle is not None:
+            self._depth_handle.cancel()
         if self._loop_task is not None:
             tasks.append(self._loop_task)
         for task in tasks:
@@ -352,6 +358,7 @@ class Scheduler(ChainMixin, HealthMixin):
         if queue is None:
             queue = self.queues[demand.key] = ClassQueue(demand.key)
         queue.push(job.id, spec.priority, job.user)
+        self._queues_changed()
 
     async def cancel(self, job_id: str) -> str:
         """Cancel a job. Queued: ends now. Running: TERM/KILL on the host; the attempt's end
@@ -433,10 +440,34 @@ class Scheduler(ChainMixin, HealthMixin):
             queue.remove(job_id)
             if not len(queue):
                 del self.queues[qj.demand.key]
+            self._queues_changed()
         if qj.expiry is not None:
             qj.expiry.cancel()
             qj.expiry = None
         return qj
+
+    DEPTH_EVERY = 0.25  # seconds: queue.depth events at most this often (a burst is one event)
+
+    def _queues_changed(self) -> None:
+        if self._depth_handle is not None or self._stopping:
+            return
+        delay = max(0.0, self._depth_at + self.DEPTH_EVERY - time.monotonic())
+        self._depth_handle = asyncio.get_running_loop().call_later(delay, self._tell_depth)
+
+    def _tell_depth(self) -> None:
+        """A ``queue.depth`` event: the queues whose number of waiting jobs changed."""
+        self._depth_handle = None
+        depth = {key: len(q) for key, q in self.queues.items()}
+        changed = {key: depth.get(key, 0) for key in depth.keys() | self._depth_told.keys()
+                   if depth.get(key, 0) != self._depth_told.get(key, 0)}
+        if not changed:
+            return
+        self._depth_told, self._depth_at = depth, time.monotonic()
+        try:
+            self.store.add_event("queue.depth", data={"queues": changed, "waiting": sum(depth.values())})
+        except Exception:  # noqa: BLE001 - a lost depth event is told again with the next change
+            log.exception("writing a queue.depth event failed")
+            self._depth_told = {}
 
     def _expire(self, job_id: str) -> None:
         """queue_timeout passed: the job ends no_capacity, saying why it could not start."""
