@@ -50,6 +50,14 @@ class SetupFailed(BackendError):
     reason = Reason.SETUP_FAILED
 
 
+class OutputUnreadable(BackendError):
+    """An output the job declared cannot be collected as it was reported (a link, not a
+    regular file, gone, changed since): the job's failure. Counting it against the host would
+    let any job quarantine hosts by leaving a bad output behind."""
+
+    reason = Reason.OUTPUT_MISSING
+
+
 class Unsupported(BackendError):
     """The backend cannot do what was asked (it does not declare the capability): the job asked
     for something this backend lacks, so it is the job's failure, not the host's."""

@@ -25,6 +25,7 @@ from fleet.backends.base import (
     BackendError,
     HostLost,
     Outcome,
+    OutputUnreadable,
     SetupFailed,
 )
 from fleet.backends.connection import ConnectionPool, SSHOptions, Transport
@@ -195,10 +196,10 @@ class SSHBackend(Backend):
             code = await self._exec(host, transport, command, on_stdout=write, on_stderr=err.extend,
                                     transfer=size)
         if code != 0:
-            raise BackendError(f"host {host.name}: cannot read {rel_path} of attempt "
+            raise OutputUnreadable(f"host {host.name}: cannot read {rel_path} of attempt "
                                f"{plan.attempt_id}: {err.decode(errors='replace').strip()[:500] or code}")
         if written != size:
-            raise BackendError(f"host {host.name}: output {rel_path} of attempt {plan.attempt_id} has "
+            raise OutputUnreadable(f"host {host.name}: output {rel_path} of attempt {plan.attempt_id} has "
                                f"{written} bytes, not the {size} its agent reported")
 
     async def gc_attempts(self, host: Host, max_age: float, max_bytes: int, keep: list[str],

@@ -11,7 +11,7 @@ import posixpath
 import time
 from typing import Any
 
-from fleet.backends.base import AttemptPlan, Backend, BackendError, Outcome
+from fleet.backends.base import AttemptPlan, Backend, Outcome, OutputUnreadable
 from fleet.blobs import BlobStore
 from fleet.ids import new_id
 from fleet.models.spec import BlobRef, InputRef
@@ -48,7 +48,7 @@ async def collect(backend: Backend, blobs: BlobStore, plan: AttemptPlan, outcome
                 tmp.unlink(missing_ok=True)
                 masked.unlink(missing_ok=True)
             if got != str(out["sha256"]) or got_size != int(out["size"]):
-                raise BackendError(f"host {plan.host.name}: output {path} is not what its agent "
+                raise OutputUnreadable(f"host {plan.host.name}: output {path} is not what its agent "
                                    f"reported (sha256 {got[:12]}, {got_size} bytes; reported "
                                    f"{str(out['sha256'])[:12]}, {out['size']} bytes)")
         files.append({"path": path, "sha256": sha, "size": size})
