@@ -33,11 +33,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import httpx  # noqa: E402
-import yaml  # noqa: E402
+import httpx
+import yaml
 
-from fleet.api.client import Client  # noqa: E402
-from tests.lab import Lab, have_sshd  # noqa: E402
+from fleet.api.client import Client
+from tests.lab import Lab, have_sshd
 
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT"}
 

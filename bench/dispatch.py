@@ -30,8 +30,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import asyncssh  # noqa: E402
-import httpx  # noqa: E402
+import asyncssh
+import httpx
 
 COMMAND = "echo hello"
 

@@ -30,11 +30,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-import yaml  # noqa: E402
-from chaos import Controller  # noqa: E402
+import yaml
+from chaos import Controller
 
-from fleet.api.client import Client  # noqa: E402
-from tests.lab import Lab, have_sshd  # noqa: E402
+from fleet.api.client import Client
+from tests.lab import Lab, have_sshd
 
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT"}
 

@@ -139,7 +139,7 @@ class EventHub:
             self._wake.clear()
             try:
                 await self._read_new()
-            except Exception:  # noqa: BLE001 - the database may be away for a moment
+            except Exception:
                 log.exception("reading events failed")
                 await asyncio.sleep(1.0)
 

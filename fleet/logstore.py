@@ -317,7 +317,7 @@ class LogStore:
         event = self._waiters.setdefault(attempt_id, asyncio.Event())
         try:
             await asyncio.wait_for(event.wait(), timeout)
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             pass
 
     def close_all(self) -> None:

@@ -7,12 +7,12 @@ the folder, as a tarball, into ``<workdir>/lib/<hash>/`` on each host, once per 
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import importlib.util
 import io
 import json
 import tarfile
-import fnmatch
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path

@@ -14,6 +14,7 @@ from fleet.backends.base import (
     Backend,
     BackendContext,
     Capability,
+    Outcome,
     OutputUnreadable,
     Unsupported,
 )
@@ -23,7 +24,6 @@ from fleet.config import Settings
 from fleet.inventory import Host, embedded_inventory
 from fleet.models.enums import REASON_CLASS, FailureClass, Reason
 from fleet.scheduler import artifacts
-from fleet.backends.base import Outcome
 
 
 def _plan(host: Host, attempt_id: str = "a-contract") -> AttemptPlan:

@@ -154,8 +154,9 @@ def test_a_user_cannot_send_a_playbook_so_no_user_code_runs_on_the_controller(fl
     # The same through the API with an already uploaded playbook (a crafted request).
     sha, size = client.upload(tmp_path / "steal.yml")
     ref = {"kind": "file", "filename": "steal.yml", "files": {"steal.yml": {"sha256": sha, "size": size}}}
-    from fleet.errors import ApiError
     import pytest
+
+    from fleet.errors import ApiError
     with pytest.raises(ApiError) as err:
         client.submit({"name": "steal", "run": "true", "hooks": {"before": ref}})
     assert err.value.status == 422 and "only admins may send a playbook" in str(err.value)
@@ -195,8 +196,9 @@ def test_catalog_hooks_run_by_name_with_their_declared_variables(fleet, tmp_path
     log = b"".join(client.logs(job.id)).decode()
     assert "[hook before power] ok: [localhost] write what the job passed (changed)" in log
 
-    from fleet.errors import ApiError
     import pytest
+
+    from fleet.errors import ApiError
     cases = [
         ({"before": "nosuch"}, "hooks.before.hook: no hook named 'nosuch' in the catalog (known: broken, plain, power)"),
         ({"before": {"hook": "power", "vars": {"out": "x", "note": "n", "ansible_connection": "local"}}},

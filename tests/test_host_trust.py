@@ -89,7 +89,7 @@ def test_a_job_that_writes_into_a_cached_input_does_not_change_the_next_jobs_inp
     through its link, and the next job with the same model would read the altered file. The
     agent hashes a cached file again when it changed, removes it, and the controller uploads
     the real one again."""
-    client = fleet.start()
+    fleet.start()
     model = tmp_path / "model.onnx"
     model.write_bytes(b"the real model\n")
     spec = tmp_path / "tamper.yaml"
@@ -250,7 +250,7 @@ def test_collect_outputs_never_follows_a_link_out_of_the_attempt(tmp_path):
 async def test_a_bundle_changed_on_the_host_is_installed_again(tmp_path):
     """The bundle is checked by content, not by a marker file: a changed file, an added file
     (a planted __pycache__) or a link is found, and the bundle installed again."""
-    from fleet.backends.connection import ConnectionPool, SSHOptions
+    from fleet.backends.connection import SSHOptions
     from fleet.backends.ssh import SSHBackend
     from fleet.inventory import Host
     from fleet.runners import bundle

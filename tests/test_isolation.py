@@ -5,7 +5,6 @@ cannot read another's environment, log or files, nor fleet's bundle and cache.""
 
 from __future__ import annotations
 
-import os
 import shutil
 import stat
 import tempfile

@@ -96,7 +96,7 @@ def test_replicas_starting_together_migrate_once(any_db_url: str) -> None:
         try:
             barrier.wait()
             d.create_schema()
-        except BaseException:  # noqa: BLE001 (reported below)
+        except BaseException:
             errors.append(traceback.format_exc())
 
     threads = [threading.Thread(target=run, args=(d,)) for d in dbs]

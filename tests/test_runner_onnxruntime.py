@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 RUNNER = REPO / "runners" / "onnxruntime" / "run.py"
 MODELS = REPO / "examples" / "models"
 sys.path.insert(0, str(RUNNER.parent))
-import run as ort_runner  # noqa: E402  (the runner is a script, not a package)
+import run as ort_runner
 
 
 def run_job(tmp_path: Path, params: dict, model: str | None = "tinycnn.onnx", python: str = sys.executable):

@@ -30,6 +30,7 @@ from sqlalchemy.exc import OperationalError
 
 from fleet import __version__, probe
 from fleet.ansible import playbook_path, run_playbook
+from fleet.api import routes_events
 from fleet.api.auth import AdminDep, UserDep
 from fleet.api.middleware import BodyLimit, Limits, ServerTiming
 from fleet.api.openapi import document_errors
@@ -60,7 +61,6 @@ from fleet.api.schemas import (
     WhyOut,
     iso,
 )
-from fleet.api import routes_events
 from fleet.api.submit import submit_many
 from fleet.blobs import BlobStore
 from fleet.disk import DiskFull, DiskGuard, is_disk_full

@@ -131,7 +131,7 @@ class AgentChannel:
         try:
             self.send({"op": "ping", "id": ping_id})
             await asyncio.wait_for(future, timeout)
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             raise HostLost(f"host {self.host_name}: agent did not answer within {timeout:g} s") from None
         finally:
             self.waiters.pop(ping_id, None)
@@ -150,7 +150,7 @@ class AgentChannel:
             self.send({"op": "gc", "id": gc_id, "root": root, "max_age": max_age,
                        "max_bytes": max_bytes, "keep": keep})
             outcome = await asyncio.wait_for(future, timeout)
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             raise HostLost(f"host {self.host_name}: attempt gc took over {timeout:g} s") from None
         finally:
             self.waiters.pop(gc_id, None)

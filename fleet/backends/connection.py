@@ -207,7 +207,7 @@ class SSHTransport(Transport):
         self.conn.close()
         try:
             await asyncio.wait_for(self.conn.wait_closed(), 5)
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             pass
 
 
@@ -348,7 +348,7 @@ class ConnectionPool:
                 f"host {host.name}{role}: authentication as {host.user or 'default user'} "
                 f"failed ({exc.reason}); check ansible_user and ansible_ssh_private_key_file"
             ) from None
-        except (asyncssh.Error, OSError, TimeoutError, asyncio.TimeoutError) as exc:
+        except (asyncssh.Error, OSError, TimeoutError) as exc:
             raise HostLost(
                 f"host {host.name}{role}: cannot connect to {host.address}:{host.port}: "
                 f"{_describe(exc)}"

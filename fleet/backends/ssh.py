@@ -17,12 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 from fleet.backends.agent import AgentChannel, InputsMissing
 from fleet.backends.base import (
-    BackendContext,
-    Capability,
     AttemptPlan,
     AttemptSink,
     Backend,
-    BackendError,
+    BackendContext,
+    Capability,
     HostLost,
     Outcome,
     OutputUnreadable,

@@ -477,7 +477,10 @@ def results(ctx: click.Context, limit: int, as_json: bool) -> None:
     for r in page.items:
         m = r.record.get("metrics") or {}
         lat = m.get("latency_ms") or {}
-        fmt = lambda v: f"{v:.3f}" if isinstance(v, (int, float)) else "-"
+
+        def fmt(v: Any) -> str:
+            return f"{v:.3f}" if isinstance(v, (int, float)) else "-"
+
         rows.append([r.job_id, r.host, r.device_class, r.runner, fmt(lat.get("mean")), fmt(lat.get("p99")),
                      fmt(m.get("throughput_per_s")), r.created_at or ""])
     click.echo(render.table(rows, ["JOB", "HOST", "DEVICE", "RUNNER", "MEAN_MS", "P99_MS", "PER_S", "WHEN"]))

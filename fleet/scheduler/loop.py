@@ -32,10 +32,10 @@ from fleet.blobs import BlobStore
 from fleet.config import Settings, fleet_home
 from fleet.disk import DiskGuard, is_disk_full
 from fleet.errors import NotFound, SpecError
+from fleet.hooks import Catalog
 from fleet.inventory import ARCH_ALIASES, UNKNOWN_ARCH, Host
 from fleet.logstore import LogStore
 from fleet.models.enums import REASON_CLASS, AttemptState, FailureClass, Health, JobState, Reason
-from fleet.hooks import Catalog
 from fleet.models.spec import HookCall, InputRef, JobSpec
 from fleet.models.tables import Attempt, Job
 from fleet.results import InvalidResult, complete_record
@@ -465,7 +465,7 @@ class Scheduler(ChainMixin, HealthMixin):
         self._depth_told, self._depth_at = depth, time.monotonic()
         try:
             self.store.add_event("queue.depth", data={"queues": changed, "waiting": sum(depth.values())})
-        except Exception:  # noqa: BLE001 - a lost depth event is told again with the next change
+        except Exception:
             log.exception("writing a queue.depth event failed")
             self._depth_told = {}
 
@@ -610,7 +610,7 @@ class Scheduler(ChainMixin, HealthMixin):
         if self.disk is not None and self.disk.full:
             return  # no new attempts while the disk is full: what runs goes on (fleet.disk)
         views = {v.host.name: v for v in self._views()}
-        for key, queue in list(self.queues.items()):
+        for queue in list(self.queues.values()):
             while len(queue):
                 job_id = queue.head(self.running_by_user)
                 assert job_id is not None
@@ -720,7 +720,7 @@ class Scheduler(ChainMixin, HealthMixin):
                                   untrusted=untrusted)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - a hook never takes the scheduler down
+        except Exception as exc:
             log.exception("%s hook of %s failed in the controller", which, run.attempt.id)
             return f"{which} hook: {type(exc).__name__}: {exc}"
 

@@ -23,9 +23,18 @@ sys.path.insert(0, _ROOT)
 import capture  # noqa: E402
 from devtools import hailo as fmt  # noqa: E402
 from runnerlib import (  # noqa: E402
-    RunnerError, check_params, find_tool, log, main, param_number, quiet, run_tool, sha256_of,
+    RunnerError,
+    check_params,
+    find_tool,
+    log,
+    main,
+    param_number,
+    quiet,
+    run_tool,
+    sha256_of,
     write_json,
 )
+
 sys.path.remove(_ROOT)
 
 DEFAULTS = {"hw_arch": "hailo8", "random_calib": False, "duration_s": 10, "require": {}}

@@ -19,6 +19,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _ROOT)
 
 from runnerlib import EX_SETUP, RunnerError, log, sha256_of, write_json  # noqa: E402
+
 sys.path.remove(_ROOT)
 
 DEFAULTS = {

@@ -27,9 +27,19 @@ sys.path.insert(0, _ROOT)
 import capture  # noqa: E402
 from devtools import trtexec as fmt  # noqa: E402
 from runnerlib import (  # noqa: E402
-    RunnerError, cache_dir, check_params, find_tool, log, main, param_number, quiet, run_tool,
-    sha256_of, write_json,
+    RunnerError,
+    cache_dir,
+    check_params,
+    find_tool,
+    log,
+    main,
+    param_number,
+    quiet,
+    run_tool,
+    sha256_of,
+    write_json,
 )
+
 sys.path.remove(_ROOT)
 
 JETSON_TRTEXEC = "/usr/src/tensorrt/bin/trtexec"

@@ -17,7 +17,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    
+
     op.create_table('submit_keys',
     sa.Column('user', sa.String(), nullable=False),
     sa.Column('key', sa.String(), nullable=False),
@@ -42,11 +42,11 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('expires_at', sa.Float(), nullable=True))
         batch_op.add_column(sa.Column('revoked_at', sa.Float(), nullable=True))
 
-    
+
 
 
 def downgrade() -> None:
-    
+
     with op.batch_alter_table('tokens', schema=None) as batch_op:
         batch_op.drop_column('revoked_at')
         batch_op.drop_column('expires_at')
@@ -59,4 +59,4 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_submit_keys_created_at'))
 
     op.drop_table('submit_keys')
-    
+

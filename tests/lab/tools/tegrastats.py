@@ -174,7 +174,7 @@ def run(interval_ms, logfile):
     sampler = Sampler()
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    sink = open(logfile, "a") if logfile else contextlib.nullcontext(sys.stdout)  # noqa: SIM115
+    sink = open(logfile, "a") if logfile else contextlib.nullcontext(sys.stdout)
     try:
         with sink as stream:
             while True:
