@@ -106,7 +106,7 @@ def _unsafe_representer(dumper: yaml.SafeDumper, value: _Unsafe) -> yaml.Node:
     return dumper.represent_scalar("!unsafe", str(value))
 
 
-class _VarsDumper(yaml.SafeDumper):
+class _VarsDumper(yaml.SafeDumper):  # type: ignore[misc]
     pass
 
 
@@ -175,7 +175,7 @@ def run_playbook(
             line = _event_line(event)
             if line:
                 on_line(line)
-        return kind != "verbose"  # keep the rest for ansible-runner's own bookkeeping
+        return bool(kind != "verbose")  # keep the rest for ansible-runner's own bookkeeping
 
     # ansible-playbook from fleet's own environment (a venv need not be on PATH): ansible-runner
     # looks the command up on this process's PATH.

@@ -216,7 +216,7 @@ def _apply(settings: Settings, key: str, value: object, source: str) -> None:
                 raise ValueError(value)
         elif isinstance(current, int):
             value = int(value)  # type: ignore[call-overload]
-            if value <= 0:
+            if not isinstance(value, int) or value <= 0:
                 raise ValueError(value)
         elif value is not None:
             value = str(value)

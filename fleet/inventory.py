@@ -8,6 +8,7 @@ it came from. With no inventory configured, ``embedded_inventory()`` is this mac
 
 from __future__ import annotations
 
+import builtins
 import getpass
 import os
 import platform
@@ -286,7 +287,7 @@ class _Vars:
             raise self.error(var, f"must be a string, not {_kind(value)}")
         return str(value)
 
-    def int(self, var: str, default: int, minimum: int = 1) -> int:
+    def int(self, var: builtins.str, default: builtins.int, minimum: builtins.int = 1) -> builtins.int:
         value = self.raw(var)
         if value is None:
             return default

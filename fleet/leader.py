@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -118,7 +119,7 @@ class LeaderLease:
             self.valid_until = started + self.ttl
         return bool(taken)
 
-    def _insert(self, values: dict[str, object]) -> bool:
+    def _insert(self, values: dict[str, Any]) -> bool:
         try:
             with self.db.write() as conn:
                 conn.execute(insert(_LEASES).values(name=LEADER, **values))

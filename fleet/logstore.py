@@ -284,7 +284,8 @@ class LogStore:
     def _read_gz(self, gz: Path, offset: int, limit: int) -> tuple[bytes, int]:
         """An ended attempt's log, with the same host offsets as before it was compressed."""
         with gzip.open(gz, "rb") as fh:
-            _magic, received, head, tail_start = (int(x) if x.isdigit() else x for x in fh.readline().split())
+            fields = fh.readline().split()
+            received, head, tail_start = (int(x) for x in fields[1:4])
             stored = fh.read()  # head + tail: bounded by the cap
         if offset < head:
             data = stored[offset:min(head, offset + limit)]

@@ -82,7 +82,8 @@ def complete_record(
 @cache
 def schema() -> dict[str, Any]:
     """The JSON Schema of the result record (fleet/schemas/result.schema.json)."""
-    return json.loads((Path(__file__).parent / "schemas" / "result.schema.json").read_text())
+    data: dict[str, Any] = json.loads((Path(__file__).parent / "schemas" / "result.schema.json").read_text())
+    return data
 
 
 def validate(record: dict[str, Any]) -> None:

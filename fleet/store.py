@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import bindparam, delete, func, insert, literal, null, text, update
+from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Connection
 from sqlmodel import col, select
 
@@ -77,7 +78,7 @@ _JOB_RUNNING = (
 def _job_events(conn: Connection, ids: Sequence[str], now: float) -> None:
     """``job.state`` events for jobs as they are now in this transaction (one statement)."""
     j = _JOBS.c
-    sel = select(literal(now), literal("job.state"), j.user, j.id, j.current_attempt, j.host, j.state,
+    sel = sa_select(literal(now), literal("job.state"), j.user, j.id, j.current_attempt, j.host, j.state,
                  j.reason, j.message, null()).where(j.id.in_(list(ids)))
     conn.execute(insert(_EVENTS).from_select(_EVENT_COLS, sel))
 
@@ -86,7 +87,7 @@ def _attempt_event(conn: Connection, attempt_id: str, kind: str, now: float,
                    data: dict[str, Any] | None = None) -> None:
     """An ``attempt.*`` event for an attempt as it is now in this transaction."""
     a, j = _ATTEMPTS.c, _JOBS.c
-    sel = (select(literal(now), literal(kind), j.user, a.job_id, a.id, a.host, a.state, a.reason,
+    sel = (sa_select(literal(now), literal(kind), j.user, a.job_id, a.id, a.host, a.state, a.reason,
                   a.message, literal(json.dumps(data)) if data else null())
            .select_from(_ATTEMPTS.join(_JOBS, j.id == a.job_id)).where(a.id == attempt_id))
     conn.execute(insert(_EVENTS).from_select(_EVENT_COLS, sel))
@@ -205,8 +206,9 @@ class Store:
         once a minute: a write per request would cost more than the lookup)."""
         now = time.time() if now is None else now
         with self.db.write() as conn:
-            row = conn.execute(select(Token.id, Token.user_id, Token.expires_at, Token.revoked_at,
-                                      Token.last_used_at).where(Token.token_hash == hash_token(token))).first()
+            row = conn.execute(sa_select(col(Token.id), col(Token.user_id), col(Token.expires_at),
+                                         col(Token.revoked_at), col(Token.last_used_at))
+                               .where(col(Token.token_hash) == hash_token(token))).first()
             if row is None or row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now):
                 return None
             if row.last_used_at is None or now - row.last_used_at > 60:
@@ -291,7 +293,7 @@ class Store:
 
     def forget_submit_keys(self, before: float) -> int:
         with self.db.write() as conn:
-            return int(conn.execute(delete(SubmitKey).where(SubmitKey.created_at < before)).rowcount or 0)
+            return int(conn.execute(delete(SubmitKey).where(col(SubmitKey.created_at) < before)).rowcount or 0)
 
     @staticmethod
     def _new_job(spec: JobSpec, user: str, queue: str) -> Job:
@@ -315,7 +317,8 @@ class Store:
         """A job by id or unique id prefix (at least 6 characters); with ``owner``, only among
         that user's jobs (a prefix must not tell that someone else's job exists). Raises
         NotFound."""
-        return self._by_id(Job, "job", job_id, owner)
+        job: Job = self._by_id(Job, "job", job_id, owner)
+        return job
 
     def _by_id(self, model: Any, what: str, key: str, owner: str | None) -> Any:
         """A row of ``model`` (jobs, artifacts: time-ordered string ids with a ``user``) by id
@@ -483,7 +486,7 @@ class Store:
 
     def attempts(self, job_id: str) -> list[Attempt]:
         with self.db.session() as s:
-            return list(s.exec(select(Attempt).where(Attempt.job_id == job_id).order_by(Attempt.number)).all())
+            return list(s.exec(select(Attempt).where(Attempt.job_id == job_id).order_by(col(Attempt.number))).all())
 
     def get_attempt(self, attempt_id: str) -> Attempt | None:
         with self.db.session() as s:
@@ -524,7 +527,8 @@ class Store:
     def get_artifact(self, artifact_id: str, owner: str | None = None) -> Artifact:
         """An artifact by id or unique id prefix (6+ characters), among ``owner``'s when given.
         Raises NotFound."""
-        return self._by_id(Artifact, "artifact", artifact_id, owner)
+        art: Artifact = self._by_id(Artifact, "artifact", artifact_id, owner)
+        return art
 
     def delete_artifacts(self, ids: Sequence[str]) -> list[str]:
         """Remove artifact rows; returns the sha256 of content no remaining artifact uses."""
@@ -548,7 +552,7 @@ class Store:
                 conn.execute(insert(Upload), {"user": user, "sha256": sha256, "size": size,
                                               "created_at": time.time()})
             else:
-                conn.execute(update(Upload).where(Upload.user == user, Upload.sha256 == sha256)
+                conn.execute(update(Upload).where(col(Upload.user) == user, col(Upload.sha256) == sha256)
                              .values(created_at=time.time()))
 
     def blob_visible(self, user: str, sha256: str) -> bool:
@@ -573,7 +577,7 @@ class Store:
 
     def delete_upload(self, user: str, sha256: str) -> None:
         with self.db.write() as conn:
-            conn.execute(delete(Upload).where(Upload.user == user, Upload.sha256 == sha256))
+            conn.execute(delete(Upload).where(col(Upload.user) == user, col(Upload.sha256) == sha256))
 
     def blob_referenced(self, sha256: str) -> bool:
         """Whether anything still needs this content: an upload, an artifact, an unfinished job."""

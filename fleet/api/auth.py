@@ -19,7 +19,7 @@ async def current_user(
     """The caller, from the bearer token. 401 without a valid one."""
     if creds is None or not creds.credentials:
         raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-    user = request.app.state.ctx.user_for(creds.credentials)
+    user: User | None = request.app.state.ctx.user_for(creds.credentials)
     if user is None:
         raise HTTPException(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
     return user

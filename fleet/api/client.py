@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -80,7 +80,8 @@ class Client:
     # ------------------------------------------------------------------ server
 
     def health(self) -> dict[str, Any]:
-        return self._get("/health")
+        data: dict[str, Any] = self._get("/health")
+        return data
 
     def whoami(self) -> UserOut:
         return UserOut.model_validate(self._get("/whoami"))
@@ -139,7 +140,7 @@ class Client:
     # ------------------------------------------------------------------ events
 
     def events(self, *, after: int | None = None, jobs: list[str] | tuple[str, ...] = (),
-               types: list[str] | tuple[str, ...] = (), reconnect: int = 5) -> Iterator[dict[str, Any]]:
+               types: list[str] | tuple[str, ...] = (), reconnect: int = 5) -> Generator[dict[str, Any]]:
         """The event stream (``GET /events``) as dicts with ``type`` and ``id``; the first is
         ``{"type": "ready", "id": N}`` (the stream starts after event N). A dropped connection
         is resumed from the last event seen (``Last-Event-ID``), up to ``reconnect`` times in
@@ -298,7 +299,7 @@ def _sse(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
     """Parse Server-Sent Events: each event's JSON ``data`` with its ``type`` and ``id``."""
     import json
 
-    kind, ident, data = "message", None, []
+    kind, ident, data = "message", None, []  # type: str, str | None, list[str]
     for line in lines:
         if not line:
             if data:

@@ -56,7 +56,7 @@ def document_errors(schema: dict[str, Any], routes: list[Any]) -> None:
             codes.add(507)
         if route.body_field is not None:
             codes.add(400)
-        for method in route.methods:
+        for method in route.methods or ():
             op = schema["paths"][route.path_format][method.lower()]
             for code in sorted(codes):
                 op["responses"][str(code)] = {"description": _ERRORS[code], "content": error}

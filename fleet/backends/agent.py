@@ -283,5 +283,5 @@ class AgentChannel:
                 raise frames.BadFrame("inputs must be a list of sha256 hashes")
             waiter.future.set_exception(InputsMissing(self.host_name, shas))
         elif kind == "error":
-            message = frames.opt_text(header.get("message"), "message")
+            message = frames.opt_text(header.get("message"), "message") or "error"
             waiter.future.set_exception(BackendError(f"host {self.host_name}: agent: {message}"))

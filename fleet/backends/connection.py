@@ -84,14 +84,14 @@ class Channel:
         self._writer(data)
 
     async def readline(self) -> bytes:
-        return await self.stdout.readline()
+        return bytes(await self.stdout.readline())
 
     async def readexactly(self, n: int) -> bytes:
-        return await self.stdout.readexactly(n)
+        return bytes(await self.stdout.readexactly(n))
 
     async def read(self, n: int) -> bytes:
         """Up to ``n`` bytes as soon as some are there; b"" at EOF."""
-        return await self.stdout.read(n)
+        return bytes(await self.stdout.read(n))
 
     def close(self) -> None:
         self._closer()
@@ -150,13 +150,13 @@ class LocalTransport(Transport):
         return await proc.wait()
 
 
-async def _pump(stream: asyncio.StreamReader | asyncssh.SSHReader, callback: OutputCallback | None) -> None:
+async def _pump(stream: asyncio.StreamReader | asyncssh.SSHReader[bytes], callback: OutputCallback | None) -> None:
     while True:
         data = await stream.read(65536)
         if not data:
             return
         if callback is not None:
-            callback(data)  # type: ignore[arg-type]
+            callback(data)
 
 
 class SSHTransport(Transport):
@@ -200,7 +200,7 @@ class SSHTransport(Transport):
             raise HostLost(f"host {self.host.name}: channel closed before the command ended")
         if done.exit_signal:
             return -1
-        return int(done.exit_status)
+        return int(done.exit_status or 0)
 
     async def close(self) -> None:
         self._closed = True

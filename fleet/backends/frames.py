@@ -56,7 +56,7 @@ def header(line: bytes) -> dict[str, Any]:
         raise ProtocolError("a frame whose attempt id is not a string")
     if kind == "log":
         n = data.get("n")
-        if not _int(n) or not 0 <= n <= MAX_LOG_FRAME:
+        if not isinstance(n, int) or not _int(n) or not 0 <= n <= MAX_LOG_FRAME:
             raise ProtocolError(f"a log frame of {str(n)[:40]} bytes (at most {MAX_LOG_FRAME})")
     return data
 

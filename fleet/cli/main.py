@@ -151,6 +151,7 @@ def server_stop(obj: Ctx, as_json: bool) -> None:
 def server_status(obj: Ctx, as_json: bool) -> None:
     """Which server the CLI uses: its URL, pid, inventory and log."""
     settings = obj.settings
+    info: local.ServerInfo | None
     if settings.server:
         info = local.ServerInfo(url=settings.server, token=local.read_token(settings), pid=None, local=False)
     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -57,7 +58,7 @@ def state(value: str) -> str:
     return click.style(value, fg=STATE_COLORS.get(value))
 
 
-def jobs_table(items: list[JobOut]) -> str:
+def jobs_table(items: Sequence[JobOut]) -> str:
     rows = [
         [j.id, j.name[:32], j.user, j.state, j.reason or "", j.host or j.pool or "-",
          ago(j.created_ts), duration(j.started_ts, j.ended_ts)]

@@ -77,4 +77,4 @@ def load_spec_file(client: Client | None, file: Path) -> dict[str, Any]:
             if isinstance(step, dict):
                 _upload_inputs(client, step, file.parent)
                 _upload_hooks(client, step, file.parent)
-    return data
+    return dict(data)

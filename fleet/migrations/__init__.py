@@ -90,10 +90,10 @@ def schema_diff(engine: Engine) -> list[Any]:
     On a database upgraded to head, anything here is a model change without a migration."""
     with engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"compare_type": True})
-        return compare_metadata(ctx, SQLModel.metadata)
+        return list(compare_metadata(ctx, SQLModel.metadata))
 
 
-def render_item(type_: str, obj: Any, _ctx: Any) -> str | bool:
+def render_item(type_: str, obj: Any, _ctx: Any) -> Any:
     """Autogenerate writes sqlmodel's AutoString as plain ``sa.String()`` (no sqlmodel import
     in revisions: they must not change when the models do)."""
     if type_ == "type" and isinstance(obj, AutoString):

@@ -239,7 +239,7 @@ class JobSpec(_Strict):
     name: str
     kind: JobKind = JobKind.SHELL
     runner: str | None = None
-    resources: Resources = Field(default_factory=Resources)
+    resources: Resources = Field(default_factory=lambda: Resources.model_validate({}))
     inputs: dict[str, str | InputRef | FromRef] = Field(default_factory=dict)
     params: dict[Verbatim, Any] = Field(default_factory=dict)
     setup: str | None = None
@@ -249,7 +249,7 @@ class JobSpec(_Strict):
     queue_timeout: float | None = Field(
         None, description="longest wait in the queue (seconds or '10m'); past it the job ends "
                           "FAILED with reason no_capacity and the why")
-    retries: Retries = Field(default_factory=Retries)
+    retries: Retries = Field(default_factory=lambda: Retries.model_validate({}))
     priority: int = Field(500, ge=1, le=1000)
     outputs: list[str] = Field(default_factory=list)
     hooks: Hooks | None = None

@@ -779,7 +779,7 @@ class Scheduler(ChainMixin, HealthMixin):
         if retry:
             after = (f" once its lease ends ({self.policy.lost_hold:g} s) so it never runs twice"
                      if verdict.may_run else "")
-            job_values = dict(state=JobState.RETRYING.value, reason=verdict.reason.value,
+            job_values: dict[str, Any] = dict(state=JobState.RETRYING.value, reason=verdict.reason.value,
                               message=f"attempt {attempt.number} on {host.name}: {verdict.message}; "
                                       f"retrying{after}")
         else:
