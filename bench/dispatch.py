@@ -129,7 +129,7 @@ def start_fleet(home: Path, inventory: Path | None, known_hosts: Path | None) ->
     home.mkdir(parents=True, exist_ok=True)
     if known_hosts:
         shutil.copy(known_hosts, home / "known_hosts")
-    from fleet.cli import local
+    from fleet.client import discovery as local
     from fleet.config import load_settings
 
     settings = load_settings()
@@ -139,7 +139,7 @@ def start_fleet(home: Path, inventory: Path | None, known_hosts: Path | None) ->
 
 
 def stop_fleet(settings: object) -> None:
-    from fleet.cli import local
+    from fleet.client import discovery as local
 
     local.stop_local(settings)  # type: ignore[arg-type]
 

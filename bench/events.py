@@ -135,7 +135,7 @@ async def measure(url: str, token: str, jobs: int) -> tuple[list[float], list[fl
 async def run(args: argparse.Namespace) -> dict[str, object]:
     home = Path(tempfile.mkdtemp(prefix="fleet-bench-events-"))
     os.environ["FLEET_HOME"] = str(home)
-    from fleet.cli import local
+    from fleet.client import discovery as local
     from fleet.config import load_settings
 
     settings = load_settings()

@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO / "bench"))
 import yaml
 from chaos import Controller
 
-from fleet.api.client import Client
+from fleet.client.sync import Client
 from tests.lab import Lab, have_sshd
 
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT"}

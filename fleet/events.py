@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 EVENT_TYPES = ("job.state", "attempt.started", "attempt.running", "attempt.ended", "host.health",
                "host.drain", "queue.depth")
 FALLBACK = 2.0  # seconds: the reader looks anyway this often (a missed NOTIFY, SQLite replicas)
-KEEPALIVE = 15.0  # seconds: a comment line keeps idle streams (and proxies) open
+KEEPALIVE = 5.0  # seconds: a comment line keeps idle streams (and proxies) open, and lets
+# clients with a deadline (wait_timeout) look at the clock
 BUFFER = 20_000  # events kept in memory for subscribers that are behind
 BATCH = 1000
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fleet.api.client import Client
-from fleet.cli import local
+from fleet.client import discovery as local
+from fleet.client.sync import Client
 from fleet.config import load_settings
 
 REPO = Path(__file__).resolve().parent.parent

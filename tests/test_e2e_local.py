@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet.api.client import Client
+from fleet.client.sync import Client
 from fleet.errors import NotFound
 from tests.helpers import pid_alive
 

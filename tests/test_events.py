@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from fleet.api.client import Client
+from fleet.client.sync import Client
 from tests.conftest import REPO, add_user
 
 

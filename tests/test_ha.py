@@ -20,7 +20,7 @@ import httpx
 import pytest
 import yaml
 
-from fleet.api.client import Client
+from fleet.client.sync import Client
 from tests.helpers import eventually, pid_alive
 
 LINES = 30

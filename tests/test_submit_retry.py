@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 
 import httpx
 
-from fleet.api.client import Client
+from fleet.client.sync import Client
 from tests.conftest import add_user
 
 

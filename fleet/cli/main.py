@@ -18,13 +18,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 import httpx
 
-from fleet.cli import local, render
+from fleet.cli import render
+from fleet.client import discovery as local
 from fleet.config import Settings, load_settings
 from fleet.errors import ApiError, FleetError, SpecError
 from fleet.models.enums import JobState
 
 if TYPE_CHECKING:
-    from fleet.api.client import Client
+    from fleet.client.sync import Client
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -44,15 +45,9 @@ class Ctx:
     @property
     def client(self) -> Client:
         if self._client is None:
-            info = local.resolve(self.settings, self.inventory)
-            if not info.token:
-                raise FleetError(
-                    f"no API token: set FLEET_TOKEN or put one in {self.settings.token_file} "
-                    f"(an admin creates it with: fleet token create --user NAME)"
-                )
-            from fleet.api.client import Client  # pydantic schemas: only for commands that call
+            from fleet.client import connect  # pydantic schemas: only for commands that call
 
-            self._client = Client(info.url, info.token)
+            self._client = connect(self.settings, self.inventory)
         return self._client
 
 
@@ -218,7 +213,7 @@ def _finish(detail: Any, as_json: bool) -> None:
 @handle_errors
 def submit(obj: Ctx, files: tuple[Path, ...], wait: bool, follow: bool, as_json: bool) -> None:
     """Submit the job specs in FILES (YAML). Several files are queued together or not at all."""
-    from fleet.cli.specs import load_spec_file  # the spec models: only for submit
+    from fleet.client.specs import load_spec_file  # the spec models: only for submit
 
     if follow and len(files) != 1:
         raise FleetError("--follow takes exactly one spec file")
