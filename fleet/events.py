@@ -227,9 +227,13 @@ class EventHub:
             cursor = frames[-1].id
 
     async def stream(self, after: int | None, visible: Callable[[str | None], bool],
-                     jobs: Collection[str] = (), types: Collection[str] = ()) -> AsyncIterator[str]:
+                     jobs: Collection[str] = (), types: Collection[str] = (),
+                     timeout: float | None = None) -> AsyncIterator[str]:
         """SSE text for one subscriber: a ``ready`` frame, then every event after ``after``
-        (default: from now on) that ``visible`` lets it see and the filters select."""
+        (default: from now on) that ``visible`` lets it see and the filters select; for
+        ``timeout`` seconds, or until the client goes."""
+        loop = asyncio.get_running_loop()
+        until = None if timeout is None else loop.time() + timeout
         sub = _Subscriber(visible, set(jobs), set(types))
         joined = self.head  # from here on the reader hands it new frames (no await between)
         self._subs.add(sub)
@@ -245,9 +249,12 @@ class EventHub:
                 if out:
                     yield "".join(out)
             while not sub.overflow:
+                if until is not None and loop.time() >= until:
+                    return
                 if not sub.pending:
+                    wait = KEEPALIVE if until is None else min(KEEPALIVE, max(0.0, until - loop.time()))
                     try:
-                        await asyncio.wait_for(sub.woken.wait(), KEEPALIVE)
+                        await asyncio.wait_for(sub.woken.wait(), wait)
                     except TimeoutError:
                         yield ": keepalive\n\n"
                         continue

@@ -32,13 +32,23 @@ def _calls(dependant: Any) -> set[Any]:
     return calls
 
 
+def flat_routes(routes: list[Any]) -> list[Any]:
+    """The routes of an app, those of included routers too (FastAPI >= 0.16x keeps an included
+    router as one entry; its routers here take no prefix)."""
+    out: list[Any] = []
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        out.extend(flat_routes(inner.routes) if inner is not None else [route])
+    return out
+
+
 def document_errors(schema: dict[str, Any], routes: list[Any]) -> None:
     """Publish the error answers every route can give, with their body (ErrorOut) — FastAPI
     documents only its own 422 shape, which fleet replaces."""
     schema.setdefault("components", {}).setdefault("schemas", {})["ErrorOut"] = \
         ErrorOut.model_json_schema(ref_template="#/components/schemas/{model}")
     error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}
-    for route in routes:
+    for route in flat_routes(routes):
         if not isinstance(route, APIRoute) or current_user not in _calls(route.dependant):
             continue
         codes = {401, 422}
