@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import posixpath
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from fleet.errors import NotFound
 from fleet.models.enums import JobState, Reason
@@ -16,9 +16,6 @@ from fleet.models.tables import Artifact, Job
 from fleet.scheduler.artifacts import artifact_input
 from fleet.store import Store
 
-if TYPE_CHECKING:
-    import asyncio
-
 log = logging.getLogger(__name__)
 
 
@@ -26,20 +23,16 @@ class Unresolvable(Exception):
     pass
 
 
-class ChainMixin:
-    """Mixed into ``fleet.scheduler.loop.Scheduler``."""
+class Chains:
+    """The jobs that wait for another job, until it ends."""
 
-    store: Store
-    waiting: dict[str, JobSpec]
-    _wake: asyncio.Event
+    def __init__(self, store: Store, *, enqueue: Callable[[Job, JobSpec], None],
+                 done: Callable[[str], None], wake: Callable[[], None]) -> None:
+        self.store = store
+        self._enqueue, self._job_done, self._wake = enqueue, done, wake
+        self.waiting: dict[str, JobSpec] = {}  # PENDING jobs that wait for another job
 
-    def _enqueue(self, job: Job, spec: JobSpec) -> None:
-        raise NotImplementedError
-
-    def _job_done(self, job_id: str) -> None:
-        raise NotImplementedError
-
-    def _admit(self, job: Job, spec: JobSpec) -> None:
+    def admit(self, job: Job, spec: JobSpec) -> None:
         """Queue a PENDING job, or hold it until the job it waits for has ended."""
         if job.after:
             self.waiting[job.id] = spec
@@ -47,7 +40,7 @@ class ChainMixin:
         else:
             self._enqueue(job, spec)
 
-    def _dependents_of(self, job_id: str) -> None:
+    def dependents_of(self, job_id: str) -> None:
         """A job ended: move on the jobs that wait for it."""
         if not self.waiting:
             return
@@ -92,7 +85,7 @@ class ChainMixin:
         self.store.set_job(job.id, spec_json=spec_json, message=None)
         job.spec_json, job.message = spec_json, None
         self._enqueue(job, spec)
-        self._wake.set()
+        self._wake()
 
     def _fail(self, job: Job, message: str) -> None:
         self.waiting.pop(job.id, None)

@@ -1,4 +1,9 @@
-"""The scheduler: drives the queues and placement, runs attempts, applies the outcome.
+"""The scheduler: the loop that wires its parts together.
+
+* ``records``: what it keeps of jobs and attempts; ``hostbook``: the hosts, their slots,
+  health, drain and facts; ``placement``/``queues``: pure decisions on them;
+* ``attempts``: running one attempt and saying how it ended; ``retry``: whether it is tried
+  again (pure); ``health``: checks and operators; ``chains``: jobs that wait for a job.
 
 Event-driven: a submitted job, a freed slot or a cancel sets one ``asyncio.Event``; the loop
 wakes at once and places as many jobs as fit (no polling interval on the submit->start path).
@@ -16,34 +21,27 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-from fleet.backends.base import (
-    AttemptPlan,
-    Backend,
-    BackendError,
-    Capability,
-    HostLost,
-    InputFile,
-    Outcome,
-)
+from fleet.backends.base import AttemptPlan, Backend, BackendError, InputFile
 from fleet.blobs import BlobStore
 from fleet.config import Settings, fleet_home
 from fleet.disk import DiskGuard, is_disk_full
 from fleet.errors import NotFound, SpecError
 from fleet.hooks import Catalog
-from fleet.inventory import ARCH_ALIASES, UNKNOWN_ARCH, Host
+from fleet.inventory import Host
 from fleet.logstore import LogStore
 from fleet.models.enums import REASON_CLASS, AttemptState, FailureClass, Health, JobState, Reason
-from fleet.models.spec import HookCall, InputRef, JobSpec
+from fleet.models.spec import JobSpec
 from fleet.models.tables import Attempt, Job
 from fleet.results import InvalidResult, complete_record
 from fleet.runners import manifests
-from fleet.scheduler import artifacts, plans
-from fleet.scheduler.chains import ChainMixin
-from fleet.scheduler.health import HealthMixin
-from fleet.scheduler.hooks import hook_log_id, run_hook
+from fleet.scheduler import artifacts, plans, retry
+from fleet.scheduler.attempts import AttemptEnd, AttemptRunner
+from fleet.scheduler.chains import Chains
+from fleet.scheduler.health import HealthChecks
+from fleet.scheduler.hooks import hook_log_id
+from fleet.scheduler.hostbook import NOT_CHECKED, HostBook
 from fleet.scheduler.placement import (
     Demand,
     HostView,
@@ -51,63 +49,22 @@ from fleet.scheduler.placement import (
     Unplaceable,
     dynamic_reason,
     place,
-    static_reason,
     static_report,
 )
 from fleet.scheduler.queues import ClassQueue
-from fleet.scheduler.verdict import JOB_STATE, Verdict, judge
+from fleet.scheduler.records import Held, Policy, QueuedJob, Running
+from fleet.scheduler.verdict import JOB_STATE, Verdict
 from fleet.secrets import SecretBox, SecretError, mask_text, mask_value
 from fleet.store import Store
 
 log = logging.getLogger(__name__)
 
-NOT_CHECKED = "not checked yet"
-
-
-@dataclass(frozen=True)
-class Policy:
-    """Operator knobs of the scheduler (from fleet.config.Settings)."""
-
-    kill_grace: float = 10.0
-    check_timeout: float = 15.0  # a health check that takes longer fails
-    bad_after: int = 3  # consecutive failed checks before a host is quarantined (bad)
-    recheck_interval: float = 30.0  # seconds between checks of a bad host (doubling from 1 s)
-    sync_interval: float = 0.5  # how often the leader looks for jobs other replicas queued
-    attempt_lease: float = 60.0  # a job out of touch with the controller this long stops itself
-
-    @property
-    def lost_hold(self) -> float:
-        """How long after losing touch with an attempt it is surely stopped (lease + grace)."""
-        return self.attempt_lease + self.kill_grace + 1.0
-
-
-@dataclass
-class QueuedJob:
-    job: Job
-    spec: JobSpec
-    demand: Demand
-    inputs: list[InputFile]
-    failed_on: set[str] = field(default_factory=set)
-    infra_failures: int = 0
-    job_failures: int = 0
-    expiry: asyncio.TimerHandle | None = None  # queue_timeout
-
-
-@dataclass
-class Running:
-    qj: QueuedJob
-    attempt: Attempt
-    host: Host
-    plan: AttemptPlan
-    task: asyncio.Task[None] | None = None
-    started: asyncio.Event = field(default_factory=asyncio.Event)
-    cancel_requested: bool = False
-    resolving: bool = False  # following up an attempt lost earlier: how did it really end?
-    collected: list[dict[str, Any]] = field(default_factory=list)  # outputs now in the blob store
-
+__all__ = ["NOT_CHECKED", "Policy", "Scheduler"]
 
 
 class _Sink:
+    """Where a running attempt's start and log go (the backend calls it; never blocks)."""
+
     def __init__(self, sched: Scheduler, run: Running) -> None:
         self.sched, self.run = sched, run
         self.bytes = 0
@@ -126,7 +83,9 @@ class _Sink:
         self.sched.logs.append(self.run.qj.job.id, self.run.attempt.id, data)
 
 
-class Scheduler(ChainMixin, HealthMixin):
+class Scheduler:
+    DEPTH_EVERY = 0.25  # seconds: queue.depth events at most this often (a burst is one event)
+
     def __init__(
         self, store: Store, hosts: list[Host], backends: Mapping[str, Backend], logs: LogStore,
         policy: Policy | None = None, secrets: SecretBox | None = None,
@@ -135,40 +94,31 @@ class Scheduler(ChainMixin, HealthMixin):
         self.store = store
         # Where collected outputs go (artifacts); the API's uploads live there too.
         self.blobs = blobs or BlobStore(Settings(home=fleet_home()).blobs_dir)
-        self.hosts = {h.name: h for h in hosts}
         # Every backend by name; a host (or elastic pool) belongs to the one named in
         # ``host.backend``, and so does every attempt placed on it (``attempt.backend``).
         self.backends = dict(backends)
+        self.book = HostBook(hosts, store)
         self.logs = logs
         # Opens the job secrets the API sealed (fleet.secrets); only _plan uses it.
         self.secrets = secrets or SecretBox(Settings(home=fleet_home()).secret_key_file)
         self.policy = policy or Policy()
         self.kill_grace = self.policy.kill_grace
-        self.check_failures: Counter[str] = Counter()
-        self._checks: dict[str, asyncio.Task[None]] = {}
+        self.health = HealthChecks(self.book, store, self.backends, self.policy, on_back=self._follow_up_on,
+                                   wake=self.wake, followed=self._followed)
+        self.chains = Chains(store, enqueue=self._enqueue, done=self._job_done, wake=self.wake)
+        self.runner = AttemptRunner(self.backends, self.blobs, logs,
+                                    Catalog(Settings(home=fleet_home()).hooks_dir), lambda: self._stopping)
         self._sync_task: asyncio.Task[None] | None = None
-        # Retries waiting for a lost attempt's lease to run out: job id -> (job, timer, until,
-        # the lost attempt and its host, to ask how it ended if the host is back by then).
-        self.held: dict[str, tuple[QueuedJob, asyncio.TimerHandle, float, Attempt | None, Host | None]] = {}
+        # Retries waiting for a lost attempt's lease to run out (see _hold), by job id.
+        self.held: dict[str, Held] = {}
         self.leading = False  # True once started: this replica schedules (see fleet.leader)
         # Called before every write that only a leader may make; with HA it ends the process
         # if the leader lease ran out (a leader that was frozen must not act when it wakes).
         self.fence: Callable[[], None] = lambda: None
-        self.used: Counter[str] = Counter()
-        self.health: dict[str, Health] = {}
-        self.unchecked: set[str] = set()  # never reached yet: their first check is on its way
-        self.drained: set[str] = set()
-        self.cached: dict[str, set[str]] = {}
-        self.last_placed: dict[str, float] = {}
         self.queues: dict[str, ClassQueue] = {}
         self.pending: dict[str, QueuedJob] = {}
-        self.waiting: dict[str, JobSpec] = {}  # PENDING jobs that wait for another job (chains)
         self.running_by_user: Counter[str] = Counter()
         self.running: dict[str, Running] = {}  # by job id
-        self._static: dict[str, dict[str, str | None]] = {}
-        self.facts: dict[str, dict[str, Any]] = {}  # what `fleet hosts probe` found, per host
-        self.inventory_source: str | None = None  # for Ansible (probe, provision, hooks)
-        self.hook_catalog = Catalog(Settings(home=fleet_home()).hooks_dir)  # admins' hook playbooks
         # The fleet user whose jobs may run as the server's own account on its machine: the
         # one named like the OS account running the server (the first admin fleet makes).
         self.owner = getpass.getuser()
@@ -182,6 +132,39 @@ class Scheduler(ChainMixin, HealthMixin):
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
 
+    # ------------------------------------------------------------------ the parts, by name
+
+    @property
+    def hosts(self) -> dict[str, Host]:
+        return self.book.hosts
+
+    @property
+    def facts(self) -> dict[str, dict[str, Any]]:
+        return self.book.facts
+
+    @property
+    def hook_catalog(self) -> Catalog:
+        return self.runner.catalog
+
+    @hook_catalog.setter
+    def hook_catalog(self, catalog: Catalog) -> None:
+        self.runner.catalog = catalog
+
+    @property
+    def inventory_source(self) -> str | None:
+        return self.runner.inventory_source
+
+    @inventory_source.setter
+    def inventory_source(self, source: str | None) -> None:
+        self.runner.inventory_source = source
+
+    def backend_of(self, host: Host) -> Backend:
+        """The backend that runs attempts on ``host`` (it offered the host)."""
+        return self.backends[host.backend]
+
+    def host_views(self) -> list[HostView]:
+        return self.book.views()
+
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
@@ -190,18 +173,7 @@ class Scheduler(ChainMixin, HealthMixin):
         Called when this replica becomes the leader; until then it only validates submissions
         (the jobs go to the database and the leader picks them up)."""
         self.leading = True
-        self.load_facts()
-        for name, row in self.store.host_statuses().items():
-            if name in self.hosts:
-                self.health[name] = Health(row.health)
-                if row.drained:
-                    self.drained.add(name)
-        # A host fleet has never reached takes no jobs until a check (ahead of the queue) has
-        # reached it: an inventory of hosts that do not answer must not eat jobs' retries.
-        for name, host in self.hosts.items():
-            if name not in self.health and host.schedulable:
-                self.unchecked.add(name)
-                self._set_health(name, Health.UNKNOWN, NOT_CHECKED)
+        to_check = self.book.load()
         for job in self.store.queued_jobs():
             try:
                 spec = JobSpec.model_validate_json(job.spec_json)
@@ -211,29 +183,28 @@ class Scheduler(ChainMixin, HealthMixin):
             if job.state == JobState.RETRYING.value:
                 self._requeue_retry(job, spec)
             else:
-                self._admit(job, spec)
+                self.chains.admit(job, spec)
         for attempt in self.store.active_attempts():
             self._reattach(attempt)
-        for name, health in self.health.items():
-            if health in (Health.UNKNOWN, Health.BAD):
-                self._schedule_check(name)
+        for name in to_check:
+            self.health.schedule(name)
         self._loop_task = asyncio.create_task(self._loop(), name="fleet-scheduler")
         self._wake.set()  # what was queued before this replica led is placed now
         self._sync_task = asyncio.create_task(self._sync_loop(), name="fleet-sync")
 
     async def stop(self) -> None:
         """Stop placing; leave running attempts detached on their hosts for the next controller."""
-        self._stopping = True
+        self._stopping = self.health.stopping = True
         self._wake.set()
         tasks = [r.task for r in self.running.values() if r.task is not None]
-        tasks += list(self._checks.values())
+        tasks += list(self.health.tasks.values())
         if self._sync_task is not None:
             tasks.append(self._sync_task)
         for qj in self.pending.values():
             if qj.expiry is not None:
                 qj.expiry.cancel()
         for held in self.held.values():
-            held[1].cancel()
+            held.handle.cancel()
         if self._depth_handle is not None:
             self._depth_handle.cancel()
         if self._loop_task is not None:
@@ -264,44 +235,31 @@ class Scheduler(ChainMixin, HealthMixin):
         if problems:
             raise SpecError(problems)
         demand = self.demand_of(spec, user)
-        if demand.pool is not None and not any(demand.pool in h.pools for h in self.hosts.values()):
-            pools = ", ".join(sorted({p for h in self.hosts.values() for p in h.pools}))
+        hosts = list(self.book.hosts.values())
+        if demand.pool is not None and not any(demand.pool in h.pools for h in hosts):
+            pools = ", ".join(sorted({p for h in hosts for p in h.pools}))
             raise SpecError([("resources.pool", f"no pool named {demand.pool!r} (pools: {pools})")])
         if demand.requires:
-            self.load_facts()  # a follower has not seen the leader's probes
-        report = static_report(demand, list(self.hosts.values()), manifests().get(demand.runner), self.facts)
+            self.book.load_facts()  # a follower has not seen the leader's probes
+        report = static_report(demand, hosts, manifests().get(demand.runner), self.book.facts)
         if report is not None:
             raise SpecError([("resources", f"no host can ever run this job: {report.summary()}")])
         return demand
 
     def load_facts(self) -> None:
-        self.facts = {name: json.loads(row.facts_json) for name, row in self.store.host_statuses().items()
-                      if row.facts_json and name in self.hosts}
-        for name, facts in self.facts.items():
-            self._fill_in(name, facts)
+        self.book.load_facts()
 
     def set_facts(self, name: str, facts: dict[str, Any]) -> None:
         """A probe's findings: stored, and placement sees them from now on."""
-        self.store.set_facts(name, facts)
-        self.facts[name] = facts
-        self._fill_in(name, facts)
-        self._static.clear()
+        self.book.set_facts(name, facts)
         self._wake.set()
-
-    def _fill_in(self, name: str, facts: dict[str, Any]) -> None:
-        """What the inventory left out and the probe found: a host without ``fleet_arch``
-        takes the kernel's (DESIGN.md §5.1). What the inventory says stays; a disagreement is
-        only reported (``fleet hosts``: MISMATCH)."""
-        host = self.hosts.get(name)
-        if host is not None and host.arch == UNKNOWN_ARCH and facts.get("arch") in ARCH_ALIASES.values():
-            self.hosts[name] = dataclasses.replace(host, arch=facts["arch"])
 
     def submit(self, job: Job, spec: JobSpec) -> None:
         """Queue a job already written to the DB and wake the loop. Never blocks. On a
         follower this does nothing: the leader finds the job in the database."""
         if not self.leading:
             return
-        self._admit(job, spec)
+        self.chains.admit(job, spec)
         self._wake.set()
 
     async def _sync_loop(self) -> None:
@@ -314,13 +272,14 @@ class Scheduler(ChainMixin, HealthMixin):
                 log.exception("looking for new jobs failed")
 
     def _sync(self) -> None:
+        waiting = self.chains.waiting
         fresh = [i for i in self.store.pending_job_ids()
-                 if i not in self.pending and i not in self.running and i not in self.waiting]
+                 if i not in self.pending and i not in self.running and i not in waiting]
         if not fresh:
             return
         for job in self.store.jobs_by_id(fresh):
             if job.state == JobState.PENDING.value and job.id not in self.pending:
-                self._admit(job, JobSpec.model_validate_json(job.spec_json))
+                self.chains.admit(job, JobSpec.model_validate_json(job.spec_json))
         self._wake.set()
 
     def _queued_job(self, job: Job, spec: JobSpec) -> QueuedJob:
@@ -363,7 +322,7 @@ class Scheduler(ChainMixin, HealthMixin):
     async def cancel(self, job_id: str) -> str:
         """Cancel a job. Queued: ends now. Running: TERM/KILL on the host; the attempt's end
         finishes the job. Returns the state after the request. Idempotent."""
-        if self.waiting.pop(job_id, None) is not None:
+        if self.chains.waiting.pop(job_id, None) is not None:
             self.store.finish_job(job_id, JobState.CANCELLED, Reason.CANCELLED_BY_USER,
                                   "cancelled while waiting for the job before it")
             self._job_done(job_id)
@@ -371,7 +330,7 @@ class Scheduler(ChainMixin, HealthMixin):
         qj = self._dequeue(job_id)
         held = self.held.pop(job_id, None)
         if held is not None:
-            held[1].cancel()
+            held.handle.cancel()
         if qj is not None or held is not None:
             self.store.finish_job(job_id, JobState.CANCELLED, Reason.CANCELLED_BY_USER, "cancelled while queued")
             self._job_done(job_id)
@@ -395,31 +354,43 @@ class Scheduler(ChainMixin, HealthMixin):
             # Wait out its lease if need be, then ask its host how it ended (see _unhold).
             wait = max(0.0, last.ended_at + self.policy.lost_hold - time.time())
             self._dequeue(job.id)
-            self._hold(qj, wait, last, self.hosts.get(last.host))
+            self._hold(qj, wait, last, self.book.hosts.get(last.host))
 
     def _hold(self, qj: QueuedJob, delay: float, attempt: Attempt | None, host: Host | None) -> None:
         """Queue ``qj`` only after ``delay`` seconds (its lost attempt may run until then)."""
         handle = asyncio.get_running_loop().call_later(delay, self._unhold, qj.job.id)
-        self.held[qj.job.id] = (qj, handle, time.time() + delay, attempt, host)
+        self.held[qj.job.id] = Held(qj, handle, time.time() + delay, attempt, host)
 
     def _unhold(self, job_id: str) -> None:
         """The lost attempt has surely stopped. Unless its host is known bad, first ask it how
         the attempt ended (it may have finished before the host dropped off: then that is the
         job's result); if the host does not answer, retry elsewhere."""
-        entry = self.held.pop(job_id, None)
-        if entry is None:
+        held = self.held.pop(job_id, None)
+        if held is None:
             return
-        qj, _handle, _until, attempt, host = entry
-        if attempt is not None and host is not None and self.health.get(host.name) is not Health.BAD:
-            self._resolve(qj, attempt, host)
+        if held.attempt is not None and held.host is not None \
+                and self.book.health.get(held.host.name) is not Health.BAD:
+            self._resolve(held.qj, held.attempt, held.host)
             return
-        self.pending[job_id] = qj
-        self._enqueue(qj.job, qj.spec)
+        self.pending[job_id] = held.qj
+        self._enqueue(held.qj.job, held.qj.spec)
         self._wake.set()
+
+    def _follow_up_on(self, host: Host) -> None:
+        """The host is back: follow the attempts lost on it whose jobs wait to be retried. Their
+        lease is renewed as soon as they are followed again, so they run on to their real end."""
+        for job_id, held in list(self.held.items()):
+            if held.attempt is not None and held.host is not None and held.host.name == host.name:
+                del self.held[job_id]
+                held.handle.cancel()
+                self._resolve(held.qj, held.attempt, host)
+
+    def _followed(self) -> set[str]:
+        return {r.attempt.id for r in self.running.values()}
 
     def _resolve(self, qj: QueuedJob, attempt: Attempt, host: Host) -> None:
         self.fence()
-        self.used[host.name] += attempt.slots
+        self.book.take(host, attempt.slots, placed=False)
         self.running_by_user[qj.job.user] += 1
         run = Running(qj=qj, attempt=attempt, host=host, plan=self._plan(qj, attempt, host), resolving=True)
         run.plan.reattach = run.plan.follow_only = True
@@ -445,8 +416,6 @@ class Scheduler(ChainMixin, HealthMixin):
             qj.expiry.cancel()
             qj.expiry = None
         return qj
-
-    DEPTH_EVERY = 0.25  # seconds: queue.depth events at most this often (a burst is one event)
 
     def _queues_changed(self) -> None:
         if self._depth_handle is not None or self._stopping:
@@ -478,7 +447,6 @@ class Scheduler(ChainMixin, HealthMixin):
         qj = self._dequeue(job_id)
         assert qj is not None
         message = f"waited {qj.spec.queue_timeout:g} s in queue {qj.demand.key}: {why['summary']}"
-        self.store.set_job(job_id, why_json=json.dumps(why))
         self.store.finish_job(job_id, JobState.FAILED, Reason.NO_CAPACITY, message)
         self._job_done(job_id)
 
@@ -502,8 +470,8 @@ class Scheduler(ChainMixin, HealthMixin):
             queue = self.queues[qj.demand.key]
             ids = queue.job_ids()
             ahead = ids.index(job_id) if job_id in ids else 0
-            views = self._views()
-            report = place(qj.demand, views, self._static_for(qj.demand), failed_on=frozenset(qj.failed_on))
+            report = place(qj.demand, self.book.views(), self.book.static_for(qj.demand),
+                           failed_on=frozenset(qj.failed_on))
             if isinstance(report, Placement):
                 summary = f"placeable now on {report.host}; waiting for the scheduler"
                 reasons: dict[str, int] = {}
@@ -517,8 +485,8 @@ class Scheduler(ChainMixin, HealthMixin):
             }
         held = self.held.get(job_id)
         if held is not None:
-            left = max(0.0, held[2] - time.time())
-            return {"job": job_id, "state": "waiting", "queue": held[0].demand.key,
+            left = max(0.0, held.until - time.time())
+            return {"job": job_id, "state": "waiting", "queue": held.qj.demand.key,
                     "summary": f"retrying in {left:.0f} s, when the attempt lost on its host has "
                                "surely stopped (attempt lease)", "reasons": {}, "hosts": {}}
         run = self.running.get(job_id)
@@ -532,9 +500,9 @@ class Scheduler(ChainMixin, HealthMixin):
                 "reasons": {}, "hosts": {}}
 
     def _host_reasons(self, demand: Demand) -> dict[str, str]:
-        static = self._static_for(demand)
+        static = self.book.static_for(demand)
         out: dict[str, str] = {}
-        for view in self._views():
+        for view in self.book.views():
             if demand.pool is not None and demand.pool not in view.host.pools:
                 continue
             why = static.get(view.host.name) or dynamic_reason(demand, view)
@@ -542,16 +510,9 @@ class Scheduler(ChainMixin, HealthMixin):
         return out
 
     async def wait_done(self, job_id: str, timeout: float) -> None:
-        """Return when the job is terminal or ``timeout`` passed."""
+        """Return when the job is terminal or ``timeout`` passed (on the leader)."""
         job = self.store.get_job(job_id)
         if JobState(job.state).terminal:
-            return
-        if not self.leading:  # a follower learns of the end from the database
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
-                if JobState(self.store.get_job(job_id).state).terminal:
-                    return
             return
         event = self._done.setdefault(job.id, asyncio.Event())
         try:
@@ -563,35 +524,25 @@ class Scheduler(ChainMixin, HealthMixin):
         event = self._done.pop(job_id, None)
         if event is not None:
             event.set()
-        self._dependents_of(job_id)
+        self.chains.dependents_of(job_id)
 
-    def host_views(self) -> list[HostView]:
-        return self._views()
+    # ------------------------------------------------------------------ operators
 
-    def backend_of(self, host: Host) -> Backend:
-        """The backend that runs attempts on ``host`` (it offered the host)."""
-        return self.backends[host.backend]
+    def drain(self, name: str, drained: bool = True) -> None:
+        """A drained host finishes its running attempts and takes no new ones."""
+        self.book.drain(name, drained)
+        self._wake.set()
+
+    def maintenance(self, name: str, on: bool = True) -> None:
+        self.health.maintenance(name, on)
+
+    async def check_host(self, name: str) -> dict[str, Any]:
+        return await self.health.check_host(name)
+
+    async def gc_hosts(self, max_age: float, max_bytes: int) -> dict[str, tuple[int, int, int]]:
+        return await self.health.gc_hosts(max_age, max_bytes)
 
     # ------------------------------------------------------------------ placement loop
-
-    def _views(self) -> list[HostView]:
-        return [
-            HostView(
-                host=h, used_slots=self.used[h.name], health=self.health.get(h.name, Health.UNKNOWN),
-                drained=h.name in self.drained, cached=frozenset(self.cached.get(h.name, ())),
-                last_placed=self.last_placed.get(h.name, 0.0), unchecked=h.name in self.unchecked,
-            )
-            for h in self.hosts.values()
-        ]
-
-    def _static_for(self, demand: Demand) -> dict[str, str | None]:
-        static = self._static.get(demand.key)
-        if static is None:
-            runner = manifests().get(demand.runner)
-            static = {h.name: static_reason(demand, h, runner, self.facts.get(h.name))
-                      for h in self.hosts.values()}
-            self._static[demand.key] = static
-        return static
 
     async def _loop(self) -> None:
         while not self._stopping:
@@ -603,39 +554,34 @@ class Scheduler(ChainMixin, HealthMixin):
                 log.exception("scheduling pass failed")
 
     def wake(self) -> None:
-        """Run a scheduling pass soon (the disk has room again, say)."""
+        """Run a scheduling pass soon (a job came, a host is back, the disk has room again)."""
         self._wake.set()
 
     def _place_all(self) -> None:
         if self.disk is not None and self.disk.full:
             return  # no new attempts while the disk is full: what runs goes on (fleet.disk)
-        views = {v.host.name: v for v in self._views()}
+        views = {v.host.name: v for v in self.book.views()}
         for queue in list(self.queues.values()):
             while len(queue):
                 job_id = queue.head(self.running_by_user)
                 assert job_id is not None
                 qj = self.pending[job_id]
                 decision = place(
-                    qj.demand, list(views.values()), self._static_for(qj.demand),
+                    qj.demand, list(views.values()), self.book.static_for(qj.demand),
                     inputs=[f.sha256 for f in qj.inputs], failed_on=frozenset(qj.failed_on),
                 )
                 if isinstance(decision, Unplaceable):
                     break
                 self._dequeue(job_id)
-                self._commit(qj, self.hosts[decision.host])
-                view = views[decision.host]
-                views[decision.host] = HostView(
-                    host=view.host, used_slots=self.used[decision.host], health=view.health,
-                    drained=view.drained, cached=view.cached,
-                    last_placed=self.last_placed[decision.host],
-                )
+                host = self.book.hosts[decision.host]
+                self._commit(qj, host)
+                views[decision.host] = self.book.view(host)
 
     def _commit(self, qj: QueuedJob, host: Host) -> None:
         self.fence()
         slots = qj.demand.slots
         attempt = self.store.start_attempt(qj.job, host.name, slots, backend=host.backend)
-        self.used[host.name] += slots
-        self.last_placed[host.name] = time.monotonic()
+        self.book.take(host, slots)
         self.running_by_user[qj.job.user] += 1
         run = Running(qj=qj, attempt=attempt, host=host, plan=self._plan(qj, attempt, host))
         self.running[qj.job.id] = run
@@ -658,83 +604,14 @@ class Scheduler(ChainMixin, HealthMixin):
     async def _run_attempt(self, run: Running, log_offset: int) -> None:
         sink = _Sink(self, run)
         sink.bytes = log_offset
-        attempt = run.attempt
-        hooks = run.qj.spec.hooks
-        try:
-            before_failed = None
-            fresh = not (run.plan.reattach or run.resolving or log_offset)
-            if hooks is not None and isinstance(hooks.before, HookCall | InputRef) and fresh \
-                    and not run.cancel_requested:
-                before_failed = await self._hook(run, "before", hooks.before)
-            if before_failed:
-                outcome = Outcome(exit_code=None, error=before_failed)
-            elif run.cancel_requested and not log_offset:
-                outcome = Outcome(exit_code=None, cancelled=True)
-            else:
-                backend = self.backend_of(run.host)
-                if run.qj.spec.outputs and not backend.can(Capability.FETCH):
-                    raise backend.unsupported(Capability.FETCH)  # before it runs, not after
-                outcome = await backend.launch(run.plan, sink, log_offset)
-            verdict = judge(outcome, run.plan.runner)
-            if verdict.state is AttemptState.SUCCEEDED and outcome.outputs_problem:
-                verdict = Verdict(AttemptState.FAILED, Reason.OUTPUT_MISSING, outcome.outputs_problem,
-                                  verdict.exit_code)
-            elif verdict.state is AttemptState.SUCCEEDED and outcome.outputs:
-                run.collected = await artifacts.collect(self.backend_of(run.host), self.blobs, run.plan, outcome,
-                                                        run.plan.secrets)
-        except asyncio.CancelledError:
-            raise  # controller shutdown: the attempt keeps running on the host
-        except BackendError as exc:
-            outcome = Outcome(exit_code=None)
-            verdict = Verdict(AttemptState.FAILED, exc.reason, str(exc), None,
-                              may_run=isinstance(exc, HostLost) and self._may_run(run, exc))
-        except Exception as exc:
-            log.exception("attempt %s failed in the controller", attempt.id)
-            outcome = Outcome(exit_code=None)
-            verdict = Verdict(AttemptState.FAILED, Reason.CONTROLLER_ERROR, f"{type(exc).__name__}: {exc}", None)
-        if run.cancel_requested and verdict.state is not AttemptState.SUCCEEDED and verdict.reason is not Reason.HOST_LOST:
-            verdict = Verdict(AttemptState.CANCELLED, Reason.CANCELLED_BY_USER, "cancelled", verdict.exit_code)
-        if hooks is not None and isinstance(hooks.after, HookCall | InputRef) and not self._stopping:
-            # Always, also after a failure or a cancel; its failure is recorded, the job's own
-            # end stands.
-            after_failed = await self._hook(run, "after", hooks.after, verdict)
-            if after_failed:
-                message = f"{verdict.message}; {after_failed}" if verdict.message else after_failed
-                verdict = Verdict(verdict.state, verdict.reason, message, verdict.exit_code, verdict.may_run)
-        self._finish(run, outcome, verdict, sink.bytes)
+        end = await self.runner.run(run, sink, log_offset)
+        run.collected = end.collected
+        self._finish(run, end, sink.bytes)
 
-    async def _hook(self, run: Running, which: str, ref: HookCall | InputRef,
-                    verdict: Verdict | None = None) -> str | None:
-        spec = run.qj.spec
-        extravars: dict[str, Any] = {
-            "fleet_job_id": run.qj.job.id, "fleet_attempt_id": run.attempt.id,
-            "fleet_host": run.host.name, "fleet_device_class": run.host.device_class}
-        if verdict is not None:
-            extravars.update(fleet_job_state=verdict.state.value, fleet_job_reason=verdict.reason.value,
-                             fleet_exit_code=verdict.exit_code)
-        untrusted = {"fleet_job_name": spec.name, "fleet_params": spec.params}
-        try:
-            return await run_hook(which, ref, catalog=self.hook_catalog, blobs=self.blobs, logs=self.logs,
-                                  inventory=self.inventory_source, job_id=run.qj.job.id,
-                                  attempt_id=run.attempt.id, host=run.host.name, extravars=extravars,
-                                  untrusted=untrusted)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.exception("%s hook of %s failed in the controller", which, run.attempt.id)
-            return f"{which} hook: {type(exc).__name__}: {exc}"
-
-    @staticmethod
-    def _may_run(run: Running, exc: HostLost) -> bool:
-        """Whether the job may still run on the host we lost. Yes once the request went out;
-        before that only for an attempt a previous controller launched (a reattach) and not
-        for a follow-up after a hold, whose lease has run out since nobody renewed it."""
-        if exc.sent:
-            return True
-        return run.plan.reattach and not run.resolving
-
-    def _finish(self, run: Running, outcome: Outcome, verdict: Verdict, log_bytes: int) -> None:
+    def _finish(self, run: Running, end: AttemptEnd, log_bytes: int) -> None:
+        """Record how an attempt ended, then retry the job, hold it, or end it."""
         self.fence()
+        outcome, verdict = end.outcome, end.verdict
         qj, attempt, host = run.qj, run.attempt, run.host
         record = None
         if outcome.result is not None and verdict.state is AttemptState.SUCCEEDED:
@@ -752,19 +629,18 @@ class Scheduler(ChainMixin, HealthMixin):
             for which in ("before", "after"):
                 self.logs.close(hook_log_id(attempt.id, which), qj.job.id)
         # Release the lease and the fair-share count before deciding on a retry.
-        self.used[host.name] -= attempt.slots
+        self.book.give_back(host, attempt.slots)
         self.running_by_user[qj.job.user] -= 1
         del self.running[qj.job.id]
         lost_again = run.resolving and verdict.reason is Reason.HOST_LOST
         if not lost_again:
-            self._update_health(host, verdict)
+            self.health.after_attempt(host, verdict)
         if run.resolving and not lost_again:
             verdict = Verdict(verdict.state, verdict.reason,
                               f"the host came back and the attempt had ended: {verdict.message or 'succeeded'}",
                               verdict.exit_code)
         if verdict.state is AttemptState.SUCCEEDED:
-            cached = self.cached.setdefault(host.name, set())
-            cached.update(f.sha256 for f in qj.inputs)
+            self.book.cached.setdefault(host.name, set()).update(f.sha256 for f in qj.inputs)
         attempt_values: dict[str, Any] = dict(
             state=verdict.state.value, reason=verdict.reason.value, message=verdict.message,
             exit_code=verdict.exit_code, ended_at=outcome.ended_at or time.time(), log_bytes=log_bytes,
@@ -772,14 +648,14 @@ class Scheduler(ChainMixin, HealthMixin):
         if outcome.started_at is not None:
             attempt_values["started_at"] = outcome.started_at
         if lost_again:  # still unknown or stopped by its lease: retry, counted when first lost
-            retry = True
-            self.pending[qj.job.id] = qj
+            again = True
         else:
-            retry = self._should_retry(qj, host, verdict)
-        if retry:
+            again = self._retry(qj, host, verdict)
+        job_values: dict[str, Any]
+        if again:
             after = (f" once its lease ends ({self.policy.lost_hold:g} s) so it never runs twice"
                      if verdict.may_run else "")
-            job_values: dict[str, Any] = dict(state=JobState.RETRYING.value, reason=verdict.reason.value,
+            job_values = dict(state=JobState.RETRYING.value, reason=verdict.reason.value,
                               message=f"attempt {attempt.number} on {host.name}: {verdict.message}; "
                                       f"retrying{after}")
         else:
@@ -799,14 +675,29 @@ class Scheduler(ChainMixin, HealthMixin):
             result_row = dict(job_id=qj.job.id, attempt_id=attempt.id, user=qj.job.user, runner=qj.job.runner,
                               host=host.name, device_class=host.device_class, record_json=json.dumps(record))
         self._durably(self.store.finish, attempt.id, attempt_values, qj.job.id, job_values, result_row, made)
-        if retry and verdict.may_run:
-            del self.pending[qj.job.id]
+        if again and verdict.may_run:
             self._hold(qj, self.policy.lost_hold, attempt, host)
-        elif retry:
+        elif again:
+            self.pending[qj.job.id] = qj
             self._enqueue(qj.job, qj.spec)
         else:
             self._job_done(qj.job.id)
         self._wake.set()
+
+    def _retry(self, qj: QueuedJob, host: Host, verdict: Verdict) -> bool:
+        """Whether to try again (``fleet.scheduler.retry``); counts it against its budget."""
+        if self._stopping:
+            return False
+        budget = retry.decide(verdict.state, verdict.reason, qj.infra_failures, qj.job_failures,
+                              qj.spec.retries)
+        if budget is None:
+            return False
+        if budget is retry.Budget.INFRA:
+            qj.infra_failures += 1
+        else:
+            qj.job_failures += 1
+        qj.failed_on.add(host.name)
+        return True
 
     def _durably(self, write: Callable[..., Any], *args: Any) -> Any:
         """A write that must not be lost (how an attempt ended): when the disk is full, free
@@ -822,27 +713,13 @@ class Scheduler(ChainMixin, HealthMixin):
                 self.disk.full = True
         return None
 
-    def _should_retry(self, qj: QueuedJob, host: Host, verdict: Verdict) -> bool:
-        if self._stopping or verdict.state is not AttemptState.FAILED:
-            return False
-        cls = REASON_CLASS.get(verdict.reason, FailureClass.JOB)
-        if cls is FailureClass.INFRA and qj.infra_failures < qj.spec.retries.infra:
-            qj.infra_failures += 1
-        elif verdict.reason is Reason.EXIT_NONZERO and qj.job_failures < qj.spec.retries.exit_nonzero:
-            qj.job_failures += 1
-        else:
-            return False
-        qj.failed_on.add(host.name)
-        self.pending[qj.job.id] = qj
-        return True
-
     def _reattach(self, attempt: Attempt) -> None:
         """Follow an attempt a previous controller started (it kept running on its host)."""
         try:
             job = self.store.get_job(attempt.job_id)
         except NotFound:
             return
-        host = self.hosts.get(attempt.host)
+        host = self.book.hosts.get(attempt.host)
         qj = self._restored(job, JobSpec.model_validate_json(job.spec_json))
         gone = None
         if attempt.backend not in self.backends:
@@ -853,7 +730,7 @@ class Scheduler(ChainMixin, HealthMixin):
             self.store.finish_attempt(attempt.id, AttemptState.FAILED, Reason.HOST_LOST, gone, None, 0)
             self.store.finish_job(job.id, JobState.FAILED, Reason.HOST_LOST, gone)
             return
-        self.used[host.name] += attempt.slots
+        self.book.take(host, attempt.slots, placed=False)
         self.running_by_user[job.user] += 1
         run = Running(qj=qj, attempt=attempt, host=host, plan=self._plan(qj, attempt, host))
         run.plan.reattach = True
@@ -867,6 +744,3 @@ class Scheduler(ChainMixin, HealthMixin):
 
 def _join(base: str, rel: str, kind: str) -> str:
     return base if kind == "file" else f"{base}/{rel}"
-
-
-__all__ = ["Policy", "Scheduler"]

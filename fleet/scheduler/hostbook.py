@@ -1,0 +1,124 @@
+"""The host book: every host (or elastic pool) the backends offer, as the scheduler knows it
+now: slots in use, health, drain, what a probe found, which inputs each has cached. Its views
+are what placement (a pure function) decides on; the scheduler's loop is its only writer of
+slot use, health checks and operators write health and drain."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections import Counter
+from typing import Any
+
+from fleet.errors import NotFound
+from fleet.inventory import ARCH_ALIASES, UNKNOWN_ARCH, Host
+from fleet.models.enums import Health
+from fleet.runners import manifests
+from fleet.scheduler.placement import Demand, HostView, static_reason
+from fleet.store import Store
+
+log = logging.getLogger(__name__)
+
+NOT_CHECKED = "not checked yet"
+
+
+class HostBook:
+    def __init__(self, hosts: list[Host], store: Store) -> None:
+        self.hosts = {h.name: h for h in hosts}
+        self.store = store
+        self.used: Counter[str] = Counter()
+        self.health: dict[str, Health] = {}
+        self.unchecked: set[str] = set()  # never reached yet: their first check is on its way
+        self.drained: set[str] = set()
+        self.cached: dict[str, set[str]] = {}  # inputs each host has (by sha256)
+        self.last_placed: dict[str, float] = {}
+        self.facts: dict[str, dict[str, Any]] = {}  # what `fleet hosts probe` found, per host
+        self._static: dict[str, dict[str, str | None]] = {}  # demand key -> host -> reason
+
+    def host(self, name: str) -> Host:
+        host = self.hosts.get(name)
+        if host is None:
+            raise NotFound(f"no host named {name!r} in the inventory")
+        return host
+
+    def load(self) -> list[str]:
+        """Health, drain and facts as the database has them. A host fleet has never reached
+        is unknown ("not checked yet") and takes no jobs until a check reached it: an
+        inventory of hosts that do not answer must not eat jobs' retries. Returns the hosts
+        to check now."""
+        self.load_facts()
+        for name, row in self.store.host_statuses().items():
+            if name in self.hosts:
+                self.health[name] = Health(row.health)
+                if row.drained:
+                    self.drained.add(name)
+        for name, host in self.hosts.items():
+            if name not in self.health and host.schedulable:
+                self.unchecked.add(name)
+                self.set_health(name, Health.UNKNOWN, NOT_CHECKED)
+        return [n for n, h in self.health.items() if h in (Health.UNKNOWN, Health.BAD)]
+
+    def load_facts(self) -> None:
+        self.facts = {name: json.loads(row.facts_json) for name, row in self.store.host_statuses().items()
+                      if row.facts_json and name in self.hosts}
+        for name, facts in self.facts.items():
+            self._fill_in(name, facts)
+
+    def set_facts(self, name: str, facts: dict[str, Any]) -> None:
+        """A probe's findings: stored, and placement sees them from now on."""
+        self.store.set_facts(name, facts)
+        self.facts[name] = facts
+        self._fill_in(name, facts)
+        self._static.clear()
+
+    def _fill_in(self, name: str, facts: dict[str, Any]) -> None:
+        """What the inventory left out and the probe found: a host without ``fleet_arch``
+        takes the kernel's (DESIGN.md §5.1). What the inventory says stays; a disagreement is
+        only reported (``fleet hosts``: MISMATCH)."""
+        host = self.hosts.get(name)
+        if host is not None and host.arch == UNKNOWN_ARCH and facts.get("arch") in ARCH_ALIASES.values():
+            self.hosts[name] = dataclasses.replace(host, arch=facts["arch"])
+
+    def set_health(self, name: str, health: Health, message: str | None) -> None:
+        if self.health.get(name, Health.GOOD) is not health:
+            log.info("host %s: health %s%s", name, health.value, f" ({message})" if message else "")
+        self.health[name] = health
+        self.store.set_health(name, health, message)
+
+    def drain(self, name: str, drained: bool) -> None:
+        self.host(name)
+        if drained:
+            self.drained.add(name)
+        else:
+            self.drained.discard(name)
+        self.store.set_drained(name, drained)
+
+    def take(self, host: Host, slots: int, placed: bool = True) -> None:
+        self.used[host.name] += slots
+        if placed:
+            self.last_placed[host.name] = time.monotonic()
+
+    def give_back(self, host: Host, slots: int) -> None:
+        self.used[host.name] -= slots
+
+    def view(self, h: Host) -> HostView:
+        return HostView(
+            host=h, used_slots=self.used[h.name], health=self.health.get(h.name, Health.UNKNOWN),
+            drained=h.name in self.drained, cached=frozenset(self.cached.get(h.name, ())),
+            last_placed=self.last_placed.get(h.name, 0.0), unchecked=h.name in self.unchecked,
+        )
+
+    def views(self) -> list[HostView]:
+        return [self.view(h) for h in self.hosts.values()]
+
+    def static_for(self, demand: Demand) -> dict[str, str | None]:
+        """Why each host can never take ``demand`` (None: it can), computed once per queue."""
+        static = self._static.get(demand.key)
+        if static is None:
+            runner = manifests().get(demand.runner)
+            static = {h.name: static_reason(demand, h, runner, self.facts.get(h.name))
+                      for h in self.hosts.values()}
+            self._static[demand.key] = static
+        return static

@@ -1,0 +1,71 @@
+"""What the scheduler keeps about jobs and attempts while it runs them (plain data)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from fleet.backends.base import AttemptPlan, InputFile
+from fleet.inventory import Host
+from fleet.models.spec import JobSpec
+from fleet.models.tables import Attempt, Job
+from fleet.scheduler.placement import Demand
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Operator knobs of the scheduler (from fleet.config.Settings)."""
+
+    kill_grace: float = 10.0
+    check_timeout: float = 15.0  # a health check that takes longer fails
+    bad_after: int = 3  # consecutive failed checks before a host is quarantined (bad)
+    recheck_interval: float = 30.0  # seconds between checks of a bad host (doubling from 1 s)
+    sync_interval: float = 0.5  # how often the leader looks for jobs other replicas queued
+    attempt_lease: float = 60.0  # a job out of touch with the controller this long stops itself
+
+    @property
+    def lost_hold(self) -> float:
+        """How long after losing touch with an attempt it is surely stopped (lease + grace)."""
+        return self.attempt_lease + self.kill_grace + 1.0
+
+
+@dataclass
+class QueuedJob:
+    """A job the scheduler holds: its spec, what it asks of a host, its retry history."""
+
+    job: Job
+    spec: JobSpec
+    demand: Demand
+    inputs: list[InputFile]
+    failed_on: set[str] = field(default_factory=set)
+    infra_failures: int = 0
+    job_failures: int = 0
+    expiry: asyncio.TimerHandle | None = None  # queue_timeout
+
+
+@dataclass
+class Running:
+    """An attempt the scheduler follows (launched, reattached, or followed again)."""
+
+    qj: QueuedJob
+    attempt: Attempt
+    host: Host
+    plan: AttemptPlan
+    task: asyncio.Task[None] | None = None
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+    cancel_requested: bool = False
+    resolving: bool = False  # following up an attempt lost earlier: how did it really end?
+    collected: list[dict[str, Any]] = field(default_factory=list)  # outputs now in the blob store
+
+
+@dataclass
+class Held:
+    """A retry waiting for a lost attempt's lease to run out (then its host is asked how it
+    ended, if it is back)."""
+
+    qj: QueuedJob
+    handle: asyncio.TimerHandle
+    until: float  # epoch seconds
+    attempt: Attempt | None
+    host: Host | None
