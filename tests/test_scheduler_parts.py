@@ -1,0 +1,157 @@
+"""The scheduler's parts, in process (tests/harness.py): the host book, the retry policy,
+health checks, the attempt runner and the loop that wires them, with a backend the test
+drives and the API over an ASGI transport. No server process, no sleeps."""
+
+from __future__ import annotations
+
+import pytest
+
+from fleet.db import Database
+from fleet.models.enums import AttemptState, Health, Reason
+from fleet.models.spec import Retries, load_spec
+from fleet.scheduler import retry
+from fleet.scheduler.hostbook import NOT_CHECKED, HostBook
+from fleet.scheduler.placement import Demand
+from fleet.store import Store
+from tests.harness import harness, host
+
+
+@pytest.mark.parametrize(("state", "reason", "infra", "job", "retries", "budget"), [
+    (AttemptState.FAILED, Reason.HOST_LOST, 0, 0, Retries(), retry.Budget.INFRA),
+    (AttemptState.FAILED, Reason.HOST_LOST, 2, 0, Retries(), None),  # the default budget: 2
+    (AttemptState.FAILED, Reason.CONTROLLER_ERROR, 1, 0, Retries(), retry.Budget.INFRA),
+    (AttemptState.FAILED, Reason.EXIT_NONZERO, 0, 0, Retries(), None),  # the job's fault
+    (AttemptState.FAILED, Reason.EXIT_NONZERO, 0, 0, Retries(exit_nonzero=1), retry.Budget.EXIT),
+    (AttemptState.FAILED, Reason.EXIT_NONZERO, 0, 1, Retries(exit_nonzero=1), None),
+    (AttemptState.FAILED, Reason.SETUP_FAILED, 0, 0, Retries(exit_nonzero=3), None),
+    (AttemptState.FAILED, Reason.OUTPUT_MISSING, 0, 0, Retries(infra=5), None),
+    (AttemptState.TIMED_OUT, Reason.TIMED_OUT, 0, 0, Retries(infra=5, exit_nonzero=5), None),
+    (AttemptState.CANCELLED, Reason.CANCELLED_BY_USER, 0, 0, Retries(infra=5), None),
+])
+def test_retry_policy(state, reason, infra, job, retries, budget):
+    assert retry.decide(state, reason, infra, job, retries) is budget
+
+
+def test_host_book_loads_marks_unchecked_and_counts_slots(tmp_path):
+    db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    db.create_schema()
+    store = Store(db)
+    store.set_health("known", Health.GOOD, None)
+    store.set_drained("known", True)
+    book = HostBook([host("known", slots=2), host("new")], store)
+    assert sorted(book.load()) == ["new"]  # to check now
+    assert book.health == {"known": Health.GOOD, "new": Health.UNKNOWN}
+    assert "new" in book.unchecked and store.host_statuses()["new"].health_message == NOT_CHECKED
+    assert "known" in book.drained
+    known = book.hosts["known"]
+    book.take(known, 1)
+    assert book.view(known).free_slots == 1 and book.view(known).drained
+    book.give_back(known, 1)
+    assert book.view(known).free_slots == 2
+    demand = Demand.of(load_spec("name: t\nrun: x\nresources: {slots: 2}\n"))
+    static = book.static_for(demand)
+    assert static == {"known": None, "new": "only 1 slot"}
+    assert book.static_for(demand) is static  # computed once per queue
+    book.drain("known", False)
+    assert "known" not in book.drained and not store.host_statuses()["known"].drained
+
+
+async def test_a_job_runs_through_the_api_and_the_loop_in_process(tmp_path):
+    async with harness(tmp_path, [host("h1"), host("h2")]) as h:
+        await h.until(lambda: all(v.health is Health.GOOD for v in h.scheduler.host_views()))
+        job = await h.submit({"name": "one", "run": "true"})
+        (launch,) = await h.backend.wait_launches(1)
+        assert launch.plan.job_id == job and launch.plan.argv == ["/bin/sh", "-c", "true"]
+        assert await h.state(job) == "RUNNING"
+        launch.finish(0, log=b"hello\n")
+        await h.until(lambda: job not in h.scheduler.running)
+        detail = await h.job(job)
+        assert detail["state"] == "SUCCEEDED" and detail["attempt_list"][0]["backend"] == "fake"
+        assert (await h.api.get(f"/jobs/{job}/logs")).content == b"hello\n"
+
+
+async def test_a_lost_host_is_checked_and_the_job_retried_elsewhere_once(tmp_path):
+    async with harness(tmp_path, [host("h1"), host("h2")]) as h:
+        await h.until(lambda: all(v.health is Health.GOOD for v in h.scheduler.host_views()))
+        job = await h.submit({"name": "lost", "run": "true"})
+        (first,) = await h.backend.wait_launches(1)
+        h.backend.bad_hosts.add(first.plan.host.name)
+        first.lose()  # before the request went out? no: HostLost.sent defaults to True
+        # A lost attempt may still run: the retry waits out its lease (policy: 60 s + grace).
+        await h.until(lambda: job in h.scheduler.held)
+        assert h.scheduler.why(job)["summary"].startswith("retrying in")
+        assert h.scheduler.book.health[first.plan.host.name] in (Health.UNKNOWN, Health.BAD)
+        held = h.scheduler.held[job]
+        held.handle.cancel()
+        h.scheduler._unhold(job)  # the lease ran out: first ask the lost host how it ended
+        follow = (await h.backend.wait_launches(2))[1]
+        assert follow.plan.follow_only and follow.plan.host.name == first.plan.host.name
+        follow.lose("still away")  # no answer: held again (it may have been running after all)
+        await h.until(lambda: job in h.scheduler.held)
+        h.scheduler.book.set_health(first.plan.host.name, Health.BAD, "quarantined by the test")
+        h.scheduler.held[job].handle.cancel()
+        h.scheduler._unhold(job)  # its host is bad: retried elsewhere without asking it
+        second = (await h.backend.wait_launches(3))[2]
+        assert second.plan.host.name != first.plan.host.name and not second.plan.follow_only
+        second.finish(0)
+        await h.until(lambda: job not in h.scheduler.running and job not in h.scheduler.pending)
+        detail = await h.job(job)
+        assert detail["state"] == "SUCCEEDED" and len(detail["attempt_list"]) == 2
+        assert detail["attempt_list"][0]["reason"] == "host_lost"
+        assert h.backend.launched[job] == 2  # one launch per attempt, never one twice
+
+
+async def test_a_host_failing_checks_is_quarantined_and_comes_back(tmp_path):
+    async with harness(tmp_path, [host("h1")]) as h:
+        h.backend.bad_hosts.add("h1")
+        await h.until(lambda: h.scheduler.book.health.get("h1") is Health.BAD, timeout=20)
+        assert h.backend.checks["h1"] >= 3  # bad_after
+        h.backend.bad_hosts.clear()
+        out = await h.scheduler.check_host("h1")
+        assert out["ok"] and h.scheduler.book.health["h1"] is Health.GOOD
+
+
+async def test_a_backend_without_checks_has_its_hosts_taken_as_good(tmp_path):
+    async with harness(tmp_path, [host("p1", elastic=True, slots=4)], capabilities=frozenset()) as h:
+        await h.until(lambda: h.scheduler.book.health.get("p1") is Health.GOOD)
+        assert h.backend.checks["p1"] == 0
+        job = await h.submit({"name": "b", "run": "true", "burst": True})
+        (launch,) = await h.backend.wait_launches(1)
+        launch.finish(3)
+        await h.until(lambda: job not in h.scheduler.running)
+        detail = await h.job(job)
+        assert detail["state"] == "FAILED" and detail["reason"] == "exit_nonzero"
+        # What it lacks it says: outputs need fetch; the job fails before anything runs.
+        wants = await h.submit({"name": "o", "run": "true", "burst": True, "outputs": ["x"]})
+        await h.until(lambda: wants not in h.scheduler.running and wants not in h.scheduler.pending)
+        detail = await h.job(wants)
+        assert detail["reason"] == "setup_failed" and "cannot fetch" in detail["message"]
+        assert h.backend.launched[wants] == 0
+
+
+async def test_cancel_of_a_running_job_signals_its_backend(tmp_path):
+    async with harness(tmp_path, [host("h1")]) as h:
+        job = await h.submit({"name": "c", "run": "sleep 100"})
+        (launch,) = await h.backend.wait_launches(1)
+        resp = await h.api.post(f"/jobs/{job}/cancel", json={})
+        assert resp.json()["state"] == "CANCELLING"
+        await h.until(lambda: job not in h.scheduler.running)
+        assert h.backend.cancelled == [launch.plan.attempt_id]
+        detail = await h.job(job)
+        assert detail["state"] == "CANCELLED" and detail["reason"] == "cancelled_by_user"
+
+
+async def test_fair_share_and_priority_order_in_one_queue(tmp_path):
+    async with harness(tmp_path, [host("h1")]) as h:
+        await h.until(lambda: h.scheduler.book.health.get("h1") is Health.GOOD)
+        blocker = await h.submit({"name": "blocker", "run": "true"})
+        (first,) = await h.backend.wait_launches(1)
+        low = await h.submit({"name": "low", "run": "true", "priority": 100})
+        high = await h.submit({"name": "high", "run": "true", "priority": 900})
+        first.finish(0)
+        second = (await h.backend.wait_launches(2))[1]
+        assert second.plan.job_id == high
+        second.finish(0)
+        third = (await h.backend.wait_launches(3))[2]
+        assert third.plan.job_id == low and blocker != low
+        third.finish(0)
