@@ -135,8 +135,11 @@ class EventHub:
 
     async def _read_loop(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: in Python 3.11 wait_for can swallow a cancel that
+            # comes as the wait ends, and this loop would never stop.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), FALLBACK)
+                async with asyncio.timeout(FALLBACK):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self._read_new()
@@ -207,7 +210,8 @@ class EventHub:
             async with self._moved:
                 if self.head <= cursor:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._moved.wait(), left)
+                        async with asyncio.timeout(left):
+                            await self._moved.wait()
 
     async def _backlog(self, cursor: int, upto: int) -> AsyncIterator[list[Frame]]:
         """Frames in (cursor, upto]: from memory when it reaches back that far, else the table."""
@@ -254,7 +258,8 @@ class EventHub:
                 if not sub.pending:
                     wait = KEEPALIVE if until is None else min(KEEPALIVE, max(0.0, until - loop.time()))
                     try:
-                        await asyncio.wait_for(sub.woken.wait(), wait)
+                        async with asyncio.timeout(wait):
+                            await sub.woken.wait()
                     except TimeoutError:
                         yield ": keepalive\n\n"
                         continue

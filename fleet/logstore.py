@@ -317,7 +317,8 @@ class LogStore:
         """Wait until the attempt's log grows or ends, or ``timeout`` passes."""
         event = self._waiters.setdefault(attempt_id, asyncio.Event())
         try:
-            await asyncio.wait_for(event.wait(), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: it may swallow a cancel (3.11)
+                await event.wait()
         except TimeoutError:
             pass
 

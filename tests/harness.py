@@ -116,8 +116,8 @@ class FakeBackend(Backend):
 
     async def wait_launches(self, n: int, timeout: float = 10.0) -> list[Launch]:
         """The first ``n`` launches, once they happened."""
-        async with self.changed:
-            await asyncio.wait_for(self.changed.wait_for(lambda: len(self.launches) >= n), timeout)
+        async with asyncio.timeout(timeout), self.changed:
+            await self.changed.wait_for(lambda: len(self.launches) >= n)
         return self.launches[:n]
 
 
@@ -158,7 +158,8 @@ class Harness:
             async with self.hub._moved:
                 if self.hub.head == cursor:
                     try:
-                        await asyncio.wait_for(self.hub._moved.wait(), min(left, 0.5))
+                        async with asyncio.timeout(min(left, 0.5)):
+                            await self.hub._moved.wait()
                     except TimeoutError:
                         pass
 

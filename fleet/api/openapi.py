@@ -8,6 +8,7 @@ from typing import Any
 from fastapi.routing import APIRoute
 
 from fleet.api.auth import admin_only, current_user
+from fleet.api.context import on_the_leader
 from fleet.api.schemas import ErrorOut
 
 _ERRORS = {
@@ -21,9 +22,6 @@ _ERRORS = {
     422: "invalid request: `errors` names each bad field and its problem",
     503: "no scheduler leader right now (a replica is taking over): retry in a few seconds",
 }
-_FORWARDED = {"cancel_job", "why_job", "hosts", "drain_host", "undrain_host", "maintenance_host",
-              "check_host", "pools", "probe_hosts", "provision_hosts"}  # a follower hands these to the leader
-
 
 def _calls(dependant: Any) -> set[Any]:
     calls = {dependant.call}
@@ -56,7 +54,7 @@ def document_errors(schema: dict[str, Any], routes: list[Any]) -> None:
             codes.add(403)
         if "{" in route.path or route.name in ("add_token", "artifacts"):
             codes.add(404)
-        if route.name in _FORWARDED or route.name in ("probe_hosts", "provision_hosts"):
+        if on_the_leader in _calls(route.dependant):  # forwarded by a follower
             codes.add(503)
         if route.name == "add_user":
             codes.add(409)

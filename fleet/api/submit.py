@@ -18,7 +18,7 @@ from fleet.models.tables import Job, User
 from fleet.scheduler.artifacts import artifact_input
 
 if TYPE_CHECKING:
-    from fleet.api.server import ApiContext
+    from fleet.api.context import ApiContext
 
 
 async def submit_many(ctx: ApiContext, bodies: list[dict[str, Any]], user: User,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Header, HTTPException, Query
 from fastapi.responses import StreamingResponse
 
 from fleet.api.auth import UserDep
+from fleet.api.context import CtxDep
 from fleet.events import EVENT_TYPES
 
 router = APIRouter(tags=["events"])
@@ -28,7 +29,7 @@ assert set(EventType.__args__) == set(EVENT_TYPES)  # type: ignore[attr-defined]
             responses={200: {"content": {"text/event-stream": {}}}})
 async def events(
     user: UserDep,
-    request: Request,
+    ctx: CtxDep,
     after: Annotated[int | None, Query(ge=0, description="start after this event id")] = None,
     job: Annotated[list[str], Query(max_length=1000, description="only these jobs' events")] = [],  # noqa: B006
     type: Annotated[list[EventType], Query(description="only these event types")] = [],  # noqa: B006
@@ -37,7 +38,7 @@ async def events(
     last_event_id: Annotated[str, Header(alias="Last-Event-ID", pattern=r"^[0-9]{1,18}$",
                                          description="resume after this event id")] = "",
 ) -> StreamingResponse:
-    hub = request.app.state.ctx.events
+    hub = ctx.events
     if hub is None:
         raise HTTPException(503, "this server has no event stream")
     if after is None and last_event_id:

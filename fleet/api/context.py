@@ -1,0 +1,121 @@
+"""What the API's routes share: the controller's parts (``ApiContext``), the dependencies that
+hand them out, and forwarding to the leader on a follower (a dependency of the routes only the
+scheduler can answer)."""
+
+from __future__ import annotations
+
+import pathlib
+import time
+from typing import Annotated, Any
+
+import httpx
+from fastapi import Depends, HTTPException, Request, Response
+
+from fleet.api.middleware import Limits
+from fleet.blobs import BlobStore
+from fleet.disk import DiskGuard
+from fleet.errors import NotFound
+from fleet.events import EventHub
+from fleet.leader import LeaderLease
+from fleet.models.tables import Artifact, Job, User
+from fleet.scheduler.loop import Scheduler
+from fleet.store import Store
+
+
+class ApiContext:
+    """What the routes need: the store, the scheduler, the log store and the blob dir."""
+
+    def __init__(
+        self, store: Store, scheduler: Scheduler, blobs: BlobStore, lease: LeaderLease | None = None,
+        limits: Limits | None = None, disk: DiskGuard | None = None,
+    ) -> None:
+        self.store = store
+        self.scheduler = scheduler
+        self.blobs = blobs
+        self.lease = lease
+        self.limits = limits or Limits()
+        self.disk = disk or DiskGuard(blobs.root.parent, 0)
+        # For `fleet ssh-config`: the known_hosts files and TOFU setting fleet itself uses.
+        self.ssh_known_hosts: list[pathlib.Path] = [pathlib.Path("~/.ssh/known_hosts").expanduser()]
+        self.trust_on_first_use = False
+        self._leader_http: httpx.AsyncClient | None = None
+        self.events: EventHub | None = None  # GET /events (fleet.events); set by the controller
+
+    def leader_url(self) -> str | None:
+        """The API URL of the current leader (None if this replica leads or nobody does)."""
+        info = self.lease.current() if self.lease is not None else None
+        if info is None or info.holder == self.lease.holder or info.expires_at < time.time():  # type: ignore[union-attr]
+            return None
+        return info.url
+
+    async def forward(self, request: Request) -> Response:
+        """On a follower: hand a scheduler request (why, cancel, hosts...) to the leader."""
+        url = self.leader_url()
+        if url is None:
+            raise HTTPException(503, "no scheduler leader right now (a replica is taking over); "
+                                     "retry in a few seconds")
+        if self._leader_http is None:
+            self._leader_http = httpx.AsyncClient(timeout=httpx.Timeout(330.0, connect=5.0))
+        headers = {k: v for k, v in request.headers.items()
+                   if k.lower() in ("authorization", "content-type", "accept")}
+        try:
+            resp = await self._leader_http.request(
+                request.method, url + request.url.path, params=request.query_params,
+                content=await request.body(), headers=headers)
+        except httpx.HTTPError as exc:
+            raise HTTPException(503, f"the scheduler leader at {url} does not answer ({exc}); "
+                                     "retry in a few seconds") from None
+        return Response(resp.content, resp.status_code, media_type=resp.headers.get("content-type"))
+
+    def user_for(self, token: str) -> User | None:
+        """The caller of a token, read from the database on each request (no cache): a revoked
+        or expired token stops working at once, on every replica."""
+        return self.store.user_for_token(token)
+
+    # ------------------------------------------------------------------ what a user may see
+
+    def visible_job(self, job_id: str, user: User) -> Job:
+        """A job (by id or prefix) if ``user`` may see it; else NotFound, as if there were none."""
+        job = self.store.get_job(job_id, owner=None if user.is_admin else user.name)
+        if not user.is_admin and job.user != user.name:
+            raise NotFound(f"no job {job_id}")
+        return job
+
+    def visible_artifact(self, artifact_id: str, user: User) -> Artifact:
+        art = self.store.get_artifact(artifact_id, owner=None if user.is_admin else user.name)
+        if not user.is_admin and art.user != user.name:
+            raise NotFound(f"no artifact {artifact_id}")
+        return art
+
+    def blob_visible(self, user: User, sha256: str) -> bool:
+        """A blob is someone's only if they sent it (or own an artifact of it): its hash alone
+        is no key to it (DESIGN.md §7)."""
+        if not self.blobs.has(sha256):
+            return False
+        return user.is_admin or self.store.blob_visible(user.name, sha256)
+
+
+def get_ctx(request: Request) -> ApiContext:
+    ctx: ApiContext = request.app.state.ctx
+    return ctx
+
+
+CtxDep = Annotated[ApiContext, Depends(get_ctx)]
+
+
+class Forwarded(Exception):
+    """The leader's answer to a request this follower handed on (see ``on_the_leader``)."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__("forwarded to the leader")
+        self.response = response
+
+
+async def on_the_leader(request: Request, ctx: CtxDep) -> None:
+    """A dependency of routes only the scheduler can answer (why, cancel, hosts, ...): on a
+    follower the request goes to the leader, whose answer is this route's answer."""
+    if not ctx.scheduler.leading:
+        raise Forwarded(await ctx.forward(request))
+
+
+LEADER: list[Any] = [Depends(on_the_leader)]
