@@ -155,10 +155,6 @@ class Store:
         with self.db.write() as conn:
             return int(conn.execute(select(func.max(_EVENTS.c.id))).scalar() or 0)
 
-    def first_event_id(self) -> int:
-        with self.db.write() as conn:
-            return int(conn.execute(select(func.min(_EVENTS.c.id))).scalar() or 0)
-
     def expire_events(self, before: float) -> int:
         with self.db.write() as conn:
             return int(conn.execute(delete(_EVENTS).where(_EVENTS.c.at < before)).rowcount or 0)
@@ -248,9 +244,6 @@ class Store:
             return int(s.exec(select(func.count()).select_from(User)).one())
 
     # ------------------------------------------------------------------ jobs
-
-    def create_job(self, spec: JobSpec, user: str, queue: str) -> Job:
-        return self.create_jobs([(spec, queue)], user)[0]
 
     def create_jobs(self, specs: Sequence[tuple[JobSpec, str]], user: str,
                     links: Sequence[dict[str, Any] | None] | None = None,
@@ -604,14 +597,6 @@ class Store:
                 Artifact.created_at < before, col(Artifact.job_id).not_in(waiting)).limit(limit)).all())
 
     # ------------------------------------------------------------------ results
-
-    def add_result(self, job: Job, attempt: Attempt, device_class: str, record: dict[str, Any]) -> None:
-        with self.db.write() as s:
-            s.execute(insert(_RESULTS), dict(
-                job_id=job.id, attempt_id=attempt.id, user=job.user, runner=job.runner,
-                host=attempt.host, device_class=device_class, created_at=time.time(),
-                record_json=json.dumps(record),
-            ))
 
     def import_result(self, result_id: str, user: str, runner: str, host: str, device_class: str,
                       record: dict[str, Any]) -> Result:

@@ -79,7 +79,7 @@ async def test_a_lost_host_is_checked_and_the_job_retried_elsewhere_once(tmp_pat
         first.lose()  # before the request went out? no: HostLost.sent defaults to True
         # A lost attempt may still run: the retry waits out its lease (policy: 60 s + grace).
         await h.until(lambda: job in h.scheduler.held)
-        assert h.scheduler.why(job)["summary"].startswith("retrying in")
+        assert h.scheduler.why(job).summary.startswith("retrying in")
         assert h.scheduler.book.health[first.plan.host.name] in (Health.UNKNOWN, Health.BAD)
         held = h.scheduler.held[job]
         held.handle.cancel()
@@ -108,7 +108,7 @@ async def test_a_host_failing_checks_is_quarantined_and_comes_back(tmp_path):
         assert h.backend.checks["h1"] >= 3  # bad_after
         h.backend.bad_hosts.clear()
         out = await h.scheduler.check_host("h1")
-        assert out["ok"] and h.scheduler.book.health["h1"] is Health.GOOD
+        assert out.ok and h.scheduler.book.health["h1"] is Health.GOOD
 
 
 async def test_a_backend_without_checks_has_its_hosts_taken_as_good(tmp_path):

@@ -74,3 +74,39 @@ def document_errors(schema: dict[str, Any], routes: list[Any]) -> None:
     if "/HTTPValidationError" not in json.dumps(schema["paths"]):
         schema["components"]["schemas"].pop("HTTPValidationError", None)
         schema["components"]["schemas"].pop("ValidationError", None)
+
+
+def _component(schema: dict[str, Any], name: str, body: dict[str, Any], prefix: str = "") -> None:
+    """Put ``body`` (a JSON Schema with ``$defs``) into the components as ``name``."""
+    text = json.dumps(body)
+    defs = body.get("$defs", {})
+    for key in defs:
+        text = text.replace(f'"#/$defs/{key}"', f'"#/components/schemas/{prefix}{key}"')
+    moved = json.loads(text)
+    components = schema["components"]["schemas"]
+    for key, value in moved.pop("$defs", {}).items():
+        components[f"{prefix}{key}"] = value
+    moved.pop("$schema", None)
+    moved.pop("$id", None)
+    components[name] = moved
+
+
+def document_bodies(schema: dict[str, Any]) -> None:
+    """The job spec and the result record, published as they are: routes take a spec as raw
+    JSON (fleet validates it itself, to name each bad field in its words) and give the record
+    as stored, but a generated client needs their shapes."""
+    from fleet.models.spec import JobSpec
+    from fleet.results import schema as result_schema
+
+    _component(schema, "JobSpec", JobSpec.model_json_schema(ref_template="#/$defs/{model}"))
+    _component(schema, "ResultRecord", result_schema(), prefix="ResultRecord_")
+    spec_ref = {"$ref": "#/components/schemas/JobSpec"}
+    paths = schema["paths"]
+    paths["/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"] = spec_ref
+    batch = schema["components"]["schemas"].get("BatchIn", {}).get("properties", {}).get("jobs")
+    if batch is not None:
+        batch["items"] = spec_ref
+    detail = schema["components"]["schemas"].get("JobDetail", {}).get("properties", {})
+    if "result" in detail:
+        detail["result"] = {"anyOf": [{"$ref": "#/components/schemas/ResultRecord"}, {"type": "null"}],
+                            "description": "the result record (fleet/schemas/result.schema.json)"}

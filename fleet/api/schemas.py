@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field
 
+from fleet.models.enums import AttemptState, JobKind, JobState, Reason
+
 if TYPE_CHECKING:  # the CLI reads these bodies without the database layer (a fast start)
     from fleet.models.tables import Attempt, Job
 
@@ -20,8 +22,8 @@ class AttemptOut(BaseModel):
     id: str
     number: int
     host: str
-    state: str
-    reason: str | None
+    state: AttemptState
+    reason: Reason | None
     message: str | None
     exit_code: int | None
     created_at: str | None
@@ -32,7 +34,7 @@ class AttemptOut(BaseModel):
 
     @classmethod
     def of(cls, a: Attempt) -> AttemptOut:
-        return cls(id=a.id, number=a.number, host=a.host, backend=a.backend, state=a.state, reason=a.reason,
+        return cls(id=a.id, number=a.number, host=a.host, backend=a.backend, state=AttemptState(a.state), reason=Reason(a.reason) if a.reason else None,
                    message=a.message, exit_code=a.exit_code, created_at=iso(a.created_at),
                    started_at=iso(a.started_at), ended_at=iso(a.ended_at), log_bytes=a.log_bytes)
 
@@ -66,13 +68,13 @@ class JobOut(BaseModel):
     id: str
     name: str
     user: str
-    kind: str
+    kind: JobKind
     runner: str
     pool: str | None
     queue: str
     priority: int
-    state: str
-    reason: str | None
+    state: JobState
+    reason: Reason | None
     message: str | None
     host: str | None
     attempts: int
@@ -88,8 +90,8 @@ class JobOut(BaseModel):
 
     @classmethod
     def of(cls, j: Job) -> JobOut:
-        return cls(id=j.id, name=j.name, user=j.user, kind=j.kind, runner=j.runner, pool=j.pool,
-                   queue=j.queue, priority=j.priority, state=j.state, reason=j.reason,
+        return cls(id=j.id, name=j.name, user=j.user, kind=JobKind(j.kind), runner=j.runner, pool=j.pool,
+                   queue=j.queue, priority=j.priority, state=JobState(j.state), reason=Reason(j.reason) if j.reason else None,
                    message=j.message, host=j.host, attempts=j.attempt_count,
                    created_at=iso(j.created_at), started_at=iso(j.started_at),
                    ended_at=iso(j.ended_at), created_ts=j.created_at, started_ts=j.started_at,

@@ -16,7 +16,7 @@ from sqlalchemy.exc import OperationalError
 from fleet import __version__
 from fleet.api.context import ApiContext, Forwarded
 from fleet.api.middleware import BodyLimit, ServerTiming
-from fleet.api.openapi import document_errors
+from fleet.api.openapi import document_bodies, document_errors
 from fleet.api.routes import ROUTERS
 from fleet.disk import DiskFull, is_disk_full
 from fleet.errors import FleetError, NotFound, SpecError
@@ -94,6 +94,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
             schema = get_openapi(title=app.title, version=app.version, description=app.description,
                                  routes=app.routes)
             document_errors(schema, app.routes)
+            document_bodies(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 

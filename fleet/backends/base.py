@@ -16,6 +16,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from fleet.errors import FleetError
 from fleet.inventory import Host
 from fleet.models.enums import Reason
 
@@ -25,10 +26,18 @@ if TYPE_CHECKING:
     from fleet.config import Settings
 
 
-class BackendError(Exception):
-    """An execution problem, classified where it happened."""
+class BackendError(FleetError):
+    """An execution problem, classified where it happened (``reason``), with what a user needs
+    to act on it where it is known: the host, the command, its exit status and the tail of
+    its output (as asyncssh's ProcessError carries them)."""
 
     reason: Reason = Reason.CONTROLLER_ERROR
+
+    def __init__(self, message: str, *, host: str | None = None, command: str | None = None,
+                 exit_status: int | None = None, output: str | None = None) -> None:
+        super().__init__(message)
+        self.host, self.command, self.exit_status = host, command, exit_status
+        self.output = output[-2000:] if output else output  # the tail is what tells
 
 
 class HostLost(BackendError):

@@ -196,7 +196,9 @@ class SSHBackend(Backend):
                                     transfer=size)
         if code != 0:
             raise OutputUnreadable(f"host {host.name}: cannot read {rel_path} of attempt "
-                               f"{plan.attempt_id}: {err.decode(errors='replace').strip()[:500] or code}")
+                               f"{plan.attempt_id}: {err.decode(errors='replace').strip()[:500] or code}",
+                                   host=host.name, command=command, exit_status=code,
+                                   output=err.decode(errors="replace"))
         if written != size:
             raise OutputUnreadable(f"host {host.name}: output {rel_path} of attempt {plan.attempt_id} has "
                                f"{written} bytes, not the {size} its agent reported")

@@ -1,8 +1,8 @@
 """States, reasons and failure classes (DESIGN.md §5.3-5.4).
 
 A job's state says where it is; a terminal state always carries a ``Reason`` that says why.
-A host's ``HostState`` (written by the scheduler) is kept apart from its ``Health`` (written by
-health checks and operators).
+A host's state as ``fleet hosts`` shows it (idle, busy, draining, offline: derived from slot use,
+drain and health) is kept apart from its ``Health``, written by health checks and operators.
 """
 
 from __future__ import annotations
@@ -89,13 +89,6 @@ REASON_CLASS: dict[Reason, FailureClass] = {
     Reason.NO_CAPACITY: FailureClass.INFRA,
     Reason.CANCELLED_BY_USER: FailureClass.CANCELLED,
 }
-
-
-class HostState(StrEnum):
-    IDLE = "idle"
-    BUSY = "busy"
-    DRAINING = "draining"
-    OFFLINE = "offline"
 
 
 class Health(StrEnum):

@@ -59,7 +59,6 @@ class Job(SQLModel, table=True):
     host: str | None = None
     attempt_count: int = 0
     current_attempt: str | None = None
-    why_json: str | None = Field(default=None, sa_column=Column(Text))
     chain: str | None = Field(default=None, index=True, description="first job of its chain")
     step: str | None = Field(default=None, description="its step's name in the chain")
     after: str | None = Field(default=None, index=True, description="job it waits for")

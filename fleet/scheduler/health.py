@@ -15,13 +15,12 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from fleet.backends.base import Backend, BackendError, Capability
 from fleet.inventory import Host
 from fleet.models.enums import REASON_CLASS, FailureClass, Health
 from fleet.scheduler.hostbook import HostBook
-from fleet.scheduler.records import Policy
+from fleet.scheduler.records import HostCheck, Policy
 from fleet.scheduler.verdict import Verdict
 from fleet.store import Store
 
@@ -131,7 +130,7 @@ class HealthChecks:
         done = await asyncio.gather(*(one(h) for h in hosts))
         return {name: figures for name, figures in done if figures is not None}
 
-    async def check_host(self, name: str) -> dict[str, Any]:
+    async def check_host(self, name: str) -> HostCheck:
         """Operator: run a health check now. Returns the host's health afterwards."""
         self.book.host(name)
         failure = await self.check_once(name)
@@ -139,8 +138,8 @@ class HealthChecks:
             self.book.set_health(name, Health.UNKNOWN, failure)
         if failure is not None:
             self.schedule(name, delay=1.0)
-        return {"host": name, "ok": failure is None, "message": failure,
-                "health": self.book.health.get(name, Health.UNKNOWN).value}
+        return HostCheck(host=name, ok=failure is None, message=failure,
+                         health=self.book.health.get(name, Health.UNKNOWN).value)
 
     def maintenance(self, name: str, on: bool = True) -> None:
         """Maintenance: like drain, and health checks leave it alone until it is turned off;

@@ -52,7 +52,7 @@ from fleet.scheduler.placement import (
     static_report,
 )
 from fleet.scheduler.queues import ClassQueue
-from fleet.scheduler.records import Held, Policy, QueuedJob, Running
+from fleet.scheduler.records import Held, HostCheck, Policy, QueuedJob, Running, Why
 from fleet.scheduler.verdict import JOB_STATE, Verdict
 from fleet.secrets import SecretBox, SecretError, mask_text, mask_value
 from fleet.store import Store
@@ -446,7 +446,7 @@ class Scheduler:
         why = self.why(job_id)
         qj = self._dequeue(job_id)
         assert qj is not None
-        message = f"waited {qj.spec.queue_timeout:g} s in queue {qj.demand.key}: {why['summary']}"
+        message = f"waited {qj.spec.queue_timeout:g} s in queue {qj.demand.key}: {why.summary}"
         self.store.finish_job(job_id, JobState.FAILED, Reason.NO_CAPACITY, message)
         self._job_done(job_id)
 
@@ -463,7 +463,7 @@ class Scheduler:
         except BackendError as exc:
             log.warning("cancel of %s on %s failed: %s", run.attempt.id, run.host.name, exc)
 
-    def why(self, job_id: str) -> dict[str, Any]:
+    def why(self, job_id: str) -> Why:
         """Why a job is where it is: per-host reasons for a waiting job."""
         qj = self.pending.get(job_id)
         if qj is not None:
@@ -478,26 +478,21 @@ class Scheduler:
             else:
                 summary = report.summary()
                 reasons = dict(report.reasons)
-            return {
-                "job": job_id, "state": "waiting", "queue": qj.demand.key, "queued": len(ids),
-                "ahead": ahead, "summary": summary, "reasons": reasons,
-                "hosts": self._host_reasons(qj.demand),
-            }
+            return Why(job=job_id, state="waiting", queue=qj.demand.key, queued=len(ids), ahead=ahead,
+                       summary=summary, reasons=reasons, hosts=self._host_reasons(qj.demand))
         held = self.held.get(job_id)
         if held is not None:
             left = max(0.0, held.until - time.time())
-            return {"job": job_id, "state": "waiting", "queue": held.qj.demand.key,
-                    "summary": f"retrying in {left:.0f} s, when the attempt lost on its host has "
-                               "surely stopped (attempt lease)", "reasons": {}, "hosts": {}}
+            return Why(job=job_id, state="waiting", queue=held.qj.demand.key,
+                       summary=f"retrying in {left:.0f} s, when the attempt lost on its host has "
+                               "surely stopped (attempt lease)")
         run = self.running.get(job_id)
         if run is not None:
-            return {"job": job_id, "state": "running", "queue": run.qj.demand.key,
-                    "summary": f"running on {run.host.name} (attempt {run.attempt.number})",
-                    "reasons": {}, "hosts": {}}
+            return Why(job=job_id, state="running", queue=run.qj.demand.key,
+                       summary=f"running on {run.host.name} (attempt {run.attempt.number})")
         job = self.store.get_job(job_id)
-        return {"job": job_id, "state": "done", "queue": job.queue,
-                "summary": f"{job.state} ({job.reason}){': ' + job.message if job.message else ''}",
-                "reasons": {}, "hosts": {}}
+        return Why(job=job_id, state="done", queue=job.queue,
+                   summary=f"{job.state} ({job.reason}){': ' + job.message if job.message else ''}")
 
     def _host_reasons(self, demand: Demand) -> dict[str, str]:
         static = self.book.static_for(demand)
@@ -536,7 +531,7 @@ class Scheduler:
     def maintenance(self, name: str, on: bool = True) -> None:
         self.health.maintenance(name, on)
 
-    async def check_host(self, name: str) -> dict[str, Any]:
+    async def check_host(self, name: str) -> HostCheck:
         return await self.health.check_host(name)
 
     async def gc_hosts(self, max_age: float, max_bytes: int) -> dict[str, tuple[int, int, int]]:

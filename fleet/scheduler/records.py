@@ -69,3 +69,28 @@ class Held:
     until: float  # epoch seconds
     attempt: Attempt | None
     host: Host | None
+
+
+@dataclass(frozen=True)
+class Why:
+    """Why a job is where it is (``fleet why``): for a waiting job, the hosts counted by the
+    reason each cannot take it now, and each host's reason."""
+
+    job: str
+    state: str  # waiting, running or done
+    queue: str
+    summary: str
+    queued: int | None = None
+    ahead: int | None = None
+    reasons: dict[str, int] = field(default_factory=dict)
+    hosts: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HostCheck:
+    """An operator's health check (``fleet hosts check``) and the health it left."""
+
+    host: str
+    ok: bool
+    message: str | None
+    health: str

@@ -9,4 +9,4 @@ from fastapi import APIRouter
 from fleet.api.routes import artifacts, blobs, events, hosts, jobs, results, system, users
 
 ROUTERS: list[APIRouter] = [system.router, blobs.router, jobs.router, results.router, artifacts.router,
-                            hosts.router, users.router, events.router]
+                            hosts.router, events.router, users.router]

@@ -4,6 +4,7 @@ operators' controls, and Ansible on it (probe, provision)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import Counter
 from typing import Any
 
@@ -86,7 +87,7 @@ async def maintenance_host(name: str, _admin: AdminDep, ctx: CtxDep, on: bool = 
 @router.post("/hosts/{name}/check", dependencies=LEADER)
 async def check_host(name: str, _admin: AdminDep, ctx: CtxDep) -> HostCheckOut:
     """Run a health check now (ahead of the queue) and report it."""
-    return HostCheckOut(**await ctx.scheduler.check_host(name))
+    return HostCheckOut.model_validate(dataclasses.asdict(await ctx.scheduler.check_host(name)))
 
 
 def _ansible_target(ctx: ApiContext) -> str:

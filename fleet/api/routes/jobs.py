@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -121,7 +122,7 @@ async def cancel_job(job_id: str, user: UserDep, ctx: CtxDep) -> CancelOut:
 @router.get("/jobs/{job_id}/why", dependencies=LEADER)
 async def why_job(job_id: str, user: UserDep, ctx: CtxDep) -> WhyOut:
     job = await run_in_threadpool(ctx.visible_job, job_id, user)
-    return WhyOut(**ctx.scheduler.why(job.id))
+    return WhyOut.model_validate(dataclasses.asdict(ctx.scheduler.why(job.id)))
 
 
 @router.get("/jobs/{job_id}/logs", response_class=StreamingResponse,
