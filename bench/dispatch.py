@@ -214,13 +214,13 @@ def fill_jobs(db: Path, rows: int) -> None:
     data = [
         (new_id("j"), f"job{i}", users[i % 4], "shell", "shell", "local", "*/*/*", 500,
          '{"name":"x","run":"true"}', states[i % 5], "succeeded", None, now - rows + i, now - rows + i,
-         now - rows + i, now - rows + i + 1, "localhost", 1, None, None)
+         now - rows + i, now - rows + i + 1, "localhost", 1, None)
         for i in range(rows)
     ]
     conn.executemany(
         "INSERT INTO jobs (id, name, user, kind, runner, pool, queue, priority, spec_json, state, reason,"
-        " message, created_at, updated_at, started_at, ended_at, host, attempt_count, current_attempt,"
-        " why_json) VALUES (" + ",".join("?" * 20) + ")", data)
+        " message, created_at, updated_at, started_at, ended_at, host, attempt_count, current_attempt)"
+        " VALUES (" + ",".join("?" * 19) + ")", data)
     conn.commit()
     conn.close()
 
