@@ -98,6 +98,7 @@ class EventHub:
         self._wake = asyncio.Event()
         self._moved = asyncio.Condition()  # head moved (wait_until)
         self._subs: set[_Subscriber] = set()
+        self._stale = False  # events were written while nobody listened (not read yet)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -147,7 +148,23 @@ class EventHub:
                 log.exception("reading events failed")
                 await asyncio.sleep(1.0)
 
+    def _listened(self) -> bool:
+        return bool(self._subs) or bool(getattr(self._moved, "_waiters", None))
+
+    async def _catch_up(self) -> None:
+        """Nobody listened while events came (they were not read, to spare the writers a
+        reader): start again from the newest id; earlier ones come from the table."""
+        if self._stale:
+            self._stale = False
+            self._ids.clear()
+            self._frames.clear()
+            self.head = max(self.head, await asyncio.to_thread(self.store.last_event_id))
+
     async def _read_new(self) -> None:
+        if not self._listened():
+            self._stale = True  # read when someone listens (_catch_up)
+            return
+        await self._catch_up()
         new: list[Frame] = []
         while True:
             rows = await asyncio.to_thread(self.store.events_after, self.head, BATCH)
@@ -200,6 +217,7 @@ class EventHub:
         after each batch of new events; False after ``timeout`` seconds."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        await self._catch_up()
         while True:
             cursor = self.head
             if await asyncio.to_thread(done):
@@ -239,9 +257,10 @@ class EventHub:
         loop = asyncio.get_running_loop()
         until = None if timeout is None else loop.time() + timeout
         sub = _Subscriber(visible, set(jobs), set(types))
-        joined = self.head  # from here on the reader hands it new frames (no await between)
-        self._subs.add(sub)
+        self._subs.add(sub)  # first: from now on the reader reads (and hands it) new events
         try:
+            await self._catch_up()
+            joined = self.head
             # A client resuming from another replica may be ahead of this one: never send it
             # an id it has seen (``cursor`` only grows).
             cursor = joined if after is None else max(0, after)

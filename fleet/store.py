@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, literal, null, text, update
+from sqlalchemy import bindparam, delete, func, insert, null, text, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Connection
 from sqlmodel import col, select
@@ -75,22 +75,28 @@ _JOB_RUNNING = (
 
 
 
+_J, _A = _JOBS.c, _ATTEMPTS.c
+# Built once (building a statement per write cost more than SQLite's own work): an event for
+# jobs / an attempt as they are now in the transaction, by id.
+_JOB_EVENTS = insert(_EVENTS).from_select(_EVENT_COLS, sa_select(
+    bindparam("at"), bindparam("type"), _J.user, _J.id, _J.current_attempt, _J.host, _J.state,
+    _J.reason, _J.message, null()).where(_J.id.in_(bindparam("ids", expanding=True))))
+_ATTEMPT_EVENT = insert(_EVENTS).from_select(_EVENT_COLS, sa_select(
+    bindparam("at"), bindparam("type"), _J.user, _A.job_id, _A.id, _A.host, _A.state, _A.reason,
+    _A.message, bindparam("data")).select_from(_ATTEMPTS.join(_JOBS, _J.id == _A.job_id))
+    .where(_A.id == bindparam("id")))
+
+
 def _job_events(conn: Connection, ids: Sequence[str], now: float) -> None:
     """``job.state`` events for jobs as they are now in this transaction (one statement)."""
-    j = _JOBS.c
-    sel = sa_select(literal(now), literal("job.state"), j.user, j.id, j.current_attempt, j.host, j.state,
-                 j.reason, j.message, null()).where(j.id.in_(list(ids)))
-    conn.execute(insert(_EVENTS).from_select(_EVENT_COLS, sel))
+    conn.execute(_JOB_EVENTS, {"at": now, "type": "job.state", "ids": list(ids)})
 
 
 def _attempt_event(conn: Connection, attempt_id: str, kind: str, now: float,
                    data: dict[str, Any] | None = None) -> None:
     """An ``attempt.*`` event for an attempt as it is now in this transaction."""
-    a, j = _ATTEMPTS.c, _JOBS.c
-    sel = (sa_select(literal(now), literal(kind), j.user, a.job_id, a.id, a.host, a.state, a.reason,
-                  a.message, literal(json.dumps(data)) if data else null())
-           .select_from(_ATTEMPTS.join(_JOBS, j.id == a.job_id)).where(a.id == attempt_id))
-    conn.execute(insert(_EVENTS).from_select(_EVENT_COLS, sel))
+    conn.execute(_ATTEMPT_EVENT, {"at": now, "type": kind, "id": attempt_id,
+                                  "data": json.dumps(data) if data else None})
 
 
 _ID_CHARS = "0123456789abcdefghijklmnopqrstuvwxyz"

