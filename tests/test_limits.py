@@ -134,6 +134,10 @@ def test_a_full_disk_is_answered_507_and_survived_without_running_a_job_twice(tm
                f'i=$((i+1)); sleep 0.2; done; echo finished')
         first = client.submit({"name": "during", "run": run})
         eventually(lambda: client.job(first.id).state == "RUNNING", what="the job to run")
+        # Its first line is in the controller's log store before the disk fills (RUNNING alone
+        # does not say so: the line may still be on its way).
+        eventually(lambda: b"".join(client.logs(first.id)).startswith(b"line 0\n"),
+                   what="the job's first line to reach the controller")
         pid = client.health()["pid"]
         hog = mnt / "hog"
         subprocess.run(["dd", "if=/dev/zero", f"of={hog}", "bs=1M"], capture_output=True)  # until ENOSPC
