@@ -64,3 +64,13 @@ class BlobStore:
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, dest)
         return sha, size
+
+
+def file_digest(path: str | os.PathLike[str]) -> tuple[str, int]:
+    """sha256 and size of a file, read in 1 MiB blocks (what an upload or a blob is named by)."""
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+            size += len(block)
+    return digest.hexdigest(), size

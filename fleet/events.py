@@ -99,6 +99,7 @@ class EventHub:
         self._moved = asyncio.Condition()  # head moved (wait_until)
         self._subs: set[_Subscriber] = set()
         self._stale = False  # events were written while nobody listened (not read yet)
+        self._waiters = 0  # wait_until calls waiting for the head to move
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -149,7 +150,7 @@ class EventHub:
                 await asyncio.sleep(1.0)
 
     def _listened(self) -> bool:
-        return bool(self._subs) or bool(getattr(self._moved, "_waiters", None))
+        return bool(self._subs) or self._waiters > 0
 
     async def _catch_up(self) -> None:
         """Nobody listened while events came (they were not read, to spare the writers a
@@ -212,6 +213,19 @@ class EventHub:
                 log.warning("event listener: %s; reconnecting", exc)
                 await asyncio.sleep(1.0)
 
+    async def moved_past(self, cursor: int, timeout: float) -> None:
+        """Return once events after ``cursor`` were read (or ``timeout`` passed); meanwhile the
+        reader reads even if no stream listens."""
+        self._waiters += 1
+        try:
+            async with self._moved:
+                if self.head <= cursor:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(timeout):
+                            await self._moved.wait()
+        finally:
+            self._waiters -= 1
+
     async def wait_until(self, done: Callable[[], bool], timeout: float) -> bool:
         """Return True once ``done()`` (a database read, run in a thread) holds, checking it
         after each batch of new events; False after ``timeout`` seconds."""
@@ -225,11 +239,7 @@ class EventHub:
             left = deadline - loop.time()
             if left <= 0:
                 return False
-            async with self._moved:
-                if self.head <= cursor:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(left):
-                            await self._moved.wait()
+            await self.moved_past(cursor, left)
 
     async def _backlog(self, cursor: int, upto: int) -> AsyncIterator[list[Frame]]:
         """Frames in (cursor, upto]: from memory when it reaches back that far, else the table."""

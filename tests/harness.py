@@ -154,14 +154,7 @@ class Harness:
             left = deadline - loop.time()
             if left <= 0:
                 raise AssertionError("condition not met in time")
-            cursor = self.hub.head
-            async with self.hub._moved:
-                if self.hub.head == cursor:
-                    try:
-                        async with asyncio.timeout(min(left, 0.5)):
-                            await self.hub._moved.wait()
-                    except TimeoutError:
-                        pass
+            await self.hub.moved_past(self.hub.head, min(left, 0.5))
 
     async def state(self, job_id: str) -> str:
         return str((await self.job(job_id))["state"])

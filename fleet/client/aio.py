@@ -25,7 +25,6 @@ from fleet.api.schemas import (
 )
 from fleet.client import calls
 from fleet.client.calls import SUBMIT_TRIES, Call, check
-from fleet.errors import ApiError
 
 T = TypeVar("T")
 
@@ -129,11 +128,10 @@ class AsyncClient:
         """As ``Client.events``: the first event is ``ready``; a dropped stream is resumed
         from the last event seen, nothing lost or repeated."""
         params = calls.events_params(jobs, types)
-        last, failures = after, 0
+        resume = calls.Resume(after, reconnect)
         while True:
-            headers = {"Last-Event-ID": str(last)} if last is not None else {}
             try:
-                async with self.http.stream("GET", "/events", params=params, headers=headers,
+                async with self.http.stream("GET", "/events", params=params, headers=resume.headers(),
                                             timeout=calls.stream_timeout(self.http.timeout)) as resp:
                     if resp.status_code >= 400:
                         await resp.aread()
@@ -143,15 +141,9 @@ class AsyncClient:
                         event = sse.feed(line)
                         if event is None or event["type"] == "keepalive":
                             continue
-                        failures = 0
-                        last = event.get("id", last)
+                        resume.seen(event)
                         yield event
-            except httpx.TransportError:
-                failures += 1
-                if failures > reconnect:
-                    raise
-            else:
-                failures += 1
-                if failures > reconnect:
-                    raise ApiError(503, "the event stream ended")
-            await asyncio.sleep(min(0.2 * 2 ** failures, 5.0))
+                delay = resume.dropped(None)  # the server ended the stream (it stopped)
+            except httpx.TransportError as exc:
+                delay = resume.dropped(exc)
+            await asyncio.sleep(delay)

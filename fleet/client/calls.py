@@ -222,6 +222,30 @@ def revoke_token(token_id: int) -> Call[TokenInfo]:
     return Call("DELETE", f"/tokens/{int(token_id)}", one(TokenInfo))
 
 
+class Resume:
+    """How an event stream is resumed, for both faces: the ``Last-Event-ID`` to send, and after
+    a drop (a broken connection or a server that stopped) how long to wait, or the error once
+    ``reconnect`` drops came in a row."""
+
+    def __init__(self, after: int | None, reconnect: int) -> None:
+        self.last, self.reconnect, self.failures = after, reconnect, 0
+
+    def headers(self) -> dict[str, str]:
+        return {"Last-Event-ID": str(self.last)} if self.last is not None else {}
+
+    def seen(self, event: dict[str, Any]) -> None:
+        self.failures = 0
+        self.last = event.get("id", self.last)
+
+    def dropped(self, exc: Exception | None) -> float:
+        """Seconds to wait before resuming; raises ``exc`` (or ApiError 503 for a stream the
+        server ended) once there were too many drops in a row."""
+        self.failures += 1
+        if self.failures > self.reconnect:
+            raise exc if exc is not None else ApiError(503, "the event stream ended")
+        return float(min(0.2 * 2 ** self.failures, 5.0))
+
+
 def events_params(jobs: list[str] | tuple[str, ...] = (), types: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     return {"job": list(jobs), "type": list(types)}
 
@@ -260,14 +284,9 @@ class SSE:
 
 def digest(path: Any) -> tuple[str, int]:
     """sha256 and size of a file (what an upload is named by)."""
-    import hashlib
+    from fleet.blobs import file_digest
 
-    h, size = hashlib.sha256(), 0
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size
+    return file_digest(path)
 
 
 def is_local(url: str) -> bool:

@@ -31,7 +31,6 @@ from fleet.api.schemas import (
 )
 from fleet.client import calls
 from fleet.client.calls import SUBMIT_TRIES, Call, check
-from fleet.errors import ApiError
 
 T = TypeVar("T")
 
@@ -141,11 +140,10 @@ class Client:
         a row; events are neither lost nor repeated across it. ``keepalive``: also yield
         ``{"type": "keepalive"}`` when the server says it is there (every 5 s of quiet)."""
         params = calls.events_params(jobs, types)
-        last, failures = after, 0
+        resume = calls.Resume(after, reconnect)
         while True:
-            headers = {"Last-Event-ID": str(last)} if last is not None else {}
             try:
-                with self.http.stream("GET", "/events", params=params, headers=headers,
+                with self.http.stream("GET", "/events", params=params, headers=resume.headers(),
                                       timeout=calls.stream_timeout(self.http.timeout)) as resp:
                     if resp.status_code >= 400:
                         resp.read()
@@ -155,18 +153,12 @@ class Client:
                         event = sse.feed(line)
                         if event is None or (event["type"] == "keepalive" and not keepalive):
                             continue
-                        failures = 0
-                        last = event.get("id", last)
+                        resume.seen(event)
                         yield event
-            except httpx.TransportError:
-                failures += 1
-                if failures > reconnect:
-                    raise
-            else:  # the server closed the stream (it stopped): resume as after a broken one
-                failures += 1
-                if failures > reconnect:
-                    raise ApiError(503, "the event stream ended")
-            time.sleep(min(0.2 * 2 ** failures, 5.0))
+                delay = resume.dropped(None)  # the server ended the stream (it stopped)
+            except httpx.TransportError as exc:
+                delay = resume.dropped(exc)
+            time.sleep(delay)
 
     def wait_all(self, job_ids: list[str], timeout: float | None = None) -> list[JobDetail]:
         """Block until every job is terminal, woken by their ``job.state`` events (no polling),

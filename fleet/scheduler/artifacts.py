@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from fleet.backends.base import AttemptPlan, Backend, Outcome, OutputUnreadable
-from fleet.blobs import BlobStore
+from fleet.blobs import BlobStore, file_digest
 from fleet.ids import new_id
 from fleet.models.spec import BlobRef, InputRef
 from fleet.secrets import redact_file
@@ -38,7 +38,7 @@ async def collect(backend: Backend, blobs: BlobStore, plan: AttemptPlan, outcome
             try:
                 await backend.fetch(plan, path, tmp, size)
                 if secrets:
-                    got, got_size = await asyncio.to_thread(_hash, tmp)
+                    got, got_size = await asyncio.to_thread(file_digest, tmp)
                     if got == sha and got_size == size:
                         await asyncio.to_thread(redact_file, tmp, masked, secrets)
                         sha, size = await asyncio.to_thread(blobs.add, masked)
@@ -53,15 +53,6 @@ async def collect(backend: Backend, blobs: BlobStore, plan: AttemptPlan, outcome
                                    f"{str(out['sha256'])[:12]}, {out['size']} bytes)")
         files.append({"path": path, "sha256": sha, "size": size})
     return files
-
-
-def _hash(path: Any) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-            size += len(block)
-    return digest.hexdigest(), size
 
 
 def key_of(basis: dict[str, Any] | None) -> str | None:
