@@ -15,6 +15,7 @@ import yaml
 from fleet.client import discovery as local
 from fleet.client.sync import Client
 from fleet.config import load_settings
+from tests.zygote import spawn_server, zygote
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -45,7 +46,7 @@ class Fleet:
         cfg.update(config or {})
         (self.home / "config.yaml").write_text(yaml.safe_dump(cfg))
         self.settings = load_settings()
-        self.info = local.start_local(self.settings, str(inventory) if inventory else None)
+        self.info = local.start_local(self.settings, str(inventory) if inventory else None, spawn=spawn_server)
         self.client = Client(self.info.url, self.info.token, timeout=120)
         return self.client
 
@@ -55,11 +56,9 @@ class Fleet:
         local.stop_local(self.settings)
 
     def cli(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        """Run the real ``fleet`` command against this server."""
-        proc = subprocess.run(
-            [sys.executable, "-m", "fleet", *args], capture_output=True, text=True,
-            timeout=timeout, env=os.environ.copy(), cwd=REPO,
-        )
+        """Run the real ``fleet`` command against this server (a fresh process, forked by the
+        worker's zygote: see tests/zygote.py)."""
+        proc = zygote().run(list(args), timeout=timeout, env=os.environ.copy(), cwd=REPO)
         if check and proc.returncode != 0:
             raise AssertionError(f"fleet {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
         return proc

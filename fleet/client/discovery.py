@@ -15,8 +15,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Protocol
 
 import httpx
 
@@ -79,8 +81,27 @@ def local_server(settings: Settings) -> ServerInfo | None:
                       inventory=info.get("inventory"))
 
 
-def start_local(settings: Settings, inventory: str | None) -> ServerInfo:
-    """Start the local server in the background (once, even with concurrent CLIs)."""
+class Started(Protocol):
+    """What ``start_local`` needs of the process it started (``subprocess.Popen`` is one)."""
+
+    pid: int
+
+    def poll(self) -> int | None: ...
+
+    def terminate(self) -> None: ...
+
+
+def _popen(cmd: list[str], log: BinaryIO) -> Started:
+    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                            start_new_session=True, env=os.environ.copy())
+
+
+def start_local(settings: Settings, inventory: str | None,
+                spawn: Callable[[list[str], BinaryIO], Started] = _popen) -> ServerInfo:
+    """Start the local server in the background (once, even with concurrent CLIs).
+
+    ``spawn`` starts ``cmd`` as a new session writing to ``log`` (a test suite may start it
+    faster than a new interpreter does)."""
     settings.home.mkdir(parents=True, exist_ok=True)
     with (settings.home / "server.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -93,8 +114,7 @@ def start_local(settings: Settings, inventory: str | None) -> ServerInfo:
         cmd += ["serve", "--local", "--host", "127.0.0.1", "--port", "0"]
         log = settings.server_log.open("ab")
         start = log.tell()  # what this start writes: earlier failures stay out of its error
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                start_new_session=True, env=os.environ.copy())
+        proc = spawn(cmd, log)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if proc.poll() is not None:

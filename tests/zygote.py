@@ -1,0 +1,234 @@
+"""Fresh ``fleet`` processes without paying for Python's start-up each time.
+
+Most of the suite's CPU went into starting interpreters: every ``fleet serve`` imported FastAPI,
+SQLAlchemy and asyncssh again (~1.5 s), every CLI call ~0.5 s. A zygote is one process per test
+worker that imports fleet once and then, on request, forks a child that *is* a fresh
+``python -m fleet ARGS`` process from that point on: its own pid and session, the caller's
+environment and working directory, stdin/stdout/stderr on the caller's files. The child runs the
+real ``fleet.cli.main`` (so ``kill -9`` of a server, restarts, exit codes all mean what they mean
+with a real process). The zygote is single-threaded and has started nothing (no event loop, no
+thread, no connection), so forking it is safe.
+
+Not for tests about the interpreter's start itself (import time, packaging, a broken
+environment): those run ``python -m fleet`` as a subprocess.
+
+Protocol (a Unix socket pair): the caller sends one JSON request with four file descriptors
+(stdin, stdout, stderr, a pipe the child writes its exit status to); the zygote answers with the
+child's pid. The zygote ignores SIGCHLD, so the kernel reaps its children.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _child(request: dict[str, Any], fds: list[int]) -> None:
+    """In the forked child: become ``python -m fleet ARGS`` and never return."""
+    code = 1
+    status_fd = fds[3]
+    try:
+        if request.get("new_session"):
+            os.setsid()
+        for target, fd in enumerate(fds[:3]):
+            os.dup2(fd, target)
+        for fd in fds[:3]:
+            if fd > 2:
+                os.close(fd)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        sys.argv = [sys.executable + " -m fleet", *request["argv"]]
+        sys.stdin = open(0, closefd=False)  # the process's own descriptors
+        sys.stdout = open(1, "w", closefd=False)
+        sys.stderr = open(2, "w", closefd=False)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        from fleet.cli.main import main
+
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            if exc.code is not None and not isinstance(exc.code, int):
+                print(exc.code, file=sys.stderr)
+    except BaseException:  # an uncaught error ends the process as Python's would
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # a closed pipe must not keep the child alive
+                pass
+        try:
+            os.write(status_fd, str(code).encode())
+        except OSError:
+            pass
+        os._exit(code)
+
+
+def serve(sock: socket.socket) -> None:
+    """The zygote's loop: import fleet once, then fork a child per request."""
+    import importlib
+
+    for name in ("fleet.cli.main", "fleet.controller"):  # the CLI and the server, with all they import
+        importlib.import_module(name)
+
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    sock.send(b"ready")
+    while True:
+        try:
+            msg, fds, _flags, _addr = socket.recv_fds(sock, 1 << 20, 4)
+        except OSError:
+            return
+        if not msg:
+            return  # the worker went away
+        request = json.loads(msg)
+        pid = os.fork()
+        if pid == 0:
+            sock.close()
+            _child(request, fds)
+        for fd in fds:
+            os.close(fd)
+        sock.send(str(pid).encode())
+
+
+@dataclass
+class Child:
+    """A forked ``fleet`` process: ``pid``, and ``poll()``/``wait()`` like Popen's."""
+
+    pid: int
+    status_r: int
+    returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            ready, _, _ = select.select([self.status_r], [], [], 0)
+            if ready:
+                self._read()
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            ready, _, _ = select.select([self.status_r], [], [], timeout)
+            if not ready:
+                raise subprocess.TimeoutExpired(f"fleet (pid {self.pid})", timeout or 0)
+            self._read()
+        assert self.returncode is not None
+        return self.returncode
+
+    def terminate(self) -> None:
+        os.kill(self.pid, signal.SIGTERM)
+
+    def kill(self) -> None:
+        os.kill(self.pid, signal.SIGKILL)
+
+    def _read(self) -> None:
+        data = os.read(self.status_r, 16)
+        os.close(self.status_r)
+        # Nothing written: the child was killed by a signal (SIGKILL, as Popen says: -9).
+        self.returncode = int(data) if data else -9
+
+
+class Zygote:
+    """The caller's side: ``spawn`` a child, or ``run`` one to its end like subprocess.run."""
+
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "import socket, sys; from tests.zygote import serve; "
+             "serve(socket.socket(fileno=int(sys.argv[1])))", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()], cwd=REPO, stdin=subprocess.DEVNULL,
+        )
+        theirs.close()
+        self.sock = ours
+        self.lock = threading.Lock()
+        if self.sock.recv(16) != b"ready":
+            raise RuntimeError("the fleet zygote did not start")
+
+    def spawn(self, argv: list[str], *, stdin: IO[Any] | int | None = None, stdout: IO[Any] | int,
+              stderr: IO[Any] | int, env: dict[str, str] | None = None, cwd: str | Path | None = None,
+              new_session: bool = False) -> Child:
+        def fd(stream: IO[Any] | int | None, mode: int) -> tuple[int, bool]:
+            if stream is None or stream == subprocess.DEVNULL:
+                return os.open(os.devnull, mode), True
+            return (stream if isinstance(stream, int) else stream.fileno()), False
+
+        status_r, status_w = os.pipe()
+        opened = [fd(stdin, os.O_RDONLY), fd(stdout, os.O_WRONLY), fd(stderr, os.O_WRONLY)]
+        request = {"argv": argv, "env": dict(os.environ if env is None else env),
+                   "cwd": str(cwd or os.getcwd()), "new_session": new_session}
+        try:
+            with self.lock:
+                socket.send_fds(self.sock, [json.dumps(request).encode()], [f for f, _ in opened] + [status_w])
+                pid = int(self.sock.recv(32))
+        finally:
+            os.close(status_w)
+            for f, mine in opened:
+                if mine:
+                    os.close(f)
+        return Child(pid, status_r)
+
+    def run(self, argv: list[str], *, input: str | None = None, env: dict[str, str] | None = None,
+            cwd: str | Path | None = None, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+        """Like ``subprocess.run([python, -m, fleet, *argv], capture_output=True, text=True)``."""
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+                tempfile.TemporaryFile() as inp:
+            if input is not None:
+                inp.write(input.encode())
+                inp.seek(0)
+            child = self.spawn(argv, stdin=inp, stdout=out, stderr=err, env=env, cwd=cwd)
+            try:
+                code = child.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(child.pid, signal.SIGKILL)
+                raise
+            out.seek(0)
+            err.seek(0)
+            return subprocess.CompletedProcess(["fleet", *argv], code, out.read().decode(errors="replace"),
+                                               err.read().decode(errors="replace"))
+
+    def close(self) -> None:
+        self.sock.close()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def spawn_server(cmd: list[str], log: IO[bytes]) -> Child:
+    """``discovery.start_local``'s ``spawn``, through the zygote."""
+    assert cmd[:3] == [sys.executable, "-m", "fleet"], cmd
+    return zygote().spawn(cmd[3:], stdout=log, stderr=log, new_session=True)
+
+
+_zygote: Zygote | None = None
+_started = threading.Lock()
+
+
+def zygote() -> Zygote:
+    """This worker's zygote (started on first use; ends with the worker)."""
+    global _zygote
+    with _started:
+        if _zygote is None or _zygote.proc.poll() is not None:
+            began = time.monotonic()
+            _zygote = Zygote()
+            if os.environ.get("FLEET_ZYGOTE_DEBUG"):
+                print(f"zygote ready in {time.monotonic() - began:.2f} s", file=sys.stderr)
+        return _zygote
