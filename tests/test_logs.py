@@ -53,19 +53,24 @@ def test_capped_store_keeps_head_and_tail_and_offsets_across_restart(tmp_path):
     assert reread == text and store.size("j", "a") == len(data)
 
 
-def test_thousand_jobs_of_1mib_stay_under_the_store_limit_with_head_and_tail(fleet, tmp_path):
+def test_hundreds_of_jobs_of_1mib_stay_under_the_store_limit_with_head_and_tail(fleet, tmp_path):
     inv = tmp_path / "hosts.ini"
     inv.write_text("localhost ansible_connection=local fleet_slots=8\n")
-    client = fleet.start(inv, config={"log_cap": 64 * KiB, "log_store_limit": 16 * MiB})
+    client = fleet.start(inv, config={"log_cap": 64 * KiB, "log_store_limit": 1 * MiB})
     ids: list[str] = []
-    for batch in range(10):
+    for batch in range(3):
         ids += [j.id for j in client.submit_many(
             [{"name": f"big-{batch}-{i}", "run": PRINT_1MIB} for i in range(100)])]
     for job_id in ids:
         assert client.wait(job_id, 300).state == "SUCCEEDED"
     logs_dir = fleet.settings.logs_dir
-    total = sum(p.stat().st_size for p in logs_dir.rglob("*") if p.is_file())
-    assert total <= 16 * MiB, total
+
+    def store_size() -> int:
+        return sum(p.stat().st_size for p in logs_dir.rglob("*") if p.is_file())
+
+    # Retention runs on the leader within a second of the store growing by an eighth of the
+    # limit: between two passes it may be over by what that second wrote.
+    total = eventually(lambda: (size := store_size()) <= 1 * MiB and size, timeout=10, what="store under the limit")
     kept = removed = 0
     for job_id in ids:
         text = b"".join(client.logs(job_id))
@@ -77,9 +82,10 @@ def test_thousand_jobs_of_1mib_stay_under_the_store_limit_with_head_and_tail(fle
         assert text.endswith(_line(16382) + _line(16383)), text[-200:]
         assert b"bytes dropped here" in text
         assert len(text) < 64 * KiB + 200
-    print(f"1000 x 1 MiB: store {total / MiB:.1f} MiB, {kept} logs kept whole (head+tail), {removed} removed")
+    print(f"{len(ids)} x 1 MiB: store {total / MiB:.1f} MiB, {kept} logs kept whole (head+tail), {removed} removed")
     assert kept + removed == len(ids)
-    assert kept >= 500  # gzipped capped logs of this kind are ~10 KiB: most fit in 16 MiB
+    assert kept >= 100  # gzipped capped logs of this kind are ~5 KiB: ~200 fit in 1 MiB
+    assert removed >= 30  # and the rest went
 
 
 def test_capped_log_survives_kill9_mid_stream_without_gap_or_duplicate(fleet, tmp_path):
