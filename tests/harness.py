@@ -9,6 +9,7 @@ The lab tests (real SSH hosts, a real ``fleet serve``) stay for what only they c
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -121,6 +122,24 @@ class FakeBackend(Backend):
         return self.launches[:n]
 
 
+class ShiftedClock:
+    """Real time plus an offset the test moves forward. The scheduler reads its wall time from
+    here (fleet.clock) and, while the harness runs, the event loop's clock carries the same
+    offset, so timers (``call_later``, ``asyncio.sleep``) and stored deadlines move together:
+    ``await clock.advance(3600)`` and a one-hour queue timeout has passed."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def time(self) -> float:
+        return time.time() + self.offset
+
+    async def advance(self, seconds: float) -> None:
+        self.offset += seconds
+        for _ in range(3):  # timers now due run, and what they call soon
+            await asyncio.sleep(0)
+
+
 @dataclass
 class Harness:
     store: Store
@@ -129,6 +148,7 @@ class Harness:
     api: httpx.AsyncClient
     token: str
     hub: EventHub
+    clock: ShiftedClock
 
     async def submit(self, spec: dict[str, Any]) -> str:
         resp = await self.api.post("/jobs", json=spec)
@@ -148,10 +168,9 @@ class Harness:
             got = check()
             return bool(await got) if asyncio.iscoroutine(got) else bool(got)
 
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = time.monotonic() + timeout  # real time: the loop's may be moved by the test
         while not await holds():
-            left = deadline - loop.time()
+            left = deadline - time.monotonic()
             if left <= 0:
                 raise AssertionError("condition not met in time")
             await self.hub.moved_past(self.hub.head, min(left, 0.5))
@@ -164,6 +183,10 @@ class Harness:
 async def harness(tmp_path: Path, hosts: list[Host] | None = None, *, auto: bool = False,
                   capabilities: frozenset[Capability] = frozenset({Capability.CHECK}),
                   policy: Policy | None = None) -> AsyncIterator[Harness]:
+    clock = ShiftedClock()
+    loop = asyncio.get_running_loop()
+    loop_time = loop.time
+    loop.time = lambda: loop_time() + clock.offset  # type: ignore[method-assign]
     settings = Settings(home=tmp_path / "home")
     settings.home.mkdir(parents=True, exist_ok=True)
     db = Database(settings.db_url)
@@ -175,7 +198,7 @@ async def harness(tmp_path: Path, hosts: list[Host] | None = None, *, auto: bool
     blobs = BlobStore(settings.blobs_dir)
     scheduler = Scheduler(store, backend.hosts, {"fake": backend}, LogStore(settings.logs_dir, settings.log_cap),
                           policy or Policy(kill_grace=0.1, check_timeout=2.0, recheck_interval=0.5),
-                          SecretBox(settings.secret_key_file), blobs)
+                          SecretBox(settings.secret_key_file), blobs, clock=clock)
     hub = EventHub(store, settings.db_url)
     await hub.start()
     ctx = ApiContext(store, scheduler, blobs)
@@ -186,7 +209,7 @@ async def harness(tmp_path: Path, hosts: list[Host] | None = None, *, auto: bool
     api = httpx.AsyncClient(transport=transport, base_url="http://fleet.test",
                             headers={"Authorization": f"Bearer {token}"})
     try:
-        yield Harness(store, scheduler, backend, api, token, hub)
+        yield Harness(store, scheduler, backend, api, token, hub, clock)
     finally:
         await api.aclose()
         for launch in backend.launches:  # let what is still running end (the test is over)
@@ -195,3 +218,4 @@ async def harness(tmp_path: Path, hosts: list[Host] | None = None, *, auto: bool
         await scheduler.stop()
         await hub.stop()
         db.dispose()
+        loop.time = loop_time  # type: ignore[method-assign]

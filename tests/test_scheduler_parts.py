@@ -81,16 +81,15 @@ async def test_a_lost_host_is_checked_and_the_job_retried_elsewhere_once(tmp_pat
         await h.until(lambda: job in h.scheduler.held)
         assert h.scheduler.why(job).summary.startswith("retrying in")
         assert h.scheduler.book.health[first.plan.host.name] in (Health.UNKNOWN, Health.BAD)
-        held = h.scheduler.held[job]
-        held.handle.cancel()
-        h.scheduler._unhold(job)  # the lease ran out: first ask the lost host how it ended
+        await h.clock.advance(h.scheduler.policy.lost_hold)  # the lease ran out: first ask the
+        # lost host how it ended
         follow = (await h.backend.wait_launches(2))[1]
         assert follow.plan.follow_only and follow.plan.host.name == first.plan.host.name
         follow.lose("still away")  # no answer: held again (it may have been running after all)
         await h.until(lambda: job in h.scheduler.held)
         h.scheduler.book.set_health(first.plan.host.name, Health.BAD, "quarantined by the test")
-        h.scheduler.held[job].handle.cancel()
-        h.scheduler._unhold(job)  # its host is bad: retried elsewhere without asking it
+        await h.clock.advance(h.scheduler.policy.lost_hold)  # its host is bad: retried
+        # elsewhere without asking it
         second = (await h.backend.wait_launches(3))[2]
         assert second.plan.host.name != first.plan.host.name and not second.plan.follow_only
         second.finish(0)
@@ -155,3 +154,23 @@ async def test_fair_share_and_priority_order_in_one_queue(tmp_path):
         third = (await h.backend.wait_launches(3))[2]
         assert third.plan.job_id == low and blocker != low
         third.finish(0)
+
+
+async def test_a_queue_timeout_of_an_hour_ends_the_job_when_the_hour_has_passed(tmp_path):
+    async with harness(tmp_path, [host("h1")]) as h:
+        await h.until(lambda: h.scheduler.book.health.get("h1") is Health.GOOD)
+        blocker = await h.submit({"name": "blocker", "run": "true"})
+        (first,) = await h.backend.wait_launches(1)
+        waiting = await h.submit({"name": "w", "run": "true", "queue_timeout": "1h"})
+        await h.until(lambda: waiting in h.scheduler.pending)
+        await h.clock.advance(3599)
+        assert await h.state(waiting) == "PENDING"  # not yet
+        await h.clock.advance(2)
+        await h.until(lambda: waiting not in h.scheduler.pending)
+        detail = await h.job(waiting)
+        assert detail["state"] == "FAILED" and detail["reason"] == "no_capacity"
+        assert detail["message"].startswith("waited 3600 s in queue") and "busy" in detail["message"]
+        assert h.backend.launched[waiting] == 0
+        first.finish(0)
+        await h.until(lambda: blocker not in h.scheduler.running)
+        assert await h.state(blocker) == "SUCCEEDED"

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 
 from fleet.backends.base import Backend, BackendError, Capability
+from fleet.clock import SYSTEM, Clock
 from fleet.inventory import Host
 from fleet.models.enums import REASON_CLASS, FailureClass, Health
 from fleet.scheduler.hostbook import HostBook
@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 class HealthChecks:
     def __init__(self, book: HostBook, store: Store, backends: Mapping[str, Backend], policy: Policy, *,
                  on_back: Callable[[Host], None], wake: Callable[[], None],
-                 followed: Callable[[], set[str]]) -> None:
+                 followed: Callable[[], set[str]], clock: Clock = SYSTEM) -> None:
         self.book, self.store, self.backends, self.policy = book, store, backends, policy
+        self.clock = clock
         self.on_back = on_back  # a host is good again: follow what was lost on it
         self.wake = wake  # place jobs: a host is back
         self.followed = followed  # ids of the attempts the scheduler follows now
@@ -98,7 +99,7 @@ class HealthChecks:
         """A host that comes back may still run attempts we declared lost and retried elsewhere:
         stop them so a job never finishes twice."""
         followed = self.followed()
-        stale = [a for a in self.store.lost_attempts(host.name, time.time() - 86400) if a not in followed]
+        stale = [a for a in self.store.lost_attempts(host.name, self.clock.time() - 86400) if a not in followed]
         if not stale:
             return
         backend = self.backend_of(host)

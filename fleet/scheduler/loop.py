@@ -18,13 +18,13 @@ import dataclasses
 import getpass
 import json
 import logging
-import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from fleet.backends.base import AttemptPlan, Backend, BackendError, InputFile
 from fleet.blobs import BlobStore
+from fleet.clock import SYSTEM, Clock
 from fleet.config import Settings, fleet_home
 from fleet.disk import DiskGuard, is_disk_full
 from fleet.errors import NotFound, SpecError
@@ -75,7 +75,7 @@ class _Sink:
             return
         self.run.started.set()
         self.sched._durably(self.sched.store.attempt_running, self.run.qj.job.id, self.run.attempt.id,
-                            at or time.time())
+                            at or self.sched.clock.time())
 
     def log(self, data: bytes) -> None:
         self.sched.fence()
@@ -89,9 +89,10 @@ class Scheduler:
     def __init__(
         self, store: Store, hosts: list[Host], backends: Mapping[str, Backend], logs: LogStore,
         policy: Policy | None = None, secrets: SecretBox | None = None,
-        blobs: BlobStore | None = None,
+        blobs: BlobStore | None = None, clock: Clock = SYSTEM,
     ) -> None:
         self.store = store
+        self.clock = clock  # wall time for deadlines (fleet.clock); timers use the loop's
         # Where collected outputs go (artifacts); the API's uploads live there too.
         self.blobs = blobs or BlobStore(Settings(home=fleet_home()).blobs_dir)
         # Every backend by name; a host (or elastic pool) belongs to the one named in
@@ -104,7 +105,7 @@ class Scheduler:
         self.policy = policy or Policy()
         self.kill_grace = self.policy.kill_grace
         self.health = HealthChecks(self.book, store, self.backends, self.policy, on_back=self._follow_up_on,
-                                   wake=self.wake, followed=self._followed)
+                                   wake=self.wake, followed=self._followed, clock=clock)
         self.chains = Chains(store, enqueue=self._enqueue, done=self._job_done, wake=self.wake)
         self.runner = AttemptRunner(self.backends, self.blobs, logs,
                                     Catalog(Settings(home=fleet_home()).hooks_dir), lambda: self._stopping)
@@ -309,8 +310,8 @@ class Scheduler:
         demand = qj.demand
         if spec.queue_timeout is not None and qj.expiry is None:
             # Counted from submission for the first attempt, from the requeue for a retry.
-            since = job.created_at if not job.attempt_count else time.time()
-            delay = max(0.0, since + spec.queue_timeout - time.time())
+            since = job.created_at if not job.attempt_count else self.clock.time()
+            delay = max(0.0, since + spec.queue_timeout - self.clock.time())
             qj.expiry = asyncio.get_running_loop().call_later(delay, self._expire, job.id)
         queue = self.queues.get(demand.key)
         if queue is None:
@@ -351,14 +352,14 @@ class Scheduler:
         last = self.store.get_attempt(job.current_attempt) if job.current_attempt else None
         if last is not None and last.reason == Reason.HOST_LOST.value and last.ended_at:
             # Wait out its lease if need be, then ask its host how it ended (see _unhold).
-            wait = max(0.0, last.ended_at + self.policy.lost_hold - time.time())
+            wait = max(0.0, last.ended_at + self.policy.lost_hold - self.clock.time())
             self._dequeue(job.id)
             self._hold(qj, wait, last, self.book.hosts.get(last.host))
 
     def _hold(self, qj: QueuedJob, delay: float, attempt: Attempt | None, host: Host | None) -> None:
         """Queue ``qj`` only after ``delay`` seconds (its lost attempt may run until then)."""
         handle = asyncio.get_running_loop().call_later(delay, self._unhold, qj.job.id)
-        self.held[qj.job.id] = Held(qj, handle, time.time() + delay, attempt, host)
+        self.held[qj.job.id] = Held(qj, handle, self.clock.time() + delay, attempt, host)
 
     def _unhold(self, job_id: str) -> None:
         """The lost attempt has surely stopped. Unless its host is known bad, first ask it how
@@ -482,7 +483,7 @@ class Scheduler:
                        summary=summary, reasons=reasons, hosts=self._host_reasons(qj.demand))
         held = self.held.get(job_id)
         if held is not None:
-            left = max(0.0, held.until - time.time())
+            left = max(0.0, held.until - self.clock.time())
             return Why(job=job_id, state="waiting", queue=held.qj.demand.key,
                        summary=f"retrying in {left:.0f} s, when the attempt lost on its host has "
                                "surely stopped (attempt lease)")
@@ -638,7 +639,7 @@ class Scheduler:
             self.book.cached.setdefault(host.name, set()).update(f.sha256 for f in qj.inputs)
         attempt_values: dict[str, Any] = dict(
             state=verdict.state.value, reason=verdict.reason.value, message=verdict.message,
-            exit_code=verdict.exit_code, ended_at=outcome.ended_at or time.time(), log_bytes=log_bytes,
+            exit_code=verdict.exit_code, ended_at=outcome.ended_at or self.clock.time(), log_bytes=log_bytes,
         )
         if outcome.started_at is not None:
             attempt_values["started_at"] = outcome.started_at
@@ -655,7 +656,7 @@ class Scheduler:
                                       f"retrying{after}")
         else:
             job_values = dict(state=JOB_STATE[verdict.state].value, reason=verdict.reason.value,
-                              message=verdict.message, ended_at=time.time())
+                              message=verdict.message, ended_at=self.clock.time())
         result_row = None
         made = []
         if verdict.state is AttemptState.SUCCEEDED and run.collected:
