@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import yaml
 
 from fleet.client.sync import Client
 from tests.helpers import eventually, pid_alive
+from tests.zygote import zygote
 
 LINES = 30
 LEASE = 3.0
@@ -48,9 +47,8 @@ class Replica:
             env.pop(var, None)
         self.log = (self.home / "server.log").open("ab")
         self.n = n
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fleet", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-            stdout=self.log, stderr=self.log, env=env, start_new_session=True)
+        self.proc = zygote().spawn(["serve", "--host", "127.0.0.1", "--port", str(self.port)],
+                                   stdout=self.log, stderr=self.log, env=env, new_session=True)
 
     def wait_listening(self) -> None:
         eventually(self.health, timeout=60, what=f"replica {self.n} listening")

@@ -13,8 +13,8 @@ Not for tests about the interpreter's start itself (import time, packaging, a br
 environment): those run ``python -m fleet`` as a subprocess.
 
 Protocol (a Unix socket pair): the caller sends one JSON request with four file descriptors
-(stdin, stdout, stderr, a pipe the child writes its exit status to); the zygote answers with the
-child's pid. The zygote ignores SIGCHLD, so the kernel reaps its children.
+(stdin, stdout, stderr, a pipe for the exit status); the zygote answers with the child's pid,
+reaps the child when it ends and writes its exit status into that pipe.
 """
 
 from __future__ import annotations
@@ -37,62 +37,61 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _child(request: dict[str, Any], fds: list[int]) -> None:
-    """In the forked child: become ``python -m fleet ARGS`` and never return."""
-    code = 1
-    status_fd = fds[3]
-    try:
-        if request.get("new_session"):
-            os.setsid()
-        for target, fd in enumerate(fds[:3]):
-            os.dup2(fd, target)
-        for fd in fds[:3]:
-            if fd > 2:
-                os.close(fd)
-        os.chdir(request["cwd"])
-        os.environ.clear()
-        os.environ.update(request["env"])
-        sys.argv = [sys.executable + " -m fleet", *request["argv"]]
-        sys.stdin = open(0, closefd=False)  # the process's own descriptors
-        sys.stdout = open(1, "w", closefd=False)
-        sys.stderr = open(2, "w", closefd=False)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        from fleet.cli.main import main
+    """In the forked child: become ``python -m fleet ARGS``. Ends the process as that would
+    (``SystemExit`` or an uncaught error propagates to the interpreter, atexit handlers run)."""
+    if request.get("new_session"):
+        os.setsid()
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+    for fd in fds:
+        if fd > 2:
+            os.close(fd)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    sys.argv = [sys.executable + " -m fleet", *request["argv"]]
+    sys.stdin = open(0, closefd=False)  # the process's own descriptors, as at interpreter start
+    sys.stdout = open(1, "w", closefd=False)
+    sys.stderr = open(2, "w", closefd=False)
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    from fleet.cli.main import main
 
-        try:
-            main()
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-            if exc.code is not None and not isinstance(exc.code, int):
-                print(exc.code, file=sys.stderr)
-    except BaseException:  # an uncaught error ends the process as Python's would
-        import traceback
-
-        traceback.print_exc()
-        code = 1
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:  # a closed pipe must not keep the child alive
-                pass
-        try:
-            os.write(status_fd, str(code).encode())
-        except OSError:
-            pass
-        os._exit(code)
+    main()
+    sys.exit(0)
 
 
 def serve(sock: socket.socket) -> None:
-    """The zygote's loop: import fleet once, then fork a child per request."""
+    """The zygote's loop: import fleet once, then fork a child per request and tell each
+    child's exit status (as Popen's returncode: negative for a signal) through its status pipe."""
     import importlib
 
     for name in ("fleet.cli.main", "fleet.controller"):  # the CLI and the server, with all they import
         importlib.import_module(name)
 
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    status: dict[int, int] = {}  # child pid -> the write end of its status pipe
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda _sig, _frame: None)
     sock.send(b"ready")
     while True:
+        ready, _, _ = select.select([sock, wake_r], [], [])
+        if wake_r in ready:
+            os.read(wake_r, 4096)
+            while status:
+                try:
+                    pid, how = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if pid == 0:
+                    break
+                fd = status.pop(pid, None)
+                if fd is not None:
+                    os.write(fd, str(os.waitstatus_to_exitcode(how)).encode())
+                    os.close(fd)
+        if sock not in ready:
+            continue
         try:
             msg, fds, _flags, _addr = socket.recv_fds(sock, 1 << 20, 4)
         except OSError:
@@ -103,9 +102,12 @@ def serve(sock: socket.socket) -> None:
         pid = os.fork()
         if pid == 0:
             sock.close()
-            _child(request, fds)
-        for fd in fds:
+            for fd in (wake_r, wake_w, fds[3], *status.values()):
+                os.close(fd)
+            _child(request, fds[:3])
+        for fd in fds[:3]:
             os.close(fd)
+        status[pid] = fds[3]
         sock.send(str(pid).encode())
 
 
@@ -142,8 +144,7 @@ class Child:
     def _read(self) -> None:
         data = os.read(self.status_r, 16)
         os.close(self.status_r)
-        # Nothing written: the child was killed by a signal (SIGKILL, as Popen says: -9).
-        self.returncode = int(data) if data else -9
+        self.returncode = int(data) if data else -9  # nothing: the zygote itself was killed
 
 
 class Zygote:
