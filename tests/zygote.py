@@ -36,6 +36,15 @@ from typing import IO, Any
 REPO = Path(__file__).resolve().parent.parent
 
 
+# The CLI and the server with what they import, also on the way (migrations, the SSH backend,
+# uvicorn). Not Ansible: its settings are read from the environment when it is imported, and
+# tests give servers their own (ANSIBLE_HOME, ANSIBLE_LOCAL_TEMP).
+PRELOAD = ("fleet.cli.main", "fleet.controller", "fleet.migrations", "fleet.backends.agent",
+           "fleet.backends.connection", "fleet.backends.ssh", "fleet.ansible", "alembic.command",
+           "uvicorn", "uvicorn.protocols.http.h11_impl", "uvicorn.lifespan.on", "uvicorn.loops.asyncio",
+           "sqlalchemy.dialects.sqlite", "sqlalchemy.dialects.postgresql")
+
+
 def _child(request: dict[str, Any], fds: list[int]) -> None:
     """In the forked child: become ``python -m fleet ARGS``, and end as that would."""
     if request.get("new_session"):
@@ -89,7 +98,7 @@ def serve(sock: socket.socket) -> None:
     child's exit status (as Popen's returncode: negative for a signal) through its status pipe."""
     import importlib
 
-    for name in ("fleet.cli.main", "fleet.controller"):  # the CLI and the server, with all they import
+    for name in PRELOAD:
         importlib.import_module(name)
 
     import gc
