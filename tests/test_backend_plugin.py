@@ -18,7 +18,7 @@ import pytest
 from fleet.backends.registry import GROUP, load_backends
 from fleet.config import Settings
 from fleet.errors import ConfigError
-from tests.helpers import pid_alive
+from tests.helpers import eventually, pid_alive
 
 REPO = Path(__file__).resolve().parent.parent
 PLUGIN = "procpool"
@@ -60,7 +60,10 @@ def test_plugin_runs_jobs_beside_ssh_and_shows_in_hosts_and_why(fleet, tmp_path)
     assert hosts[PLUGIN]["slots"] == 2 and "elastic" in hosts[PLUGIN]["target"]
     assert hosts["localhost"]["backend"] == "ssh" and hosts["localhost"]["elastic"] is False
 
-    # The fixed host is free: a burst job goes there first (an elastic pool ranks below it).
+    # The fixed host is free (once checked: an unchecked host takes nothing) and a burst job
+    # goes there first (an elastic pool ranks below it).
+    eventually(lambda: next(h for h in client.hosts() if h.name == "localhost").health == "good",
+               what="localhost checked")
     first = client.submit({"name": "fixed-first", "burst": True, "run": "sleep 1.5"}).id
     _wait_state(client, first, {"RUNNING"})
     assert client.job(first).attempt_list[0].host == "localhost"
