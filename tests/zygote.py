@@ -37,12 +37,28 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 # The CLI and the server with what they import, also on the way (migrations, the SSH backend,
-# uvicorn). Not Ansible: its settings are read from the environment when it is imported, and
-# tests give servers their own (ANSIBLE_HOME, ANSIBLE_LOCAL_TEMP).
+# uvicorn); Ansible's inventory code comes in through _preload_ansible.
 PRELOAD = ("fleet.cli.main", "fleet.controller", "fleet.migrations", "fleet.backends.agent",
            "fleet.backends.connection", "fleet.backends.ssh", "fleet.ansible", "alembic.command",
            "uvicorn", "uvicorn.protocols.http.h11_impl", "uvicorn.lifespan.on", "uvicorn.loops.asyncio",
            "sqlalchemy.dialects.sqlite", "sqlalchemy.dialects.postgresql")
+
+
+def _preload_ansible() -> None:
+    """Load a one-host inventory the way a server does (fleet.inventory, in-process Ansible),
+    so children start with Ansible's inventory code imported and its plugin loader set up.
+
+    Ansible reads its settings when it is imported, so the zygote's environment decides them
+    for every child: the worker's, plus what fleet.inventory sets for the import (unparsed
+    sources are errors). Inventory parsing, the only Ansible that runs inside a server, reads
+    none of the settings tests give servers (ANSIBLE_HOME, ANSIBLE_LOCAL_TEMP, ANSIBLE_SSH_ARGS:
+    those are for the ansible-playbook processes a server starts, which read their own)."""
+    from fleet.inventory import load_inventory
+
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "hosts.ini"
+        source.write_text("preload ansible_connection=local\n")
+        load_inventory(str(source), Path(tmp) / "work")
 
 
 def _child(request: dict[str, Any], fds: list[int]) -> None:
@@ -100,6 +116,7 @@ def serve(sock: socket.socket) -> None:
 
     for name in PRELOAD:
         importlib.import_module(name)
+    _preload_ansible()
 
     import gc
 
