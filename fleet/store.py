@@ -87,6 +87,19 @@ _ATTEMPT_EVENT = insert(_EVENTS).from_select(_EVENT_COLS, sa_select(
     .where(_A.id == bindparam("id")))
 
 
+# The user of a token, with what decides whether the token is valid: one statement, built
+# once (it runs on every API request).
+_TOKENS = Token.__table__  # type: ignore[attr-defined]
+_USERS = User.__table__  # type: ignore[attr-defined]
+_TOKEN_USER = (
+    sa_select(_TOKENS.c.id.label("token_id"), _TOKENS.c.expires_at, _TOKENS.c.revoked_at,
+              _TOKENS.c.last_used_at, _USERS.c.id, _USERS.c.name, _USERS.c.is_admin, _USERS.c.created_at)
+    .select_from(_TOKENS.join(_USERS, _USERS.c.id == _TOKENS.c.user_id))
+    .where(_TOKENS.c.token_hash == bindparam("hash"))
+)
+_TOKEN_USED = update(_TOKENS).where(_TOKENS.c.id == bindparam("_id")).values(last_used_at=bindparam("at"))
+
+
 def _job_events(conn: Connection, ids: Sequence[str], now: float) -> None:
     """``job.state`` events for jobs as they are now in this transaction (one statement)."""
     conn.execute(_JOB_EVENTS, {"at": now, "type": "job.state", "ids": list(ids)})
@@ -208,18 +221,12 @@ class Store:
         once a minute: a write per request would cost more than the lookup)."""
         now = time.time() if now is None else now
         with self.db.write() as conn:
-            row = conn.execute(sa_select(col(Token.id), col(Token.user_id), col(Token.expires_at),
-                                         col(Token.revoked_at), col(Token.last_used_at))
-                               .where(col(Token.token_hash) == hash_token(token))).first()
+            row = conn.execute(_TOKEN_USER, {"hash": hash_token(token)}).first()
             if row is None or row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now):
                 return None
             if row.last_used_at is None or now - row.last_used_at > 60:
-                conn.execute(update(Token).where(Token.id == row.id).values(last_used_at=now))
-            user = conn.execute(select(User.id, User.name, User.is_admin, User.created_at)
-                                .where(User.id == row.user_id)).first()
-        if user is None:
-            return None
-        return User(id=user.id, name=user.name, is_admin=user.is_admin, created_at=user.created_at)
+                conn.execute(_TOKEN_USED, {"_id": row.token_id, "at": now})
+        return User(id=row.id, name=row.name, is_admin=row.is_admin, created_at=row.created_at)
 
     def list_tokens(self, user: str | None = None) -> list[tuple[Token, str]]:
         """Tokens (never their value) with their user's name, newest first; ``user``: one user's."""
