@@ -97,14 +97,20 @@ def test_ctrl_c_while_waiting_says_the_job_goes_on(fleet, tmp_path):
     client = fleet.start()
     spec = tmp_path / "long.yaml"
     spec.write_text("name: long\nrun: 'sleep 30'\n")
+    # As from a terminal: SIGINT not ignored (a suite started in the background by a shell
+    # without job control inherits it ignored, and so would the CLI: ^C would do nothing).
     proc = subprocess.Popen([sys.executable, "-m", "fleet", "submit", str(spec), "--wait"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert proc.stderr is not None
+    submitted = proc.stderr.readline()  # written just before it starts waiting
+    assert "submitted to queue" in submitted, submitted
     eventually(lambda: any(j.state == "RUNNING" for j in client.jobs().items), what="the job to run")
     time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
+    out, err = proc.communicate(timeout=30)
     job = client.jobs().items[0]
-    assert proc.returncode == 130
+    assert proc.returncode == 130, (proc.returncode, out, submitted + err)
     assert f"stopped waiting; the job goes on (fleet logs -f {job.id} to follow" in err
     assert f"fleet cancel {job.id} to stop" in err and "Traceback" not in err
     assert client.job(job.id).state == "RUNNING"
