@@ -40,9 +40,13 @@ def test_fleet_ssh_runs_commands_on_hosts_by_name_through_jump_hosts(fleet, lab,
     text = config.read_text()
     assert f"Host {behind.name}" in text and f"ProxyJump {jump.name}" in text
     assert "StrictHostKeyChecking yes" in text and str(fleet.home / "known_hosts") in text
-    plain = subprocess.run(["ssh", "-F", str(config), behind.name, "echo $FLEET_LAB_HOST"],
-                           capture_output=True, text=True, timeout=60)
-    assert plain.stdout.strip() == behind.name, plain.stderr
+    # stderr to a file: the ProxyJump helper (ssh -W) inherits it and, on a loaded machine, may
+    # hold it open after ssh itself has exited; a pipe would then wait for the helper.
+    err = tmp_path / "ssh.err"
+    with err.open("w") as err_file:
+        plain = subprocess.run(["ssh", "-F", str(config), behind.name, "echo $FLEET_LAB_HOST"],
+                               stdout=subprocess.PIPE, stderr=err_file, text=True, timeout=60)
+    assert plain.returncode == 0 and plain.stdout.strip() == behind.name, err.read_text()
 
 
 def test_an_unknown_host_key_is_refused(fleet, lab, tmp_path):
