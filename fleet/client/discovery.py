@@ -8,6 +8,7 @@ bound to 127.0.0.1, started on first use in the background; its URL and pid are 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -167,11 +168,12 @@ def stop_local(settings: Settings, timeout: float = 15.0) -> int | None:
     info = local_server(settings)
     if info is None or info.pid is None:
         return None
-    os.kill(info.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _alive(info.pid):
-        time.sleep(0.05)
-    if _alive(info.pid):
-        os.kill(info.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):  # it may end at any moment: that is the aim
+        os.kill(info.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _alive(info.pid):
+            time.sleep(0.05)
+        if _alive(info.pid):
+            os.kill(info.pid, signal.SIGKILL)
     settings.server_file.unlink(missing_ok=True)
     return info.pid
