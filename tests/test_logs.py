@@ -54,15 +54,8 @@ def test_capped_store_keeps_head_and_tail_and_offsets_across_restart(tmp_path):
 
 
 def store_bytes(logs_dir: Path) -> int:
-    """Bytes in the log store, read while retention may be removing files."""
-    total = 0
-    for root, _dirs, files in os.walk(logs_dir):
-        for name in files:
-            try:
-                total += os.stat(os.path.join(root, name)).st_size
-            except FileNotFoundError:
-                pass
-    return total
+    """Bytes in the server's log store (read while its retention may be removing files)."""
+    return LogStore(logs_dir).total_bytes()
 
 
 def test_hundreds_of_jobs_of_1mib_stay_under_the_store_limit_with_head_and_tail(fleet, tmp_path):
