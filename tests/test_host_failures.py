@@ -13,6 +13,7 @@ import time
 import pytest
 
 from tests.helpers import eventually
+from tests.lab import procs
 from tests.lab.fixtures import requires_sshd
 from tests.test_e2e_lab import start_fleet
 
@@ -93,9 +94,16 @@ def test_hung_host_is_given_up_and_its_attempt_never_finishes_later(fleet, lab, 
     lab.start()
     side = tmp_path / "side.txt"
     client = start_fleet(fleet, lab, tmp_path, config=FAST)
-    job_id = client.submit(_long_job(side, steps=40)).id
+    # The first attempt runs 8 s (left hanging, then thawed, it would still have seconds to go);
+    # the retry elsewhere only 0.6 s.
+    job = _long_job(side, steps=40)
+    job["run"] = f"if mkdir {tmp_path / 'first'} 2>/dev/null; then n=40; else n=3; fi; " + \
+        job["run"].replace("-lt 40", "-lt $n")
+    job_id = client.submit(job).id
     hung = _running_host(client, job_id)
     eventually(lambda: side.exists() and f"start {hung}" in side.read_text(), what="job started")
+    first_attempt = client.job(job_id).attempt_list[-1].id
+    assert procs.pids_with_env("FLEET_ATTEMPT_ID", first_attempt)  # the check below can see it
     t_hung = time.time()
     lab.freeze_host(hung)
     try:
@@ -103,9 +111,11 @@ def test_hung_host_is_given_up_and_its_attempt_never_finishes_later(fleet, lab, 
         assert _health(client, hung) in {"unknown", "bad"}
     finally:
         lab.thaw_host(hung)
-    # Thawed, the old attempt would finish its loop in < 8 s; the health check must stop it first.
+    # Thawed, the old attempt would finish its loop within 7 s; the health check (or its own
+    # lapsed lease) must stop it first: every process of it is gone while "end" is unwritten.
     assert eventually(lambda: _health(client, hung) == "good", timeout=30, what=f"{hung} good")
-    time.sleep(10)
+    eventually(lambda: not procs.pids_with_env("FLEET_ATTEMPT_ID", first_attempt), timeout=5,
+               what=f"the given-up attempt's processes on {hung} gone")
     lines = side.read_text().splitlines()
     assert f"end {hung}" not in lines, lines
     assert sum(line.startswith("end ") for line in lines) == 1

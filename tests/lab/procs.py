@@ -46,6 +46,20 @@ def pids_with_home_in(homes: Iterable[Path]) -> list[int]:
     return found
 
 
+def pids_with_env(name: str, value: str) -> list[int]:
+    """PIDs (other than ours) whose initial environment holds ``name=value``."""
+    entry = os.fsencode(f"{name}={value}")
+    found = []
+    for pid in all_pids():
+        try:
+            data = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        if pid != os.getpid() and entry in data.split(b"\0"):
+            found.append(pid)
+    return found
+
+
 def mount_namespace(pid: int) -> str | None:
     """The mount namespace id of ``pid`` (``mnt:[4026...]``), or None if it is gone."""
     try:
