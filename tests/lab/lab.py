@@ -416,7 +416,9 @@ class Lab:
             f"  UserKnownHostsFile {self.known_hosts_path}\n"
             "  GlobalKnownHostsFile /dev/null\n"
             "  StrictHostKeyChecking yes\n"
-            "  ControlMaster no\n"
+            "  ControlMaster auto\n"
+            "  ControlPersist 30s\n"
+            "  ControlPath /tmp/fleet-lab-cm-%C\n"
             "  BatchMode yes\n"
             "  LogLevel ERROR\n",
         )
