@@ -13,9 +13,10 @@ from fleet.logstore import LogStore
 from tests.helpers import eventually
 
 KiB, MiB = 1 << 10, 1 << 20
-# 1 MiB of numbered lines, like a training loop's log: "line 000000 ...\n" is 64 bytes.
-PRINT_1MIB = ('i=0; while [ $i -lt 16384 ]; do printf "line %06d step loss 0.%06d lr 0.001 '
-              'grad-norm 1.2345 tokens/s 1234\\n" $i $i; i=$((i+1)); done')
+# 16,384 numbered lines like a training loop's log, 71 bytes each: 1.1 MiB. Printed by awk (a
+# shell loop of printf cost 90 ms of CPU per job, most of this file's time).
+PRINT_1MIB = ("awk 'BEGIN { for (i = 0; i < 16384; i++) printf \"line %06d step loss 0.%06d lr 0.001 "
+              "grad-norm 1.2345 tokens/s 1234\\n\", i, i }'")
 
 
 def _line(i: int) -> bytes:
@@ -61,9 +62,10 @@ def store_bytes(logs_dir: Path) -> int:
 def test_hundreds_of_jobs_of_1mib_stay_under_the_store_limit_with_head_and_tail(fleet, tmp_path):
     inv = tmp_path / "hosts.ini"
     inv.write_text("localhost ansible_connection=local fleet_slots=8\n")
-    client = fleet.start(inv, config={"log_cap": 64 * KiB, "log_store_limit": 1 * MiB})
+    limit = 512 * KiB
+    client = fleet.start(inv, config={"log_cap": 64 * KiB, "log_store_limit": limit})
     ids: list[str] = []
-    for batch in range(3):
+    for batch in range(2):
         ids += [j.id for j in client.submit_many(
             [{"name": f"big-{batch}-{i}", "run": PRINT_1MIB} for i in range(100)])]
     for job_id in ids:
@@ -72,7 +74,7 @@ def test_hundreds_of_jobs_of_1mib_stay_under_the_store_limit_with_head_and_tail(
 
     # Retention runs once the store grew by an eighth of the limit since its last pass (and
     # every gc_interval): the store is at most that much over the limit once the jobs ended.
-    total = eventually(lambda: (size := store_bytes(logs_dir)) <= MiB + MiB // 8 and size, timeout=10,
+    total = eventually(lambda: (size := store_bytes(logs_dir)) <= limit + limit // 8 and size, timeout=10,
                        what="store within its limit")
     kept = removed = 0
     for job_id in ids:
@@ -85,10 +87,10 @@ def test_hundreds_of_jobs_of_1mib_stay_under_the_store_limit_with_head_and_tail(
         assert text.endswith(_line(16382) + _line(16383)), text[-200:]
         assert b"bytes dropped here" in text
         assert len(text) < 64 * KiB + 200
-    print(f"{len(ids)} x 1 MiB: store {total / MiB:.1f} MiB, {kept} logs kept whole (head+tail), {removed} removed")
+    print(f"{len(ids)} x 1.1 MiB: store {total / MiB:.1f} MiB, {kept} logs kept whole (head+tail), {removed} removed")
     assert kept + removed == len(ids)
-    assert kept >= 100  # gzipped capped logs of this kind are ~5 KiB: ~200 fit in 1 MiB
-    assert removed >= 30  # and the rest went
+    assert kept >= 60  # gzipped capped logs of this kind are ~5 KiB: ~100 fit in 512 KiB
+    assert removed >= 50  # and the rest went
 
 
 def test_capped_log_survives_kill9_mid_stream_without_gap_or_duplicate(fleet, tmp_path):
