@@ -253,6 +253,9 @@ Text = Annotated[str, Field(max_length=256), AfterValidator(_valid_unicode)]
 
 
 MAX_TOKEN_SECONDS = 100 * 365 * 86400
+# The largest integer a query parameter may carry into SQL or a file offset (a signed 64-bit
+# column): past it, a request is a 422 naming the parameter, not a 500 from the driver.
+INT64_MAX = 2**63 - 1
 # A token's lifetime: a whole number of seconds, minutes, hours or days (each well under the
 # maximum), at least 1.
 _DURATION = r"^\s*(0*[1-9]\d{0,8}\s*s?|0*[1-9]\d{0,6}\s*m|0*[1-9]\d{0,5}\s*h|0*[1-9]\d{0,3}\s*d)\s*$"

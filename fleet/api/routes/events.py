@@ -9,6 +9,7 @@ from fastapi.responses import StreamingResponse
 
 from fleet.api.auth import UserDep
 from fleet.api.context import CtxDep
+from fleet.api.schemas import INT64_MAX
 from fleet.events import EVENT_TYPES
 
 router = APIRouter(tags=["events"])
@@ -30,7 +31,7 @@ assert set(EventType.__args__) == set(EVENT_TYPES)  # type: ignore[attr-defined]
 async def events(
     user: UserDep,
     ctx: CtxDep,
-    after: Annotated[int | None, Query(ge=0, description="start after this event id")] = None,
+    after: Annotated[int | None, Query(ge=0, le=INT64_MAX, description="start after this event id")] = None,
     job: Annotated[list[str], Query(max_length=1000, description="only these jobs' events")] = [],  # noqa: B006
     type: Annotated[list[EventType], Query(description="only these event types")] = [],  # noqa: B006
     timeout: Annotated[float | None, Query(gt=0, le=86400, description="end the stream after "

@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from fleet.api.auth import UserDep
 from fleet.api.context import LEADER, ApiContext, CtxDep
-from fleet.api.schemas import CancelOut, JobDetail, JobOut, JobPage, WhyOut
+from fleet.api.schemas import INT64_MAX, CancelOut, JobDetail, JobOut, JobPage, WhyOut
 from fleet.api.submit import submit_many
 from fleet.logstore import COLLECTED
 from fleet.models.enums import JobState
@@ -131,8 +131,8 @@ def logs(
     job_id: str,
     user: UserDep,
     ctx: CtxDep,
-    attempt: Annotated[int | None, Query(ge=1)] = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    attempt: Annotated[int | None, Query(ge=1, le=INT64_MAX)] = None,
+    offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
     follow: bool = False,
 ) -> StreamingResponse:
     """The job's log (the latest attempt, or ``attempt`` N). With ``follow``, streams until

@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Query
 
 from fleet.api.auth import UserDep
 from fleet.api.context import CtxDep
-from fleet.api.schemas import ErrorOut, ResultImportIn, ResultOut, ResultPage, iso
+from fleet.api.schemas import INT64_MAX, ErrorOut, ResultImportIn, ResultOut, ResultPage, iso
 from fleet.ids import new_id
 from fleet.results import InvalidResult, imported_record
 
@@ -21,7 +21,7 @@ def results(
     user: UserDep,
     ctx: CtxDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    before: int | None = None,
+    before: Annotated[int | None, Query(ge=0, le=INT64_MAX)] = None,
 ) -> ResultPage:
     rows = ctx.store.list_results(None if user.is_admin else user.name, limit + 1, before)
     more = len(rows) > limit

@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Path, Query
 
 from fleet.api.auth import AdminDep, UserDep
 from fleet.api.context import ApiContext, CtxDep
-from fleet.api.schemas import MAX_TOKEN_SECONDS, TokenIn, TokenInfo, TokenOut, UserIn, UserOut, iso
+from fleet.api.schemas import INT64_MAX, MAX_TOKEN_SECONDS, TokenIn, TokenInfo, TokenOut, UserIn, UserOut, iso
 from fleet.errors import NotFound
 from fleet.models.spec import parse_duration
 from fleet.models.tables import User
@@ -73,7 +73,7 @@ def tokens(user: UserDep, ctx: CtxDep, owner: Annotated[str | None, Query(alias=
 
 
 @router.delete("/tokens/{token_id}")
-def revoke_token(token_id: int, user: UserDep, ctx: CtxDep) -> TokenInfo:
+def revoke_token(token_id: Annotated[int, Path(ge=0, le=INT64_MAX)], user: UserDep, ctx: CtxDep) -> TokenInfo:
     """Revoke a token: it stops working at once, on every replica. Yours, or (admins) any."""
     found = ctx.store.revoke_token(token_id, None if user.is_admin else user.name)
     if found is None:
