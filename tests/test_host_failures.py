@@ -124,10 +124,11 @@ def test_hung_host_is_given_up_and_its_attempt_never_finishes_later(fleet, lab, 
 def test_drain_maintenance_and_queue_timeout(fleet, lab, tmp_path):
     a, b = lab.add_hosts("rtx5060", 2, slots=1)
     lab.start()
-    side = tmp_path / "side.txt"
     client = start_fleet(fleet, lab, tmp_path, config=FAST)
     # A running job on a host being drained finishes there; new jobs go elsewhere.
-    first = client.submit(_long_job(side, steps=25)).id  # runs 5 s: still running when drained
+    gate = tmp_path / "gate"  # runs until the test opens the gate: still running when drained
+    first = client.submit({"name": "long", "resources": {"pool": "rtx"},
+                           "run": f"while [ ! -e {gate} ]; do sleep 0.05; done"}).id
     busy = _running_host(client, first)
     other = b.name if busy == a.name else a.name
     drained = fleet.cli_json("hosts", "drain", busy)
@@ -136,6 +137,8 @@ def test_drain_maintenance_and_queue_timeout(fleet, lab, tmp_path):
              for i in range(3)]
     for job_id in later:
         assert client.wait(job_id, 60).host == other
+    assert client.job(first).state == "RUNNING"
+    gate.touch()
     assert client.wait(first, 60).state == "SUCCEEDED" and client.job(first).host == busy
     assert next(h for h in client.hosts() if h.name == busy).state == "drained"
 
