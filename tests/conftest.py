@@ -22,6 +22,16 @@ REPO = Path(__file__).resolve().parent.parent
 pytest_plugins = ["tests.lab.fixtures", "tests.pg"]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "long: a test that takes tens of seconds; runs first")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest tests first (longest-first keeps the workers' last tests short, so none waits
+    alone at the end). Stable: every xdist worker gets the same order."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
+
+
 @pytest.fixture
 def fleet_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "fleet-home"

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 COLLECTIONS = REPO / "playbooks" / "collections"
 BIN = Path(sys.executable).parent
@@ -63,6 +65,7 @@ SUBMIT = """
 """
 
 
+@pytest.mark.long
 def test_submit_and_wait_from_a_playbook(fleet, tmp_path):
     client = fleet.start()
     playbook(fleet, tmp_path, SUBMIT + dump(tmp_path, "job"))
@@ -80,6 +83,7 @@ def test_check_mode_submits_nothing(fleet, tmp_path):
     assert client.jobs().items == []
 
 
+@pytest.mark.long
 def test_the_example_benchmark_playbook_runs_and_asserts_on_the_result(fleet, tmp_path):
     fleet.start()
     client = fleet.client

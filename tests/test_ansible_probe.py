@@ -24,6 +24,7 @@ def start(fleet, lab: Lab, tmp_path, monkeypatch, extra=None, no_arch=()):
     return fleet.start(inventory)
 
 
+@pytest.mark.long
 def test_probe_reads_what_hosts_are_and_reports_mismatches(fleet, lab, tmp_path, monkeypatch):
     lab.add_hosts("rtx5060", 1)
     lab.add_hosts("jetson-orin-nano", 1, kind="openssh" if have_sshd() else "asyncssh")
@@ -71,6 +72,7 @@ def test_probe_reads_what_hosts_are_and_reports_mismatches(fleet, lab, tmp_path,
 
 
 @pytest.mark.timeout(400)  # four ansible-playbook runs against two hosts (~90 s, more under load)
+@pytest.mark.long
 def test_provision_is_idempotent_and_check_changes_nothing(fleet, lab, tmp_path, monkeypatch):
     lab.add_hosts("jetson-orin-nano", 1)
     extra: dict = {"jetson-1": {"fleet_power_mode": 0, "fleet_lock_clocks": True}}

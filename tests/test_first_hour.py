@@ -25,6 +25,7 @@ def run(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess
                           env={**os.environ, **(env or {})}, cwd=REPO, timeout=timeout)
 
 
+@pytest.mark.long
 def test_a_failed_local_start_shows_this_starts_error_only(fleet_home, tmp_path):
     first, second = tmp_path / "first.ini", tmp_path / "second.ini"
     first.write_text("h1 fleet_arch=sparc\n")

@@ -48,6 +48,7 @@ def outcome_of(fn: Any, *args: Any) -> JobSpec | SpecError:
 @example("name: x\nrun: 'true'\ntimeout: .nan")
 @example("name: x\nrun: 'true'\nparams: {b: !!binary /w==}")
 @example("name: x\nrun: 'true'\nparams: &a {x: *a}")
+@pytest.mark.long
 def test_any_yaml_text_gives_a_spec_or_a_spec_error(text: str) -> None:
     outcome = outcome_of(load_spec, text, "job.yaml")
     if isinstance(outcome, SpecError):

@@ -108,6 +108,7 @@ def _job(name: str, side: Path) -> dict:
         f'while [ $i -lt {LINES} ]; do echo "line $i"; i=$((i+1)); sleep 0.1; done')}
 
 
+@pytest.mark.long
 def test_leader_killed_follower_takes_over_nothing_lost_or_run_twice(replicas, tmp_path):
     side = tmp_path / "side.txt"
     first = replicas()

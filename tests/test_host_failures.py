@@ -60,6 +60,7 @@ def _ts(iso: str | None) -> float:
     return datetime.fromisoformat(iso).timestamp()
 
 
+@pytest.mark.long
 def test_host_dies_mid_job_retry_elsewhere_then_health_bad_then_good(fleet, lab, tmp_path):
     lab.add_hosts("rtx5060", 2, slots=1)
     lab.start()
@@ -89,6 +90,7 @@ def test_host_dies_mid_job_retry_elsewhere_then_health_bad_then_good(fleet, lab,
 
 
 @requires_sshd
+@pytest.mark.long
 def test_hung_host_is_given_up_and_its_attempt_never_finishes_later(fleet, lab, tmp_path):
     lab.add_hosts("rtx5060", 2, kind="openssh", slots=1)
     lab.start()

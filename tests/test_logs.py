@@ -9,6 +9,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from fleet.logstore import LogStore
 from tests.helpers import eventually
 
@@ -59,6 +61,7 @@ def store_bytes(logs_dir: Path) -> int:
     return LogStore(logs_dir).total_bytes()
 
 
+@pytest.mark.long
 def test_hundreds_of_jobs_of_1mib_stay_under_the_store_limit_with_head_and_tail(fleet, tmp_path):
     inv = tmp_path / "hosts.ini"
     inv.write_text("localhost ansible_connection=local fleet_slots=8\n")
