@@ -9,7 +9,6 @@ SSH address where nothing listens (127.0.0.1:9), and it is drained as well.
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from tests.conftest import Fleet
-from tests.spec_strategies import FUZZ, json_values, near_valid_specs
+from tests.spec_strategies import EXAMPLES, FUZZ, json_values, near_valid_specs
 
 HOST = "fuzzhost"
 
@@ -210,9 +209,8 @@ SEMANTIC = {("PUT", "/blobs/{sha256}"), ("POST", "/jobs"), ("POST", "/jobs/batch
             ("POST", "/hosts/probe"), ("POST", "/hosts/provision")}  # a pattern must match hosts
 # Each request runs ansible-playbook (seconds): fewer examples.
 SLOW = {("POST", "/hosts/probe"), ("POST", "/hosts/provision")}
-# Examples per route and mode (derandomized: the same ones each run). Drawing them is the cost
-# (~25 ms each, in schemathesis and hypothesis); FLEET_FUZZ_EXAMPLES=500 for a deep run.
-EXAMPLES = int(os.environ.get("FLEET_FUZZ_EXAMPLES", "20"))
+# Examples per route and mode: EXAMPLES (derandomized: the same ones each run). Drawing them is
+# the cost (~25 ms each, in schemathesis and hypothesis); FLEET_FUZZ_EXAMPLES=500 for a deep run.
 
 
 @pytest.mark.parametrize(("method", "path", "mode"), CASES, ids=[f"{m} {p} {o}" for m, p, o in CASES])
