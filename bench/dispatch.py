@@ -122,6 +122,15 @@ def ansible_adhoc(inventory: Path, known_hosts: Path, count: int = 10) -> float:
 # ---------------------------------------------------------------------- fleet
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+SERVER_PID: list[int] = []
+
+
 def start_fleet(home: Path, inventory: Path | None, known_hosts: Path | None) -> tuple[str, str, object]:
     os.environ["FLEET_HOME"] = str(home)
     for var in ("FLEET_SERVER", "FLEET_TOKEN", "FLEET_INVENTORY"):
@@ -135,6 +144,7 @@ def start_fleet(home: Path, inventory: Path | None, known_hosts: Path | None) ->
     settings = load_settings()
     info = local.start_local(settings, str(inventory) if inventory else None)
     assert info.token
+    SERVER_PID[:] = [info.pid] if info.pid else []
     return info.url, info.token, settings
 
 
@@ -161,6 +171,7 @@ async def fleet_throughput(url: str, token: str, jobs: int, concurrency: int = 6
                     r = await http.post("/jobs/batch", json={"jobs": [spec(k) for k in range(i, min(i + batch, jobs))]})
                 r.raise_for_status()
 
+        cpu0 = (cpu_seconds(SERVER_PID[0]) if SERVER_PID else 0.0, time.process_time())
         start = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(0, jobs, batch)))
         submitted = time.perf_counter() - start
@@ -170,6 +181,8 @@ async def fleet_throughput(url: str, token: str, jobs: int, concurrency: int = 6
             if not r.json()["items"]:
                 break
             await asyncio.sleep(0.02)
+        server_cpu = (cpu_seconds(SERVER_PID[0]) if SERVER_PID else 0.0) - cpu0[0]
+        client_cpu = time.process_time() - cpu0[1]
         items: list[dict] = []
         before = None
         while True:
@@ -186,7 +199,8 @@ async def fleet_throughput(url: str, token: str, jobs: int, concurrency: int = 6
     first = min(j["created_ts"] for j in items)
     last = max(j["ended_ts"] for j in items if j["ended_ts"])
     return {"jobs": len(items), "succeeded": ok, "jobs_per_s": len(items) / (last - first),
-            "submit_per_s": jobs / submitted}
+            "submit_per_s": jobs / submitted, "server_cpu_ms": 1000 * server_cpu / jobs,
+            "client_cpu_ms": 1000 * client_cpu / jobs}
 
 
 async def fleet_idle_latency(url: str, token: str, count: int) -> list[float]:
@@ -277,10 +291,14 @@ def main() -> None:
             figures["fleet_submit_per_s"] = tp["submit_per_s"]
             print(f"fleet end to end:      {tp['jobs_per_s']:8.1f} jobs/s ({tp['succeeded']}/{tp['jobs']} "
                   f"succeeded; one POST /jobs per job, API accepted {tp['submit_per_s']:.0f} jobs/s)")
+            figures["fleet_server_cpu_ms"] = tp["server_cpu_ms"]
+            print(f"  server CPU {tp['server_cpu_ms']:.2f} ms per job, this client's {tp['client_cpu_ms']:.2f} ms")
             tb = asyncio.run(fleet_throughput(url, token, args.jobs, batch=50, tag="batch"))
             figures["fleet_batch_per_s"] = tb["jobs_per_s"]
             print(f"fleet end to end:      {tb['jobs_per_s']:8.1f} jobs/s ({tb['succeeded']}/{tb['jobs']} "
                   f"succeeded; POST /jobs/batch of 50, API accepted {tb['submit_per_s']:.0f} jobs/s)")
+            figures["fleet_batch_server_cpu_ms"] = tb["server_cpu_ms"]
+            print(f"  server CPU {tb['server_cpu_ms']:.2f} ms per job, this client's {tb['client_cpu_ms']:.2f} ms")
         finally:
             stop_fleet(settings)
     finally:
