@@ -122,9 +122,14 @@ class EventHub:
         self._tasks.clear()
 
     def poke(self) -> None:
-        """New events were committed (any thread): read them now."""
+        """New events were committed (any thread): read them now, if anyone listens. If not,
+        they are only marked unread (no wake-up of the loop per write: a job makes five of them)
+        and whoever comes to listen reads from the newest id (``_catch_up``)."""
         loop = self._loop
         if loop is None or loop.is_closed():
+            return
+        if not self._listened():
+            self._stale = True
             return
         try:
             if asyncio.get_running_loop() is loop:
@@ -154,12 +159,17 @@ class EventHub:
 
     async def _catch_up(self) -> None:
         """Nobody listened while events came (they were not read, to spare the writers a
-        reader): start again from the newest id; earlier ones come from the table."""
+        reader): start again from the newest id; earlier ones come from the table. Waiters
+        (``moved_past``) hear of a head that moved."""
         if self._stale:
             self._stale = False
             self._ids.clear()
             self._frames.clear()
-            self.head = max(self.head, await asyncio.to_thread(self.store.last_event_id))
+            head = max(self.head, await asyncio.to_thread(self.store.last_event_id))
+            if head != self.head:
+                self.head = head
+                async with self._moved:
+                    self._moved.notify_all()
 
     async def _read_new(self) -> None:
         if not self._listened():
@@ -216,8 +226,9 @@ class EventHub:
     async def moved_past(self, cursor: int, timeout: float) -> None:
         """Return once events after ``cursor`` were read (or ``timeout`` passed); meanwhile the
         reader reads even if no stream listens."""
-        self._waiters += 1
+        self._waiters += 1  # first: from now on writes wake the reader (poke)
         try:
+            await self._catch_up()  # what was written before, unread
             async with self._moved:
                 if self.head <= cursor:
                     with contextlib.suppress(TimeoutError):
