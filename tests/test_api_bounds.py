@@ -36,3 +36,20 @@ async def test_revoking_a_token_id_past_64_bits_is_422(tmp_path):
         resp = await h.api.delete(f"/tokens/{HUGE}")
         assert resp.status_code == 422, resp.text
         assert (await h.api.delete(f"/tokens/{HUGE - 1}")).status_code == 404
+
+
+async def test_a_non_admin_gets_the_same_422_and_cannot_reach_anothers_token(tmp_path):
+    """As a plain user: the bound holds before anything else is looked at, and an id that fits
+    is still only ever one's own token (someone else's is 404, like one that does not exist)."""
+    async with harness(tmp_path, [host("h1")]) as h:
+        alice = h.store.create_user("alice")
+        bob = h.store.create_user("bob")
+        h.store.create_token(bob, "bobs")
+        as_alice = {"Authorization": f"Bearer {h.store.create_token(alice, 'mine')}"}
+        bobs_id = next(t.id for t, name in h.store.list_tokens("bob"))
+        for path in (f"/results?before={HUGE}", f"/events?after={HUGE}&timeout=0.01"):
+            resp = await h.api.get(path, headers=as_alice)
+            assert resp.status_code == 422, resp.text
+        assert (await h.api.delete(f"/tokens/{HUGE}", headers=as_alice)).status_code == 422
+        assert (await h.api.delete(f"/tokens/{bobs_id}", headers=as_alice)).status_code == 404
+        assert h.store.list_tokens("bob")[0][0].revoked_at is None
