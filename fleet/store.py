@@ -76,16 +76,20 @@ _JOB_RUNNING = (
 
 
 _J, _A = _JOBS.c, _ATTEMPTS.c
+
+
+def _job_event_insert(which: Any) -> Any:
+    """``INSERT INTO events SELECT`` a job.state row for the jobs ``which`` selects."""
+    return insert(_EVENTS).from_select(_EVENT_COLS, sa_select(
+        bindparam("at"), bindparam("type"), _J.user, _J.id, _J.current_attempt, _J.host, _J.state,
+        _J.reason, _J.message, null()).where(which))
+
+
 # Built once (building a statement per write cost more than SQLite's own work): an event for
 # jobs / an attempt as they are now in the transaction, by id.
-_JOB_EVENTS = insert(_EVENTS).from_select(_EVENT_COLS, sa_select(
-    bindparam("at"), bindparam("type"), _J.user, _J.id, _J.current_attempt, _J.host, _J.state,
-    _J.reason, _J.message, null()).where(_J.id.in_(bindparam("ids", expanding=True))))
-# The same for one job: an expanding IN is rendered again on every execution (no compiled-cache
-# hit), and most writes are about one job.
-_JOB_EVENT = insert(_EVENTS).from_select(_EVENT_COLS, sa_select(
-    bindparam("at"), bindparam("type"), _J.user, _J.id, _J.current_attempt, _J.host, _J.state,
-    _J.reason, _J.message, null()).where(_J.id == bindparam("id")))
+_JOB_EVENTS = _job_event_insert(_J.id.in_(bindparam("ids", expanding=True)))
+# One job (most writes): an expanding IN is rendered again on every execution.
+_JOB_EVENT = _job_event_insert(_J.id == bindparam("id"))
 _ATTEMPT_EVENT = insert(_EVENTS).from_select(_EVENT_COLS, sa_select(
     bindparam("at"), bindparam("type"), _J.user, _A.job_id, _A.id, _A.host, _A.state, _A.reason,
     _A.message, bindparam("data")).select_from(_ATTEMPTS.join(_JOBS, _J.id == _A.job_id))

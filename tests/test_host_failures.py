@@ -23,12 +23,17 @@ FAST = {"keepalive_interval": 1, "keepalive_count_max": 2, "connect_timeout": 2,
 WINDOW = FAST["keepalive_interval"] * (FAST["keepalive_count_max"] + 1) + FAST["connect_timeout"]
 
 
-def _long_job(side, steps: int = 40) -> dict:
-    """Writes 'start HOST' at once and 'end HOST' after ``steps`` x 0.2 s of running time."""
+def _long_job(side, steps: int = 40, *, retry_steps: int | None = None, first=None) -> dict:
+    """Writes 'start HOST' at once and 'end HOST' after ``steps`` x 0.2 s of running time (only
+    the first attempt, the one that creates directory ``first``, when ``retry_steps`` is given:
+    later ones run ``retry_steps``)."""
+    n = str(steps) if retry_steps is None else "$n"
+    pick = "" if retry_steps is None else \
+        f"if mkdir {first} 2>/dev/null; then n={steps}; else n={retry_steps}; fi; "
     return {
         "name": "long",
         "resources": {"pool": "rtx"},
-        "run": (f'echo "start $FLEET_HOST" >> {side}; i=0; while [ $i -lt {steps} ]; do '
+        "run": (f'{pick}echo "start $FLEET_HOST" >> {side}; i=0; while [ $i -lt {n} ]; do '
                 f'echo "tick $i"; i=$((i+1)); sleep 0.2; done; echo "end $FLEET_HOST" >> {side}'),
     }
 
@@ -98,10 +103,7 @@ def test_hung_host_is_given_up_and_its_attempt_never_finishes_later(fleet, lab, 
     client = start_fleet(fleet, lab, tmp_path, config=FAST)
     # The first attempt runs 8 s (left hanging, then thawed, it would still have seconds to go);
     # the retry elsewhere only 0.6 s.
-    job = _long_job(side, steps=40)
-    job["run"] = f"if mkdir {tmp_path / 'first'} 2>/dev/null; then n=40; else n=3; fi; " + \
-        job["run"].replace("-lt 40", "-lt $n")
-    job_id = client.submit(job).id
+    job_id = client.submit(_long_job(side, 40, retry_steps=3, first=tmp_path / "first")).id
     hung = _running_host(client, job_id)
     eventually(lambda: side.exists() and f"start {hung}" in side.read_text(), what="job started")
     first_attempt = client.job(job_id).attempt_list[-1].id

@@ -125,7 +125,7 @@ class Lab:
     @property
     def ssh_config_path(self) -> Path:
         """An ssh_config for the OpenSSH client (``ssh -F``): lab key, lab known_hosts, strict
-        host key checking, no ControlMaster."""
+        host key checking, one control master per host kept 30 s (Ansible's tasks reuse it)."""
         return self.root / "ssh_config"
 
     @property
@@ -326,7 +326,7 @@ class Lab:
     def ansible_env(self) -> dict[str, str]:
         """An environment for running Ansible against the lab: this environment plus the
         interpreter's bin dir on PATH, and OpenSSH client options from :attr:`ssh_config_path`
-        (lab known_hosts, strict checking, ControlMaster off)."""
+        (lab known_hosts, strict checking, a control master per host)."""
         env = dict(os.environ)
         env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}"
         env["ANSIBLE_SSH_ARGS"] = f"-F {self.ssh_config_path}"

@@ -21,13 +21,17 @@ def all_pids() -> list[int]:
     return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
 
 
-def environ_home(pid: int) -> str | None:
-    """The HOME in a process's initial environment, or None if unreadable or unset."""
+def environ(pid: int) -> list[bytes] | None:
+    """The ``NAME=value`` entries of a process's initial environment, or None if unreadable."""
     try:
-        data = Path(f"/proc/{pid}/environ").read_bytes()
+        return Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     except OSError:
         return None
-    for entry in data.split(b"\0"):
+
+
+def environ_home(pid: int) -> str | None:
+    """The HOME in a process's initial environment, or None if unreadable or unset."""
+    for entry in environ(pid) or []:
         if entry.startswith(b"HOME="):
             return os.fsdecode(entry[5:])
     return None
@@ -49,15 +53,7 @@ def pids_with_home_in(homes: Iterable[Path]) -> list[int]:
 def pids_with_env(name: str, value: str) -> list[int]:
     """PIDs (other than ours) whose initial environment holds ``name=value``."""
     entry = os.fsencode(f"{name}={value}")
-    found = []
-    for pid in all_pids():
-        try:
-            data = Path(f"/proc/{pid}/environ").read_bytes()
-        except OSError:
-            continue
-        if pid != os.getpid() and entry in data.split(b"\0"):
-            found.append(pid)
-    return found
+    return [pid for pid in all_pids() if pid != os.getpid() and entry in (environ(pid) or [])]
 
 
 def mount_namespace(pid: int) -> str | None:
