@@ -16,7 +16,8 @@ was valid. For each new run point, :func:`judge` decides against the series' his
   (since the last reported change): finds a slow drift that never makes a night-to-night step,
   and locates where it began with a continuous piecewise-linear change-point fit (ruptures).
 
-Heavy imports (numpy, scipy, ruptures): the server imports this module only to judge a run.
+numpy, scipy and ruptures are imported by the functions that need them: a matrix file's
+thresholds are checked (``Thresholds``) without them.
 ``bench/regress.py`` measures recall and false alarms of this detector on synthetic series.
 """
 
@@ -27,10 +28,6 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
-
-import numpy as np
-import ruptures
-from scipy.stats import mannwhitneyu
 
 Direction = Literal["lower", "higher"]
 Status = Literal["regression", "improvement", "unchanged", "not_enough_samples", "invalid"]
@@ -190,6 +187,8 @@ class _Test:
 
 def _compare(before: list[float], after: list[float], direction: Direction, t: Thresholds,
              alpha: float) -> _Test:
+    from scipy.stats import mannwhitneyu
+
     b, a = statistics.median(before), statistics.median(after)
     if b == 0:
         return _Test("unchanged", "baseline median is 0: no ratio", b, a, 0.0, None, 1.0)
@@ -218,6 +217,8 @@ def _compare(before: list[float], after: list[float], direction: Direction, t: T
 
 def _bootstrap_ci(before: list[float], after: list[float], n: int = 400) -> tuple[float, float]:
     """95% interval of the change of medians, in %, by a seeded bootstrap (deterministic)."""
+    import numpy as np
+
 
     rng = np.random.default_rng(12345)
     bs = np.asarray(before, dtype=float)
@@ -243,6 +244,9 @@ def _step_start(base: list[RunPoint], current: RunPoint, t: Thresholds) -> str:
     series = base + [current]
     if len(series) < 4:
         return current.run
+    import numpy as np
+    import ruptures
+
 
     med = np.asarray(_medians(series), dtype=float)
     brk = ruptures.Binseg(model="l2", min_size=1, jump=1).fit(med).predict(n_bkps=1)[0]
@@ -260,6 +264,8 @@ def _step_start(base: list[RunPoint], current: RunPoint, t: Thresholds) -> str:
 def _drift_start(window: list[RunPoint], current: RunPoint) -> str:
     """Where a drift began: the kink of a continuous piecewise-linear fit with one break."""
     series = window + [current]
+    import numpy as np
+    import ruptures
 
     med = np.asarray(_medians(series), dtype=float)
     if len(med) < 5:
@@ -273,6 +279,9 @@ def change_points(medians: Sequence[float], noise: float | None = None) -> list[
     scaled by the noise): for reports, which mark them on each series' plot."""
     if len(medians) < 6:
         return []
+    import numpy as np
+    import ruptures
+
 
     x = np.asarray(medians, dtype=float)
     if noise is None:  # robust noise of the medians: MAD of successive differences

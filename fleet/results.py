@@ -25,27 +25,69 @@ class InvalidResult(ValueError):
     """A runner wrote a result.json the controller cannot accept."""
 
 
-def comparison_key(record: dict[str, Any]) -> str:
-    """Hash of what must be equal for two results to be compared (model, device, tool, ...)."""
+def _major(version: Any) -> str | None:
+    """A tool's major version: TensorRT 8.6.1 -> "8"; a change of major starts a new series."""
+    if version is None:
+        return None
+    text = str(version).strip().lstrip("vV")
+    return text.split(".", 1)[0] or None
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def key_fields(record: dict[str, Any], runner: str | None = None) -> dict[str, Any]:
+    """What must be equal for two results to be compared (DESIGN.md §5.11): model, device
+    class and accelerator, precision, shapes and batch, runner, tool and its major version,
+    driver / JetPack / HailoRT, power mode, locked clocks, image digest, and the scenario."""
     model = record.get("model") or {}
     tool = record.get("tool") or {}
     target = record.get("target") or {}
     precision = record.get("precision") or {}
-    basis = {
-        "model": model.get("sha256"),
-        "device_class": target.get("device_class"),
-        "device": target.get("device_name"),
-        "tool": tool.get("name"),
-        "tool_version": tool.get("version"),
-        "precision": precision.get("applied"),
-        "batch": record.get("batch"),
-        "scenario": tool.get("scenario"),
+    env = record.get("environment") or {}
+    shapes = model.get("input_shapes") or model.get("inputs")
+    locked = env.get("clocks_locked")
+    return {
+        "model_sha256": _text(model.get("sha256")),
+        "device_class": _text(target.get("device_class")),
+        "accelerator": _text(target.get("accelerator")),
+        "precision": _text(precision.get("applied") or precision.get("requested")),
+        "shapes": json.dumps(shapes, sort_keys=True) if shapes else None,
+        "batch": record.get("batch") if isinstance(record.get("batch"), int) else None,
+        "runner": runner if runner is not None else _text(record.get("runner")),
+        "tool": _text(tool.get("name")),
+        "tool_major": _major(tool.get("version")),
+        "driver": _text(env.get("driver")),
+        "jetpack": _text(env.get("jetpack") or env.get("l4t")),
+        "hailort": _text(env.get("hailort")),
+        "power_mode": _text(env.get("power_mode")),
+        "clocks_locked": locked if isinstance(locked, bool) else None,
+        "image_digest": _text(env.get("image_digest")),
+        "scenario": _text(tool.get("scenario")),
     }
+
+
+def comparison_key(record: dict[str, Any], runner: str | None = None) -> str:
+    """Hash of :func:`key_fields`: two results with the same key are one series."""
+    basis = key_fields(record, runner)
     return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def key_columns(record: dict[str, Any]) -> dict[str, Any]:
+    """The results table's columns for a completed record (its key, status, matrix run)."""
+    fields = key_fields(record)
+    cols = {k: fields[k] for k in ("model_sha256", "accelerator", "precision", "shapes", "batch", "tool",
+                                   "tool_major", "driver", "jetpack", "hailort", "power_mode",
+                                   "clocks_locked", "image_digest")}
+    cols.update(comparison_key=record.get("comparison_key"), status=record.get("status") or "ok",
+                matrix_run=record.get("matrix_run_id"))
+    return cols
+
+
 def complete_record(
-    raw: dict[str, Any], *, job_id: str, attempt_id: str, host: Host, runner: str
+    raw: dict[str, Any], *, job_id: str, attempt_id: str, host: Host, runner: str,
+    matrix_run: str | None = None,
 ) -> dict[str, Any]:
     """The full result record from a runner's result.json. Raises InvalidResult."""
     if not isinstance(raw, dict):
@@ -64,8 +106,12 @@ def complete_record(
     record["schema_version"] = SCHEMA_VERSION
     record["job_id"] = job_id
     record["attempt_id"] = attempt_id
-    record.setdefault("matrix_run_id", None)
-    reasons = list(record.get("invalid_reasons") or [])
+    record["matrix_run_id"] = matrix_run  # what the controller knows, not what the job says
+    record["runner"] = runner
+    reasons = record.get("invalid_reasons") or []
+    if not isinstance(reasons, list) or not all(isinstance(r, str) and r for r in reasons):
+        raise InvalidResult("result.json: invalid_reasons must be a list of non-empty strings")
+    reasons = list(reasons)
     record["invalid_reasons"] = reasons
     record["status"] = "invalid" if reasons else "ok"
     target = dict(record.get("target") or {})
@@ -74,7 +120,7 @@ def complete_record(
     record["target"] = target
     record.setdefault("tool", {"name": runner})
     record.setdefault("metrics", {})
-    record["comparison_key"] = comparison_key(record)
+    record["comparison_key"] = comparison_key(record, runner)
     validate(record)
     return record
 
@@ -111,6 +157,7 @@ def imported_record(partial: dict[str, Any], *, fmt: str, result_id: str, host: 
     target.update(host=host, device_class=device_class)
     record["target"] = target
     record.setdefault("tool", {"name": fmt})
+    record["runner"] = fmt
     record.setdefault("metrics", {})
     if name:
         record["model"] = dict(record.get("model") or {}, name=name)

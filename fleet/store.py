@@ -36,6 +36,7 @@ from fleet.models.tables import (
     Upload,
     User,
 )
+from fleet.results import key_columns
 
 ACTIVE_JOB_STATES = [JobState.STARTING.value, JobState.RUNNING.value, JobState.CANCELLING.value]
 QUEUED_JOB_STATES = [JobState.PENDING.value, JobState.RETRYING.value]
@@ -643,7 +644,8 @@ class Store:
                       record: dict[str, Any]) -> Result:
         """Store a record parsed from a log someone captured by hand (no job behind it)."""
         row = dict(job_id=result_id, attempt_id="", user=user, runner=runner, host=host,
-                   device_class=device_class, created_at=time.time(), record_json=json.dumps(record))
+                   device_class=device_class, created_at=time.time(), record_json=json.dumps(record),
+                   **key_columns(record))
         with self.db.write() as conn:
             conn.execute(insert(_RESULTS), row)
         with self.db.session() as s:

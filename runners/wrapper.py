@@ -241,6 +241,8 @@ class Supervisor:
         env = job_env(os.environ, self.payload.get("env_keep"), self.account)
         env.update(self.payload.get("env") or {})
         env["FLEET_ATTEMPT_DIR"] = self.adir
+        # Where a job's own benchmark writes its result record (a runner writes it there too).
+        env["FLEET_RESULT"] = os.path.join(self.adir, "result.json")
         if self.account is not None:
             problem = self._unreachable()
             if problem:

@@ -298,7 +298,8 @@ class JobSpec(_Strict):
             key = str(key)
             if not ENV_RE.match(key):
                 raise ValueError(f"{key!r} is not a valid environment variable name")
-            if key.startswith("FLEET_"):
+            if key.startswith("FLEET_") and not key.startswith("FLEET_MATRIX_"):
+                # (a matrix point's values come as FLEET_MATRIX_<AXIS>, set in its job's envs)
                 raise ValueError(f"{key!r}: names starting with FLEET_ are set by fleet")
             if isinstance(val, (int, float)) and not isinstance(val, bool):
                 val = str(val)

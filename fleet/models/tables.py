@@ -62,6 +62,10 @@ class Job(SQLModel, table=True):
     chain: str | None = Field(default=None, index=True, description="first job of its chain")
     step: str | None = Field(default=None, description="its step's name in the chain")
     after: str | None = Field(default=None, index=True, description="job it waits for")
+    matrix_run: str | None = Field(default=None, index=True, description="matrix run it belongs to")
+    matrix_point: int | None = Field(default=None, description="its point's index in the run")
+    matrix_repeat: int | None = Field(default=None, description="which sample of its point (1..repeat); "
+                                      "None for a step that only prepares (a compile)")
 
 
 class Attempt(SQLModel, table=True):
@@ -87,8 +91,12 @@ class Attempt(SQLModel, table=True):
 
 
 class Result(SQLModel, table=True):
+    """A result record. What decides whether two results may be compared (the comparison key,
+    DESIGN.md §5.11) is kept in columns, so a series is an index walk, not a scan of JSON."""
+
     __tablename__ = "results"
-    __table_args__ = (Index("ix_results_user_id", "user", "id"),)
+    __table_args__ = (Index("ix_results_user_id", "user", "id"),
+                      Index("ix_results_key_id", "comparison_key", "id"))
     id: int | None = Field(default=None, primary_key=True)
     job_id: str = Field(index=True)
     attempt_id: str
@@ -98,6 +106,40 @@ class Result(SQLModel, table=True):
     device_class: str
     created_at: float
     record_json: str = Field(sa_column=Column(Text, nullable=False))
+    status: str = Field(default="ok", sa_column_kwargs={"server_default": "ok"})
+    matrix_run: str | None = Field(default=None, index=True)
+    comparison_key: str | None = None
+    model_sha256: str | None = None
+    accelerator: str | None = None
+    precision: str | None = None
+    shapes: str | None = None
+    batch: int | None = None
+    tool: str | None = None
+    tool_major: str | None = None
+    driver: str | None = None
+    jetpack: str | None = None
+    hailort: str | None = None
+    power_mode: str | None = None
+    clocks_locked: bool | None = None
+    image_digest: str | None = None
+
+
+class MatrixRun(SQLModel, table=True):
+    """One run of a benchmark matrix: its points are ordinary jobs (``jobs.matrix_run``)."""
+
+    __tablename__ = "matrix_runs"
+    __table_args__ = (Index("ix_matrix_runs_user_id", "user", "id"),
+                      Index("ix_matrix_runs_name_id", "name", "id"))
+    id: str = Field(primary_key=True)
+    name: str
+    user: str
+    spec_json: str = Field(sa_column=Column(Text, nullable=False), description="the matrix, inputs resolved")
+    points_json: str = Field(sa_column=Column(Text, nullable=False), description="axis values per point")
+    trigger: str = "manual"  # manual | schedule
+    state: str = "RUNNING"  # RUNNING, then DONE (every job ended) or CANCELLED
+    created_at: float
+    ended_at: float | None = None
+    deadline: float | None = None  # its time budget's end: jobs still waiting then are cancelled
 
 
 class Artifact(SQLModel, table=True):

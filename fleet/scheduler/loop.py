@@ -34,7 +34,7 @@ from fleet.logstore import LogStore
 from fleet.models.enums import REASON_CLASS, AttemptState, FailureClass, Health, JobState, Reason
 from fleet.models.spec import JobSpec
 from fleet.models.tables import Attempt, Job
-from fleet.results import InvalidResult, complete_record
+from fleet.results import InvalidResult, complete_record, key_columns
 from fleet.runners import manifests
 from fleet.scheduler import artifacts, plans, retry
 from fleet.scheduler.attempts import AttemptEnd, AttemptRunner
@@ -613,7 +613,7 @@ class Scheduler:
         if outcome.result is not None and verdict.state is AttemptState.SUCCEEDED:
             try:
                 record = complete_record(outcome.result, job_id=qj.job.id, attempt_id=attempt.id,
-                                         host=host, runner=run.plan.runner)
+                                         host=host, runner=run.plan.runner, matrix_run=qj.job.matrix_run)
             except InvalidResult as exc:
                 verdict = Verdict(AttemptState.FAILED, Reason.RUNNER_ERROR, str(exc), verdict.exit_code)
         if run.plan.secrets:  # what the job reported is kept with its secrets masked
@@ -669,7 +669,8 @@ class Scheduler:
                                               size=main["size"])
         if record is not None:
             result_row = dict(job_id=qj.job.id, attempt_id=attempt.id, user=qj.job.user, runner=qj.job.runner,
-                              host=host.name, device_class=host.device_class, record_json=json.dumps(record))
+                              host=host.name, device_class=host.device_class, record_json=json.dumps(record),
+                              **key_columns(record))
         self._durably(self.store.finish, attempt.id, attempt_values, qj.job.id, job_values, result_row, made)
         if again and verdict.may_run:
             self._hold(qj, self.policy.lost_hold, attempt, host)
