@@ -50,6 +50,8 @@ def key_fields(record: dict[str, Any], runner: str | None = None) -> dict[str, A
     locked = env.get("clocks_locked")
     return {
         "model_sha256": _text(model.get("sha256")),
+        # without a hash (a team's own benchmark), the model's name stands for it
+        "model_name": None if model.get("sha256") else _text(model.get("name")),
         "device_class": _text(target.get("device_class")),
         "accelerator": _text(target.get("accelerator")),
         "precision": _text(precision.get("applied") or precision.get("requested")),

@@ -30,6 +30,7 @@ from fleet.models.tables import (
     Event,
     HostStatus,
     Job,
+    MatrixRun,
     Result,
     SubmitKey,
     Token,
@@ -289,7 +290,8 @@ class Store:
 
     def create_jobs(self, specs: Sequence[tuple[JobSpec, str]], user: str,
                     links: Sequence[dict[str, Any] | None] | None = None,
-                    idempotency_key: str | None = None) -> list[Job]:
+                    idempotency_key: str | None = None, run: MatrixRun | None = None,
+                    samples: Sequence[tuple[int, int | None]] | None = None) -> list[Job]:
         """Insert PENDING jobs (spec, queue key) in one transaction: all or none.
 
         ``links[i]`` puts job i in a chain: ``{"step": NAME, "after": INDEX or None}`` (INDEX:
@@ -306,7 +308,12 @@ class Store:
             before = link.get("after")
             job.after = jobs[before].id if before is not None else None
             job.chain = jobs[link["first"]].id
+        if run is not None:  # a matrix run: its row and its jobs (point, sample) together
+            for job, (point, repeat) in zip(jobs, samples or [], strict=True):
+                job.matrix_run, job.matrix_point, job.matrix_repeat = run.id, point, repeat
         with self._telling() as conn:
+            if run is not None:
+                conn.execute(insert(MatrixRun.__table__), run.model_dump())  # type: ignore[attr-defined]
             if idempotency_key is not None:  # first, so a concurrent twin fails before any job
                 conn.execute(insert(SubmitKey), {"user": user, "key": idempotency_key,
                                                  "job_ids": json.dumps([j.id for j in jobs]),
@@ -637,6 +644,53 @@ class Store:
         with self.db.session() as s:
             return list(s.exec(select(Artifact.id).where(
                 Artifact.created_at < before, col(Artifact.job_id).not_in(waiting)).limit(limit)).all())
+
+    # ------------------------------------------------------------------ matrix runs
+
+    def get_matrix_run(self, run_id: str, owner: str | None = None) -> MatrixRun:
+        """A matrix run by id or unique prefix; with ``owner``, only among theirs (NotFound)."""
+        return self._by_id(MatrixRun, "matrix run", run_id, owner)  # type: ignore[no-any-return]
+
+    def list_matrix_runs(self, owner: str | None, name: str | None = None, limit: int = 50) -> list[MatrixRun]:
+        q = select(MatrixRun)
+        if owner is not None:
+            q = q.where(MatrixRun.user == owner)
+        if name is not None:
+            q = q.where(MatrixRun.name == name)
+        with self.db.session() as s:
+            return list(s.exec(q.order_by(col(MatrixRun.id).desc()).limit(limit)).all())
+
+    def matrix_jobs(self, run_id: str) -> list[Job]:
+        with self.db.session() as s:
+            return list(s.exec(select(Job).where(Job.matrix_run == run_id).order_by(col(Job.id))).all())
+
+    def end_matrix_run(self, run_id: str, state: str) -> bool:
+        """RUNNING -> DONE or CANCELLED, once (False: it had ended already)."""
+        with self.db.write() as conn:
+            moved = conn.execute(update(MatrixRun.__table__)  # type: ignore[attr-defined]
+                                 .where(MatrixRun.__table__.c.id == run_id,  # type: ignore[attr-defined]
+                                        MatrixRun.__table__.c.state == "RUNNING")  # type: ignore[attr-defined]
+                                 .values(state=state, ended_at=time.time()))
+            return bool(moved.rowcount)
+
+    def matrix_results(self, run_id: str) -> list[Result]:
+        with self.db.session() as s:
+            return list(s.exec(select(Result).where(Result.matrix_run == run_id).order_by(col(Result.id))).all())
+
+    def series_results(self, keys: Sequence[str], name: str, before_run: str
+                       ) -> list[tuple[Result, int | None, str]]:
+        """Results of these comparison keys from earlier runs of the matrix ``name``, each with
+        its job's point index and that run's points (JSON)."""
+        if not keys:
+            return []
+        with self.db.session() as s:
+            q = (select(Result, Job.matrix_point, MatrixRun.points_json)
+                 .join(Job, col(Job.id) == col(Result.job_id))
+                 .join(MatrixRun, col(MatrixRun.id) == col(Result.matrix_run))
+                 .where(col(Result.comparison_key).in_(list(keys)), MatrixRun.name == name,
+                        col(Result.matrix_run) < before_run)
+                 .order_by(col(Result.id)))
+            return [(r, p, pts) for r, p, pts in s.exec(q).all()]
 
     # ------------------------------------------------------------------ results
 

@@ -298,3 +298,21 @@ def is_local(url: str) -> bool:
 def stream_timeout(http_timeout: httpx.Timeout) -> httpx.Timeout:
     """A stream (logs, events) may be quiet for long: no read timeout."""
     return httpx.Timeout(http_timeout.connect, read=None, write=http_timeout.write, pool=http_timeout.pool)
+
+
+def matrix_run(matrix: dict[str, Any], uploads: dict[str, Any], source: str | None) -> Call[dict[str, Any]]:
+    """Start a run of a matrix (its points become jobs, all queued or none)."""
+    return Call("POST", "/matrix/runs", _json, json={"matrix": matrix, "uploads": uploads, "source": source})
+
+
+def matrix_runs(name: str | None = None, limit: int = 50) -> Call[list[dict[str, Any]]]:
+    return Call("GET", "/matrix/runs", lambda r: list(r.json()), {"name": name, "limit": limit})
+
+
+def matrix_status(run_id: str) -> Call[dict[str, Any]]:
+    return Call("GET", f"/matrix/runs/{q(run_id)}", _json)
+
+
+def matrix_report(run_id: str, fmt: str = "json") -> Call[str]:
+    return Call("GET", f"/matrix/runs/{q(run_id)}/report", lambda r: r.text, {"format": fmt},
+                timeout=httpx.Timeout(600.0, connect=10.0))

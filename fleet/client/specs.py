@@ -147,3 +147,48 @@ def submit(client: Client, spec: dict[str, Any]) -> list[Any]:
     if spec.get("steps"):
         return list(client.submit_many([spec]))
     return [client.submit(spec)]
+
+
+def read_matrix(file: Path) -> tuple[dict[str, Any], Any]:
+    """Read and check a matrix file locally: (its data, the checked MatrixSpec)."""
+    from fleet.models.matrix import validate_matrix
+
+    if not file.is_file():
+        raise SpecError([("", "is a directory, not a matrix file" if file.is_dir() else "no such file")],
+                        str(file))
+    try:
+        text = file.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError([("", f"cannot read the file: {exc}")], str(file)) from None
+    data = parse_yaml(text, str(file))
+    return data, validate_matrix(data, str(file))
+
+
+def matrix_uploads(upload: Callable[[Path], Uploaded], spec: Any, base: Path) -> dict[str, Any]:
+    """Upload every local input a matrix's points name (each path once): {path as written
+    after ${{ matrix.* }} was replaced: its blob ref}."""
+    from fleet.models.matrix import expand, point_specs
+
+    uploads: dict[str, Any] = {}
+    cache: dict[Path, Uploaded] = {}
+
+    def once(path: Path) -> Uploaded:
+        if path not in cache:
+            cache[path] = upload(path)
+        return cache[path]
+
+    for i, point in enumerate(expand(spec)):
+        for body, _ in point_specs(spec, point, i)[:1]:
+            for part in [body, *[s for s in body.get("steps") or [] if isinstance(s, dict)]]:
+                before = dict(part.get("inputs") or {}) if isinstance(part.get("inputs"), dict) else {}
+                if not before:
+                    continue
+                probe = {"inputs": dict(before)}
+                try:
+                    upload_inputs(once, probe, base)
+                except SpecError as exc:
+                    raise SpecError([(f"points[{i}].{f}", m) for f, m in exc.errors]) from None
+                for name, value in before.items():
+                    if isinstance(value, str):
+                        uploads[value] = probe["inputs"][name]
+    return uploads

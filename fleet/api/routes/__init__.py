@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from fleet.api.routes import artifacts, blobs, events, hosts, jobs, results, system, users
+from fleet.api.routes import artifacts, blobs, events, hosts, jobs, matrix, results, system, users
 
 ROUTERS: list[APIRouter] = [system.router, blobs.router, jobs.router, results.router, artifacts.router,
-                            hosts.router, events.router, users.router]
+                            hosts.router, events.router, users.router, matrix.router]

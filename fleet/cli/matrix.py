@@ -1,0 +1,140 @@
+"""``fleet matrix``: run a benchmark matrix, follow it, read its report."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from fleet.cli.base import Ctx, cli, handle_errors, pass_ctx
+from fleet.errors import FleetError
+
+
+@cli.group()
+def matrix() -> None:
+    """Benchmark matrices: models x device classes x precisions, judged against their history."""
+
+
+def _progress_line(run: dict[str, Any]) -> str:
+    p = run.get("progress") or {}
+    return (f"{run['id']}  {run['name']}  {run['state']}  points {p.get('done', 0)} done, "
+            f"{p.get('failed', 0)} failed, {p.get('running', 0)} running, {p.get('waiting', 0)} waiting "
+            f"of {p.get('total', 0)} ({run.get('jobs', 0)} jobs)")
+
+
+def _summary(report: dict[str, Any]) -> list[str]:
+    s = report["summary"]
+    lines = [f"{report['id']}  {report['name']}  {report['state']}: {s['regression']} regressions, "
+             f"{s['improvement']} improvements, {s['invalid']} invalid, {s['missing']} missing, "
+             f"{s['not_enough_samples']} not enough samples, {s['unchanged']} unchanged"]
+    for p in report["points"]:
+        label = ", ".join(f"{k}={v}" for k, v in p["values"].items())
+        lines.append(f"  [{p['verdict']}] {label}")
+        for name, m in p["metrics"].items():
+            if m.get("status") in ("regression", "improvement", "invalid"):
+                lines.append(f"      {name}: {m['status']}: {m['reason']}"
+                             + (f" (from run {m['first_run']})" if m.get("first_run") else ""))
+        for note in p["notes"]:
+            lines.append(f"      note: {note}")
+    return lines
+
+
+@matrix.command("run")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--wait", is_flag=True, help="wait until every job of the run ended, then print "
+              "its verdicts; exit 1 on a regression or a point that failed")
+@click.option("--json", "as_json", is_flag=True, help="print the run (its id first) as JSON")
+@pass_ctx
+@handle_errors
+def matrix_run(obj: Ctx, file: Path, wait: bool, as_json: bool) -> None:
+    """Run the matrix in FILE now: its points become jobs, queued at the matrix's priority."""
+    from fleet.client import calls
+    from fleet.client.specs import matrix_uploads, read_matrix
+
+    data, spec = read_matrix(file)  # checked before anything is uploaded
+    client = obj.client
+    uploads = matrix_uploads(client.upload, spec, file.parent)
+    run = client.call(calls.matrix_run(data, uploads, str(file)))
+    if not wait:
+        click.echo(json.dumps(run, indent=2) if as_json else run["id"])
+        return
+    if not as_json:
+        click.echo(_progress_line(run), err=True)
+    status = client.call(calls.matrix_status(run["id"]))
+    job_ids = [j for p in status["points"] for j in p["jobs"]]
+    try:
+        client.wait_all(job_ids)
+    except KeyboardInterrupt:
+        click.echo(f"\nfleet: stopped waiting; the run goes on (fleet matrix status {run['id']})", err=True)
+        sys.exit(130)
+    report = json.loads(client.call(calls.matrix_report(run["id"], "json")))
+    click.echo(json.dumps(report, indent=2) if as_json else "\n".join(_summary(report)))
+    bad = report["summary"]["regression"] or report["summary"]["missing"] or report["progress"].get("failed")
+    sys.exit(1 if bad else 0)
+
+
+@matrix.command("list")
+@click.option("--name", help="only the runs of this matrix")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 500))
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@handle_errors
+def matrix_list(obj: Ctx, name: str | None, limit: int, as_json: bool) -> None:
+    """Matrix runs, newest first."""
+    from fleet.client import calls
+
+    runs = obj.client.call(calls.matrix_runs(name, limit))
+    if as_json:
+        click.echo(json.dumps(runs, indent=2))
+        return
+    if not runs:
+        click.echo("no matrix runs")
+    for run in runs:
+        click.echo(_progress_line(run))
+
+
+@matrix.command("status")
+@click.argument("run_id", metavar="RUN")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@handle_errors
+def matrix_status(obj: Ctx, run_id: str, as_json: bool) -> None:
+    """A run's progress: points done, failed, running and waiting, each point's jobs."""
+    from fleet.client import calls
+
+    run = obj.client.call(calls.matrix_status(run_id))
+    if as_json:
+        click.echo(json.dumps(run, indent=2))
+        return
+    click.echo(_progress_line(run))
+    for p in run["points"]:
+        label = ", ".join(f"{k}={v}" for k, v in p["values"].items())
+        states = ", ".join(f"{n} {s}" for s, n in p["job_states"].items())
+        click.echo(f"  {p['state']:<8} {label}  ({states})")
+
+
+@matrix.command("report")
+@click.argument("run_id", metavar="RUN")
+@click.option("--format", "fmt", type=click.Choice(["html", "junit", "json"]), default="json",
+              show_default=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="write to FILE instead of stdout")
+@pass_ctx
+@handle_errors
+def matrix_report(obj: Ctx, run_id: str, fmt: str, output: Path | None) -> None:
+    """A run's verdicts: per point and metric, against the series' history."""
+    from fleet.client import calls
+
+    if fmt == "html":
+        raise FleetError("--format html is not built yet (the JSON and JUnit reports are); "
+                         "see issue 12's notes")
+    text = obj.client.call(calls.matrix_report(run_id, fmt))
+    if fmt == "json":
+        text = json.dumps(json.loads(text), indent=2)
+    if output is not None:
+        output.write_text(text + "\n")
+        click.echo(f"wrote {output} ({len(text) + 1} bytes)", err=True)
+    else:
+        click.echo(text)

@@ -1,0 +1,107 @@
+"""Benchmark matrices end to end (embedded default host, real server, real CLI): a team's own
+benchmark script reports through $FLEET_RESULT, a matrix runs it per point with repeats, and
+when one point's stand-in tool becomes 10% slower from one night on, the report flags exactly
+that point, from that night, and nothing else (JSON, JUnit, exit status)."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+import yaml
+
+# A benchmark script of the team's own: latency = base x the model's slowdown factor (a file the
+# test changes between nights), 1% noise; it declares a custom metric's direction.
+BENCH = r"""
+import json, os, random
+model = os.environ["FLEET_MATRIX_MODEL"]
+factor = float(open(os.environ["FACTORS"] + "/" + model).read())
+base = {"a": 4.0, "b": 9.0}[model]
+lat = base * factor * (1 + random.gauss(0, 0.01))
+json.dump({"tool": {"name": "mybench", "version": "1.2.0"},
+           "model": {"name": model},
+           "metrics": {"latency_ms": {"median": lat, "mean": lat},
+                       "frames_dropped": {"mean": 0.0, "direction": "lower"},
+                       "widgets": 3.0}},
+          open(os.environ["FLEET_RESULT"], "w"))
+"""
+
+
+@pytest.mark.long
+def test_a_matrix_flags_exactly_the_point_that_got_slower_from_that_night(fleet, tmp_path):
+    fleet.start()
+    factors = tmp_path / "factors"
+    factors.mkdir()
+    for model in ("a", "b"):
+        (factors / model).write_text("1.0")
+    (tmp_path / "bench.py").write_text(BENCH)
+    matrix = {"name": "nightly", "axes": {"model": ["a", "b"]}, "repeat": 5,
+              "job": {"run": f"FACTORS={factors} python3 {tmp_path / 'bench.py'}",
+                      "resources": {"accelerator": "cpu"}}}
+    mfile = tmp_path / "nightly.yml"
+    mfile.write_text(yaml.safe_dump(matrix))
+
+    runs = []
+    for night in range(4):
+        if night == 3:
+            (factors / "b").write_text("1.10")  # the stand-in tool of point b: 10% slower
+        proc = fleet.cli("matrix", "run", str(mfile), "--wait", "--json", check=False, timeout=300)
+        report = json.loads(proc.stdout)
+        runs.append(report["id"])
+        assert report["progress"]["done"] == 2, report
+        if night < 3:
+            assert proc.returncode == 0, proc.stdout[-3000:]
+        else:
+            assert proc.returncode == 1, proc.stdout[-3000:]  # a regression
+    first = report  # the last night's report
+    verdicts = {p["values"]["model"]: p for p in first["points"]}
+    assert verdicts["b"]["verdict"] == "regression", verdicts["b"]
+    assert verdicts["a"]["verdict"] == "unchanged", verdicts["a"]
+    lat = verdicts["b"]["metrics"]["latency_ms"]
+    assert lat["status"] == "regression" and lat["first_run"] == runs[3]
+    assert 7 < lat["change_pct"] < 13 and lat["baseline_runs"] == runs[:3]
+    assert first["summary"] == {"regression": 1, "improvement": 0, "invalid": 0, "missing": 0,
+                                "not_enough_samples": 0, "unchanged": 1}
+    # a declared custom metric is judged; one of unknown direction is skipped, saying why
+    assert verdicts["a"]["metrics"]["frames_dropped"]["direction"] == "lower"
+    assert "direction unknown" in verdicts["a"]["metrics"]["widgets"]["reason"]
+
+    # the first night: not enough history to judge, said so; the series is new
+    night1 = json.loads(fleet.cli("matrix", "report", runs[0], "--format", "json").stdout)
+    assert night1["summary"]["not_enough_samples"] == 2
+    assert any("new series" in n for p in night1["points"] for n in p["notes"])
+
+    junit = fleet.cli("matrix", "report", runs[3], "--format", "junit", "-o", str(tmp_path / "r.xml"))
+    assert "wrote" in junit.stderr
+    suite = ET.parse(tmp_path / "r.xml").getroot()
+    assert (suite.get("tests"), suite.get("failures")) == ("2", "1")
+    failed = [c.get("name") for c in suite.iter("testcase") if c.find("failure") is not None]
+    assert failed == ["model=b"]
+
+    listed = fleet.cli_json("matrix", "list")
+    assert [r["id"] for r in listed] == runs[::-1] and all(r["state"] == "DONE" for r in listed)
+    status = fleet.cli_json("matrix", "status", runs[3])
+    assert status["progress"] == {"done": 2, "failed": 0, "running": 0, "waiting": 0, "total": 2}
+    assert all(len(p["jobs"]) == 5 for p in status["points"])
+    # the jobs ran at the matrix's priority, below a plain job's
+    job = fleet.client.job(status["points"][0]["jobs"][0])
+    assert json.loads(json.dumps(job.model_dump()))["priority"] == 300
+
+
+def test_a_bad_matrix_file_names_the_field_and_nothing_is_queued(fleet, tmp_path):
+    fleet.start()
+    bad = tmp_path / "bad.yml"
+    bad.write_text(yaml.safe_dump({"name": "m", "axes": {"model": ["a"]},
+                                   "job": {"run": "echo ${{ matrix.precision }}"}}))
+    proc = fleet.cli("matrix", "run", str(bad), check=False)
+    assert proc.returncode != 0
+    assert "bad.yml" in proc.stderr and "job.run" in proc.stderr and "precision" in proc.stderr
+    # a template the server refuses (a job field) is named by its point
+    worse = tmp_path / "worse.yml"
+    worse.write_text(yaml.safe_dump({"name": "m", "axes": {"model": ["a", "b"]},
+                                     "job": {"run": "true", "priority": "${{ matrix.model }}"}}))
+    proc = fleet.cli("matrix", "run", str(worse), check=False)
+    assert proc.returncode != 0 and "points[0] (model=a).priority" in proc.stderr, proc.stderr
+    assert fleet.cli_json("matrix", "list") == []
+    assert fleet.client.jobs().items == []
