@@ -112,7 +112,7 @@ def evaluate(store: Store, run: MatrixRun) -> dict[str, Any]:
     # runs of this matrix (an axis the key does not see, e.g. threads, must not mix).
     history: dict[tuple[str, str], dict[str, list[Result]]] = defaultdict(lambda: defaultdict(list))
     points_cache: dict[str, list[Any]] = {}
-    for r, index, points_json in store.series_results(keys, run.name, run.id):
+    for r, index, points_json in store.series_results(keys, run.name, run.user, run.id):
         pts = points_cache.setdefault(r.matrix_run or "", json.loads(points_json))
         if index is None or index >= len(pts):
             continue
@@ -219,7 +219,7 @@ def _environment(records: list[dict[str, Any]]) -> dict[str, Any]:
 def _key_change(store: Store, run: MatrixRun, index: int, key: str) -> str:
     """For a new series: what changed since this matrix's last run of the same point."""
     values = points_of(run)[index]
-    for prev in store.list_matrix_runs(None, name=run.name, limit=20):
+    for prev in store.list_matrix_runs(run.user, name=run.name, limit=20):
         if prev.id >= run.id:
             continue
         try:

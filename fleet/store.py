@@ -677,10 +677,11 @@ class Store:
         with self.db.session() as s:
             return list(s.exec(select(Result).where(Result.matrix_run == run_id).order_by(col(Result.id))).all())
 
-    def series_results(self, keys: Sequence[str], name: str, before_run: str
+    def series_results(self, keys: Sequence[str], name: str, user: str, before_run: str
                        ) -> list[tuple[Result, int | None, str]]:
-        """Results of these comparison keys from earlier runs of the matrix ``name``, each with
-        its job's point index and that run's points (JSON)."""
+        """Results of these comparison keys from ``user``'s earlier runs of the matrix
+        ``name`` (another user's runs are theirs to see), each with its job's point index and
+        that run's points (JSON)."""
         if not keys:
             return []
         with self.db.session() as s:
@@ -688,7 +689,7 @@ class Store:
                  .join(Job, col(Job.id) == col(Result.job_id))
                  .join(MatrixRun, col(MatrixRun.id) == col(Result.matrix_run))
                  .where(col(Result.comparison_key).in_(list(keys)), MatrixRun.name == name,
-                        col(Result.matrix_run) < before_run)
+                        MatrixRun.user == user, col(Result.matrix_run) < before_run)
                  .order_by(col(Result.id)))
             return [(r, p, pts) for r, p, pts in s.exec(q).all()]
 

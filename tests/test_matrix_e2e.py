@@ -105,3 +105,45 @@ def test_a_bad_matrix_file_names_the_field_and_nothing_is_queued(fleet, tmp_path
     assert proc.returncode != 0 and "points[0] (model=a).priority" in proc.stderr, proc.stderr
     assert fleet.cli_json("matrix", "list") == []
     assert fleet.client.jobs().items == []
+
+
+def test_a_users_matrix_runs_and_their_history_are_theirs(fleet, tmp_path, shared_local):
+    """The attacks: bob reads alice's run (status, report), lists it, names her uploaded model
+    in his matrix's uploads, and runs a matrix of the same name to get her numbers as his
+    baseline."""
+    from fleet.client import calls
+    from fleet.errors import ApiError, NotFound
+    from tests.conftest import add_user
+
+    fleet.start(shared_local)
+    _, alice = add_user(fleet, "alice")
+    _, bob = add_user(fleet, "bob")
+    model = tmp_path / "model.bin"
+    model.write_bytes(b"alice's model\n")
+    sha, size = alice.upload(model)
+    ref = {"kind": "file", "filename": "model.bin", "files": {"model.bin": {"sha256": sha, "size": size}}}
+    m = {"name": "nightly", "axes": {"model": ["m"]}, "repeat": 3,
+         "job": {"run": 'python3 -c \'import json,os; json.dump({"metrics": {"latency_ms": {"median": 5.0}}}, '
+                        'open(os.environ["FLEET_RESULT"], "w"))\'',
+                 "inputs": {"model": "model.bin"}}}
+    run = alice.call(calls.matrix_run(m, {"model.bin": ref}, "a.yml"))
+    alice.wait_all([j for p in alice.call(calls.matrix_status(run["id"]))["points"] for j in p["jobs"]])
+    theirs = json.loads(alice.call(calls.matrix_report(run["id"])))["points"][0]
+    assert theirs["metrics"]["latency_ms"]["samples"] == [5.0] * 3, theirs
+    for c in (calls.matrix_status(run["id"]), calls.matrix_report(run["id"])):
+        with pytest.raises(NotFound):
+            bob.call(c)
+    assert bob.call(calls.matrix_runs()) == []
+    with pytest.raises(ApiError) as err:
+        bob.call(calls.matrix_run(m, {"model.bin": ref}, "b.yml"))
+    assert err.value.status == 422 and "inputs.model" in str(err.value) and "not uploaded" in str(err.value)
+    # bob's own run of a matrix with the same name and points: none of alice's results is his
+    m["job"]["inputs"] = {}
+    mine = bob.call(calls.matrix_run(m, {}, "b.yml"))
+    bob.wait_all([j for p in bob.call(calls.matrix_status(mine["id"]))["points"] for j in p["jobs"]])
+    report = json.loads(bob.call(calls.matrix_report(mine["id"])))
+    lat = report["points"][0]["metrics"]["latency_ms"]
+    assert lat["samples"] == [5.0] * 3 and lat["status"] == "not_enough_samples"
+    assert any(n.startswith("new series") for n in report["points"][0]["notes"])  # not alice's
+    for c in (alice, bob):
+        c.close()

@@ -91,7 +91,8 @@ def _prepare(ctx: ApiContext, body: MatrixRunIn, user: User) -> tuple[MatrixRun,
                 field = where[int(head[5:-1])] + (f".{rest}" if rest else "")
             elif len(bodies) == 1:
                 field = where[0] + (f".{field}" if field else "")
-            errors.append((field, problem))
+            if (field, problem) not in errors:  # N repeats of a point say it once
+                errors.append((field, problem))
         raise SpecError(errors, body.source) from None
     assert not isinstance(checked, list)
     now = time.time()
