@@ -29,6 +29,8 @@ CONFIG_KEYS = {
     "log_store_limit": "bytes the controller's log store may hold; oldest ended logs go (default 20 GiB)",
     "log_retention_days": "days an ended attempt's log is kept (default 30)",
     "gc_interval": "seconds between retention passes over the log store and hosts (default 300)",
+    "matrix_interval": "seconds between the leader's looks at matrix schedules and time budgets "
+                       "(default 30; a run is judged as soon as its last job ends)",
     "host_retention_days": "days an ended attempt's directory (log, raw files) stays on its host "
                            "(default 7)",
     "host_store_limit": "bytes of ended attempt directories a host may keep (default 10 GiB)",
@@ -82,6 +84,7 @@ class Settings:
     log_store_limit: int = 20 << 30
     log_retention_days: float = 30.0
     gc_interval: float = 300.0
+    matrix_interval: float = 30.0
     host_retention_days: float = 7.0
     host_store_limit: int = 10 << 30
     artifact_retention_days: float = 90.0

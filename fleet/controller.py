@@ -34,6 +34,7 @@ from fleet.hooks import Catalog
 from fleet.inventory import Host, embedded_inventory, load_inventory
 from fleet.leader import LeaderLease, LeaseKeeper, make_holder
 from fleet.logstore import LogStore
+from fleet.matrix import keep as keep_matrices
 from fleet.scheduler.loop import Policy, Scheduler
 from fleet.secrets import SecretBox
 from fleet.store import Store
@@ -136,6 +137,7 @@ async def serve(settings: Settings, options: ServeOptions) -> None:
     elector = asyncio.create_task(lead(lease, scheduler, disk), name="fleet-leader")
     await asyncio.sleep(0)  # lead() takes a free lease and starts the scheduler before requests come
     collector = asyncio.create_task(collect_garbage(scheduler, settings), name="fleet-gc")
+    matrices = asyncio.create_task(keep_matrices(ctx, settings.matrix_interval), name="fleet-matrix")
     log.info("fleet serving %s with %d hosts from %s; backends: %s", url, len(hosts), source,
              ", ".join(f"{n} ({len(b.offers())} offered)" for n, b in loaded.backends.items()))
     if options.local:
@@ -157,7 +159,8 @@ async def serve(settings: Settings, options: ServeOptions) -> None:
                 pass
         elector.cancel()
         collector.cancel()
-        await asyncio.gather(elector, collector, return_exceptions=True)
+        matrices.cancel()
+        await asyncio.gather(elector, collector, matrices, return_exceptions=True)
         await scheduler.stop()
         await hub.stop()
         if scheduler.leading:

@@ -8,19 +8,91 @@ from that one structure.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
+import logging
+import time
 from collections import defaultdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from xml.etree import ElementTree as ET
 
+from fleet.api.submit import validate_jobs
+from fleet.errors import SpecError
+from fleet.ids import new_id
 from fleet.models.enums import JobState
-from fleet.models.tables import Job, MatrixRun, Result
+from fleet.models.matrix import expand, point_label, point_specs, validate_matrix
+from fleet.models.tables import Job, MatrixRun, Result, User
 from fleet.store import Store
+
+if TYPE_CHECKING:
+    from fleet.api.context import ApiContext
+
+log = logging.getLogger("fleet.matrix")
 
 TERMINAL = {JobState.SUCCEEDED.value, JobState.FAILED.value, JobState.CANCELLED.value,
             JobState.TIMED_OUT.value}
 # Counters and noise figures in a metrics section: not something to compare as a performance.
 _NOT_COMPARED = {"samples", "iterations", "cv", "cv_pct"}
+
+
+def prepare_run(ctx: ApiContext, data: dict[str, Any], uploads: dict[str, Any], source: str | None,
+                user: User, trigger: str = "manual") -> tuple[MatrixRun, Any, list[tuple[int, int | None]]]:
+    """Check a matrix and every job it becomes (blocking: a worker thread): the run row, the
+    accepted jobs with their chain links, and each job's (point, sample). Raises SpecError
+    naming the point and the field."""
+    spec = validate_matrix(data, source)
+    points = expand(spec)
+    bodies: list[dict[str, Any]] = []
+    samples: list[tuple[int, int | None]] = []
+    where: list[str] = []
+    for i, point in enumerate(points):
+        try:
+            made = point_specs(spec, point, i, uploads)
+        except SpecError as exc:
+            raise SpecError([(f"points[{i}] ({point_label(point)}).{f}", m) for f, m in exc.errors],
+                            source) from None
+        for job_body, repeats in made:
+            bodies.append(job_body)
+            where.append(f"points[{i}] ({point_label(point)})")
+            samples.extend((i, r) for r in repeats)
+    try:
+        checked = validate_jobs(ctx, bodies, user, None)
+    except SpecError as exc:
+        errors: list[tuple[str, str]] = []
+        for field, problem in exc.errors:
+            head, _, rest = field.partition(".")
+            if head.startswith("jobs[") and head.endswith("]"):
+                field = where[int(head[5:-1])] + (f".{rest}" if rest else "")
+            elif len(bodies) == 1:
+                field = where[0] + (f".{field}" if field else "")
+            if (field, problem) not in errors:  # N repeats of a point say it once
+                errors.append((field, problem))
+        raise SpecError(errors, source) from None
+    assert not isinstance(checked, list)
+    now = time.time()
+    run = MatrixRun(id=new_id("m"), name=spec.name, user=user.name,
+                    spec_json=json.dumps(spec.model_dump(mode="json")), points_json=json.dumps(points),
+                    trigger=trigger, state="RUNNING", created_at=now,
+                    deadline=now + spec.budget if spec.budget else None)
+    return run, checked, samples
+
+
+async def start_run(ctx: ApiContext, data: dict[str, Any], uploads: dict[str, Any], source: str | None,
+                    user: User, trigger: str = "manual") -> tuple[MatrixRun, list[Job]]:
+    """Check a matrix, then write its run and all its jobs in one transaction and queue them."""
+    run, (accepted, links), samples = await asyncio.to_thread(prepare_run, ctx, data, uploads, source,
+                                                              user, trigger)
+    jobs = ctx.store.create_jobs(accepted, user.name, links, run=run, samples=samples)
+    ctx.scheduler.matrix_active = True
+    for job, (spec, _key) in zip(jobs, accepted, strict=True):
+        ctx.scheduler.submit(job, spec)
+    return run, jobs
+
+
+def series_id(values: dict[str, Any], key: str) -> str:
+    """A point's series: its axis values and its comparison key."""
+    return hashlib.sha256(json.dumps([values, key], sort_keys=True).encode()).hexdigest()[:16]
 
 
 def points_of(run: MatrixRun) -> list[dict[str, Any]]:
@@ -118,6 +190,7 @@ def evaluate(store: Store, run: MatrixRun) -> dict[str, Any]:
             continue
         values = json.dumps(pts[index], sort_keys=True)
         history[(r.comparison_key or "", values)][r.matrix_run or ""].append(r)
+    alarms = store.last_alarms(run.user, run.name, run.id)
     points_out = []
     totals: dict[str, int] = defaultdict(int)
     for row in prog["points"]:
@@ -137,6 +210,7 @@ def evaluate(store: Store, run: MatrixRun) -> dict[str, Any]:
                                   "driver, tool or power mode?): judged by the most common one")
         key = max(point_keys, key=lambda k: sum(1 for r in mine if r.comparison_key == k))
         entry["comparison_key"] = key
+        entry["series"] = series = series_id(row["values"], key)
         records = [json.loads(r.record_json) for r in mine if (r.comparison_key or "") == key]
         entry["environment"] = _environment(records)
         past = history.get((key, json.dumps(row["values"], sort_keys=True)), {})
@@ -181,13 +255,15 @@ def evaluate(store: Store, run: MatrixRun) -> dict[str, Any]:
                 if vals or bad:
                     runs.append(RunPoint(run_id, vals, bad))
             v = judge(runs, RunPoint(run.id, tuple(samples), current_invalid), direction=direction,
-                      thresholds=_thresholds(spec, name))
+                      thresholds=_thresholds(spec, name), since=alarms.get((series, name)))
             entry["metrics"][name] = {
                 "status": v.status, "reason": v.reason, "direction": direction, "samples": samples,
                 "before": v.before, "after": v.after, "change_pct": v.change_pct,
                 "ci_pct": list(v.ci_pct) if v.ci_pct else None, "p_value": v.p_value, "kind": v.kind,
                 "first_run": v.first_run, "baseline_runs": list(v.baseline_runs),
             }
+            if v.alarm:
+                entry["metrics"][name]["changes"] = _changes(past, v.baseline_runs, records)
             worst = _worse(worst, v.status)
         entry["verdict"] = worst
         totals[worst] += 1
@@ -214,6 +290,44 @@ def _environment(records: list[dict[str, Any]]) -> dict[str, Any]:
     return {"hosts": sorted({(r.get("target") or {}).get("host") for r in records} - {None}),
             "tool": tool.get("name"), "tool_version": tool.get("version"),
             "environment": first.get("environment") or {}}
+
+
+def _changes(past: dict[str, list[Result]], baseline: tuple[str, ...], now: list[dict[str, Any]]) -> list[str]:
+    """What differs between the newest baseline run and tonight: hosts, tool, model, driver,
+    any environment value (the comparison key was equal, so none of its fields)."""
+    if not baseline or baseline[-1] not in past or not now:
+        return []
+    before = [json.loads(r.record_json) for r in past[baseline[-1]]]
+    out = []
+    hosts_b = sorted({(r.get("target") or {}).get("host") or "?" for r in before})
+    hosts_a = sorted({(r.get("target") or {}).get("host") or "?" for r in now})
+    if hosts_b != hosts_a:
+        out.append(f"hosts {', '.join(hosts_b)} -> {', '.join(hosts_a)}")
+    b, a = before[0], now[0]
+    for section, field in (("tool", "version"), ("model", "sha256"), ("model", "name")):
+        vb, va = (b.get(section) or {}).get(field), (a.get(section) or {}).get(field)
+        if vb != va:
+            out.append(f"{section}.{field} {vb} -> {va}")
+    eb, ea = b.get("environment") or {}, a.get("environment") or {}
+    for k in sorted(set(eb) | set(ea)):
+        if eb.get(k) != ea.get(k) and not isinstance(eb.get(k), (dict, list)):
+            out.append(f"environment.{k} {eb.get(k)} -> {ea.get(k)}")
+    return out[:20]
+
+
+def verdict_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows a judged run leaves behind (matrix_verdicts)."""
+    now = time.time()
+    rows = []
+    for p in report["points"]:
+        for metric, m in p["metrics"].items():
+            if m.get("status") == "skipped" or "series" not in p:
+                continue
+            rows.append(dict(run=report["id"], user=report["user"], name=report["name"], point=p["index"],
+                             series=p["series"], metric=metric, status=m["status"], kind=m.get("kind"),
+                             first_run=m.get("first_run"), change_pct=m.get("change_pct"), created_at=now,
+                             data_json=json.dumps({"values": p["values"], **m})))
+    return rows
 
 
 def _key_change(store: Store, run: MatrixRun, index: int, key: str) -> str:
@@ -271,3 +385,126 @@ def junit(report: dict[str, Any]) -> str:
     suite.set("errors", str(errors))
     suite.set("skipped", str(skipped))
     return ET.tostring(suite, encoding="unicode", xml_declaration=True)
+
+
+# ---------------------------------------------------------------------- the leader's keeper
+
+
+async def keep(ctx: ApiContext, interval: float = 30.0) -> None:
+    """On the leader: judge each run as soon as its last job ends (store its verdicts, tell
+    its webhook), cancel what still waits when a run's time budget is spent, and start the
+    matrices whose schedule came (every ``interval`` seconds)."""
+    wake = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def job_ended(_job_id: str) -> None:
+        loop.call_soon_threadsafe(wake.set)
+
+    ctx.scheduler.on_job_end = job_ended
+    while True:
+        try:
+            async with asyncio.timeout(interval):
+                await wake.wait()
+            await asyncio.sleep(0.05)  # a batch of jobs ending: one look
+        except TimeoutError:
+            pass
+        wake.clear()
+        if not ctx.scheduler.leading:
+            continue
+        try:
+            await tick(ctx)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("matrix keeper")
+
+
+async def tick(ctx: ApiContext, now: float | None = None) -> None:
+    now = time.time() if now is None else now
+    store = ctx.store
+    ctx.scheduler.matrix_active = False  # before the look: a run started meanwhile sets it again
+    running = await asyncio.to_thread(store.running_matrix_runs)
+    if running:
+        ctx.scheduler.matrix_active = True
+    for run in running:
+        jobs = await asyncio.to_thread(store.matrix_jobs, run.id)
+        if run.deadline is not None and now > run.deadline:
+            waiting = [j.id for j in jobs if j.state in (JobState.PENDING.value, JobState.RETRYING.value)]
+            for job_id in waiting:
+                await ctx.scheduler.cancel(job_id)
+            if waiting:
+                log.info("matrix run %s: time budget spent; %d waiting jobs cancelled", run.id, len(waiting))
+                jobs = await asyncio.to_thread(store.matrix_jobs, run.id)
+        if progress(run, jobs)["finished"]:
+            await judge_run(ctx, run)
+    await fire_schedules(ctx, now)
+
+
+async def judge_run(ctx: ApiContext, run: MatrixRun) -> dict[str, Any]:
+    """Judge a run whose jobs all ended: store its verdicts, mark it DONE and tell its webhook,
+    once (the keeper and a reader may both come; the first write wins). Returns the report."""
+    report = await asyncio.to_thread(evaluate, ctx.store, run)
+    if await asyncio.to_thread(ctx.store.judge_matrix_run, run.id, report["summary"], verdict_rows(report)):
+        log.info("matrix run %s (%s) judged: %s", run.id, run.name, report["summary"])
+        report["state"] = "DONE"
+        await notify(json.loads(run.spec_json), report)
+    return report
+
+
+async def fire_schedules(ctx: ApiContext, now: float) -> None:
+    from croniter import croniter
+
+    store = ctx.store
+    for sched in await asyncio.to_thread(store.list_schedules, None):
+        due = float(croniter(sched.cron, now).get_prev(float))
+        if due <= sched.last_fired:
+            continue
+        # Claimed once for the latest due time: nights missed while no leader ran are one run.
+        if not await asyncio.to_thread(store.claim_schedule, sched.name, due):
+            continue
+        user = await asyncio.to_thread(store.get_user, sched.user)
+        if user is None:
+            await asyncio.to_thread(store.schedule_fired, sched.name, None, f"user {sched.user} is gone")
+            continue
+        try:
+            run, _jobs = await start_run(ctx, json.loads(sched.spec_json), json.loads(sched.uploads_json),
+                                         f"schedule {sched.name}", user, trigger="schedule")
+        except Exception as exc:  # noqa: BLE001 - said on the schedule; the next night tries again
+            log.warning("matrix schedule %s: %s", sched.name, exc)
+            await asyncio.to_thread(store.schedule_fired, sched.name, None, str(exc)[:2000])
+            continue
+        log.info("matrix schedule %s: run %s", sched.name, run.id)
+        await asyncio.to_thread(store.schedule_fired, sched.name, run.id, None)
+
+
+def slack_body(report: dict[str, Any]) -> dict[str, Any]:
+    """A Slack-compatible webhook body: a text, and blocks with each regression."""
+    s = report["summary"]
+    head = (f"fleet matrix {report['name']} run {report['id']}: {s['regression']} regression"
+            f"{'s' if s['regression'] != 1 else ''}, {s['invalid']} invalid, {s['missing']} missing")
+    lines = []
+    for p in report["points"]:
+        for metric, m in p["metrics"].items():
+            if m.get("status") == "regression":
+                label = ", ".join(f"{k}={v}" for k, v in p["values"].items())
+                lines.append(f"• {label}: {metric} {m['before']:.4g} -> {m['after']:.4g} "
+                             f"({m['change_pct']:+.1f}%, from run {m.get('first_run')})")
+    return {"text": head, "blocks": [
+        {"type": "section", "text": {"type": "mrkdwn", "text": f"*{head}*"}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(lines[:40]) or "-"}}]}
+
+
+async def notify(spec: dict[str, Any], report: dict[str, Any]) -> None:
+    """POST the webhook of a run that ended with regressions (once; a failure is logged)."""
+    url = ((spec.get("notify") or {}) or {}).get("webhook")
+    if not url or not report["summary"]["regression"]:
+        return
+    import httpx
+
+    try:
+        async with httpx.AsyncClient(timeout=10.0) as http:
+            resp = await http.post(url, json=slack_body(report))
+            if resp.status_code >= 400:
+                log.warning("matrix %s: webhook %s answered %d", report["name"], url, resp.status_code)
+    except httpx.HTTPError as exc:
+        log.warning("matrix %s: webhook %s: %s", report["name"], url, exc)

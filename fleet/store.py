@@ -31,6 +31,8 @@ from fleet.models.tables import (
     HostStatus,
     Job,
     MatrixRun,
+    MatrixSchedule,
+    MatrixVerdict,
     Result,
     SubmitKey,
     Token,
@@ -47,6 +49,7 @@ _JOBS = Job.__table__  # type: ignore[attr-defined]
 _ATTEMPTS = Attempt.__table__  # type: ignore[attr-defined]
 _RESULTS = Result.__table__  # type: ignore[attr-defined]
 _EVENTS = Event.__table__  # type: ignore[attr-defined]
+_MRUNS = MatrixRun.__table__  # type: ignore[attr-defined]
 _EVENT_COLS = ["at", "type", "user", "job_id", "attempt_id", "host", "state", "reason", "message",
                "data_json"]
 NOTIFY_CHANNEL = "fleet_events"  # PostgreSQL: every event write NOTIFYs it (fleet.events)
@@ -631,8 +634,12 @@ class Store:
         return self.blob_in_use(sha256)
 
     def blob_in_use(self, sha256: str) -> bool:
-        """Whether an unfinished job's spec refers to this content (as an input)."""
+        """Whether an unfinished job's spec or a matrix schedule refers to this content (as an
+        input: a scheduled matrix runs it again every night)."""
         with self.db.session() as s:
+            if s.exec(select(MatrixSchedule.name).where(
+                    col(MatrixSchedule.uploads_json).contains(sha256)).limit(1)).first() is not None:
+                return True
             return s.exec(select(Job.id).where(
                 col(Job.state).not_in([s.value for s in JobState if s.terminal]),
                 col(Job.spec_json).contains(sha256)).limit(1)).first() is not None
@@ -672,6 +679,87 @@ class Store:
                                         MatrixRun.__table__.c.state == "RUNNING")  # type: ignore[attr-defined]
                                  .values(state=state, ended_at=time.time()))
             return bool(moved.rowcount)
+
+    def running_matrix_runs(self) -> list[MatrixRun]:
+        with self.db.session() as s:
+            return list(s.exec(select(MatrixRun).where(MatrixRun.state == "RUNNING")).all())
+
+    def judge_matrix_run(self, run_id: str, summary: dict[str, Any], verdicts: Sequence[dict[str, Any]]) -> bool:
+        """Store a finished run's verdicts and mark it DONE, once (False: it was judged before,
+        by this replica or another)."""
+        with self.db.write() as conn:
+            moved = conn.execute(update(_MRUNS).where(_MRUNS.c.id == run_id, _MRUNS.c.state == "RUNNING")
+                                 .values(state="DONE", ended_at=time.time(), summary_json=json.dumps(summary)))
+            if not moved.rowcount:
+                return False
+            if verdicts:
+                conn.execute(insert(MatrixVerdict.__table__), list(verdicts))  # type: ignore[attr-defined]
+            return True
+
+    def last_alarms(self, user: str, name: str, before_run: str) -> dict[tuple[str, str], str]:
+        """For each (series, metric) of the matrix ``name``: the run where its latest reported
+        change (a regression or an improvement) started, among runs before ``before_run``."""
+        with self.db.session() as s:
+            q = (select(MatrixVerdict.series, MatrixVerdict.metric, MatrixVerdict.first_run, MatrixVerdict.run)
+                 .where(MatrixVerdict.user == user, MatrixVerdict.name == name,
+                        col(MatrixVerdict.run) < before_run,
+                        col(MatrixVerdict.status).in_(["regression", "improvement"]))
+                 .order_by(col(MatrixVerdict.id)))
+            out: dict[tuple[str, str], str] = {}
+            for series, metric, first, run in s.exec(q).all():
+                out[(series, metric)] = first or run
+            return out
+
+    def matrix_verdicts(self, owner: str | None, statuses: Sequence[str] | None = None,
+                        limit: int = 10000) -> list[MatrixVerdict]:
+        q = select(MatrixVerdict)
+        if owner is not None:
+            q = q.where(MatrixVerdict.user == owner)
+        if statuses:
+            q = q.where(col(MatrixVerdict.status).in_(list(statuses)))
+        with self.db.session() as s:
+            return list(s.exec(q.order_by(col(MatrixVerdict.id).desc()).limit(limit)).all())
+
+    def put_schedule(self, row: MatrixSchedule) -> None:
+        """Schedule a matrix (by name); a user's schedule of the same name is replaced, another
+        user's is refused (FleetError)."""
+        with self.db.write() as conn:
+            table = MatrixSchedule.__table__  # type: ignore[attr-defined]
+            old = conn.execute(sa_select(table.c.user).where(table.c.name == row.name)).first()
+            if old is not None and old[0] != row.user:
+                raise FleetError(f"a matrix named {row.name!r} is scheduled by another user: name yours "
+                                 "differently")
+            conn.execute(delete(table).where(table.c.name == row.name))
+            conn.execute(insert(table), row.model_dump())
+
+    def delete_schedule(self, name: str, owner: str | None) -> bool:
+        table = MatrixSchedule.__table__  # type: ignore[attr-defined]
+        q = delete(table).where(table.c.name == name)
+        if owner is not None:
+            q = q.where(table.c.user == owner)
+        with self.db.write() as conn:
+            return bool(conn.execute(q).rowcount)
+
+    def list_schedules(self, owner: str | None) -> list[MatrixSchedule]:
+        q = select(MatrixSchedule)
+        if owner is not None:
+            q = q.where(MatrixSchedule.user == owner)
+        with self.db.session() as s:
+            return list(s.exec(q.order_by(col(MatrixSchedule.name))).all())
+
+    def claim_schedule(self, name: str, fire_at: float) -> bool:
+        """Take the schedule's firing at ``fire_at`` (a cron time): True for exactly one caller,
+        and only if it has not fired at or after that time (a missed night runs once)."""
+        table = MatrixSchedule.__table__  # type: ignore[attr-defined]
+        with self.db.write() as conn:
+            moved = conn.execute(update(table).where(table.c.name == name, table.c.last_fired < fire_at)
+                                 .values(last_fired=fire_at))
+            return bool(moved.rowcount)
+
+    def schedule_fired(self, name: str, run_id: str | None, error: str | None) -> None:
+        table = MatrixSchedule.__table__  # type: ignore[attr-defined]
+        with self.db.write() as conn:
+            conn.execute(update(table).where(table.c.name == name).values(last_run=run_id, last_error=error))
 
     def matrix_results(self, run_id: str) -> list[Result]:
         with self.db.session() as s:

@@ -206,7 +206,7 @@ def published(server: Fleet) -> Any:
 # exist (tests above fuzz those bodies themselves).
 SEMANTIC = {("PUT", "/blobs/{sha256}"), ("POST", "/jobs"), ("POST", "/jobs/batch"),
             ("POST", "/results/import"),  # the text must hold what the named tool prints
-            ("POST", "/matrix/runs"),  # a matrix file's rules (axes, a job template) in a dict
+            ("POST", "/matrix/runs"), ("POST", "/matrix/schedules"),  # a matrix file's rules in a dict
             ("POST", "/hosts/probe"), ("POST", "/hosts/provision")}  # a pattern must match hosts
 # Each request runs ansible-playbook (seconds): fewer examples.
 SLOW = {("POST", "/hosts/probe"), ("POST", "/hosts/provision")}

@@ -28,9 +28,33 @@ json.dump({"tool": {"name": "mybench", "version": "1.2.0"},
 """
 
 
+class Hook:
+    """A local HTTP server that records the bodies POSTed to it (a Slack-like webhook)."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        bodies = self.bodies = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
 @pytest.mark.long
 def test_a_matrix_flags_exactly_the_point_that_got_slower_from_that_night(fleet, tmp_path):
     fleet.start()
+    hook = Hook()
     factors = tmp_path / "factors"
     factors.mkdir()
     for model in ("a", "b"):
@@ -38,7 +62,8 @@ def test_a_matrix_flags_exactly_the_point_that_got_slower_from_that_night(fleet,
     (tmp_path / "bench.py").write_text(BENCH)
     matrix = {"name": "nightly", "axes": {"model": ["a", "b"]}, "repeat": 5,
               "job": {"run": f"FACTORS={factors} python3 {tmp_path / 'bench.py'}",
-                      "resources": {"accelerator": "cpu"}}}
+                      "resources": {"accelerator": "cpu"}},
+              "notify": {"webhook": hook.url}}
     mfile = tmp_path / "nightly.yml"
     mfile.write_text(yaml.safe_dump(matrix))
 
@@ -87,6 +112,24 @@ def test_a_matrix_flags_exactly_the_point_that_got_slower_from_that_night(fleet,
     # the jobs ran at the matrix's priority, below a plain job's
     job = fleet.client.job(status["points"][0]["jobs"][0])
     assert json.loads(json.dumps(job.model_dump()))["priority"] == 300
+    # the webhook heard of the regression night only, with the regression in its body
+    assert len(hook.bodies) == 1 and "1 regression" in hook.bodies[0]["text"]
+    assert "model=b: latency_ms" in json.dumps(hook.bodies[0]["blocks"])
+
+    open_ = fleet.cli_json("regressions")
+    assert [(r["point"], r["metric"], r["first_run"]) for r in open_] == [({"model": "b"}, "latency_ms", runs[3])]
+    assert 7 < open_[0]["change_pct"] < 13 and open_[0]["ci_pct"][0] > 0
+    # the next night b is as slow: the change was reported, it is the new baseline, not news
+    fifth = json.loads(fleet.cli("matrix", "run", str(mfile), "--wait", "--json").stdout)
+    v5 = {p["values"]["model"]: p for p in fifth["points"]}
+    assert v5["b"]["metrics"]["latency_ms"]["status"] in ("unchanged", "not_enough_samples")
+    assert v5["b"]["metrics"]["latency_ms"]["baseline_runs"] in ([runs[3]], [])
+    assert fleet.cli_json("regressions")[0]["first_run"] == runs[3]
+    # fixed: the night after, an improvement closes it
+    (factors / "b").write_text("1.0")
+    fleet.cli("matrix", "run", str(mfile), "--wait", "--json", check=False)
+    assert fleet.cli_json("regressions") == []
+    assert len(hook.bodies) == 1
 
 
 def test_a_bad_matrix_file_names_the_field_and_nothing_is_queued(fleet, tmp_path):
@@ -147,3 +190,73 @@ def test_a_users_matrix_runs_and_their_history_are_theirs(fleet, tmp_path, share
     assert any(n.startswith("new series") for n in report["points"][0]["notes"])  # not alice's
     for c in (alice, bob):
         c.close()
+
+
+def _until(what, check, timeout: float = 60.0):
+    """Wait for ``check()`` to return something true (the server acts on its own clock)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}: {check()!r}")
+        time.sleep(0.1)
+
+
+def test_a_schedule_runs_a_missed_night_once_and_unschedule_stops_it(fleet, tmp_path):
+    import sqlite3
+    import time
+
+    fleet.start(config={"matrix_interval": 0.2})
+    m = {"name": "sched", "axes": {"model": ["a"]}, "repeat": 2, "schedule": "0 2 * * *",
+         "job": {"run": "true"}}
+    mfile = tmp_path / "sched.yml"
+    mfile.write_text(yaml.safe_dump(m))
+    out = fleet.cli_json("matrix", "schedule", str(mfile))
+    assert out["name"] == "sched" and out["cron"] == "0 2 * * *" and out["next"]
+    time.sleep(0.5)  # a few of the keeper's looks: a schedule made now waits for its next time
+    assert fleet.cli_json("matrix", "list") == []
+    # the controller was down for three nights: last fired four days ago
+    db = sqlite3.connect(fleet.home / "fleet.db")
+    db.execute("UPDATE matrix_schedules SET last_fired = ?", (time.time() - 4 * 86400,))
+    db.commit()
+    runs = _until("the scheduled run", lambda: fleet.cli_json("matrix", "list"))
+    assert len(runs) == 1 and runs[0]["trigger"] == "schedule"
+    _until("its end", lambda: fleet.cli_json("matrix", "status", runs[0]["id"])["state"] == "DONE")
+    assert len(fleet.cli_json("matrix", "list")) == 1  # once, not three times
+    (row,) = fleet.cli_json("matrix", "schedules")
+    assert row["last_run"] == runs[0]["id"] and row["last_error"] is None
+    fleet.cli("matrix", "unschedule", "sched")
+    assert fleet.cli_json("matrix", "schedules") == []
+    proc = fleet.cli("matrix", "unschedule", "sched", check=False)
+    assert proc.returncode != 0 and "no matrix schedule named 'sched'" in proc.stderr
+    # a matrix without schedule: is refused by schedule, naming the key
+    del m["schedule"]
+    mfile.write_text(yaml.safe_dump(m))
+    proc = fleet.cli("matrix", "schedule", str(mfile), check=False)
+    assert proc.returncode != 0 and "schedule: is required" in proc.stderr
+
+
+def test_a_spent_time_budget_cancels_what_still_waits(fleet, tmp_path):
+    fleet.start(config={"matrix_interval": 0.2})
+    gate = tmp_path / "gate"
+    m = {"name": "budget", "axes": {"model": ["a"]}, "repeat": 2, "budget": "1s", "steps": [
+        {"name": "prep", "run": f"while [ ! -e {gate} ]; do sleep 0.05; done"},
+        {"name": "bench", "run": "true"}]}
+    mfile = tmp_path / "budget.yml"
+    mfile.write_text(yaml.safe_dump(m))
+    run_id = fleet.cli("matrix", "run", str(mfile)).stdout.strip()
+    # the benches never start: one is cancelled, the chain then stops the other (the step it
+    # belongs with did not run); the prep that runs goes on
+    status = _until("the benches ended", lambda: (
+        s := fleet.cli_json("matrix", "status", run_id))["points"][0]["job_states"].get("PENDING") is None and s)
+    assert status["points"][0]["job_states"] in ({"CANCELLED": 2, "RUNNING": 1},
+                                                 {"CANCELLED": 1, "FAILED": 1, "RUNNING": 1})
+    gate.touch()
+    _until("the run judged", lambda: fleet.cli_json("matrix", "status", run_id)["state"] == "DONE")
+    report = json.loads(fleet.cli("matrix", "report", run_id).stdout)
+    assert report["summary"]["missing"] == 1 and report["points"][0]["verdict"] == "missing"
+    assert "CANCELLED" in report["points"][0]["notes"][0]

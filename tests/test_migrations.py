@@ -32,7 +32,7 @@ DUMP = Path(__file__).parent / "data" / "fleet-3c93149.sql"
 # The bootstrap token of the dump's admin (root), as fleet 0.1.0 wrote it to $FLEET_HOME/token.
 ROOT_TOKEN = "flt_5YfsByXDV1clWZMqZekqPFoSdwkIvSOGQ8oNpfT22no"
 TABLES = {"users", "tokens", "jobs", "attempts", "results", "hosts", "leases", "artifacts", "uploads",
-          "submit_keys", "events", "matrix_runs"}
+          "submit_keys", "events", "matrix_runs", "matrix_verdicts", "matrix_schedules"}
 
 
 @pytest.fixture

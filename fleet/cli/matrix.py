@@ -138,3 +138,82 @@ def matrix_report(obj: Ctx, run_id: str, fmt: str, output: Path | None) -> None:
         click.echo(f"wrote {output} ({len(text) + 1} bytes)", err=True)
     else:
         click.echo(text)
+
+
+@matrix.command("schedule")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@handle_errors
+def matrix_schedule(obj: Ctx, file: Path, as_json: bool) -> None:
+    """Run the matrix in FILE on its schedule: (cron, UTC), on the server's leader. A night
+    missed while the server was down runs once when it is back."""
+    from fleet.client import calls
+    from fleet.client.specs import matrix_uploads, read_matrix
+
+    data, spec = read_matrix(file)
+    if not spec.schedule:
+        raise FleetError(f"{file}: schedule: is required to schedule a matrix (cron, e.g. '0 2 * * *')")
+    client = obj.client
+    uploads = matrix_uploads(client.upload, spec, file.parent)
+    out = client.call(calls.matrix_schedule(data, uploads, str(file)))
+    click.echo(json.dumps(out, indent=2) if as_json else
+               f"{out['name']}: scheduled '{out['cron']}' (UTC); next run {out['next']}")
+
+
+@matrix.command("unschedule")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@handle_errors
+def matrix_unschedule(obj: Ctx, name: str, as_json: bool) -> None:
+    """Stop running the matrix NAME on its schedule (its runs and verdicts stay)."""
+    from fleet.client import calls
+
+    out = obj.client.call(calls.matrix_unschedule(name))
+    click.echo(json.dumps(out, indent=2) if as_json else f"{name}: unscheduled")
+
+
+@matrix.command("schedules")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@handle_errors
+def matrix_schedules(obj: Ctx, as_json: bool) -> None:
+    """Scheduled matrices: cron, next run, last run and its error if it could not start."""
+    from fleet.client import calls
+
+    rows = obj.client.call(calls.matrix_schedules())
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no scheduled matrices")
+    for r in rows:
+        err = f"  last error: {r['last_error']}" if r.get("last_error") else ""
+        click.echo(f"{r['name']}  '{r['cron']}'  next {r['next']}  last run {r.get('last_run') or '-'}"
+                   f"  ({r['user']}){err}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@handle_errors
+def regressions(obj: Ctx, as_json: bool) -> None:
+    """Open regressions of benchmark matrices, newest first."""
+    from fleet.client import calls
+
+    rows = obj.client.call(calls.regressions())
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no open regressions")
+    for r in rows:
+        label = ", ".join(f"{k}={v}" for k, v in r["point"].items())
+        ci = r.get("ci_pct")
+        conf = f" (95% CI {ci[0]:+.1f}..{ci[1]:+.1f}%, p={r['p_value']:.2g})" if ci and r.get("p_value") is not None else ""
+        click.echo(f"{r['matrix']} [{label}] {r['metric']}: {r['before']:.4g} -> {r['after']:.4g} "
+                   f"{r['change_pct']:+.1f}%{conf}, {r.get('kind') or 'step'} from run {r['first_run']} "
+                   f"(found by {r['detected_run']})")
+        for c in r.get("changes") or []:
+            click.echo(f"    changed: {c}")

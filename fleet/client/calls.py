@@ -316,3 +316,19 @@ def matrix_status(run_id: str) -> Call[dict[str, Any]]:
 def matrix_report(run_id: str, fmt: str = "json") -> Call[str]:
     return Call("GET", f"/matrix/runs/{q(run_id)}/report", lambda r: r.text, {"format": fmt},
                 timeout=httpx.Timeout(600.0, connect=10.0))
+
+
+def matrix_schedule(matrix: dict[str, Any], uploads: dict[str, Any], source: str | None) -> Call[dict[str, Any]]:
+    return Call("POST", "/matrix/schedules", _json, json={"matrix": matrix, "uploads": uploads, "source": source})
+
+
+def matrix_schedules() -> Call[list[dict[str, Any]]]:
+    return Call("GET", "/matrix/schedules", lambda r: list(r.json()))
+
+
+def matrix_unschedule(name: str) -> Call[dict[str, Any]]:
+    return Call("DELETE", f"/matrix/schedules/{q(name)}", _json)
+
+
+def regressions() -> Call[list[dict[str, Any]]]:
+    return Call("GET", "/regressions", lambda r: list(r.json()))

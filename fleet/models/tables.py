@@ -140,6 +140,46 @@ class MatrixRun(SQLModel, table=True):
     created_at: float
     ended_at: float | None = None
     deadline: float | None = None  # its time budget's end: jobs still waiting then are cancelled
+    summary_json: str | None = Field(default=None, sa_column=Column(Text),
+                                     description="its verdict counts, once judged")
+
+
+class MatrixVerdict(SQLModel, table=True):
+    """The verdict on one metric of one point of a judged run: the series' memory (the last
+    reported change starts the next baseline) and what ``fleet regressions`` lists."""
+
+    __tablename__ = "matrix_verdicts"
+    __table_args__ = (Index("ix_matrix_verdicts_series", "user", "name", "series", "metric", "id"),
+                      Index("ix_matrix_verdicts_user_status", "user", "status", "id"))
+    id: int | None = Field(default=None, primary_key=True)
+    run: str = Field(index=True)
+    user: str
+    name: str  # the matrix
+    point: int
+    series: str  # hash of the point's axis values and its comparison key
+    metric: str
+    status: str  # regression, improvement, unchanged, invalid, not_enough_samples
+    kind: str | None = None  # step | drift
+    first_run: str | None = None
+    change_pct: float | None = None
+    created_at: float
+    data_json: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class MatrixSchedule(SQLModel, table=True):
+    """A matrix run by the leader on its cron schedule. ``last_fired``: the schedule time of
+    the last run it made (a night missed while the controller was down runs once, not N times)."""
+
+    __tablename__ = "matrix_schedules"
+    name: str = Field(primary_key=True)
+    user: str
+    cron: str
+    spec_json: str = Field(sa_column=Column(Text, nullable=False))
+    uploads_json: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: float
+    last_fired: float
+    last_run: str | None = None
+    last_error: str | None = Field(default=None, sa_column=Column(Text))
 
 
 class Artifact(SQLModel, table=True):

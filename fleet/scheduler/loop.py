@@ -116,6 +116,9 @@ class Scheduler:
         # Called before every write that only a leader may make; with HA it ends the process
         # if the leader lease ran out (a leader that was frozen must not act when it wakes).
         self.fence: Callable[[], None] = lambda: None
+        # Told of every job that ended (fleet.matrix's keeper judges a run whose jobs all ended).
+        self.on_job_end: Callable[[str], None] = lambda job_id: None
+        self.matrix_active = True  # a matrix run may be running: tell on_job_end (else skip it)
         self.queues: dict[str, ClassQueue] = {}
         self.pending: dict[str, QueuedJob] = {}
         self.running_by_user: Counter[str] = Counter()
@@ -521,6 +524,8 @@ class Scheduler:
         if event is not None:
             event.set()
         self.chains.dependents_of(job_id)
+        if self.matrix_active:
+            self.on_job_end(job_id)
 
     # ------------------------------------------------------------------ operators
 

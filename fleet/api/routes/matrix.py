@@ -8,19 +8,16 @@ import json
 import time
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from fleet.api.auth import UserDep
 from fleet.api.context import LEADER, ApiContext, CtxDep
 from fleet.api.schemas import iso
-from fleet.api.submit import validate_jobs
-from fleet.errors import SpecError
-from fleet.ids import new_id
-from fleet.matrix import evaluate, junit, progress
-from fleet.models.matrix import expand, point_label, point_specs, validate_matrix
-from fleet.models.tables import MatrixRun, User
+from fleet.errors import NotFound, SpecError
+from fleet.matrix import evaluate, judge_run, junit, prepare_run, progress, start_run
+from fleet.models.tables import MatrixRun, MatrixSchedule, MatrixVerdict, User
 
 router = APIRouter(tags=["matrix"])
 
@@ -55,61 +52,19 @@ def _out(run: MatrixRun, prog: dict[str, Any]) -> MatrixRunOut:
                         progress=prog["counts"], jobs=prog["jobs"])
 
 
-def _refresh(ctx: ApiContext, run: MatrixRun) -> tuple[MatrixRun, dict[str, Any]]:
-    """The run with its progress; a run all of whose jobs ended becomes DONE."""
-    prog = progress(run, ctx.store.matrix_jobs(run.id))
+async def _refresh(ctx: ApiContext, run: MatrixRun) -> tuple[MatrixRun, dict[str, Any]]:
+    """The run with its progress; a run all of whose jobs ended is judged now (once)."""
+    prog = progress(run, await asyncio.to_thread(ctx.store.matrix_jobs, run.id))
     if run.state == "RUNNING" and prog["finished"]:
-        ctx.store.end_matrix_run(run.id, "DONE")
-        run = ctx.store.get_matrix_run(run.id)
+        await judge_run(ctx, run)
+        run = await asyncio.to_thread(ctx.store.get_matrix_run, run.id)
     return run, prog
-
-
-def _prepare(ctx: ApiContext, body: MatrixRunIn, user: User) -> tuple[MatrixRun, Any]:
-    """Check the matrix and every job it becomes (blocking; a worker thread)."""
-    spec = validate_matrix(body.matrix, body.source)
-    points = expand(spec)
-    bodies: list[dict[str, Any]] = []
-    samples: list[tuple[int, int | None]] = []
-    where: list[str] = []
-    for i, point in enumerate(points):
-        try:
-            made = point_specs(spec, point, i, body.uploads)
-        except SpecError as exc:
-            raise SpecError([(f"points[{i}] ({point_label(point)}).{f}", m) for f, m in exc.errors],
-                            body.source) from None
-        for job_body, repeats in made:
-            bodies.append(job_body)
-            where.append(f"points[{i}] ({point_label(point)})")
-            samples.extend((i, r) for r in repeats)
-    try:
-        checked = validate_jobs(ctx, bodies, user, None)
-    except SpecError as exc:
-        errors = []
-        for field, problem in exc.errors:
-            head, _, rest = field.partition(".")
-            if head.startswith("jobs[") and head.endswith("]"):
-                field = where[int(head[5:-1])] + (f".{rest}" if rest else "")
-            elif len(bodies) == 1:
-                field = where[0] + (f".{field}" if field else "")
-            if (field, problem) not in errors:  # N repeats of a point say it once
-                errors.append((field, problem))
-        raise SpecError(errors, body.source) from None
-    assert not isinstance(checked, list)
-    now = time.time()
-    run = MatrixRun(id=new_id("m"), name=spec.name, user=user.name,
-                    spec_json=json.dumps(spec.model_dump(mode="json")), points_json=json.dumps(points),
-                    trigger="manual", state="RUNNING", created_at=now,
-                    deadline=now + spec.budget if spec.budget else None)
-    return run, (checked, samples)
 
 
 @router.post("/matrix/runs", status_code=201, dependencies=LEADER,
              responses={422: {"description": "invalid matrix (the field is named)"}})
 async def run_matrix(body: MatrixRunIn, user: UserDep, ctx: CtxDep) -> MatrixRunOut:
-    run, ((accepted, links), samples) = await asyncio.to_thread(_prepare, ctx, body, user)
-    jobs = ctx.store.create_jobs(accepted, user.name, links, run=run, samples=samples)
-    for job, (spec, _key) in zip(jobs, accepted, strict=True):
-        ctx.scheduler.submit(job, spec)
+    run, jobs = await start_run(ctx, body.matrix, body.uploads, body.source, user)
     return _out(run, progress(run, jobs))
 
 
@@ -118,24 +73,115 @@ def _visible(ctx: ApiContext, run_id: str, user: User) -> MatrixRun:
 
 
 @router.get("/matrix/runs")
-def list_runs(user: UserDep, ctx: CtxDep, name: Annotated[str | None, Query(max_length=128)] = None,
-              limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[MatrixRunOut]:
-    runs = ctx.store.list_matrix_runs(None if user.is_admin else user.name, name, limit)
-    return [_out(*_refresh(ctx, r)) for r in runs]
+async def list_runs(user: UserDep, ctx: CtxDep, name: Annotated[str | None, Query(max_length=128)] = None,
+                    limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[MatrixRunOut]:
+    runs = await asyncio.to_thread(ctx.store.list_matrix_runs, None if user.is_admin else user.name,
+                                   name, limit)
+    return [_out(*(await _refresh(ctx, r))) for r in runs]
 
 
 @router.get("/matrix/runs/{run_id}")
-def get_run(run_id: str, user: UserDep, ctx: CtxDep) -> MatrixRunDetail:
-    run, prog = _refresh(ctx, _visible(ctx, run_id, user))
+async def get_run(run_id: str, user: UserDep, ctx: CtxDep) -> MatrixRunDetail:
+    run, prog = await _refresh(ctx, await asyncio.to_thread(_visible, ctx, run_id, user))
     return MatrixRunDetail(**_out(run, prog).model_dump(), points=prog["points"])
 
 
 @router.get("/matrix/runs/{run_id}/report", responses={200: {"content": {
     "application/json": {}, "application/xml": {}}}})
-def report(run_id: str, user: UserDep, ctx: CtxDep,
-           format: Literal["json", "junit"] = "json") -> Response:
-    run, _prog = _refresh(ctx, _visible(ctx, run_id, user))
-    data = evaluate(ctx.store, run)
+async def report(run_id: str, user: UserDep, ctx: CtxDep,
+                 format: Literal["json", "junit"] = "json") -> Response:
+    run, _prog = await _refresh(ctx, await asyncio.to_thread(_visible, ctx, run_id, user))
+    data = await asyncio.to_thread(evaluate, ctx.store, run)
     if format == "junit":
         return Response(junit(data), media_type="application/xml")
     return Response(json.dumps(data), media_type="application/json")
+
+
+class ScheduleOut(BaseModel):
+    name: str
+    user: str
+    cron: str
+    next: str | None = Field(description="when it runs next (UTC)")
+    last_fired: str | None
+    last_run: str | None
+    last_error: str | None
+
+
+def _schedule_out(row: MatrixSchedule) -> ScheduleOut:
+    from croniter import croniter
+
+    return ScheduleOut(name=row.name, user=row.user, cron=row.cron,
+                       next=iso(float(croniter(row.cron, time.time()).get_next(float))),
+                       last_fired=iso(row.last_fired), last_run=row.last_run, last_error=row.last_error)
+
+
+@router.post("/matrix/schedules", status_code=201,
+             responses={422: {"description": "invalid matrix, or one without schedule:"}})
+async def schedule_matrix(body: MatrixRunIn, user: UserDep, ctx: CtxDep) -> ScheduleOut:
+    """Run this matrix on its ``schedule`` (cron, UTC), on the leader. Every job it makes is
+    checked now; the inputs it names stay kept while it is scheduled."""
+    from croniter import croniter
+
+    run, _checked, _samples = await asyncio.to_thread(prepare_run, ctx, body.matrix, body.uploads,
+                                                      body.source, user, "schedule")
+    spec = json.loads(run.spec_json)
+    if not spec.get("schedule"):
+        raise SpecError([("schedule", "required to schedule a matrix (cron, e.g. '0 2 * * *'); "
+                                      "fleet matrix run runs it once now")], body.source)
+    now = time.time()
+    row = MatrixSchedule(name=run.name, user=user.name, cron=spec["schedule"], spec_json=json.dumps(body.matrix),
+                         uploads_json=json.dumps(body.uploads), created_at=now,
+                         # from now on: a schedule made today does not run for last night
+                         last_fired=float(croniter(spec["schedule"], now).get_prev(float)))
+    await asyncio.to_thread(ctx.store.put_schedule, row)
+    return _schedule_out(row)
+
+
+@router.get("/matrix/schedules")
+def list_schedules(user: UserDep, ctx: CtxDep) -> list[ScheduleOut]:
+    return [_schedule_out(r) for r in ctx.store.list_schedules(None if user.is_admin else user.name)]
+
+
+@router.delete("/matrix/schedules/{name}")
+def unschedule(name: Annotated[str, Path(max_length=128)], user: UserDep, ctx: CtxDep) -> dict[str, str]:
+    if not ctx.store.delete_schedule(name, None if user.is_admin else user.name):
+        raise NotFound(f"no matrix schedule named {name!r}")
+    return {"name": name, "state": "unscheduled"}
+
+
+class RegressionOut(BaseModel):
+    matrix: str
+    user: str
+    point: dict[str, Any]
+    metric: str
+    kind: str | None
+    before: float | None
+    after: float | None
+    change_pct: float | None
+    ci_pct: list[float] | None
+    p_value: float | None
+    first_run: str | None = Field(description="the run where it started")
+    detected_run: str = Field(description="the run whose verdict found it")
+    detected_at: str | None
+    changes: list[str] = Field(description="what differs between the last good run and that one")
+    reason: str
+
+
+@router.get("/regressions")
+def regressions(user: UserDep, ctx: CtxDep) -> list[RegressionOut]:
+    """Open regressions, newest first: the latest reported change of a series' metric is a
+    regression (an improvement since closes it)."""
+    latest: dict[tuple[str, str, str, str], MatrixVerdict] = {}
+    for v in ctx.store.matrix_verdicts(None if user.is_admin else user.name, ["regression", "improvement"]):
+        latest.setdefault((v.user, v.name, v.series, v.metric), v)  # newest first
+    out = []
+    for v in sorted(latest.values(), key=lambda v: v.id or 0, reverse=True):
+        if v.status != "regression":
+            continue
+        d = json.loads(v.data_json)
+        out.append(RegressionOut(matrix=v.name, user=v.user, point=d.get("values") or {}, metric=v.metric,
+                                 kind=v.kind, before=d.get("before"), after=d.get("after"),
+                                 change_pct=v.change_pct, ci_pct=d.get("ci_pct"), p_value=d.get("p_value"),
+                                 first_run=v.first_run, detected_run=v.run, detected_at=iso(v.created_at),
+                                 changes=d.get("changes") or [], reason=d.get("reason") or ""))
+    return out

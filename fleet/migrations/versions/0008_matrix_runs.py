@@ -1,4 +1,4 @@
-"""matrix runs; results: comparison key columns
+"""matrix runs, their verdicts and schedules; results: comparison key columns
 
 Revision ID: 0008
 Revises: 0007
@@ -29,8 +29,42 @@ def upgrade() -> None:
     sa.Column('created_at', sa.Float(), nullable=False),
     sa.Column('ended_at', sa.Float(), nullable=True),
     sa.Column('deadline', sa.Float(), nullable=True),
+    sa.Column('summary_json', sa.Text(), nullable=True),
     sa.PrimaryKeyConstraint('id')
     )
+    op.create_table('matrix_schedules',
+    sa.Column('name', sa.String(), nullable=False),
+    sa.Column('user', sa.String(), nullable=False),
+    sa.Column('cron', sa.String(), nullable=False),
+    sa.Column('spec_json', sa.Text(), nullable=False),
+    sa.Column('uploads_json', sa.Text(), nullable=False),
+    sa.Column('created_at', sa.Float(), nullable=False),
+    sa.Column('last_fired', sa.Float(), nullable=False),
+    sa.Column('last_run', sa.String(), nullable=True),
+    sa.Column('last_error', sa.Text(), nullable=True),
+    sa.PrimaryKeyConstraint('name')
+    )
+    op.create_table('matrix_verdicts',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('run', sa.String(), nullable=False),
+    sa.Column('user', sa.String(), nullable=False),
+    sa.Column('name', sa.String(), nullable=False),
+    sa.Column('point', sa.Integer(), nullable=False),
+    sa.Column('series', sa.String(), nullable=False),
+    sa.Column('metric', sa.String(), nullable=False),
+    sa.Column('status', sa.String(), nullable=False),
+    sa.Column('kind', sa.String(), nullable=True),
+    sa.Column('first_run', sa.String(), nullable=True),
+    sa.Column('change_pct', sa.Float(), nullable=True),
+    sa.Column('created_at', sa.Float(), nullable=False),
+    sa.Column('data_json', sa.Text(), nullable=False),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('matrix_verdicts', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_matrix_verdicts_run'), ['run'], unique=False)
+        batch_op.create_index('ix_matrix_verdicts_series', ['user', 'name', 'series', 'metric', 'id'], unique=False)
+        batch_op.create_index('ix_matrix_verdicts_user_status', ['user', 'status', 'id'], unique=False)
+
     with op.batch_alter_table('matrix_runs', schema=None) as batch_op:
         batch_op.create_index('ix_matrix_runs_name_id', ['name', 'id'], unique=False)
         batch_op.create_index('ix_matrix_runs_user_id', ['user', 'id'], unique=False)
@@ -108,3 +142,9 @@ def downgrade() -> None:
         batch_op.drop_index('ix_matrix_runs_name_id')
 
     op.drop_table('matrix_runs')
+    with op.batch_alter_table('matrix_verdicts', schema=None) as batch_op:
+        batch_op.drop_index('ix_matrix_verdicts_user_status')
+        batch_op.drop_index('ix_matrix_verdicts_series')
+        batch_op.drop_index(batch_op.f('ix_matrix_verdicts_run'))
+    op.drop_table('matrix_verdicts')
+    op.drop_table('matrix_schedules')
