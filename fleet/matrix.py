@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import statistics
 import time
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
@@ -264,6 +265,8 @@ def evaluate(store: Store, run: MatrixRun) -> dict[str, Any]:
             }
             if v.alarm:
                 entry["metrics"][name]["changes"] = _changes(past, v.baseline_runs, records)
+            entry["metrics"][name].update(_series(runs, RunPoint(run.id, tuple(samples), current_invalid),
+                                                  v.baseline_runs, _thresholds(spec, name)))
             worst = _worse(worst, v.status)
         entry["verdict"] = worst
         totals[worst] += 1
@@ -290,6 +293,25 @@ def _environment(records: list[dict[str, Any]]) -> dict[str, Any]:
     return {"hosts": sorted({(r.get("target") or {}).get("host") for r in records} - {None}),
             "tool": tool.get("name"), "tool_version": tool.get("version"),
             "environment": first.get("environment") or {}}
+
+
+def _series(runs: list[Any], current: Any, baseline: tuple[str, ...], thresholds: Any,
+            keep: int = 60) -> dict[str, Any]:
+    """What a report plots: the series' runs (median and samples; invalid ones marked, with
+    why), where its level changed, and the baseline's band (5th-95th percentile of its samples)."""
+    from fleet.regress import change_points, run_problems
+
+    points = [*runs[-(keep - 1):], current]
+    problems = {p.run: run_problems(p, thresholds) for p in points}
+    valid = [p for p in points if p.samples and not problems[p.run]]
+    medians = [statistics.median(p.samples) for p in valid]
+    band = sorted(s for p in runs if p.run in baseline for s in p.samples)
+    return {
+        "series": [{"run": p.run, "median": statistics.median(p.samples) if p.samples else None,
+                    "samples": list(p.samples), "invalid": problems[p.run]} for p in points],
+        "change_points": [valid[i].run for i in change_points(medians)],
+        "baseline_band": [band[int(0.05 * (len(band) - 1))], band[int(0.95 * (len(band) - 1))]] if band else None,
+    }
 
 
 def _changes(past: dict[str, list[Result]], baseline: tuple[str, ...], now: list[dict[str, Any]]) -> list[str]:
@@ -487,8 +509,9 @@ def slack_body(report: dict[str, Any]) -> dict[str, Any]:
         for metric, m in p["metrics"].items():
             if m.get("status") == "regression":
                 label = ", ".join(f"{k}={v}" for k, v in p["values"].items())
+                change = f"{m['change_pct']:+.1f}%" if m.get("change_pct") is not None else "from 0"
                 lines.append(f"• {label}: {metric} {m['before']:.4g} -> {m['after']:.4g} "
-                             f"({m['change_pct']:+.1f}%, from run {m.get('first_run')})")
+                             f"({change}, from run {m.get('first_run')})")
     return {"text": head, "blocks": [
         {"type": "section", "text": {"type": "mrkdwn", "text": f"*{head}*"}},
         {"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(lines[:40]) or "-"}}]}

@@ -176,7 +176,7 @@ class _Test:
     reason: str
     before: float
     after: float
-    change: float
+    change: float | None
     ci: tuple[float, float] | None
     p: float
 
@@ -191,7 +191,7 @@ def _compare(before: list[float], after: list[float], direction: Direction, t: T
 
     b, a = statistics.median(before), statistics.median(after)
     if b == 0:
-        return _Test("unchanged", "baseline median is 0: no ratio", b, a, 0.0, None, 1.0)
+        return _zero_baseline(before, after, direction, alpha)
     change = 100.0 * (a / b - 1.0)
     worse_up = direction == "lower"
     went_up = change > 0
@@ -213,6 +213,25 @@ def _compare(before: list[float], after: list[float], direction: Direction, t: T
             parts.append(f"|{change:+.1f}%| < {t.min_effect_pct:g}%")
         why = f"median {b:.4g} -> {a:.4g} ({change:+.1f}%): " + " and ".join(parts)
     return _Test(status, why, b, a, change, ci, p)
+
+
+def _zero_baseline(before: list[float], after: list[float], direction: Direction, alpha: float) -> _Test:
+    """A count that was 0 (frames dropped, errors): no ratio exists, so the rank test alone
+    decides, on the means' side (0 -> a few is news; 0 -> 0 is not)."""
+    from scipy.stats import mannwhitneyu
+
+    b, a = statistics.median(before), statistics.median(after)
+    mb, ma = statistics.fmean(before), statistics.fmean(after)
+    if mb == ma:
+        return _Test("unchanged", f"median {b:.4g} -> {a:.4g}: no change", b, a, 0.0, None, 1.0)
+    went_up = ma > mb
+    p = float(mannwhitneyu(after, before, alternative="greater" if went_up else "less").pvalue)
+    if p < alpha:
+        status: Status = "regression" if went_up == (direction == "lower") else "improvement"
+        return _Test(status, f"mean {mb:.4g} -> {ma:.4g} from a baseline median of 0 (no ratio): "
+                             f"Mann-Whitney p={p:.2g} < {alpha:g}", b, a, None, None, p)
+    return _Test("unchanged", f"mean {mb:.4g} -> {ma:.4g} from a baseline median of 0: p={p:.2g} >= "
+                              f"{alpha:g}", b, a, None, None, p)
 
 
 def _bootstrap_ci(before: list[float], after: list[float], n: int = 400) -> tuple[float, float]:

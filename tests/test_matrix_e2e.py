@@ -6,6 +6,7 @@ that point, from that night, and nothing else (JSON, JUnit, exit status)."""
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -104,6 +105,13 @@ def test_a_matrix_flags_exactly_the_point_that_got_slower_from_that_night(fleet,
     failed = [c.get("name") for c in suite.iter("testcase") if c.find("failure") is not None]
     assert failed == ["model=b"]
 
+    page = tmp_path / "report.html"
+    fleet.cli("matrix", "report", runs[3], "--format", "html", "-o", str(page))
+    text = page.read_text()
+    assert text.startswith("<!doctype html>") and text.count("<svg") == 4  # 2 points x 2 judged metrics
+    assert 'id="p1"' in text and "model=b" in text and "regression from here" in text
+    # self-contained: nothing fetched (an SVG's xmlns is a name, not a request)
+    assert re.findall(r'(?:src|href)\s*=\s*"(?!#)', text) == [] and "<script" not in text
     listed = fleet.cli_json("matrix", "list")
     assert [r["id"] for r in listed] == runs[::-1] and all(r["state"] == "DONE" for r in listed)
     status = fleet.cli_json("matrix", "status", runs[3])

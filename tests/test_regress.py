@@ -97,3 +97,12 @@ def test_change_points_mark_a_level_shift() -> None:
     med = list(np.r_[np.ones(15), 1.08 * np.ones(15)] * (1 + rng.normal(0, 0.01, 30)))
     assert change_points(med) == [15]
     assert change_points(list(1 + rng.normal(0, 0.01, 30))) == []
+
+
+def test_a_count_that_was_zero_is_judged_by_the_rank_test_alone() -> None:
+    zeros = [RunPoint(f"r{i}", (0.0,) * 5) for i in range(4)]
+    assert judge(zeros, RunPoint("same", (0.0,) * 5), direction="lower").status == "unchanged"
+    v = judge(zeros, RunPoint("drops", (3.0, 3.0, 4.0, 3.0, 3.0)), direction="lower")
+    assert v.status == "regression" and v.change_pct is None and "no ratio" in v.reason
+    one_blip = judge(zeros, RunPoint("blip", (0.0, 0.0, 0.0, 0.0, 1.0)), direction="lower")
+    assert one_blip.status == "unchanged"

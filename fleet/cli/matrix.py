@@ -127,12 +127,13 @@ def matrix_report(obj: Ctx, run_id: str, fmt: str, output: Path | None) -> None:
     """A run's verdicts: per point and metric, against the series' history."""
     from fleet.client import calls
 
-    if fmt == "html":
-        raise FleetError("--format html is not built yet (the JSON and JUnit reports are); "
-                         "see issue 12's notes")
-    text = obj.client.call(calls.matrix_report(run_id, fmt))
+    text = obj.client.call(calls.matrix_report(run_id, "junit" if fmt == "junit" else "json"))
     if fmt == "json":
         text = json.dumps(json.loads(text), indent=2)
+    elif fmt == "html":
+        from fleet import report_html  # matplotlib: only for this
+
+        text = report_html.render(json.loads(text))
     if output is not None:
         output.write_text(text + "\n")
         click.echo(f"wrote {output} ({len(text) + 1} bytes)", err=True)
@@ -212,8 +213,9 @@ def regressions(obj: Ctx, as_json: bool) -> None:
         label = ", ".join(f"{k}={v}" for k, v in r["point"].items())
         ci = r.get("ci_pct")
         conf = f" (95% CI {ci[0]:+.1f}..{ci[1]:+.1f}%, p={r['p_value']:.2g})" if ci and r.get("p_value") is not None else ""
+        change = f"{r['change_pct']:+.1f}%" if r.get("change_pct") is not None else "(from 0)"
         click.echo(f"{r['matrix']} [{label}] {r['metric']}: {r['before']:.4g} -> {r['after']:.4g} "
-                   f"{r['change_pct']:+.1f}%{conf}, {r.get('kind') or 'step'} from run {r['first_run']} "
+                   f"{change}{conf}, {r.get('kind') or 'step'} from run {r['first_run']} "
                    f"(found by {r['detected_run']})")
         for c in r.get("changes") or []:
             click.echo(f"    changed: {c}")
