@@ -111,7 +111,8 @@ def run_problems(point: RunPoint, t: Thresholds) -> list[str]:
     finite = [s for s in point.samples if math.isfinite(s)]
     if len(finite) != len(point.samples):
         problems.append("non-finite samples")
-    if len(finite) >= 2:
+    # (a count that is mostly 0, frames dropped: its CV says nothing about noise)
+    if len(finite) >= 2 and statistics.median(finite) != 0:
         mean = statistics.fmean(finite)
         if mean > 0:
             cv = 100 * statistics.stdev(finite) / mean
