@@ -34,7 +34,7 @@ log = logging.getLogger("fleet.matrix")
 TERMINAL = {JobState.SUCCEEDED.value, JobState.FAILED.value, JobState.CANCELLED.value,
             JobState.TIMED_OUT.value}
 # Counters and noise figures in a metrics section: not something to compare as a performance.
-_NOT_COMPARED = {"samples", "iterations", "cv", "cv_pct"}
+_NOT_COMPARED = {"samples", "iterations", "cv", "cv_pct", "gpu_compute_cv_pct"}
 
 
 def prepare_run(ctx: ApiContext, data: dict[str, Any], uploads: dict[str, Any], source: str | None,

@@ -213,6 +213,26 @@ def test_tegrastats_jp4_fixture_values_without_units():
     assert summary["power_w"] == {"avg": 3.14, "max": 3.14}
 
 
+def test_tegrastats_memory_swap_emc_and_clocks_reach_the_summary():
+    s = tegrastats.summarize(JP6)
+    assert s["ram_used_mb"]["max"] >= s["ram_used_mb"]["avg"] > 2000 and s["ram_total_mb"] == 7620.0
+    assert s["swap_used_mb"]["avg"] > 1000 and s["swap_total_mb"] == 3810.0
+    assert "avg" in s["emc_load_pct"] and s["gpu_freq_mhz"]["min"] <= s["gpu_freq_mhz"]["max"]
+    record = importers.parse_file("tegrastats", JP6)
+    assert record["metrics"]["ram_used_mb"] == s["ram_used_mb"]
+    assert record["environment"]["ram_total_mb"] == 7620.0
+
+
+def test_throttling_is_seen_in_clocks_that_fall_or_a_hot_sensor_but_not_a_fixed_pmic_reading():
+    steady = {"gpu_freq_mhz": {"min": 1020.0, "avg": 1020.0, "max": 1020.0}, "temps_c": {"tj": 60.0}}
+    assert tegrastats.throttling(steady, clocks_locked=True) == []
+    fell = dict(steady, gpu_freq_mhz={"min": 612.0, "avg": 900.0, "max": 1020.0})
+    assert "clock fell from 1020 to 612 MHz" in tegrastats.throttling(fell, clocks_locked=True)[0]
+    assert tegrastats.throttling(fell, clocks_locked=False) == []  # unlocked clocks may scale
+    assert "tj reached 97.5 C" in tegrastats.throttling({"temps_c": {"tj": 97.5}})[0]
+    assert tegrastats.throttling(tegrastats.summarize(JP4)) == []  # its PMIC@100C is not a temperature
+
+
 def test_tegrastats_jp7_three_values_and_two_temperatures():
     line = ("RAM 9000/125000MB (lfb 10x4MB) CPU [1%@972,2%@972] EMC_FREQ 0%@3199 "
             "GR3D_FREQ 3%@[1575,1575] cpu@52.968C/52.968C tj@55.1C/54.0C "
@@ -282,7 +302,7 @@ def test_tegrastats_nothing_to_parse():
 
 # ---------------------------------------------------------------- hailortcli
 
-BENCH_EXPECTED = {"net_name": "yolov5m_wo_spp_60p", "fps": {"hw_only": 217.973, "streaming": 217.911},
+BENCH_EXPECTED = {"net_name": "yolov5m_wo_spp_60p", "network_group": "yolov5m_wo_spp_60p", "fps": {"hw_only": 217.973, "streaming": 217.911},
                   "throughput_per_s": 217.911, "hw_latency_ms": 13.1348, "frames": 3270,
                   "frames_hw_only": 3271, "power_w": {"avg": 5.22191, "max": 5.25619}}
 
@@ -394,8 +414,31 @@ def test_hailo_parse_hef_arch_and_version():
 
 def test_hailo_run_fixture():
     assert hailo.parse_run(fixture("hailortcli-run.txt")) == {
-        "net_name": "yolov5m_wo_spp_60p", "frames": 1088, "fps": 217.34,
-        "throughput_per_s": 217.34, "send_rate_mbit_s": 2136.58, "recv_rate_mbit_s": 3759.88}
+        "net_name": "yolov5m_wo_spp_60p", "network_group": "yolov5m_wo_spp_60p", "frames": 1088,
+        "fps": 217.34, "throughput_per_s": 217.34, "send_rate_mbit_s": 2136.58,
+        "recv_rate_mbit_s": 3759.88}
+
+
+def test_a_hailo_model_is_named_by_its_network_not_an_auto_named_group():
+    auto = fixture("hailortcli-run.txt").replace("Network group: yolov5m_wo_spp_60p", "Network group: auto_group_0") \
+        .replace("Network yolov5m_wo_spp_60p/yolov5m_wo_spp_60p:", "Network auto_group_0/yolov5m_wo_spp_60p:")
+    out = hailo.parse_run(auto)
+    assert (out["net_name"], out["network_group"]) == ("yolov5m_wo_spp_60p", "auto_group_0")
+    bench = BENCH.replace("Network yolov5m_wo_spp_60p/", "Network auto_group_0/")
+    assert hailo.parse_benchmark_stdout(bench)["net_name"] == "yolov5m_wo_spp_60p"
+    csv_auto = CSV_HEADER + "\nauto_group_0,217.9,218.0,3270,3271,13.1,,,,\n"
+    parsed = hailo.parse_benchmark_csv(csv_auto)
+    assert "net_name" not in parsed and parsed["network_group"] == "auto_group_0"
+    # without a network's name anywhere, an auto-named group names nothing
+    only_group = "> Inference result:\n Network group: auto_group_1\n    Frames count: 10\n    FPS: 5.0\n"
+    assert "net_name" not in hailo.parse_run(only_group)
+
+
+def test_hailortcli_run_output_imports():
+    record = importers.parse_file("hailortcli", fixture("hailortcli-run.txt"))
+    assert record["tool"]["scenario"] == "run" and record["model"] == {"name": "yolov5m_wo_spp_60p"}
+    assert record["metrics"]["fps"] == {"streaming": 217.34} and record["metrics"]["samples"] == 1088
+    assert record["metrics"]["send_rate_mbit_s"] == 2136.58
 
 
 # ---------------------------------------------------------------- nvidia
@@ -485,6 +528,23 @@ def test_nvidia_jetson_clocks_locked():
     assert nvidia.parse_jetson_clocks(min_not_raised)["locked"] is False
 
 
+def test_trtexec_7x_blocks_with_end_to_end_and_a_throughput_of_0_that_is_no_value():
+    out = trtexec.parse_summary(fixture("trtexec-7.x-summary.txt"))
+    assert out["latency_ms"] == {"min": 1.64058, "max": 6.2915, "mean": 1.66069, "median": 1.65601,
+                                 "p99": 1.67065}
+    assert out["end_to_end_ms"] == {"min": 1.66368, "max": 7.65552, "mean": 3.00909, "median": 3.01636,
+                                    "p99": 3.03931}
+    assert out["host_walltime_s"] == 3.00461
+    assert "throughput_per_s" not in out  # "throughput: 0 qps": the trace counted nothing
+    gpu = trtexec.parse_summary(fixture("trtexec-7.x-gpu-compute.txt"))
+    assert gpu["enqueue_ms"] == {"min": 1.9541, "max": 8.28448, "median": 4.74475}
+    assert gpu["gpu_compute_ms"] == {"min": 564.432, "max": 569.332, "mean": 567.144, "median": 567.073}
+    # a line of another kind ends a block: its "min:" is not the block's
+    assert "latency_ms" not in trtexec.parse_summary("Host Latency\nSomething else\nmin: 3 ms\n")
+    # the 10.x summary is unaffected
+    assert trtexec.parse_summary(SUMMARY)["throughput_per_s"] == 130.298
+
+
 # ---------------------------------------------------------------- onnxruntime_perf_test
 
 
@@ -512,6 +572,24 @@ def test_ortperf_new_build_with_percentiles():
                                  "p50": pytest.approx(2.4), "p90": pytest.approx(3.0),
                                  "p95": pytest.approx(3.5), "p99": pytest.approx(5.0),
                                  "p999": pytest.approx(8.0)}
+
+
+def test_ortperf_2023_build_says_latency_is_x_sec():
+    out = ortperf.parse(fixture("onnxruntime_perf_test-latency-is.txt"))
+    assert out["requests"] == 1000 and out["total_inference_s"] == 58.8053
+    assert out["latency_ms"] == {"mean": 58.8053, "min": pytest.approx(55.9777), "max": pytest.approx(62.3472),
+                                 "p50": pytest.approx(58.7108), "p90": pytest.approx(59.9845),
+                                 "p95": pytest.approx(60.5676), "p99": pytest.approx(61.9517),
+                                 "p999": pytest.approx(62.3472)}
+    assert out["throughput_per_s"] == pytest.approx(1000 / 58.8102)
+
+
+def test_ortperf_2025_build_average_total_and_cpu_usage_twice():
+    out = ortperf.parse(fixture("onnxruntime_perf_test-new.txt"))
+    assert out["latency_ms"]["mean"] == 98.961997 and out["latency_ms"]["p50"] == pytest.approx(99.5086)
+    assert out["cpu_usage_pct"] == 11.0 and out["peak_working_set_bytes"] == 271122432
+    assert out["requests"] == 5 and out["first_inference_ms"] == 196.0
+    assert out["throughput_per_s"] == pytest.approx(5 / 0.494854)
 
 
 # ---------------------------------------------------------------- importers

@@ -128,3 +128,21 @@ def test_percentile_matches_linear_interpolation():
 def test_device_code_parses_as_python_38():
     for path in (REPO / "runners").rglob("*.py"):
         ast.parse(path.read_text(), filename=str(path), feature_version=(3, 8))
+
+
+def test_a_noisy_run_is_marked_invalid_saying_why(tmp_path):
+    # the record of a real run whose limits no run can meet: invalid, with the reason, and the
+    # threads and graph optimisation level it ran with
+    proc, result, error, _ = run_job(tmp_path, {"warmup": 1, "iterations": 20, "max_cv_pct": 1e-9,
+                                                "inter_threads": 1, "graph_optimization": "basic"})
+    assert proc.returncode == 0 and error is None, proc.stdout + proc.stderr
+    assert any("coefficient of variation" in r for r in result["invalid_reasons"])
+    assert "INVALID" in proc.stdout
+    assert result["tool"]["inter_threads"] == 1 and result["tool"]["graph_optimization"] == "basic"
+    assert result["metrics"]["cv_pct"] == pytest.approx(100 * result["metrics"]["cv"])
+    # the case the issue names: a mean 5x the median (a few very slow iterations) was "ok"
+    stats = {"min": 1.0, "mean": 5.0, "median": 1.0, "p90": 1.1, "p95": 1.2, "p99": 40.0, "max": 400.0}
+    reasons = ort_runner.noisy(stats, 0.3, dict(ort_runner.DEFAULTS))
+    assert reasons == ["too noisy: mean 5 ms is 5.0x the median 1 ms (params.max_mean_over_median 1.5)"]
+    quiet = dict(stats, mean=1.02, p99=1.3, max=1.4)
+    assert ort_runner.noisy(quiet, 0.05, dict(ort_runner.DEFAULTS)) == []

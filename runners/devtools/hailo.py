@@ -66,6 +66,24 @@ def clean(text):
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
+_AUTO_GROUP = re.compile(r"^auto_group_\d+$")
+
+
+def network_names(name):
+    """``group/network`` (a progress line) -> (network, group). A network group that the
+    compiler named itself (``auto_group_0``) is no model's name: the network's is."""
+    group, _, network = name.rpartition("/")
+    return network, (group or None)
+
+
+def model_name(network, group=None):
+    """The name a result should carry: the network's; the group's only if it was named."""
+    for name in (network, group):
+        if name and not _AUTO_GROUP.match(name):
+            return name
+    return None
+
+
 def _lines(text):
     return [line.strip() for line in clean(text).split("\n")]
 
@@ -85,7 +103,11 @@ def parse_benchmark_stdout(text):
                 mode = name
         progress = _PROGRESS.search(line)
         if progress:
-            out.setdefault("net_name", progress.group(1).split("/")[0])
+            network, group = network_names(progress.group(1))
+            if model_name(network, group):
+                out.setdefault("net_name", model_name(network, group))
+            if group:
+                out.setdefault("network_group", group)
             if mode:
                 frames[mode] = int(progress.group(3))
             continue
@@ -137,7 +159,11 @@ def parse_benchmark_csv(text):
     row = {(k or "").strip(): v for k, v in rows[0].items()}
     out = {}
     if row.get("net_name"):
-        out["net_name"] = row["net_name"].strip()
+        network, group = network_names(row["net_name"].strip())
+        if model_name(network, group):
+            out["net_name"] = model_name(network, group)
+        else:
+            out["network_group"] = row["net_name"].strip()
     fps = {}
     for key, column in (("streaming", "fps"), ("hw_only", "hw_only_fps")):
         value = _csv_number(row, column)
@@ -167,7 +193,7 @@ def parse_benchmark_csv(text):
 def parse_run(text):
     """``hailortcli run`` results: net_name, frames, fps, send/recv rates, latencies."""
     patterns = (
-        (r"^Network group:\s*(\S+)", "net_name", str),
+        (r"^Network group:\s*(\S+)", "network_group", str),
         (r"^Frames count:\s*(\d+)", "frames", int),
         (r"^FPS:\s*(" + NUM + ")", "fps", float),
         (r"^Send Rate:\s*(" + NUM + r")\s*Mbit/s", "send_rate_mbit_s", float),
@@ -182,6 +208,16 @@ def parse_run(text):
             m = regex.match(line)
             if m and key not in out:
                 out[key] = conv(m.group(1))
+    for line in _lines(text):
+        progress = _PROGRESS.search(line)
+        if progress:
+            network, group = network_names(progress.group(1))
+            out.setdefault("network_group", group)
+            if model_name(network, group):
+                out["net_name"] = model_name(network, group)
+            break
+    if "net_name" not in out and model_name(None, out.get("network_group")):
+        out["net_name"] = out["network_group"]
     if "fps" in out:
         out["throughput_per_s"] = out["fps"]
     return out

@@ -67,25 +67,34 @@ def _from_trtexec(text):
 
 
 def _from_hailortcli(text):
+    scenario = "benchmark"
     if hailo.is_benchmark_csv(text):
         parsed, source = hailo.parse_benchmark_csv(text), "csv"
     else:
         parsed, source = hailo.parse_benchmark_stdout(text), "stdout"
     if "fps" not in parsed:
-        raise ValueError("hailortcli: no benchmark FPS found (neither a --csv file with a "
-                         "net_name,fps,... header nor a Summary with FPS lines)")
+        run = hailo.parse_run(text)  # hailortcli run: one streaming FPS, frames, rates
+        if "fps" in run:
+            parsed = dict(run, fps={"streaming": run["fps"]})
+            scenario = "run"
+    if "fps" not in parsed:
+        raise ValueError("hailortcli: no FPS found (neither a benchmark --csv file with a "
+                         "net_name,fps,... header, a benchmark Summary with FPS lines, nor a "
+                         "run's Inference result)")
     keys = ("fps", "throughput_per_s", "hw_latency_ms", "overall_latency_ms", "frames",
-            "frames_hw_only", "power_w")
+            "frames_hw_only", "power_w", "send_rate_mbit_s", "recv_rate_mbit_s")
     metrics = {k: parsed[k] for k in keys if k in parsed}
     if "frames" in metrics:
         metrics["samples"] = metrics["frames"]
-    tool = {"name": "hailortcli", "scenario": "benchmark", "output": source}
+    tool = {"name": "hailortcli", "scenario": scenario, "output": source}
     version = hailo.parse_hailortcli_version(text)
     environment = {}
     if version:
         tool["version"] = version
         environment["hailort"] = version
     model = {"name": parsed["net_name"]} if parsed.get("net_name") else None
+    if parsed.get("network_group"):
+        environment["network_group"] = parsed["network_group"]
     return _record("hailortcli", tool, metrics, environment, model=model)
 
 
@@ -94,12 +103,13 @@ def _from_tegrastats(text):
     if not summary["samples"]:
         raise ValueError("tegrastats: no tegrastats sample lines found (RAM/CPU/rails)")
     metrics = {"samples": summary["samples"]}
-    for key in ("power_w", "gpu_load_pct"):
+    for key in ("power_w", "gpu_load_pct", "ram_used_mb", "swap_used_mb", "emc_load_pct"):
         if key in summary:
             metrics[key] = summary[key]
     # Per-rail power is nested one level deeper than a metric may be: it goes with the
     # board's facts, like the temperatures.
-    environment = {k: summary[k] for k in ("temps_c", "power_source", "rails_w") if k in summary}
+    environment = {k: summary[k] for k in ("temps_c", "power_source", "rails_w", "ram_total_mb",
+                                           "swap_total_mb", "gpu_freq_mhz") if k in summary}
     return _record("tegrastats", {"name": "tegrastats"}, metrics, environment)
 
 

@@ -19,6 +19,10 @@ and PerformanceResult::DumpToFile adds, in newer builds, statistics in seconds::
     P50 Latency: ... s      (also P90, P95, P99, P999)
 
 Without a result file DumpToFile also prints ``Avg CPU usage:68`` (no space) and ``Runs:10``.
+
+Other builds, as printed (tests/fixtures/tools): before 2020 ``Total time cost: 58.8`` /
+``Total iterations: 1000`` / ``Average time cost: 58.8 ms`` / ``Total run time: 58.8 s`` and
+``P50 Latency is 0.0587 sec``; since 2025 ``Average inference time cost total: 98.96 ms``.
 """
 
 import re
@@ -28,15 +32,15 @@ NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _FIELDS = (
     (r"Session creation time cost:\s*(" + NUM + r")\s*s", "session_creation_s", float),
     (r"First inference time cost:\s*(" + NUM + r")\s*ms", "first_inference_ms", float),
-    (r"Total inference time cost:\s*(" + NUM + r")\s*s", "total_inference_s", float),
-    (r"Total inference requests:\s*(\d+)", "requests", int),
-    (r"Total inference run time:\s*(" + NUM + r")\s*s", "run_time_s", float),
+    (r"Total (?:inference )?time cost:\s*(" + NUM + r")", "total_inference_s", float),
+    (r"Total (?:inference requests|iterations):\s*(\d+)", "requests", int),
+    (r"Total (?:inference )?run time:\s*(" + NUM + r")\s*s", "run_time_s", float),
     (r"Number of inferences per second:\s*(" + NUM + ")", "inferences_per_s", float),
     (r"Avg CPU usage:\s*(" + NUM + ")", "cpu_usage_pct", float),
     (r"Peak working set size:\s*(\d+)", "peak_working_set_bytes", int),
 )
-_AVERAGE = re.compile(r"Average inference time cost:\s*(" + NUM + r")\s*ms")
-_LATENCY = re.compile(r"^\s*(Min|Max|P50|P90|P95|P99|P999) Latency:\s*(" + NUM + r")\s*s\b",
+_AVERAGE = re.compile(r"Average (?:inference )?time cost(?: total)?:\s*(" + NUM + r")\s*ms")
+_LATENCY = re.compile(r"^\s*(Min|Max|P50|P90|P95|P99|P999) Latency(?::| is)\s*(" + NUM + r")\s*s(?:ec)?\b",
                       re.MULTILINE)
 
 

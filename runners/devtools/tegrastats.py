@@ -26,6 +26,7 @@ NUM = r"-?\d+(?:\.\d+)?"
 
 _RAM = re.compile(r"\bRAM\s+(\d+)/(\d+)([KMG]B)")
 _CPU = re.compile(r"\bCPU\s+\[([^\]]*)\](?:@(\d+))?")
+_SWAP = re.compile(r"\bSWAP\s+(\d+)/(\d+)([KMG]B)")
 _EMC = re.compile(r"\bEMC_FREQ\s+(\d+)%(?:@(\d+))?")
 _GR3D = re.compile(r"\bGR3D_FREQ\s+(?:(\d+)%)?(?:@\[?([\d,]+)\]?)?")
 _TEMP = re.compile(r"(?<![\w%])([A-Za-z][\w-]*)@(" + NUM + r")C(?:/(" + NUM + r")C)?\b")
@@ -78,6 +79,11 @@ def parse_line(line):
         scale = _UNIT_MB[m.group(3)]
         out["ram_used_mb"] = float(m.group(1)) * scale
         out["ram_total_mb"] = float(m.group(2)) * scale
+    m = _SWAP.search(line)
+    if m:
+        scale = _UNIT_MB[m.group(3)]
+        out["swap_used_mb"] = float(m.group(1)) * scale
+        out["swap_total_mb"] = float(m.group(2)) * scale
     m = _CPU.search(line)
     if m:
         out["cpu"] = _cpu_cores(m.group(1), m.group(2))
@@ -156,6 +162,17 @@ def summarize(lines):
     loads = [s["gpu_load_pct"] for s in samples if "gpu_load_pct" in s]
     if loads:
         out["gpu_load_pct"] = _avg_max(loads)
+    for key in ("ram_used_mb", "swap_used_mb", "emc_load_pct"):
+        values = [s[key] for s in samples if key in s]
+        if values:
+            out[key] = _avg_max(values)
+    for key in ("ram_total_mb", "swap_total_mb"):
+        values = [s[key] for s in samples if key in s]
+        if values:
+            out[key] = values[-1]
+    freqs = [s["gpu_freq_mhz"] for s in samples if "gpu_freq_mhz" in s]
+    if freqs:
+        out["gpu_freq_mhz"] = dict(_avg_max(freqs), min=min(freqs))
     temps = {}
     for s in samples:
         for name, value in (s.get("temps_c") or {}).items():
@@ -163,3 +180,25 @@ def summarize(lines):
     if temps:
         out["temps_c"] = temps
     return out
+
+
+HOT_C = 95.0  # Orin and Xavier start software throttling near 96-99 C (tj)
+# Sensors that read a fixed value, not a temperature: Jetson Nano/TX2 print PMIC@100C always
+# (tests/fixtures/tools/tegrastats-jp4.txt).
+_FAKE_SENSORS = ("pmic",)
+
+
+def throttling(summary, hot_c=HOT_C, clocks_locked=None):
+    """Why a run's numbers are not the device's own (empty: nothing seen): a GPU clock that
+    fell while clocks were locked, or a sensor at or above ``hot_c``."""
+    reasons = []
+    freq = summary.get("gpu_freq_mhz") or {}
+    if clocks_locked and freq.get("max") and freq.get("min") is not None and freq["min"] < 0.95 * freq["max"]:
+        reasons.append("thermal or power throttling: the GPU clock fell from %g to %g MHz during the "
+                       "run with clocks locked (tegrastats)" % (freq["max"], freq["min"]))
+    hot = sorted((name, c) for name, c in (summary.get("temps_c") or {}).items()
+                 if c >= hot_c and name.lower() not in _FAKE_SENSORS)
+    if hot:
+        reasons.append("thermal throttling likely: %s reached %g C (tegrastats; limit %g C)" % (
+            hot[0][0], hot[0][1], hot_c))
+    return reasons

@@ -33,6 +33,20 @@ The formats come from TensorRT's open-source samples (github.com/NVIDIA/TensorRT
 * an unsupported flag: trtexec.cpp logs ``Unknown option: --fp16 `` (the option, a space and
   its value, if any) at error severity, then FAILED.
 
+* TensorRT 7.x prints each statistic on a line of its own under a block title (NVIDIA/TensorRT
+  issues 2054, 1221)::
+
+      Host Latency
+      min: 1.64058 ms (end to end 1.66368 ms)
+      mean: ... / median: ... / max: ...
+      percentile: 1.67065 ms at 99% (end to end 3.03931 ms at 99%)
+      throughput: 0 qps
+      walltime: 3.00461 s
+      Enqueue Time            (min, max, median)
+      GPU Compute             (min, max, mean, median, percentile, total compute time: X s)
+
+  ``throughput: 0 qps`` is what 7.x prints when its trace counted no queries: no value, not 0.
+
 Lines may carry ``[10/03/2024-10:47:59] [I] `` prefixes (timestamp, severity) or not, and may
 end in CRLF.
 """
@@ -71,6 +85,47 @@ _SCALARS = (
     (re.compile(r"^Total Host Walltime:\s*(" + NUM + r")\s*s\b"), "host_walltime_s"),
     (re.compile(r"^Total GPU Compute Time:\s*(" + NUM + r")\s*s\b"), "total_gpu_compute_s"),
 )
+
+
+# TensorRT 7.x: block title -> metric; then "name: X ms (end to end Y ms)" lines.
+_BLOCKS_7 = {"Host Latency": "latency_ms", "Enqueue Time": "enqueue_ms", "GPU Compute": "gpu_compute_ms",
+             "GPU Compute Time": "gpu_compute_ms", "H2D Latency": "h2d_ms", "D2H Latency": "d2h_ms"}
+_ITEM_7 = re.compile(r"^(min|max|mean|median):\s*(" + NUM + r")\s*ms(?:\s*\(end to end\s*(" + NUM + r")\s*ms\))?")
+_PCT_7 = re.compile(r"^percentile:\s*(" + NUM + r")\s*ms at\s*(" + NUM + r")\s*%"
+                    r"(?:\s*\(end to end\s*(" + NUM + r")\s*ms)?")
+_SCALARS_7 = (
+    (re.compile(r"^throughput:\s*(" + NUM + r")\s*qps"), "throughput_per_s"),
+    (re.compile(r"^walltime:\s*(" + NUM + r")\s*s\b"), "host_walltime_s"),
+    (re.compile(r"^total compute time:\s*(" + NUM + r")\s*s\b"), "total_gpu_compute_s"),
+)
+
+
+def _parse_blocks_7(records, summary):
+    """The TensorRT 7.x summary (see the module docstring) into ``summary``."""
+    block = None
+    for _, message in records:
+        message = message.strip()
+        if message in _BLOCKS_7:
+            block = _BLOCKS_7[message]
+            continue
+        m = _ITEM_7.match(message)
+        if m and block:
+            summary.setdefault(block, {})[m.group(1)] = float(m.group(2))
+            if m.group(3) is not None and block == "latency_ms":
+                summary.setdefault("end_to_end_ms", {})[m.group(1)] = float(m.group(3))
+            continue
+        m = _PCT_7.match(message)
+        if m and block:
+            key = _percentile_key(m.group(2))
+            summary.setdefault(block, {})[key] = float(m.group(1))
+            if m.group(3) is not None and block == "latency_ms":
+                summary.setdefault("end_to_end_ms", {})[key] = float(m.group(3))
+            continue
+        scalar = next(((key, m) for key, m in ((k, r.match(message)) for r, k in _SCALARS_7) if m), None)
+        if scalar is not None:
+            summary[scalar[0]] = float(scalar[1].group(1))
+        elif message:
+            block = None  # any other line ends a block
 
 
 def _records(text):
@@ -165,7 +220,9 @@ def parse_summary(text):
     If the text holds several summaries (several runs in one log) the last one wins.
     """
     summary = {}
-    for _, message in _records(text):
+    records = _records(text)
+    _parse_blocks_7(records, summary)
+    for _, message in records:
         message = message.strip()
         m = _STAT_LINE.match(message)
         if m:
@@ -180,6 +237,8 @@ def parse_summary(text):
     cv = coefficient_of_variation_pct(text)
     if cv is not None:
         summary["gpu_compute_cv_pct"] = cv
+    if summary.get("throughput_per_s") == 0:
+        del summary["throughput_per_s"]  # 0 queries counted: no value (7.x), never a real 0
     return summary
 
 

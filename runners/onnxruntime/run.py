@@ -26,6 +26,8 @@ DEFAULTS = {
     "warmup": 10, "iterations": 100, "duration": None, "threads": 0, "inter_threads": 0,
     "batch": 1, "dims": {}, "shapes": {}, "providers": ["CPUExecutionProvider"],
     "graph_optimization": "all", "seed": 0, "require_providers": False, "precision": None,
+    # validity: a run noisier than this is marked invalid (compared by nothing)
+    "max_cv_pct": 50.0, "max_mean_over_median": 1.5,
 }
 DTYPES = {
     "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
@@ -55,6 +57,21 @@ def summarize(latencies_ms):
         "p90": percentile(values, 90), "p95": percentile(values, 95), "p99": percentile(values, 99),
         "max": values[-1],
     }, (var ** 0.5) / mean if mean else 0.0
+
+
+def noisy(stats, cv, params):
+    """Why a run's latencies are too noisy to compare (empty: they are not): a coefficient of
+    variation above ``max_cv_pct``, or a mean far above the median (a few very slow iterations:
+    another process, a frequency drop)."""
+    reasons = []
+    if 100.0 * cv > float(params["max_cv_pct"]):
+        reasons.append("too noisy: latency coefficient of variation %.1f%% > %g%% (params.max_cv_pct)"
+                       % (100.0 * cv, float(params["max_cv_pct"])))
+    median = stats["median"]
+    if median > 0 and stats["mean"] / median > float(params["max_mean_over_median"]):
+        reasons.append("too noisy: mean %.4g ms is %.1fx the median %.4g ms (params.max_mean_over_median %g)"
+                       % (stats["mean"], stats["mean"] / median, median, float(params["max_mean_over_median"])))
+    return reasons
 
 
 def cpu_model():
@@ -100,6 +117,10 @@ def check_params(params):
             raise RunnerError("param %s must be an integer >= 0, not %r" % (name, value))
     if merged["batch"] < 1 or merged["iterations"] < 1:
         raise RunnerError("params batch and iterations must be at least 1")
+    for name in ("max_cv_pct", "max_mean_over_median"):
+        value = merged[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise RunnerError("param %s must be a number > 0, not %r" % (name, value))
     if merged["duration"] is not None:
         try:
             merged["duration"] = float(merged["duration"])
@@ -260,6 +281,7 @@ def main(argv):
         opset = max(o.version for o in onnx.load(model_path, load_external_data=False).opset_import if o.domain in ("", "ai.onnx"))
     except Exception:
         opset = None
+    reasons = noisy(stats, cv, params)
     result = {
         "model": {"name": os.path.basename(model_path), "sha256": sha256_of(model_path),
                   "inputs": shapes, "outputs": outputs, "opset": opset},
@@ -268,9 +290,10 @@ def main(argv):
         "target": {"device_name": cpu_model(), "arch": platform.machine()},
         "tool": {"name": "onnxruntime", "version": ort_version(), "argv": [sys.executable] + list(sys.argv),
                  "scenario": "latency", "warmup": params["warmup"],
-                 "iterations": len(latencies), "duration_s": elapsed, "threads": params["threads"]},
+                 "iterations": len(latencies), "duration_s": elapsed, "threads": params["threads"],
+                 "inter_threads": params["inter_threads"], "graph_optimization": params["graph_optimization"]},
         "metrics": {"throughput_per_s": samples / elapsed if elapsed else 0.0, "samples": samples,
-                    "iterations": len(latencies), "latency_ms": stats, "cv": cv},
+                    "iterations": len(latencies), "latency_ms": stats, "cv": cv, "cv_pct": 100.0 * cv},
         "environment": {
             "cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
             "onnxruntime": ort_version(), "numpy": numpy_version(), "os": platform.platform(),
@@ -279,6 +302,10 @@ def main(argv):
         },
         "raw": {"per_query": "latencies.json"},
     }
+    if reasons:
+        result["invalid_reasons"] = reasons
+        for r in reasons:
+            log("INVALID: " + r)
     write_json("result.json", result)
     log("onnxruntime %s %s: mean %.3f ms, median %.3f ms, p99 %.3f ms, throughput %.1f/s over %d runs" % (
         ort_version(), applied[0] if applied else "?", stats["mean"], stats["median"], stats["p99"],

@@ -25,6 +25,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _ROOT)
 
 import capture  # noqa: E402
+from devtools import tegrastats as tegra_fmt  # noqa: E402
 from devtools import trtexec as fmt  # noqa: E402
 from runnerlib import (  # noqa: E402
     RunnerError,
@@ -197,7 +198,8 @@ def benchmark(params, trtexec, engine):
     parsed = fmt.parse(text)
     if code != 0 or parsed.get("status") == "failed":
         raise RunnerError("trtexec benchmark failed (exit %d); see the log above" % code)
-    if not (parsed.get("metrics") or {}).get("throughput_per_s"):
+    metrics = parsed.get("metrics") or {}
+    if not metrics.get("throughput_per_s") and not metrics.get("latency_ms"):
         raise RunnerError("trtexec printed no performance summary; see the log above")
     return argv, parsed, telemetry.summary()
 
@@ -259,6 +261,12 @@ def run(job):
         metrics["gpu_load_pct"] = telemetry["gpu_load_pct"]
     if telemetry.get("temps_c"):
         env["temperatures_c"] = telemetry["temps_c"]
+    for key in ("ram_used_mb", "swap_used_mb", "emc_load_pct"):  # how hungry the run was
+        if telemetry.get(key):
+            metrics[key] = telemetry[key]
+    for key in ("ram_total_mb", "gpu_freq_mhz"):
+        if telemetry.get(key):
+            env[key] = telemetry[key]
     dev = parsed.get("device") or {}
     if dev.get("name"):
         result["target"]["device_name"] = dev["name"]
@@ -276,6 +284,7 @@ def run(job):
     if artifact:
         result["artifact"] = artifact
     reasons = capture.unmet(params["require"], env)
+    reasons += tegra_fmt.throttling(telemetry, clocks_locked=env.get("clocks_locked"))
     if reasons:
         result["invalid_reasons"] = reasons
         for r in reasons:
