@@ -215,6 +215,10 @@ def evaluate(store: Store, run: MatrixRun) -> dict[str, Any]:
         records = [json.loads(r.record_json) for r in mine if (r.comparison_key or "") == key]
         entry["environment"] = _environment(records)
         past = history.get((key, json.dumps(row["values"], sort_keys=True)), {})
+        if past:  # what tonight is compared with: the newest earlier run's environment
+            newest = max(past)
+            entry["baseline_environment"] = dict(
+                _environment([json.loads(r.record_json) for r in past[newest]]), run=newest)
         if not past:
             entry["notes"].append("new series: no earlier run with this comparison key"
                                   + _key_change(store, run, row["index"], key))

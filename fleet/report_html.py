@@ -81,6 +81,27 @@ def plot(metric: str, m: dict[str, Any]) -> str:
     return text[text.index("<svg"):]  # drop the XML prolog and doctype: inline in HTML
 
 
+def _flat(env: dict[str, Any]) -> dict[str, Any]:
+    rows: dict[str, Any] = {"hosts": ", ".join(env.get("hosts") or []),
+                            "tool": f"{env.get('tool')} {env.get('tool_version')}"}
+    rows.update((k, v) for k, v in sorted((env.get("environment") or {}).items())
+                if not isinstance(v, (dict, list)))
+    return rows
+
+
+def _environments(env: dict[str, Any], base: dict[str, Any]) -> str:
+    """This run's environment beside the newest earlier run's; differences marked."""
+    now, before = _flat(env), _flat(base) if base else {}
+    head = "<tr><th></th><th>this run</th>" + (f"<th>compared with {_e(base.get('run'))}</th>" if base else "") + "</tr>"
+    rows = []
+    for k in list(now) + [k for k in before if k not in now]:
+        differs = bool(base) and now.get(k) != before.get(k)
+        style = ' style="background:#fff3e0"' if differs else ""
+        cells = f"<td>{_e(now.get(k, ''))}</td>" + (f"<td>{_e(before.get(k, ''))}</td>" if base else "")
+        rows.append(f"<tr{style}><th>{_e(k)}</th>{cells}</tr>")
+    return "<table>" + head + "".join(rows) + "</table>"
+
+
 def render(report: dict[str, Any]) -> str:
     s = report["summary"]
     out = ["<!doctype html><html lang=en><head><meta charset=utf-8>",
@@ -118,11 +139,9 @@ def render(report: dict[str, Any]) -> str:
                     out.append(f"<div class=note>changed: {_e(c)}</div>")
             if m.get("series"):
                 out.append(plot(name, m))
-        env = p.get("environment") or {}
+        env, base = p.get("environment") or {}, p.get("baseline_environment") or {}
         if env:
-            rows = [("hosts", ", ".join(env.get("hosts") or [])), ("tool", f"{env.get('tool')} {env.get('tool_version')}")]
-            rows += [(k, v) for k, v in sorted((env.get("environment") or {}).items()) if not isinstance(v, (dict, list))]
-            out.append("<table>" + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows) + "</table>")
+            out.append(_environments(env, base))
         if p.get("comparison_key"):
             out.append(f"<div class=meta>comparison key <code>{_e(p['comparison_key'])}</code></div>")
     out.append("</body></html>")

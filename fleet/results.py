@@ -18,6 +18,7 @@ from jsonschema import Draft202012Validator
 from fleet.inventory import Host
 
 SCHEMA_VERSION = 1
+MAX_RECORD_BYTES = 4 << 20  # a result record is a summary; raw samples go to files (raw.*)
 _SECTIONS = ("model", "precision", "target", "tool", "metrics", "environment", "raw", "artifact")
 
 
@@ -94,6 +95,10 @@ def complete_record(
     """The full result record from a runner's result.json. Raises InvalidResult."""
     if not isinstance(raw, dict):
         raise InvalidResult("result.json is not a JSON object")
+    size = len(json.dumps(raw))
+    if size > MAX_RECORD_BYTES:
+        raise InvalidResult(f"result.json is {size} bytes, over the limit of {MAX_RECORD_BYTES} "
+                            "(a record is a summary: put per-query samples in a file and name it in raw)")
     for section in _SECTIONS:
         if section in raw and raw[section] is not None and not isinstance(raw[section], dict):
             raise InvalidResult(f"result.json: {section} must be an object")

@@ -268,3 +268,29 @@ def test_a_spent_time_budget_cancels_what_still_waits(fleet, tmp_path):
     report = json.loads(fleet.cli("matrix", "report", run_id).stdout)
     assert report["summary"]["missing"] == 1 and report["points"][0]["verdict"] == "missing"
     assert "CANCELLED" in report["points"][0]["notes"][0]
+
+
+def test_a_job_that_lies_in_its_result_fails_naming_the_field_and_records_nothing(fleet, tmp_path):
+    """The attacks: a negative latency, a latency that is not a number, a 5 MiB record, an
+    invalid_reasons that is not a list of strings, and a matrix_run_id of another run."""
+    client = fleet.start()
+    write = 'python3 -c \'import json,os; json.dump({body}, open(os.environ["FLEET_RESULT"], "w"))\''
+    cases = {
+        "negative": ('{"metrics": {"latency_ms": {"median": -1.0}}}', "latency_ms"),
+        "text": ('{"metrics": {"fps": "fast"}}', "metrics.fps"),
+        "huge": ('{"metrics": {}, "environment": {"x": "y" * (5 << 20)}}', "over the limit"),
+        "reasons": ('{"invalid_reasons": "no"}', "invalid_reasons"),
+    }
+    jobs = {name: client.submit({"name": name, "run": write.format(body=body)}).id
+            for name, (body, _) in cases.items()}
+    for name, (_body, words) in cases.items():
+        detail = client.wait(jobs[name], timeout=120)
+        assert (detail.state, detail.reason) == ("FAILED", "runner_error"), (name, detail.message)
+        assert words in (detail.message or ""), (name, detail.message)
+    assert client.results().items == []
+    # the run id a job claims is not believed: the controller's is recorded (none here)
+    job = client.submit({"name": "claims", "run": write.format(
+        body='{"matrix_run_id": "m-someone-elses", "metrics": {"latency_ms": {"median": 1.0}}}')}).id
+    assert client.wait(job, timeout=120).state == "SUCCEEDED"
+    (rec,) = client.results().items
+    assert rec.record["matrix_run_id"] is None
