@@ -12,6 +12,8 @@ import xml.etree.ElementTree as ET
 import pytest
 import yaml
 
+from tests.helpers import eventually
+
 # A benchmark script of the team's own: latency = base x the model's slowdown factor (a file the
 # test changes between nights), 1% noise; it declares a custom metric's direction.
 BENCH = r"""
@@ -200,20 +202,6 @@ def test_a_users_matrix_runs_and_their_history_are_theirs(fleet, tmp_path, share
         c.close()
 
 
-def _until(what, check, timeout: float = 60.0):
-    """Wait for ``check()`` to return something true (the server acts on its own clock)."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}: {check()!r}")
-        time.sleep(0.1)
-
-
 def test_a_schedule_runs_a_missed_night_once_and_unschedule_stops_it(fleet, tmp_path):
     import sqlite3
     import time
@@ -231,9 +219,9 @@ def test_a_schedule_runs_a_missed_night_once_and_unschedule_stops_it(fleet, tmp_
     db = sqlite3.connect(fleet.home / "fleet.db")
     db.execute("UPDATE matrix_schedules SET last_fired = ?", (time.time() - 4 * 86400,))
     db.commit()
-    runs = _until("the scheduled run", lambda: fleet.cli_json("matrix", "list"))
+    runs = eventually(what="the scheduled run", timeout=60, predicate=lambda: fleet.cli_json("matrix", "list"))
     assert len(runs) == 1 and runs[0]["trigger"] == "schedule"
-    _until("its end", lambda: fleet.cli_json("matrix", "status", runs[0]["id"])["state"] == "DONE")
+    eventually(what="its end", timeout=60, predicate=lambda: fleet.cli_json("matrix", "status", runs[0]["id"])["state"] == "DONE")
     assert len(fleet.cli_json("matrix", "list")) == 1  # once, not three times
     (row,) = fleet.cli_json("matrix", "schedules")
     assert row["last_run"] == runs[0]["id"] and row["last_error"] is None
@@ -259,12 +247,12 @@ def test_a_spent_time_budget_cancels_what_still_waits(fleet, tmp_path):
     run_id = fleet.cli("matrix", "run", str(mfile)).stdout.strip()
     # the benches never start: one is cancelled, the chain then stops the other (the step it
     # belongs with did not run); the prep that runs goes on
-    status = _until("the benches ended", lambda: (
+    status = eventually(what="the benches ended", timeout=60, predicate=lambda: (
         s := fleet.cli_json("matrix", "status", run_id))["points"][0]["job_states"].get("PENDING") is None and s)
     assert status["points"][0]["job_states"] in ({"CANCELLED": 2, "RUNNING": 1},
                                                  {"CANCELLED": 1, "FAILED": 1, "RUNNING": 1})
     gate.touch()
-    _until("the run judged", lambda: fleet.cli_json("matrix", "status", run_id)["state"] == "DONE")
+    eventually(what="the run judged", timeout=60, predicate=lambda: fleet.cli_json("matrix", "status", run_id)["state"] == "DONE")
     report = json.loads(fleet.cli("matrix", "report", run_id).stdout)
     assert report["summary"]["missing"] == 1 and report["points"][0]["verdict"] == "missing"
     assert "CANCELLED" in report["points"][0]["notes"][0]
