@@ -136,13 +136,18 @@ def test_a_noisy_run_is_marked_invalid_saying_why(tmp_path):
     proc, result, error, _ = run_job(tmp_path, {"warmup": 1, "iterations": 20, "max_cv_pct": 1e-9,
                                                 "inter_threads": 1, "graph_optimization": "basic"})
     assert proc.returncode == 0 and error is None, proc.stdout + proc.stderr
-    assert any("coefficient of variation" in r for r in result["invalid_reasons"])
+    assert any("spread (robust coefficient of variation)" in r for r in result["invalid_reasons"])
     assert "INVALID" in proc.stdout
     assert result["tool"]["inter_threads"] == 1 and result["tool"]["graph_optimization"] == "basic"
     assert result["metrics"]["cv_pct"] == pytest.approx(100 * result["metrics"]["cv"])
     # the case the issue names: a mean 5x the median (a few very slow iterations) was "ok"
-    stats = {"min": 1.0, "mean": 5.0, "median": 1.0, "p90": 1.1, "p95": 1.2, "p99": 40.0, "max": 400.0}
-    reasons = ort_runner.noisy(stats, 0.3, dict(ort_runner.DEFAULTS))
+    slow_few = [1.0] * 95 + [81.0] * 5  # mean 5 ms, median 1 ms
+    stats = ort_runner.summarize(slow_few)[0]
+    reasons = ort_runner.noisy(stats, slow_few, dict(ort_runner.DEFAULTS))
     assert reasons == ["too noisy: mean 5 ms is 5.0x the median 1 ms (params.max_mean_over_median 1.5)"]
-    quiet = dict(stats, mean=1.02, p99=1.3, max=1.4)
-    assert ort_runner.noisy(quiet, 0.05, dict(ort_runner.DEFAULTS)) == []
+    # one spike in a thousand iterations makes the plain CV huge, not the spread: still valid
+    spiky = [0.1 + 0.001 * (i % 7) for i in range(999)] + [20.0]
+    stats, cv = ort_runner.summarize(spiky)
+    assert cv > 2 and ort_runner.noisy(stats, spiky, dict(ort_runner.DEFAULTS)) == []
+    wide = [0.05, 0.1, 0.3, 0.5, 0.2] * 20  # spread all over (robust CV 74%): invalid
+    assert "spread" in ort_runner.noisy(ort_runner.summarize(wide)[0], wide, dict(ort_runner.DEFAULTS))[0]

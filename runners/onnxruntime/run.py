@@ -59,15 +59,25 @@ def summarize(latencies_ms):
     }, (var ** 0.5) / mean if mean else 0.0
 
 
-def noisy(stats, cv, params):
-    """Why a run's latencies are too noisy to compare (empty: they are not): a coefficient of
-    variation above ``max_cv_pct``, or a mean far above the median (a few very slow iterations:
-    another process, a frequency drop)."""
+def robust_cv(values, median):
+    """Spread of the latencies as a coefficient of variation that a few slow iterations do not
+    blow up: 1.4826 x the median absolute deviation, over the median."""
+    if not values or median <= 0:
+        return 0.0
+    deviations = sorted(abs(v - median) for v in values)
+    return 1.4826 * percentile(deviations, 50) / median
+
+
+def noisy(stats, latencies, params):
+    """Why a run's latencies are too noisy to compare (empty: they are not): a spread (robust
+    coefficient of variation) above ``max_cv_pct``, or a mean far above the median (a few very
+    slow iterations: another process, a frequency drop)."""
     reasons = []
-    if 100.0 * cv > float(params["max_cv_pct"]):
-        reasons.append("too noisy: latency coefficient of variation %.1f%% > %g%% (params.max_cv_pct)"
-                       % (100.0 * cv, float(params["max_cv_pct"])))
     median = stats["median"]
+    spread = 100.0 * robust_cv(latencies, median)
+    if spread > float(params["max_cv_pct"]):
+        reasons.append("too noisy: latency spread (robust coefficient of variation) %.1f%% > %g%% "
+                       "(params.max_cv_pct)" % (spread, float(params["max_cv_pct"])))
     if median > 0 and stats["mean"] / median > float(params["max_mean_over_median"]):
         reasons.append("too noisy: mean %.4g ms is %.1fx the median %.4g ms (params.max_mean_over_median %g)"
                        % (stats["mean"], stats["mean"] / median, median, float(params["max_mean_over_median"])))
@@ -281,7 +291,7 @@ def main(argv):
         opset = max(o.version for o in onnx.load(model_path, load_external_data=False).opset_import if o.domain in ("", "ai.onnx"))
     except Exception:
         opset = None
-    reasons = noisy(stats, cv, params)
+    reasons = noisy(stats, latencies, params)
     result = {
         "model": {"name": os.path.basename(model_path), "sha256": sha256_of(model_path),
                   "inputs": shapes, "outputs": outputs, "opset": opset},
@@ -293,7 +303,8 @@ def main(argv):
                  "iterations": len(latencies), "duration_s": elapsed, "threads": params["threads"],
                  "inter_threads": params["inter_threads"], "graph_optimization": params["graph_optimization"]},
         "metrics": {"throughput_per_s": samples / elapsed if elapsed else 0.0, "samples": samples,
-                    "iterations": len(latencies), "latency_ms": stats, "cv": cv, "cv_pct": 100.0 * cv},
+                    "iterations": len(latencies), "latency_ms": stats, "cv": cv, "cv_pct": 100.0 * cv,
+                    "spread_pct": 100.0 * robust_cv(latencies, stats["median"])},
         "environment": {
             "cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
             "onnxruntime": ort_version(), "numpy": numpy_version(), "os": platform.platform(),
