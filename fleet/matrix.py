@@ -34,6 +34,7 @@ log = logging.getLogger("fleet.matrix")
 TERMINAL = {JobState.SUCCEEDED.value, JobState.FAILED.value, JobState.CANCELLED.value,
             JobState.TIMED_OUT.value}
 # Counters and noise figures in a metrics section: not something to compare as a performance.
+HISTORY_RUNS = 60  # earlier runs a report reads (the baseline takes 10, the drift window 30)
 _NOT_COMPARED = {"samples", "iterations", "cv", "cv_pct", "gpu_compute_cv_pct"}
 
 
@@ -185,13 +186,21 @@ def evaluate(store: Store, run: MatrixRun) -> dict[str, Any]:
     # runs of this matrix (an axis the key does not see, e.g. threads, must not mix).
     history: dict[tuple[str, str], dict[str, list[Result]]] = defaultdict(lambda: defaultdict(list))
     points_cache: dict[str, list[Any]] = {}
-    for r, index, points_json in store.series_results(keys, run.name, run.user, run.id):
+    for r, index, points_json in store.series_results(keys, run.name, run.user, run.id, HISTORY_RUNS):
         pts = points_cache.setdefault(r.matrix_run or "", json.loads(points_json))
         if index is None or index >= len(pts):
             continue
         values = json.dumps(pts[index], sort_keys=True)
         history[(r.comparison_key or "", values)][r.matrix_run or ""].append(r)
     alarms = store.last_alarms(run.user, run.name, run.id)
+    cache: dict[int, dict[str, Any]] = {}
+
+    def parsed(r: Result) -> dict[str, Any]:  # each history record is read once, not per metric
+        key = r.id or 0
+        if key not in cache:
+            cache[key] = json.loads(r.record_json)
+        return cache[key]
+
     points_out = []
     totals: dict[str, int] = defaultdict(int)
     for row in prog["points"]:
@@ -217,8 +226,7 @@ def evaluate(store: Store, run: MatrixRun) -> dict[str, Any]:
         past = history.get((key, json.dumps(row["values"], sort_keys=True)), {})
         if past:  # what tonight is compared with: the newest earlier run's environment
             newest = max(past)
-            entry["baseline_environment"] = dict(
-                _environment([json.loads(r.record_json) for r in past[newest]]), run=newest)
+            entry["baseline_environment"] = dict(_environment([parsed(r) for r in past[newest]]), run=newest)
         if not past:
             entry["notes"].append("new series: no earlier run with this comparison key"
                                   + _key_change(store, run, row["index"], key))
@@ -252,7 +260,7 @@ def evaluate(store: Store, run: MatrixRun) -> dict[str, Any]:
                 continue
             runs = []
             for run_id in sorted(past):
-                recs = [json.loads(r.record_json) for r in past[run_id]]
+                recs = [parsed(r) for r in past[run_id]]
                 ok = [metric_values(x).get(name) for x in recs if x.get("status") != "invalid"]
                 vals = tuple(v[0] for v in ok if v is not None)
                 bad = tuple(sorted({w for x in recs if x.get("status") == "invalid"
@@ -470,7 +478,7 @@ async def judge_run(ctx: ApiContext, run: MatrixRun) -> dict[str, Any]:
     """Judge a run whose jobs all ended: store its verdicts, mark it DONE and tell its webhook,
     once (the keeper and a reader may both come; the first write wins). Returns the report."""
     report = await asyncio.to_thread(evaluate, ctx.store, run)
-    if await asyncio.to_thread(ctx.store.judge_matrix_run, run.id, report["summary"], verdict_rows(report)):
+    if await asyncio.to_thread(ctx.store.judge_matrix_run, run.id, report, verdict_rows(report)):
         log.info("matrix run %s (%s) judged: %s", run.id, run.name, report["summary"])
         report["state"] = "DONE"
         await notify(json.loads(run.spec_json), report)

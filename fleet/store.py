@@ -684,12 +684,13 @@ class Store:
         with self.db.session() as s:
             return list(s.exec(select(MatrixRun).where(MatrixRun.state == "RUNNING")).all())
 
-    def judge_matrix_run(self, run_id: str, summary: dict[str, Any], verdicts: Sequence[dict[str, Any]]) -> bool:
+    def judge_matrix_run(self, run_id: str, report: dict[str, Any], verdicts: Sequence[dict[str, Any]]) -> bool:
         """Store a finished run's verdicts and mark it DONE, once (False: it was judged before,
         by this replica or another)."""
         with self.db.write() as conn:
             moved = conn.execute(update(_MRUNS).where(_MRUNS.c.id == run_id, _MRUNS.c.state == "RUNNING")
-                                 .values(state="DONE", ended_at=time.time(), summary_json=json.dumps(summary)))
+                                 .values(state="DONE", ended_at=time.time(),
+                                         report_json=json.dumps(dict(report, state="DONE"))))
             if not moved.rowcount:
                 return False
             if verdicts:
@@ -765,19 +766,24 @@ class Store:
         with self.db.session() as s:
             return list(s.exec(select(Result).where(Result.matrix_run == run_id).order_by(col(Result.id))).all())
 
-    def series_results(self, keys: Sequence[str], name: str, user: str, before_run: str
-                       ) -> list[tuple[Result, int | None, str]]:
-        """Results of these comparison keys from ``user``'s earlier runs of the matrix
-        ``name`` (another user's runs are theirs to see), each with its job's point index and
-        that run's points (JSON)."""
+    def series_results(self, keys: Sequence[str], name: str, user: str, before_run: str,
+                       runs: int = 60) -> list[tuple[Result, int | None, str]]:
+        """Results of these comparison keys from ``user``'s ``runs`` latest runs of the matrix
+        ``name`` before ``before_run`` (another user's runs are theirs to see), each with its
+        job's point index and that run's points (JSON)."""
         if not keys:
             return []
         with self.db.session() as s:
+            recent = list(s.exec(select(MatrixRun.id).where(
+                MatrixRun.user == user, MatrixRun.name == name, col(MatrixRun.id) < before_run)
+                .order_by(col(MatrixRun.id).desc()).limit(runs)).all())
+            if not recent:
+                return []
             q = (select(Result, Job.matrix_point, MatrixRun.points_json)
                  .join(Job, col(Job.id) == col(Result.job_id))
                  .join(MatrixRun, col(MatrixRun.id) == col(Result.matrix_run))
                  .where(col(Result.comparison_key).in_(list(keys)), MatrixRun.name == name,
-                        MatrixRun.user == user, col(Result.matrix_run) < before_run)
+                        MatrixRun.user == user, col(Result.matrix_run).in_(recent))
                  .order_by(col(Result.id)))
             return [(r, p, pts) for r, p, pts in s.exec(q).all()]
 

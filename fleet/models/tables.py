@@ -140,8 +140,8 @@ class MatrixRun(SQLModel, table=True):
     created_at: float
     ended_at: float | None = None
     deadline: float | None = None  # its time budget's end: jobs still waiting then are cancelled
-    summary_json: str | None = Field(default=None, sa_column=Column(Text),
-                                     description="its verdict counts, once judged")
+    report_json: str | None = Field(default=None, sa_column=Column(Text),
+                                    description="its report as judged when its last job ended")
 
 
 class MatrixVerdict(SQLModel, table=True):

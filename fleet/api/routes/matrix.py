@@ -91,7 +91,10 @@ async def get_run(run_id: str, user: UserDep, ctx: CtxDep) -> MatrixRunDetail:
 async def report(run_id: str, user: UserDep, ctx: CtxDep,
                  format: Literal["json", "junit"] = "json") -> Response:
     run, _prog = await _refresh(ctx, await asyncio.to_thread(_visible, ctx, run_id, user))
-    data = await asyncio.to_thread(evaluate, ctx.store, run)
+    if run.report_json:  # judged when its last job ended: that verdict, not a new one
+        data = json.loads(run.report_json)
+    else:  # still running: what its results say so far
+        data = await asyncio.to_thread(evaluate, ctx.store, run)
     if format == "junit":
         return Response(junit(data), media_type="application/xml")
     return Response(json.dumps(data), media_type="application/json")

@@ -29,7 +29,7 @@ def upgrade() -> None:
     sa.Column('created_at', sa.Float(), nullable=False),
     sa.Column('ended_at', sa.Float(), nullable=True),
     sa.Column('deadline', sa.Float(), nullable=True),
-    sa.Column('summary_json', sa.Text(), nullable=True),
+    sa.Column('report_json', sa.Text(), nullable=True),
     sa.PrimaryKeyConstraint('id')
     )
     op.create_table('matrix_schedules',
