@@ -258,6 +258,26 @@ def test_a_spent_time_budget_cancels_what_still_waits(fleet, tmp_path):
     assert "CANCELLED" in report["points"][0]["notes"][0]
 
 
+def test_a_cancelled_run_ends_its_jobs_and_is_not_judged(fleet, tmp_path):
+    fleet.start(config={"matrix_interval": 0.2})
+    gate = tmp_path / "gate"
+    m = {"name": "stop", "axes": {"model": ["a"]}, "repeat": 3,
+         "job": {"run": f"while [ ! -e {gate} ]; do sleep 0.05; done"}}
+    mfile = tmp_path / "stop.yml"
+    mfile.write_text(yaml.safe_dump(m))
+    run_id = fleet.cli("matrix", "run", str(mfile)).stdout.strip()
+    eventually(what="a job running", timeout=60, predicate=lambda: fleet.cli_json(
+        "matrix", "status", run_id)["points"][0]["job_states"].get("RUNNING"))
+    assert fleet.cli_json("matrix", "cancel", run_id)["state"] == "CANCELLED"
+    status = eventually(what="every job ended", timeout=60, predicate=lambda: (
+        s := fleet.cli_json("matrix", "status", run_id))["points"][0]["job_states"] == {"CANCELLED": 3} and s)
+    assert status["state"] == "CANCELLED"
+    assert fleet.cli_json("matrix", "cancel", run_id)["state"] == "CANCELLED"  # again: the same
+    report = json.loads(fleet.cli("matrix", "report", run_id).stdout)
+    assert report["state"] == "CANCELLED" and report["summary"]["missing"] == 1
+    assert fleet.cli_json("regressions") == []
+
+
 def test_a_job_that_lies_in_its_result_fails_naming_the_field_and_records_nothing(fleet, tmp_path):
     """The attacks: a negative latency, a latency that is not a number, a 5 MiB record, an
     invalid_reasons that is not a list of strings, and a matrix_run_id of another run."""

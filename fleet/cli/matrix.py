@@ -116,6 +116,19 @@ def matrix_status(obj: Ctx, run_id: str, as_json: bool) -> None:
         click.echo(f"  {p['state']:<8} {label}  ({states})")
 
 
+@matrix.command("cancel")
+@click.argument("run_id", metavar="RUN")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@handle_errors
+def matrix_cancel(obj: Ctx, run_id: str, as_json: bool) -> None:
+    """Cancel a run: every job of it that has not ended (the run is not judged)."""
+    from fleet.client import calls
+
+    run = obj.client.call(calls.matrix_cancel(run_id))
+    click.echo(json.dumps(run, indent=2) if as_json else _progress_line(run))
+
+
 @matrix.command("report")
 @click.argument("run_id", metavar="RUN")
 @click.option("--format", "fmt", type=click.Choice(["html", "junit", "json"]), default="json",

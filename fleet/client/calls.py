@@ -313,6 +313,10 @@ def matrix_status(run_id: str) -> Call[dict[str, Any]]:
     return Call("GET", f"/matrix/runs/{q(run_id)}", _json)
 
 
+def matrix_cancel(run_id: str) -> Call[dict[str, Any]]:
+    return Call("POST", f"/matrix/runs/{q(run_id)}/cancel", _json)
+
+
 def matrix_report(run_id: str, fmt: str = "json") -> Call[str]:
     return Call("GET", f"/matrix/runs/{q(run_id)}/report", lambda r: r.text, {"format": fmt},
                 timeout=httpx.Timeout(600.0, connect=10.0))

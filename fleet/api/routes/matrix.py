@@ -16,7 +16,7 @@ from fleet.api.auth import UserDep
 from fleet.api.context import LEADER, ApiContext, CtxDep
 from fleet.api.schemas import iso
 from fleet.errors import NotFound, SpecError
-from fleet.matrix import evaluate, judge_run, junit, prepare_run, progress, start_run
+from fleet.matrix import TERMINAL, evaluate, judge_run, junit, prepare_run, progress, start_run
 from fleet.models.tables import MatrixRun, MatrixSchedule, MatrixVerdict, User
 
 router = APIRouter(tags=["matrix"])
@@ -84,6 +84,21 @@ async def list_runs(user: UserDep, ctx: CtxDep, name: Annotated[str | None, Quer
 async def get_run(run_id: str, user: UserDep, ctx: CtxDep) -> MatrixRunDetail:
     run, prog = await _refresh(ctx, await asyncio.to_thread(_visible, ctx, run_id, user))
     return MatrixRunDetail(**_out(run, prog).model_dump(), points=prog["points"])
+
+
+@router.post("/matrix/runs/{run_id}/cancel", dependencies=LEADER)
+async def cancel_run(run_id: str, user: UserDep, ctx: CtxDep) -> MatrixRunOut:
+    """Cancel every job of the run that has not ended; the run ends CANCELLED and is not
+    judged (its report says what its results were). Idempotent."""
+    run = await asyncio.to_thread(_visible, ctx, run_id, user)
+    jobs = await asyncio.to_thread(ctx.store.matrix_jobs, run.id)
+    if run.state == "RUNNING":
+        await asyncio.to_thread(ctx.store.end_matrix_run, run.id, "CANCELLED")
+        for job in jobs:
+            if job.state not in TERMINAL:
+                await ctx.scheduler.cancel(job.id)
+        run = await asyncio.to_thread(ctx.store.get_matrix_run, run.id)
+    return _out(run, progress(run, await asyncio.to_thread(ctx.store.matrix_jobs, run.id)))
 
 
 @router.get("/matrix/runs/{run_id}/report", responses={200: {"content": {
