@@ -1,9 +1,10 @@
 """Matrix runs on the server: progress, and the verdict of every point (DESIGN.md §5.11).
 
 A point's samples are the results of its measuring jobs (one per repeat); its series is the
-results with the same comparison key from earlier matrix runs, one run point per run. Each
-metric with a known direction is judged by fleet.regress; reports (JSON, JUnit XML) are built
-from that one structure.
+results with the same comparison key at the same point of the same user's earlier runs of the
+matrix, one run point per run. Each metric with a known direction is judged by fleet.regress;
+reports (JSON, JUnit XML here, HTML in fleet.report_html) are built from that one structure.
+The leader's keeper (``keep``) judges runs as they end, fires schedules and spends budgets.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ log = logging.getLogger("fleet.matrix")
 
 TERMINAL = {JobState.SUCCEEDED.value, JobState.FAILED.value, JobState.CANCELLED.value,
             JobState.TIMED_OUT.value}
-# Counters and noise figures in a metrics section: not something to compare as a performance.
 HISTORY_RUNS = 60  # earlier runs a report reads (the baseline takes 10, the drift window 30)
+# Counters and noise figures in a metrics section: not something to compare as a performance.
 _NOT_COMPARED = {"samples", "iterations", "cv", "cv_pct", "gpu_compute_cv_pct"}
 
 
@@ -193,6 +194,8 @@ def evaluate(store: Store, run: MatrixRun) -> dict[str, Any]:
         values = json.dumps(pts[index], sort_keys=True)
         history[(r.comparison_key or "", values)][r.matrix_run or ""].append(r)
     alarms = store.last_alarms(run.user, run.name, run.id)
+    earlier = _Earlier(store, run)
+    judged = set(spec["metrics"]) if spec.get("metrics") else None
     cache: dict[int, dict[str, Any]] = {}
 
     def parsed(r: Result) -> dict[str, Any]:  # each history record is read once, not per metric
@@ -229,13 +232,13 @@ def evaluate(store: Store, run: MatrixRun) -> dict[str, Any]:
             entry["baseline_environment"] = dict(_environment([parsed(r) for r in past[newest]]), run=newest)
         if not past:
             entry["notes"].append("new series: no earlier run with this comparison key"
-                                  + _key_change(store, run, row["index"], key))
+                                  + earlier.key_change(row["values"], records[0]))
         invalid = [r for r in records if r.get("status") == "invalid"]
         valid = [r for r in records if r.get("status") != "invalid"]
         if invalid:
             reasons = sorted({why for r in invalid for why in r.get("invalid_reasons") or []})
             entry["notes"].append(f"{len(invalid)} of {len(records)} samples invalid: " + "; ".join(reasons))
-        worst = "unchanged"
+        statuses: list[str] = []
         per_metric: dict[str, list[float]] = defaultdict(list)
         declared: dict[str, str | None] = {}
         for rec in valid:
@@ -253,6 +256,10 @@ def evaluate(store: Store, run: MatrixRun) -> dict[str, Any]:
             current_invalid = ()
         for name, samples in sorted(per_metric.items()):
             direction = direction_of(name, declared.get(name))
+            if judged is not None and name not in judged:
+                entry["metrics"][name] = {"status": "skipped", "samples": samples,
+                                          "reason": "not judged: not in the matrix's metrics:"}
+                continue
             if direction is None:
                 entry["metrics"][name] = {"status": "skipped", "samples": samples,
                                           "reason": "direction unknown: declare it in the result "
@@ -279,9 +286,10 @@ def evaluate(store: Store, run: MatrixRun) -> dict[str, Any]:
                 entry["metrics"][name]["changes"] = _changes(past, v.baseline_runs, records)
             entry["metrics"][name].update(_series(runs, RunPoint(run.id, tuple(samples), current_invalid),
                                                   v.baseline_runs, _thresholds(spec, name)))
-            worst = _worse(worst, v.status)
-        entry["verdict"] = worst
-        totals[worst] += 1
+            statuses.append(v.status)
+        verdict = point_verdict(statuses)
+        entry["verdict"] = verdict
+        totals[verdict] += 1
         points_out.append(entry)
     return {
         "id": run.id, "name": run.name, "user": run.user, "state": run.state, "created_at": run.created_at,
@@ -292,11 +300,15 @@ def evaluate(store: Store, run: MatrixRun) -> dict[str, Any]:
     }
 
 
-_RANK = {"regression": 5, "invalid": 4, "not_enough_samples": 3, "improvement": 2, "unchanged": 1}
-
-
-def _worse(a: str, b: str) -> str:
-    return a if _RANK.get(a, 0) >= _RANK.get(b, 0) else b
+def point_verdict(statuses: list[str]) -> str:
+    """A point's verdict from its metrics': a regression if any metric regressed, else an
+    improvement if any improved, else unchanged if any metric could be judged (a secondary
+    metric too noisy to compare is said on that metric, it does not void the point), else why
+    none could be (invalid before not enough samples)."""
+    for status in ("regression", "improvement", "unchanged", "invalid", "not_enough_samples"):
+        if status in statuses:
+            return status
+    return "not_enough_samples"
 
 
 def _environment(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -364,33 +376,43 @@ def verdict_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _key_change(store: Store, run: MatrixRun, index: int, key: str) -> str:
-    """For a new series: what changed since this matrix's last run of the same point."""
-    values = points_of(run)[index]
-    for prev in store.list_matrix_runs(run.user, name=run.name, limit=20):
-        if prev.id >= run.id:
-            continue
-        try:
-            p = points_of(prev).index(values)
-        except ValueError:
-            continue
-        rows = [r for r in store.matrix_results(prev.id)]
-        jobs = {j.id: j for j in store.matrix_jobs(prev.id)}
-        old = [r for r in rows if jobs.get(r.job_id) is not None and jobs[r.job_id].matrix_point == p]
-        if not old:
-            continue
+class _Earlier:
+    """The same user's earlier runs of a matrix, each read once (for new series' notes)."""
+
+    def __init__(self, store: Store, run: MatrixRun) -> None:
+        self.store, self.run = store, run
+        self.runs = [r for r in store.list_matrix_runs(run.user, name=run.name, limit=20) if r.id < run.id]
+        self._points: dict[str, dict[int, list[Result]]] = {}
+
+    def results_at(self, prev: MatrixRun) -> dict[int, list[Result]]:
+        if prev.id not in self._points:
+            jobs = {j.id: j.matrix_point for j in self.store.matrix_jobs(prev.id)}
+            by_point: dict[int, list[Result]] = defaultdict(list)
+            for r in self.store.matrix_results(prev.id):
+                point = jobs.get(r.job_id)
+                if point is not None:
+                    by_point[point].append(r)
+            self._points[prev.id] = by_point
+        return self._points[prev.id]
+
+    def key_change(self, values: dict[str, Any], now: dict[str, Any]) -> str:
+        """What changed since the newest earlier run of the same point (a new series)."""
         from fleet.results import key_fields
 
-        before = key_fields(json.loads(old[0].record_json))
-        now_rows = [r for r in store.matrix_results(run.id) if r.comparison_key == key]
-        if not now_rows:
+        for prev in self.runs:
+            try:
+                p = points_of(prev).index(values)
+            except ValueError:
+                continue
+            old = self.results_at(prev).get(p)
+            if not old:
+                continue
+            before, after = key_fields(json.loads(old[0].record_json)), key_fields(now)
+            changed = [f"{k} {before[k]} -> {after[k]}" for k in sorted(after) if before.get(k) != after[k]]
+            if changed:
+                return f"; the key changed since run {prev.id}: " + ", ".join(changed) + " (never compared across)"
             return ""
-        after = key_fields(json.loads(now_rows[0].record_json))
-        changed = [f"{k} {before[k]} -> {after[k]}" for k in sorted(after) if before.get(k) != after[k]]
-        if changed:
-            return f"; the key changed since run {prev.id}: " + ", ".join(changed) + " (never compared across)"
         return ""
-    return ""
 
 
 def junit(report: dict[str, Any]) -> str:

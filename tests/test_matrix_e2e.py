@@ -302,3 +302,28 @@ def test_a_job_that_lies_in_its_result_fails_naming_the_field_and_records_nothin
     assert client.wait(job, timeout=120).state == "SUCCEEDED"
     (rec,) = client.results().items
     assert rec.record["matrix_run_id"] is None
+
+
+def test_a_new_tool_major_version_starts_a_new_series_and_the_report_says_what_changed(fleet, tmp_path):
+    fleet.start()
+    version = tmp_path / "version"
+    version.write_text("8.6.1")
+    script = ('python3 -c \'import json,os; json.dump({"tool": {"name": "trtexec", "version": '
+              f'open("{version}").read()}}, "metrics": {{"latency_ms": {{"median": 2.0}}}}}}, '
+              'open(os.environ["FLEET_RESULT"], "w"))\'')
+    mfile = tmp_path / "keys.yml"
+    mfile.write_text(yaml.safe_dump({"name": "keys", "axes": {"model": ["m"]}, "repeat": 2,
+                                     "job": {"run": script}}))
+    first = json.loads(fleet.cli("matrix", "run", str(mfile), "--wait", "--json").stdout)
+    version.write_text("10.2.0")
+    second = json.loads(fleet.cli("matrix", "run", str(mfile), "--wait", "--json").stdout)
+    (point,) = second["points"]
+    assert point["comparison_key"] != first["points"][0]["comparison_key"]
+    assert any(f"the key changed since run {first['id']}: tool_major 8 -> 10 (never compared across)" in n
+               for n in point["notes"]), point["notes"]
+    assert point["metrics"]["latency_ms"]["status"] == "not_enough_samples"  # not compared across
+    # a patch release keeps the series
+    version.write_text("10.2.1")
+    third = json.loads(fleet.cli("matrix", "run", str(mfile), "--wait", "--json").stdout)
+    assert third["points"][0]["comparison_key"] == point["comparison_key"]
+    assert not any("new series" in n for n in third["points"][0]["notes"])

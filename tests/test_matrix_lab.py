@@ -26,6 +26,9 @@ def test_a_slower_device_tool_is_flagged_on_its_point_from_that_night(fleet, lab
     matrix = {
         "name": "lab-nightly", "axes": {"pool": ["rtx", "jetson"]}, "repeat": 4,
         "thresholds": {"alpha": 0.01, "min_baseline": 4},
+        # what the trtexec stand-in computes; its tegrastats power and memory depend on how the
+        # lab's own timing overlaps the run (an artifact of the stand-in), so they are not judged
+        "metrics": ["latency_ms", "gpu_compute_ms", "throughput_per_s"],
         "steps": [
             {"name": "compile", "kind": "compile", "runner": "tensorrt",
              "resources": {"pool": "${{ matrix.pool }}"}, "inputs": {"model": str(MODEL)},
@@ -50,10 +53,14 @@ def test_a_slower_device_tool_is_flagged_on_its_point_from_that_night(fleet, lab
     flagged = [(pool, m) for pool, p in last.items() for m, d in p["metrics"].items()
                if d["status"] in ("regression", "improvement")]
     assert last["rtx"]["verdict"] == "regression", last["rtx"]["metrics"]
-    assert last["jetson"]["verdict"] == "unchanged", last["jetson"]["metrics"]
+    assert last["jetson"]["verdict"] == "unchanged", [
+        (m, d["reason"], d["samples"], d["baseline_runs"]) for m, d in last["jetson"]["metrics"].items()
+        if d["status"] != "unchanged"]
     lat = last["rtx"]["metrics"]["latency_ms"]
     assert lat["status"] == "regression" and lat["first_run"] == runs[2] and 7 < lat["change_pct"] < 13
     assert all(pool == "rtx" for pool, _ in flagged), flagged
+    assert last["jetson"]["metrics"]["power_w"]["status"] == "skipped"
+    assert "not in the matrix's metrics" in last["jetson"]["metrics"]["power_w"]["reason"]
     # the night before was judged (four samples of baseline) and flagged nothing
     assert reports[1]["summary"]["unchanged"] == 2, reports[1]["summary"]
     assert [(r["point"], r["first_run"]) for r in fleet.cli_json("regressions")

@@ -92,3 +92,13 @@ def test_errors_name_the_field(over: dict[str, object], field: str, words: str) 
 def test_a_file_that_is_not_a_mapping() -> None:
     with pytest.raises(SpecError, match="a matrix file is a mapping"):
         load_matrix("- a\n- b\n", "m.yml")
+
+
+def test_a_point_verdict_is_its_worst_news_and_a_noisy_secondary_metric_does_not_void_it() -> None:
+    from fleet.matrix import point_verdict
+
+    assert point_verdict(["unchanged", "regression", "improvement"]) == "regression"
+    assert point_verdict(["unchanged", "improvement"]) == "improvement"
+    assert point_verdict(["unchanged", "invalid", "not_enough_samples"]) == "unchanged"
+    assert point_verdict(["not_enough_samples", "invalid"]) == "invalid"
+    assert point_verdict(["not_enough_samples"]) == point_verdict([]) == "not_enough_samples"

@@ -5,7 +5,8 @@ Keys: ``name``, ``axes`` (axis name -> list of values), ``include``/``exclude`` 
 Actions' matrix: an exclude entry drops every point it matches; an include entry adds its extra
 keys to every point it matches without overwriting an axis value, else becomes a point of its
 own), ``repeat`` (samples per point, default 5), ``job`` (a job spec) or ``steps`` (a chain),
-``schedule`` (cron), ``priority``, ``thresholds``, ``notify`` and ``budget`` (a time budget).
+``schedule`` (cron), ``priority``, ``thresholds``, ``notify``, ``budget`` (a time budget) and
+``metrics`` (which to judge).
 
 An axis value reaches the job as ``${{ matrix.NAME }}`` in any string of the template (a string
 that is only the expression takes the value's own type: ``batch: ${{ matrix.batch }}`` stays a
@@ -57,6 +58,9 @@ class MatrixSpec(_Strict):
     priority: int = Field(300, ge=1, le=1000, description="of every job of the run (default "
                                                           "below a plain job's 500)")
     thresholds: dict[str, Any] = Field(default_factory=dict)
+    metrics: list[str] | None = Field(None, description="the metrics to judge (default: every one "
+                                                       "with a known or declared direction); the "
+                                                       "others are reported, not judged")
     notify: Notify | None = None
     budget: float | None = Field(None, description="time budget of a run ('2h'): jobs not started "
                                                    "by then are cancelled, their points missing")
