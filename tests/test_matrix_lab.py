@@ -62,6 +62,9 @@ def test_a_slower_device_tool_is_flagged_on_its_point_from_that_night(fleet, lab
     assert last["jetson"]["metrics"]["power_w"]["status"] == "skipped"
     assert "not in the matrix's metrics" in last["jetson"]["metrics"]["power_w"]["reason"]
     # the night before was judged (four samples of baseline) and flagged nothing
-    assert reports[1]["summary"]["unchanged"] == 2, reports[1]["summary"]
+    assert reports[1]["summary"]["unchanged"] == 2, [
+        (p["values"], p["verdict"], p["notes"], {m: (d["status"], d.get("reason"), d.get("samples"))
+                                                 for m, d in p["metrics"].items() if d["status"] != "skipped"})
+        for p in reports[1]["points"]]
     assert [(r["point"], r["first_run"]) for r in fleet.cli_json("regressions")
             if r["metric"] == "latency_ms"] == [({"pool": "rtx"}, runs[2])]
