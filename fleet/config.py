@@ -29,6 +29,8 @@ CONFIG_KEYS = {
     "log_store_limit": "bytes the controller's log store may hold; oldest ended logs go (default 20 GiB)",
     "log_retention_days": "days an ended attempt's log is kept (default 30)",
     "gc_interval": "seconds between retention passes over the log store and hosts (default 300)",
+    "webhook_allow_private": "matrix webhooks may call loopback, private and link-local addresses "
+                             "(default false: a user's webhook could reach inside the network)",
     "matrix_interval": "seconds between the leader's looks at matrix schedules and time budgets "
                        "(default 30; a run is judged as soon as its last job ends)",
     "host_retention_days": "days an ended attempt's directory (log, raw files) stays on its host "
@@ -85,6 +87,7 @@ class Settings:
     log_retention_days: float = 30.0
     gc_interval: float = 300.0
     matrix_interval: float = 30.0
+    webhook_allow_private: bool = False
     host_retention_days: float = 7.0
     host_store_limit: int = 10 << 30
     artifact_retention_days: float = 90.0

@@ -114,6 +114,7 @@ async def serve(settings: Settings, options: ServeOptions) -> None:
     ctx = ApiContext(store, scheduler, blobs, lease, limits, disk)
     ctx.ssh_known_hosts = [Path("~/.ssh/known_hosts").expanduser(), settings.known_hosts]
     ctx.trust_on_first_use = settings.trust_on_first_use
+    ctx.webhook_allow_private = settings.webhook_allow_private
     hub = EventHub(store, settings.db_url)
     await hub.start()
     ctx.events = hub

@@ -13,9 +13,11 @@ import asyncio
 import hashlib
 import json
 import logging
+import re
 import statistics
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 from xml.etree import ElementTree as ET
 
@@ -25,7 +27,7 @@ from fleet.ids import new_id
 from fleet.models.enums import JobState
 from fleet.models.matrix import expand, point_label, point_specs, validate_matrix
 from fleet.models.tables import Job, MatrixRun, Result, User
-from fleet.store import Store
+from fleet.store import MatrixJob, Store
 
 if TYPE_CHECKING:
     from fleet.api.context import ApiContext
@@ -34,6 +36,7 @@ log = logging.getLogger("fleet.matrix")
 
 TERMINAL = {JobState.SUCCEEDED.value, JobState.FAILED.value, JobState.CANCELLED.value,
             JobState.TIMED_OUT.value}
+MAX_RUN_BYTES = 64 << 20  # the specs of one run's jobs, together
 HISTORY_RUNS = 60  # earlier runs a report reads (the baseline takes 10, the drift window 30)
 # Counters and noise figures in a metrics section: not something to compare as a performance.
 _NOT_COMPARED = {"samples", "iterations", "cv", "cv_pct", "gpu_compute_cv_pct"}
@@ -46,12 +49,13 @@ def prepare_run(ctx: ApiContext, data: dict[str, Any], uploads: dict[str, Any], 
     naming the point and the field."""
     spec = validate_matrix(data, source)
     points = expand(spec)
+    used: set[str] = set()
     bodies: list[dict[str, Any]] = []
     samples: list[tuple[int, int | None]] = []
     where: list[str] = []
     for i, point in enumerate(points):
         try:
-            made = point_specs(spec, point, i, uploads)
+            made = point_specs(spec, point, i, uploads, used)
         except SpecError as exc:
             raise SpecError([(f"points[{i}] ({point_label(point)}).{f}", m) for f, m in exc.errors],
                             source) from None
@@ -73,6 +77,11 @@ def prepare_run(ctx: ApiContext, data: dict[str, Any], uploads: dict[str, Any], 
                 errors.append((field, problem))
         raise SpecError(errors, source) from None
     assert not isinstance(checked, list)
+    total = sum(len(json.dumps(b)) for b in bodies)
+    if total > MAX_RUN_BYTES:  # each spec is bounded; a run of 20,000 of them must be too
+        raise SpecError([("", f"the run's jobs are {total} bytes of spec, at most {MAX_RUN_BYTES}")], source)
+    for key in [k for k in uploads if k not in used]:  # kept (a schedule pins them) only if used
+        del uploads[key]
     now = time.time()
     run = MatrixRun(id=new_id("m"), name=spec.name, user=user.name,
                     spec_json=json.dumps(spec.model_dump(mode="json")), points_json=json.dumps(points),
@@ -103,9 +112,9 @@ def points_of(run: MatrixRun) -> list[dict[str, Any]]:
     return points
 
 
-def progress(run: MatrixRun, jobs: list[Job]) -> dict[str, Any]:
+def progress(run: MatrixRun, jobs: Sequence[MatrixJob | Job]) -> dict[str, Any]:
     """Points done (every job succeeded), failed (ended, not all succeeded), running, waiting."""
-    by_point: dict[int, list[Job]] = defaultdict(list)
+    by_point: dict[int, list[MatrixJob | Job]] = defaultdict(list)
     for job in jobs:
         by_point[job.matrix_point if job.matrix_point is not None else -1].append(job)
     rows = []
@@ -415,6 +424,14 @@ class _Earlier:
         return ""
 
 
+_XML_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def _xml_text(text: str) -> str:
+    """Text XML 1.0 can hold (and a terminal shows as it is): control characters as '?'."""
+    return _XML_BAD.sub("?", text)
+
+
 def junit(report: dict[str, Any]) -> str:
     """JUnit XML: a testcase per point; a regression is a failure with its explanation."""
     suite = ET.Element("testsuite", name=f"fleet matrix {report['name']}", id=report["id"])
@@ -440,6 +457,11 @@ def junit(report: dict[str, Any]) -> str:
     suite.set("failures", str(failures))
     suite.set("errors", str(errors))
     suite.set("skipped", str(skipped))
+    for el in suite.iter():
+        if el.text:
+            el.text = _xml_text(el.text)
+        for k, v in list(el.attrib.items()):
+            el.attrib[k] = _xml_text(v)
     return ET.tostring(suite, encoding="unicode", xml_declaration=True)
 
 
@@ -482,28 +504,50 @@ async def tick(ctx: ApiContext, now: float | None = None) -> None:
     running = await asyncio.to_thread(store.running_matrix_runs)
     if running:
         ctx.scheduler.matrix_active = True
-    for run in running:
-        jobs = await asyncio.to_thread(store.matrix_jobs, run.id)
-        if run.deadline is not None and now > run.deadline:
-            waiting = [j.id for j in jobs if j.state in (JobState.PENDING.value, JobState.RETRYING.value)]
-            for job_id in waiting:
-                await ctx.scheduler.cancel(job_id)
-            if waiting:
-                log.info("matrix run %s: time budget spent; %d waiting jobs cancelled", run.id, len(waiting))
-                jobs = await asyncio.to_thread(store.matrix_jobs, run.id)
-        if progress(run, jobs)["finished"]:
-            await judge_run(ctx, run)
-    await fire_schedules(ctx, now)
+    for run in running:  # one run that cannot be judged must not stop the others (or schedules)
+        try:
+            await _keep_run(ctx, run, now)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("matrix run %s", run.id)
+    try:
+        await fire_schedules(ctx, now)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("matrix schedules")
+
+
+async def _keep_run(ctx: ApiContext, run: MatrixRun, now: float) -> None:
+    store = ctx.store
+    jobs = await asyncio.to_thread(store.matrix_jobs, run.id)
+    if run.deadline is not None and now > run.deadline:
+        waiting = [j.id for j in jobs if j.state in (JobState.PENDING.value, JobState.RETRYING.value)]
+        for job_id in waiting:
+            await ctx.scheduler.cancel(job_id)
+        if waiting:
+            log.info("matrix run %s: time budget spent; %d waiting jobs cancelled", run.id, len(waiting))
+            jobs = await asyncio.to_thread(store.matrix_jobs, run.id)
+    if progress(run, jobs)["finished"]:
+        await judge_run(ctx, run)
 
 
 async def judge_run(ctx: ApiContext, run: MatrixRun) -> dict[str, Any]:
     """Judge a run whose jobs all ended: store its verdicts, mark it DONE and tell its webhook,
     once (the keeper and a reader may both come; the first write wins). Returns the report."""
-    report = await asyncio.to_thread(evaluate, ctx.store, run)
+    try:
+        report = await asyncio.to_thread(evaluate, ctx.store, run)
+    except Exception as exc:  # a run whose results cannot be judged ends so, saying why, once
+        log.exception("matrix run %s: cannot be judged", run.id)
+        report = {"id": run.id, "name": run.name, "user": run.user,
+                  "error": f"this run could not be judged: {type(exc).__name__}: {exc}"[:2000]}
+        await asyncio.to_thread(ctx.store.judge_matrix_run, run.id, report, [], "ERROR")
+        return report
     if await asyncio.to_thread(ctx.store.judge_matrix_run, run.id, report, verdict_rows(report)):
         log.info("matrix run %s (%s) judged: %s", run.id, run.name, report["summary"])
         report["state"] = "DONE"
-        await notify(json.loads(run.spec_json), report)
+        await notify(json.loads(run.spec_json), report, ctx.webhook_allow_private)
     return report
 
 
@@ -512,25 +556,29 @@ async def fire_schedules(ctx: ApiContext, now: float) -> None:
 
     store = ctx.store
     for sched in await asyncio.to_thread(store.list_schedules, None):
-        due = float(croniter(sched.cron, now).get_prev(float))
+        try:
+            due = float(croniter(sched.cron, now).get_prev(float))
+        except Exception:  # noqa: BLE001 - a cron stored before its checks: skipped, said
+            log.warning("matrix schedule %s of %s: cron %r has no time", sched.name, sched.user, sched.cron)
+            continue
         if due <= sched.last_fired:
             continue
         # Claimed once for the latest due time: nights missed while no leader ran are one run.
-        if not await asyncio.to_thread(store.claim_schedule, sched.name, due):
+        if not await asyncio.to_thread(store.claim_schedule, sched.user, sched.name, due):
             continue
         user = await asyncio.to_thread(store.get_user, sched.user)
         if user is None:
-            await asyncio.to_thread(store.schedule_fired, sched.name, None, f"user {sched.user} is gone")
+            await asyncio.to_thread(store.schedule_fired, sched.user, sched.name, None, f"user {sched.user} is gone")
             continue
         try:
             run, _jobs = await start_run(ctx, json.loads(sched.spec_json), json.loads(sched.uploads_json),
                                          f"schedule {sched.name}", user, trigger="schedule")
         except Exception as exc:  # noqa: BLE001 - said on the schedule; the next night tries again
             log.warning("matrix schedule %s: %s", sched.name, exc)
-            await asyncio.to_thread(store.schedule_fired, sched.name, None, str(exc)[:2000])
+            await asyncio.to_thread(store.schedule_fired, sched.user, sched.name, None, str(exc)[:2000])
             continue
         log.info("matrix schedule %s: run %s", sched.name, run.id)
-        await asyncio.to_thread(store.schedule_fired, sched.name, run.id, None)
+        await asyncio.to_thread(store.schedule_fired, sched.user, sched.name, run.id, None)
 
 
 def slack_body(report: dict[str, Any]) -> dict[str, Any]:
@@ -551,17 +599,35 @@ def slack_body(report: dict[str, Any]) -> dict[str, Any]:
         {"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(lines[:40]) or "-"}}]}
 
 
-async def notify(spec: dict[str, Any], report: dict[str, Any]) -> None:
-    """POST the webhook of a run that ended with regressions (once; a failure is logged)."""
+WEBHOOK_DEADLINE = 15.0  # seconds a webhook call may take in all (a slow server cannot hold the keeper)
+
+
+async def notify(spec: dict[str, Any], report: dict[str, Any], allow_private: bool = False) -> None:
+    """POST the webhook of a run that ended with regressions, once, within WEBHOOK_DEADLINE;
+    an address inside the controller's network is refused unless allowed. Failures are logged."""
     url = ((spec.get("notify") or {}) or {}).get("webhook")
     if not url or not report["summary"]["regression"]:
         return
+    import ipaddress
+    from urllib.parse import urlsplit
+
     import httpx
 
     try:
-        async with httpx.AsyncClient(timeout=10.0) as http:
-            resp = await http.post(url, json=slack_body(report))
-            if resp.status_code >= 400:
-                log.warning("matrix %s: webhook %s answered %d", report["name"], url, resp.status_code)
-    except httpx.HTTPError as exc:
-        log.warning("matrix %s: webhook %s: %s", report["name"], url, exc)
+        async with asyncio.timeout(WEBHOOK_DEADLINE):
+            parts = urlsplit(url)
+            if not allow_private:
+                infos = await asyncio.get_running_loop().getaddrinfo(
+                    parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+                for info in infos:
+                    ip = ipaddress.ip_address(str(info[4][0]).split("%")[0])
+                    if not ip.is_global:
+                        log.warning("matrix %s: webhook %s refused: %s is not a public address "
+                                    "(config webhook_allow_private)", report["name"], url, ip)
+                        return
+            async with httpx.AsyncClient(timeout=10.0, follow_redirects=False) as http:
+                resp = await http.post(url, json=slack_body(report))
+                if resp.status_code >= 400:
+                    log.warning("matrix %s: webhook %s answered %d", report["name"], url, resp.status_code)
+    except (TimeoutError, OSError, ValueError, httpx.HTTPError) as exc:
+        log.warning("matrix %s: webhook %s: %s", report["name"], url, exc or type(exc).__name__)

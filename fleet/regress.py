@@ -71,10 +71,21 @@ class Thresholds:
         if not data:
             return cls()
         known = cls.__dataclass_fields__
-        for key in data:
+        out: dict[str, Any] = {}
+        for key, value in data.items():
             if key not in known:
                 raise ValueError(f"thresholds.{key}: unknown (known: {', '.join(sorted(known))})")
-        return cls(**data)
+            integer = isinstance(getattr(cls, key), int)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"thresholds.{key}: must be a finite number, not {value!r}")
+            if integer and (value != int(value) or not 1 <= value <= 10_000):
+                raise ValueError(f"thresholds.{key}: must be a whole number from 1 to 10000, not {value!r}")
+            if key in ("alpha", "drift_alpha") and not 0 < value < 1:
+                raise ValueError(f"thresholds.{key}: must be between 0 and 1, not {value!r}")
+            if not integer and value < 0:
+                raise ValueError(f"thresholds.{key}: must be >= 0, not {value!r}")
+            out[key] = int(value) if integer else float(value)
+        return cls(**out)
 
 
 @dataclass(frozen=True)
@@ -108,9 +119,9 @@ class Verdict:
 def run_problems(point: RunPoint, t: Thresholds) -> list[str]:
     """Why a run's samples cannot be compared (empty: they can)."""
     problems = list(point.invalid)
-    finite = [s for s in point.samples if math.isfinite(s)]
+    finite = [s for s in point.samples if math.isfinite(s) and abs(s) < 1e300]
     if len(finite) != len(point.samples):
-        problems.append("non-finite samples")
+        problems.append("non-finite or absurd samples (beyond 1e300)")
     # (a count that is mostly 0, frames dropped: its CV says nothing about noise)
     if len(finite) >= 2 and statistics.median(finite) != 0:
         mean = statistics.fmean(finite)

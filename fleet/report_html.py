@@ -70,7 +70,7 @@ def plot(metric: str, m: dict[str, Any]) -> str:
     ax.set_xticks(xs[-12:] if len(xs) > 12 else xs)
     ax.set_xticklabels([series[i]["run"][-6:] for i in (xs[-12:] if len(xs) > 12 else xs)],
                        fontsize=7, rotation=30)
-    ax.set_ylabel(metric, fontsize=8)
+    ax.set_ylabel(metric, fontsize=8, parse_math=False)  # a name with $...$ is text, not TeX
     ax.tick_params(axis="y", labelsize=8)
     ax.grid(alpha=0.25)
     ax.legend(fontsize=7, loc="upper left", frameon=False)

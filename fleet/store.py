@@ -12,7 +12,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import bindparam, delete, func, insert, null, text, update
 from sqlalchemy import select as sa_select
@@ -143,6 +143,13 @@ def _attempt_event(conn: Connection, attempt_id: str, kind: str, now: float,
     """An ``attempt.*`` event for an attempt as it is now in this transaction."""
     _exec_driver(conn, _ATTEMPT_EVENT, {"at": now, "type": kind, "id": attempt_id,
                                         "data": json.dumps(data) if data else None})
+
+
+class MatrixJob(NamedTuple):
+    id: str
+    state: str
+    matrix_point: int | None
+    matrix_repeat: int | None
 
 
 _ID_CHARS = "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -667,9 +674,13 @@ class Store:
         with self.db.session() as s:
             return list(s.exec(q.order_by(col(MatrixRun.id).desc()).limit(limit)).all())
 
-    def matrix_jobs(self, run_id: str) -> list[Job]:
-        with self.db.session() as s:
-            return list(s.exec(select(Job).where(Job.matrix_run == run_id).order_by(col(Job.id))).all())
+    def matrix_jobs(self, run_id: str) -> list[MatrixJob]:
+        """A run's jobs, as little of each as its progress needs (not their specs: a run has
+        up to 20,000 jobs and this is read each time one of them ends)."""
+        with self.db.write() as conn:
+            rows = conn.execute(sa_select(_J.id, _J.state, _J.matrix_point, _J.matrix_repeat)
+                                .where(_J.matrix_run == run_id).order_by(_J.id)).all()
+            return [MatrixJob(*row) for row in rows]
 
     def end_matrix_run(self, run_id: str, state: str) -> bool:
         """RUNNING -> DONE or CANCELLED, once (False: it had ended already)."""
@@ -684,13 +695,15 @@ class Store:
         with self.db.session() as s:
             return list(s.exec(select(MatrixRun).where(MatrixRun.state == "RUNNING")).all())
 
-    def judge_matrix_run(self, run_id: str, report: dict[str, Any], verdicts: Sequence[dict[str, Any]]) -> bool:
-        """Store a finished run's verdicts and mark it DONE, once (False: it was judged before,
-        by this replica or another)."""
+    def judge_matrix_run(self, run_id: str, report: dict[str, Any], verdicts: Sequence[dict[str, Any]],
+                         state: str = "DONE") -> bool:
+        """Store a finished run's verdicts and mark it DONE (or ERROR: it could not be judged),
+        once (False: it was judged before, by this replica or another)."""
+        now = time.time()
         with self.db.write() as conn:
             moved = conn.execute(update(_MRUNS).where(_MRUNS.c.id == run_id, _MRUNS.c.state == "RUNNING")
-                                 .values(state="DONE", ended_at=time.time(),
-                                         report_json=json.dumps(dict(report, state="DONE"))))
+                                 .values(state=state, ended_at=now,
+                                         report_json=json.dumps(dict(report, state=state, ended_at=now))))
             if not moved.rowcount:
                 return False
             if verdicts:
@@ -722,45 +735,43 @@ class Store:
             return list(s.exec(q.order_by(col(MatrixVerdict.id).desc()).limit(limit)).all())
 
     def put_schedule(self, row: MatrixSchedule) -> None:
-        """Schedule a matrix (by name); a user's schedule of the same name is replaced, another
-        user's is refused (FleetError)."""
+        """Schedule a matrix: the user's schedule of the same name is replaced."""
+        table = MatrixSchedule.__table__  # type: ignore[attr-defined]
         with self.db.write() as conn:
-            table = MatrixSchedule.__table__  # type: ignore[attr-defined]
-            old = conn.execute(sa_select(table.c.user).where(table.c.name == row.name)).first()
-            if old is not None and old[0] != row.user:
-                raise FleetError(f"a matrix named {row.name!r} is scheduled by another user: name yours "
-                                 "differently")
-            conn.execute(delete(table).where(table.c.name == row.name))
+            conn.execute(delete(table).where(table.c.user == row.user, table.c.name == row.name))
             conn.execute(insert(table), row.model_dump())
 
-    def delete_schedule(self, name: str, owner: str | None) -> bool:
+    def delete_schedule(self, name: str, owner: str | None) -> int:
+        """Unschedule ``owner``'s matrix ``name`` (an admin: everyone's of that name)."""
         table = MatrixSchedule.__table__  # type: ignore[attr-defined]
         q = delete(table).where(table.c.name == name)
         if owner is not None:
             q = q.where(table.c.user == owner)
         with self.db.write() as conn:
-            return bool(conn.execute(q).rowcount)
+            return int(conn.execute(q).rowcount)
 
     def list_schedules(self, owner: str | None) -> list[MatrixSchedule]:
         q = select(MatrixSchedule)
         if owner is not None:
             q = q.where(MatrixSchedule.user == owner)
         with self.db.session() as s:
-            return list(s.exec(q.order_by(col(MatrixSchedule.name))).all())
+            return list(s.exec(q.order_by(col(MatrixSchedule.name), col(MatrixSchedule.user))).all())
 
-    def claim_schedule(self, name: str, fire_at: float) -> bool:
+    def claim_schedule(self, user: str, name: str, fire_at: float) -> bool:
         """Take the schedule's firing at ``fire_at`` (a cron time): True for exactly one caller,
         and only if it has not fired at or after that time (a missed night runs once)."""
         table = MatrixSchedule.__table__  # type: ignore[attr-defined]
         with self.db.write() as conn:
-            moved = conn.execute(update(table).where(table.c.name == name, table.c.last_fired < fire_at)
+            moved = conn.execute(update(table).where(table.c.user == user, table.c.name == name,
+                                                     table.c.last_fired < fire_at)
                                  .values(last_fired=fire_at))
             return bool(moved.rowcount)
 
-    def schedule_fired(self, name: str, run_id: str | None, error: str | None) -> None:
+    def schedule_fired(self, user: str, name: str, run_id: str | None, error: str | None) -> None:
         table = MatrixSchedule.__table__  # type: ignore[attr-defined]
         with self.db.write() as conn:
-            conn.execute(update(table).where(table.c.name == name).values(last_run=run_id, last_error=error))
+            conn.execute(update(table).where(table.c.user == user, table.c.name == name)
+                         .values(last_run=run_id, last_error=error))
 
     def matrix_results(self, run_id: str) -> list[Result]:
         with self.db.session() as s:

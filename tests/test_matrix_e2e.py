@@ -56,7 +56,7 @@ class Hook:
 
 @pytest.mark.long
 def test_a_matrix_flags_exactly_the_point_that_got_slower_from_that_night(fleet, tmp_path):
-    fleet.start()
+    fleet.start(config={"webhook_allow_private": True})  # the test's webhook is on loopback
     hook = Hook()
     factors = tmp_path / "factors"
     factors.mkdir()
@@ -198,6 +198,24 @@ def test_a_users_matrix_runs_and_their_history_are_theirs(fleet, tmp_path, share
     lat = report["points"][0]["metrics"]["latency_ms"]
     assert lat["samples"] == [5.0] * 3 and lat["status"] == "not_enough_samples"
     assert any(n.startswith("new series") for n in report["points"][0]["notes"])  # not alice's
+    # schedule names are each user's: bob's "nightly" neither sees, takes nor removes alice's
+    m["schedule"] = "0 2 * * *"
+    alice.call(calls.matrix_schedule(m, {}, "a.yml"))
+    bob.call(calls.matrix_schedule(m, {}, "b.yml"))
+    assert [(r["user"], r["name"]) for r in bob.call(calls.matrix_schedules())] == [("bob", "nightly")]
+    bob.call(calls.matrix_unschedule("nightly"))
+    with pytest.raises(NotFound):
+        bob.call(calls.matrix_unschedule("nightly"))
+    assert [(r["user"], r["name"]) for r in alice.call(calls.matrix_schedules())] == [("alice", "nightly")]
+    # a schedule keeps only the uploads its jobs use: naming alice's blob pins nothing
+    bob.call(calls.matrix_schedule(m, {"unused.bin": ref}, "b.yml"))
+    import sqlite3
+
+    (kept,) = sqlite3.connect(fleet.home / "fleet.db").execute(
+        "SELECT uploads_json FROM matrix_schedules WHERE user = 'bob'").fetchone()
+    assert sha not in kept and json.loads(kept) == {}
+    rows = fleet.cli_json("matrix", "schedules")  # the admin sees both
+    assert sorted(r["user"] for r in rows) == ["alice", "bob"]
     for c in (alice, bob):
         c.close()
 
@@ -327,3 +345,42 @@ def test_a_new_tool_major_version_starts_a_new_series_and_the_report_says_what_c
     third = json.loads(fleet.cli("matrix", "run", str(mfile), "--wait", "--json").stdout)
     assert third["points"][0]["comparison_key"] == point["comparison_key"]
     assert not any("new series" in n for n in third["points"][0]["notes"])
+
+
+def test_a_webhook_inside_the_network_is_refused_and_a_slow_one_cannot_hold_the_keeper(monkeypatch):
+    """In-process: a user's webhook may not make the controller call loopback (or any private
+    address) unless the operator allows it, and a server that answers slowly is given up."""
+    import asyncio
+    import http.server
+    import threading
+    import time
+
+    from fleet import matrix
+
+    hook = Hook()
+    report = {"id": "m1", "name": "n", "summary": {"regression": 1, "invalid": 0, "missing": 0},
+              "points": [{"values": {"model": "b"}, "metrics": {"latency_ms": {
+                  "status": "regression", "before": 1.0, "after": 1.1, "change_pct": 10.0, "first_run": "m1"}}}]}
+    spec = {"notify": {"webhook": hook.url}}
+    asyncio.run(matrix.notify(spec, report, allow_private=False))
+    assert hook.bodies == []  # 127.0.0.1 is not a public address
+    asyncio.run(matrix.notify(spec, report, allow_private=True))
+    assert len(hook.bodies) == 1 and "model=b: latency_ms 1 -> 1.1 (+10.0%" in json.dumps(hook.bodies)
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            time.sleep(3)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    slow = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=slow.serve_forever, daemon=True).start()
+    monkeypatch.setattr(matrix, "WEBHOOK_DEADLINE", 0.3)
+    started = time.monotonic()
+    asyncio.run(matrix.notify({"notify": {"webhook": f"http://127.0.0.1:{slow.server_address[1]}/"}},
+                              report, allow_private=True))
+    assert time.monotonic() - started < 2.0
+    slow.shutdown()

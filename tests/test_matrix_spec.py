@@ -45,14 +45,14 @@ def test_values_reach_the_job_as_text_typed_values_and_environment() -> None:
     [(body, repeats)] = point_specs(m, expand(m)[0], 0)
     assert body["run"] == "bench a x8" and body["params"] == {"batch": 8}
     assert body["envs"] == {"FLEET_MATRIX_MODEL": "a", "FLEET_MATRIX_DEVICE": "rtx", "FLEET_MATRIX_BATCH": "8"}
-    assert body["priority"] == 300 and repeats == [1] and body["name"] == "nightly.a-rtx-8"
+    assert body["priority"] == 300 and repeats == [1] and body["name"] == "nightly.0-a-rtx-8"
     validate_spec(body)
 
 
 def test_repeat_copies_a_job_and_a_chains_last_step_only() -> None:
     m = validate_matrix(spec(repeat=3))
     bodies = point_specs(m, expand(m)[0], 0)
-    assert [b["name"] for b, _ in bodies] == ["nightly.a-rtx.r1", "nightly.a-rtx.r2", "nightly.a-rtx.r3"]
+    assert [b["name"] for b, _ in bodies] == ["nightly.0-a-rtx.r1", "nightly.0-a-rtx.r2", "nightly.0-a-rtx.r3"]
     assert [r for _, r in bodies] == [[1], [2], [3]]
     chain = validate_matrix({"name": "c", "axes": {"m": ["x"]}, "repeat": 3, "steps": [
         {"name": "compile", "run": "compile ${{ matrix.m }}", "outputs": ["engine"]},
@@ -81,6 +81,17 @@ def test_repeat_copies_a_job_and_a_chains_last_step_only() -> None:
     ({"job": {"run": "${{ secrets.x }}"}}, "job.run", "only ${{ matrix.NAME }}"),
     ({"axes": {"a": list(range(50)), "b": list(range(50))}}, "axes", "2500 points, at most 2000"),
     ({"surprise": 1}, "surprise", "unknown field"),
+    ({"axes": {f"a{i}": [0, 1, 2, 3] for i in range(30)}}, "axes", "30 axes, at most 16"),
+    ({"axes": {f"a{i}": list(range(10)) for i in range(10)}}, "axes", "10000000000 combinations"),
+    ({"axes": {"m": ["a"], "M": ["b"]}}, "axes", "differ only in case"),
+    ({"axes": {"m": [float("nan")]}}, "axes.m", "not a finite number"),
+    ({"exclude": [{"model": float("inf")}]}, "", "not a finite number"),
+    ({"schedule": "0 0 31 2 *"}, "schedule", "that time never comes"),
+    ({"schedule": "* * * * *"}, "schedule", "at least 15 minutes"),
+    ({"thresholds": {"alpha": "x"}}, "", "thresholds.alpha: must be a finite number"),
+    ({"thresholds": {"alpha": 2}}, "", "between 0 and 1"),
+    ({"thresholds": {"min_samples": 2.5}}, "", "whole number"),
+    ({"thresholds": {"latency_ms": {"max_cv_pct": -1}}}, "", "thresholds.latency_ms.max_cv_pct: must be >= 0"),
 ])
 def test_errors_name_the_field(over: dict[str, object], field: str, words: str) -> None:
     with pytest.raises(SpecError) as err:
@@ -102,3 +113,15 @@ def test_a_point_verdict_is_its_worst_news_and_a_noisy_secondary_metric_does_not
     assert point_verdict(["unchanged", "invalid", "not_enough_samples"]) == "unchanged"
     assert point_verdict(["not_enough_samples", "invalid"]) == "invalid"
     assert point_verdict(["not_enough_samples"]) == point_verdict([]) == "not_enough_samples"
+
+
+def test_matching_is_by_type_and_value_and_an_include_key_is_empty_where_absent() -> None:
+    m = validate_matrix({"name": "t", "axes": {"a": [1, True, 1.0, "1"]}, "exclude": [{"a": 1}],
+                         "include": [{"a": "1", "extra": "--fast"}], "repeat": 1,
+                         "job": {"run": "bench ${{ matrix.a }} ${{ matrix.extra }}"}})
+    points = expand(m)
+    assert points == [{"a": True}, {"a": 1.0}, {"a": "1", "extra": "--fast"}]
+    runs = [point_specs(m, p, i)[0][0]["run"] for i, p in enumerate(points)]
+    assert runs == ["bench true ", "bench 1.0 ", "bench 1 --fast"]
+    names = [point_specs(m, p, i)[0][0]["name"] for i, p in enumerate(points)]
+    assert len(set(names)) == 3  # 1.0 and "1" print alike; the index keeps their jobs apart

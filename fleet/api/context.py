@@ -40,6 +40,9 @@ class ApiContext:
         self.trust_on_first_use = False
         self._leader_http: httpx.AsyncClient | None = None
         self.events: EventHub | None = None  # GET /events (fleet.events); set by the controller
+        # Matrix webhooks to loopback/private/link-local addresses (config webhook_allow_private):
+        # off, so a user's webhook cannot make the controller call inside its own network.
+        self.webhook_allow_private = False
 
     def leader_url(self) -> str | None:
         """The API URL of the current leader (None if this replica leads or nobody does)."""

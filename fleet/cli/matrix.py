@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from fleet.cli.base import Ctx, cli, handle_errors, pass_ctx
+from fleet.cli.render import safe
 from fleet.errors import FleetError
 
 
@@ -62,7 +63,7 @@ def matrix_run(obj: Ctx, file: Path, wait: bool, as_json: bool) -> None:
         click.echo(json.dumps(run, indent=2) if as_json else run["id"])
         return
     if not as_json:
-        click.echo(_progress_line(run), err=True)
+        click.echo(safe(_progress_line(run)), err=True)
     status = client.call(calls.matrix_status(run["id"]))
     job_ids = [j for p in status["points"] for j in p["jobs"]]
     try:
@@ -71,7 +72,7 @@ def matrix_run(obj: Ctx, file: Path, wait: bool, as_json: bool) -> None:
         click.echo(f"\nfleet: stopped waiting; the run goes on (fleet matrix status {run['id']})", err=True)
         sys.exit(130)
     report = json.loads(client.call(calls.matrix_report(run["id"], "json")))
-    click.echo(json.dumps(report, indent=2) if as_json else "\n".join(_summary(report)))
+    click.echo(json.dumps(report, indent=2) if as_json else safe("\n".join(_summary(report))))
     bad = report["summary"]["regression"] or report["summary"]["missing"] or report["progress"].get("failed")
     sys.exit(1 if bad else 0)
 
@@ -93,7 +94,7 @@ def matrix_list(obj: Ctx, name: str | None, limit: int, as_json: bool) -> None:
     if not runs:
         click.echo("no matrix runs")
     for run in runs:
-        click.echo(_progress_line(run))
+        click.echo(safe(_progress_line(run)))
 
 
 @matrix.command("status")
@@ -109,11 +110,11 @@ def matrix_status(obj: Ctx, run_id: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(run, indent=2))
         return
-    click.echo(_progress_line(run))
+    click.echo(safe(_progress_line(run)))
     for p in run["points"]:
         label = ", ".join(f"{k}={v}" for k, v in p["values"].items())
         states = ", ".join(f"{n} {s}" for s, n in p["job_states"].items())
-        click.echo(f"  {p['state']:<8} {label}  ({states})")
+        click.echo(safe(f"  {p['state']:<8} {label}  ({states})"))
 
 
 @matrix.command("cancel")
@@ -126,7 +127,7 @@ def matrix_cancel(obj: Ctx, run_id: str, as_json: bool) -> None:
     from fleet.client import calls
 
     run = obj.client.call(calls.matrix_cancel(run_id))
-    click.echo(json.dumps(run, indent=2) if as_json else _progress_line(run))
+    click.echo(json.dumps(run, indent=2) if as_json else safe(_progress_line(run)))
 
 
 @matrix.command("report")
@@ -204,8 +205,8 @@ def matrix_schedules(obj: Ctx, as_json: bool) -> None:
         click.echo("no scheduled matrices")
     for r in rows:
         err = f"  last error: {r['last_error']}" if r.get("last_error") else ""
-        click.echo(f"{r['name']}  '{r['cron']}'  next {r['next']}  last run {r.get('last_run') or '-'}"
-                   f"  ({r['user']}){err}")
+        click.echo(safe(f"{r['name']}  '{r['cron']}'  next {r['next']}  last run {r.get('last_run') or '-'}"
+                        f"  ({r['user']}){err}"))
 
 
 @cli.command()
@@ -225,10 +226,13 @@ def regressions(obj: Ctx, as_json: bool) -> None:
     for r in rows:
         label = ", ".join(f"{k}={v}" for k, v in r["point"].items())
         ci = r.get("ci_pct")
-        conf = f" (95% CI {ci[0]:+.1f}..{ci[1]:+.1f}%, p={r['p_value']:.2g})" if ci and r.get("p_value") is not None else ""
+        conf = (f" (95% CI {ci[0]:+.1f}..{ci[1]:+.1f}%, p={r['p_value']:.2g})"
+                if ci and None not in ci and r.get("p_value") is not None else "")
         change = f"{r['change_pct']:+.1f}%" if r.get("change_pct") is not None else "(from 0)"
-        click.echo(f"{r['matrix']} [{label}] {r['metric']}: {r['before']:.4g} -> {r['after']:.4g} "
-                   f"{change}{conf}, {r.get('kind') or 'step'} from run {r['first_run']} "
-                   f"(found by {r['detected_run']})")
+        before = f"{r['before']:.4g}" if r.get("before") is not None else "?"
+        after = f"{r['after']:.4g}" if r.get("after") is not None else "?"
+        click.echo(safe(f"{r['matrix']} [{label}] {r['metric']}: {before} -> {after} "
+                        f"{change}{conf}, {r.get('kind') or 'step'} from run {r['first_run']} "
+                        f"(found by {r['detected_run']})"))
         for c in r.get("changes") or []:
-            click.echo(f"    changed: {c}")
+            click.echo(safe(f"    changed: {c}"))

@@ -189,3 +189,9 @@ class SafeText:
             out.append("^M")
             self._cr = False
         return "".join(out).encode("utf-8")
+
+
+def safe(text: str) -> str:
+    """``text`` (a user's axis values, metric names, reasons) with control characters shown,
+    not obeyed: safe to print on a terminal (see SafeText)."""
+    return SafeText().feed(text.encode("utf-8", "replace"), final=True).decode("utf-8")

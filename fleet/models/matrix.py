@@ -10,15 +10,20 @@ own), ``repeat`` (samples per point, default 5), ``job`` (a job spec) or ``steps
 
 An axis value reaches the job as ``${{ matrix.NAME }}`` in any string of the template (a string
 that is only the expression takes the value's own type: ``batch: ${{ matrix.batch }}`` stays a
-number) and as ``FLEET_MATRIX_<NAME>`` in its environment. ``repeat`` runs the measuring part N
-times: a job N times, or a chain's last step N times (each copy waits for what the step waits
-for, so a compile -> benchmark chain compiles once and benchmarks N times).
+number) and as ``FLEET_MATRIX_<NAME>`` in its environment (a key only an include gives is empty
+at the other points). ``repeat`` runs the measuring part N times: a job N times, or a chain's
+last step N times. A copy waits for the step its ``{step: ...}`` input names, so a compile ->
+benchmark chain whose benchmark takes ``{step: compile}`` compiles once and benchmarks N times
+side by side; a last step without such an input waits for the step before it, and its copies
+run one after another.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import re
+import time
 from typing import Any
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -31,6 +36,9 @@ EXPR_RE = re.compile(r"\$\{\{\s*matrix\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _ANY_EXPR = re.compile(r"\$\{\{(.*?)\}\}")
 MAX_POINTS = 2000
 MAX_JOBS = 20000
+MAX_AXES = 16
+MAX_RULES = 256  # include + exclude entries
+MIN_SCHEDULE_GAP = 15 * 60.0  # seconds between two runs of a schedule, at least
 Scalar = str | int | float | bool
 
 
@@ -78,13 +86,29 @@ class MatrixSpec(_Strict):
     def _axes(cls, axes: dict[str, list[Scalar]]) -> dict[str, list[Scalar]]:
         if not axes:
             raise ValueError("at least one axis (name: [values])")
+        if len(axes) > MAX_AXES:
+            raise ValueError(f"{len(axes)} axes, at most {MAX_AXES}")
+        upper = [n.upper() for n in axes]
+        if len(set(upper)) != len(upper):
+            raise ValueError("two axes differ only in case: both would be FLEET_MATRIX_" +
+                             next(u for u in upper if upper.count(u) > 1))
+        total = 1
+        for values in axes.values():  # before the product is made: 4^30 points is 676 bytes
+            total *= max(len(values), 1)
+        if total > MAX_POINTS * 4:
+            raise ValueError(f"{total} combinations, at most {MAX_POINTS} points (after exclude)")
         for name, values in axes.items():
+            for v in values:
+                if isinstance(v, float) and not math.isfinite(v):
+                    raise ValueError(f"{name}: {v!r} is not a finite number")
+                if isinstance(v, str) and len(v) > 1024:
+                    raise ValueError(f"{name}: a value of {len(v)} characters, at most 1024")
             if not AXIS_RE.match(name):
                 raise ValueError(f"{name!r}: an axis name is letters, digits and '_', not starting "
                                  "with a digit")
             if not values:
                 raise ValueError(f"{name}: an axis needs at least one value")
-            if len({repr(v) for v in values}) != len(values):
+            if len({_same(v) for v in values}) != len(values):
                 raise ValueError(f"{name}: a value is listed twice")
         return axes
 
@@ -103,6 +127,14 @@ class MatrixSpec(_Strict):
         if len(value.split()) != 5 or not croniter.is_valid(value):
             raise ValueError(f"{value!r} is not a cron expression of 5 fields "
                              "(minute hour day month weekday), e.g. '0 2 * * *'")
+        try:  # valid syntax that never comes ('0 0 31 2 *'), or comes too often
+            it = croniter(value, time.time())
+            first, second = it.get_next(float), it.get_next(float)
+        except Exception:  # noqa: BLE001 - croniter raises its own kinds
+            raise ValueError(f"{value!r}: that time never comes") from None
+        if second - first < MIN_SCHEDULE_GAP:
+            raise ValueError(f"{value!r} runs every {second - first:g} s; at least "
+                             f"{MIN_SCHEDULE_GAP / 60:g} minutes between runs")
         return value
 
     @model_validator(mode="after")
@@ -111,6 +143,14 @@ class MatrixSpec(_Strict):
             raise ValueError("give the job template as job: (a job spec) or steps: (a chain), one of them")
         if self.steps is not None and not self.steps:
             raise ValueError("steps: a chain needs at least one step")
+        if len(self.include) + len(self.exclude) > MAX_RULES:
+            raise ValueError(f"{len(self.include) + len(self.exclude)} include/exclude entries, "
+                             f"at most {MAX_RULES}")
+        for where, entries in (("include", self.include), ("exclude", self.exclude)):
+            for i, entry in enumerate(entries):
+                for k, v in entry.items():
+                    if isinstance(v, float) and not math.isfinite(v):
+                        raise ValueError(f"{where}[{i}].{k}: {v!r} is not a finite number")
         for i, entry in enumerate(self.exclude):
             unknown = sorted(k for k in entry if k not in self.axes)
             if unknown:
@@ -187,8 +227,13 @@ def _strings(value: Any, where: str) -> list[tuple[str, str]]:
     return []
 
 
+def _same(value: Scalar) -> str:
+    """A value as matching sees it: by type and value (1, 1.0, true and "1" are four values)."""
+    return f"{type(value).__name__}:{value!r}"
+
+
 def _matches(point: dict[str, Scalar], entry: dict[str, Scalar]) -> bool:
-    return all(k in point and point[k] == v for k, v in entry.items())
+    return all(k in point and _same(point[k]) == _same(v) for k, v in entry.items())
 
 
 def expand(spec: MatrixSpec) -> list[dict[str, Scalar]]:
@@ -203,7 +248,7 @@ def expand(spec: MatrixSpec) -> list[dict[str, Scalar]]:
         added = False
         for point, original in zip(points, originals, strict=True):
             # merges if it overwrites no original axis value (added keys may be overwritten)
-            if all(original.get(k, v) == v for k, v in entry.items() if k in original):
+            if all(_same(original[k]) == _same(v) for k, v in entry.items() if k in original):
                 point.update(entry)
                 added = True
         if not added:
@@ -215,9 +260,10 @@ def render(value: Any, point: dict[str, Scalar]) -> Any:
     """``value`` with ``${{ matrix.NAME }}`` replaced by the point's values."""
     if isinstance(value, str):
         whole = EXPR_RE.fullmatch(value.strip())
-        if whole is not None and whole.group(1) in point:
-            return point[whole.group(1)]
-        return EXPR_RE.sub(lambda m: _text(point.get(m.group(1), m.group(0))), value)
+        if whole is not None:
+            return point.get(whole.group(1), "")
+        # a key some other point has (an include's) is empty here, as GitHub Actions does
+        return EXPR_RE.sub(lambda m: _text(point.get(m.group(1), "")), value)
     if isinstance(value, dict):
         return {k: render(v, point) for k, v in value.items()}
     if isinstance(value, list):
@@ -241,7 +287,8 @@ def _slug(point: dict[str, Scalar]) -> str:
 
 
 def point_specs(spec: MatrixSpec, point: dict[str, Scalar], index: int,
-                uploads: dict[str, Any] | None = None) -> list[tuple[dict[str, Any], list[int | None]]]:
+                uploads: dict[str, Any] | None = None, used: set[str] | None = None,
+                ) -> list[tuple[dict[str, Any], list[int | None]]]:
     """The job specs of one point, each with, for every job it becomes (one per step of a
     chain), which sample it is: 1..repeat for the measuring ones, None for the others (a
     compile). A job is repeated as N jobs; a chain as one chain whose last step is repeated."""
@@ -258,15 +305,15 @@ def point_specs(spec: MatrixSpec, point: dict[str, Scalar], index: int,
     named = template.get("name")
     if isinstance(named, str) and "${{" in named:
         base = str(body.get("name"))
-    else:
-        base = f"{named or spec.name}.{_slug(point)}"
+    else:  # the index keeps points apart whose values print alike (1 and "1", "a b" and "a_b")
+        base = f"{named or spec.name}.{index}-{_slug(point)}"
     body["name"] = base[:110]
     body.setdefault("priority", spec.priority)
     if uploads:
-        _resolve(body, uploads)
+        _resolve(body, uploads, used)
         for step in body.get("steps") or []:
             if isinstance(step, dict):
-                _resolve(step, uploads)
+                _resolve(step, uploads, used)
     steps = body.get("steps")
     n = spec.repeat
     if isinstance(steps, list) and steps:
@@ -281,10 +328,12 @@ def point_specs(spec: MatrixSpec, point: dict[str, Scalar], index: int,
     return [(dict(body, name=f"{body['name']}.r{k}"), [k]) for k in range(1, n + 1)]
 
 
-def _resolve(part: dict[str, Any], uploads: dict[str, Any]) -> None:
-    """Input paths the client uploaded become their blob refs."""
+def _resolve(part: dict[str, Any], uploads: dict[str, Any], used: set[str] | None) -> None:
+    """Input paths the client uploaded become their blob refs (``used``: the paths that did)."""
     inputs = part.get("inputs")
     if isinstance(inputs, dict):
         for name, value in list(inputs.items()):
             if isinstance(value, str) and value in uploads:
                 inputs[name] = uploads[value]
+                if used is not None:
+                    used.add(value)

@@ -171,8 +171,8 @@ class MatrixSchedule(SQLModel, table=True):
     the last run it made (a night missed while the controller was down runs once, not N times)."""
 
     __tablename__ = "matrix_schedules"
+    user: str = Field(primary_key=True)  # names are per user: another's are neither seen nor taken
     name: str = Field(primary_key=True)
-    user: str
     cron: str
     spec_json: str = Field(sa_column=Column(Text, nullable=False))
     uploads_json: str = Field(sa_column=Column(Text, nullable=False))

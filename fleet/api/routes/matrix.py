@@ -8,7 +8,7 @@ import json
 import time
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
@@ -108,6 +108,8 @@ async def report(run_id: str, user: UserDep, ctx: CtxDep,
     run, _prog = await _refresh(ctx, await asyncio.to_thread(_visible, ctx, run_id, user))
     if run.report_json:  # judged when its last job ended: that verdict, not a new one
         data = json.loads(run.report_json)
+        if data.get("error"):
+            raise HTTPException(409, f"matrix run {run.id}: {data['error']}")
     else:  # still running: what its results say so far
         data = await asyncio.to_thread(evaluate, ctx.store, run)
     if format == "junit":
@@ -128,8 +130,11 @@ class ScheduleOut(BaseModel):
 def _schedule_out(row: MatrixSchedule) -> ScheduleOut:
     from croniter import croniter
 
-    return ScheduleOut(name=row.name, user=row.user, cron=row.cron,
-                       next=iso(float(croniter(row.cron, time.time()).get_next(float))),
+    try:
+        upcoming: float | None = float(croniter(row.cron, time.time()).get_next(float))
+    except Exception:  # noqa: BLE001 - never comes: said as no next time
+        upcoming = None
+    return ScheduleOut(name=row.name, user=row.user, cron=row.cron, next=iso(upcoming),
                        last_fired=iso(row.last_fired), last_run=row.last_run, last_error=row.last_error)
 
 
@@ -163,7 +168,7 @@ def list_schedules(user: UserDep, ctx: CtxDep) -> list[ScheduleOut]:
 @router.delete("/matrix/schedules/{name}")
 def unschedule(name: Annotated[str, Path(max_length=128)], user: UserDep, ctx: CtxDep) -> dict[str, str]:
     if not ctx.store.delete_schedule(name, None if user.is_admin else user.name):
-        raise NotFound(f"no matrix schedule named {name!r}")
+        raise NotFound(f"no matrix schedule named {name!r}")  # (another user's is not seen)
     return {"name": name, "state": "unscheduled"}
 
 

@@ -33,8 +33,8 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id')
     )
     op.create_table('matrix_schedules',
-    sa.Column('name', sa.String(), nullable=False),
     sa.Column('user', sa.String(), nullable=False),
+    sa.Column('name', sa.String(), nullable=False),
     sa.Column('cron', sa.String(), nullable=False),
     sa.Column('spec_json', sa.Text(), nullable=False),
     sa.Column('uploads_json', sa.Text(), nullable=False),
@@ -42,7 +42,7 @@ def upgrade() -> None:
     sa.Column('last_fired', sa.Float(), nullable=False),
     sa.Column('last_run', sa.String(), nullable=True),
     sa.Column('last_error', sa.Text(), nullable=True),
-    sa.PrimaryKeyConstraint('name')
+    sa.PrimaryKeyConstraint('user', 'name')
     )
     op.create_table('matrix_verdicts',
     sa.Column('id', sa.Integer(), nullable=False),
