@@ -24,10 +24,11 @@ from xml.etree import ElementTree as ET
 from fleet.api.submit import validate_jobs
 from fleet.errors import SpecError
 from fleet.ids import new_id
+from fleet.matrixstore import MatrixJob
 from fleet.models.enums import JobState
 from fleet.models.matrix import expand, point_label, point_specs, validate_matrix
 from fleet.models.tables import Job, MatrixRun, Result, User
-from fleet.store import MatrixJob, Store
+from fleet.store import Store
 
 if TYPE_CHECKING:
     from fleet.api.context import ApiContext
@@ -182,10 +183,10 @@ def evaluate(store: Store, run: MatrixRun) -> dict[str, Any]:
     from fleet.regress import RunPoint, direction_of, judge
 
     spec = json.loads(run.spec_json)
-    jobs = store.matrix_jobs(run.id)
+    jobs = store.matrix.jobs(run.id)
     prog = progress(run, jobs)
     job_point = {j.id: (j.matrix_point, j.matrix_repeat) for j in jobs}
-    results = [r for r in store.matrix_results(run.id) if job_point.get(r.job_id, (None, None))[1] is not None]
+    results = [r for r in store.matrix.results(run.id) if job_point.get(r.job_id, (None, None))[1] is not None]
     by_point: dict[int, list[Result]] = defaultdict(list)
     for r in results:
         point = job_point[r.job_id][0]
@@ -196,13 +197,13 @@ def evaluate(store: Store, run: MatrixRun) -> dict[str, Any]:
     # runs of this matrix (an axis the key does not see, e.g. threads, must not mix).
     history: dict[tuple[str, str], dict[str, list[Result]]] = defaultdict(lambda: defaultdict(list))
     points_cache: dict[str, list[Any]] = {}
-    for r, index, points_json in store.series_results(keys, run.name, run.user, run.id, HISTORY_RUNS):
+    for r, index, points_json in store.matrix.series_results(keys, run.name, run.user, run.id, HISTORY_RUNS):
         pts = points_cache.setdefault(r.matrix_run or "", json.loads(points_json))
         if index is None or index >= len(pts):
             continue
         values = json.dumps(pts[index], sort_keys=True)
         history[(r.comparison_key or "", values)][r.matrix_run or ""].append(r)
-    alarms = store.last_alarms(run.user, run.name, run.id)
+    alarms = store.matrix.last_alarms(run.user, run.name, run.id)
     earlier = _Earlier(store, run)
     judged = set(spec["metrics"]) if spec.get("metrics") else None
     cache: dict[int, dict[str, Any]] = {}
@@ -390,14 +391,14 @@ class _Earlier:
 
     def __init__(self, store: Store, run: MatrixRun) -> None:
         self.store, self.run = store, run
-        self.runs = [r for r in store.list_matrix_runs(run.user, name=run.name, limit=20) if r.id < run.id]
+        self.runs = [r for r in store.matrix.list_runs(run.user, name=run.name, limit=20) if r.id < run.id]
         self._points: dict[str, dict[int, list[Result]]] = {}
 
     def results_at(self, prev: MatrixRun) -> dict[int, list[Result]]:
         if prev.id not in self._points:
-            jobs = {j.id: j.matrix_point for j in self.store.matrix_jobs(prev.id)}
+            jobs = {j.id: j.matrix_point for j in self.store.matrix.jobs(prev.id)}
             by_point: dict[int, list[Result]] = defaultdict(list)
-            for r in self.store.matrix_results(prev.id):
+            for r in self.store.matrix.results(prev.id):
                 point = jobs.get(r.job_id)
                 if point is not None:
                     by_point[point].append(r)
@@ -501,7 +502,7 @@ async def tick(ctx: ApiContext, now: float | None = None) -> None:
     now = time.time() if now is None else now
     store = ctx.store
     ctx.scheduler.matrix_active = False  # before the look: a run started meanwhile sets it again
-    running = await asyncio.to_thread(store.running_matrix_runs)
+    running = await asyncio.to_thread(store.matrix.running_runs)
     if running:
         ctx.scheduler.matrix_active = True
     for run in running:  # one run that cannot be judged must not stop the others (or schedules)
@@ -521,14 +522,14 @@ async def tick(ctx: ApiContext, now: float | None = None) -> None:
 
 async def _keep_run(ctx: ApiContext, run: MatrixRun, now: float) -> None:
     store = ctx.store
-    jobs = await asyncio.to_thread(store.matrix_jobs, run.id)
+    jobs = await asyncio.to_thread(store.matrix.jobs, run.id)
     if run.deadline is not None and now > run.deadline:
         waiting = [j.id for j in jobs if j.state in (JobState.PENDING.value, JobState.RETRYING.value)]
         for job_id in waiting:
             await ctx.scheduler.cancel(job_id)
         if waiting:
             log.info("matrix run %s: time budget spent; %d waiting jobs cancelled", run.id, len(waiting))
-            jobs = await asyncio.to_thread(store.matrix_jobs, run.id)
+            jobs = await asyncio.to_thread(store.matrix.jobs, run.id)
     if progress(run, jobs)["finished"]:
         await judge_run(ctx, run)
 
@@ -542,9 +543,9 @@ async def judge_run(ctx: ApiContext, run: MatrixRun) -> dict[str, Any]:
         log.exception("matrix run %s: cannot be judged", run.id)
         report = {"id": run.id, "name": run.name, "user": run.user,
                   "error": f"this run could not be judged: {type(exc).__name__}: {exc}"[:2000]}
-        await asyncio.to_thread(ctx.store.judge_matrix_run, run.id, report, [], "ERROR")
+        await asyncio.to_thread(ctx.store.matrix.judge_run, run.id, report, [], "ERROR")
         return report
-    if await asyncio.to_thread(ctx.store.judge_matrix_run, run.id, report, verdict_rows(report)):
+    if await asyncio.to_thread(ctx.store.matrix.judge_run, run.id, report, verdict_rows(report)):
         log.info("matrix run %s (%s) judged: %s", run.id, run.name, report["summary"])
         report["state"] = "DONE"
         await notify(json.loads(run.spec_json), report, ctx.webhook_allow_private)
@@ -555,7 +556,7 @@ async def fire_schedules(ctx: ApiContext, now: float) -> None:
     from croniter import croniter
 
     store = ctx.store
-    for sched in await asyncio.to_thread(store.list_schedules, None):
+    for sched in await asyncio.to_thread(store.matrix.schedules, None):
         try:
             due = float(croniter(sched.cron, now).get_prev(float))
         except Exception:  # noqa: BLE001 - a cron stored before its checks: skipped, said
@@ -564,21 +565,21 @@ async def fire_schedules(ctx: ApiContext, now: float) -> None:
         if due <= sched.last_fired:
             continue
         # Claimed once for the latest due time: nights missed while no leader ran are one run.
-        if not await asyncio.to_thread(store.claim_schedule, sched.user, sched.name, due):
+        if not await asyncio.to_thread(store.matrix.claim_schedule, sched.user, sched.name, due):
             continue
         user = await asyncio.to_thread(store.get_user, sched.user)
         if user is None:
-            await asyncio.to_thread(store.schedule_fired, sched.user, sched.name, None, f"user {sched.user} is gone")
+            await asyncio.to_thread(store.matrix.schedule_fired, sched.user, sched.name, None, f"user {sched.user} is gone")
             continue
         try:
             run, _jobs = await start_run(ctx, json.loads(sched.spec_json), json.loads(sched.uploads_json),
                                          f"schedule {sched.name}", user, trigger="schedule")
         except Exception as exc:  # noqa: BLE001 - said on the schedule; the next night tries again
             log.warning("matrix schedule %s: %s", sched.name, exc)
-            await asyncio.to_thread(store.schedule_fired, sched.user, sched.name, None, str(exc)[:2000])
+            await asyncio.to_thread(store.matrix.schedule_fired, sched.user, sched.name, None, str(exc)[:2000])
             continue
         log.info("matrix schedule %s: run %s", sched.name, run.id)
-        await asyncio.to_thread(store.schedule_fired, sched.user, sched.name, run.id, None)
+        await asyncio.to_thread(store.matrix.schedule_fired, sched.user, sched.name, run.id, None)
 
 
 def slack_body(report: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, NamedTuple
+from typing import Any
 
 from sqlalchemy import bindparam, delete, func, insert, null, text, update
 from sqlalchemy import select as sa_select
@@ -22,6 +22,7 @@ from sqlmodel import col, select
 from fleet.db import Database
 from fleet.errors import FleetError, NotFound
 from fleet.ids import new_id
+from fleet.matrixstore import MatrixStore
 from fleet.models.enums import AttemptState, Health, JobState, Reason
 from fleet.models.spec import JobSpec
 from fleet.models.tables import (
@@ -32,7 +33,6 @@ from fleet.models.tables import (
     Job,
     MatrixRun,
     MatrixSchedule,
-    MatrixVerdict,
     Result,
     SubmitKey,
     Token,
@@ -49,7 +49,6 @@ _JOBS = Job.__table__  # type: ignore[attr-defined]
 _ATTEMPTS = Attempt.__table__  # type: ignore[attr-defined]
 _RESULTS = Result.__table__  # type: ignore[attr-defined]
 _EVENTS = Event.__table__  # type: ignore[attr-defined]
-_MRUNS = MatrixRun.__table__  # type: ignore[attr-defined]
 _EVENT_COLS = ["at", "type", "user", "job_id", "attempt_id", "host", "state", "reason", "message",
                "data_json"]
 NOTIFY_CHANNEL = "fleet_events"  # PostgreSQL: every event write NOTIFYs it (fleet.events)
@@ -145,13 +144,6 @@ def _attempt_event(conn: Connection, attempt_id: str, kind: str, now: float,
                                         "data": json.dumps(data) if data else None})
 
 
-class MatrixJob(NamedTuple):
-    id: str
-    state: str
-    matrix_point: int | None
-    matrix_repeat: int | None
-
-
 _ID_CHARS = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 
@@ -181,6 +173,7 @@ class Store:
         # hub of this process reads them at once (fleet.events). Other processes learn of
         # them by PostgreSQL NOTIFY.
         self.on_event: Callable[[], None] | None = None
+        self.matrix = MatrixStore(db, self._by_id)  # matrix runs, verdicts, schedules
 
     @contextmanager
     def _telling(self) -> Iterator[Connection]:
@@ -658,145 +651,6 @@ class Store:
         with self.db.session() as s:
             return list(s.exec(select(Artifact.id).where(
                 Artifact.created_at < before, col(Artifact.job_id).not_in(waiting)).limit(limit)).all())
-
-    # ------------------------------------------------------------------ matrix runs
-
-    def get_matrix_run(self, run_id: str, owner: str | None = None) -> MatrixRun:
-        """A matrix run by id or unique prefix; with ``owner``, only among theirs (NotFound)."""
-        return self._by_id(MatrixRun, "matrix run", run_id, owner)  # type: ignore[no-any-return]
-
-    def list_matrix_runs(self, owner: str | None, name: str | None = None, limit: int = 50) -> list[MatrixRun]:
-        q = select(MatrixRun)
-        if owner is not None:
-            q = q.where(MatrixRun.user == owner)
-        if name is not None:
-            q = q.where(MatrixRun.name == name)
-        with self.db.session() as s:
-            return list(s.exec(q.order_by(col(MatrixRun.id).desc()).limit(limit)).all())
-
-    def matrix_jobs(self, run_id: str) -> list[MatrixJob]:
-        """A run's jobs, as little of each as its progress needs (not their specs: a run has
-        up to 20,000 jobs and this is read each time one of them ends)."""
-        with self.db.write() as conn:
-            rows = conn.execute(sa_select(_J.id, _J.state, _J.matrix_point, _J.matrix_repeat)
-                                .where(_J.matrix_run == run_id).order_by(_J.id)).all()
-            return [MatrixJob(*row) for row in rows]
-
-    def end_matrix_run(self, run_id: str, state: str) -> bool:
-        """RUNNING -> DONE or CANCELLED, once (False: it had ended already)."""
-        with self.db.write() as conn:
-            moved = conn.execute(update(MatrixRun.__table__)  # type: ignore[attr-defined]
-                                 .where(MatrixRun.__table__.c.id == run_id,  # type: ignore[attr-defined]
-                                        MatrixRun.__table__.c.state == "RUNNING")  # type: ignore[attr-defined]
-                                 .values(state=state, ended_at=time.time()))
-            return bool(moved.rowcount)
-
-    def running_matrix_runs(self) -> list[MatrixRun]:
-        with self.db.session() as s:
-            return list(s.exec(select(MatrixRun).where(MatrixRun.state == "RUNNING")).all())
-
-    def judge_matrix_run(self, run_id: str, report: dict[str, Any], verdicts: Sequence[dict[str, Any]],
-                         state: str = "DONE") -> bool:
-        """Store a finished run's verdicts and mark it DONE (or ERROR: it could not be judged),
-        once (False: it was judged before, by this replica or another)."""
-        now = time.time()
-        with self.db.write() as conn:
-            moved = conn.execute(update(_MRUNS).where(_MRUNS.c.id == run_id, _MRUNS.c.state == "RUNNING")
-                                 .values(state=state, ended_at=now,
-                                         report_json=json.dumps(dict(report, state=state, ended_at=now))))
-            if not moved.rowcount:
-                return False
-            if verdicts:
-                conn.execute(insert(MatrixVerdict.__table__), list(verdicts))  # type: ignore[attr-defined]
-            return True
-
-    def last_alarms(self, user: str, name: str, before_run: str) -> dict[tuple[str, str], str]:
-        """For each (series, metric) of the matrix ``name``: the run where its latest reported
-        change (a regression or an improvement) started, among runs before ``before_run``."""
-        with self.db.session() as s:
-            q = (select(MatrixVerdict.series, MatrixVerdict.metric, MatrixVerdict.first_run, MatrixVerdict.run)
-                 .where(MatrixVerdict.user == user, MatrixVerdict.name == name,
-                        col(MatrixVerdict.run) < before_run,
-                        col(MatrixVerdict.status).in_(["regression", "improvement"]))
-                 .order_by(col(MatrixVerdict.id)))
-            out: dict[tuple[str, str], str] = {}
-            for series, metric, first, run in s.exec(q).all():
-                out[(series, metric)] = first or run
-            return out
-
-    def matrix_verdicts(self, owner: str | None, statuses: Sequence[str] | None = None,
-                        limit: int = 10000) -> list[MatrixVerdict]:
-        q = select(MatrixVerdict)
-        if owner is not None:
-            q = q.where(MatrixVerdict.user == owner)
-        if statuses:
-            q = q.where(col(MatrixVerdict.status).in_(list(statuses)))
-        with self.db.session() as s:
-            return list(s.exec(q.order_by(col(MatrixVerdict.id).desc()).limit(limit)).all())
-
-    def put_schedule(self, row: MatrixSchedule) -> None:
-        """Schedule a matrix: the user's schedule of the same name is replaced."""
-        table = MatrixSchedule.__table__  # type: ignore[attr-defined]
-        with self.db.write() as conn:
-            conn.execute(delete(table).where(table.c.user == row.user, table.c.name == row.name))
-            conn.execute(insert(table), row.model_dump())
-
-    def delete_schedule(self, name: str, owner: str | None) -> int:
-        """Unschedule ``owner``'s matrix ``name`` (an admin: everyone's of that name)."""
-        table = MatrixSchedule.__table__  # type: ignore[attr-defined]
-        q = delete(table).where(table.c.name == name)
-        if owner is not None:
-            q = q.where(table.c.user == owner)
-        with self.db.write() as conn:
-            return int(conn.execute(q).rowcount)
-
-    def list_schedules(self, owner: str | None) -> list[MatrixSchedule]:
-        q = select(MatrixSchedule)
-        if owner is not None:
-            q = q.where(MatrixSchedule.user == owner)
-        with self.db.session() as s:
-            return list(s.exec(q.order_by(col(MatrixSchedule.name), col(MatrixSchedule.user))).all())
-
-    def claim_schedule(self, user: str, name: str, fire_at: float) -> bool:
-        """Take the schedule's firing at ``fire_at`` (a cron time): True for exactly one caller,
-        and only if it has not fired at or after that time (a missed night runs once)."""
-        table = MatrixSchedule.__table__  # type: ignore[attr-defined]
-        with self.db.write() as conn:
-            moved = conn.execute(update(table).where(table.c.user == user, table.c.name == name,
-                                                     table.c.last_fired < fire_at)
-                                 .values(last_fired=fire_at))
-            return bool(moved.rowcount)
-
-    def schedule_fired(self, user: str, name: str, run_id: str | None, error: str | None) -> None:
-        table = MatrixSchedule.__table__  # type: ignore[attr-defined]
-        with self.db.write() as conn:
-            conn.execute(update(table).where(table.c.user == user, table.c.name == name)
-                         .values(last_run=run_id, last_error=error))
-
-    def matrix_results(self, run_id: str) -> list[Result]:
-        with self.db.session() as s:
-            return list(s.exec(select(Result).where(Result.matrix_run == run_id).order_by(col(Result.id))).all())
-
-    def series_results(self, keys: Sequence[str], name: str, user: str, before_run: str,
-                       runs: int = 60) -> list[tuple[Result, int | None, str]]:
-        """Results of these comparison keys from ``user``'s ``runs`` latest runs of the matrix
-        ``name`` before ``before_run`` (another user's runs are theirs to see), each with its
-        job's point index and that run's points (JSON)."""
-        if not keys:
-            return []
-        with self.db.session() as s:
-            recent = list(s.exec(select(MatrixRun.id).where(
-                MatrixRun.user == user, MatrixRun.name == name, col(MatrixRun.id) < before_run)
-                .order_by(col(MatrixRun.id).desc()).limit(runs)).all())
-            if not recent:
-                return []
-            q = (select(Result, Job.matrix_point, MatrixRun.points_json)
-                 .join(Job, col(Job.id) == col(Result.job_id))
-                 .join(MatrixRun, col(MatrixRun.id) == col(Result.matrix_run))
-                 .where(col(Result.comparison_key).in_(list(keys)), MatrixRun.name == name,
-                        MatrixRun.user == user, col(Result.matrix_run).in_(recent))
-                 .order_by(col(Result.id)))
-            return [(r, p, pts) for r, p, pts in s.exec(q).all()]
 
     # ------------------------------------------------------------------ results
 

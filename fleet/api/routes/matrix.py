@@ -54,10 +54,10 @@ def _out(run: MatrixRun, prog: dict[str, Any]) -> MatrixRunOut:
 
 async def _refresh(ctx: ApiContext, run: MatrixRun) -> tuple[MatrixRun, dict[str, Any]]:
     """The run with its progress; a run all of whose jobs ended is judged now (once)."""
-    prog = progress(run, await asyncio.to_thread(ctx.store.matrix_jobs, run.id))
+    prog = progress(run, await asyncio.to_thread(ctx.store.matrix.jobs, run.id))
     if run.state == "RUNNING" and prog["finished"]:
         await judge_run(ctx, run)
-        run = await asyncio.to_thread(ctx.store.get_matrix_run, run.id)
+        run = await asyncio.to_thread(ctx.store.matrix.get_run, run.id)
     return run, prog
 
 
@@ -69,13 +69,13 @@ async def run_matrix(body: MatrixRunIn, user: UserDep, ctx: CtxDep) -> MatrixRun
 
 
 def _visible(ctx: ApiContext, run_id: str, user: User) -> MatrixRun:
-    return ctx.store.get_matrix_run(run_id, None if user.is_admin else user.name)
+    return ctx.store.matrix.get_run(run_id, None if user.is_admin else user.name)
 
 
 @router.get("/matrix/runs")
 async def list_runs(user: UserDep, ctx: CtxDep, name: Annotated[str | None, Query(max_length=128)] = None,
                     limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[MatrixRunOut]:
-    runs = await asyncio.to_thread(ctx.store.list_matrix_runs, None if user.is_admin else user.name,
+    runs = await asyncio.to_thread(ctx.store.matrix.list_runs, None if user.is_admin else user.name,
                                    name, limit)
     return [_out(*(await _refresh(ctx, r))) for r in runs]
 
@@ -91,14 +91,14 @@ async def cancel_run(run_id: str, user: UserDep, ctx: CtxDep) -> MatrixRunOut:
     """Cancel every job of the run that has not ended; the run ends CANCELLED and is not
     judged (its report says what its results were). Idempotent."""
     run = await asyncio.to_thread(_visible, ctx, run_id, user)
-    jobs = await asyncio.to_thread(ctx.store.matrix_jobs, run.id)
+    jobs = await asyncio.to_thread(ctx.store.matrix.jobs, run.id)
     if run.state == "RUNNING":
-        await asyncio.to_thread(ctx.store.end_matrix_run, run.id, "CANCELLED")
+        await asyncio.to_thread(ctx.store.matrix.end_run, run.id, "CANCELLED")
         for job in jobs:
             if job.state not in TERMINAL:
                 await ctx.scheduler.cancel(job.id)
-        run = await asyncio.to_thread(ctx.store.get_matrix_run, run.id)
-    return _out(run, progress(run, await asyncio.to_thread(ctx.store.matrix_jobs, run.id)))
+        run = await asyncio.to_thread(ctx.store.matrix.get_run, run.id)
+    return _out(run, progress(run, await asyncio.to_thread(ctx.store.matrix.jobs, run.id)))
 
 
 @router.get("/matrix/runs/{run_id}/report", responses={200: {"content": {
@@ -156,18 +156,18 @@ async def schedule_matrix(body: MatrixRunIn, user: UserDep, ctx: CtxDep) -> Sche
                          uploads_json=json.dumps(body.uploads), created_at=now,
                          # from now on: a schedule made today does not run for last night
                          last_fired=float(croniter(spec["schedule"], now).get_prev(float)))
-    await asyncio.to_thread(ctx.store.put_schedule, row)
+    await asyncio.to_thread(ctx.store.matrix.put_schedule, row)
     return _schedule_out(row)
 
 
 @router.get("/matrix/schedules")
 def list_schedules(user: UserDep, ctx: CtxDep) -> list[ScheduleOut]:
-    return [_schedule_out(r) for r in ctx.store.list_schedules(None if user.is_admin else user.name)]
+    return [_schedule_out(r) for r in ctx.store.matrix.schedules(None if user.is_admin else user.name)]
 
 
 @router.delete("/matrix/schedules/{name}")
 def unschedule(name: Annotated[str, Path(max_length=128)], user: UserDep, ctx: CtxDep) -> dict[str, str]:
-    if not ctx.store.delete_schedule(name, None if user.is_admin else user.name):
+    if not ctx.store.matrix.delete_schedule(name, None if user.is_admin else user.name):
         raise NotFound(f"no matrix schedule named {name!r}")  # (another user's is not seen)
     return {"name": name, "state": "unscheduled"}
 
@@ -195,7 +195,7 @@ def regressions(user: UserDep, ctx: CtxDep) -> list[RegressionOut]:
     """Open regressions, newest first: the latest reported change of a series' metric is a
     regression (an improvement since closes it)."""
     latest: dict[tuple[str, str, str, str], MatrixVerdict] = {}
-    for v in ctx.store.matrix_verdicts(None if user.is_admin else user.name, ["regression", "improvement"]):
+    for v in ctx.store.matrix.verdicts(None if user.is_admin else user.name, ["regression", "improvement"]):
         latest.setdefault((v.user, v.name, v.series, v.metric), v)  # newest first
     out = []
     for v in sorted(latest.values(), key=lambda v: v.id or 0, reverse=True):
