@@ -64,6 +64,10 @@ def prepare_run(ctx: ApiContext, data: dict[str, Any], uploads: dict[str, Any], 
             bodies.append(job_body)
             where.append(f"points[{i}] ({point_label(point)})")
             samples.extend((i, r) for r in repeats)
+    # before the jobs are checked one by one (the costly part)
+    total = sum(len(json.dumps(b)) for b in bodies)
+    if total > MAX_RUN_BYTES:  # each spec is bounded; a run of 20,000 of them must be too
+        raise SpecError([("", f"the run's jobs are {total} bytes of spec, at most {MAX_RUN_BYTES}")], source)
     try:
         checked = validate_jobs(ctx, bodies, user, None)
     except SpecError as exc:
@@ -78,9 +82,6 @@ def prepare_run(ctx: ApiContext, data: dict[str, Any], uploads: dict[str, Any], 
                 errors.append((field, problem))
         raise SpecError(errors, source) from None
     assert not isinstance(checked, list)
-    total = sum(len(json.dumps(b)) for b in bodies)
-    if total > MAX_RUN_BYTES:  # each spec is bounded; a run of 20,000 of them must be too
-        raise SpecError([("", f"the run's jobs are {total} bytes of spec, at most {MAX_RUN_BYTES}")], source)
     for key in [k for k in uploads if k not in used]:  # kept (a schedule pins them) only if used
         del uploads[key]
     now = time.time()

@@ -384,3 +384,43 @@ def test_a_webhook_inside_the_network_is_refused_and_a_slow_one_cannot_hold_the_
                               report, allow_private=True))
     assert time.monotonic() - started < 2.0
     slow.shutdown()
+
+
+def test_a_non_admin_is_refused_clearly_for_a_path_as_a_hash_and_oversized_matrices(fleet, tmp_path, shared_local):
+    """The attacks, as a user who is not an admin: an upload ref whose sha256 is a path, a
+    body over the request limit, a matrix whose axes multiply past the point limit, and one
+    that stays small on the wire but would write gigabytes of job specs. Each is refused with
+    the field named, and nothing is queued."""
+    from fleet.client import calls
+    from fleet.errors import ApiError
+    from tests.conftest import add_user
+
+    fleet.start(shared_local, config={"max_request_bytes": 4 << 20})
+    _, bob = add_user(fleet, "bob")
+    job = {"run": "true", "inputs": {"model": "m.bin"}}
+    m = {"name": "evil", "axes": {"model": ["a"]}, "repeat": 1, "job": job}
+
+    bad_ref = {"kind": "file", "filename": "m.bin", "files": {"m.bin": {"sha256": "../../etc/passwd", "size": 1}}}
+    with pytest.raises(ApiError) as err:
+        bob.call(calls.matrix_run(m, {"m.bin": bad_ref}, "evil.yml"))
+    assert err.value.status == 422 and "points[0] (model=a).inputs.model" in str(err.value)
+    assert "sha256" in str(err.value)
+
+    with pytest.raises(ApiError) as err:
+        bob.call(calls.matrix_run(dict(m, job={"run": "x" * (5 << 20)}), {}, "big.yml"))
+    assert err.value.status == 413 and "max_request_bytes" in str(err.value)
+
+    wide = dict(m, axes={f"a{i}": list(range(10)) for i in range(6)}, job={"run": "true"})
+    with pytest.raises(ApiError) as err:
+        bob.call(calls.matrix_run(wide, {}, "wide.yml"))
+    assert err.value.status == 422 and "1000000 combinations" in str(err.value)
+
+    # 0.9 MB on the wire, 80 points x 10 repeats of a 900 KB env value: 720 MB of job specs
+    heavy = {"name": "heavy", "axes": {"model": list(range(80))}, "repeat": 10,
+             "job": {"run": "true", "envs": {"BLOB": "y" * 900_000}}}
+    with pytest.raises(ApiError) as err:
+        bob.call(calls.matrix_run(heavy, {}, "heavy.yml"))
+    assert err.value.status == 422 and "bytes of spec, at most 67108864" in str(err.value)
+
+    assert bob.call(calls.matrix_runs()) == [] and bob.jobs().items == []
+    bob.close()
