@@ -16,7 +16,7 @@ import logging
 import re
 import statistics
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 from xml.etree import ElementTree as ET
@@ -135,17 +135,10 @@ def progress(run: MatrixRun, jobs: Sequence[MatrixJob | Job]) -> dict[str, Any]:
             state = "waiting"
         counts[state] += 1
         rows.append({"index": i, "values": values, "state": state, "jobs": [j.id for j in mine],
-                     "job_states": dict(sorted(_count(states).items()))})
+                     "job_states": dict(sorted(Counter(states).items()))})
     finished = bool(jobs) and all(j.state in TERMINAL for j in jobs)
     return {"points": rows, "counts": dict(counts, total=len(rows)), "jobs": len(jobs),
             "finished": finished}
-
-
-def _count(states: list[str]) -> dict[str, int]:
-    out: dict[str, int] = defaultdict(int)
-    for s in states:
-        out[s] += 1
-    return out
 
 
 def metric_values(record: dict[str, Any]) -> dict[str, tuple[float, str | None]]:
@@ -207,13 +200,18 @@ def evaluate(store: Store, run: MatrixRun) -> dict[str, Any]:
     alarms = store.matrix.last_alarms(run.user, run.name, run.id)
     earlier = _Earlier(store, run)
     judged = set(spec["metrics"]) if spec.get("metrics") else None
-    cache: dict[int, dict[str, Any]] = {}
+    cache: dict[int, tuple[dict[str, Any], dict[str, tuple[float, str | None]]]] = {}
 
-    def parsed(r: Result) -> dict[str, Any]:  # each history record is read once, not per metric
+    def read(r: Result) -> tuple[dict[str, Any], dict[str, tuple[float, str | None]]]:
+        """A history record and its metric values, each read once (not once per metric)."""
         key = r.id or 0
         if key not in cache:
-            cache[key] = json.loads(r.record_json)
+            record = json.loads(r.record_json)
+            cache[key] = (record, metric_values(record))
         return cache[key]
+
+    def parsed(r: Result) -> dict[str, Any]:
+        return read(r)[0]
 
     points_out = []
     totals: dict[str, int] = defaultdict(int)
@@ -278,10 +276,10 @@ def evaluate(store: Store, run: MatrixRun) -> dict[str, Any]:
                 continue
             runs = []
             for run_id in sorted(past):
-                recs = [parsed(r) for r in past[run_id]]
-                ok = [metric_values(x).get(name) for x in recs if x.get("status") != "invalid"]
+                recs = [read(r) for r in past[run_id]]
+                ok = [values.get(name) for x, values in recs if x.get("status") != "invalid"]
                 vals = tuple(v[0] for v in ok if v is not None)
-                bad = tuple(sorted({w for x in recs if x.get("status") == "invalid"
+                bad = tuple(sorted({w for x, _ in recs if x.get("status") == "invalid"
                                     for w in x.get("invalid_reasons") or []})) if not vals else ()
                 if vals or bad:
                     runs.append(RunPoint(run_id, vals, bad))
@@ -439,7 +437,7 @@ def junit(report: dict[str, Any]) -> str:
     suite = ET.Element("testsuite", name=f"fleet matrix {report['name']}", id=report["id"])
     failures = errors = skipped = 0
     for p in report["points"]:
-        label = ", ".join(f"{k}={v}" for k, v in p["values"].items())
+        label = point_label(p["values"])
         case = ET.SubElement(suite, "testcase", classname=f"matrix.{report['name']}", name=label)
         lines = [f"{m}: {d.get('status')}: {d.get('reason')}" for m, d in p["metrics"].items()]
         text = "\n".join(lines + p["notes"])
@@ -592,7 +590,7 @@ def slack_body(report: dict[str, Any]) -> dict[str, Any]:
     for p in report["points"]:
         for metric, m in p["metrics"].items():
             if m.get("status") == "regression":
-                label = ", ".join(f"{k}={v}" for k, v in p["values"].items())
+                label = point_label(p["values"])
                 change = f"{m['change_pct']:+.1f}%" if m.get("change_pct") is not None else "from 0"
                 lines.append(f"• {label}: {metric} {m['before']:.4g} -> {m['after']:.4g} "
                              f"({change}, from run {m.get('first_run')})")

@@ -12,6 +12,8 @@ import html
 import io
 from typing import Any
 
+from fleet.models.matrix import point_label
+
 _COLOURS = {"regression": "#c62828", "improvement": "#2e7d32", "invalid": "#6a1b9a",
             "missing": "#ef6c00", "not_enough_samples": "#616161", "unchanged": "#37474f",
             "skipped": "#9e9e9e"}
@@ -114,14 +116,14 @@ def render(report: dict[str, Any]) -> str:
            + "".join(f"<td>{v}</td>" for v in s.values()) + "</tr></table>",
            "<table><tr><th>point</th><th>verdict</th><th>what</th></tr>"]
     for p in report["points"]:
-        label = ", ".join(f"{k}={v}" for k, v in p["values"].items())
+        label = point_label(p["values"])
         what = "; ".join(f"{k} {d['change_pct']:+.1f}%" for k, d in p["metrics"].items()
                          if d.get("status") in ("regression", "improvement") and d.get("change_pct") is not None)
         out.append(f'<tr><td><a href="#p{p["index"]}">{_e(label)}</a></td><td>{_tag(p["verdict"])}</td>'
                    f"<td>{_e(what or (p['notes'][0] if p['notes'] else ''))}</td></tr>")
     out.append("</table>")
     for p in report["points"]:
-        label = ", ".join(f"{k}={v}" for k, v in p["values"].items())
+        label = point_label(p["values"])
         out.append(f'<h2 id="p{p["index"]}">{_e(label)} {_tag(p["verdict"])}</h2>')
         for note in p["notes"]:
             out.append(f"<div class=note>{_e(note)}</div>")

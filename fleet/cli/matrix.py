@@ -19,6 +19,12 @@ def matrix() -> None:
     """Benchmark matrices: models x device classes x precisions, judged against their history."""
 
 
+def _label(values: dict[str, Any]) -> str:
+    from fleet.models.matrix import point_label  # the models: only when a point is printed
+
+    return point_label(values)
+
+
 def _progress_line(run: dict[str, Any]) -> str:
     p = run.get("progress") or {}
     return (f"{run['id']}  {run['name']}  {run['state']}  points {p.get('done', 0)} done, "
@@ -32,7 +38,7 @@ def _summary(report: dict[str, Any]) -> list[str]:
              f"{s['improvement']} improvements, {s['invalid']} invalid, {s['missing']} missing, "
              f"{s['not_enough_samples']} not enough samples, {s['unchanged']} unchanged"]
     for p in report["points"]:
-        label = ", ".join(f"{k}={v}" for k, v in p["values"].items())
+        label = _label(p["values"])
         lines.append(f"  [{p['verdict']}] {label}")
         for name, m in p["metrics"].items():
             if m.get("status") in ("regression", "improvement", "invalid"):
@@ -112,7 +118,7 @@ def matrix_status(obj: Ctx, run_id: str, as_json: bool) -> None:
         return
     click.echo(safe(_progress_line(run)))
     for p in run["points"]:
-        label = ", ".join(f"{k}={v}" for k, v in p["values"].items())
+        label = _label(p["values"])
         states = ", ".join(f"{n} {s}" for s, n in p["job_states"].items())
         click.echo(safe(f"  {p['state']:<8} {label}  ({states})"))
 
@@ -224,7 +230,7 @@ def regressions(obj: Ctx, as_json: bool) -> None:
     if not rows:
         click.echo("no open regressions")
     for r in rows:
-        label = ", ".join(f"{k}={v}" for k, v in r["point"].items())
+        label = _label(r["point"])
         ci = r.get("ci_pct")
         conf = (f" (95% CI {ci[0]:+.1f}..{ci[1]:+.1f}%, p={r['p_value']:.2g})"
                 if ci and None not in ci and r.get("p_value") is not None else "")

@@ -101,15 +101,20 @@ async def aupload_inputs(upload: Callable[[Path], Awaitable[Uploaded]], data: di
         pass
 
 
-def read_spec(file: Path) -> dict[str, Any]:
-    """Read and check a spec file locally; raises SpecError naming the file and the field."""
+def _read_text(file: Path, kind: str) -> str:
+    """A spec or matrix file's text; SpecError naming the file when it cannot be read."""
     if not file.is_file():
-        what = "is a directory, not a spec file" if file.is_dir() else "no such file"
+        what = f"is a directory, not a {kind} file" if file.is_dir() else "no such file"
         raise SpecError([("", what)], str(file))
     try:
-        text = file.read_text()
+        return file.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError([("", f"cannot read the file: {exc}")], str(file)) from None
+
+
+def read_spec(file: Path) -> dict[str, Any]:
+    """Read and check a spec file locally; raises SpecError naming the file and the field."""
+    text = _read_text(file, "spec")
     if not text.strip():
         raise SpecError([("", "the file is empty: a spec needs at least name and run (or runner)")], str(file))
     data = parse_yaml(text, str(file))
@@ -153,14 +158,7 @@ def read_matrix(file: Path) -> tuple[dict[str, Any], Any]:
     """Read and check a matrix file locally: (its data, the checked MatrixSpec)."""
     from fleet.models.matrix import validate_matrix
 
-    if not file.is_file():
-        raise SpecError([("", "is a directory, not a matrix file" if file.is_dir() else "no such file")],
-                        str(file))
-    try:
-        text = file.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError([("", f"cannot read the file: {exc}")], str(file)) from None
-    data = parse_yaml(text, str(file))
+    data = parse_yaml(_read_text(file, "matrix"), str(file))
     return data, validate_matrix(data, str(file))
 
 
