@@ -38,7 +38,7 @@ def _text(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def key_fields(record: dict[str, Any], runner: str | None = None) -> dict[str, Any]:
+def key_fields(record: dict[str, Any]) -> dict[str, Any]:
     """What must be equal for two results to be compared (DESIGN.md §5.11): model, device
     class and accelerator, precision, shapes and batch, runner, tool and its major version,
     driver / JetPack / HailoRT, power mode, locked clocks, image digest, and the scenario."""
@@ -58,7 +58,7 @@ def key_fields(record: dict[str, Any], runner: str | None = None) -> dict[str, A
         "precision": _text(precision.get("applied") or precision.get("requested")),
         "shapes": json.dumps(shapes, sort_keys=True) if shapes else None,
         "batch": record.get("batch") if isinstance(record.get("batch"), int) else None,
-        "runner": runner if runner is not None else _text(record.get("runner")),
+        "runner": _text(record.get("runner")),
         "tool": _text(tool.get("name")),
         "tool_major": _major(tool.get("version")),
         "driver": _text(env.get("driver")),
@@ -71,9 +71,9 @@ def key_fields(record: dict[str, Any], runner: str | None = None) -> dict[str, A
     }
 
 
-def comparison_key(record: dict[str, Any], runner: str | None = None) -> str:
+def comparison_key(record: dict[str, Any]) -> str:
     """Hash of :func:`key_fields`: two results with the same key are one series."""
-    basis = key_fields(record, runner)
+    basis = key_fields(record)
     return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -127,7 +127,7 @@ def complete_record(
     record["target"] = target
     record.setdefault("tool", {"name": runner})
     record.setdefault("metrics", {})
-    record["comparison_key"] = comparison_key(record, runner)
+    record["comparison_key"] = comparison_key(record)
     validate(record)
     return record
 
