@@ -156,6 +156,34 @@ class MatrixStore:
         with self.db.session() as s:
             return list(s.exec(select(Result).where(Result.matrix_run == run_id).order_by(col(Result.id))).all())
 
+    def recent_results(self, owner: str | None, scan: int = 500) -> list[tuple[Result, str | None, int | None]]:
+        """The ``scan`` latest results that have a comparison key (``owner``'s, or everyone's),
+        newest first, each with its job's matrix run and point."""
+        q = (select(Result, Job.matrix_run, Job.matrix_point)
+             .join(Job, col(Job.id) == col(Result.job_id), isouter=True)
+             .where(col(Result.comparison_key).is_not(None)))
+        if owner is not None:
+            q = q.where(Result.user == owner)
+        with self.db.session() as s:
+            return [(r, run, point) for r, run, point in
+                    s.exec(q.order_by(col(Result.id).desc()).limit(scan)).all()]
+
+    def regressed_points(self, owner: str | None, runs: Sequence[str]) -> set[tuple[str, int]]:
+        """(run, point) of these runs whose verdict on some metric is a regression that no
+        later verdict of the same series (an improvement, or unchanged) has ended."""
+        if not runs:
+            return set()
+        latest: dict[tuple[str, str, str, str], tuple[str, int, str]] = {}
+        v = _VERDICTS.c
+        q = sa_select(v.user, v.name, v.series, v.metric, v.run, v.point, v.status).order_by(v.id)
+        if owner is not None:
+            q = q.where(v.user == owner)
+        with self.db.write() as conn:
+            for user, name, series, metric, run, point, status in conn.execute(q).all():
+                latest[(user, name, series, metric)] = (run, point, status)
+        wanted = set(runs)
+        return {(run, point) for run, point, status in latest.values() if status == "regression" and run in wanted}
+
     def series_results(self, keys: Sequence[str], name: str, user: str, before_run: str,
                        runs: int = 60) -> list[tuple[Result, int | None, str]]:
         """Results of these comparison keys from ``user``'s ``runs`` latest runs of the matrix

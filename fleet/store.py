@@ -14,9 +14,10 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, null, text, update
+from sqlalchemy import bindparam, delete, func, insert, null, or_, text, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Connection
+from sqlalchemy.orm import defer
 from sqlmodel import col, select
 
 from fleet.db import Database
@@ -164,6 +165,10 @@ def _prefix_bounds(prefix: str) -> tuple[str, str | None] | None:
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+JOB_SORTS = {"created": "id", "name": "name", "state": "state", "user": "user", "host": "host",
+             "priority": "priority", "pool": "pool", "kind": "kind"}  # sort name -> jobs column
 
 
 class Store:
@@ -396,9 +401,39 @@ class Store:
         user: str | None = None,
         limit: int = 50,
         before: str | None = None,
+        kind: str | None = None,
+        matrix_run: str | None = None,
+        search: str | None = None,
+        sort: str = "-created",
+        offset: int = 0,
     ) -> list[Job]:
-        """Newest first. ``owner`` restricts to one user's jobs (non-admin callers)."""
-        q = select(Job)
+        """Newest first unless ``sort`` says otherwise (a field of JOB_SORTS, ``-`` for
+        descending; ties by id). ``owner`` restricts to one user's jobs (non-admin callers);
+        ``search`` matches a part of the name, user or host, or the start of the id."""
+        q = self._jobs_where(select(Job).options(defer(Job.spec_json)),  # type: ignore[arg-type]
+                             owner, states, pool, user, kind, matrix_run, search)
+        if before is not None:
+            q = q.where(col(Job.id) < before)
+        field, descending = sort.lstrip("-"), sort.startswith("-")
+        column = col(getattr(Job, JOB_SORTS[field]))
+        ident = col(Job.id).desc() if descending else col(Job.id)
+        q = q.order_by(ident) if field == "created" else q.order_by(column.desc() if descending else column, ident)
+        q = q.offset(offset).limit(limit)
+        with self.db.session() as s:
+            return list(s.exec(q).all())
+
+    def count_jobs(self, *, owner: str | None, states: Sequence[str] = (), pool: str | None = None,
+                   user: str | None = None, kind: str | None = None, matrix_run: str | None = None,
+                   search: str | None = None) -> int:
+        """How many jobs ``list_jobs`` with these filters would page through."""
+        q = self._jobs_where(select(func.count()).select_from(Job),  # type: ignore[arg-type]
+                             owner, states, pool, user, kind, matrix_run, search)
+        with self.db.session() as s:
+            return int(s.exec(q).one())
+
+    @staticmethod
+    def _jobs_where(q: Any, owner: str | None, states: Sequence[str], pool: str | None, user: str | None,
+                    kind: str | None, matrix_run: str | None, search: str | None) -> Any:
         if owner is not None:
             q = q.where(Job.user == owner)
         if user is not None:
@@ -407,11 +442,15 @@ class Store:
             q = q.where(col(Job.state).in_(list(states)))
         if pool is not None:
             q = q.where(Job.pool == pool)
-        if before is not None:
-            q = q.where(col(Job.id) < before)
-        q = q.order_by(col(Job.id).desc()).limit(limit)
-        with self.db.session() as s:
-            return list(s.exec(q).all())
+        if kind is not None:
+            q = q.where(Job.kind == kind)
+        if matrix_run is not None:
+            q = q.where(Job.matrix_run == matrix_run)
+        if search:
+            like = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            q = q.where(or_(col(Job.name).ilike(like, escape="\\"), col(Job.user).ilike(like, escape="\\"),
+                            col(Job.host).ilike(like, escape="\\"), col(Job.id).ilike(like[1:], escape="\\")))
+        return q
 
     def queued_jobs(self) -> list[Job]:
         with self.db.session() as s:

@@ -120,7 +120,8 @@ class JobDetail(JobOut):
 
 class JobPage(BaseModel):
     items: list[JobOut]
-    next: str | None = Field(None, description="pass as ?before= for the next page")
+    next: str | None = Field(None, description="pass as ?before= for the next page (default order)")
+    total: int | None = Field(None, description="every job that matches (asked with ?total=true)")
 
 
 class ResultOut(BaseModel):
@@ -175,6 +176,8 @@ class HostOut(BaseModel):
     isolation: str = Field("none", description="none: jobs share one account; user: one account per fleet user")
     job_user: str | None = Field(None, description="the account other users' jobs run as (fleet_job_user)")
     backend: str = Field("ssh", description="the backend that runs its attempts")
+    running: list[str] = Field(default_factory=list, description="the jobs running on it that the "
+                                "caller may see (an admin: all; a user: their own)")
     elastic: bool = Field(False, description="an elastic pool of a backend (cloud burst): slots is "
                                              "its limit; it takes only jobs with burst: true")
 
@@ -228,6 +231,46 @@ class WhyOut(BaseModel):
     ahead: int | None = None
     reasons: dict[str, int] = Field(default_factory=dict)
     hosts: dict[str, str] = Field(default_factory=dict)
+
+
+class QueueJobOut(BaseModel):
+    id: str
+    name: str
+    user: str
+    priority: int
+    state: JobState
+    host: str | None = None
+    created_ts: float
+    position: int | None = Field(None, description="1 = the next the scheduler takes (waiting jobs)")
+
+
+class QueueOut(BaseModel):
+    key: str = Field(description="the device-class queue (arch/accelerator[/pool])")
+    waiting: int
+    running: int
+    jobs: list[QueueJobOut] = Field(description="running jobs, then waiting ones in the order they "
+                                                "will be taken (the first N; a user sees only theirs)")
+    why: WhyOut | None = Field(None, description="why the first waiting job waits (its id only if "
+                                                 "the caller may see it)")
+
+
+class SeriesPoint(BaseModel):
+    result: int
+    job_id: str
+    created_ts: float
+    value: float
+    valid: bool
+
+
+class SeriesOut(BaseModel):
+    key: str = Field(description="the comparison key: results of one key are comparable")
+    label: str = Field(description="model, device class, runner, precision, batch")
+    device_class: str
+    metric: str
+    unit: str | None = None
+    points: list[SeriesPoint] = Field(description="oldest first")
+    regression: bool = Field(False, description="a matrix verdict found a regression on this key, "
+                                                "not followed by an improvement")
 
 
 class CancelOut(BaseModel):

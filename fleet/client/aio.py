@@ -91,8 +91,10 @@ class AsyncClient:
         return await self.call(calls.job(job_id))
 
     async def jobs(self, *, states: list[str] | None = None, pool: str | None = None,
-                   user: str | None = None, limit: int = 50, before: str | None = None) -> JobPage:
-        return await self.call(calls.jobs(states=states, pool=pool, user=user, limit=limit, before=before))
+                   user: str | None = None, limit: int = 50, before: str | None = None,
+                   **more: Any) -> JobPage:
+        """A page of jobs; ``more``: kind, matrix, search, sort, offset, total (``calls.jobs``)."""
+        return await self.call(calls.jobs(states=states, pool=pool, user=user, limit=limit, before=before, **more))
 
     async def cancel(self, job_id: str) -> CancelOut:
         return await self.call(calls.cancel(job_id))

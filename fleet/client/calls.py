@@ -24,8 +24,10 @@ from fleet.api.schemas import (
     PoolOut,
     ProbeOut,
     ProvisionOut,
+    QueueOut,
     ResultOut,
     ResultPage,
+    SeriesOut,
     TokenInfo,
     TokenOut,
     UserOut,
@@ -131,10 +133,23 @@ def wait(job_id: str, timeout: float = 30.0) -> Call[JobDetail]:
 
 
 def jobs(*, states: list[str] | None = None, pool: str | None = None, user: str | None = None,
-         limit: int = 50, before: str | None = None) -> Call[JobPage]:
+         limit: int = 50, before: str | None = None, kind: str | None = None, matrix: str | None = None,
+         search: str | None = None, sort: str | None = None, offset: int | None = None,
+         total: bool = False) -> Call[JobPage]:
+    """A page of jobs (newest first unless ``sort``); ``offset`` gives random access, ``total``
+    asks for the number of matches."""
     params: dict[str, Any] = {"pool": pool, "user": user, "limit": limit, "before": before,
-                              "state": states or None}
+                              "state": states or None, "kind": kind, "matrix": matrix, "q": search or None,
+                              "sort": sort, "offset": offset or None, "total": "true" if total else None}
     return Call("GET", "/jobs", one(JobPage), params)
+
+
+def queues() -> Call[list[QueueOut]]:
+    return Call("GET", "/queues", many(QueueOut))
+
+
+def series(limit: int = 50) -> Call[list[SeriesOut]]:
+    return Call("GET", "/series", many(SeriesOut), {"limit": limit})
 
 
 def cancel(job_id: str) -> Call[CancelOut]:

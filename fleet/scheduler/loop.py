@@ -52,7 +52,7 @@ from fleet.scheduler.placement import (
     static_report,
 )
 from fleet.scheduler.queues import ClassQueue
-from fleet.scheduler.records import Held, HostCheck, Policy, QueuedJob, Running, Why
+from fleet.scheduler.records import Held, HostCheck, Policy, QueuedJob, QueueView, Running, Why
 from fleet.scheduler.verdict import JOB_STATE, Verdict
 from fleet.secrets import SecretBox, SecretError, mask_text, mask_value
 from fleet.store import Store
@@ -472,7 +472,7 @@ class Scheduler:
         qj = self.pending.get(job_id)
         if qj is not None:
             queue = self.queues[qj.demand.key]
-            ids = queue.job_ids()
+            ids = queue.order(self.running_by_user, len(queue))  # the order it is taken in
             ahead = ids.index(job_id) if job_id in ids else 0
             report = place(qj.demand, self.book.views(), self.book.static_for(qj.demand),
                            failed_on=frozenset(qj.failed_on))
@@ -497,6 +497,21 @@ class Scheduler:
         job = self.store.get_job(job_id)
         return Why(job=job_id, state="done", queue=job.queue,
                    summary=f"{job.state} ({job.reason}){': ' + job.message if job.message else ''}")
+
+    def queue_views(self, limit: int = 50) -> list[QueueView]:
+        """Each device-class queue: its waiting jobs in the order they will be taken (the
+        first ``limit``), its running jobs, and why its first waiting job waits."""
+        running: dict[str, list[str]] = {}
+        for job_id, run in self.running.items():
+            running.setdefault(run.qj.demand.key, []).append(job_id)
+        out = []
+        for key in sorted(set(self.queues) | set(running)):
+            queue = self.queues.get(key)
+            waiting = queue.order(self.running_by_user, limit) if queue is not None else []
+            out.append(QueueView(key=key, waiting=len(queue) if queue is not None else 0,
+                                 order=waiting, running=sorted(running.get(key, [])),
+                                 why=self.why(waiting[0]) if waiting else None))
+        return out
 
     def _host_reasons(self, demand: Demand) -> dict[str, str]:
         static = self.book.static_for(demand)

@@ -8,6 +8,7 @@ then the oldest job (ids are time-ordered, so smaller id = older).
 from __future__ import annotations
 
 import bisect
+import heapq
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -59,3 +60,22 @@ class ClassQueue:
     def job_ids(self) -> list[str]:
         """Every queued job id, oldest first (for listings and why)."""
         return sorted(self._where)
+
+    def order(self, running: Mapping[str, int], limit: int) -> list[str]:
+        """The first ``limit`` jobs in the order ``head`` would hand them out, if each one
+        placed started (its user's running count going up by one)."""
+        counts = dict(running)
+        out: list[str] = []
+        for priority in sorted(self._buckets, reverse=True):
+            users = self._buckets[priority]
+            heap = [(counts.get(u, 0), ids[0], u, 0) for u, ids in users.items()]
+            heapq.heapify(heap)
+            while heap and len(out) < limit:
+                count, job_id, u, i = heapq.heappop(heap)
+                out.append(job_id)
+                counts[u] = count + 1
+                if i + 1 < len(users[u]):
+                    heapq.heappush(heap, (count + 1, users[u][i + 1], u, i + 1))
+            if len(out) >= limit:
+                break
+        return out

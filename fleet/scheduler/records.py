@@ -86,6 +86,17 @@ class Why:
     hosts: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass
+class QueueView:
+    """One device-class queue as ``GET /queues`` shows it."""
+
+    key: str
+    waiting: int
+    order: list[str]  # waiting job ids, the next to be taken first (the first N)
+    running: list[str]
+    why: Why | None  # of the first waiting job
+
+
 @dataclass(frozen=True)
 class HostCheck:
     """An operator's health check (``fleet hosts check``) and the health it left."""

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from fleet.api.routes import artifacts, blobs, events, hosts, jobs, matrix, results, system, users
+from fleet.api.routes import artifacts, blobs, events, hosts, jobs, matrix, queues, results, system, users
 
 ROUTERS: list[APIRouter] = [system.router, blobs.router, jobs.router, results.router, artifacts.router,
-                            hosts.router, events.router, users.router, matrix.router]
+                            hosts.router, events.router, users.router, matrix.router,
+                            queues.router]

@@ -26,7 +26,7 @@ router = APIRouter(tags=["hosts"])
 
 
 def host_out(view: HostView, health_message: str | None = None,
-             facts: dict[str, Any] | None = None) -> HostOut:
+             facts: dict[str, Any] | None = None, running: list[str] | None = None) -> HostOut:
     h = view.host
     if not h.schedulable:
         state = "gateway"  # fleet_jobs=false: forwards SSH, runs no jobs
@@ -46,6 +46,7 @@ def host_out(view: HostView, health_message: str | None = None,
         health_message=health_message, facts=facts or {},
         mismatches=probe.mismatches(h, facts) if facts else [],
         isolation=h.isolation, job_user=h.job_user, backend=h.backend, elastic=h.elastic,
+        running=running or [],
     )
 
 
@@ -58,10 +59,15 @@ def _one_host(ctx: ApiContext, name: str) -> HostOut:
 
 
 @router.get("/hosts", dependencies=LEADER)
-async def hosts(_user: UserDep, ctx: CtxDep) -> list[HostOut]:
+async def hosts(user: UserDep, ctx: CtxDep) -> list[HostOut]:
     notes = {name: row.health_message for name, row in (await asyncio.to_thread(ctx.store.host_statuses)).items()}
     facts = ctx.scheduler.facts
-    return [host_out(v, notes.get(v.host.name), facts.get(v.host.name)) for v in ctx.scheduler.host_views()]
+    running: dict[str, list[str]] = {}
+    for job_id, run in ctx.scheduler.running.items():
+        if user.is_admin or run.qj.job.user == user.name:
+            running.setdefault(run.host.name, []).append(job_id)
+    return [host_out(v, notes.get(v.host.name), facts.get(v.host.name), sorted(running.get(v.host.name, [])))
+            for v in ctx.scheduler.host_views()]
 
 
 @router.post("/hosts/{name}/drain", dependencies=LEADER)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, HTTPException, Query
 from fastapi.responses import StreamingResponse
@@ -17,9 +17,10 @@ from fleet.api.context import LEADER, ApiContext, CtxDep
 from fleet.api.schemas import INT64_MAX, CancelOut, JobDetail, JobOut, JobPage, WhyOut
 from fleet.api.submit import submit_many
 from fleet.logstore import COLLECTED
-from fleet.models.enums import JobState
+from fleet.models.enums import JobKind, JobState
 from fleet.models.tables import Job
 from fleet.scheduler.hooks import hook_log_id
+from fleet.store import JOB_SORTS
 
 router = APIRouter(tags=["jobs"])
 
@@ -64,6 +65,11 @@ async def submit_batch(body: BatchIn, user: UserDep, ctx: CtxDep, key: Idempoten
     return await submit_many(ctx, body.jobs, user, key)
 
 
+JobSort = Literal["created", "-created", "name", "-name", "state", "-state", "user", "-user", "host", "-host",
+                  "priority", "-priority", "pool", "-pool", "kind", "-kind"]
+assert {s.lstrip("-") for s in JobSort.__args__} == set(JOB_SORTS)  # type: ignore[attr-defined]
+
+
 @router.get("/jobs")
 def list_jobs(
     user: UserDep,
@@ -73,8 +79,19 @@ def list_jobs(
                                        + ", ".join(JobState))] = None,
     pool: str | None = None,
     owner: Annotated[str | None, Query(alias="user")] = None,
+    kind: JobKind | None = None,
+    matrix: Annotated[str | None, Query(max_length=64, description="only the jobs of this matrix run")] = None,
+    q: Annotated[str | None, Query(max_length=200, description="a part of the name, user or host, "
+                                                               "or the start of the id (any case)")] = None,
+    sort: Annotated[JobSort, Query(description="order: created (default -created, newest first), "
+                                               "name, state, user, host, priority, pool or kind; "
+                                               "- for descending; ties by id, newest first when descending")] = "-created",
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    before: str | None = None,
+    offset: Annotated[int, Query(ge=0, le=10_000_000, description="skip this many (random access "
+                                                                  "for views that scroll)")] = 0,
+    before: Annotated[str | None, Query(description="ids below this one (the next page of the "
+                                                    "default order; see next)")] = None,
+    total: Annotated[bool, Query(description="also count every job that matches")] = False,
 ) -> JobPage:
     """Jobs, newest first. Non-admins see only their own."""
     states = []
@@ -84,13 +101,14 @@ def list_jobs(
             if part not in JobState.__members__:
                 raise HTTPException(422, f"state: unknown state {part!r} (one of {', '.join(JobState)})")
             states.append(part)
-    rows = ctx.store.list_jobs(
-        owner=None if user.is_admin else user.name, states=states, pool=pool,
-        user=owner, limit=limit + 1, before=before,
-    )
+    filters: dict[str, Any] = dict(owner=None if user.is_admin else user.name, states=states, pool=pool,
+                                   user=owner, kind=kind.value if kind else None, matrix_run=matrix, search=q)
+    rows = ctx.store.list_jobs(**filters, limit=limit + 1, before=before, sort=sort, offset=offset)
     more = len(rows) > limit
     rows = rows[:limit]
-    return JobPage(items=[JobOut.of(j) for j in rows], next=rows[-1].id if more else None)
+    return JobPage(items=[JobOut.of(j) for j in rows],
+                   next=rows[-1].id if more and sort == "-created" else None,
+                   total=ctx.store.count_jobs(**filters) if total else None)
 
 
 @router.get("/jobs/{job_id}")

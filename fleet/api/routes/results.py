@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
 
 from fleet.api.auth import UserDep
 from fleet.api.context import CtxDep
-from fleet.api.schemas import INT64_MAX, ErrorOut, ResultImportIn, ResultOut, ResultPage, iso
+from fleet.api.schemas import (
+    INT64_MAX,
+    ErrorOut,
+    ResultImportIn,
+    ResultOut,
+    ResultPage,
+    SeriesOut,
+    SeriesPoint,
+    iso,
+)
 from fleet.ids import new_id
 from fleet.results import InvalidResult, imported_record
 
@@ -33,6 +42,54 @@ def results(
         for r in rows
     ]
     return ResultPage(items=items, next=items[-1].id if more else None)
+
+
+# Metrics a series is drawn by, best first (the first one a record has).
+_MAIN_METRICS = ("latency_ms", "latency_mean_ms", "latency", "throughput_fps", "throughput", "fps")
+
+
+@router.get("/series")
+def series(
+    user: UserDep,
+    ctx: CtxDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    points: Annotated[int, Query(ge=2, le=200)] = 30,
+) -> list[SeriesOut]:
+    """The most recently extended series (results of one comparison key), each with its main
+    metric's latest values, from the latest 500 keyed results the caller may see."""
+    from fleet.matrix import metric_values
+
+    owner = None if user.is_admin else user.name
+    rows = ctx.store.matrix.recent_results(owner)
+    regressed = ctx.store.matrix.regressed_points(owner, sorted({run for _, run, _ in rows if run}))
+    by_key: dict[str, list[tuple[Any, dict[str, Any], bool]]] = {}
+    for r, run, point in rows:
+        group = by_key.setdefault(r.comparison_key or "", [])
+        if len(group) < points:
+            group.append((r, json.loads(r.record_json), (run, point) in regressed))
+    out = []
+    for key, group in list(by_key.items())[:limit]:
+        first, record, _ = group[0]
+        values = metric_values(record)
+        metric = next((m for m in _MAIN_METRICS if m in values), next(iter(sorted(values)), None))
+        if metric is None:
+            continue
+        stats = (record.get("metrics") or {}).get(metric)
+        unit = stats.get("unit") if isinstance(stats, dict) else None
+        model = (record.get("model") or {}).get("name") if isinstance(record.get("model"), dict) else None
+        label = " ".join(str(x) for x in (model or first.model_sha256 and first.model_sha256[:12] or "?",
+                                          first.device_class, first.runner, first.precision or "",
+                                          f"b{first.batch}" if first.batch else "") if x)
+        pts = []
+        for r, rec, _ in reversed(group):
+            v = metric_values(rec).get(metric)
+            if v is not None:
+                pts.append(SeriesPoint(result=r.id or 0, job_id=r.job_id, created_ts=r.created_at, value=v[0],
+                                       valid=r.status == "ok" and not rec.get("invalid_reasons")))
+        out.append(SeriesOut(key=key, label=label, device_class=first.device_class, metric=metric,
+                             unit=unit if isinstance(unit, str) else None, points=pts,
+                             regression=group[0][2]))
+    return out
 
 
 @router.post("/results/import", status_code=201,
