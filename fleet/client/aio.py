@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -126,9 +126,11 @@ class AsyncClient:
 
     async def events(self, *, after: int | None = None, jobs: list[str] | tuple[str, ...] = (),
                      types: list[str] | tuple[str, ...] = (),
-                     reconnect: int = 5) -> AsyncGenerator[dict[str, Any]]:
+                     reconnect: int = 5,
+                     dropped: Callable[[Exception | None], None] | None = None) -> AsyncGenerator[dict[str, Any]]:
         """As ``Client.events``: the first event is ``ready``; a dropped stream is resumed
-        from the last event seen, nothing lost or repeated."""
+        from the last event seen, nothing lost or repeated. ``dropped`` is told of each drop
+        (the error, or None when the server ended the stream) before the wait to resume."""
         params = calls.events_params(jobs, types)
         resume = calls.Resume(after, reconnect)
         while True:
@@ -145,7 +147,11 @@ class AsyncClient:
                             continue
                         resume.seen(event)
                         yield event
+                if dropped is not None:
+                    dropped(None)
                 delay = resume.dropped(None)  # the server ended the stream (it stopped)
             except httpx.TransportError as exc:
+                if dropped is not None:
+                    dropped(exc)
                 delay = resume.dropped(exc)
             await asyncio.sleep(delay)

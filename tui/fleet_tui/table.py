@@ -1,0 +1,223 @@
+"""A virtual table: it draws only the rows on screen and asks its source for each of them, so
+its cost does not grow with the number of rows (100,000 jobs draw as fast as 10).
+
+Textual's DataTable keeps every row as a widget-side object and measures them all; at 100k rows
+adding them takes seconds. Here a row that is not loaded yet is drawn as a placeholder and the
+source fetches its page in the background (``RowSource.row`` must never block).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from rich.segment import Segment
+from rich.style import Style
+from rich.text import Text
+from textual.binding import Binding
+from textual.geometry import Region, Size
+from textual.message import Message
+from textual.reactive import reactive
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+
+Cell = Text | str
+Row = Sequence[Cell]
+
+
+@dataclass(frozen=True)
+class Column:
+    title: str
+    width: int  # characters; 0: takes what is left (at least 10)
+
+
+class RowSource(Protocol):
+    def __len__(self) -> int: ...
+
+    def row(self, index: int) -> Row | None:
+        """The row's cells, or None while it is being fetched (never blocks)."""
+
+
+class ListSource:
+    """Rows held in memory (hosts, queues, series: hundreds to a few thousand)."""
+
+    def __init__(self, rows: list[Row] | None = None) -> None:
+        self.rows: list[Row] = rows or []
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def row(self, index: int) -> Row | None:
+        return self.rows[index] if 0 <= index < len(self.rows) else None
+
+
+HEADER = Style(bold=True, reverse=True)
+CURSOR = Style(reverse=True)
+PLACEHOLDER = Text("…", style="dim")
+
+
+class VirtualTable(ScrollView, can_focus=True):
+    """Columns over a ``RowSource``; a cursor moved with the keys; ``Selected`` on enter."""
+
+    DEFAULT_CSS = """
+    VirtualTable { height: 1fr; overflow-x: hidden; }
+    """
+    BINDINGS = [
+        Binding("up,k", "move(-1)", "up", show=False),
+        Binding("down,j", "move(1)", "down", show=False),
+        Binding("pageup,ctrl+b", "page(-1)", "page up", show=False),
+        Binding("pagedown,ctrl+f,space", "page(1)", "page down", show=False),
+        Binding("home,g", "first", "first", show=False),
+        Binding("end,G", "last", "last", show=False),
+        Binding("enter", "select", "open"),
+    ]
+
+    cursor: reactive[int] = reactive(0, always_update=True, repaint=False)
+
+    class Highlighted(Message):
+        def __init__(self, table: VirtualTable, index: int) -> None:
+            super().__init__()
+            self.table, self.index = table, index
+
+    class Selected(Message):
+        def __init__(self, table: VirtualTable, index: int) -> None:
+            super().__init__()
+            self.table, self.index = table, index
+
+    def __init__(self, columns: list[Column], source: RowSource, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.columns = columns
+        self.source = source
+        self._widths: list[int] = []
+        self._count = 0
+
+    # ------------------------------------------------------------------ data
+
+    def set_source(self, source: RowSource) -> None:
+        self.source = source
+        self.reload()
+
+    def reload(self) -> None:
+        """The source changed (rows added, removed, or fetched): redraw."""
+        count = len(self.source)
+        if count != self._count:
+            self._count = count
+            self.virtual_size = Size(self.scrollable_content_region.width, count + 1)
+        if self.cursor >= count:
+            self.cursor = max(0, count - 1)
+        self.refresh()
+
+    def refresh_row(self, index: int) -> None:
+        """One row changed: redraw just that line if it is on screen."""
+        y = index - self.scroll_offset.y + 1
+        if 1 <= y < self.size.height:
+            self.refresh(Region(0, y, self.size.width, 1))
+
+    @property
+    def page_size(self) -> int:
+        return max(1, self.scrollable_content_region.height - 1)
+
+    @property
+    def top(self) -> int:
+        return self.scroll_offset.y
+
+    # ------------------------------------------------------------------ drawing
+
+    def on_resize(self) -> None:
+        width = self.scrollable_content_region.width
+        self.virtual_size = Size(width, len(self.source) + 1)
+        self._layout(width)
+
+    def _layout(self, width: int) -> None:
+        fixed = sum(c.width for c in self.columns if c.width) + len(self.columns) - 1
+        flex = [c for c in self.columns if not c.width]
+        left = max(10, width - fixed) // max(1, len(flex)) if flex else 0
+        self._widths = [c.width or left for c in self.columns]
+
+    def _line(self, cells: Sequence[Cell], style: Style | None) -> Text:
+        line = Text(no_wrap=True, overflow="ellipsis", style=self.rich_style)
+        for i, (cell, width) in enumerate(zip(cells, self._widths, strict=False)):
+            text = cell if isinstance(cell, Text) else Text(str(cell))
+            if text.cell_len > width:
+                text = text.copy()
+                text.truncate(width, overflow="ellipsis")
+            line.append_text(text)
+            pad = width - text.cell_len
+            if i < len(self._widths) - 1:
+                pad += 1
+            if pad > 0:
+                line.append(" " * pad)
+        if style is not None:
+            line.stylize(style)
+        return line
+
+    def render_line(self, y: int) -> Strip:
+        width = self.scrollable_content_region.width
+        if not self._widths:
+            self._layout(width)
+        if y == 0:
+            line = self._line([c.title for c in self.columns], None)
+            line.stylize(HEADER)
+            return self._strip(line, width, HEADER)
+        index = self.scroll_offset.y + y - 1
+        if index >= len(self.source):
+            return Strip.blank(width, self.rich_style)
+        row = self.source.row(index)
+        style = CURSOR if index == self.cursor and self.has_focus else (
+            Style(underline=True) if index == self.cursor else None)
+        line = self._line(row if row is not None else [PLACEHOLDER], style)
+        return self._strip(line, width, style or self.rich_style)
+
+    def _strip(self, line: Text, width: int, pad: Style) -> Strip:
+        segments = [s for s in line.render(self.app.console) if s.text != "\n"]
+        return Strip(segments).crop_extend(0, width, pad).simplify() if segments else Strip(
+            [Segment(" " * width, pad)])
+
+    # ------------------------------------------------------------------ the cursor
+
+    def watch_cursor(self, old: int, new: int) -> None:
+        self.refresh_row(old)
+        self.refresh_row(new)
+        if new < self.top:
+            self.scroll_to(y=new, animate=False, immediate=True)
+        elif new >= self.top + self.page_size:
+            self.scroll_to(y=new - self.page_size + 1, animate=False, immediate=True)
+        self.post_message(self.Highlighted(self, new))
+
+    def on_focus(self) -> None:
+        self.refresh_row(self.cursor)
+
+    def on_blur(self) -> None:
+        self.refresh_row(self.cursor)
+
+    def move_to(self, index: int) -> None:
+        count = len(self.source)
+        self.cursor = max(0, min(index, count - 1)) if count else 0
+
+    def action_move(self, delta: int) -> None:
+        self.move_to(self.cursor + delta)
+
+    def action_page(self, pages: int) -> None:
+        step = self.page_size * pages
+        self.scroll_to(y=max(0, self.top + step), animate=False, immediate=True)
+        self.move_to(self.cursor + step)
+
+    def action_first(self) -> None:
+        self.move_to(0)
+
+    def action_last(self) -> None:
+        self.move_to(len(self.source) - 1)
+
+    def action_select(self) -> None:
+        if len(self.source):
+            self.post_message(self.Selected(self, self.cursor))
+
+    def on_click(self, event: object) -> None:
+        y = getattr(event, "y", 0)
+        if y >= 1:
+            index = self.top + y - 1
+            if index < len(self.source):
+                if index == self.cursor and getattr(event, "chain", 1) >= 2:
+                    self.action_select()
+                self.move_to(index)
