@@ -426,7 +426,7 @@ class Store:
                    user: str | None = None, kind: str | None = None, matrix_run: str | None = None,
                    search: str | None = None) -> int:
         """How many jobs ``list_jobs`` with these filters would page through."""
-        q = self._jobs_where(select(func.count()).select_from(Job),  # type: ignore[arg-type]
+        q = self._jobs_where(select(func.count()).select_from(Job),
                              owner, states, pool, user, kind, matrix_run, search)
         with self.db.session() as s:
             return int(s.exec(q).one())

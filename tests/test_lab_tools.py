@@ -20,11 +20,11 @@ from pathlib import Path
 
 import asyncssh
 import pytest
+
 from fleet_runners.devtools import hailo as hailo_parser
 from fleet_runners.devtools import nvidia as nvidia_parser
 from fleet_runners.devtools import tegrastats as tegrastats_parser
 from fleet_runners.devtools import trtexec as trtexec_parser
-
 from tests.lab import PROFILES, Lab, LabHost, Profile
 from tests.lab.fixtures import requires_sshd  # the `lab` fixture comes from conftest.py
 from tests.lab.homes import host_env, prepare_home, read_state, tool_path, write_tools

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from fleet_runners.devtools import hailo, importers, nvidia, ortperf, tegrastats, trtexec
 
 TOOLS = Path(__file__).parent / "fixtures" / "tools"

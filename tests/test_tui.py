@@ -248,3 +248,57 @@ async def test_snapshots_of_the_main_views(fleet, tmp_path):
         await pilot.press("question_mark")
         await shows(pilot, "fleet tui — keys")
         snapshot(app, "help")
+
+
+BENCH = r"""
+import json, os
+model = os.environ["FLEET_MATRIX_MODEL"]
+factor = float(open(os.environ["FACTORS"] + "/" + model).read())
+lat = {"a": 4.0, "b": 9.0}[model] * factor * (1 + 0.002 * (os.getpid() % 5))
+json.dump({"tool": {"name": "mybench", "version": "1.0"}, "model": {"name": model},
+           "metrics": {"latency_ms": {"median": lat, "mean": lat}}},
+          open(os.environ["FLEET_RESULT"], "w"))
+"""
+
+
+@pytest.mark.long
+async def test_results_and_the_matrix_grid_show_a_regression(fleet, tmp_path):
+    import json
+
+    import yaml
+
+    fleet.start(local_inventory(tmp_path, slots=2))
+    factors = tmp_path / "factors"
+    factors.mkdir()
+    for model in ("a", "b"):
+        (factors / model).write_text("1.0")
+    (tmp_path / "bench.py").write_text(BENCH)
+    mfile = tmp_path / "nightly.yml"
+    mfile.write_text(yaml.safe_dump({
+        "name": "nightly", "axes": {"model": ["a", "b"]}, "repeat": 3,
+        "thresholds": {"min_baseline": 5, "min_samples": 3, "alpha": 0.05},
+        "job": {"run": f"FACTORS={factors} python3 {tmp_path / 'bench.py'}"}}))
+    runs = []
+    for night in range(3):
+        if night == 2:
+            (factors / "b").write_text("1.5")
+        proc = await asyncio.to_thread(fleet.cli, "matrix", "run", str(mfile), "--wait", "--json",
+                                       check=False, timeout=300)
+        runs.append(json.loads(proc.stdout)["id"])
+    assert proc.returncode == 1, proc.stdout[-2000:]  # the last night regressed
+    app = make_app(fleet.info.url, fleet.info.token)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("6")
+        await shows(pilot, "REGRESSION")
+        text = screen_text(app)
+        b_row = next(line for line in text.splitlines() if line.startswith("b "))
+        a_row = next(line for line in text.splitlines() if line.startswith("a "))
+        assert "REGRESSION" in b_row and "REGRESSION" not in a_row
+        assert "+50" in b_row or "+49" in b_row or "+51" in b_row  # the last value against the one before
+        assert re.search(r"[▁▂▃▄▅▆▇█]{9}", b_row)  # a sparkline of its 9 results
+        await pilot.press("7")
+        await shows(pilot, runs[-1])
+        await shows(pilot, re.compile(r"model=b\W+regression"))
+        await shows(pilot, re.compile(r"model=a\W+unchanged"))
+        await pilot.press("down", "down")  # the first night: not enough history then
+        await shows(pilot, re.compile(r"model=b\W+not enough samples"))

@@ -22,7 +22,7 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.css.query import NoMatches
 from textual.screen import ModalScreen
-from textual.widgets import ContentSwitcher, Footer, Input, Static
+from textual.widgets import ContentSwitcher, Static
 
 from fleet.api.schemas import HostOut, QueueOut, UserOut
 from fleet.client import calls
@@ -30,6 +30,7 @@ from fleet.client.aio import AsyncClient
 from fleet.errors import ApiError, FleetError
 
 from .render import clean
+from .table import PromptLine
 from .views import VIEWS, JobView, View
 
 T = TypeVar("T")
@@ -81,10 +82,9 @@ class FleetApp(App[None]):
     Screen { layout: vertical; }
     #bar { height: 1; background: $primary-background; color: $text; }
     #bar.down { background: $error; }
+    #keys { dock: bottom; height: 1; background: $panel; }
     .caption { height: 1; color: $text-muted; text-style: bold; }
     .verdict { height: auto; padding: 0 1; }
-    .prompt { height: 3; }
-    #command { dock: bottom; }
     ContentSwitcher { height: 1fr; }
     #pools { height: auto; max-height: 12; }
     #job-top { height: auto; max-height: 50%; }
@@ -100,7 +100,7 @@ class FleetApp(App[None]):
         Binding("question_mark", "help", "help", key_display="?"),
         Binding("q", "quit", "quit"),
         Binding("ctrl+c", "quit", "quit", show=False, priority=True),
-        Binding("escape", "go_back", "back", show=False),
+        Binding("escape,backspace", "go_back", "back", show=False),
         Binding("1", "view('overview')", "overview", show=False),
         Binding("2", "view('hosts')", "hosts", show=False),
         Binding("3", "view('queue')", "queue", show=False),
@@ -140,11 +140,7 @@ class FleetApp(App[None]):
         with ContentSwitcher(initial="overview"):
             for view in VIEWS:
                 yield view(id=view.name_)
-        command = Input(placeholder=":" + " ".join(v.name_ for v in VIEWS) + "  |  submit FILE  |  job ID  |  quit",
-                        id="command", classes="prompt")
-        command.display = False
-        yield command
-        yield Footer()
+        yield PromptLine(id="keys")
 
     @property
     def view(self) -> View:
@@ -153,18 +149,20 @@ class FleetApp(App[None]):
 
     async def on_mount(self) -> None:
         self.draw_bar()
+        self.draw_keys()
         self.run_worker(self._follow(), group="events", exclusive=True)
         self.run_worker(self._start(), group="start")
         self.set_interval(1.0, self.draw_bar)
 
     async def _start(self) -> None:
-        self.user = await self.api(calls.whoami())
-        await self.load_lab()
-        await self.view.load()
+        async def who() -> None:
+            self.user = await self.api(calls.whoami())
+
+        await asyncio.gather(who(), self.load_lab(), self.view.load())  # one round trip, not four
 
     # ------------------------------------------------------------------ the server
 
-    async def api(self, call: calls.Call[T], doing: str | None = None) -> T | None:
+    async def api(self, call: calls.Call[Any], doing: str | None = None) -> Any:
         """Send one call; None if it failed (said in the bar or a notification)."""
         try:
             got = await self.client.call(call)
@@ -196,8 +194,7 @@ class FleetApp(App[None]):
         self.draw_bar()
 
     async def load_lab(self) -> None:
-        hosts = await self.api(calls.hosts())
-        queues = await self.api(calls.queues())
+        hosts, queues = await asyncio.gather(self.api(calls.hosts()), self.api(calls.queues()))
         if hosts is not None:
             self.hosts = hosts
         if queues is not None:
@@ -286,6 +283,19 @@ class FleetApp(App[None]):
 
     # ------------------------------------------------------------------ navigation
 
+    def draw_keys(self) -> None:
+        """The keys of this view and the global ones, on the bottom line (Textual's Footer
+        rebuilds a widget per key on every focus change: tens of ms a view switch)."""
+        line = Text()
+        bindings = [b for b in type(self.view).BINDINGS if isinstance(b, Binding) and b.show]
+        bindings += [b for b in self.BINDINGS if isinstance(b, Binding) and b.show]
+        for b in bindings:
+            line.append(f" {_key(b)} ", style="bold reverse")
+            line.append(f" {b.description}  ")
+        line.append(" 1-7 ", style="bold reverse")
+        line.append(" views")
+        self.query_one("#keys", PromptLine).show_idle(line)
+
     def action_view(self, name: str) -> None:
         switcher = self.query_one(ContentSwitcher)
         if switcher.current != name:
@@ -297,16 +307,9 @@ class FleetApp(App[None]):
             self.run_worker(view.load(), group=f"view:{name}", exclusive=True)
         view.focus_main()
         self.draw_bar()
+        self.draw_keys()
 
     def action_go_back(self) -> None:
-        cancel = getattr(self.view, "cancel_filter", None)
-        if cancel is not None and cancel():
-            return
-        command = self.query_one("#command", Input)
-        if command.display:
-            command.display = False
-            self.view.focus_main()
-            return
         if self.history:
             self.action_view(self.history.pop())
             if self.history:
@@ -316,20 +319,20 @@ class FleetApp(App[None]):
         self.query_one(JobView).show(job_id)
         self.action_view("job")
 
-    def action_command(self) -> None:
-        command = self.query_one("#command", Input)
-        command.display = True
-        command.value = ""
-        command.focus()
+    def action_command(self, value: str = "") -> None:
+        self.query_one("#keys", PromptLine).open(":", value)
 
-    @on(Input.Submitted, "#command")
-    async def run_command(self, message: Input.Submitted) -> None:
+    @on(PromptLine.Cancelled, "#keys")
+    def command_cancelled(self, message: PromptLine.Cancelled) -> None:
         message.stop()
-        command = self.query_one("#command", Input)
-        command.display = False
+        self.view.focus_main()
+
+    @on(PromptLine.Submitted, "#keys")
+    async def run_command(self, message: PromptLine.Submitted) -> None:
+        message.stop()
+        self.view.focus_main()
         words = message.value.strip().lstrip(":").split(maxsplit=1)
         if not words:
-            self.view.focus_main()
             return
         word, rest = words[0].lower(), (words[1] if len(words) > 1 else "")
         if word in ("quit", "q!", "exit"):
@@ -345,7 +348,6 @@ class FleetApp(App[None]):
         else:
             self.notify(f"unknown command {clean(message.value)!r}: try " + ", ".join(v.name_ for v in VIEWS)
                         + ", job ID, submit FILE, quit", severity="error")
-            self.view.focus_main()
 
     def action_help(self) -> None:
         lines = Text()
@@ -443,11 +445,7 @@ class FleetApp(App[None]):
     def action_submit(self) -> None:
         if not self.may_act("submit"):
             return
-        command = self.query_one("#command", Input)
-        command.display = True
-        command.value = "submit "
-        command.focus()
-        command.cursor_position = len(command.value)
+        self.action_command("submit ")
 
     async def submit_file(self, path: str) -> None:
         from fleet.client.specs import aload_spec_file

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from rich.segment import Segment
 from rich.style import Style
@@ -21,6 +21,7 @@ from textual.message import Message
 from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
+from textual.widgets import Static
 
 Cell = Text | str
 Row = Sequence[Cell]
@@ -54,6 +55,7 @@ class ListSource:
 
 HEADER = Style(bold=True, reverse=True)
 CURSOR = Style(reverse=True)
+UNDERLINE = Style(underline=True)
 PLACEHOLDER = Text("…", style="dim")
 
 
@@ -91,6 +93,11 @@ class VirtualTable(ScrollView, can_focus=True):
         self.source = source
         self._widths: list[int] = []
         self._count = 0
+        # Drawn lines by (row, how it is drawn): scrolling by a row redraws every line on screen,
+        # and each is then a lookup, not a formatting. Cleared when the data, size or focus change.
+        self._strips: dict[tuple[int, int], Strip] = {}
+        self._base: Style | None = None
+        self._drawn_width = -1
 
     # ------------------------------------------------------------------ data
 
@@ -98,8 +105,17 @@ class VirtualTable(ScrollView, can_focus=True):
         self.source = source
         self.reload()
 
+    def _forget(self, index: int | None = None) -> None:
+        if index is None:
+            self._strips.clear()
+            self._base = None
+        else:
+            for mode in range(3):
+                self._strips.pop((index, mode), None)
+
     def reload(self) -> None:
         """The source changed (rows added, removed, or fetched): redraw."""
+        self._forget()
         count = len(self.source)
         if count != self._count:
             self._count = count
@@ -110,6 +126,7 @@ class VirtualTable(ScrollView, can_focus=True):
 
     def refresh_row(self, index: int) -> None:
         """One row changed: redraw just that line if it is on screen."""
+        self._forget(index)
         y = index - self.scroll_offset.y + 1
         if 1 <= y < self.size.height:
             self.refresh(Region(0, y, self.size.width, 1))
@@ -126,6 +143,9 @@ class VirtualTable(ScrollView, can_focus=True):
 
     def on_resize(self) -> None:
         width = self.scrollable_content_region.width
+        if width != self._drawn_width:  # shown again at the same width: the drawn lines hold
+            self._forget()
+            self._drawn_width = width
         self.virtual_size = Size(width, len(self.source) + 1)
         self._layout(width)
 
@@ -135,8 +155,14 @@ class VirtualTable(ScrollView, can_focus=True):
         left = max(10, width - fixed) // max(1, len(flex)) if flex else 0
         self._widths = [c.width or left for c in self.columns]
 
+    @property
+    def base_style(self) -> Style:
+        if self._base is None:
+            self._base = self.rich_style
+        return self._base
+
     def _line(self, cells: Sequence[Cell], style: Style | None) -> Text:
-        line = Text(no_wrap=True, overflow="ellipsis", style=self.rich_style)
+        line = Text(no_wrap=True, overflow="ellipsis", style=self.base_style)
         for i, (cell, width) in enumerate(zip(cells, self._widths, strict=False)):
             text = cell if isinstance(cell, Text) else Text(str(cell))
             if text.cell_len > width:
@@ -157,17 +183,28 @@ class VirtualTable(ScrollView, can_focus=True):
         if not self._widths:
             self._layout(width)
         if y == 0:
-            line = self._line([c.title for c in self.columns], None)
-            line.stylize(HEADER)
-            return self._strip(line, width, HEADER)
+            header = self._strips.get((-1, 0))
+            if header is None:
+                line = self._line([c.title for c in self.columns], None)
+                line.stylize(HEADER)
+                header = self._strips[(-1, 0)] = self._strip(line, width, HEADER)
+            return header
         index = self.scroll_offset.y + y - 1
         if index >= len(self.source):
-            return Strip.blank(width, self.rich_style)
+            return Strip.blank(width, self.base_style)
+        mode = 0 if index != self.cursor else (1 if self.has_focus else 2)
+        strip = self._strips.get((index, mode))
+        if strip is not None:
+            return strip
         row = self.source.row(index)
-        style = CURSOR if index == self.cursor and self.has_focus else (
-            Style(underline=True) if index == self.cursor else None)
+        style = (None, CURSOR, UNDERLINE)[mode]
         line = self._line(row if row is not None else [PLACEHOLDER], style)
-        return self._strip(line, width, style or self.rich_style)
+        strip = self._strip(line, width, style or self.base_style)
+        if row is not None:  # a placeholder is drawn again when its page comes
+            if len(self._strips) > 2000:
+                self._strips.clear()
+            self._strips[(index, mode)] = strip
+        return strip
 
     def _strip(self, line: Text, width: int, pad: Style) -> Strip:
         segments = [s for s in line.render(self.app.console) if s.text != "\n"]
@@ -186,10 +223,12 @@ class VirtualTable(ScrollView, can_focus=True):
         self.post_message(self.Highlighted(self, new))
 
     def on_focus(self) -> None:
-        self.refresh_row(self.cursor)
+        self._forget()
+        self.refresh()
 
     def on_blur(self) -> None:
-        self.refresh_row(self.cursor)
+        self._forget()
+        self.refresh()
 
     def move_to(self, index: int) -> None:
         count = len(self.source)
@@ -221,3 +260,91 @@ class VirtualTable(ScrollView, can_focus=True):
                 if index == self.cursor and getattr(event, "chain", 1) >= 2:
                     self.action_select()
                 self.move_to(index)
+
+
+class PromptLine(Static, can_focus=True):
+    """A one-line prompt (k9s's ``:`` and ``/``): typing happens in place, so opening it
+    changes no layout (Textual's Input is three lines: showing one reflows the whole screen).
+
+    Printable keys type, backspace deletes, ctrl+u clears, enter sends ``Submitted``, escape
+    sends ``Cancelled``; when not editing it shows ``idle`` text."""
+
+    DEFAULT_CSS = """
+    PromptLine { height: 1; }
+    """
+
+    class Submitted(Message):
+        def __init__(self, prompt: PromptLine, value: str) -> None:
+            super().__init__()
+            self.prompt, self.value = prompt, value
+
+        @property
+        def control(self) -> PromptLine:
+            return self.prompt
+
+    class Cancelled(Message):
+        def __init__(self, prompt: PromptLine) -> None:
+            super().__init__()
+            self.prompt = prompt
+
+        @property
+        def control(self) -> PromptLine:
+            return self.prompt
+
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__("", id=id, classes=classes)
+        self.editing = False
+        self.prefix = ""
+        self.value = ""
+        self.idle: Text | str = ""
+
+    def open(self, prefix: str, value: str = "") -> None:
+        self.editing, self.prefix, self.value = True, prefix, value
+        self.focus()
+        self._draw()
+
+    def close(self) -> None:
+        self.editing = False
+        self._draw()
+
+    def show_idle(self, text: Text | str) -> None:
+        self.idle = text
+        if not self.editing:
+            self._draw()
+
+    def _draw(self) -> None:
+        if self.editing:
+            self.update(Text.assemble((self.prefix, "bold"), self.value, ("█", "blink")))
+        else:
+            self.update(self.idle)
+
+    def on_key(self, event: Any) -> None:
+        if not self.editing:
+            return
+        key = event.key
+        if key == "enter":
+            self.editing = False
+            self._draw()
+            self.post_message(self.Submitted(self, self.value))
+        elif key == "escape":
+            self.editing = False
+            self._draw()
+            self.post_message(self.Cancelled(self))
+        elif key == "backspace":
+            self.value = self.value[:-1]
+            self._draw()
+        elif key == "ctrl+u":
+            self.value = ""
+            self._draw()
+        elif event.is_printable and event.character:
+            self.value += event.character
+            self._draw()
+        else:
+            return
+        event.stop()
+        event.prevent_default()
+
+    def on_blur(self) -> None:
+        if self.editing:
+            self.editing = False
+            self._draw()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import statistics
 import time
 from collections import Counter, defaultdict
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -18,7 +19,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
-from textual.widgets import Input, Log, Static
+from textual.widgets import Log, Static
 
 from fleet.api.schemas import HostOut, JobDetail, JobOut, QueueOut, SeriesOut
 from fleet.client import calls
@@ -37,7 +38,7 @@ from .render import (
     styled,
     took,
 )
-from .table import Column, ListSource, Row, VirtualTable
+from .table import Column, ListSource, PromptLine, Row, VirtualTable
 
 if TYPE_CHECKING:
     from .app import FleetApp
@@ -123,7 +124,8 @@ class Overview(View):
             parts.append(Text(f"BUSY: {used}/{slots} slots in use, {waiting} job{'s' * (waiting != 1)} "
                               f"waiting in {sum(1 for q in queues if q.waiting)} queue(s)", style="bold cyan"))
         if not parts:
-            parts.append(Text(f"IDLE: {len(hosts)} hosts, {slots} slots free, nothing waiting", style="bold green"))
+            parts.append(Text(f"IDLE: {len(hosts)} host{'s' * (len(hosts) != 1)}, {slots} slot{'s' * (slots != 1)} free, "
+                              "nothing waiting", style="bold green"))
         self.query_one("#verdict", Static).update(Text("   ").join(parts))
 
     def fleet_event(self, event: dict[str, Any]) -> None:
@@ -286,11 +288,8 @@ class Jobs(View):
     ]
 
     def compose(self) -> ComposeResult:
-        yield Static(id="jobs-status", classes="caption")
-        self.filter_input = Input(placeholder="filter: words, state:running,failed user: pool: kind: matrix:",
-                                  id="jobs-filter", classes="prompt")
-        self.filter_input.display = False
-        yield self.filter_input
+        self.prompt = PromptLine(id="jobs-status", classes="caption")
+        yield self.prompt
         self.pages = JobPages(self._fetch, self.fleet.spawn, self._loaded, self.fleet.lost)
         self.table = VirtualTable(JOB_COLUMNS, self.pages, id="jobs-table")
         yield self.table
@@ -306,7 +305,7 @@ class Jobs(View):
     def status(self) -> None:
         f = self.pages.filter
         sort = f.sort.lstrip("-") + (" ↓" if f.sort.startswith("-") else " ↑")
-        self.query_one("#jobs-status", Static).update(
+        self.prompt.show_idle(
             Text.assemble((f"{self.pages.total:,} jobs", "bold"), f"   sort: {sort}   ",
                           ("filter: " + clean(f.describe()) if f.describe() else "no filter  (/ to filter)", "dim")))
 
@@ -339,29 +338,23 @@ class Jobs(View):
         self.pages.refresh(self.rows_on_screen())
 
     def action_filter(self) -> None:
-        self.filter_input.display = True
-        self.filter_input.value = self.pages.filter.describe()
-        self.filter_input.focus()
+        self.prompt.open("filter (state: user: pool: kind: matrix: and words) /", self.pages.filter.describe())
 
-    def on_input_submitted(self, message: Input.Submitted) -> None:
-        if message.input is not self.filter_input:
-            return
+    def on_prompt_line_submitted(self, message: PromptLine.Submitted) -> None:
         message.stop()
         try:
             f = JobFilter.parse(message.value, self.pages.filter.sort)
         except ValueError as exc:
             self.fleet.notify(str(exc), severity="error")
+            self.prompt.open("filter /", message.value)
             return
-        self.filter_input.display = False
         self.show(f)
         self.table.focus()
 
-    def cancel_filter(self) -> bool:
-        if self.filter_input.display:
-            self.filter_input.display = False
-            self.table.focus()
-            return True
-        return False
+    def on_prompt_line_cancelled(self, message: PromptLine.Cancelled) -> None:
+        message.stop()
+        self.status()
+        self.table.focus()
 
     def action_sort(self) -> None:
         f = self.pages.filter
@@ -413,10 +406,8 @@ class JobView(View):
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="job-top"):
             yield Static(id="job-detail")
-        yield Static(id="log-status", classes="caption")
-        self.search_input = Input(placeholder="search the log", id="log-search", classes="prompt")
-        self.search_input.display = False
-        yield self.search_input
+        self.prompt = PromptLine(id="log-status", classes="caption")
+        yield self.prompt
         self.log_widget = Log(id="job-log", max_lines=20_000, auto_scroll=True)
         yield self.log_widget
 
@@ -493,7 +484,7 @@ class JobView(View):
         text = f"log: {len(self.lines):,} lines" + ("  following" if self.following else "  (f: follow)")
         if self.matches:
             text += f"   match {self.match + 1}/{len(self.matches)}"
-        self.query_one("#log-status", Static).update(text + (f"   {note}" if note else ""))
+        self.prompt.show_idle(text + (f"   {note}" if note else ""))
 
     def fleet_event(self, event: dict[str, Any]) -> None:
         if self.job_id is not None and event.get("job") == self.job_id:
@@ -522,31 +513,25 @@ class JobView(View):
         self.log_widget.scroll_end(animate=False)
 
     def action_search(self) -> None:
-        self.search_input.display = True
-        self.search_input.focus()
+        self.prompt.open("search the log /")
 
-    def on_input_submitted(self, message: Input.Submitted) -> None:
-        if message.input is not self.search_input:
-            return
+    def on_prompt_line_submitted(self, message: PromptLine.Submitted) -> None:
         message.stop()
-        self.search_input.display = False
         needle = message.value.lower()
         offset = max(0, self.log_widget.line_count - len(self.lines))
         self.matches = [i + offset for i, line in enumerate(self.lines) if needle and needle in line.lower()]
         self.match = -1
+        self.log_widget.focus()
         if not self.matches:
-            self.fleet.notify(f"not in the log: {message.value}", severity="warning")
+            self.fleet.notify(f"not in the log: {clean(message.value)}", severity="warning")
             self.log_status()
             return
         self.action_next_match(1)
-        self.log_widget.focus()
 
-    def cancel_filter(self) -> bool:
-        if self.search_input.display:
-            self.search_input.display = False
-            self.log_widget.focus()
-            return True
-        return False
+    def on_prompt_line_cancelled(self, message: PromptLine.Cancelled) -> None:
+        message.stop()
+        self.log_status()
+        self.log_widget.focus()
 
     def action_next_match(self, step: int) -> None:
         if not self.matches:
@@ -637,7 +622,7 @@ class Results(View):
 
     def compose(self) -> ComposeResult:
         yield Static("Series: the latest results of each comparison key (a regression in red)", classes="caption")
-        self.table = VirtualTable([Column("SERIES", 0), Column("METRIC", 16), Column("LAST", 9), Column("Δ", 7),
+        self.table = VirtualTable([Column("SERIES", 0), Column("METRIC", 16), Column("LAST", 9), Column("Δ MEDIAN", 8),
                                    Column("TREND", 30), Column("N", 4), Column("", 11)], ListSource(), id="series")
         self.series: list[SeriesOut] = []
         yield self.table
@@ -652,8 +637,9 @@ class Results(View):
             values = [p.value for p in s.points if p.valid]
             last = values[-1] if values else None
             change = ""
-            if len(values) >= 2 and values[-2]:
-                change = f"{100 * (values[-1] - values[-2]) / values[-2]:+.1f}%"
+            if len(values) >= 2:
+                before = statistics.median(values[:-1])  # the last value against the series' median
+                change = f"{100 * (values[-1] - before) / before:+.1f}%" if before else ""
             flag = Text("REGRESSION", style="bold white on red") if s.regression else Text("")
             style = "red" if s.regression else None
             rows.append([styled(s.label, style), clean(s.metric + (f" ({s.unit})" if s.unit else "")),
@@ -738,9 +724,8 @@ def render_grid(status: dict[str, Any], queue_of: dict[str, str], verdicts: dict
         if label not in labels:
             labels.append(label)
         cells[(label, device)] = (verdicts.get(p["index"]) or p.get("state", "waiting"), p["index"])
-    t = Table(title=Text.assemble(("matrix ", "bold"), clean(status.get("name", "")), "  ",
-                                  clean(status.get("id", "")), "  ", status.get("state", "")),
-              title_justify="left", padding=(0, 1))
+    t = Table(title=Text.assemble((clean(status.get("name", "")), "bold"), f" {status.get('id', '')} ",
+                                  status.get("state", "")), title_justify="left", padding=(0, 1))
     t.add_column("point")
     for c in classes:
         t.add_column(clean(c), justify="center")
