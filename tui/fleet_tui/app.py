@@ -123,6 +123,7 @@ class FleetApp(App[None]):
         self.label = label or client.url
         self.user: UserOut | None = None
         self.hosts: list[HostOut] = []
+        self.lab_loaded = False
         self.queues: list[QueueOut] = []
         self.connected = False
         self.down_since: float | None = None
@@ -162,10 +163,16 @@ class FleetApp(App[None]):
 
     # ------------------------------------------------------------------ the server
 
-    async def api(self, call: calls.Call[Any], doing: str | None = None) -> Any:
-        """Send one call; None if it failed (said in the bar or a notification)."""
+    async def api(self, call: calls.Call[Any], doing: str | None = None, heavy: bool = False) -> Any:
+        """Send one call; None if it failed (said in the bar or a notification). ``heavy``: the
+        answer is read in a thread (a thousand hosts take ~20 ms to validate: not on the loop
+        that draws)."""
         try:
-            got = await self.client.call(call)
+            if heavy:
+                resp = await self.client.http.request(call.method, call.path, **call.request())
+                got = await asyncio.to_thread(call.read, resp)
+            else:
+                got = await self.client.call(call)
         except httpx.TransportError as exc:
             self.lost(exc)
             return None
@@ -194,18 +201,19 @@ class FleetApp(App[None]):
         self.draw_bar()
 
     async def load_lab(self) -> None:
-        hosts, queues = await asyncio.gather(self.api(calls.hosts()), self.api(calls.queues()))
+        hosts, queues = await asyncio.gather(self.api(calls.hosts(), heavy=True), self.api(calls.queues()))
         if hosts is not None:
             self.hosts = hosts
+            self.lab_loaded = True
         if queues is not None:
             self.queues = queues
-        for view in self.query(View):
-            if view.name_ in ("overview", "hosts", "queue"):
-                draw = getattr(view, "draw_lab", None) or getattr(view, "draw", None)
-                if view.name_ == "queue":
-                    view.draw(self.queues)  # type: ignore[attr-defined]
-                elif draw is not None:
-                    draw()
+        view = self.view  # the others draw what is new when they are shown (action_view)
+        if view.name_ == "overview":
+            view.draw_lab()  # type: ignore[attr-defined]
+        elif view.name_ == "hosts":
+            view.draw()  # type: ignore[attr-defined]
+        elif view.name_ == "queue":
+            view.draw(self.queues)  # type: ignore[attr-defined]
         self.draw_bar()
 
     async def _follow(self) -> None:
@@ -230,8 +238,13 @@ class FleetApp(App[None]):
             return
         self.events_seen += 1
         self.last_event = time.time()
-        if kind in ("host.health", "host.drain", "attempt.started", "attempt.ended", "queue.depth", "job.state"):
-            self.debounce("lab", 0.05 if kind in ("host.health", "host.drain") else 0.1, self.load_lab)
+        # The lab (hosts and queues) is loaded again after what changes it: at once for a host's
+        # health or drain; for attempts and queue depth, at most twice a second (a busy lab ends
+        # hundreds of attempts a second, and a thousand hosts are ~0.4 MB to read).
+        if kind in ("host.health", "host.drain"):
+            self.debounce("lab", 0.05, self.load_lab)
+        elif kind in ("attempt.started", "attempt.ended", "queue.depth"):
+            self.debounce("lab", 0.5, self.load_lab)
         for view in self.query(View):
             if view.display or view.name_ in ("overview", "jobs"):
                 view.fleet_event(event)

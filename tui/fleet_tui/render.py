@@ -29,7 +29,8 @@ BARS = "▁▂▃▄▅▆▇█"
 def clean(value: object) -> str:
     """A value from the server (a job's name, a message, a log line) with control characters
     shown, not obeyed."""
-    return safe("" if value is None else str(value))
+    text = "" if value is None else str(value)
+    return text if text.isprintable() else safe(text)  # most are: no need to walk them
 
 
 def styled(value: object, style: str | None) -> Text:

@@ -8,10 +8,12 @@ source fetches its page in the background (``RowSource.row`` must never block).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from rich.cells import set_cell_size
 from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
@@ -54,6 +56,11 @@ class ListSource:
 
 
 HEADER = Style(bold=True, reverse=True)
+
+
+@functools.lru_cache(maxsize=256)
+def _style(spec: str | Style) -> Style:
+    return spec if isinstance(spec, Style) else Style.parse(spec)
 CURSOR = Style(reverse=True)
 UNDERLINE = Style(underline=True)
 PLACEHOLDER = Text("…", style="dim")
@@ -178,6 +185,36 @@ class VirtualTable(ScrollView, can_focus=True):
             line.stylize(style)
         return line
 
+    def _row_strip(self, cells: Sequence[Cell], style: Style | None, width: int) -> Strip:
+        """A row as segments, built directly for plain and single-style cells (most cells); a
+        cell with several styles goes through rich's renderer."""
+        base = self.base_style if style is None else self.base_style + style
+        segments: list[Segment] = []
+        last = len(self._widths) - 1
+        for i, (cell, cell_width) in enumerate(zip(cells, self._widths, strict=False)):
+            if isinstance(cell, Text) and cell.spans:
+                text = cell.copy()
+                text.truncate(cell_width, overflow="ellipsis", pad=True)
+                if style is not None:
+                    text.stylize(style)
+                segments.extend(s for s in text.render(self.app.console) if s.text != "\n")
+                segments.append(Segment(" " if i < last else "", base))
+                continue
+            if isinstance(cell, Text):
+                plain, own = cell.plain, cell.style
+                cell_style = base + (_style(own) if own else Style())
+            else:
+                plain, cell_style = str(cell), base
+            if plain.isascii() and "\n" not in plain:
+                if len(plain) > cell_width:
+                    plain = plain[: max(0, cell_width - 1)] + "…"
+                segments.append(Segment(plain.ljust(cell_width), cell_style))
+            else:
+                segments.append(Segment(set_cell_size(plain.replace("\n", " "), cell_width), cell_style))
+            if i < last:
+                segments.append(Segment(" ", base))
+        return Strip(segments).crop_extend(0, width, base)
+
     def render_line(self, y: int) -> Strip:
         width = self.scrollable_content_region.width
         if not self._widths:
@@ -198,8 +235,7 @@ class VirtualTable(ScrollView, can_focus=True):
             return strip
         row = self.source.row(index)
         style = (None, CURSOR, UNDERLINE)[mode]
-        line = self._line(row if row is not None else [PLACEHOLDER], style)
-        strip = self._strip(line, width, style or self.base_style)
+        strip = self._row_strip(row if row is not None else [PLACEHOLDER], style, width)
         if row is not None:  # a placeholder is drawn again when its page comes
             if len(self._strips) > 2000:
                 self._strips.clear()

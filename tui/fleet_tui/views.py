@@ -96,6 +96,9 @@ class Overview(View):
         self.draw_lab()
 
     def draw_lab(self) -> None:
+        if not self.fleet.lab_loaded:
+            self.query_one("#verdict", Static).update(Text("loading the lab…", style="dim"))
+            return
         hosts, queues = self.fleet.hosts, self.fleet.queues
         by_pool: dict[str, list[HostOut]] = defaultdict(list)
         for h in hosts:
@@ -332,7 +335,7 @@ class Jobs(View):
                 return
         elif event.get("state") != "PENDING" and not self.pages.filter.state:
             return  # a job not on screen moved on: nothing here changes place
-        self.fleet.debounce("jobs:refresh", 0.1, self._refresh)
+        self.fleet.debounce("jobs:refresh", 0.05, self._refresh)
 
     async def _refresh(self) -> None:
         self.pages.refresh(self.rows_on_screen())
