@@ -44,6 +44,8 @@ CONFIG_KEYS = {
     "health_check_timeout": "seconds a health check may take before it fails (default 15)",
     "health_bad_after": "failed health checks in a row before a host is quarantined (default 3)",
     "health_recheck_interval": "longest pause between health checks of a bad host (default 30)",
+    "health_check_concurrency": "health checks run at once (default 32; the rest wait their turn, "
+                                "their timeout not yet running)",
     "hooks_dir": "directory of the hook playbooks jobs may name (fleet hooks; default FLEET_HOME/hooks)",
     "max_request_bytes": "largest request body the API reads, uploads aside (default 16 MiB)",
     "max_spec_bytes": "largest job spec, as JSON (default 1 MiB)",
@@ -97,6 +99,7 @@ class Settings:
     health_check_timeout: float = 15.0
     health_bad_after: int = 3
     health_recheck_interval: float = 30.0
+    health_check_concurrency: int = 32
     hooks_dir_setting: str | None = None
     max_request_bytes: int = 16 << 20
     max_spec_bytes: int = 1 << 20

@@ -94,6 +94,7 @@ async def serve(settings: Settings, options: ServeOptions) -> None:
     policy = Policy(kill_grace=settings.kill_grace, check_timeout=settings.health_check_timeout,
                     bad_after=settings.health_bad_after,
                     recheck_interval=settings.health_recheck_interval,
+                    check_concurrency=settings.health_check_concurrency,
                     attempt_lease=settings.attempt_lease)
     scheduler = Scheduler(store, offered, loaded.backends, LogStore(settings.logs_dir, settings.log_cap), policy,
                           SecretBox(settings.secret_key_file), blobs)

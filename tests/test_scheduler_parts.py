@@ -174,3 +174,27 @@ async def test_a_queue_timeout_of_an_hour_ends_the_job_when_the_hour_has_passed(
         first.finish(0)
         await h.until(lambda: blocker not in h.scheduler.running)
         assert await h.state(blocker) == "SUCCEEDED"
+
+
+async def test_health_checks_of_many_hosts_take_turns(tmp_path):
+    """A lab of 120 hosts checked at start: never more than check_concurrency checks at once,
+    and every host is found good (none times out waiting for the others' handshakes)."""
+    import asyncio
+
+    from fleet.scheduler.records import Policy
+
+    hosts = [host(f"h{i}") for i in range(120)]
+    policy = Policy(kill_grace=0.1, check_timeout=2.0, recheck_interval=0.5, check_concurrency=8)
+    async with harness(tmp_path, hosts, policy=policy) as h:
+        most = 0
+        original = h.backend.check
+
+        async def slow_check(host_, timeout):  # a handshake that takes a while
+            nonlocal most
+            most = max(most, h.scheduler.health.running_checks)
+            await asyncio.sleep(0.01)
+            await original(host_, timeout)
+
+        h.backend.check = slow_check  # type: ignore[method-assign]
+        await h.until(lambda: all(v.health is Health.GOOD for v in h.scheduler.host_views()), timeout=30)
+        assert 1 <= most <= 8

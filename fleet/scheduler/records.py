@@ -21,6 +21,7 @@ class Policy:
     check_timeout: float = 15.0  # a health check that takes longer fails
     bad_after: int = 3  # consecutive failed checks before a host is quarantined (bad)
     recheck_interval: float = 30.0  # seconds between checks of a bad host (doubling from 1 s)
+    check_concurrency: int = 32  # health checks at once (a thousand at once time each other out)
     sync_interval: float = 0.5  # how often the leader looks for jobs other replicas queued
     attempt_lease: float = 60.0  # a job out of touch with the controller this long stops itself
 
