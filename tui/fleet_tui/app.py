@@ -24,7 +24,7 @@ from textual.css.query import NoMatches
 from textual.screen import ModalScreen
 from textual.widgets import ContentSwitcher, Static
 
-from fleet.api.schemas import HostOut, QueueOut, UserOut
+from fleet.api.schemas import HostOut, PoolOut, QueueOut, UserOut
 from fleet.client import calls
 from fleet.client.aio import AsyncClient
 from fleet.errors import ApiError, FleetError
@@ -123,7 +123,9 @@ class FleetApp(App[None]):
         self.label = label or client.url
         self.user: UserOut | None = None
         self.hosts: list[HostOut] = []
-        self.lab_loaded = False
+        self.hosts_version = 0  # hosts read so far (0: not yet)
+        self.pools: list[PoolOut] = []
+        self.lab_loaded = False  # pools and queues
         self.queues: list[QueueOut] = []
         self.connected = False
         self.down_since: float | None = None
@@ -201,12 +203,28 @@ class FleetApp(App[None]):
         self.draw_bar()
 
     async def load_lab(self) -> None:
-        hosts, queues = await asyncio.gather(self.api(calls.hosts(), heavy=True), self.api(calls.queues()))
-        if hosts is not None:
-            self.hosts = hosts
-            self.lab_loaded = True
-        if queues is not None:
-            self.queues = queues
+        """Pools and queues (small, drawn at once), and every host (up to thousands, read off
+        the loop and drawn when they come)."""
+
+        async def small() -> None:
+            pools, queues = await asyncio.gather(self.api(calls.pools()), self.api(calls.queues()))
+            if pools is not None:
+                self.pools = pools
+                self.lab_loaded = True
+            if queues is not None:
+                self.queues = queues
+            self.draw_lab()
+
+        async def hosts() -> None:
+            got = await self.api(calls.hosts(), heavy=True)
+            if got is not None:
+                self.hosts = got
+                self.hosts_version += 1
+                self.draw_lab()
+
+        await asyncio.gather(small(), hosts())
+
+    def draw_lab(self) -> None:
         view = self.view  # the others draw what is new when they are shown (action_view)
         if view.name_ == "overview":
             view.draw_lab()  # type: ignore[attr-defined]

@@ -96,28 +96,29 @@ class Overview(View):
         self.draw_lab()
 
     def draw_lab(self) -> None:
+        """The pools (``GET /pools``: small, so the first screen does not wait for every host)
+        and the verdict: broken, busy or idle."""
         if not self.fleet.lab_loaded:
             self.query_one("#verdict", Static).update(Text("loading the lab…", style="dim"))
             return
-        hosts, queues = self.fleet.hosts, self.fleet.queues
-        by_pool: dict[str, list[HostOut]] = defaultdict(list)
-        for h in hosts:
-            if h.state != "gateway":
-                for p in h.pools[:1]:
-                    by_pool[p].append(h)
+        pools, queues = self.fleet.pools, self.fleet.queues
         rows: list[Row] = []
-        for pool, hs in sorted(by_pool.items()):
-            slots, used = sum(h.slots for h in hs), sum(h.used_slots for h in hs)
-            bar = int(20 * used / slots) if slots else 0
-            counts = Counter(h.health for h in hs)
-            rows.append([clean(pool), str(len(hs)), f"{used}/{slots}",
+        for pool in pools:
+            bar = int(20 * pool.used_slots / pool.slots) if pool.slots else 0
+            rows.append([clean(pool.name), str(pool.hosts), f"{pool.used_slots}/{pool.slots}",
                          Text("█" * bar, style="cyan") + Text("░" * (20 - bar), style="dim"),
-                         Text(" ").join(health(f"{k}") + Text(f" {n}") for k, n in sorted(counts.items()))])
+                         Text(" ").join(health(k) + Text(f" {n}") for k, n in sorted(pool.health.items()))])
         self.pools.set_source(ListSource(rows))
+        hosts = self.fleet.hosts
         waiting = sum(q.waiting for q in queues)
-        slots = sum(h.slots for h in hosts if h.state != "gateway")
-        used = sum(h.used_slots for h in hosts)
-        broken = [h.name for h in hosts if h.state == "offline" or h.health == "bad"]
+        slots = sum(p.slots for p in pools)
+        used = sum(p.used_slots for p in pools)
+        if self.fleet.hosts_version:
+            broken = [h.name for h in hosts if h.state == "offline" or h.health == "bad"]
+            count = len(hosts)
+        else:  # the hosts are still on their way: the pools' counts say as much
+            broken = [f"{n} in {p.name}" for p in pools for n in [p.states.get("offline", 0)] if n]
+            count = sum(p.hosts for p in pools)
         parts: list[Text] = []
         if broken:
             parts.append(Text(f"BROKEN: {len(broken)} host{'s' * (len(broken) != 1)} offline or bad "
@@ -127,7 +128,7 @@ class Overview(View):
             parts.append(Text(f"BUSY: {used}/{slots} slots in use, {waiting} job{'s' * (waiting != 1)} "
                               f"waiting in {sum(1 for q in queues if q.waiting)} queue(s)", style="bold cyan"))
         if not parts:
-            parts.append(Text(f"IDLE: {len(hosts)} host{'s' * (len(hosts) != 1)}, {slots} slot{'s' * (slots != 1)} free, "
+            parts.append(Text(f"IDLE: {count} host{'s' * (count != 1)}, {slots} slot{'s' * (slots != 1)} free, "
                               "nothing waiting", style="bold green"))
         self.query_one("#verdict", Static).update(Text("   ").join(parts))
 
@@ -166,10 +167,15 @@ class Hosts(View):
         self.names: list[str | None] = []
         yield self.table
 
+    drawn = -1  # the version of the hosts drawn
+
     async def load(self) -> None:
         self.draw()
 
     def draw(self) -> None:
+        if self.drawn == self.fleet.hosts_version:
+            return  # a thousand rows are not built again for nothing
+        self.drawn = self.fleet.hosts_version
         by_pool: dict[str, list[HostOut]] = defaultdict(list)
         for h in self.fleet.hosts:
             by_pool[h.pools[0] if h.pools else "-"].append(h)
