@@ -296,8 +296,10 @@ class Supervisor:
             return False
         try:
             age = time.time() - os.stat(self.lease_path).st_mtime
-        except OSError:
-            return False
+        except OSError as exc:
+            # Written when the attempt started: gone, it can never be renewed again (its
+            # directory was removed), so the job must not run on with no one to stop it.
+            return exc.errno == errno.ENOENT
         return age > self.lease
 
     def _stop(self, proc, grace):

@@ -8,6 +8,7 @@ duplicate after the reattach shows.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -107,3 +108,21 @@ def test_a_job_out_of_touch_longer_than_its_lease_stops_itself_and_is_retried(fl
     eventually(lambda: len(client.job(job_id).attempt_list) == 2, what="a second attempt")
     client.cancel(job_id)
     assert client.wait(job_id, 30).state == "CANCELLED"
+
+
+def test_a_job_whose_attempt_directory_vanished_stops_itself(fleet, tmp_path):
+    """The lease file gone (its attempt directory removed while the controller was away: a wiped
+    workdir, a cleaned /tmp) is a lease nobody can renew any more: the job stops, it does not
+    run on forever."""
+    work = tmp_path / "work"
+    inv = tmp_path / "hosts.ini"
+    inv.write_text(f"localhost ansible_connection=local fleet_workdir={work}\n")
+    pidfile = tmp_path / "pid"
+    client = fleet.start(inv, config={"attempt_lease": 1.5})
+    job_id = client.submit({"name": "orphan", "run": f"echo $$ > {pidfile}; exec sleep 300"}).id
+    _wait_running(client, [job_id], min_log=0)
+    pid = int(eventually(lambda: pidfile.exists() and pidfile.read_text().strip(), what="the job's pid"))
+    os.kill(fleet.info.pid, signal.SIGKILL)
+    fleet.client.close()
+    shutil.rmtree(work)
+    eventually(lambda: not pid_alive(pid), timeout=20, what="the orphaned job stopped")
