@@ -150,6 +150,19 @@ async def measure_app(url: str, token: str, jobs: int, lab_inventory: Path) -> d
         figures["jobs_first_page_ms"] = (time.perf_counter() - t) * 1000
         print(f"jobs view, first page of {pages.total:,} jobs drawn: {figures['jobs_first_page_ms']:.1f} ms")
         rss0 = rss_mib(os.getpid())
+        import gc
+
+        pauses: list[float] = []
+        started: list[float] = []
+
+        def on_gc(phase: str, info: dict[str, Any]) -> None:
+            if phase == "start":
+                started[:] = [time.perf_counter()]
+            elif started:
+                pauses.append((time.perf_counter() - started[0]) * 1000)
+
+        gc.callbacks.append(on_gc)
+        lab_reads = app.hosts_version
 
         move = await timed_keys(pilot, ["down"] * 150 + ["up"] * 50, render)
         page = await timed_keys(pilot, ["pagedown"] * 60 + ["pageup"] * 20, render)
@@ -180,7 +193,12 @@ async def measure_app(url: str, token: str, jobs: int, lab_inventory: Path) -> d
                 await pilot.pause(0.001)
             render()
             filt.append((time.perf_counter() - t) * 1000)
-        views = await timed_keys(pilot, ["2", "3", "6", "7", "1", "4"] * 3, render)
+        view_keys = ["2", "3", "6", "7", "1", "4"] * 3
+        views = await timed_keys(pilot, view_keys, render)
+        per_view: dict[str, list[float]] = {}
+        for k, ms in zip(view_keys, views, strict=True):
+            per_view.setdefault({"1": "overview", "2": "hosts", "3": "queue", "4": "jobs", "6": "results",
+                                 "7": "matrices"}[k], []).append(ms)
         # page through the whole list (as far as a person might hold pagedown): rows held stay few
         for _ in range(300):
             await key(pilot, "pagedown")
@@ -197,9 +215,13 @@ async def measure_app(url: str, token: str, jobs: int, lab_inventory: Path) -> d
             filter_max_ms=max(filt), rows_held=held, rss_growth_mib=rss1 - rss0,
             keys_typing_p95_ms=pct(typing, 0.95), all_keys_p95_ms=pct(move + page + views + typing, 0.95),
         )
+        gc.callbacks.remove(on_gc)
+        print(f"(while the keys were timed: {len(pauses)} garbage collections, the longest {max(pauses or [0]):.1f} ms; "
+              f"the hosts were read {app.hosts_version - lab_reads} times)")
         print(f"keys, move (down/up): {p(move)}")
         print(f"keys, page (pagedown/pageup): {p(page)}")
-        print(f"keys, switch view: {p(views)}")
+        print(f"keys, switch view: {p(views)}; by view (max): "
+              + ", ".join(f"{v} {max(ms):.0f}" for v, ms in per_view.items()))
         print(f"keys, typing a filter: {p(typing)}")
         print(f"all these keys: p95 {figures['all_keys_p95_ms']:.1f} ms (target <= 50)")
         print(f"data: 3 pages down to rows filled in {p(data)}; end/home of {pages.total:,} "
