@@ -73,6 +73,10 @@ async def test_queues_show_the_order_the_scheduler_takes_and_why(tmp_path):
         assert seen["waiting"] == 4 and seen["jobs"] == []  # counts, not other users' jobs
         assert seen["why"]["job"] == "" and seen["why"]["summary"] == why["summary"]
         assert (await carol.get("/hosts")).json()[0]["running"] == []
+        assert (await carol.get("/hosts/h1")).json()["running"] == []  # one host, as /hosts shows it
+        one = (await alice.get("/hosts/h1")).json()
+        assert one["running"] == [running] and one["used_slots"] == 1
+        assert (await alice.get("/hosts/nope")).status_code == 404
         (mine,) = (await alice.get("/queues")).json()
         assert [j["id"] for j in mine["jobs"]] == [running, urgent, a1, a2]
         assert [j["position"] for j in mine["jobs"]] == [None, 1, 3, 4]  # b1 is second, unnamed

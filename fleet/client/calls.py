@@ -189,6 +189,10 @@ def hosts() -> Call[list[HostOut]]:
     return Call("GET", "/hosts", many(HostOut))
 
 
+def host(name: str) -> Call[HostOut]:
+    return Call("GET", f"/hosts/{q(name)}", one(HostOut))
+
+
 def ansible(what: str, pattern: str = "all", check: bool = False) -> Call[list[Any]]:
     """``probe`` or ``provision`` the hosts matching an Ansible pattern (admins)."""
     model: type[BaseModel] = ProbeOut if what == "probe" else ProvisionOut

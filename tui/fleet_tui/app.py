@@ -9,6 +9,7 @@ event seen (``Last-Event-ID``), so nothing is lost; after a drop every view load
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -124,7 +125,8 @@ class FleetApp(App[None]):
         self.label = label or client.url
         self.user: UserOut | None = None
         self.hosts: list[HostOut] = []
-        self.hosts_version = 0  # hosts read so far (0: not yet)
+        self.hosts_version = 0  # changes to the hosts read so far (0: not read yet)
+        self.host_index: dict[str, int] = {}
         self.pools: list[PoolOut] = []
         self.lab_loaded = False  # pools and queues
         self.queues: list[QueueOut] = []
@@ -215,23 +217,36 @@ class FleetApp(App[None]):
         """Pools and queues (small, drawn at once), and every host (up to thousands, read off
         the loop and drawn when they come)."""
 
-        async def small() -> None:
-            pools, queues = await asyncio.gather(self.api(calls.pools()), self.api(calls.queues()))
-            if pools is not None:
-                self.pools = pools
-                self.lab_loaded = True
-            if queues is not None:
-                self.queues = queues
-            self.draw_lab()
-
         async def hosts() -> None:
             got = await self.api(calls.hosts(), heavy=True)
             if got is not None:
                 self.hosts = got
+                self.host_index = {h.name: i for i, h in enumerate(got)}
                 self.hosts_version += 1
                 self.draw_lab()
 
-        await asyncio.gather(small(), hosts())
+        await asyncio.gather(self._small(), hosts())
+
+    async def _small(self) -> None:
+        pools, queues = await asyncio.gather(self.api(calls.pools()), self.api(calls.queues()))
+        if pools is not None:
+            self.pools = pools
+            self.lab_loaded = True
+        if queues is not None:
+            self.queues = queues
+        self.draw_lab()
+
+    async def _one_host(self, name: str) -> None:
+        got = await self.api(calls.host(name))
+        at = self.host_index.get(name)
+        if got is None or at is None:
+            return
+        self.hosts[at] = got
+        self.hosts_version += 1
+        self.debounce("draw-lab", 0.03, self._draw_lab_soon)
+
+    async def _draw_lab_soon(self) -> None:
+        self.draw_lab()
 
     def draw_lab(self) -> None:
         view = self.view  # the others draw what is new when they are shown (action_view)
@@ -265,13 +280,15 @@ class FleetApp(App[None]):
             return
         self.events_seen += 1
         self.last_event = time.time()
-        # The lab (hosts and queues) is loaded again after what changes it: at once for a host's
-        # health or drain; for attempts and queue depth, at most twice a second (a busy lab ends
-        # hundreds of attempts a second, and a thousand hosts are ~0.4 MB to read).
-        if kind in ("host.health", "host.drain"):
-            self.debounce("lab", 0.05, self.load_lab)
-        elif kind in ("attempt.started", "attempt.ended", "queue.depth"):
-            self.debounce("lab", 0.5, self.load_lab)
+        # What an event changes is read again: the one host it names (not all thousand: ~0.4 MB),
+        # at once for its health or drain, within 0.2 s for its slots; the pools and queues
+        # (small) at most twice a second.
+        host = event.get("host")
+        if kind in ("host.health", "host.drain", "attempt.started", "attempt.ended") and isinstance(host, str):
+            self.debounce(f"host:{host}", 0.05 if kind.startswith("host.") else 0.2,
+                          functools.partial(self._one_host, host))
+        if kind in ("host.health", "host.drain", "attempt.started", "attempt.ended", "queue.depth"):
+            self.debounce("small", 0.05 if kind.startswith("host.") else 0.5, self._small)
         for view in self.query(View):
             if view.display or view.name_ in ("overview", "jobs"):
                 view.fleet_event(event)

@@ -168,6 +168,7 @@ class Hosts(View):
         yield self.table
 
     drawn = -1  # the version of the hosts drawn
+    built: dict[str, tuple[HostOut, Row]] = {}  # host name -> (the host drawn, its row)
 
     async def load(self) -> None:
         self.draw()
@@ -181,6 +182,7 @@ class Hosts(View):
             by_pool[h.pools[0] if h.pools else "-"].append(h)
         rows: list[Row] = []
         names: list[str | None] = []
+        built: dict[str, tuple[HostOut, Row]] = {}
         for pool, hs in sorted(by_pool.items()):
             slots, used = sum(h.slots for h in hs), sum(h.used_slots for h in hs)
             counts = Counter(h.health for h in hs)
@@ -190,18 +192,15 @@ class Hosts(View):
                          Text(summary, style="bold"), "", Text(f"{used}/{slots}", style="bold")])
             names.append(None)
             for h in sorted(hs, key=lambda h: h.name):
-                f = h.facts
-                maintenance = h.health == "maintenance"
-                rows.append([clean(h.name), clean(",".join(h.pools)), clean(h.device_class), clean(h.arch),
-                             health(h.health),
-                             Text(h.state + (" M" if maintenance else ""), style=HOST_STATE_STYLE.get(h.state, "")),
-                             f"{h.used_slots}/{h.slots}", clean(", ".join(h.running) or "-"),
-                             clean(f.get("driver") or "-"), clean(f.get("jetpack") or "-"),
-                             clean(f.get("tensorrt") or "-"), clean(f.get("hailort") or "-"),
-                             styled(h.health_message or ("; ".join(h.mismatches) or ""), "red" if h.health == "bad" else "dim")])
+                seen = self.built.get(h.name)
+                row = seen[1] if seen is not None and seen[0] is h else host_row(h)  # unchanged: as drawn
+                built[h.name] = (h, row)
+                rows.append(row)
                 names.append(h.name)
-        self.names = names
+        self.names, self.built = names, built
+        cursor = self.table.cursor
         self.table.set_source(ListSource(rows))
+        self.table.move_to(cursor)
 
     def selected(self) -> str | None:
         i = self.table.cursor
@@ -235,6 +234,17 @@ class Hosts(View):
             if got is not None:
                 self.fleet.notify(f"{name}: {got.state}, health {got.health}")
         await self.fleet.load_lab()
+
+
+def host_row(h: HostOut) -> Row:
+    f = h.facts
+    maintenance = h.health == "maintenance"
+    return [clean(h.name), clean(",".join(h.pools)), clean(h.device_class), clean(h.arch), health(h.health),
+            Text(h.state + (" M" if maintenance else ""), style=HOST_STATE_STYLE.get(h.state, "")),
+            f"{h.used_slots}/{h.slots}", clean(", ".join(h.running) or "-"),
+            clean(f.get("driver") or "-"), clean(f.get("jetpack") or "-"),
+            clean(f.get("tensorrt") or "-"), clean(f.get("hailort") or "-"),
+            styled(h.health_message or ("; ".join(h.mismatches) or ""), "red" if h.health == "bad" else "dim")]
 
 
 # ---------------------------------------------------------------------- queue

@@ -19,6 +19,7 @@ from fleet.api.schemas import AnsibleIn, HookOut, HostCheckOut, HostOut, PoolOut
 from fleet.errors import NotFound
 from fleet.inventory import unix_account
 from fleet.models.enums import Health
+from fleet.models.tables import User
 from fleet.scheduler.placement import HostView
 from fleet.sshconfig import render as render_ssh_config
 
@@ -50,6 +51,15 @@ def host_out(view: HostView, health_message: str | None = None,
     )
 
 
+def _running(ctx: ApiContext, user: User) -> dict[str, list[str]]:
+    """Host name -> the ids of the jobs running there that ``user`` may see."""
+    running: dict[str, list[str]] = {}
+    for job_id, run in ctx.scheduler.running.items():
+        if user.is_admin or run.qj.job.user == user.name:
+            running.setdefault(run.host.name, []).append(job_id)
+    return running
+
+
 def _one_host(ctx: ApiContext, name: str) -> HostOut:
     for view in ctx.scheduler.host_views():
         if view.host.name == name:
@@ -62,12 +72,21 @@ def _one_host(ctx: ApiContext, name: str) -> HostOut:
 async def hosts(user: UserDep, ctx: CtxDep) -> list[HostOut]:
     notes = {name: row.health_message for name, row in (await asyncio.to_thread(ctx.store.host_statuses)).items()}
     facts = ctx.scheduler.facts
-    running: dict[str, list[str]] = {}
-    for job_id, run in ctx.scheduler.running.items():
-        if user.is_admin or run.qj.job.user == user.name:
-            running.setdefault(run.host.name, []).append(job_id)
+    running = _running(ctx, user)
     return [host_out(v, notes.get(v.host.name), facts.get(v.host.name), sorted(running.get(v.host.name, [])))
             for v in ctx.scheduler.host_views()]
+
+
+@router.get("/hosts/{name}", dependencies=LEADER)
+async def one_host(name: str, user: UserDep, ctx: CtxDep) -> HostOut:
+    """One host as ``GET /hosts`` shows it (a view that follows events reads only the host
+    an event names, not all of them)."""
+    for view in ctx.scheduler.host_views():
+        if view.host.name == name:
+            running = sorted(_running(ctx, user).get(name, []))  # on the loop: the scheduler's dict
+            row = (await asyncio.to_thread(ctx.store.host_statuses)).get(name)
+            return host_out(view, row.health_message if row else None, ctx.scheduler.facts.get(name), running)
+    raise NotFound(f"no host named {name!r} in the inventory")
 
 
 @router.post("/hosts/{name}/drain", dependencies=LEADER)
