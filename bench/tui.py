@@ -121,29 +121,44 @@ async def measure_app(url: str, token: str, jobs: int, lab_inventory: Path) -> d
     from tests.tui_helpers import screen_text
 
     figures: dict[str, Any] = {}
-    t0 = time.perf_counter()
+
+    async def first_paint() -> tuple[float, float]:
+        """From the app's start to the overview drawn with the lab and the newest jobs."""
+        t0 = time.perf_counter()
+        app = FleetApp(AsyncClient(url, token), label=url)
+        first_frame = None
+        async with app.run_test(size=SIZE) as pilot:
+            while True:
+                text = screen_text(app)
+                if first_frame is None:
+                    first_frame = (time.perf_counter() - t0) * 1000
+                if "Newest jobs" in text and "job" in text.split("Newest jobs", 1)[1] and "rtx" in text:
+                    break
+                await pilot.pause(0.002)
+            done = (time.perf_counter() - t0) * 1000
+        return done, first_frame
+
+    cold, cold_frame = await first_paint()  # the server's first client: its routes not run yet
+    warm = [await first_paint() for _ in range(5)]  # a server that has served before (the usual)
+    figures["first_paint_cold_ms"] = cold
+    figures["first_paint_ms"] = statistics.median(w[0] for w in warm)
+    figures["first_frame_ms"] = statistics.median(w[1] for w in warm)
+    print(f"first paint (overview with the lab and the newest jobs): {figures['first_paint_ms']:.0f} ms "
+          f"(median of 5; max {max(w[0] for w in warm):.0f} ms; the first frame {figures['first_frame_ms']:.0f} ms); "
+          f"{cold:.0f} ms for the server's first client (cold routes)")
+
     app = FleetApp(AsyncClient(url, token), label=url)
     async with app.run_test(size=SIZE) as pilot:
-        first_frame = None
-        while True:
-            text = screen_text(app)
-            if first_frame is None:
-                first_frame = (time.perf_counter() - t0) * 1000
-            if "Newest jobs" in text and "job" in text.split("Newest jobs", 1)[1] and "rtx" in text:
-                break
-            await pilot.pause(0.002)
-        figures["first_paint_ms"] = (time.perf_counter() - t0) * 1000
-        figures["first_frame_ms"] = first_frame
-        print(f"first paint (overview with the lab and the newest jobs): {figures['first_paint_ms']:.0f} ms "
-              f"(first frame {first_frame:.0f} ms)")
+        while "Newest jobs" not in screen_text(app) or not app.lab_loaded:
+            await pilot.pause(0.01)
+        await pilot.pause(1.5)  # settled (the app freezes its long-lived objects after 1 s)
 
         def render() -> None:
             screen_text(app)
 
-        jobs_view = app.query_one("#jobs")
-        pages = jobs_view.pages  # type: ignore[attr-defined]
         t = time.perf_counter()
         await key(pilot, "4")
+        pages = app.query_one("#jobs").pages  # type: ignore[attr-defined]
         while not pages.known:
             await pilot.pause(0.002)
         render()
@@ -278,8 +293,10 @@ async def measure_app(url: str, token: str, jobs: int, lab_inventory: Path) -> d
 
         stamp = "python3 -c 'import time\nfor i in range(40):\n print(\"T\", repr(time.time()), flush=True); time.sleep(0.05)'"
         talker = await asyncio.to_thread(lambda: client.submit({"name": "talker", "run": stamp}).id)
-        view = app.query_one("#job")
         app.open_job(talker)
+        while not app.query("#job") or app.query_one("#job").job_id != talker:  # type: ignore[attr-defined]
+            await pilot.pause(0.01)
+        view = app.query_one("#job")
         log_delays: list[float] = []
         done = 0
         deadline = time.monotonic() + 60

@@ -33,7 +33,7 @@ from fleet.errors import ApiError, FleetError
 
 from .render import clean
 from .table import PromptLine
-from .views import VIEWS, JobView, View
+from .views import VIEW_BY_NAME, VIEWS, JobView, View
 
 T = TypeVar("T")
 
@@ -144,8 +144,7 @@ class FleetApp(App[None]):
     def compose(self) -> ComposeResult:
         yield Static(id="bar")
         with ContentSwitcher(initial="overview"):
-            for view in VIEWS:
-                yield view(id=view.name_)
+            yield VIEWS[0](id=VIEWS[0].name_)  # the others are made when first shown
         yield PromptLine(id="keys")
 
     @property
@@ -353,8 +352,13 @@ class FleetApp(App[None]):
         line.append(" views")
         self.query_one("#keys", PromptLine).show_idle(line)
 
-    def action_view(self, name: str) -> None:
-        switcher = self.query_one(ContentSwitcher)
+    async def action_view(self, name: str) -> None:
+        try:
+            switcher = self.query_one(ContentSwitcher)
+        except NoMatches:  # the app is closing
+            return
+        if not switcher.query_children(f"#{name}"):
+            await switcher.add_content(VIEW_BY_NAME[name](id=name))
         if switcher.current != name:
             self.history.append(switcher.current or "overview")
             self.history = self.history[-20:]
@@ -366,15 +370,18 @@ class FleetApp(App[None]):
         self.draw_bar()
         self.draw_keys()
 
-    def action_go_back(self) -> None:
+    async def action_go_back(self) -> None:
         if self.history:
-            self.action_view(self.history.pop())
+            await self.action_view(self.history.pop())
             if self.history:
                 self.history.pop()  # going back is not a new step
 
     def open_job(self, job_id: str) -> None:
+        self.run_worker(self._open_job(job_id), group="open-job", exclusive=True)
+
+    async def _open_job(self, job_id: str) -> None:
+        await self.action_view("job")
         self.query_one(JobView).show(job_id)
-        self.action_view("job")
 
     def action_command(self, value: str = "") -> None:
         self.query_one("#keys", PromptLine).open(":", value)
@@ -395,7 +402,7 @@ class FleetApp(App[None]):
         if word in ("quit", "q!", "exit"):
             self.exit()
         elif word in COMMANDS and not rest:
-            self.action_view(COMMANDS[word])
+            await self.action_view(COMMANDS[word])
         elif word == "job" and rest:
             self.open_job(rest.strip())
         elif word == "submit" and rest:

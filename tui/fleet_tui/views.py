@@ -422,6 +422,14 @@ class JobView(View):
 
     job_id: str | None = None
 
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.detail: JobDetail | None = None
+        self.lines: list[str] = []
+        self.matches: list[int] = []
+        self.match = -1
+        self.following = True
+
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="job-top"):
             yield Static(id="job-detail")
@@ -432,9 +440,9 @@ class JobView(View):
 
     def show(self, job_id: str) -> None:
         self.job_id = job_id
-        self.detail: JobDetail | None = None
-        self.lines: list[str] = []
-        self.matches: list[int] = []
+        self.detail = None
+        self.lines = []
+        self.matches = []
         self.match = -1
         self.following = True
         self.log_widget.clear()
@@ -762,3 +770,4 @@ def render_grid(status: dict[str, Any], queue_of: dict[str, str], verdicts: dict
 
 
 VIEWS: list[type[View]] = [Overview, Hosts, Queue, Jobs, JobView, Results, Matrices]
+VIEW_BY_NAME = {v.name_: v for v in VIEWS}
