@@ -409,7 +409,8 @@ class Store:
     ) -> list[Job]:
         """Newest first unless ``sort`` says otherwise (a field of JOB_SORTS, ``-`` for
         descending; ties by id). ``owner`` restricts to one user's jobs (non-admin callers);
-        ``search`` matches a part of the name, user or host, or the start of the id."""
+        ``search`` matches a part of the name, user or host, or the start of the id.
+        The rows leave out ``spec_json`` (the largest column); ``get_job`` has it."""
         q = self._jobs_where(select(Job).options(defer(Job.spec_json)),  # type: ignore[arg-type]
                              owner, states, pool, user, kind, matrix_run, search)
         if before is not None:

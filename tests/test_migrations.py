@@ -143,9 +143,10 @@ def test_previous_release_database_upgrades_in_place_and_keeps_its_jobs(tmp_path
         ("hello", "root", "SUCCEEDED"), ("hello", "root", "SUCCEEDED"),
     ]
     for job in jobs:
-        assert store.get_job(job.id) == job
+        full = store.get_job(job.id)  # a listing leaves the spec out; the job itself has it
+        assert full.model_dump(exclude={"spec_json"}) == job.model_dump(exclude={"spec_json"})
         assert store.get_job(job.id[:12]).id == job.id  # unique prefix
-        JobSpec.model_validate_json(job.spec_json)  # the old specs still parse
+        JobSpec.model_validate_json(full.spec_json)  # the old specs still parse
         (attempt,) = store.attempts(job.id)
         assert attempt.id == job.current_attempt and attempt.state == job.state
         assert attempt.host == job.host == "localhost"

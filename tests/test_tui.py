@@ -224,6 +224,7 @@ async def test_snapshots_of_the_main_views(fleet, tmp_path):
     app = make_app(fleet.info.url, fleet.info.token)
     async with app.run_test(size=SIZE) as pilot:
         await shows(pilot, "IDLE")
+        await shows(pilot, re.compile(r"^lab +1 +0/1", re.MULTILINE))  # the pools table laid out
         await shows(pilot, "bench-yolo")
         snapshot(app, "overview")
         await pilot.press("2")
