@@ -54,6 +54,8 @@ CONFIG_KEYS = {
     "upload_retention_days": "days an upload is kept once no unfinished job uses it (default 7)",
     "event_retention_days": "days the event stream (GET /events) keeps events to resume from "
                             "(default 7)",
+    "burst": "when burstable jobs go to elastic (cloud) pools: {wait, depth, rules: [{pool | "
+             "device_class, wait, depth}]} (default: as soon as no fixed host is free)",
     "backends": "execution backends beside the built-in ssh one, with their settings: "
                 "{NAME: {...}} (plugins of the fleet.backends entry-point group)",
     "disk_reserve_bytes": "space held back in FLEET_HOME for the database when the disk fills "
@@ -109,6 +111,7 @@ class Settings:
     disk_reserve_bytes: int = 32 << 20
     event_retention_days: float = 7.0
     backends: dict[str, Any] = field(default_factory=dict)
+    burst: dict[str, Any] = field(default_factory=dict)
 
     @property
     def config_file(self) -> Path:

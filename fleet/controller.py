@@ -35,6 +35,7 @@ from fleet.inventory import Host, embedded_inventory, load_inventory
 from fleet.leader import LeaderLease, LeaseKeeper, make_holder
 from fleet.logstore import LogStore
 from fleet.matrix import keep as keep_matrices
+from fleet.scheduler.burst import BurstPolicy
 from fleet.scheduler.loop import Policy, Scheduler
 from fleet.secrets import SecretBox
 from fleet.store import Store
@@ -95,7 +96,8 @@ async def serve(settings: Settings, options: ServeOptions) -> None:
                     bad_after=settings.health_bad_after,
                     recheck_interval=settings.health_recheck_interval,
                     check_concurrency=settings.health_check_concurrency,
-                    attempt_lease=settings.attempt_lease)
+                    attempt_lease=settings.attempt_lease,
+                    burst=BurstPolicy.load(settings.burst, str(settings.config_file)))
     scheduler = Scheduler(store, offered, loaded.backends, LogStore(settings.logs_dir, settings.log_cap), policy,
                           SecretBox(settings.secret_key_file), blobs)
     scheduler.hook_catalog = Catalog(settings.hooks_dir)

@@ -80,6 +80,10 @@ class Host:
     elastic: bool = False
     startup_latency: float = 0.0
     cost: float = 0.0
+    # Hosts of one backend that share a limit (e.g. a cluster's max pods over its device
+    # classes): ``group`` names it, ``group_slots`` is the limit (each member says it).
+    group: str | None = None
+    group_slots: int = 0
 
     @property
     def needs_root(self) -> bool:

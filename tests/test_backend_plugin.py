@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import time
+from datetime import datetime
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
@@ -71,7 +72,7 @@ def test_plugin_runs_jobs_beside_ssh_and_shows_in_hosts_and_why(fleet, tmp_path)
     stays = client.submit({"name": "no-burst", "run": "true"}).id
     why = fleet.cli_json("why", stays)
     assert why["reasons"].get("busy") == 1, why
-    assert any("takes only jobs with burst: true" in r for r in why["reasons"]), why
+    assert any("the job has burst: never" in r for r in why["reasons"]), why
     # Jobs that may burst run in the plugin's pool, with their logs and exit status.
     side = tmp_path / "ran.txt"
     burst = [client.submit({"name": f"b{i}", "burst": True,
@@ -94,6 +95,34 @@ def test_plugin_runs_jobs_beside_ssh_and_shows_in_hosts_and_why(fleet, tmp_path)
     job = client.wait(outputs, 60)
     assert job.state == "FAILED" and job.reason == "setup_failed", job
     assert f"backend {PLUGIN} cannot fetch" in job.message
+
+
+def test_the_burst_policy_holds_a_queue_back_until_it_has_waited_and_only_jobs_skip_the_lab(fleet, tmp_path):
+    """``burst: {wait: 2}``: with the lab full a burstable job waits for the lab first, says
+    how long it has waited of how long, then bursts by itself (a timed pass, no new event);
+    ``burst: only`` goes to the elastic pool even with the lab free; a bad policy stops the start."""
+    client = fleet.start(_inventory(tmp_path), config={"backends": {PLUGIN: {"limit": 2}},
+                                                       "burst": {"wait": 2}})
+    eventually(lambda: next(h for h in client.hosts() if h.name == "localhost").health == "good",
+               what="localhost checked")
+    only = client.wait(client.submit({"name": "only", "burst": "only", "run": "true"}).id, 60)
+    assert only.state == "SUCCEEDED" and only.attempt_list[0].host == PLUGIN
+    assert only.spec["burst"] == "only"
+
+    blocker = client.submit({"name": "blocker", "run": "sleep 30"}).id
+    _wait_state(client, blocker, {"RUNNING"})
+    submitted = time.monotonic()
+    waiter = client.submit({"name": "waiter", "burst": "allowed", "run": "true"}).id
+    why = fleet.cli_json("why", waiter)
+    assert why["reasons"].get("busy") == 1, why
+    assert any(r.startswith("may burst, not yet: the oldest job has waited") and r.endswith("of 2s")
+               for r in why["reasons"]), why
+    job = client.wait(waiter, 60)
+    assert job.state == "SUCCEEDED" and job.attempt_list[0].host == PLUGIN
+    waited = datetime.fromisoformat(job.attempt_list[0].started_at) - datetime.fromisoformat(job.created_at)
+    assert waited.total_seconds() >= 1.9, waited  # it waited for the lab first
+    assert time.monotonic() - submitted < 20
+    client.cancel(blocker)
 
 
 def test_plugin_attempts_survive_controller_kill_9_and_run_once(fleet, tmp_path):
@@ -128,10 +157,13 @@ def test_plugin_attempts_survive_controller_kill_9_and_run_once(fleet, tmp_path)
     ({PLUGIN: {"limt": 2}}, f"backends.{PLUGIN}.limt"),
     ({"nosuch": {}}, "no backend plugin named 'nosuch' is installed"),
     ({"ssh": {"port": 22}}, "backends.ssh: this backend takes no settings"),
-], ids=["bad-value", "unknown-key", "not-installed", "ssh-takes-none"])
+    ("burst", "burst.rules.0.depth"),
+], ids=["bad-value", "unknown-key", "not-installed", "ssh-takes-none", "bad-burst-policy"])
 def test_bad_backend_settings_stop_the_start_naming_the_key(fleet, tmp_path, backends, says):
+    config = ({"burst": {"rules": [{"pool": "x", "depth": -1}]}} if backends == "burst"
+              else {"backends": backends})
     with pytest.raises(Exception) as info:
-        fleet.start(_inventory(tmp_path), config={"backends": backends})
+        fleet.start(_inventory(tmp_path), config=config)
     assert says in str(info.value)
 
 

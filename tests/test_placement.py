@@ -2,6 +2,8 @@
 
 from collections import Counter
 
+import pytest
+
 from fleet.backends.base import Outcome
 from fleet.inventory import Host
 from fleet.models.enums import AttemptState, Health, Reason
@@ -154,8 +156,53 @@ def test_elastic_pools_take_only_burst_jobs_and_rank_below_every_free_fixed_host
     assert place(burst, cheap, {v.host.name: None for v in cheap}).host == "b"
     waiting = place(stay, full, static(stay))
     assert isinstance(waiting, Unplaceable)
-    assert waiting.reasons == Counter({"busy": 1, "elastic pool of backend cloud (takes only jobs "
-                                                  "with burst: true)": 2})
+    assert waiting.reasons == Counter({"busy": 1, "elastic pool of backend cloud (the job has "
+                                                  "burst: never)": 2})
     # A pool at its limit is busy like a full host.
     at_limit = [HostView(host=fixed, used_slots=2), HostView(host=fast, used_slots=8)]
     assert place(burst, at_limit, static(burst)).reasons == Counter({"busy": 2})
+
+
+def test_burst_only_and_the_burst_policy_hold_elastic_pools_back_until_a_queue_has_waited():
+    """``burst: only`` never takes a fixed host; ``allowed`` takes an elastic pool only once the
+    policy opens its queue (the oldest job waited long enough, or the queue is deep), and the
+    reason says how far it is; a group limit (a cluster's max pods) makes a pool busy."""
+    from fleet.errors import ConfigError
+    from fleet.scheduler.burst import BurstPolicy
+
+    fixed = host("rtx-1", ["rtx"], accel="rtx5060", slots=1)
+    cloud = Host(name="k8s-rtx", pools=("rtx",), arch="x86_64", accelerator="rtx5060", slots=4,
+                 backend="kubernetes", elastic=True, group="kubernetes", group_slots=2)
+    only = demand("resources: {pool: rtx, accelerator: rtx5060}\nburst: only\n")
+    allowed = demand("resources: {pool: rtx, accelerator: rtx5060}\nburst: allowed\n")
+    assert only.key.endswith("^cloud") and allowed.key.endswith("^burst")
+    assert demand("burst: true\n").burst == "allowed" and demand("burst: false\n").burst == "never"
+    static = {h.name: static_reason(only, h, None) for h in (fixed, cloud)}
+    assert static == {"rtx-1": "not an elastic pool (the job has burst: only)", "k8s-rtx": None}
+    free = [HostView(host=fixed), HostView(host=cloud)]
+    assert place(only, free, static).host == "k8s-rtx"
+
+    policy = BurstPolicy.load({"wait": "10m", "depth": 20,
+                               "rules": [{"device_class": "*/rtx5060", "wait": 60, "depth": 3}]}, "cfg")
+    assert policy.limits(allowed) == (60.0, 3)
+    assert policy.limits(demand("resources: {accelerator: t4}\nburst: true\n")) == (600.0, 20)
+    block, opens_in = policy.block(allowed, oldest_wait=15.0, depth=2)
+    assert block == "may burst, not yet: the oldest job has waited 15s of 60s; 2 waiting, bursts past 3"
+    assert opens_in == 45.0
+    assert policy.block(allowed, oldest_wait=61.0, depth=1) == (None, None)  # waited long enough
+    assert policy.block(allowed, oldest_wait=1.0, depth=4) == (None, None)  # deep enough
+    assert policy.block(only, oldest_wait=0.0, depth=1) == (None, None)  # only: no policy
+
+    full = [HostView(host=fixed, used_slots=1), HostView(host=cloud)]
+    static = {h.name: static_reason(allowed, h, None) for h in (fixed, cloud)}
+    held = place(allowed, full, static, burst_block=block)
+    assert isinstance(held, Unplaceable) and held.reasons == Counter({"busy": 1, block: 1})
+    assert place(allowed, full, static).host == "k8s-rtx"
+    # only the group's limit is left: busy, though the pool itself has room
+    grouped = [HostView(host=fixed, used_slots=1), HostView(host=cloud, used_slots=0, group_free=0)]
+    assert place(allowed, grouped, static).reasons == Counter({"busy": 1, "busy (backend kubernetes at its limit)": 1})
+
+    with pytest.raises(ConfigError, match=r"burst.rules.0.device_class"):
+        BurstPolicy.load({"rules": [{"device_class": "t4"}]}, "cfg")
+    with pytest.raises(ConfigError, match=r"burst.wait"):
+        BurstPolicy.load({"wait": "soon"}, "cfg")

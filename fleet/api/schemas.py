@@ -179,7 +179,7 @@ class HostOut(BaseModel):
     running: list[str] = Field(default_factory=list, description="the jobs running on it that the "
                                 "caller may see (an admin: all; a user: their own)")
     elastic: bool = Field(False, description="an elastic pool of a backend (cloud burst): slots is "
-                                             "its limit; it takes only jobs with burst: true")
+                                             "its limit; it takes only jobs with burst: allowed or only")
 
 
 class AnsibleIn(BaseModel):

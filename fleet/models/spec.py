@@ -11,7 +11,7 @@ import datetime
 import json
 import math
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -253,10 +253,20 @@ class JobSpec(_Strict):
     priority: int = Field(500, ge=1, le=1000)
     outputs: list[str] = Field(default_factory=list)
     hooks: Hooks | None = None
-    burst: bool = False
+    burst: Literal["never", "allowed", "only"] = Field(
+        "never", description="may the job run on an elastic (cloud) backend: never; allowed, when "
+                             "the lab is full past the burst policy; only there (true/false mean "
+                             "allowed/never)")
     steps: list[dict[str, Any]] | None = Field(
         None, description="a chain: each step is a job spec that inherits this one's resources, "
                           "params, envs, inputs, timeouts, retries and priority")
+
+    @field_validator("burst", mode="before")
+    @classmethod
+    def _burst(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # the first spelling (and specs stored with it)
+            return "allowed" if value else "never"
+        return value
 
     @field_validator("name")
     @classmethod

@@ -29,6 +29,7 @@ class HostBook:
         self.hosts = {h.name: h for h in hosts}
         self.store = store
         self.used: Counter[str] = Counter()
+        self.group_used: Counter[str] = Counter()  # slots in use per capacity group (Host.group)
         self.health: dict[str, Health] = {}
         self.unchecked: set[str] = set()  # never reached yet: their first check is on its way
         self.drained: set[str] = set()
@@ -36,6 +37,11 @@ class HostBook:
         self.last_placed: dict[str, float] = {}
         self.facts: dict[str, dict[str, Any]] = {}  # what `fleet hosts probe` found, per host
         self._static: dict[str, dict[str, str | None]] = {}  # demand key -> host -> reason
+        self.elastic = any(h.elastic for h in hosts)  # whether the burst policy matters at all
+        self.groups: dict[str, list[str]] = {}  # capacity group -> its hosts
+        for h in hosts:
+            if h.group is not None:
+                self.groups.setdefault(h.group, []).append(h.name)
 
     def host(self, name: str) -> Host:
         host = self.hosts.get(name)
@@ -97,17 +103,22 @@ class HostBook:
 
     def take(self, host: Host, slots: int, placed: bool = True) -> None:
         self.used[host.name] += slots
+        if host.group is not None:
+            self.group_used[host.group] += slots
         if placed:
             self.last_placed[host.name] = time.monotonic()
 
     def give_back(self, host: Host, slots: int) -> None:
         self.used[host.name] -= slots
+        if host.group is not None:
+            self.group_used[host.group] -= slots
 
     def view(self, h: Host) -> HostView:
         return HostView(
             host=h, used_slots=self.used[h.name], health=self.health.get(h.name, Health.UNKNOWN),
             drained=h.name in self.drained, cached=frozenset(self.cached.get(h.name, ())),
             last_placed=self.last_placed.get(h.name, 0.0), unchecked=h.name in self.unchecked,
+            group_free=None if h.group is None else h.group_slots - self.group_used[h.group],
         )
 
     def views(self) -> list[HostView]:

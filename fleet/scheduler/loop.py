@@ -128,6 +128,7 @@ class Scheduler:
         self.owner = getpass.getuser()
         self.disk: DiskGuard | None = None  # a full disk: no new placements (fleet.disk)
         self._wake = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None  # a pass due when a burst wait runs out
         # queue.depth events: what was last told, when, and the pending telling (coalesced).
         self._depth_told: dict[str, int] = {}
         self._depth_handle: asyncio.TimerHandle | None = None
@@ -199,6 +200,8 @@ class Scheduler:
         """Stop placing; leave running attempts detached on their hosts for the next controller."""
         self._stopping = self.health.stopping = True
         self._wake.set()
+        if self._timer is not None:
+            self._timer.cancel()
         tasks = [r.task for r in self.running.values() if r.task is not None]
         tasks += list(self.health.tasks.values())
         if self._sync_task is not None:
@@ -474,8 +477,9 @@ class Scheduler:
             queue = self.queues[qj.demand.key]
             ids = queue.order(self.running_by_user, len(queue))  # the order it is taken in
             ahead = ids.index(job_id) if job_id in ids else 0
+            block = self._burst_block(queue, qj.demand)[0]
             report = place(qj.demand, self.book.views(), self.book.static_for(qj.demand),
-                           failed_on=frozenset(qj.failed_on))
+                           failed_on=frozenset(qj.failed_on), burst_block=block)
             if isinstance(report, Placement):
                 summary = f"placeable now on {report.host}; waiting for the scheduler"
                 reasons: dict[str, int] = {}
@@ -483,7 +487,7 @@ class Scheduler:
                 summary = report.summary()
                 reasons = dict(report.reasons)
             return Why(job=job_id, state="waiting", queue=qj.demand.key, queued=len(ids), ahead=ahead,
-                       summary=summary, reasons=reasons, hosts=self._host_reasons(qj.demand))
+                       summary=summary, reasons=reasons, hosts=self._host_reasons(qj.demand, block))
         held = self.held.get(job_id)
         if held is not None:
             left = max(0.0, held.until - self.clock.time())
@@ -513,13 +517,13 @@ class Scheduler:
                                  why=self.why(waiting[0]) if waiting else None))
         return out
 
-    def _host_reasons(self, demand: Demand) -> dict[str, str]:
+    def _host_reasons(self, demand: Demand, burst_block: str | None = None) -> dict[str, str]:
         static = self.book.static_for(demand)
         out: dict[str, str] = {}
         for view in self.book.views():
             if demand.pool is not None and demand.pool not in view.host.pools:
                 continue
-            why = static.get(view.host.name) or dynamic_reason(demand, view)
+            why = static.get(view.host.name) or dynamic_reason(demand, view, burst_block)
             out[view.host.name] = why or "free"
         return out
 
@@ -569,6 +573,31 @@ class Scheduler:
             except Exception:
                 log.exception("scheduling pass failed")
 
+    def _burst_block(self, queue: ClassQueue, demand: Demand) -> tuple[str | None, float | None]:
+        """Why the burst policy keeps this queue off elastic pools now, and in how many
+        seconds waiting alone would open them (fleet.scheduler.burst)."""
+        if demand.burst != "allowed" or not self.book.elastic:
+            return None, None
+        oldest = queue.oldest()
+        if oldest is None:
+            return None, None
+        waited = max(0.0, self.clock.time() - self.pending[oldest].job.created_at)
+        return self.policy.burst.block(demand, waited, len(queue))
+
+    def _wake_in(self, seconds: float) -> None:
+        """A pass in ``seconds`` (a queue's burst wait runs out then); the earliest one asked."""
+        loop = asyncio.get_running_loop()
+        at = loop.time() + seconds
+        if self._timer is not None and self._timer.when() <= at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_at(at, self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        self._wake.set()
+
     def wake(self) -> None:
         """Run a scheduling pass soon (a job came, a host is back, the disk has room again)."""
         self._wake.set()
@@ -582,16 +611,23 @@ class Scheduler:
                 job_id = queue.head(self.running_by_user)
                 assert job_id is not None
                 qj = self.pending[job_id]
+                block, opens_in = self._burst_block(queue, qj.demand)
                 decision = place(
                     qj.demand, list(views.values()), self.book.static_for(qj.demand),
                     inputs=[f.sha256 for f in qj.inputs], failed_on=frozenset(qj.failed_on),
+                    burst_block=block,
                 )
                 if isinstance(decision, Unplaceable):
+                    if opens_in is not None:
+                        self._wake_in(opens_in + 0.01)
                     break
                 self._dequeue(job_id)
                 host = self.book.hosts[decision.host]
                 self._commit(qj, host)
                 views[decision.host] = self.book.view(host)
+                if host.group is not None:  # the others of its group have less room now
+                    for name in self.book.groups[host.group]:
+                        views[name] = self.book.view(self.book.hosts[name])
 
     def _commit(self, qj: QueuedJob, host: Host) -> None:
         self.fence()

@@ -31,7 +31,7 @@ class Demand:
     kind: str = "shell"
     requires: tuple[str, ...] = ()
     guest: bool = False  # a job of someone other than the server's owner (DESIGN.md §7)
-    burst: bool = False  # may go to an elastic pool (a cloud backend) when no fixed host is free
+    burst: str = "never"  # never | allowed (to an elastic pool when the burst policy says) | only
 
     @classmethod
     def of(cls, spec: JobSpec, guest: bool = False) -> Demand:
@@ -59,8 +59,8 @@ class Demand:
                 key += ".compile"
         if self.guest:
             key += "~guest"
-        if self.burst:
-            key += "^burst"
+        if self.burst != "never":
+            key += "^burst" if self.burst == "allowed" else "^cloud"
         return key
 
     def describe_scope(self) -> str:
@@ -78,6 +78,7 @@ class HostView:
     cached: frozenset[str] = frozenset()
     last_placed: float = 0.0  # when the scheduler last placed a job here (spreads equal hosts)
     unchecked: bool = False  # fleet has never reached it (a check is on its way)
+    group_free: int | None = None  # free slots of the capacity group it shares (Host.group)
 
     @property
     def free_slots(self) -> int:
@@ -113,8 +114,10 @@ def static_reason(demand: Demand, host: Host, runner: RunnerManifest | None,
     """Why ``host`` can never take jobs of ``demand`` (None if it can). Pure."""
     if not host.schedulable:
         return "runs no jobs (fleet_jobs=false)"
-    if host.elastic and not demand.burst:
-        return f"elastic pool of backend {host.backend} (takes only jobs with burst: true)"
+    if host.elastic and demand.burst == "never":
+        return f"elastic pool of backend {host.backend} (the job has burst: never)"
+    if not host.elastic and demand.burst == "only":
+        return "not an elastic pool (the job has burst: only)"
     if demand.guest and host.connection == "local" and host.job_user is None and host.isolation != "user":
         # A job there would run as the server's own account, next to its token and keys.
         return "runs only the server owner's jobs (it is the controller's machine; set fleet_job_user)"
@@ -147,14 +150,19 @@ _HEALTH_REASON = {
 }
 
 
-def dynamic_reason(demand: Demand, view: HostView) -> str | None:
-    """Why ``view`` cannot take a job of ``demand`` right now (None if it can). Pure."""
+def dynamic_reason(demand: Demand, view: HostView, burst_block: str | None = None) -> str | None:
+    """Why ``view`` cannot take a job of ``demand`` right now (None if it can). Pure.
+    ``burst_block``: why the burst policy holds the job's queue back from elastic pools."""
+    if view.host.elastic and burst_block is not None and demand.burst == "allowed":
+        return burst_block
     if view.health is not Health.GOOD:  # unknown: a health check runs first
         return _HEALTH_REASON[view.health] if not view.unchecked else "not checked yet"
     if view.drained:  # the words `fleet hosts` uses for the host's state
         return "draining" if view.used_slots else "drained"
     if view.free_slots < demand.slots:
         return "busy"
+    if view.group_free is not None and view.group_free < demand.slots:
+        return f"busy (backend {view.host.backend} at its limit)"
     return None
 
 
@@ -183,6 +191,7 @@ def place(
     static: Mapping[str, str | None],
     inputs: Iterable[str] = (),
     failed_on: frozenset[str] = frozenset(),
+    burst_block: str | None = None,
 ) -> Placement | Unplaceable:
     """Pick the best host for one job. Pure.
 
@@ -192,6 +201,8 @@ def place(
         static: host name -> ``static_reason`` for this demand (None: the host can fit).
         inputs: sha256s of the job's inputs (hosts that cache them rank higher).
         failed_on: hosts this job already failed on (ranked last, still allowed).
+        burst_block: why the burst policy keeps the queue off elastic pools now (None: it
+            does not; see fleet.scheduler.burst).
     """
     in_scope = [v for v in views if demand.pool is None or demand.pool in v.host.pools]
     reasons: Counter[str] = Counter()
@@ -205,7 +216,7 @@ def place(
             reasons[why] += 1
             continue
         dynamic_only = False
-        why = dynamic_reason(demand, view)
+        why = dynamic_reason(demand, view, burst_block)
         if why is not None:
             reasons[why] += 1
             continue

@@ -57,6 +57,11 @@ class ClassQueue:
         best_user = min(users, key=lambda u: (running.get(u, 0), users[u][0]))
         return users[best_user][0]
 
+    def oldest(self) -> str | None:
+        """The oldest queued job (ids are time-ordered): one look per user, not a sort."""
+        firsts = [ids[0] for users in self._buckets.values() for ids in users.values()]
+        return min(firsts) if firsts else None
+
     def job_ids(self) -> list[str]:
         """Every queued job id, oldest first (for listings and why)."""
         return sorted(self._where)

@@ -10,6 +10,7 @@ from fleet.backends.base import AttemptPlan, InputFile
 from fleet.inventory import Host
 from fleet.models.spec import JobSpec
 from fleet.models.tables import Attempt, Job
+from fleet.scheduler.burst import BurstPolicy
 from fleet.scheduler.placement import Demand
 
 
@@ -24,6 +25,7 @@ class Policy:
     check_concurrency: int = 32  # health checks at once (a thousand at once time each other out)
     sync_interval: float = 0.5  # how often the leader looks for jobs other replicas queued
     attempt_lease: float = 60.0  # a job out of touch with the controller this long stops itself
+    burst: BurstPolicy = field(default_factory=lambda: BurstPolicy.model_validate({}))  # when queues may go to elastic pools
 
     @property
     def lost_hold(self) -> float:
