@@ -43,6 +43,7 @@ from fleet.scheduler.health import HealthChecks
 from fleet.scheduler.hooks import hook_log_id
 from fleet.scheduler.hostbook import NOT_CHECKED, HostBook
 from fleet.scheduler.placement import (
+    NO_CAPACITY_AGAIN,
     Demand,
     HostView,
     Placement,
@@ -301,7 +302,9 @@ class Scheduler:
         qj = self._queued_job(job, spec)
         for a in self.store.attempts(job.id) if job.attempt_count else []:
             reason = Reason(a.reason) if a.reason else None
-            if reason is not None and REASON_CLASS.get(reason) is FailureClass.INFRA:
+            if reason is Reason.NO_CAPACITY and self._gives_up_on_pool(qj, a.host):
+                qj.no_capacity.add(a.host)
+            elif reason is not None and REASON_CLASS.get(reason) is FailureClass.INFRA:
                 qj.infra_failures += 1
                 qj.failed_on.add(a.host)
             elif reason is Reason.EXIT_NONZERO:
@@ -479,7 +482,8 @@ class Scheduler:
             ahead = ids.index(job_id) if job_id in ids else 0
             block = self._burst_block(queue, qj.demand)[0]
             report = place(qj.demand, self.book.views(), self.book.static_for(qj.demand),
-                           failed_on=frozenset(qj.failed_on), burst_block=block)
+                           failed_on=frozenset(qj.failed_on), burst_block=block,
+                           no_capacity=frozenset(qj.no_capacity))
             if isinstance(report, Placement):
                 summary = f"placeable now on {report.host}; waiting for the scheduler"
                 reasons: dict[str, int] = {}
@@ -487,7 +491,7 @@ class Scheduler:
                 summary = report.summary()
                 reasons = dict(report.reasons)
             return Why(job=job_id, state="waiting", queue=qj.demand.key, queued=len(ids), ahead=ahead,
-                       summary=summary, reasons=reasons, hosts=self._host_reasons(qj.demand, block))
+                       summary=summary, reasons=reasons, hosts=self._host_reasons(qj.demand, block, qj.no_capacity))
         held = self.held.get(job_id)
         if held is not None:
             left = max(0.0, held.until - self.clock.time())
@@ -517,13 +521,15 @@ class Scheduler:
                                  why=self.why(waiting[0]) if waiting else None))
         return out
 
-    def _host_reasons(self, demand: Demand, burst_block: str | None = None) -> dict[str, str]:
+    def _host_reasons(self, demand: Demand, burst_block: str | None = None,
+                      no_capacity: set[str] | frozenset[str] = frozenset()) -> dict[str, str]:
         static = self.book.static_for(demand)
         out: dict[str, str] = {}
         for view in self.book.views():
             if demand.pool is not None and demand.pool not in view.host.pools:
                 continue
-            why = static.get(view.host.name) or dynamic_reason(demand, view, burst_block)
+            why = static.get(view.host.name) or (NO_CAPACITY_AGAIN if view.host.name in no_capacity
+                                                 else dynamic_reason(demand, view, burst_block))
             out[view.host.name] = why or "free"
         return out
 
@@ -615,7 +621,7 @@ class Scheduler:
                 decision = place(
                     qj.demand, list(views.values()), self.book.static_for(qj.demand),
                     inputs=[f.sha256 for f in qj.inputs], failed_on=frozenset(qj.failed_on),
-                    burst_block=block,
+                    burst_block=block, no_capacity=frozenset(qj.no_capacity),
                 )
                 if isinstance(decision, Unplaceable):
                     if opens_in is not None:
@@ -741,6 +747,9 @@ class Scheduler:
         """Whether to try again (``fleet.scheduler.retry``); counts it against its budget."""
         if self._stopping:
             return False
+        if verdict.reason is Reason.NO_CAPACITY and self._gives_up_on_pool(qj, host.name):
+            qj.no_capacity.add(host.name)  # back to the lab's queue, not a failure of the job
+            return True
         budget = retry.decide(verdict.state, verdict.reason, qj.infra_failures, qj.job_failures,
                               qj.spec.retries)
         if budget is None:
@@ -751,6 +760,12 @@ class Scheduler:
             qj.job_failures += 1
         qj.failed_on.add(host.name)
         return True
+
+    def _gives_up_on_pool(self, qj: QueuedJob, host: str) -> bool:
+        """An elastic pool that found no capacity for a job that may run in the lab: the job
+        goes back to wait for the lab (a burst: only job draws on its retries instead)."""
+        known = self.book.hosts.get(host)
+        return known is not None and known.elastic and qj.spec.burst != "only"
 
     def _durably(self, write: Callable[..., Any], *args: Any) -> Any:
         """A write that must not be lost (how an attempt ended): when the disk is full, free

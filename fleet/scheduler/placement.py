@@ -166,6 +166,7 @@ def dynamic_reason(demand: Demand, view: HostView, burst_block: str | None = Non
     return None
 
 
+NO_CAPACITY_AGAIN = "found no capacity for this job before (it waits for the lab)"
 ELASTIC_PENALTY = 4.0  # below any free fixed host, even one the job failed on
 
 
@@ -192,6 +193,7 @@ def place(
     inputs: Iterable[str] = (),
     failed_on: frozenset[str] = frozenset(),
     burst_block: str | None = None,
+    no_capacity: frozenset[str] = frozenset(),
 ) -> Placement | Unplaceable:
     """Pick the best host for one job. Pure.
 
@@ -203,6 +205,8 @@ def place(
         failed_on: hosts this job already failed on (ranked last, still allowed).
         burst_block: why the burst policy keeps the queue off elastic pools now (None: it
             does not; see fleet.scheduler.burst).
+        no_capacity: elastic pools that found no capacity for this job before (its pod
+            stayed unschedulable): the job waits for the lab instead.
     """
     in_scope = [v for v in views if demand.pool is None or demand.pool in v.host.pools]
     reasons: Counter[str] = Counter()
@@ -216,7 +220,7 @@ def place(
             reasons[why] += 1
             continue
         dynamic_only = False
-        why = dynamic_reason(demand, view, burst_block)
+        why = NO_CAPACITY_AGAIN if view.host.name in no_capacity else dynamic_reason(demand, view, burst_block)
         if why is not None:
             reasons[why] += 1
             continue

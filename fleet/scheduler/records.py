@@ -42,6 +42,7 @@ class QueuedJob:
     demand: Demand
     inputs: list[InputFile]
     failed_on: set[str] = field(default_factory=set)
+    no_capacity: set[str] = field(default_factory=set)  # elastic pools its pod found no room in
     infra_failures: int = 0
     job_failures: int = 0
     expiry: asyncio.TimerHandle | None = None  # queue_timeout
