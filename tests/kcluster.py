@@ -438,6 +438,7 @@ class FakeCluster:
         kubelet = self.running.pop(name, None)
         if kubelet is None:
             return
+        self.ended[name] = -int(signal.SIGTERM)  # never started again
         with contextlib.suppress(ProcessLookupError):
             os.killpg(kubelet.proc.pid, signal.SIGTERM)
 

@@ -36,9 +36,17 @@ def _inventory(tmp_path: Path, slots: int = 1) -> Path:
     return inv
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def _config(cluster: FakeCluster, tmp_path: Path, **extra) -> dict:
     backend = {"kubeconfig": str(cluster.kubeconfig(tmp_path / "kubeconfig")), "max_pods": 4,
-               "poll_interval": 0.5,
+               "poll_interval": 0.5, "callback_listen": f"127.0.0.1:{free_port()}",
                "classes": {"x86_64/nvidia-t4": {"gpu": "T4", "image": IMAGE, "cost": 0.35}}}
     backend.update(extra.pop("backend", {}))
     return {"backends": {"kubernetes": backend}, **extra}
@@ -146,3 +154,162 @@ def test_settings_errors_name_the_key():
         with pytest.raises(ValidationError) as info:
             KubernetesSettings.model_validate(bad)
         assert where in str(info.value), (bad, info.value)
+
+
+def _pod_of(cluster: FakeCluster, attempt_id: str) -> str:
+    return f"fleet-{attempt_id}"
+
+
+def test_the_lab_first_then_the_cloud_once_the_queue_is_deep(fleet, cluster, tmp_path):
+    """``burst: allowed`` jobs take the lab's free host; with the lab full they wait until the
+    queue is deeper than the policy's depth, and ``fleet why`` says so; ``fleet jobs`` shows
+    where each ran. A job with ``burst: never`` never reaches the cluster."""
+    cluster.add_node("gpu-1", T4, gpus=4)
+    client = fleet.start(_inventory(tmp_path), config=_config(cluster, tmp_path, burst={"wait": "1h", "depth": 2}))
+    _good(client, "localhost")
+    _good(client, "kubernetes-nvidia-t4")
+    spec = {"burst": "allowed", "resources": {"accelerator": "nvidia-t4"}}
+    first = client.submit({**spec, "name": "lab-first", "run": "sleep 4"}).id
+    eventually(lambda: client.job(first).state == "RUNNING", what="first job running")
+    assert client.job(first).attempt_list[0].host == "localhost"
+    waiting = [client.submit({**spec, "name": f"w{i}", "run": "echo ran in $FLEET_HOST"}).id for i in range(2)]
+    never = client.submit({"name": "never", "resources": {"accelerator": "nvidia-t4"}, "run": "true"}).id
+    why = fleet.cli_json("why", waiting[0])
+    assert any(r.startswith("may burst, not yet") and "2 waiting, bursts past 2" in r for r in why["reasons"]), why
+    assert client.job(waiting[0]).state == "PENDING" and not cluster.started
+    why_never = fleet.cli_json("why", never)
+    assert "elastic pool of backend kubernetes (the job has burst: never)" in why_never["reasons"], why_never
+    third = client.submit({**spec, "name": "w2", "run": "echo ran in $FLEET_HOST"}).id  # 3 > depth 2
+    for job_id in [*waiting, third]:
+        assert client.wait(job_id, 60).state == "SUCCEEDED"
+    # the excess over the depth bursts (the oldest first); the rest wait for the lab
+    hosts = [client.job(j).attempt_list[0].host for j in [*waiting, third]]
+    assert hosts == ["kubernetes-nvidia-t4", "localhost", "localhost"], hosts
+    assert client.wait(never, 60).attempt_list[0].host == "localhost"
+    listing = fleet.cli("jobs", "--limit", "10").stdout
+    assert "kubernetes-nvidia-t4" in listing and "localhost" in listing
+
+
+def test_a_pod_no_node_takes_goes_back_to_the_lab(fleet, cluster, tmp_path):
+    """Unschedulable past provision_timeout (no node has room): the pod is deleted and the job
+    waits for the lab with the scheduler's words as the reason, and does not burst there again."""
+    cluster.add_node("gpu-busy", T4, gpus=0)  # a T4 node with no GPU free
+    client = fleet.start(_inventory(tmp_path), config=_config(
+        cluster, tmp_path, backend={"provision_timeout": 2}))
+    _good(client, "localhost")
+    blocker = client.submit({"name": "blocker", "resources": {"accelerator": "nvidia-t4"}, "run": "sleep 5"}).id
+    eventually(lambda: client.job(blocker).state == "RUNNING", what="blocker running")
+    job = client.submit({"name": "bursty", "burst": "allowed", "resources": {"accelerator": "nvidia-t4"},
+                         "run": "echo ran in $FLEET_HOST"}).id
+    done = client.wait(job, 60)
+    assert done.state == "SUCCEEDED", done
+    first, second = done.attempt_list
+    assert (first.host, first.reason) == ("kubernetes-nvidia-t4", "no_capacity")
+    assert "0/1 nodes are available: 1 Insufficient nvidia.com/gpu" in first.message
+    assert second.host == "localhost"
+    assert not cluster.started and not cluster.pods()
+
+
+@pytest.mark.parametrize("how", ["preempted", "evicted", "lost"])
+def test_a_pod_that_loses_its_node_is_retried(fleet, cluster, tmp_path, how):
+    """Spot pre-emption, eviction, a node gone: the attempt is lost (not the job's fault) and
+    the job runs again, here on a second node."""
+    cluster.add_node("spot-1", T4, gpus=1)
+    client = fleet.start(_inventory(tmp_path), config=_config(cluster, tmp_path))
+    job = client.submit({"name": "long", "burst": "only", "resources": {"accelerator": "nvidia-t4"},
+                         "run": 'if [ "$FLEET_ATTEMPT_ID" = "$(cat ../../first 2>/dev/null)" ]; then :; fi; '
+                                "echo start; sleep 3; echo done"}).id
+    detail = eventually(lambda: (d := client.job(job)).state == "RUNNING" and d, what="running")
+    pod = _pod_of(cluster, detail.attempt_list[0].id)
+    wait_for(lambda: pod in cluster.running, 10, "pod running")
+    cluster.add_node("spot-2", T4, gpus=1)
+    if how == "evicted":
+        cluster.evict(pod)
+    else:
+        cluster.remove_node("spot-1", how)
+    done = client.wait(job, 60)
+    assert done.state == "SUCCEEDED", (done, fleet.server_log()[-2000:])
+    first, second = done.attempt_list
+    assert first.reason == "host_lost", first
+    assert {"preempted": "Terminated", "evicted": "Evicted", "lost": "vanished"}[how] in first.message
+    assert second.state == "SUCCEEDED" and len(cluster.started) == 2
+
+
+def test_cancel_timeout_image_errors_and_exit_codes_in_pods(fleet, cluster, tmp_path):
+    cluster.add_node("gpu-1", T4, gpus=4)
+    cluster.bad_images.add("fleet/missing:1")
+    config = _config(cluster, tmp_path)
+    config["backends"]["kubernetes"]["classes"]["x86_64/nvidia-l4"] = {
+        "gpu": "T4", "image": "fleet/missing:1", "name": "k8s-broken"}
+    client = fleet.start(_inventory(tmp_path), config=config)
+    only = {"burst": "only", "resources": {"accelerator": "nvidia-t4"}}
+    nap = client.submit({**only, "name": "nap", "run": "echo napping; sleep 30"}).id
+    slow = client.submit({**only, "name": "slow", "timeout": 2, "run": "sleep 30"}).id
+    bad = client.submit({**only, "name": "bad", "run": "echo oops >&2; exit 3"}).id
+    pull = client.submit({"burst": "only", "resources": {"accelerator": "nvidia-l4"}, "name": "pull",
+                          "run": "true"}).id
+    detail = eventually(lambda: (d := client.job(nap)).state == "RUNNING" and d, what="nap running")
+    pod = _pod_of(cluster, detail.attempt_list[0].id)
+    wait_for(lambda: pod in cluster.running, 10, "nap's pod running")
+    client.cancel(nap)
+    assert client.wait(nap, 30).state == "CANCELLED"
+    wait_for(lambda: cluster.pod(pod) is None, 10, "cancelled pod deleted")
+    timed = client.wait(slow, 30)
+    assert (timed.state, timed.reason) == ("TIMED_OUT", "timed_out"), timed
+    failed = client.wait(bad, 30)
+    assert (failed.state, failed.reason, failed.attempt_list[0].exit_code) == ("FAILED", "exit_nonzero", 3)
+    assert b"oops" in b"".join(client.logs(bad))
+    pulled = client.wait(pull, 30)
+    assert (pulled.state, pulled.reason) == ("FAILED", "setup_failed"), pulled
+    assert "image fleet/missing:1: ErrImagePull" in pulled.message
+    wait_for(lambda: not cluster.pods() and not cluster.secrets(), 10, "everything deleted")
+
+
+def test_pods_survive_a_controller_kill_9_and_are_never_created_twice(fleet, cluster, tmp_path):
+    cluster.add_node("gpu-1", T4, gpus=4)
+    config = _config(cluster, tmp_path)
+    client = fleet.start(_inventory(tmp_path), config=config)
+    script = 'i=0; while [ $i -lt 40 ]; do echo "line $i"; i=$((i+1)); sleep 0.05; done'
+    ids = [client.submit({"name": f"k{i}", "burst": "only", "resources": {"accelerator": "nvidia-t4"},
+                          "run": script}).id for i in range(3)]
+    for job_id in ids:
+        eventually(lambda j=job_id: client.job(j).state == "RUNNING", what=f"{job_id} running")
+    pid = fleet.info.pid
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    fleet.client.close()
+    client = fleet.start(_inventory(tmp_path), config=config)
+    expected = "".join(f"line {i}\n" for i in range(40))
+    for job_id in ids:
+        job = client.wait(job_id, 60)
+        assert job.state == "SUCCEEDED", (job, fleet.server_log()[-2000:])
+        assert len(job.attempt_list) == 1
+        assert b"".join(client.logs(job_id)).decode() == expected
+    assert len(cluster.emulator.created) == 3 and len(cluster.started) == 3  # one pod each, ever
+    wait_for(lambda: not cluster.pods(), 10, "pods deleted")
+
+
+def test_the_sweep_removes_what_a_crash_left_and_nothing_that_runs(fleet, cluster, tmp_path):
+    """Pods and secrets of this backend whose attempts fleet no longer knows (a crash between
+    a pod's end and its deletion) go with the retention pass; a running job's pod stays."""
+    cluster.add_node("gpu-1", T4, gpus=4)
+    labels = {"app.kubernetes.io/managed-by": "fleet", "fleet.dev/backend": "kubernetes",
+              "fleet.dev/job": "j0stray", "fleet.dev/attempt": "a0stray"}
+    other = dict(labels, **{"fleet.dev/backend": "another-fleet"})
+    for kind, plural, extra in [("Pod", "pods", {"spec": {"nodeName": "gone"}}), ("Secret", "secrets", {})]:
+        for name, lab in [("fleet-a0stray", labels), ("fleet-a0other", other)]:
+            cluster.call(cluster._api("POST", f"/api/v1/namespaces/default/{plural}", {
+                "apiVersion": "v1", "kind": kind, "metadata": {"name": name, "labels": lab}, **extra}))
+    cluster.call(cluster._status("fleet-a0stray", {"phase": "Succeeded"}))
+    cluster.call(cluster._status("fleet-a0other", {"phase": "Succeeded"}))
+    client = fleet.start(_inventory(tmp_path), config=_config(cluster, tmp_path, gc_interval=1))
+    job = client.submit({"name": "busy", "burst": "only", "resources": {"accelerator": "nvidia-t4"},
+                         "run": "sleep 3; echo still here"}).id
+    wait_for(lambda: not any(o["metadata"]["name"] == "fleet-a0stray" for o in cluster.pods() + cluster.secrets()),
+             30, "stray pod and secret swept")
+    assert client.wait(job, 60).state == "SUCCEEDED"
+    assert b"still here" in b"".join(client.logs(job))
+    left = {o["metadata"]["name"] for o in cluster.pods() + cluster.secrets()}
+    assert left == {"fleet-a0other"}, left  # another controller's objects are not ours to remove

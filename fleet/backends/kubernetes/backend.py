@@ -419,7 +419,7 @@ class KubernetesBackend(Backend):
             if logs is not None:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(asyncio.shield(logs), 15)
-            outcome = self._ended(aid, pod, started_at, stopped_for_timeout)
+            outcome = self._ended(plan, pod, started_at, stopped_for_timeout)
             self.callback.write_outcome(aid, _dump(outcome))
             await self._delete(name, 0)
             return outcome
@@ -473,7 +473,8 @@ class KubernetesBackend(Backend):
         events.sort(key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
         return str(events[-1].get("message")) if events else None
 
-    def _ended(self, aid: str, pod: dict[str, Any], started_at: float | None, timed_out: bool) -> Outcome:
+    def _ended(self, plan: AttemptPlan, pod: dict[str, Any], started_at: float | None, timed_out: bool) -> Outcome:
+        aid = plan.attempt_id
         status = pod.get("status") or {}
         terminated = (_container(status).get("state") or {}).get("terminated") or {}
         reason = status.get("reason") or ""
@@ -498,8 +499,12 @@ class KubernetesBackend(Backend):
         if code == 125:
             return Outcome(exit_code=None, lost="the pod could not reach fleet's callback listener "
                                                 f"at {self.callback.url}")
-        return Outcome(exit_code=code, error=f"the pod ended without fleet's status ({terminated.get('reason')})",
-                       started_at=started_at, ended_at=_ts(terminated.get("finishedAt")))
+        # The pod could not hand its status in: the cluster's record of the exit stands; what
+        # only the status carries (outputs) is reported missing, never silently dropped.
+        log.warning("kubernetes %s: pod of %s ended without handing in its status", self.backend, aid)
+        wanted = plan.job.get("outputs") or []
+        return Outcome(exit_code=code, started_at=started_at, ended_at=_ts(terminated.get("finishedAt")),
+                       outputs_problem="the pod could not hand in its outputs" if wanted else None)
 
     def _from_status(self, aid: str, st: dict[str, Any], terminated: dict[str, Any] | None) -> Outcome:
         result = self.callback.read(aid, "result.json")
@@ -573,15 +578,18 @@ class KubernetesBackend(Backend):
             return None  # one sweep serves every class of the backend
         kept = set(keep) | self._following
         ns, sel = self.settings.namespace, manifest.selector(self.backend)
-        for kind, method in (("pod", "list_namespaced_pod"), ("secret", "list_namespaced_secret")):
-            listing = await self._call(f"list {kind}s", method, ns, label_selector=sel)
-            for obj in listing.get("items") or []:
-                meta = obj.get("metadata") or {}
-                aid = (meta.get("labels") or {}).get(manifest.ATTEMPT)
-                if aid and aid not in kept and (meta.get("labels") or {}).get(manifest.BACKEND) == self.backend:
-                    if kind == "pod" and ((obj.get("status") or {}).get("phase") not in ("Succeeded", "Failed")):
-                        continue  # still running: kill_stale decides about those
-                    await self._delete(manifest.pod_name(aid), 0)
+        pods = (await self._call("list pods", "list_namespaced_pod", ns, label_selector=sel)).get("items") or []
+        secrets = (await self._call("list secrets", "list_namespaced_secret", ns, label_selector=sel)).get("items") or []
+        live = {p["metadata"]["name"] for p in pods
+                if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")}
+        for obj in [*pods, *secrets]:
+            meta = obj.get("metadata") or {}
+            found = meta.get("labels") or {}
+            aid = found.get(manifest.ATTEMPT)
+            # A pod still running is kill_stale's to decide; a secret whose pod may still start stays.
+            if aid and aid not in kept and found.get(manifest.BACKEND) == self.backend \
+                    and meta.get("name") not in live:
+                await self._delete(manifest.pod_name(aid), 0)
         removed = freed = left = 0
         now = time.time()
         for d in sorted(self.callback.root.iterdir()) if self.callback.root.exists() else []:

@@ -106,7 +106,12 @@ class Callback:
         site = web.TCPSite(self._runner, host.strip("[]"), int(port))
         await site.start()
         bound = site._server.sockets[0].getsockname()  # type: ignore[union-attr]
-        self.url = (url or f"http://{host}:{bound[1]}").rstrip("/")
+        if url is None:
+            import socket
+
+            shown = socket.getfqdn() if host in ("0.0.0.0", "::", "") else host
+            url = f"http://{shown}:{bound[1]}"
+        self.url = url.rstrip("/")
         log.info("kubernetes callback listener on %s:%s (pods reach it at %s)", host, bound[1], self.url)
 
     async def stop(self) -> None:

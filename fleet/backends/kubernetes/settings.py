@@ -84,8 +84,9 @@ class KubernetesSettings(_Strict):
                                                               "its job goes back to the lab's queue")
     startup_latency: float = Field(90.0, ge=0, description="typical seconds to get a node (ranks pools)")
     callback_url: str | None = Field(None, description="the URL pods reach this controller's callback "
-                                                       "listener at (default: http://LISTEN)")
-    callback_listen: str = Field("127.0.0.1:0", description="HOST:PORT the callback listener binds")
+                                                       "listener at (default: http://THIS-HOST'S-NAME:PORT)")
+    callback_listen: str = Field("0.0.0.0:8471", description="HOST:PORT the callback listener binds; a "
+                                                             "fixed port, so pods find a restarted controller")
     poll_interval: float = Field(2.0, gt=0, description="seconds between looks at pods when a watch is down")
     classes: dict[str, ClassSettings] = Field(description="fleet device class (ARCH/ACCELERATOR) -> pods")
 
