@@ -99,6 +99,10 @@ def test_a_burst_only_job_runs_in_a_pod_end_to_end(fleet, cluster, tmp_path):
     # result and artifact came back like from any host
     assert done.result is not None and done.result["metrics"]["latency_ms"]["median"] == 1.5
     assert [(a.name, a.size) for a in done.artifacts] == [("engine.bin", size)]
+    # where it ran and what the cloud time cost are shown with the job
+    assert attempt.cost is not None and attempt.cost >= 0
+    status = fleet.cli("status", job.id).stdout
+    assert "kubernetes-nvidia-t4 (kubernetes)" in status and "cloud:" in status, status
     # nothing left in the cluster
     wait_for(lambda: not cluster.pods() and not cluster.secrets(), 10, "pod and secret deleted")
 
@@ -313,3 +317,29 @@ def test_the_sweep_removes_what_a_crash_left_and_nothing_that_runs(fleet, cluste
     assert b"still here" in b"".join(client.logs(job))
     left = {o["metadata"]["name"] for o in cluster.pods() + cluster.secrets()}
     assert left == {"fleet-a0other"}, left  # another controller's objects are not ours to remove
+
+
+@pytest.mark.parametrize(("scheme", "node_labels", "key"), [
+    ("auto", {"nvidia.com/gpu.product": "Tesla-T4"}, "nvidia.com/gpu.product"),
+    ("auto", {"karpenter.k8s.aws/instance-gpu-name": "t4"}, "karpenter.k8s.aws/instance-gpu-name"),
+    ({"custom": {"key": "lab.example/gpu", "values": {"T4": "tesla-t4-16g"}}},
+     {"lab.example/gpu": "tesla-t4-16g"}, "lab.example/gpu"),
+], ids=["auto-gfd", "auto-karpenter", "custom"])
+def test_pods_find_their_gpu_node_under_each_label_scheme(fleet, cluster, tmp_path, scheme, node_labels, key):
+    cluster.add_node("cpu-1", {"kubernetes.io/arch": "amd64"}, gpus=0)
+    cluster.add_node("gpu-1", node_labels, gpus=1)
+    client = fleet.start(_inventory(tmp_path), config=_config(cluster, tmp_path, backend={"labels": scheme}))
+    job = client.submit({"name": "where", "burst": "only", "resources": {"accelerator": "nvidia-t4"},
+                         "run": "echo ok"}).id
+    assert client.wait(job, 60).state == "SUCCEEDED"
+    pod = cluster.emulator.created[0]
+    terms = pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert terms["nodeSelectorTerms"][0]["matchExpressions"][0]["key"] == key
+    assert cluster.running == {} and cluster.started == [pod["metadata"]["name"]]
+
+
+def test_a_cluster_without_accelerator_labels_makes_the_pool_unhealthy_saying_why(fleet, cluster, tmp_path):
+    cluster.add_node("cpu-1", {"kubernetes.io/arch": "amd64"}, gpus=0)
+    client = fleet.start(_inventory(tmp_path), config=_config(cluster, tmp_path))
+    check = client.check_host("kubernetes-nvidia-t4")
+    assert not check.ok and "no node of the cluster carries an accelerator label" in (check.message or "")

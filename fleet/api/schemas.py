@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -31,12 +32,18 @@ class AttemptOut(BaseModel):
     ended_at: str | None
     log_bytes: int
     backend: str = Field("ssh", description="the backend that ran it (fleet.backends plugin)")
+    cost: float | None = Field(None, description="cloud time it took, at its elastic pool's price per "
+                                                 "slot-hour (None on the lab's own hosts)")
 
     @classmethod
-    def of(cls, a: Attempt) -> AttemptOut:
+    def of(cls, a: Attempt, price: float = 0.0) -> AttemptOut:
+        """``price``: the attempt's pool's cost of one slot-hour (elastic pools)."""
+        cost = None
+        if price and a.started_at:
+            cost = round(price * a.slots * ((a.ended_at or time.time()) - a.started_at) / 3600, 4)
         return cls(id=a.id, number=a.number, host=a.host, backend=a.backend, state=AttemptState(a.state), reason=Reason(a.reason) if a.reason else None,
                    message=a.message, exit_code=a.exit_code, created_at=iso(a.created_at),
-                   started_at=iso(a.started_at), ended_at=iso(a.ended_at), log_bytes=a.log_bytes)
+                   started_at=iso(a.started_at), ended_at=iso(a.ended_at), log_bytes=a.log_bytes, cost=cost)
 
 
 class ArtifactOut(BaseModel):
@@ -107,13 +114,16 @@ class JobDetail(JobOut):
 
     @classmethod
     def build(cls, j: Job, attempts: list[Attempt], result: dict[str, Any] | None,
-              chain: list[Job] | None = None, artifacts: list[Any] | None = None) -> JobDetail:
+              chain: list[Job] | None = None, artifacts: list[Any] | None = None,
+              prices: dict[str, float] | None = None) -> JobDetail:
+        """``prices``: elastic pools' cost per slot-hour by host name (for each attempt's cost)."""
         base = JobOut.of(j).model_dump()
         spec = json.loads(j.spec_json)
         for key, value in list((spec.get("envs") or {}).items()):
             if isinstance(value, dict) and value.get("secret"):
                 spec["envs"][key] = {"value": "***", "secret": True}
-        return cls(**base, spec=spec, attempt_list=[AttemptOut.of(a) for a in attempts], result=result,
+        return cls(**base, spec=spec, attempt_list=[AttemptOut.of(a, (prices or {}).get(a.host, 0.0)) for a in attempts],
+                   result=result,
                    chain_jobs=[JobOut.of(c) for c in chain or []],
                    artifacts=[ArtifactOut.of(a) for a in artifacts or []])
 

@@ -107,12 +107,16 @@ def job_detail(job: JobDetail) -> str:
     lines.append(f"attempts:  {job.attempts}")
     if job.attempt_list:
         rows = [
-            [str(a.number), a.id, a.host, a.state, a.reason or "", "" if a.exit_code is None else str(a.exit_code),
+            [str(a.number), a.id, a.host + (f" ({a.backend})" if a.backend != "ssh" else ""), a.state,
+             a.reason or "", "" if a.exit_code is None else str(a.exit_code),
              a.started_at or "-", a.ended_at or "-", (a.message or "")[:60]]
             for a in job.attempt_list
         ]
         lines.append(_indent(table(rows, ["#", "ATTEMPT", "HOST", "STATE", "REASON", "EXIT", "STARTED",
                                           "ENDED", "MESSAGE"])))
+        cloud = [a.cost for a in job.attempt_list if a.cost is not None]
+        if cloud:
+            lines.append(f"cloud:     {sum(cloud):.4f} (pod time at the pools' price per slot-hour)")
     summary = result_summary(job.result)
     if summary:
         lines.append(f"result:    {summary}")

@@ -44,9 +44,10 @@ class BatchIn(BaseModel):
 
 def _detail(ctx: ApiContext, job: Job) -> JobDetail:
     store = ctx.store
+    prices = {h.name: h.cost for h in ctx.scheduler.book.hosts.values() if h.elastic and h.cost}
     return JobDetail.build(job, store.attempts(job.id), store.result_for(job.id),
                            store.chain_jobs(job.chain) if job.chain else None,
-                           store.list_artifacts(None, job_id=job.id, limit=100))
+                           store.list_artifacts(None, job_id=job.id, limit=100), prices)
 
 
 @router.post("/jobs", status_code=201, responses={422: {"description": "invalid spec"}})
