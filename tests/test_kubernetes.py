@@ -343,3 +343,18 @@ def test_a_cluster_without_accelerator_labels_makes_the_pool_unhealthy_saying_wh
     client = fleet.start(_inventory(tmp_path), config=_config(cluster, tmp_path))
     check = client.check_host("kubernetes-nvidia-t4")
     assert not check.ok and "no node of the cluster carries an accelerator label" in (check.message or "")
+
+
+def test_a_job_only_the_cloud_can_run_fails_no_capacity_after_its_retries(fleet, cluster, tmp_path):
+    """With no lab host of its class, waiting for the lab would be forever: a pod that finds
+    no node draws on the job's infra retries, and the job ends no_capacity with the reason."""
+    cluster.add_node("gpu-busy", T4, gpus=0)
+    inv = tmp_path / "hosts.ini"
+    inv.write_text("localhost ansible_connection=local fleet_slots=1\n")  # a CPU host only
+    client = fleet.start(inv, config=_config(cluster, tmp_path, backend={"provision_timeout": 1}))
+    job = client.submit({"name": "t4-only-in-cloud", "burst": "allowed", "retries": {"infra": 1},
+                         "resources": {"accelerator": "nvidia-t4"}, "run": "true"}).id
+    done = client.wait(job, 60)
+    assert (done.state, done.reason) == ("FAILED", "no_capacity"), done
+    assert [a.reason for a in done.attempt_list] == ["no_capacity", "no_capacity"]
+    assert "Insufficient nvidia.com/gpu" in done.message

@@ -763,9 +763,14 @@ class Scheduler:
 
     def _gives_up_on_pool(self, qj: QueuedJob, host: str) -> bool:
         """An elastic pool that found no capacity for a job that may run in the lab: the job
-        goes back to wait for the lab (a burst: only job draws on its retries instead)."""
+        goes back to wait for the lab. A job the lab can never run (``burst: only``, or no
+        fixed host fits it) draws on its retries instead, and may try the pool again."""
         known = self.book.hosts.get(host)
-        return known is not None and known.elastic and qj.spec.burst != "only"
+        if known is None or not known.elastic or qj.spec.burst == "only":
+            return False
+        static = self.book.static_for(qj.demand)
+        return any(why is None and not self.book.hosts[name].elastic for name, why in static.items()
+                   if name in self.book.hosts)
 
     def _durably(self, write: Callable[..., Any], *args: Any) -> Any:
         """A write that must not be lost (how an attempt ended): when the disk is full, free
