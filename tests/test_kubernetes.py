@@ -63,8 +63,12 @@ def test_a_burst_only_job_runs_in_a_pod_end_to_end(fleet, cluster, tmp_path):
     the cluster's labels say, everything deleted after."""
     cluster.add_node("gpu-1", T4, gpus=1, taints=[{"key": "nvidia.com/gpu", "value": "present",
                                                     "effect": "NoSchedule"}])
+    cluster.add_node("gpu-2", T4, gpus=2, taints=[{"key": "dedicated", "value": "ml", "effect": "NoSchedule"}])
     client = fleet.start(_inventory(tmp_path), config=_config(cluster, tmp_path))
     _good(client, "kubernetes-nvidia-t4")
+    # the pool's health check says what the cluster has for it (fleet hosts: facts)
+    facts = next(h for h in client.hosts() if h.name == "kubernetes-nvidia-t4").facts
+    assert (facts["nodes"], facts["gpus"], facts["gpus_free"], facts["untolerated_taints"]) == (2, 3, 3, 1), facts
     model = tmp_path / "model.onnx"
     model.write_bytes(b"not really onnx" * 100)
     sha, size = client.upload(model)

@@ -202,9 +202,11 @@ class Backend(abc.ABC):
         Returns quietly if the attempt never started or already ended.
         """
 
-    async def check(self, host: Host, timeout: float) -> None:
+    async def check(self, host: Host, timeout: float) -> dict[str, Any] | None:
         """Health check: prove the host can run attempts now (reachable, fleet's runners
-        installed, agent answering). Raises a BackendError saying what is wrong."""
+        installed, agent answering). Raises a BackendError saying what is wrong. May return
+        facts it found (an elastic pool's free capacity): they are kept as the host's facts
+        (``fleet hosts``), as a probe's are."""
         raise self.unsupported(Capability.CHECK)
 
     async def kill_stale(self, host: Host, attempt_ids: list[str], grace: float) -> None:

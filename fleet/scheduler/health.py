@@ -81,7 +81,9 @@ class HealthChecks:
                 async with self.turns:
                     self.running_checks += 1
                     try:
-                        await backend.check(host, self.policy.check_timeout)
+                        found = await backend.check(host, self.policy.check_timeout)
+                        if found:
+                            self.book.set_facts(name, found)
                     finally:
                         self.running_checks -= 1
         except BackendError as exc:

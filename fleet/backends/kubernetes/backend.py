@@ -548,15 +548,44 @@ class KubernetesBackend(Backend):
         self._cancelled.add(plan.attempt_id)
         await self._delete(manifest.pod_name(plan.attempt_id), grace)
 
-    async def check(self, host: Host, timeout: float) -> None:
-        listing = await asyncio.wait_for(
-            self._call("list pods", "list_namespaced_pod", self.settings.namespace,
-                       label_selector=manifest.selector(self.backend), limit=1), timeout)
-        if not isinstance(listing, dict):
-            raise BackendError(f"kubernetes {self.backend}: namespace {self.settings.namespace} not readable")
+    async def check(self, host: Host, timeout: float) -> dict[str, Any] | None:
+        """The API answers and the namespace is readable; the class's accelerator can be
+        selected. Returns what the cluster has for the class: matching nodes, their GPUs and
+        how many are free (allocatable minus the requests of the pods on them, as dstack
+        counts), nodes whose taints the pods do not tolerate."""
+        return await asyncio.wait_for(self._check(host), timeout)
+
+    async def _check(self, host: Host) -> dict[str, Any]:
+        await self._call("list pods", "list_namespaced_pod", self.settings.namespace,
+                         label_selector=manifest.selector(self.backend), limit=1)
         cls = self.classes[host.name][1]
         self._nodes = (0.0, [])  # read the nodes afresh
-        await self.affinity(cls)  # a class the cluster cannot select says so here
+        exprs = await self.affinity(cls)  # a class the cluster cannot select says so here
+        facts: dict[str, Any] = {"backend": "kubernetes", "namespace": self.settings.namespace}
+        if cls.gpu is None:
+            return facts
+        nodes = [n for n in self._nodes[1] if lbl.matches(exprs, (n.get("metadata") or {}).get("labels") or {})]
+        gpu = self.settings.gpu_resource
+        tolerations = manifest.pod_tolerations(self.settings, cls)
+        allocatable = {n["metadata"]["name"]: _quantity(((n.get("status") or {}).get("allocatable") or {}).get(gpu))
+                       for n in nodes}
+        tainted = sum(1 for n in nodes if not all(
+            _tolerated(t, tolerations) for t in (n.get("spec") or {}).get("taints") or []
+            if t.get("effect") in ("NoSchedule", "NoExecute")))
+        facts.update(gpu=cls.gpu, label_scheme=exprs[0]["key"] if exprs else None, nodes=len(nodes),
+                     gpus=sum(allocatable.values()), untolerated_taints=tainted)
+        try:
+            pods = (await self._call("list pods on nodes", "list_pod_for_all_namespaces")).get("items") or []
+        except BackendError:
+            return facts  # fleet's account may not see other namespaces: free GPUs unknown
+        used = 0
+        for pod in pods:
+            spec = pod.get("spec") or {}
+            if spec.get("nodeName") in allocatable and (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
+                used += sum(_quantity(((c.get("resources") or {}).get("requests") or {}).get(gpu))
+                            for c in spec.get("containers") or [])
+        facts["gpus_free"] = max(0, facts["gpus"] - used)
+        return facts
 
     async def kill_stale(self, host: Host, attempt_ids: list[str], grace: float) -> None:
         for aid in attempt_ids:
@@ -610,6 +639,24 @@ class KubernetesBackend(Backend):
         await self.callback.stop()
         if self._api is not None:
             await self._api.close()
+
+
+def _quantity(value: Any) -> int:
+    try:
+        return int(str(value or 0))
+    except ValueError:
+        return 0
+
+
+def _tolerated(taint: dict[str, Any], tolerations: list[dict[str, Any]]) -> bool:
+    for t in tolerations:
+        if t.get("effect") not in (None, "", taint.get("effect")):
+            continue
+        if t.get("operator") == "Exists" and t.get("key") in (None, "", taint.get("key")):
+            return True
+        if t.get("key") == taint.get("key") and t.get("value") == taint.get("value"):
+            return True
+    return False
 
 
 def _container(status: dict[str, Any]) -> dict[str, Any]:

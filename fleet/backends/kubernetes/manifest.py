@@ -78,6 +78,14 @@ def secret(backend: str, namespace: str, plan: AttemptPlan, env: dict[str, str])
     }
 
 
+def pod_tolerations(settings: KubernetesSettings, cls: ClassSettings) -> list[dict[str, Any]]:
+    """The configured tolerations, and the usual GPU-node taint's for GPU pods."""
+    out = list(settings.tolerations)
+    if cls.gpu is not None and settings.tolerate_gpu_taint:
+        out.append({"key": settings.gpu_resource, "operator": "Exists", "effect": "NoSchedule"})
+    return out
+
+
 def pod(backend: str, settings: KubernetesSettings, cls: ClassSettings, plan: AttemptPlan,
         affinity: list[dict[str, Any]], callback_url: str) -> dict[str, Any]:
     """The pod of one attempt. ``affinity``: node match expressions that pick the class's
@@ -85,12 +93,10 @@ def pod(backend: str, settings: KubernetesSettings, cls: ClassSettings, plan: At
     name = pod_name(plan.attempt_id)
     limits: dict[str, str] = dict(cls.limits)
     requests: dict[str, str] = dict(cls.requests)
-    tolerations = list(settings.tolerations)
     if cls.gpu is not None:
         limits[settings.gpu_resource] = str(cls.gpus)
         requests[settings.gpu_resource] = str(cls.gpus)
-        if settings.tolerate_gpu_taint:
-            tolerations.append({"key": settings.gpu_resource, "operator": "Exists", "effect": "NoSchedule"})
+    tolerations = pod_tolerations(settings, cls)
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "terminationGracePeriodSeconds": int(plan.grace) + 1,
