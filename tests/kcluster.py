@@ -86,6 +86,7 @@ class Emulator(kmock.KubernetesEmulator):
 
     cluster: FakeCluster | None = None
     created: list[dict[str, Any]] = []  # every pod create request, as sent (set per instance)
+    streams: set[asyncio.Task[None]] = set()  # watches being served (set per instance)
     _version = 0
 
     async def _handle(self, request: kmock.Request) -> web.StreamResponse:
@@ -127,8 +128,11 @@ class Emulator(kmock.KubernetesEmulator):
                 if isinstance(event, dict) and _selected(event.get("object") or {}, selector):
                     await resp.write(json.dumps(event).encode() + b"\n")
 
+        task = asyncio.create_task(pump())
+        self.streams.add(task)  # ended when the cluster stops (a watch never ends by itself)
         with contextlib.suppress(asyncio.TimeoutError, ConnectionResetError, asyncio.CancelledError):
-            await asyncio.wait_for(pump(), timeout or None)
+            await asyncio.wait_for(task, timeout or None)
+        self.streams.discard(task)
         with contextlib.suppress(ConnectionResetError):
             await resp.write_eof()
         return resp
@@ -203,12 +207,18 @@ class FakeCluster:
                 emulator.resources[resource] = {}
             emulator.cluster = self
             emulator.created = []
+            emulator.streams = set()
             self.emulator = emulator
             self.url = str(server.url).rstrip("/")
             self._session = aiohttp.ClientSession()
             ticker = asyncio.create_task(self._tick_forever())
             self._ready.set()
             await self._stop.wait()
+            self.paused = True
+            for name in list(self.running):  # pods' processes end, and with them log streams
+                self._kill(name, 0)
+            for task in list(emulator.streams):
+                task.cancel()
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker

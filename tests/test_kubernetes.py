@@ -177,7 +177,7 @@ def test_the_lab_first_then_the_cloud_once_the_queue_is_deep(fleet, cluster, tmp
     _good(client, "localhost")
     _good(client, "kubernetes-nvidia-t4")
     spec = {"burst": "allowed", "resources": {"accelerator": "nvidia-t4"}}
-    first = client.submit({**spec, "name": "lab-first", "run": "sleep 4"}).id
+    first = client.submit({**spec, "name": "lab-first", "run": "sleep 60"}).id
     eventually(lambda: client.job(first).state == "RUNNING", what="first job running")
     assert client.job(first).attempt_list[0].host == "localhost"
     waiting = [client.submit({**spec, "name": f"w{i}", "run": "echo ran in $FLEET_HOST"}).id for i in range(2)]
@@ -188,12 +188,15 @@ def test_the_lab_first_then_the_cloud_once_the_queue_is_deep(fleet, cluster, tmp
     why_never = fleet.cli_json("why", never)
     assert "elastic pool of backend kubernetes (the job has burst: never)" in why_never["reasons"], why_never
     third = client.submit({**spec, "name": "w2", "run": "echo ran in $FLEET_HOST"}).id  # 3 > depth 2
-    for job_id in [*waiting, third]:
-        assert client.wait(job_id, 60).state == "SUCCEEDED"
     # the excess over the depth bursts (the oldest first); the rest wait for the lab
-    hosts = [client.job(j).attempt_list[0].host for j in [*waiting, third]]
-    assert hosts == ["kubernetes-nvidia-t4", "localhost", "localhost"], hosts
-    assert client.wait(never, 60).attempt_list[0].host == "localhost"
+    burst = client.wait(waiting[0], 60)
+    assert burst.state == "SUCCEEDED" and burst.attempt_list[0].host == "kubernetes-nvidia-t4", burst
+    assert [client.job(j).state for j in (waiting[1], third, never)] == ["PENDING"] * 3
+    client.cancel(first)
+    for job_id in (waiting[1], third, never):
+        done = client.wait(job_id, 60)
+        assert done.state == "SUCCEEDED" and done.attempt_list[0].host == "localhost", done
+    assert len(cluster.started) == 1
     listing = fleet.cli("jobs", "--limit", "10").stdout
     assert "kubernetes-nvidia-t4" in listing and "localhost" in listing
 
@@ -205,16 +208,22 @@ def test_a_pod_no_node_takes_goes_back_to_the_lab(fleet, cluster, tmp_path):
     client = fleet.start(_inventory(tmp_path), config=_config(
         cluster, tmp_path, backend={"provision_timeout": 2}))
     _good(client, "localhost")
-    blocker = client.submit({"name": "blocker", "resources": {"accelerator": "nvidia-t4"}, "run": "sleep 5"}).id
+    blocker = client.submit({"name": "blocker", "resources": {"accelerator": "nvidia-t4"}, "run": "sleep 60"}).id
     eventually(lambda: client.job(blocker).state == "RUNNING", what="blocker running")
     job = client.submit({"name": "bursty", "burst": "allowed", "resources": {"accelerator": "nvidia-t4"},
                          "run": "echo ran in $FLEET_HOST"}).id
+    back = eventually(lambda: (d := client.job(job)).attempt_list and d.attempt_list[0].reason and d,
+                      timeout=30, what="the pod given up")
+    first = back.attempt_list[0]
+    assert (first.host, first.reason) == ("kubernetes-nvidia-t4", "no_capacity"), first
+    assert "0/1 nodes are available: 1 Insufficient nvidia.com/gpu" in first.message
+    assert back.state in ("PENDING", "RETRYING")  # back in the lab's queue, not bursting again
+    why = fleet.cli_json("why", job)
+    assert "found no capacity for this job before (it waits for the lab)" in why["reasons"], why
+    client.cancel(blocker)
     done = client.wait(job, 60)
     assert done.state == "SUCCEEDED", done
-    first, second = done.attempt_list
-    assert (first.host, first.reason) == ("kubernetes-nvidia-t4", "no_capacity")
-    assert "0/1 nodes are available: 1 Insufficient nvidia.com/gpu" in first.message
-    assert second.host == "localhost"
+    assert [a.host for a in done.attempt_list] == ["kubernetes-nvidia-t4", "localhost"]
     assert not cluster.started and not cluster.pods()
 
 
