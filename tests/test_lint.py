@@ -23,6 +23,6 @@ def test_mypy_strict_finds_nothing_in_fleet():
 
 
 def test_ruff_finds_nothing():
-    out = subprocess.run([sys.executable, "-m", "ruff", "check", "fleet", "runners", "tests", "bench", "tui"],
+    out = subprocess.run([sys.executable, "-m", "ruff", "check", "fleet", "runners", "tests", "bench", "tui", "images"],
                          cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout[-20000:] + out.stderr[-5000:]

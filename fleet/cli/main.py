@@ -524,7 +524,7 @@ def token_revoke(obj: Ctx, token_ids: tuple[int, ...], as_json: bool) -> None:
         click.echo(f"revoked token {t.id} ({t.name}) of {t.user}")
 
 
-from fleet.cli import lab, matrix, tui  # noqa: E402,F401 - register their commands on cli
+from fleet.cli import images, lab, matrix, tui  # noqa: E402,F401 - register their commands on cli
 
 
 def main() -> None:

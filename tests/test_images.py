@@ -1,0 +1,121 @@
+"""Runner images (images/, fleet.images, ``fleet images``): every Containerfile is hadolint
+clean; the compatibility rules (L4T, HailoRT); the build commands per image and architecture;
+and the CPU image built here, for real, on a base made of this machine's own Python (no
+registry reachable), then run: the ONNX Runtime runner inside it gives the record it gives on
+the host. GPU, Jetson and Hailo images are linted and their build commands checked only: their
+bases (nvcr.io, docker.io) and HailoRT packages cannot be reached here."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fleet import images as img
+
+REPO = Path(__file__).resolve().parent.parent
+PODMAN = ["podman", "--runtime", "runc"]
+RUN = [*PODMAN, "run", "--rm", "--network", "none", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
+
+
+def test_every_containerfile_is_hadolint_clean():
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    files = sorted(REPO.glob("images/*/Containerfile"))
+    assert {f.parent.name for f in files} == set(img.IMAGES)
+    out = subprocess.run([hadolint, *map(str, files)], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    for f in files:
+        text = f.read_text()
+        assert "USER 10001" in text, f"{f}: runs as root"
+        assert "COPY runners/ /opt/fleet/lib/" in text, f"{f}: lacks fleet's runners and agent"
+        assert "org.opencontainers.image.title" in text and "dev.fleet.runner" in text
+
+
+@pytest.mark.parametrize(("host", "image", "ok"), [
+    ("36.4.0", "36.4.0", True), ("36.4.3", "36.4.0", True), ("r36.4", "36.4.0", True),
+    ("36.3.0", "36.4.0", False), ("36.4.0", "36.3.0", False),
+    ("35.4.1", "35.1.0", True), ("35.1", "35.4.1", True),
+    ("35.4.1", "36.4.0", False), ("36.4.0", "35.4.1", False), ("", "36.4.0", False),
+])
+def test_l4t_rule(host, image, ok):
+    why = img.l4t_compatible(host, image)
+    assert (why is None) is ok, why
+
+
+def test_hailort_must_equal_the_driver():
+    assert img.hailort_compatible("4.20.0", "4.20.0") is None
+    assert "must be equal" in img.hailort_compatible("4.19.0", "4.20.0")
+    assert "unknown" in img.hailort_compatible("", "4.20.0")
+
+
+def test_build_commands_name_platform_tag_and_versions(tmp_path):
+    cmd = img.build_command("cpu-ort", "aarch64", REPO, tool="podman", base="localhost/b:1", runtime="runc")
+    assert cmd[:3] == ["podman", "build", "--platform"] and cmd[3] == "linux/arm64"
+    assert "fleet-runner-cpu-ort:1.20.1-aarch64" in cmd and "--pull=never" in cmd
+    assert "BASE=localhost/b:1" in cmd and cmd[-1] == str(REPO)
+    hailo = img.build_command("hailo", "x86_64", REPO, tool="/usr/bin/buildah", args={"HAILORT_VERSION": "4.19.0"})
+    assert hailo[1] == "bud" and "fleet-runner-hailo:4.19.0-x86_64" in hailo
+    with pytest.raises(img.FleetError, match="built for aarch64, not x86_64"):
+        img.build_command("jetson-r36", "x86_64", REPO, tool="podman")
+    with pytest.raises(img.FleetError, match="no image named"):
+        img.build_command("nope", "x86_64", REPO, tool="podman")
+
+
+def _have_podman() -> str | None:
+    if not shutil.which("podman") or not shutil.which("runc") or not shutil.which("busybox"):
+        return "podman, runc and busybox-static are not installed (.ci/run installs them)"
+    probe = subprocess.run([*PODMAN, "info"], capture_output=True, text=True, check=False)
+    return None if probe.returncode == 0 else f"podman cannot run here: {probe.stderr[-300:]}"
+
+
+@pytest.mark.long
+@pytest.mark.timeout(600)
+def test_the_cpu_image_builds_here_and_runs_the_onnxruntime_runner_as_the_host_does(tmp_path):
+    why = _have_podman()
+    if why:
+        pytest.skip(why)
+    base = f"localhost/fleet-hostbase:test-{os.getpid()}"
+    subprocess.run([sys.executable, str(REPO / "images" / "hostbase.py"), base], check=True, cwd=REPO,
+                   capture_output=True)
+    built = subprocess.run([sys.executable, "-m", "fleet", "images", "build", "cpu-ort", "--arch", "x86_64",
+                            "--base", base, "--runtime", "runc", "--build-arg", f"ORT_VERSION=test{os.getpid()}"],
+                           capture_output=True, text=True, check=False, cwd=REPO)
+    assert built.returncode == 0, built.stdout + built.stderr
+    image = built.stdout.strip().splitlines()[-1]
+    try:
+        meta = json.loads(subprocess.run([*PODMAN, "image", "inspect", image], capture_output=True, text=True,
+                                         check=True).stdout)[0]
+        labels = meta["Config"]["Labels"] if "Config" in meta else meta["Labels"]
+        assert labels["dev.fleet.runner"] == "onnxruntime"
+        assert labels["org.opencontainers.image.title"] == "fleet-runner-cpu-ort"
+        assert meta["Config"]["User"] == "10001:10001"
+
+        def run_here(where: Path, argv: list[str]) -> dict:
+            where.mkdir(mode=0o777)
+            os.chmod(where, 0o777)
+            shutil.copy(REPO / "examples" / "models" / "tinycnn.onnx", where / "tinycnn.onnx")
+            (where / "job.json").write_text(json.dumps({
+                "schema": 1, "job_id": "j1", "attempt_id": "a1", "host": "h", "name": "ort", "kind": "benchmark",
+                "runner": "onnxruntime", "device_class": "x86_64/cpu", "inputs": {"model": "tinycnn.onnx"},
+                "params": {"warmup": 2, "iterations": 20, "threads": 1}, "outputs": []}))
+            done = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=where)
+            assert done.returncode == 0, done.stdout + done.stderr
+            return json.loads((where / "result.json").read_text())
+
+        inside = run_here(tmp_path / "in", [*RUN, "-v", f"{tmp_path / 'in'}:/fleet/attempt", "-w", "/fleet/attempt",
+                                            image, "python3", "/opt/fleet/lib/onnxruntime/run.py", "job.json"])
+        host = run_here(tmp_path / "host", [sys.executable, str(REPO / "runners" / "onnxruntime" / "run.py"),
+                                            "job.json"])
+        # the same record: model, shapes, tool and its version, metrics present; only timings differ
+        assert inside["model"] == host["model"]
+        assert inside["tool"]["name"] == host["tool"]["name"] == "onnxruntime"
+        assert inside["tool"]["version"] == host["tool"]["version"]
+        assert set(inside["metrics"]) == set(host["metrics"])
+        assert inside["metrics"]["latency_ms"]["median"] > 0
+    finally:
+        subprocess.run([*PODMAN, "rmi", "-f", image, base], capture_output=True, check=False)
