@@ -78,6 +78,20 @@ def hailort_compatible(driver: str, image: str) -> str | None:
     return None
 
 
+def for_class(arch: str, accelerator: str) -> str | None:
+    """The runner image a device class runs by default (None: no image fits it)."""
+    a = accelerator.lower()
+    if a == "cpu":
+        return "cpu-ort"
+    if a.startswith("hailo"):
+        return "hailo"
+    if a.startswith(("jetson", "orin", "xavier")):
+        return "jetson-r36" if arch == "aarch64" else None
+    if a.startswith("nvidia") or a.startswith(("rtx", "t4", "l4", "a100", "h100")):
+        return "cuda-trt10" if arch == "x86_64" else None
+    return None
+
+
 def tag(name: str, arch: str, args: dict[str, str] | None = None, repo: str = "fleet-runner") -> str:
     d = IMAGES[name]
     values = dict(d.args, **(args or {}))

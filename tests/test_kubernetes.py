@@ -162,6 +162,14 @@ def test_settings_errors_name_the_key():
         with pytest.raises(ValidationError) as info:
             KubernetesSettings.model_validate(bad)
         assert where in str(info.value), (bad, info.value)
+    # a class naming no image runs the runner image of images/ for its device class
+    s = KubernetesSettings.model_validate({"image_registry": "registry.example/fleet/", "classes": {
+        "x86_64/nvidia-t4": {"gpu": "T4"}, "x86_64/cpu": {}, "aarch64/jetson-orin-nano": {}}})
+    assert s.classes["x86_64/nvidia-t4"].image == "registry.example/fleet/fleet-runner-cuda-trt10:10.7-x86_64"
+    assert s.classes["x86_64/cpu"].image == "registry.example/fleet/fleet-runner-cpu-ort:1.20.1-x86_64"
+    assert s.classes["aarch64/jetson-orin-nano"].image == "registry.example/fleet/fleet-runner-jetson-r36:36.4.0-aarch64"
+    with pytest.raises(ValidationError, match=r"classes.x86_64/nvidia-t4.image: name the image"):
+        KubernetesSettings.model_validate({"classes": {"x86_64/nvidia-t4": {"gpu": "T4"}}})
 
 
 def _pod_of(cluster: FakeCluster, attempt_id: str) -> str:

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from fleet import images
 from fleet.backends.kubernetes.labels import Accelerator, LabelError
 from fleet.models.spec import parse_duration
 
@@ -38,7 +39,8 @@ class ClassSettings(_Strict):
 
     gpu: str | None = Field(None, description="the cloud accelerator: T4, L4, A100-80GB (none: CPU pods)")
     gpus: int = Field(1, ge=1, le=16, description="GPUs per pod")
-    image: str = Field(description="the runner image pods of this class run (images/)")
+    image: str | None = Field(None, description="the image pods of this class run (default: the class's "
+                                                "runner image of images/, under image_registry)")
     pools: list[str] | None = Field(None, description="fleet pools the class serves (default: every "
                                                       "inventory pool with a host of this class)")
     max_pods: int | None = Field(None, ge=1, description="pods of this class at once (default: the backend's)")
@@ -78,6 +80,8 @@ class KubernetesSettings(_Strict):
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
     tolerate_gpu_taint: bool = Field(True, description="tolerate the usual GPU-node taint (gpu_resource, "
                                                        "NoSchedule), as GKE adds it")
+    image_registry: str | None = Field(None, description="where fleet's runner images are pushed, e.g. "
+                                                         "registry.example/fleet (for classes naming no image)")
     service_account: str | None = None
     image_pull_secrets: list[str] = Field(default_factory=list)
     provision_timeout: float = Field(600.0, gt=0, description="seconds a pod may wait for a node before "
@@ -124,6 +128,14 @@ class KubernetesSettings(_Strict):
     def _kubeconfig(self) -> KubernetesSettings:
         if self.in_cluster and (self.kubeconfig or self.context):
             raise ValueError("in_cluster takes no kubeconfig or context")
+        for device_class, cls in self.classes.items():
+            if cls.image is None:
+                arch, accelerator = device_class.split("/")
+                name = images.for_class(arch, accelerator)
+                if name is None or not self.image_registry:
+                    raise ValueError(f"classes.{device_class}.image: name the image (or set image_registry"
+                                     f"{'' if name else ' — no runner image of images/ fits this class'})")
+                cls.image = f"{self.image_registry.rstrip('/')}/{images.tag(name, arch)}"
         return self
 
     @property
