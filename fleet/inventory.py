@@ -73,6 +73,9 @@ class Host:
     isolation: str = "none"  # fleet_isolation: none (one account) | user (one per fleet user)
     job_user: str | None = None  # fleet_job_user: the account other users' jobs run as
     env_keep: tuple[str, ...] = ()  # fleet_env_keep: host variables jobs keep (names, NAME_*)
+    container_engine: str | None = None  # fleet_container_engine: docker | podman (jobs with image:)
+    container_runtime: str | None = None  # fleet_container_runtime: the OCI runtime, e.g. runc
+    container_args: tuple[str, ...] = ()  # fleet_container_args: more flags for every container
     # Which backend runs its attempts ("ssh" for the inventory's hosts). An elastic host is a
     # backend's pool (cloud burst): ``slots`` is its limit, it starts capacity on demand after
     # ``startup_latency`` seconds at ``cost`` per slot-hour, and takes only burst jobs.
@@ -107,6 +110,7 @@ class Host:
 
 
 ISOLATIONS = ("none", "user")
+CONTAINER_ENGINES = ("docker", "podman")
 UNIX_NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 ENV_KEEP_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\*?$")
 
@@ -386,6 +390,21 @@ def _host_from_vars(
     else:
         raise v.error("fleet_env_keep", f"is {keep_raw!r}; expected a list of variable names "
                                         "(a trailing * keeps every name with that prefix)")
+    engine = (v.str("fleet_container_engine") or "").strip().lower() or None
+    if engine is not None and engine not in CONTAINER_ENGINES:
+        raise v.error("fleet_container_engine", f"is {engine!r}; expected docker or podman")
+    runtime = (v.str("fleet_container_runtime") or "").strip() or None
+    if runtime is not None and not re.match(r"^[A-Za-z0-9_./-]+$", runtime):
+        raise v.error("fleet_container_runtime", f"is {runtime!r}; expected a runtime name like runc")
+    args_raw = v.raw("fleet_container_args")
+    if args_raw is None:
+        container_args: tuple[str, ...] = ()
+    elif isinstance(args_raw, str):
+        container_args = tuple(shlex.split(args_raw))
+    elif isinstance(args_raw, (list, tuple)) and all(isinstance(a, str) for a in args_raw):
+        container_args = tuple(args_raw)
+    else:
+        raise v.error("fleet_container_args", f"is {args_raw!r}; expected a list of flags")
 
     return Host(
         name=name,
@@ -407,6 +426,9 @@ def _host_from_vars(
         isolation=isolation,
         job_user=job_user.strip() if job_user else None,
         env_keep=env_keep,
+        container_engine=engine,
+        container_runtime=runtime,
+        container_args=container_args,
     )
 
 

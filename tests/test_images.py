@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from fleet import images as img
+from tests.helpers import eventually
 
 REPO = Path(__file__).resolve().parent.parent
 PODMAN = ["podman", "--runtime", "runc"]
@@ -73,9 +74,9 @@ def _have_podman() -> str | None:
     return None if probe.returncode == 0 else f"podman cannot run here: {probe.stderr[-300:]}"
 
 
-@pytest.mark.long
-@pytest.mark.timeout(600)
-def test_the_cpu_image_builds_here_and_runs_the_onnxruntime_runner_as_the_host_does(tmp_path):
+@pytest.fixture(scope="module")
+def cpu_image():
+    """The CPU runner image, built here for real on a base of this machine's own Python."""
     why = _have_podman()
     if why:
         pytest.skip(why)
@@ -87,35 +88,112 @@ def test_the_cpu_image_builds_here_and_runs_the_onnxruntime_runner_as_the_host_d
                            capture_output=True, text=True, check=False, cwd=REPO)
     assert built.returncode == 0, built.stdout + built.stderr
     image = built.stdout.strip().splitlines()[-1]
-    try:
-        meta = json.loads(subprocess.run([*PODMAN, "image", "inspect", image], capture_output=True, text=True,
-                                         check=True).stdout)[0]
-        labels = meta["Config"]["Labels"] if "Config" in meta else meta["Labels"]
-        assert labels["dev.fleet.runner"] == "onnxruntime"
-        assert labels["org.opencontainers.image.title"] == "fleet-runner-cpu-ort"
-        assert meta["Config"]["User"] == "10001:10001"
+    yield image
+    subprocess.run([*PODMAN, "rmi", "-f", image, base], capture_output=True, check=False)
 
-        def run_here(where: Path, argv: list[str]) -> dict:
-            where.mkdir(mode=0o777)
-            os.chmod(where, 0o777)
-            shutil.copy(REPO / "examples" / "models" / "tinycnn.onnx", where / "tinycnn.onnx")
-            (where / "job.json").write_text(json.dumps({
-                "schema": 1, "job_id": "j1", "attempt_id": "a1", "host": "h", "name": "ort", "kind": "benchmark",
-                "runner": "onnxruntime", "device_class": "x86_64/cpu", "inputs": {"model": "tinycnn.onnx"},
-                "params": {"warmup": 2, "iterations": 20, "threads": 1}, "outputs": []}))
-            done = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=where)
-            assert done.returncode == 0, done.stdout + done.stderr
-            return json.loads((where / "result.json").read_text())
 
-        inside = run_here(tmp_path / "in", [*RUN, "-v", f"{tmp_path / 'in'}:/fleet/attempt", "-w", "/fleet/attempt",
-                                            image, "python3", "/opt/fleet/lib/onnxruntime/run.py", "job.json"])
-        host = run_here(tmp_path / "host", [sys.executable, str(REPO / "runners" / "onnxruntime" / "run.py"),
-                                            "job.json"])
-        # the same record: model, shapes, tool and its version, metrics present; only timings differ
-        assert inside["model"] == host["model"]
-        assert inside["tool"]["name"] == host["tool"]["name"] == "onnxruntime"
-        assert inside["tool"]["version"] == host["tool"]["version"]
-        assert set(inside["metrics"]) == set(host["metrics"])
-        assert inside["metrics"]["latency_ms"]["median"] > 0
-    finally:
-        subprocess.run([*PODMAN, "rmi", "-f", image, base], capture_output=True, check=False)
+@pytest.mark.long
+@pytest.mark.timeout(600)
+def test_the_cpu_image_builds_here_and_runs_the_onnxruntime_runner_as_the_host_does(tmp_path, cpu_image):
+    image = cpu_image
+    meta = json.loads(subprocess.run([*PODMAN, "image", "inspect", image], capture_output=True, text=True,
+                                     check=True).stdout)[0]
+    labels = meta["Config"]["Labels"] if "Config" in meta else meta["Labels"]
+    assert labels["dev.fleet.runner"] == "onnxruntime"
+    assert labels["org.opencontainers.image.title"] == "fleet-runner-cpu-ort"
+    assert meta["Config"]["User"] == "10001:10001"
+
+    def run_here(where: Path, argv: list[str]) -> dict:
+        where.mkdir(mode=0o777)
+        os.chmod(where, 0o777)
+        shutil.copy(REPO / "examples" / "models" / "tinycnn.onnx", where / "tinycnn.onnx")
+        (where / "job.json").write_text(json.dumps({
+            "schema": 1, "job_id": "j1", "attempt_id": "a1", "host": "h", "name": "ort", "kind": "benchmark",
+            "runner": "onnxruntime", "device_class": "x86_64/cpu", "inputs": {"model": "tinycnn.onnx"},
+            "params": {"warmup": 2, "iterations": 20, "threads": 1}, "outputs": []}))
+        done = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=where)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return json.loads((where / "result.json").read_text())
+
+    inside = run_here(tmp_path / "in", [*RUN, "-v", f"{tmp_path / 'in'}:/fleet/attempt", "-w", "/fleet/attempt",
+                                        image, "python3", "/opt/fleet/lib/onnxruntime/run.py", "job.json"])
+    host = run_here(tmp_path / "host", [sys.executable, str(REPO / "runners" / "onnxruntime" / "run.py"),
+                                        "job.json"])
+    # the same record: model, shapes, tool and its version, metrics present; only timings differ
+    assert inside["model"] == host["model"]
+    assert inside["tool"]["name"] == host["tool"]["name"] == "onnxruntime"
+    assert inside["tool"]["version"] == host["tool"]["version"]
+    assert set(inside["metrics"]) == set(host["metrics"])
+    assert inside["metrics"]["latency_ms"]["median"] > 0
+
+
+@pytest.mark.long
+@pytest.mark.timeout(600)
+def test_jobs_with_image_run_in_it_on_a_host_with_an_engine(fleet, cpu_image, tmp_path):
+    """``image:`` on a host with ``fleet_container_engine``: the job runs in the container (the
+    image's files, no network, the attempt directory mounted), a runner job's record carries the
+    image digest; cancel and timeout stop the container, and nothing is left."""
+    inv = tmp_path / "hosts.yml"
+    inv.write_text(json.dumps({"all": {"hosts": {"localhost": {
+        "ansible_connection": "local", "fleet_slots": 3, "fleet_container_engine": "podman",
+        "fleet_container_runtime": "runc",
+        "fleet_container_args": ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]}}}}))
+    client = fleet.start(inv)
+    shell = client.submit({"name": "inside", "image": cpu_image, "envs": {"GREETING": "hello"},
+                           "run": 'grep -c "^fleet:x:10001" /etc/passwd; ls /sys/class/net; echo "$GREETING"; '
+                                  'echo "digest=$FLEET_IMAGE_DIGEST"; echo made > out.txt; pwd'}).id
+    job = client.wait(shell, 120)
+    log = b"".join(client.logs(shell)).decode()
+    assert job.state == "SUCCEEDED", (job, log)
+    lines = log.split()
+    assert lines[:3] == ["1", "lo", "hello"], log  # the image's /etc/passwd; only loopback
+    assert "digest=sha256:" in log and lines[-1] == "/fleet/attempt"
+
+    sha, size = client.upload(REPO / "examples" / "models" / "tinycnn.onnx")
+    inputs = {"model": {"kind": "file", "filename": "tinycnn.onnx",
+                        "files": {"tinycnn.onnx": {"sha256": sha, "size": size}}}}
+    bench = client.wait(client.submit({"name": "ort-in-image", "kind": "benchmark", "runner": "onnxruntime",
+                                       "image": cpu_image, "inputs": inputs,
+                                       "params": {"warmup": 2, "iterations": 20}}).id, 120)
+    assert bench.state == "SUCCEEDED", bench
+    assert bench.result["environment"]["image_digest"].startswith("sha256:")
+    assert bench.result["model"]["sha256"] == sha
+
+    nap = client.submit({"name": "nap", "image": cpu_image, "run": "sleep 60"}).id
+    slow = client.submit({"name": "slow", "image": cpu_image, "timeout": 2, "run": "sleep 60"}).id
+    attempt = eventually(lambda: (d := client.job(nap)).state == "RUNNING" and d.attempt_list[0].id, what="nap running")
+    client.cancel(nap)
+    assert client.wait(nap, 60).state == "CANCELLED"
+    assert client.wait(slow, 60).state == "TIMED_OUT"
+
+    def containers() -> str:
+        return subprocess.run([*PODMAN, "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True,
+                              check=False).stdout
+
+    assert attempt
+    eventually(lambda: "fleet-a" not in containers(), timeout=30, what="the stopped containers removed")
+
+
+def test_each_class_gets_its_device_the_engines_way_and_only_engine_hosts_take_image_jobs():
+    from fleet import containers
+    from fleet.inventory import Host
+    from fleet.models.spec import JobSpec
+    from fleet.scheduler.placement import Demand, static_reason
+
+    assert containers.devices("podman", "x86_64/nvidia-t4") == ["--device", "nvidia.com/gpu=all"]  # CDI
+    assert containers.devices("docker", "x86_64/rtx5060") == ["--gpus", "all"]
+    assert containers.devices("docker", "aarch64/jetson-orin-nano") == ["--runtime", "nvidia"]
+    assert containers.devices("podman", "aarch64/jetson-orin-nano") == ["--device", "nvidia.com/gpu=all"]
+    assert containers.devices("podman", "x86_64/hailo8") == ["--device", "/dev/hailo0"]
+    assert containers.devices("docker", "x86_64/cpu") == []
+    plain = Host(name="plain", pools=(), arch="x86_64", accelerator="cpu", slots=1)
+    engine = Host(name="engine", pools=(), arch="x86_64", accelerator="cpu", slots=1, container_engine="docker")
+    demand = Demand.of(JobSpec.model_validate({"name": "x", "image": "cpu-ort", "run": "true"}))
+    assert demand.container and demand.key.endswith("[image]")
+    assert static_reason(demand, plain, None) == "no container engine (the job has image:; set fleet_container_engine)"
+    assert static_reason(demand, engine, None) is None
+    assert containers.resolve("cpu-ort", engine) == "fleet-runner-cpu-ort:1.20.1-x86_64"
+    assert containers.resolve("cpu-ort", engine, "reg.example/fleet") == "reg.example/fleet/fleet-runner-cpu-ort:1.20.1-x86_64"
+    assert containers.resolve("docker.io/library/python:3.11", engine) == "docker.io/library/python:3.11"
+    script = containers.wrap(engine, "img:1", "a1", ["python3", "x.py"], ["FLEET_JOB_ID"], network=False, grace=10)[2]
+    assert "docker run --rm --name fleet-a1" in script and "--network none" in script and "--gpus" not in script

@@ -121,6 +121,8 @@ class AttemptPlan:
     inputs: list[InputFile] = field(default_factory=list)
     run_as: str | None = None  # the Unix account the job runs as (None: the agent's own)
     secrets: list[str] = field(default_factory=list)  # values to mask in what is kept of it
+    image: str | None = None  # run in this container image (spec's image:, resolved for the host)
+    network: bool = False  # a container job's network
     reattach: bool = False  # following an attempt a previous controller launched
     follow_only: bool = False  # never launch: only learn how an attempt given up on ended
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fleet import containers
 from fleet.backends.agent import AgentChannel, InputsMissing
 from fleet.backends.base import (
     AttemptPlan,
@@ -375,7 +376,12 @@ class SSHBackend(Backend):
             "isolation": host.isolation,
             "env_keep": list(host.env_keep),
         }
-        if plan.argv is not None:
+        if plan.image is not None:  # in a container: the runner comes from the image (fleet.containers)
+            entry = (manifests()[plan.runner].entry or "run.py") if plan.argv is None else ""
+            payload["argv"] = containers.wrap(
+                host, plan.image, plan.attempt_id, containers.inner_argv(plan.argv, plan.runner, entry),
+                sorted(plan.env), network=plan.network, grace=plan.grace)
+        elif plan.argv is not None:
             payload["argv"] = plan.argv
         else:
             manifest = manifests()[plan.runner]

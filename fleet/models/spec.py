@@ -253,6 +253,11 @@ class JobSpec(_Strict):
     priority: int = Field(500, ge=1, le=1000)
     outputs: list[str] = Field(default_factory=list)
     hooks: Hooks | None = None
+    image: str | None = Field(
+        None, description="run in this container image: a runner image of images/ by name "
+                          "(cpu-ort, cuda-trt10, ...) or a full reference; needs a host with "
+                          "fleet_container_engine (or a cloud pool)")
+    network: bool = Field(False, description="a container job's network (off unless true)")
     burst: Literal["never", "allowed", "only"] = Field(
         "never", description="may the job run on an elastic (cloud) backend: never; allowed, when "
                              "the lab is full past the burst policy; only there (true/false mean "
@@ -260,6 +265,13 @@ class JobSpec(_Strict):
     steps: list[dict[str, Any]] | None = Field(
         None, description="a chain: each step is a job spec that inherits this one's resources, "
                           "params, envs, inputs, timeouts, retries and priority")
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$", value):
+            raise ValueError("must be an image name or reference like cpu-ort or registry.example/img:tag")
+        return value
 
     @field_validator("burst", mode="before")
     @classmethod

@@ -32,6 +32,7 @@ class Demand:
     requires: tuple[str, ...] = ()
     guest: bool = False  # a job of someone other than the server's owner (DESIGN.md §7)
     burst: str = "never"  # never | allowed (to an elastic pool when the burst policy says) | only
+    container: bool = False  # runs in an image: a host with a container engine, or a cloud pool
 
     @classmethod
     def of(cls, spec: JobSpec, guest: bool = False) -> Demand:
@@ -40,6 +41,7 @@ class Demand:
             pool=r.pool, arch=r.arch, accelerator=r.accelerator,
             labels=tuple(sorted(r.labels.items())), slots=r.slots, runner=spec.runner or "shell",
             kind=spec.kind.value, requires=tuple(r.requires), guest=guest, burst=spec.burst,
+            container=spec.image is not None,
         )
 
     @property
@@ -61,6 +63,8 @@ class Demand:
             key += "~guest"
         if self.burst != "never":
             key += "^burst" if self.burst == "allowed" else "^cloud"
+        if self.container:
+            key += "[image]"
         return key
 
     def describe_scope(self) -> str:
@@ -118,6 +122,8 @@ def static_reason(demand: Demand, host: Host, runner: RunnerManifest | None,
         return f"elastic pool of backend {host.backend} (the job has burst: never)"
     if not host.elastic and demand.burst == "only":
         return "not an elastic pool (the job has burst: only)"
+    if demand.container and not host.elastic and host.container_engine is None:
+        return "no container engine (the job has image:; set fleet_container_engine)"
     if demand.guest and host.connection == "local" and host.job_user is None and host.isolation != "user":
         # A job there would run as the server's own account, next to its token and keys.
         return "runs only the server owner's jobs (it is the controller's machine; set fleet_job_user)"

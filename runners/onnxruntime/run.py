@@ -313,6 +313,8 @@ def main(argv):
         },
         "raw": {"per_query": "latencies.json"},
     }
+    if os.environ.get("FLEET_IMAGE_DIGEST"):  # run in a container image: part of the comparison key
+        result["environment"]["image_digest"] = os.environ["FLEET_IMAGE_DIGEST"]
     if reasons:
         result["invalid_reasons"] = reasons
         for r in reasons:

@@ -354,7 +354,16 @@ class KubernetesBackend(Backend):
         with contextlib.suppress(Conflict):  # made by a launch a crash interrupted
             await self._call(f"create secret {name}", "create_namespaced_secret", ns,
                              manifest.secret(self.backend, ns, plan, env))
-        body = manifest.pod(self.backend, self.settings, cls, plan, affinity, self.callback.url)
+        image = None
+        if plan.image is not None:  # the spec's image; a runner image by name comes from image_registry
+            from fleet import images
+
+            arch = plan.host.arch
+            name = plan.image.rsplit("/", 1)[-1]
+            known = next((n for n in images.IMAGES if name == images.tag(n, arch)), None)
+            image = (f"{self.settings.image_registry.rstrip('/')}/{name}" if known and self.settings.image_registry
+                     else plan.image)
+        body = manifest.pod(self.backend, self.settings, cls, plan, affinity, self.callback.url, image)
         try:
             self._see(await self._call(f"create pod {name}", "create_namespaced_pod", ns, body))
         except Conflict:  # it exists, so follow it (never a second pod)

@@ -87,9 +87,10 @@ def pod_tolerations(settings: KubernetesSettings, cls: ClassSettings) -> list[di
 
 
 def pod(backend: str, settings: KubernetesSettings, cls: ClassSettings, plan: AttemptPlan,
-        affinity: list[dict[str, Any]], callback_url: str) -> dict[str, Any]:
+        affinity: list[dict[str, Any]], callback_url: str, image: str | None = None) -> dict[str, Any]:
     """The pod of one attempt. ``affinity``: node match expressions that pick the class's
-    accelerator (fleet.backends.kubernetes.labels.selection)."""
+    accelerator (fleet.backends.kubernetes.labels.selection); ``image``: the job's own image
+    (its spec's ``image:``) instead of the class's."""
     name = pod_name(plan.attempt_id)
     limits: dict[str, str] = dict(cls.limits)
     requests: dict[str, str] = dict(cls.requests)
@@ -103,7 +104,7 @@ def pod(backend: str, settings: KubernetesSettings, cls: ClassSettings, plan: At
         "automountServiceAccountToken": settings.service_account is not None,
         "containers": [{
             "name": "job",
-            "image": cls.image,
+            "image": image or cls.image,
             "imagePullPolicy": "IfNotPresent",
             "command": ["python3", "-c", LOADER],
             "workingDir": WORKDIR,

@@ -1,0 +1,99 @@
+"""Jobs that run in a container image on a lab host (a spec's ``image:``). Pure.
+
+On a host whose inventory names a container engine (``fleet_container_engine: docker|podman``)
+the host agent runs the job's command through the engine instead of directly: the attempt's
+supervisor starts a small shell that runs the container and waits for it, so everything the
+agent does for any job (the log, the timeout, cancel, the attempt lease, reattach after a
+controller crash) holds unchanged. In the container:
+
+* the attempt directory is mounted at ``/fleet/attempt`` and is the working directory; inputs,
+  ``result.json`` and outputs are where they always are, relative to it (the host's input cache,
+  which the input links point into, is mounted read-only at its own path);
+* the job runs as the agent's own uid:gid (files it writes are the agent's to collect);
+* no network unless the spec says ``network: true``;
+* the device its class needs is passed the way the engine takes it (``devices``);
+* the image's digest is written to ``image.digest`` and given to the job as
+  ``FLEET_IMAGE_DIGEST`` (runners record it in the result's environment: a comparison key);
+* TERM (timeout, cancel) stops the container within the grace period (the stop runs in its own
+  session, so the KILL after the grace period cannot cut it short); ``--rm`` removes it.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from fleet import images
+from fleet.inventory import Host
+
+MOUNT = "/fleet/attempt"
+LIB = "/opt/fleet/lib"  # where runner images carry fleet's runners (images/)
+
+
+def resolve(image: str, host: Host, registry: str | None = None) -> str:
+    """An image as a spec names it: a runner image of ``images/`` by name (``cpu-ort``: its
+    tag for the host's arch, under ``registry`` when given) or a full reference."""
+    if image in images.IMAGES:
+        tag = images.tag(image, host.arch)
+        return f"{registry.rstrip('/')}/{tag}" if registry else tag
+    return image
+
+
+def devices(engine: str, device_class: str) -> list[str]:
+    """The flags that give a container its class's accelerator."""
+    arch, _, accelerator = device_class.partition("/")
+    a = accelerator.lower()
+    if a.startswith("hailo"):
+        return ["--device", "/dev/hailo0"]
+    if a.startswith(("jetson", "orin", "xavier")):
+        # JetPack: the NVIDIA container runtime (docker); podman through CDI (JetPack 6)
+        return ["--runtime", "nvidia"] if engine == "docker" else ["--device", "nvidia.com/gpu=all"]
+    if a != "cpu" and arch == "x86_64":
+        return ["--gpus", "all"] if engine == "docker" else ["--device", "nvidia.com/gpu=all"]
+    return []
+
+
+def wrap(host: Host, image: str, attempt_id: str, inner: list[str], env_names: list[str], *,
+         network: bool, grace: float) -> list[str]:
+    """The command the agent runs for a job in ``image``: ``sh -c`` running the container."""
+    q = shlex.quote
+    engine = host.container_engine or "podman"
+    name = f"fleet-{attempt_id.lower()}"
+    words = [q(engine)]
+    if host.container_runtime and engine == "podman":
+        words += ["--runtime", q(host.container_runtime)]
+    words += ["run", "--rm", "--name", q(name), "--user", '"$(id -u):$(id -g)"',
+              "--network", "bridge" if network else "none", "-v", f'"$PWD":{MOUNT}', "-w", MOUNT,
+              # inputs are links into the host's cache (<workdir>/cache): there too, read-only
+              '${cache:+-v "$cache:$cache:ro"}',
+              "-e", f"FLEET_ATTEMPT_DIR={MOUNT}", "-e", f"FLEET_RESULT={MOUNT}/result.json",
+              "-e", "FLEET_IMAGE_DIGEST"]
+    if host.container_runtime and engine == "docker":
+        words += ["--runtime", q(host.container_runtime)]
+    for key in env_names:  # each value comes from the agent's environment for the job
+        if key not in ("FLEET_ATTEMPT_DIR", "FLEET_RESULT"):
+            words += ["-e", q(key)]
+    words += [q(w) for w in devices(engine, host.device_class) + list(host.container_args)]
+    words += [q(image), *(q(w) for w in inner)]
+    script = f"""
+FLEET_IMAGE_DIGEST=$({q(engine)} image inspect --format '{{{{.Digest}}}}' {q(image)} 2>/dev/null) || {{
+  echo {q(f"fleet: image {image} is not on this host ({engine} pull it, or fleet images build)")} >&2; exit 125; }}
+export FLEET_IMAGE_DIGEST
+cache=$(cd "$PWD/../../cache" 2>/dev/null && pwd)
+printf '%s\\n' "$FLEET_IMAGE_DIGEST" > image.digest
+# TERM (timeout, cancel): stop the container, from outside this process group so the KILL that
+# follows the grace period cannot cut the stop short and leave it running.
+trap 'setsid {q(engine)} stop -t {max(int(grace) - 1, 0)} {q(name)} >/dev/null 2>&1 &' TERM INT
+{" ".join(words)} &
+pid=$!
+wait $pid; rc=$?
+while kill -0 $pid 2>/dev/null; do wait $pid; rc=$?; done
+exit $rc
+"""
+    return ["/bin/sh", "-c", script]
+
+
+def inner_argv(argv: list[str] | None, runner: str, entry: str) -> list[str]:
+    """The command inside the container: the job's own, or its runner from the image's copy."""
+    if argv is not None:
+        return argv
+    return ["python3", "-B", f"{LIB}/{runner}/{entry}", "job.json"]
