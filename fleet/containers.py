@@ -27,6 +27,7 @@ from fleet.inventory import Host
 
 MOUNT = "/fleet/attempt"
 LIB = "/opt/fleet/lib"  # where runner images carry fleet's runners (images/)
+LABEL = "dev.fleet.workdir"  # on every job container: the fleet (its workdir on the host) that made it
 
 
 def resolve(image: str, host: Host, registry: str | None = None) -> str:
@@ -61,7 +62,8 @@ def wrap(host: Host, image: str, attempt_id: str, inner: list[str], env_names: l
     words = [q(engine)]
     if host.container_runtime and engine == "podman":
         words += ["--runtime", q(host.container_runtime)]
-    words += ["run", "--rm", "--name", q(name), "--user", '"$(id -u):$(id -g)"',
+    words += ["run", "--rm", "--name", q(name), "--label", q(f"{LABEL}={host.workdir}"),
+              "--user", '"$(id -u):$(id -g)"',
               "--network", "bridge" if network else "none", "-v", f'"$PWD":{MOUNT}', "-w", MOUNT,
               # inputs are links into the host's cache (<workdir>/cache): there too, read-only
               '${cache:+-v "$cache:$cache:ro"}',
@@ -75,8 +77,7 @@ def wrap(host: Host, image: str, attempt_id: str, inner: list[str], env_names: l
     words += [q(w) for w in devices(engine, host.device_class) + list(host.container_args)]
     words += [q(image), *(q(w) for w in inner)]
     script = f"""
-FLEET_IMAGE_DIGEST=$({q(engine)} image inspect --format '{{{{.Digest}}}}' {q(image)} 2>/dev/null) || {{
-  echo {q(f"fleet: image {image} is not on this host ({engine} pull it, or fleet images build)")} >&2; exit 125; }}
+FLEET_IMAGE_DIGEST=$({q(engine)} image inspect --format '{{{{.Digest}}}}' {q(image)} 2>/dev/null)
 export FLEET_IMAGE_DIGEST
 cache=$(cd "$PWD/../../cache" 2>/dev/null && pwd)
 printf '%s\\n' "$FLEET_IMAGE_DIGEST" > image.digest
@@ -90,6 +91,45 @@ while kill -0 $pid 2>/dev/null; do wait $pid; rc=$?; done
 exit $rc
 """
     return ["/bin/sh", "-c", script]
+
+
+def prepare(host: Host, image: str, pull: str) -> str:
+    """The setup phase of a job in ``image`` (on the host, before the container): the image is
+    there, or pulled by the pull policy (``if-missing``, ``always``, ``never``) with the
+    engine's progress in the job's log. Failing here is ``setup_failed``, saying why."""
+    q = shlex.quote
+    engine = q(host.container_engine or "podman")
+    missing = q(f"fleet: image {image} is not on this host and the job's pull policy is never "
+                f"(build it there: fleet images build, or load it)")
+    return f"""
+if [ {q(pull)} = always ] || ! {engine} image inspect {q(image)} >/dev/null 2>&1; then
+  if [ {q(pull)} = never ]; then echo {missing} >&2; exit 125; fi
+  echo {q(f"fleet: pulling {image}")}
+  {engine} pull {q(image)} || {{ echo {q(f"fleet: cannot pull {image}")} >&2; exit 125; }}
+fi
+"""
+
+
+def with_setup(setup: str | None, inner: list[str]) -> list[str]:
+    """The spec's own ``setup`` runs in the container too, ahead of the command (its failure
+    is then the command's exit status)."""
+    if not setup:
+        return inner
+    return ["/bin/sh", "-c", f'{setup}\nexec "$@"', "fleet-setup", *inner]
+
+
+def sweep(host: Host, keep: list[str]) -> str:
+    """A command that removes fleet's containers on the host whose attempts are not in
+    ``keep`` (a crash's leftovers; ``--rm`` removes those that end normally)."""
+    q = shlex.quote
+    engine = [host.container_engine or "podman"]
+    if host.container_runtime and engine[0] == "podman":
+        engine += ["--runtime", host.container_runtime]
+    e = " ".join(q(w) for w in engine)
+    kept = " ".join(q(f"fleet-{a.lower()}") for a in keep) or "-"
+    mine = q(f"label={LABEL}={host.workdir}")  # this fleet's containers on the host, no one else's
+    return (f"for n in $({e} ps -a --filter {mine} --format '{{{{.Names}}}}' 2>/dev/null); do "
+            f"case \" {kept} \" in *\" $n \"*) ;; *) {e} rm -f \"$n\" >/dev/null 2>&1 && echo \"$n\";; esac; done")
 
 
 def inner_argv(argv: list[str] | None, runner: str, entry: str) -> list[str]:

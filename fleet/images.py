@@ -78,6 +78,25 @@ def hailort_compatible(driver: str, image: str) -> str | None:
     return None
 
 
+def refuses(image: str, arch: str, facts: dict[str, object] | None) -> str | None:
+    """Why a host (its arch, what its probe found) cannot run ``image`` — a runner image of
+    ``images/`` by name; other references are not checked (None)."""
+    d = IMAGES.get(image)
+    if d is None:
+        return None
+    if arch not in d.arches:
+        return f"image {image} is built for {', '.join(d.arches)}"
+    facts = facts or {}
+    if image.startswith("jetson-"):
+        why = l4t_compatible(str(facts.get("l4t") or ""), d.args["L4T_VERSION"])
+        return f"image {image}: {why}" if why else None
+    if image == "hailo":
+        why = hailort_compatible(str(facts.get("hailo_driver") or facts.get("hailort") or ""),
+                                 d.args["HAILORT_VERSION"])
+        return f"image {image}: {why}" if why else None
+    return None
+
+
 def for_class(arch: str, accelerator: str) -> str | None:
     """The runner image a device class runs by default (None: no image fits it)."""
     a = accelerator.lower()

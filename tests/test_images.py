@@ -138,16 +138,28 @@ def test_jobs_with_image_run_in_it_on_a_host_with_an_engine(fleet, cpu_image, tm
         "ansible_connection": "local", "fleet_slots": 3, "fleet_container_engine": "podman",
         "fleet_container_runtime": "runc",
         "fleet_container_args": ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]}}}}))
-    client = fleet.start(inv)
+    # a container a crash left (labelled by this fleet): the retention pass removes it; one that
+    # is not this fleet's stays
+    from fleet.config import load_settings
+    workdir = str(load_settings().local_workdir)
+    subprocess.run([*PODMAN, "create", "--name", "fleet-a0stray", "--label", f"dev.fleet.workdir={workdir}",
+                    cpu_image, "true"], capture_output=True, check=True)
+    subprocess.run([*PODMAN, "create", "--name", "fleet-a0other", cpu_image, "true"], capture_output=True, check=True)
+    client = fleet.start(inv, config={"gc_interval": 1})
     shell = client.submit({"name": "inside", "image": cpu_image, "envs": {"GREETING": "hello"},
+                           "setup": "echo prepared > prep.txt",
                            "run": 'grep -c "^fleet:x:10001" /etc/passwd; ls /sys/class/net; echo "$GREETING"; '
-                                  'echo "digest=$FLEET_IMAGE_DIGEST"; echo made > out.txt; pwd'}).id
+                                  'echo "digest=$FLEET_IMAGE_DIGEST"; cat prep.txt; pwd'}).id
     job = client.wait(shell, 120)
     log = b"".join(client.logs(shell)).decode()
     assert job.state == "SUCCEEDED", (job, log)
     lines = log.split()
     assert lines[:3] == ["1", "lo", "hello"], log  # the image's /etc/passwd; only loopback
-    assert "digest=sha256:" in log and lines[-1] == "/fleet/attempt"
+    assert "digest=sha256:" in log and lines[-2:] == ["prepared", "/fleet/attempt"]  # setup ran inside
+    missing = client.wait(client.submit({"name": "missing", "image": "localhost/no-such-image:1", "pull": "never",
+                                         "run": "true"}).id, 60)
+    assert (missing.state, missing.reason) == ("FAILED", "setup_failed"), missing
+    assert "not on this host and the job's pull policy is never" in b"".join(client.logs(missing.id)).decode()
 
     sha, size = client.upload(REPO / "examples" / "models" / "tinycnn.onnx")
     inputs = {"model": {"kind": "file", "filename": "tinycnn.onnx",
@@ -171,7 +183,9 @@ def test_jobs_with_image_run_in_it_on_a_host_with_an_engine(fleet, cpu_image, tm
                               check=False).stdout
 
     assert attempt
-    eventually(lambda: "fleet-a" not in containers(), timeout=30, what="the stopped containers removed")
+    eventually(lambda: containers().split() == ["fleet-a0other"], timeout=30,
+               what="the stopped and the stray containers removed, the other fleet's kept")
+    subprocess.run([*PODMAN, "rm", "-f", "fleet-a0other"], capture_output=True, check=False)
 
 
 def test_each_class_gets_its_device_the_engines_way_and_only_engine_hosts_take_image_jobs():
@@ -189,11 +203,48 @@ def test_each_class_gets_its_device_the_engines_way_and_only_engine_hosts_take_i
     plain = Host(name="plain", pools=(), arch="x86_64", accelerator="cpu", slots=1)
     engine = Host(name="engine", pools=(), arch="x86_64", accelerator="cpu", slots=1, container_engine="docker")
     demand = Demand.of(JobSpec.model_validate({"name": "x", "image": "cpu-ort", "run": "true"}))
-    assert demand.container and demand.key.endswith("[image]")
+    assert demand.image == "cpu-ort" and demand.key.endswith("[cpu-ort]")
     assert static_reason(demand, plain, None) == "no container engine (the job has image:; set fleet_container_engine)"
     assert static_reason(demand, engine, None) is None
     assert containers.resolve("cpu-ort", engine) == "fleet-runner-cpu-ort:1.20.1-x86_64"
     assert containers.resolve("cpu-ort", engine, "reg.example/fleet") == "reg.example/fleet/fleet-runner-cpu-ort:1.20.1-x86_64"
     assert containers.resolve("docker.io/library/python:3.11", engine) == "docker.io/library/python:3.11"
+    # before a job runs in a Jetson or Hailo image, the host's L4T / HailoRT must fit it
+    jetson = Host(name="j", pools=(), arch="aarch64", accelerator="jetson-orin-nano", slots=1, container_engine="docker")
+    r36 = Demand.of(JobSpec.model_validate({"name": "x", "image": "jetson-r36", "run": "true"}))
+    assert static_reason(r36, jetson, None, {"l4t": "36.4.3"}) is None
+    assert "from r36 on, images match the host's minor release" in static_reason(r36, jetson, None, {"l4t": "36.3.0"})
+    assert "L4T release unknown" in static_reason(r36, jetson, None, {})
+    assert static_reason(r36, engine, None) == "image jetson-r36 is built for aarch64"
+    hailo = Demand.of(JobSpec.model_validate({"name": "x", "image": "hailo", "run": "true"}))
+    assert static_reason(hailo, engine, None, {"hailort": "4.20.0"}) is None
+    assert "they must be equal" in static_reason(hailo, engine, None, {"hailort": "4.19.0"})
     script = containers.wrap(engine, "img:1", "a1", ["python3", "x.py"], ["FLEET_JOB_ID"], network=False, grace=10)[2]
     assert "docker run --rm --name fleet-a1" in script and "--network none" in script and "--gpus" not in script
+
+
+@pytest.mark.timeout(300)
+def test_a_container_job_survives_a_controller_kill_9_and_runs_once(fleet, cpu_image, tmp_path):
+    import signal
+    import time
+
+    from tests.helpers import pid_alive
+
+    inv = tmp_path / "hosts.yml"
+    inv.write_text(json.dumps({"all": {"hosts": {"localhost": {
+        "ansible_connection": "local", "fleet_container_engine": "podman", "fleet_container_runtime": "runc",
+        "fleet_container_args": ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]}}}}))
+    client = fleet.start(inv)
+    script = 'i=0; while [ $i -lt 40 ]; do echo "line $i"; i=$((i+1)); sleep 0.1; done'
+    job = client.submit({"name": "long", "image": cpu_image, "run": script}).id
+    eventually(lambda: client.job(job).state == "RUNNING", what="running in its container")
+    pid = fleet.info.pid
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    fleet.client.close()
+    client = fleet.start(inv)
+    done = client.wait(job, 120)
+    assert done.state == "SUCCEEDED" and len(done.attempt_list) == 1, done
+    assert b"".join(client.logs(job)).decode() == "".join(f"line {i}\n" for i in range(40))

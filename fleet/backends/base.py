@@ -123,6 +123,7 @@ class AttemptPlan:
     secrets: list[str] = field(default_factory=list)  # values to mask in what is kept of it
     image: str | None = None  # run in this container image (spec's image:, resolved for the host)
     network: bool = False  # a container job's network
+    pull: str = "if-missing"  # a container job's pull policy: if-missing | always | never
     reattach: bool = False  # following an attempt a previous controller launched
     follow_only: bool = False  # never launch: only learn how an attempt given up on ended
 

@@ -212,6 +212,11 @@ class SSHBackend(Backend):
                 await self._ensure_lib(transport, host)
                 agent = await self._agent(transport, host)
             done = await agent.gc(join(host.workdir, "attempts"), max_age, max_bytes, keep, timeout)
+            if host.container_engine is not None:  # containers a crash left behind
+                out = bytearray()
+                await self._exec(host, transport, containers.sweep(host, keep), on_stdout=out.extend)
+                if out.strip():
+                    log.info("host %s: removed leftover containers %s", host.name, out.decode().split())
         except TimeoutError:
             raise HostLost(f"host {host.name}: no answer within {timeout:g} s") from None
         return len(done.get("removed") or ()), int(done.get("freed") or 0), int(done.get("left") or 0)
@@ -378,9 +383,10 @@ class SSHBackend(Backend):
         }
         if plan.image is not None:  # in a container: the runner comes from the image (fleet.containers)
             entry = (manifests()[plan.runner].entry or "run.py") if plan.argv is None else ""
-            payload["argv"] = containers.wrap(
-                host, plan.image, plan.attempt_id, containers.inner_argv(plan.argv, plan.runner, entry),
-                sorted(plan.env), network=plan.network, grace=plan.grace)
+            inner = containers.with_setup(plan.setup, containers.inner_argv(plan.argv, plan.runner, entry))
+            payload["setup"] = containers.prepare(host, plan.image, plan.pull)
+            payload["argv"] = containers.wrap(host, plan.image, plan.attempt_id, inner, sorted(plan.env),
+                                              network=plan.network, grace=plan.grace)
         elif plan.argv is not None:
             payload["argv"] = plan.argv
         else:

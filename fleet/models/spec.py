@@ -258,6 +258,8 @@ class JobSpec(_Strict):
                           "(cpu-ort, cuda-trt10, ...) or a full reference; needs a host with "
                           "fleet_container_engine (or a cloud pool)")
     network: bool = Field(False, description="a container job's network (off unless true)")
+    pull: Literal["if-missing", "always", "never"] = Field(
+        "if-missing", description="a container job's image: pulled when missing, always, or never")
     burst: Literal["never", "allowed", "only"] = Field(
         "never", description="may the job run on an elastic (cloud) backend: never; allowed, when "
                              "the lab is full past the burst policy; only there (true/false mean "

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from fleet import images
 from fleet.inventory import Host
 from fleet.models.enums import Health
 from fleet.models.spec import JobSpec
@@ -32,7 +33,7 @@ class Demand:
     requires: tuple[str, ...] = ()
     guest: bool = False  # a job of someone other than the server's owner (DESIGN.md §7)
     burst: str = "never"  # never | allowed (to an elastic pool when the burst policy says) | only
-    container: bool = False  # runs in an image: a host with a container engine, or a cloud pool
+    image: str | None = None  # runs in this image: a host with a container engine, or a cloud pool
 
     @classmethod
     def of(cls, spec: JobSpec, guest: bool = False) -> Demand:
@@ -41,7 +42,7 @@ class Demand:
             pool=r.pool, arch=r.arch, accelerator=r.accelerator,
             labels=tuple(sorted(r.labels.items())), slots=r.slots, runner=spec.runner or "shell",
             kind=spec.kind.value, requires=tuple(r.requires), guest=guest, burst=spec.burst,
-            container=spec.image is not None,
+            image=spec.image,
         )
 
     @property
@@ -63,8 +64,8 @@ class Demand:
             key += "~guest"
         if self.burst != "never":
             key += "^burst" if self.burst == "allowed" else "^cloud"
-        if self.container:
-            key += "[image]"
+        if self.image is not None:
+            key += f"[{self.image}]"
         return key
 
     def describe_scope(self) -> str:
@@ -122,8 +123,12 @@ def static_reason(demand: Demand, host: Host, runner: RunnerManifest | None,
         return f"elastic pool of backend {host.backend} (the job has burst: never)"
     if not host.elastic and demand.burst == "only":
         return "not an elastic pool (the job has burst: only)"
-    if demand.container and not host.elastic and host.container_engine is None:
-        return "no container engine (the job has image:; set fleet_container_engine)"
+    if demand.image is not None and not host.elastic:
+        if host.container_engine is None:
+            return "no container engine (the job has image:; set fleet_container_engine)"
+        why = images.refuses(demand.image, host.arch, facts)
+        if why:
+            return why
     if demand.guest and host.connection == "local" and host.job_user is None and host.isolation != "user":
         # A job there would run as the server's own account, next to its token and keys.
         return "runs only the server owner's jobs (it is the controller's machine; set fleet_job_user)"

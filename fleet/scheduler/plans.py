@@ -50,4 +50,5 @@ def build(job_id: str, spec: JobSpec, attempt_id: str, host: Host, *, env: dict[
         runner=spec.runner or "shell", setup=setup, env=env, timeout=spec.timeout,
         grace=grace, inputs=inputs, run_as=run_as, secrets=secrets,
         image=containers.resolve(spec.image, host) if spec.image else None, network=spec.network,
+        pull=spec.pull,
     )
