@@ -19,6 +19,19 @@ def pid_alive(pid: int) -> bool:
     return state != "Z"
 
 
+def kill_server(fleet) -> None:  # type: ignore[no-untyped-def]
+    """``kill -9`` the fixture's ``fleet serve`` and wait until it is gone (a controller crash)."""
+    import signal
+    import time
+
+    pid = fleet.info.pid
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    fleet.client.close()
+
+
 def eventually(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):  # type: ignore[no-untyped-def]
     """Poll ``predicate`` until it returns something truthy; return that or fail naming ``what``."""
     import time

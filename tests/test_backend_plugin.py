@@ -6,8 +6,6 @@ a controller ``kill -9`` with nothing run twice, and shows in ``fleet hosts`` an
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import time
 from datetime import datetime
@@ -19,7 +17,7 @@ import pytest
 from fleet.backends.registry import GROUP, load_backends
 from fleet.config import Settings
 from fleet.errors import ConfigError
-from tests.helpers import eventually, pid_alive
+from tests.helpers import eventually, kill_server
 
 REPO = Path(__file__).resolve().parent.parent
 PLUGIN = "procpool"
@@ -135,12 +133,7 @@ def test_plugin_attempts_survive_controller_kill_9_and_run_once(fleet, tmp_path)
                           "run": script}).id for i in range(3)]
     for job_id in ids:
         _wait_state(client, job_id, {"RUNNING"})
-    pid = fleet.info.pid
-    os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    fleet.client.close()
+    kill_server(fleet)
 
     client = fleet.start(_inventory(tmp_path), config=config)
     expected = "".join(f"line {i}\n" for i in range(30))

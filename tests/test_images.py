@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from fleet import images as img
-from tests.helpers import eventually
+from tests.helpers import eventually, kill_server
 
 REPO = Path(__file__).resolve().parent.parent
 PODMAN = ["podman", "--runtime", "runc"]
@@ -225,11 +225,6 @@ def test_each_class_gets_its_device_the_engines_way_and_only_engine_hosts_take_i
 
 @pytest.mark.timeout(300)
 def test_a_container_job_survives_a_controller_kill_9_and_runs_once(fleet, cpu_image, tmp_path):
-    import signal
-    import time
-
-    from tests.helpers import pid_alive
-
     inv = tmp_path / "hosts.yml"
     inv.write_text(json.dumps({"all": {"hosts": {"localhost": {
         "ansible_connection": "local", "fleet_container_engine": "podman", "fleet_container_runtime": "runc",
@@ -238,12 +233,7 @@ def test_a_container_job_survives_a_controller_kill_9_and_runs_once(fleet, cpu_i
     script = 'i=0; while [ $i -lt 40 ]; do echo "line $i"; i=$((i+1)); sleep 0.1; done'
     job = client.submit({"name": "long", "image": cpu_image, "run": script}).id
     eventually(lambda: client.job(job).state == "RUNNING", what="running in its container")
-    pid = fleet.info.pid
-    os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    fleet.client.close()
+    kill_server(fleet)
     client = fleet.start(inv)
     done = client.wait(job, 120)
     assert done.state == "SUCCEEDED" and len(done.attempt_list) == 1, done

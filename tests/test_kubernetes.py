@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import signal
-import time
 from pathlib import Path
 
 import pytest
 
 from fleet.backends.kubernetes import labels as lbl
 from fleet.backends.kubernetes.settings import KubernetesSettings
-from tests.helpers import eventually, pid_alive
+from tests.helpers import eventually, kill_server
 from tests.kcluster import FakeCluster, wait_for
 
 T4 = {"cloud.google.com/gke-accelerator": "nvidia-tesla-t4"}
@@ -299,12 +296,7 @@ def test_pods_survive_a_controller_kill_9_and_are_never_created_twice(fleet, clu
                           "run": script}).id for i in range(3)]
     for job_id in ids:
         eventually(lambda j=job_id: client.job(j).state == "RUNNING", what=f"{job_id} running")
-    pid = fleet.info.pid
-    os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    fleet.client.close()
+    kill_server(fleet)
     client = fleet.start(_inventory(tmp_path), config=config)
     expected = "".join(f"line {i}\n" for i in range(40))
     for job_id in ids:

@@ -295,7 +295,9 @@ async def test_results_and_the_matrix_grid_show_a_regression(fleet, tmp_path):
         b_row = next(line for line in text.splitlines() if line.startswith("b "))
         a_row = next(line for line in text.splitlines() if line.startswith("a "))
         assert "REGRESSION" in b_row and "REGRESSION" not in a_row
-        assert "+50" in b_row or "+49" in b_row or "+51" in b_row  # the last value against the one before
+        # the last value against the series: 1.5x, give or take the bench's own ±0.8% noise
+        change = float(re.search(r"\+(\d+(?:\.\d+)?)%", b_row).group(1))
+        assert 47.0 <= change <= 53.0, b_row
         assert re.search(r"[▁▂▃▄▅▆▇█]{9}", b_row)  # a sparkline of its 9 results
         await pilot.press("7")
         await shows(pilot, runs[-1])
