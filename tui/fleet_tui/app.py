@@ -289,7 +289,9 @@ class FleetApp(App[None]):
         if kind in ("host.health", "host.drain", "attempt.started", "attempt.ended", "queue.depth"):
             self.debounce("small", 0.05 if kind.startswith("host.") else 0.5, self._small)
         for view in self.query(View):
-            if view.display or view.name_ in ("overview", "jobs"):
+            # A view being added is in the DOM before its children are made: it loads afresh
+            # once mounted, so an event it missed meanwhile is in what it loads.
+            if view.is_mounted and (view.display or view.name_ in ("overview", "jobs")):
                 view.fleet_event(event)
 
     def debounce(self, key: str, delay: float, work: Callable[[], Awaitable[None]]) -> None:
