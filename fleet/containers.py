@@ -7,8 +7,9 @@ agent does for any job (the log, the timeout, cancel, the attempt lease, reattac
 controller crash) holds unchanged. In the container:
 
 * the attempt directory is mounted at ``/fleet/attempt`` and is the working directory; inputs,
-  ``result.json`` and outputs are where they always are, relative to it (the host's input cache,
-  which the input links point into, is mounted read-only at its own path);
+  ``result.json`` and outputs are where they always are, relative to it (each of the job's
+  inputs in the host's cache, which its links point into, is mounted read-only at its own
+  path; the rest of the cache, other jobs' files, is not there);
 * the job runs as the agent's own uid:gid (files it writes are the agent's to collect);
 * no network unless the spec says ``network: true``;
 * the device its class needs is passed the way the engine takes it (``devices``);
@@ -21,9 +22,11 @@ controller crash) holds unchanged. In the container:
 from __future__ import annotations
 
 import shlex
+from collections.abc import Sequence
 
 from fleet import images
 from fleet.inventory import Host
+from fleet.models.spec import SHA256_RE
 
 MOUNT = "/fleet/attempt"
 LIB = "/opt/fleet/lib"  # where runner images carry fleet's runners (images/)
@@ -54,8 +57,11 @@ def devices(engine: str, device_class: str) -> list[str]:
 
 
 def wrap(host: Host, image: str, attempt_id: str, inner: list[str], env_names: list[str], *,
-         network: bool, grace: float) -> list[str]:
-    """The command the agent runs for a job in ``image``: ``sh -c`` running the container."""
+         network: bool, grace: float, inputs: Sequence[str] = ()) -> list[str]:
+    """The command the agent runs for a job in ``image``: ``sh -c`` running the container.
+    ``inputs``: the sha256s of the job's inputs (mounted from the host's cache)."""
+    if any(not SHA256_RE.match(sha) for sha in inputs):
+        raise ValueError("an input's sha256 is not 64 hex digits")
     q = shlex.quote
     engine = host.container_engine or "podman"
     name = f"fleet-{attempt_id.lower()}"
@@ -65,8 +71,9 @@ def wrap(host: Host, image: str, attempt_id: str, inner: list[str], env_names: l
     words += ["run", "--rm", "--name", q(name), "--label", q(f"{LABEL}={host.workdir}"),
               "--user", '"$(id -u):$(id -g)"',
               "--network", "bridge" if network else "none", "-v", f'"$PWD":{MOUNT}', "-w", MOUNT,
-              # inputs are links into the host's cache (<workdir>/cache): there too, read-only
-              '${cache:+-v "$cache:$cache:ro"}',
+              # inputs are links into the host's cache (<workdir>/cache): each of this job's
+              # inputs is mounted there read-only, and nothing else of the cache (other jobs' files)
+              *(f'-v "$cache/{sha}:$cache/{sha}:ro"' for sha in sorted(set(inputs))),
               "-e", f"FLEET_ATTEMPT_DIR={MOUNT}", "-e", f"FLEET_RESULT={MOUNT}/result.json",
               "-e", "FLEET_IMAGE_DIGEST"]
     if host.container_runtime and engine == "docker":

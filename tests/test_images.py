@@ -170,6 +170,20 @@ def test_jobs_with_image_run_in_it_on_a_host_with_an_engine(fleet, cpu_image, tm
     assert bench.state == "SUCCEEDED", bench
     assert bench.result["environment"]["image_digest"].startswith("sha256:")
     assert bench.result["model"]["sha256"] == sha
+    other = tmp_path / "other.bin"  # another job's input, in the same host cache
+    other.write_bytes(b"secret weights")
+    other_sha, other_size = client.upload(other)
+    seed = client.submit({"name": "seed", "inputs": {"w": {"kind": "file", "filename": "w.bin", "files": {
+        "w.bin": {"sha256": other_sha, "size": other_size}}}}, "run": "true"}).id  # now in the host's cache
+    assert client.wait(seed, 60).state == "SUCCEEDED"
+    peek = client.wait(client.submit({
+        "name": "peek", "image": cpu_image, "inputs": {"mine": {"kind": "file", "filename": "m.onnx", "files": {
+            "m.onnx": {"sha256": sha, "size": size}}}},
+        "run": f'ls "$(dirname "$(readlink inputs/m.onnx)")"; cat "$(dirname "$(readlink inputs/m.onnx)")/{other_sha}" '
+               '|| echo not-visible'}).id, 120)
+    seen = b"".join(client.logs(peek.id)).decode()
+    assert peek.state == "SUCCEEDED" and "not-visible" in seen and "secret weights" not in seen, seen
+    assert other_sha not in seen.split()
 
     nap = client.submit({"name": "nap", "image": cpu_image, "run": "sleep 60"}).id
     slow = client.submit({"name": "slow", "image": cpu_image, "timeout": 2, "run": "sleep 60"}).id
@@ -221,6 +235,11 @@ def test_each_class_gets_its_device_the_engines_way_and_only_engine_hosts_take_i
     assert "they must be equal" in static_reason(hailo, engine, None, {"hailort": "4.19.0"})
     script = containers.wrap(engine, "img:1", "a1", ["python3", "x.py"], ["FLEET_JOB_ID"], network=False, grace=10)[2]
     assert "docker run --rm --name fleet-a1" in script and "--network none" in script and "--gpus" not in script
+    sha = "ab" * 32
+    mounts = containers.wrap(engine, "img:1", "a1", ["true"], [], network=False, grace=1, inputs=[sha])[2]
+    assert f'-v "$cache/{sha}:$cache/{sha}:ro"' in mounts and '-v "$cache:' not in mounts  # its inputs only
+    with pytest.raises(ValueError):
+        containers.wrap(engine, "img:1", "a1", ["true"], [], network=False, grace=1, inputs=["x; rm -rf /"])
 
 
 @pytest.mark.timeout(300)

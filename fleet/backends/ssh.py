@@ -386,7 +386,8 @@ class SSHBackend(Backend):
             inner = containers.with_setup(plan.setup, containers.inner_argv(plan.argv, plan.runner, entry))
             payload["setup"] = containers.prepare(host, plan.image, plan.pull)
             payload["argv"] = containers.wrap(host, plan.image, plan.attempt_id, inner, sorted(plan.env),
-                                              network=plan.network, grace=plan.grace)
+                                              network=plan.network, grace=plan.grace,
+                                              inputs=[f.sha256 for f in plan.inputs])
         elif plan.argv is not None:
             payload["argv"] = plan.argv
         else:
