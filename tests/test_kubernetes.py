@@ -371,3 +371,46 @@ def test_a_job_only_the_cloud_can_run_fails_no_capacity_after_its_retries(fleet,
     assert (done.state, done.reason) == ("FAILED", "no_capacity"), done
     assert [a.reason for a in done.attempt_list] == ["no_capacity", "no_capacity"]
     assert "Insufficient nvidia.com/gpu" in done.message
+
+
+async def test_the_callback_listener_opens_an_attempts_files_to_its_token_only(tmp_path):
+    """A pod's token reads its own plan and inputs and hands in its own files; another
+    attempt's token, a wrong one, a path leaving the attempt, or outputs past the size the
+    controller allows one attempt are refused."""
+    import aiohttp
+
+    from fleet.backends.kubernetes.callback import Callback
+
+    blob = tmp_path / "blob"
+    blob.write_bytes(b"model bytes")
+    sha = hashlib.sha256(b"model bytes").hexdigest()
+    cb = Callback(tmp_path / "attempts", tmp_path / "key", lambda s: blob, max_upload=1000)
+    await cb.start("127.0.0.1:0", None)
+    try:
+        cb.write_plan("a1mine", {"job": {}, "inputs": [["inputs/m", sha]]})
+        cb.write_plan("a1other", {"job": {}, "inputs": []})
+        mine = {"Authorization": f"Bearer {cb.token('a1mine')}"}
+        async with aiohttp.ClientSession() as http:
+            async def status(method: str, path: str, headers: dict, data: bytes | None = None) -> int:
+                async with http.request(method, cb.url + path, headers=headers, data=data) as resp:
+                    await resp.read()
+                    return resp.status
+
+            assert await status("GET", "/v1/a1mine/plan", mine) == 200
+            assert await status("GET", f"/v1/a1mine/inputs/{sha}", mine) == 200
+            assert await status("GET", "/v1/a1other/plan", mine) == 403  # another attempt's files
+            assert await status("GET", "/v1/a1mine/plan", {"Authorization": "Bearer nope"}) == 403
+            assert await status("GET", f"/v1/a1other/inputs/{sha}",
+                                {"Authorization": f"Bearer {cb.token('a1other')}"}) == 404  # not its input
+            assert await status("PUT", "/v1/a1mine/outputs?path=../../key", mine, b"x") == 400
+            assert await status("PUT", "/v1/a1mine/files/plan.json", mine, b"{}") == 404
+            assert await status("PUT", "/v1/a1mine/outputs?path=a.bin", mine, b"a" * 600) == 200
+            assert await status("PUT", "/v1/a1mine/outputs?path=b.bin", mine, b"b" * 600) == 413  # 1,200 > 1,000
+            assert await status("PUT", "/v1/a1mine/outputs?path=b.bin", mine, b"b" * 400) == 200
+        assert [o["path"] for o in cb.outputs("a1mine")] == ["a.bin", "b.bin"]
+        cb.write_outcome("a1mine", {"exit_code": 0})
+        async with aiohttp.ClientSession() as http:  # ended: nothing more is handed in
+            async with http.put(cb.url + "/v1/a1mine/files/status.json", headers=mine, data=b"{}") as resp:
+                assert resp.status == 409
+    finally:
+        await cb.stop()

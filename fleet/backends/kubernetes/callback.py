@@ -174,6 +174,9 @@ class Callback:
         index = self.read(aid, "outputs.json") or {}
         if len(index) >= MAX_OUTPUTS and norm not in index:
             raise web.HTTPRequestEntityTooLarge(max_size=MAX_OUTPUTS, actual_size=len(index) + 1)
+        # One attempt's outputs together may take max_upload bytes, not that much per file: a job
+        # must not fill the controller's disk a thousand files at a time.
+        room = self.max_upload - sum(int(o["size"]) for p, o in index.items() if p != norm)
         dest = self.output_path(aid, norm)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(dest.name + ".part")
@@ -181,10 +184,10 @@ class Callback:
         with tmp.open("wb") as fh:
             async for chunk in request.content.iter_chunked(1 << 16):
                 size += len(chunk)
-                if size > self.max_upload:
+                if size > room:
                     fh.close()
                     tmp.unlink(missing_ok=True)
-                    raise web.HTTPRequestEntityTooLarge(max_size=self.max_upload, actual_size=size)
+                    raise web.HTTPRequestEntityTooLarge(max_size=max(room, 0), actual_size=size)
                 digest.update(chunk)
                 fh.write(chunk)
         os.replace(tmp, dest)
