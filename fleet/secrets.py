@@ -36,7 +36,7 @@ class SecretBox:
     def _key(self) -> Fernet:
         with self._lock:
             if self._fernet is None:
-                self._fernet = Fernet(_read_or_create_key(self.key_file))
+                self._fernet = Fernet(read_or_create_key(self.key_file))
             return self._fernet
 
     def seal(self, value: str) -> str:
@@ -76,7 +76,8 @@ class SecretBox:
         return env, secrets
 
 
-def _read_or_create_key(path: Path) -> bytes:
+def read_or_create_key(path: Path) -> bytes:
+    """The key in ``path``, made (0600, once, whichever process is first) if it is missing."""
     try:
         return path.read_bytes().strip()
     except FileNotFoundError:

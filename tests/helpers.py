@@ -19,6 +19,15 @@ def pid_alive(pid: int) -> bool:
     return state != "Z"
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (now)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def kill_server(fleet) -> None:  # type: ignore[no-untyped-def]
     """``kill -9`` the fixture's ``fleet serve`` and wait until it is gone (a controller crash)."""
     import signal

@@ -35,7 +35,6 @@ import re
 import signal
 import subprocess
 import threading
-import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -518,14 +517,3 @@ def _tolerated(taint: dict[str, str], tolerations: list[dict[str, Any]]) -> bool
         if t.get("key") == taint.get("key") and t.get("value") == taint.get("value"):
             return True
     return False
-
-
-def wait_for(check: Any, timeout: float = 30, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not seen in {timeout:.0f} s: {what}")
-        time.sleep(0.05)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import time
 from pathlib import Path
 
@@ -19,24 +18,20 @@ import pytest
 import yaml
 
 from fleet.client.sync import Client
-from tests.helpers import eventually, pid_alive
+from tests.helpers import eventually, free_port, pid_alive
 from tests.zygote import zygote
 
 LINES = 30
 LEASE = 3.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Replica:
     def __init__(self, root: Path, n: int, db_url: str, inventory: Path, shared: Path) -> None:
         self.home = root / f"replica{n}"
         self.home.mkdir(parents=True)
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         (self.home / "config.yaml").write_text(yaml.safe_dump({
             "database": db_url, "inventory": str(inventory), "shared_dir": str(shared),

@@ -32,6 +32,14 @@ def test_retry_policy(state, reason, infra, job, retries, budget):
     assert retry.decide(state, reason, infra, job, retries) is budget
 
 
+def test_a_pool_without_room_sends_a_job_the_lab_can_run_back_to_it_without_drawing_on_retries():
+    spent = Retries(infra=0)
+    assert retry.decide(AttemptState.FAILED, Reason.NO_CAPACITY, 0, 0, spent, lab_takes_it=True) \
+        is retry.Budget.BACK_TO_LAB
+    assert retry.decide(AttemptState.FAILED, Reason.NO_CAPACITY, 0, 0, spent) is None  # only the cloud fits
+    assert retry.decide(AttemptState.FAILED, Reason.NO_CAPACITY, 0, 0, Retries(infra=1)) is retry.Budget.INFRA
+
+
 def test_host_book_loads_marks_unchecked_and_counts_slots(tmp_path):
     db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
     db.create_schema()

@@ -121,7 +121,7 @@ class AttemptPlan:
     inputs: list[InputFile] = field(default_factory=list)
     run_as: str | None = None  # the Unix account the job runs as (None: the agent's own)
     secrets: list[str] = field(default_factory=list)  # values to mask in what is kept of it
-    image: str | None = None  # run in this container image (spec's image:, resolved for the host)
+    image: str | None = None  # run in this container image (the spec's image: a name or a reference)
     network: bool = False  # a container job's network
     pull: str = "if-missing"  # a container job's pull policy: if-missing | always | never
     reattach: bool = False  # following an attempt a previous controller launched

@@ -384,8 +384,9 @@ class SSHBackend(Backend):
         if plan.image is not None:  # in a container: the runner comes from the image (fleet.containers)
             entry = (manifests()[plan.runner].entry or "run.py") if plan.argv is None else ""
             inner = containers.with_setup(plan.setup, containers.inner_argv(plan.argv, plan.runner, entry))
-            payload["setup"] = containers.prepare(host, plan.image, plan.pull)
-            payload["argv"] = containers.wrap(host, plan.image, plan.attempt_id, inner, sorted(plan.env),
+            image = containers.resolve(plan.image, host)
+            payload["setup"] = containers.prepare(host, image, plan.pull)
+            payload["argv"] = containers.wrap(host, image, plan.attempt_id, inner, sorted(plan.env),
                                               network=plan.network, grace=plan.grace,
                                               inputs=[f.sha256 for f in plan.inputs])
         elif plan.argv is not None:

@@ -4,7 +4,6 @@ with podman or buildah."""
 from __future__ import annotations
 
 import json
-import platform
 
 import click
 
@@ -12,6 +11,7 @@ from fleet import images as img
 from fleet.cli import render
 from fleet.cli.base import cli, handle_errors
 from fleet.errors import FleetError
+from fleet.inventory import local_arch
 
 
 @cli.group("images", invoke_without_command=True)
@@ -56,7 +56,7 @@ def build(names: tuple[str, ...], arches: tuple[str, ...], base: str | None, bui
     """Build runner images (all of them without NAME), for this machine's architecture unless
     --arch says; other architectures build through qemu-user-static."""
     root = img.source_root(source)
-    machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(), platform.machine().lower())
+    machine = local_arch()
     wanted = list(names) or list(img.IMAGES)
     args = _args(build_args)
     for name in wanted:

@@ -36,19 +36,16 @@ from fleet.models.spec import JobSpec
 from fleet.models.tables import Attempt, Job
 from fleet.results import InvalidResult, complete_record, key_columns
 from fleet.runners import manifests
-from fleet.scheduler import artifacts, plans, retry
+from fleet.scheduler import artifacts, explain, plans, retry
 from fleet.scheduler.attempts import AttemptEnd, AttemptRunner
 from fleet.scheduler.chains import Chains
 from fleet.scheduler.health import HealthChecks
 from fleet.scheduler.hooks import hook_log_id
 from fleet.scheduler.hostbook import NOT_CHECKED, HostBook
 from fleet.scheduler.placement import (
-    NO_CAPACITY_AGAIN,
     Demand,
     HostView,
-    Placement,
     Unplaceable,
-    dynamic_reason,
     place,
     static_report,
 )
@@ -302,8 +299,8 @@ class Scheduler:
         qj = self._queued_job(job, spec)
         for a in self.store.attempts(job.id) if job.attempt_count else []:
             reason = Reason(a.reason) if a.reason else None
-            if reason is Reason.NO_CAPACITY and self._gives_up_on_pool(qj, a.host):
-                qj.no_capacity.add(a.host)
+            if reason is Reason.NO_CAPACITY and self._lab_takes(qj, a.host):
+                qj.no_capacity.add(a.host)  # as _retry decided (retry.Budget.BACK_TO_LAB)
             elif reason is not None and REASON_CLASS.get(reason) is FailureClass.INFRA:
                 qj.infra_failures += 1
                 qj.failed_on.add(a.host)
@@ -474,64 +471,12 @@ class Scheduler:
             log.warning("cancel of %s on %s failed: %s", run.attempt.id, run.host.name, exc)
 
     def why(self, job_id: str) -> Why:
-        """Why a job is where it is: per-host reasons for a waiting job."""
-        qj = self.pending.get(job_id)
-        if qj is not None:
-            queue = self.queues[qj.demand.key]
-            ids = queue.order(self.running_by_user, len(queue))  # the order it is taken in
-            ahead = ids.index(job_id) if job_id in ids else 0
-            block = self._burst_block(queue, qj.demand)[0]
-            report = place(qj.demand, self.book.views(), self.book.static_for(qj.demand),
-                           failed_on=frozenset(qj.failed_on), burst_block=block,
-                           no_capacity=frozenset(qj.no_capacity))
-            if isinstance(report, Placement):
-                summary = f"placeable now on {report.host}; waiting for the scheduler"
-                reasons: dict[str, int] = {}
-            else:
-                summary = report.summary()
-                reasons = dict(report.reasons)
-            return Why(job=job_id, state="waiting", queue=qj.demand.key, queued=len(ids), ahead=ahead,
-                       summary=summary, reasons=reasons, hosts=self._host_reasons(qj.demand, block, qj.no_capacity))
-        held = self.held.get(job_id)
-        if held is not None:
-            left = max(0.0, held.until - self.clock.time())
-            return Why(job=job_id, state="waiting", queue=held.qj.demand.key,
-                       summary=f"retrying in {left:.0f} s, when the attempt lost on its host has "
-                               "surely stopped (attempt lease)")
-        run = self.running.get(job_id)
-        if run is not None:
-            return Why(job=job_id, state="running", queue=run.qj.demand.key,
-                       summary=f"running on {run.host.name} (attempt {run.attempt.number})")
-        job = self.store.get_job(job_id)
-        return Why(job=job_id, state="done", queue=job.queue,
-                   summary=f"{job.state} ({job.reason}){': ' + job.message if job.message else ''}")
+        """Why a job is where it is (fleet.scheduler.explain)."""
+        return explain.why(self, job_id)
 
     def queue_views(self, limit: int = 50) -> list[QueueView]:
-        """Each device-class queue: its waiting jobs in the order they will be taken (the
-        first ``limit``), its running jobs, and why its first waiting job waits."""
-        running: dict[str, list[str]] = {}
-        for job_id, run in self.running.items():
-            running.setdefault(run.qj.demand.key, []).append(job_id)
-        out = []
-        for key in sorted(set(self.queues) | set(running)):
-            queue = self.queues.get(key)
-            waiting = queue.order(self.running_by_user, limit) if queue is not None else []
-            out.append(QueueView(key=key, waiting=len(queue) if queue is not None else 0,
-                                 order=waiting, running=sorted(running.get(key, [])),
-                                 why=self.why(waiting[0]) if waiting else None))
-        return out
-
-    def _host_reasons(self, demand: Demand, burst_block: str | None = None,
-                      no_capacity: set[str] | frozenset[str] = frozenset()) -> dict[str, str]:
-        static = self.book.static_for(demand)
-        out: dict[str, str] = {}
-        for view in self.book.views():
-            if demand.pool is not None and demand.pool not in view.host.pools:
-                continue
-            why = static.get(view.host.name) or (NO_CAPACITY_AGAIN if view.host.name in no_capacity
-                                                 else dynamic_reason(demand, view, burst_block))
-            out[view.host.name] = why or "free"
-        return out
+        """Each device-class queue in the order it is taken (fleet.scheduler.explain)."""
+        return explain.queue_views(self, limit)
 
     async def wait_done(self, job_id: str, timeout: float) -> None:
         """Return when the job is terminal or ``timeout`` passed (on the leader)."""
@@ -579,7 +524,7 @@ class Scheduler:
             except Exception:
                 log.exception("scheduling pass failed")
 
-    def _burst_block(self, queue: ClassQueue, demand: Demand) -> tuple[str | None, float | None]:
+    def burst_block(self, queue: ClassQueue, demand: Demand) -> tuple[str | None, float | None]:
         """Why the burst policy keeps this queue off elastic pools now, and in how many
         seconds waiting alone would open them (fleet.scheduler.burst)."""
         if demand.burst != "allowed" or not self.book.elastic:
@@ -617,7 +562,7 @@ class Scheduler:
                 job_id = queue.head(self.running_by_user)
                 assert job_id is not None
                 qj = self.pending[job_id]
-                block, opens_in = self._burst_block(queue, qj.demand)
+                block, opens_in = self.burst_block(queue, qj.demand)
                 decision = place(
                     qj.demand, list(views.values()), self.book.static_for(qj.demand),
                     inputs=[f.sha256 for f in qj.inputs], failed_on=frozenset(qj.failed_on),
@@ -747,13 +692,13 @@ class Scheduler:
         """Whether to try again (``fleet.scheduler.retry``); counts it against its budget."""
         if self._stopping:
             return False
-        if verdict.reason is Reason.NO_CAPACITY and self._gives_up_on_pool(qj, host.name):
-            qj.no_capacity.add(host.name)  # back to the lab's queue, not a failure of the job
-            return True
         budget = retry.decide(verdict.state, verdict.reason, qj.infra_failures, qj.job_failures,
-                              qj.spec.retries)
+                              qj.spec.retries, lab_takes_it=self._lab_takes(qj, host.name))
         if budget is None:
             return False
+        if budget is retry.Budget.BACK_TO_LAB:
+            qj.no_capacity.add(host.name)
+            return True
         if budget is retry.Budget.INFRA:
             qj.infra_failures += 1
         else:
@@ -761,10 +706,10 @@ class Scheduler:
         qj.failed_on.add(host.name)
         return True
 
-    def _gives_up_on_pool(self, qj: QueuedJob, host: str) -> bool:
-        """An elastic pool that found no capacity for a job that may run in the lab: the job
-        goes back to wait for the lab. A job the lab can never run (``burst: only``, or no
-        fixed host fits it) draws on its retries instead, and may try the pool again."""
+    def _lab_takes(self, qj: QueuedJob, host: str) -> bool:
+        """Whether ``host`` is an elastic pool and the lab can run the job instead (not
+        ``burst: only``, and some fixed host fits it): then a pool without room sends the job
+        back to the lab; otherwise its retries decide and it may try the pool again."""
         known = self.book.hosts.get(host)
         if known is None or not known.elastic or qj.spec.burst == "only":
             return False

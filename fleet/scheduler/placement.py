@@ -153,6 +153,8 @@ def static_reason(demand: Demand, host: Host, runner: RunnerManifest | None,
     return None
 
 
+NO_CAPACITY_AGAIN = "found no capacity for this job before (it waits for the lab)"
+
 # Why a host that is not good takes no jobs, in the words `fleet hosts` uses for it.
 _HEALTH_REASON = {
     Health.UNKNOWN: "unreachable (a check runs again)",
@@ -161,9 +163,13 @@ _HEALTH_REASON = {
 }
 
 
-def dynamic_reason(demand: Demand, view: HostView, burst_block: str | None = None) -> str | None:
+def dynamic_reason(demand: Demand, view: HostView, burst_block: str | None = None,
+                   no_capacity: frozenset[str] | set[str] = frozenset()) -> str | None:
     """Why ``view`` cannot take a job of ``demand`` right now (None if it can). Pure.
-    ``burst_block``: why the burst policy holds the job's queue back from elastic pools."""
+    ``burst_block``: why the burst policy holds the job's queue back from elastic pools;
+    ``no_capacity``: elastic pools that found no room for this job before."""
+    if view.host.name in no_capacity:
+        return NO_CAPACITY_AGAIN
     if view.host.elastic and burst_block is not None and demand.burst == "allowed":
         return burst_block
     if view.health is not Health.GOOD:  # unknown: a health check runs first
@@ -177,7 +183,6 @@ def dynamic_reason(demand: Demand, view: HostView, burst_block: str | None = Non
     return None
 
 
-NO_CAPACITY_AGAIN = "found no capacity for this job before (it waits for the lab)"
 ELASTIC_PENALTY = 4.0  # below any free fixed host, even one the job failed on
 
 
@@ -231,7 +236,7 @@ def place(
             reasons[why] += 1
             continue
         dynamic_only = False
-        why = NO_CAPACITY_AGAIN if view.host.name in no_capacity else dynamic_reason(demand, view, burst_block)
+        why = dynamic_reason(demand, view, burst_block, no_capacity)
         if why is not None:
             reasons[why] += 1
             continue

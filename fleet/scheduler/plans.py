@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shlex
 
-from fleet import containers
 from fleet.backends.base import AttemptPlan, InputFile
 from fleet.inventory import Host, unix_account
 from fleet.models.spec import JobSpec
@@ -49,6 +48,6 @@ def build(job_id: str, spec: JobSpec, attempt_id: str, host: Host, *, env: dict[
         argv=["/bin/sh", "-c", spec.run] if spec.runner == "shell" and spec.run else None,
         runner=spec.runner or "shell", setup=setup, env=env, timeout=spec.timeout,
         grace=grace, inputs=inputs, run_as=run_as, secrets=secrets,
-        image=containers.resolve(spec.image, host) if spec.image else None, network=spec.network,
+        image=spec.image, network=spec.network,
         pull=spec.pull,
     )

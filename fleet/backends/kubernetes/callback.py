@@ -21,7 +21,6 @@ import logging
 import os
 import posixpath
 import re
-import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from typing import Any
 from aiohttp import web
 
 from fleet.runners import bundle
+from fleet.secrets import read_or_create_key
 
 log = logging.getLogger(__name__)
 
@@ -38,23 +38,12 @@ MAX_OUTPUTS = 1000
 ATTEMPT_RE = re.compile(r"^[a-z0-9]{4,40}$")
 
 
-def _key(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        key = secrets.token_bytes(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(key)
-        return key
-
-
 class Callback:
     def __init__(self, root: Path, key_file: Path, blob_path: Callable[[str], Path], max_upload: int) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.key = _key(key_file)
+        key_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.key = read_or_create_key(key_file)
         self.blob_path = blob_path
         self.max_upload = max_upload
         self.url = ""

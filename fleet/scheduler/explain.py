@@ -1,0 +1,77 @@
+"""What the scheduler says about its jobs and queues (``fleet why``, ``GET /queues``): read
+from its parts, changing nothing. Placement answers the same pure question it answers for
+the placement pass, so ``why`` never disagrees with what the scheduler does."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fleet.scheduler.placement import Demand, Placement, dynamic_reason, place
+from fleet.scheduler.records import QueueView, Why
+
+if TYPE_CHECKING:
+    from fleet.scheduler.loop import Scheduler
+
+
+def why(s: Scheduler, job_id: str) -> Why:
+    """Why a job is where it is: per-host reasons for a waiting job."""
+    qj = s.pending.get(job_id)
+    if qj is not None:
+        queue = s.queues[qj.demand.key]
+        ids = queue.order(s.running_by_user, len(queue))  # the order it is taken in
+        ahead = ids.index(job_id) if job_id in ids else 0
+        block = s.burst_block(queue, qj.demand)[0]
+        report = place(qj.demand, s.book.views(), s.book.static_for(qj.demand),
+                       failed_on=frozenset(qj.failed_on), burst_block=block,
+                       no_capacity=frozenset(qj.no_capacity))
+        if isinstance(report, Placement):
+            summary = f"placeable now on {report.host}; waiting for the scheduler"
+            reasons: dict[str, int] = {}
+        else:
+            summary = report.summary()
+            reasons = dict(report.reasons)
+        return Why(job=job_id, state="waiting", queue=qj.demand.key, queued=len(ids), ahead=ahead,
+                   summary=summary, reasons=reasons,
+                   hosts=host_reasons(s, qj.demand, block, frozenset(qj.no_capacity)))
+    held = s.held.get(job_id)
+    if held is not None:
+        left = max(0.0, held.until - s.clock.time())
+        return Why(job=job_id, state="waiting", queue=held.qj.demand.key,
+                   summary=f"retrying in {left:.0f} s, when the attempt lost on its host has "
+                           "surely stopped (attempt lease)")
+    run = s.running.get(job_id)
+    if run is not None:
+        return Why(job=job_id, state="running", queue=run.qj.demand.key,
+                   summary=f"running on {run.host.name} (attempt {run.attempt.number})")
+    job = s.store.get_job(job_id)
+    return Why(job=job_id, state="done", queue=job.queue,
+               summary=f"{job.state} ({job.reason}){': ' + job.message if job.message else ''}")
+
+
+def queue_views(s: Scheduler, limit: int = 50) -> list[QueueView]:
+    """Each device-class queue: its waiting jobs in the order they will be taken (the first
+    ``limit``), its running jobs, and why its first waiting job waits."""
+    running: dict[str, list[str]] = {}
+    for job_id, run in s.running.items():
+        running.setdefault(run.qj.demand.key, []).append(job_id)
+    out = []
+    for key in sorted(set(s.queues) | set(running)):
+        queue = s.queues.get(key)
+        waiting = queue.order(s.running_by_user, limit) if queue is not None else []
+        out.append(QueueView(key=key, waiting=len(queue) if queue is not None else 0,
+                             order=waiting, running=sorted(running.get(key, [])),
+                             why=why(s, waiting[0]) if waiting else None))
+    return out
+
+
+def host_reasons(s: Scheduler, demand: Demand, burst_block: str | None = None,
+                 no_capacity: frozenset[str] = frozenset()) -> dict[str, str]:
+    """Each host in the job's scope: why it cannot take the job, or "free"."""
+    static = s.book.static_for(demand)
+    out: dict[str, str] = {}
+    for view in s.book.views():
+        if demand.pool is not None and demand.pool not in view.host.pools:
+            continue
+        reason = static.get(view.host.name) or dynamic_reason(demand, view, burst_block, no_capacity)
+        out[view.host.name] = reason or "free"
+    return out
