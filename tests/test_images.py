@@ -257,3 +257,28 @@ def test_a_container_job_survives_a_controller_kill_9_and_runs_once(fleet, cpu_i
     done = client.wait(job, 120)
     assert done.state == "SUCCEEDED" and len(done.attempt_list) == 1, done
     assert b"".join(client.logs(job)).decode() == "".join(f"line {i}\n" for i in range(40))
+
+
+def test_image_fields_are_checked_and_a_guest_never_gets_the_controllers_engine(fleet, tmp_path):
+    """What a user sends about images is checked before anything runs: an image name that is
+    not a reference (flags, shell words, too long), an unknown pull policy; and a non-admin's
+    container job is refused on the controller's own machine (it would run as the server's
+    account), saying why."""
+    from fleet.errors import ApiError
+    from tests.conftest import add_user
+
+    inv = tmp_path / "hosts.yml"
+    inv.write_text(json.dumps({"all": {"hosts": {"localhost": {
+        "ansible_connection": "local", "fleet_container_engine": "podman"}}}}))
+    fleet.start(inv)
+    _, alice = add_user(fleet, "alice")
+    for image in ["--privileged", "x; rm -rf /", "a" * 300, "img:1 --network=host", "$(id)"]:
+        with pytest.raises(ApiError) as info:
+            alice.submit({"name": "bad", "image": image, "run": "true"})
+        assert info.value.status == 422 and "image" in str(info.value), (image, info.value)
+    with pytest.raises(ApiError) as info:
+        alice.submit({"name": "bad", "image": "cpu-ort", "pull": "sometimes", "run": "true"})
+    assert info.value.status == 422 and "pull" in str(info.value)
+    with pytest.raises(ApiError) as info:
+        alice.submit({"name": "guest", "image": "cpu-ort", "run": "id"})
+    assert "runs only the server owner's jobs" in str(info.value), info.value

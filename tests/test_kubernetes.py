@@ -12,8 +12,8 @@ import pytest
 
 from fleet.backends.kubernetes import labels as lbl
 from fleet.backends.kubernetes.settings import KubernetesSettings
-from tests.helpers import eventually, kill_server
-from tests.kcluster import FakeCluster, wait_for
+from tests.helpers import eventually, free_port, kill_server
+from tests.kcluster import FakeCluster
 
 T4 = {"cloud.google.com/gke-accelerator": "nvidia-tesla-t4"}
 IMAGE = "fleet/runner-cuda-trt10:latest"
@@ -31,14 +31,6 @@ def _inventory(tmp_path: Path, slots: int = 1) -> Path:
     inv.write_text(f"[t4]\nlocalhost ansible_connection=local fleet_slots={slots} fleet_arch=x86_64 "
                    "fleet_accelerator=nvidia-t4\n")
     return inv
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _config(cluster: FakeCluster, tmp_path: Path, **extra) -> dict:
@@ -105,7 +97,7 @@ def test_a_burst_only_job_runs_in_a_pod_end_to_end(fleet, cluster, tmp_path):
     status = fleet.cli("status", job.id).stdout
     assert "kubernetes-nvidia-t4 (kubernetes)" in status and "cloud:" in status, status
     # nothing left in the cluster
-    wait_for(lambda: not cluster.pods() and not cluster.secrets(), 10, "pod and secret deleted")
+    eventually(lambda: not cluster.pods() and not cluster.secrets(), timeout=10, what="pod and secret deleted")
 
 
 def test_label_schemes_give_each_accelerator_in_the_clusters_words():
@@ -243,7 +235,7 @@ def test_a_pod_that_loses_its_node_is_retried(fleet, cluster, tmp_path, how):
                                 "echo start; sleep 3; echo done"}).id
     detail = eventually(lambda: (d := client.job(job)).state == "RUNNING" and d, what="running")
     pod = _pod_of(cluster, detail.attempt_list[0].id)
-    wait_for(lambda: pod in cluster.running, 10, "pod running")
+    eventually(lambda: pod in cluster.running, timeout=10, what="pod running")
     cluster.add_node("spot-2", T4, gpus=1)
     if how == "evicted":
         cluster.evict(pod)
@@ -272,10 +264,10 @@ def test_cancel_timeout_image_errors_and_exit_codes_in_pods(fleet, cluster, tmp_
                           "run": "true"}).id
     detail = eventually(lambda: (d := client.job(nap)).state == "RUNNING" and d, what="nap running")
     pod = _pod_of(cluster, detail.attempt_list[0].id)
-    wait_for(lambda: pod in cluster.running, 10, "nap's pod running")
+    eventually(lambda: pod in cluster.running, timeout=10, what="nap's pod running")
     client.cancel(nap)
     assert client.wait(nap, 30).state == "CANCELLED"
-    wait_for(lambda: cluster.pod(pod) is None, 10, "cancelled pod deleted")
+    eventually(lambda: cluster.pod(pod) is None, timeout=10, what="cancelled pod deleted")
     timed = client.wait(slow, 30)
     assert (timed.state, timed.reason) == ("TIMED_OUT", "timed_out"), timed
     failed = client.wait(bad, 30)
@@ -284,7 +276,7 @@ def test_cancel_timeout_image_errors_and_exit_codes_in_pods(fleet, cluster, tmp_
     pulled = client.wait(pull, 30)
     assert (pulled.state, pulled.reason) == ("FAILED", "setup_failed"), pulled
     assert "image fleet/missing:1: ErrImagePull" in pulled.message
-    wait_for(lambda: not cluster.pods() and not cluster.secrets(), 10, "everything deleted")
+    eventually(lambda: not cluster.pods() and not cluster.secrets(), timeout=10, what="everything deleted")
 
 
 def test_pods_survive_a_controller_kill_9_and_are_never_created_twice(fleet, cluster, tmp_path):
@@ -305,7 +297,7 @@ def test_pods_survive_a_controller_kill_9_and_are_never_created_twice(fleet, clu
         assert len(job.attempt_list) == 1
         assert b"".join(client.logs(job_id)).decode() == expected
     assert len(cluster.emulator.created) == 3 and len(cluster.started) == 3  # one pod each, ever
-    wait_for(lambda: not cluster.pods(), 10, "pods deleted")
+    eventually(lambda: not cluster.pods(), timeout=10, what="pods deleted")
 
 
 def test_the_sweep_removes_what_a_crash_left_and_nothing_that_runs(fleet, cluster, tmp_path):
@@ -324,8 +316,8 @@ def test_the_sweep_removes_what_a_crash_left_and_nothing_that_runs(fleet, cluste
     client = fleet.start(_inventory(tmp_path), config=_config(cluster, tmp_path, gc_interval=1))
     job = client.submit({"name": "busy", "burst": "only", "resources": {"accelerator": "nvidia-t4"},
                          "run": "sleep 3; echo still here"}).id
-    wait_for(lambda: not any(o["metadata"]["name"] == "fleet-a0stray" for o in cluster.pods() + cluster.secrets()),
-             30, "stray pod and secret swept")
+    eventually(lambda: not any(o["metadata"]["name"] == "fleet-a0stray" for o in cluster.pods() + cluster.secrets()),
+               timeout=30, what="stray pod and secret swept")
     assert client.wait(job, 60).state == "SUCCEEDED"
     assert b"still here" in b"".join(client.logs(job))
     left = {o["metadata"]["name"] for o in cluster.pods() + cluster.secrets()}
@@ -404,6 +396,11 @@ async def test_the_callback_listener_opens_an_attempts_files_to_its_token_only(t
                                 {"Authorization": f"Bearer {cb.token('a1other')}"}) == 404  # not its input
             assert await status("PUT", "/v1/a1mine/outputs?path=../../key", mine, b"x") == 400
             assert await status("PUT", "/v1/a1mine/files/plan.json", mine, b"{}") == 404
+            # a path where a hash belongs, an attempt id that is a path, an oversized report
+            for bad in ("..%2F..%2Fkey", "..", "plan.json", sha.upper()):
+                assert await status("GET", f"/v1/a1mine/inputs/{bad}", mine) == 404, bad
+            assert await status("GET", "/v1/..%2Fa1mine/plan", mine) == 404
+            assert await status("PUT", "/v1/a1mine/files/result.json", mine, b"[" + b"0," * (9 << 20) + b"0]") == 413
             assert await status("PUT", "/v1/a1mine/outputs?path=a.bin", mine, b"a" * 600) == 200
             assert await status("PUT", "/v1/a1mine/outputs?path=b.bin", mine, b"b" * 600) == 413  # 1,200 > 1,000
             assert await status("PUT", "/v1/a1mine/outputs?path=b.bin", mine, b"b" * 400) == 200
@@ -414,3 +411,36 @@ async def test_the_callback_listener_opens_an_attempts_files_to_its_token_only(t
                 assert resp.status == 409
     finally:
         await cb.stop()
+
+
+def test_what_a_lying_pod_hands_in_is_not_believed(tmp_path):
+    """A pod (or a job that took its bootstrap's token) may claim anything in status.json:
+    outputs it never handed in, paths where a hash belongs, a result that is not a record.
+    fleet keeps only what it received and hashed itself, and reports the rest as missing."""
+    from fleet.backends.base import BackendContext
+    from fleet.backends.kubernetes.backend import KubernetesBackend
+    from fleet.config import Settings
+
+    settings = KubernetesSettings.model_validate({"classes": {"x86_64/nvidia-t4": {"gpu": "T4", "image": IMAGE}}})
+    ctx = BackendContext(name="kubernetes", settings=Settings(home=tmp_path), inventory=[],
+                         blob_path=lambda sha: tmp_path / sha, state_dir=tmp_path / "state")
+    backend = KubernetesBackend(settings, ctx)
+    cb = backend.callback
+    cb.write_plan("a1liar", {"job": {}, "inputs": []})
+    out = cb.output_path("a1liar", "real.bin")
+    out.parent.mkdir(parents=True)
+    out.write_bytes(b"real")
+    real = {"path": "real.bin", "size": 4, "sha256": hashlib.sha256(b"real").hexdigest()}
+    (cb.dir("a1liar") / "outputs.json").write_text(json.dumps({"real.bin": real}))
+    (cb.dir("a1liar") / "result.json").write_text(json.dumps(["not", "a", "record"]))
+    status = {"exit_code": 0, "signal": "nine", "phase": "run", "started_at": 1.0, "ended_at": 2.0,
+              "outputs": [{"path": "real.bin", "size": 999, "sha256": "f" * 64},
+                          {"path": "../../callback.key", "size": 1, "sha256": "0" * 64},
+                          {"path": "never-sent.bin", "size": 1, "sha256": "1" * 64}]}
+    outcome = backend._from_status("a1liar", status, {"exitCode": 3})
+    assert outcome.outputs == [real]  # as hashed on arrival, not as claimed
+    assert "outputs not handed in: ../../callback.key, never-sent.bin" in outcome.outputs_problem
+    assert outcome.result is None  # a list is not a result record
+    assert (outcome.exit_code, outcome.signal) == (3, None)  # the cluster's exit code, not the pod's 0
+    killed = backend._from_status("a1liar", {"exit_code": None, "signal": 15}, {"exitCode": 143})
+    assert (killed.exit_code, killed.signal) == (None, 15)  # 128 + TERM: the pod and the cluster agree

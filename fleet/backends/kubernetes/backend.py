@@ -32,6 +32,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from fleet import containers
 from fleet.backends.base import (
     AttemptPlan,
     AttemptSink,
@@ -258,15 +259,7 @@ class KubernetesBackend(Backend):
 
     async def _pod(self, name: str) -> dict[str, Any] | None:
         """The pod as last seen (read directly while the watch is down)."""
-        if self._watching:
-            return self._pods.get(name)
-        pod: dict[str, Any] | None = await self._call(f"read pod {name}", "read_namespaced_pod", name,
-                                                      self.settings.namespace, missing_ok=True)
-        if pod is None:
-            self._pods.pop(name, None)
-        else:
-            self._pods[name] = pod
-        return pod
+        return self._pods.get(name) if self._watching else await self._read(name)
 
     # ---------------------------------------------------------------- placement on nodes
 
@@ -327,7 +320,7 @@ class KubernetesBackend(Backend):
         self._following.add(aid)
         self._changed.setdefault(name, asyncio.Event())
         try:
-            pod = await self._pod(name) if self._watching else await self._read(name)
+            pod = await self._pod(name)
             if pod is None:
                 if (self.callback.dir(aid) / "plan.json").exists() or plan.follow_only:
                     # It was created before (or given up on): never create it again.
@@ -340,10 +333,13 @@ class KubernetesBackend(Backend):
             self._changed.pop(name, None)
 
     async def _read(self, name: str) -> dict[str, Any] | None:
-        pod: dict[str, Any] | None = await self._call(f"read pod {name}", "read_namespaced_pod", name, self.settings.namespace,
-                               missing_ok=True)
-        if pod is not None:
-            self._see(pod)
+        pod: dict[str, Any] | None = await self._call(f"read pod {name}", "read_namespaced_pod", name,
+                                                      self.settings.namespace, missing_ok=True)
+        # Kept, not announced: a follower reading the pod itself must not wake itself again.
+        if pod is None:
+            self._pods.pop(name, None)
+        elif self._mine(pod):
+            self._pods[name] = pod
         return pod
 
     async def _create(self, plan: AttemptPlan, cls: ClassSettings, name: str) -> None:
@@ -354,15 +350,8 @@ class KubernetesBackend(Backend):
         with contextlib.suppress(Conflict):  # made by a launch a crash interrupted
             await self._call(f"create secret {name}", "create_namespaced_secret", ns,
                              manifest.secret(self.backend, ns, plan, env))
-        image = None
-        if plan.image is not None:  # the spec's image; a runner image by name comes from image_registry
-            from fleet import images
-
-            arch = plan.host.arch
-            name = plan.image.rsplit("/", 1)[-1]
-            known = next((n for n in images.IMAGES if name == images.tag(n, arch)), None)
-            image = (f"{self.settings.image_registry.rstrip('/')}/{name}" if known and self.settings.image_registry
-                     else plan.image)
+        # the spec's image (a runner image by name comes from image_registry), else the class's
+        image = containers.resolve(plan.image, plan.host, self.settings.image_registry) if plan.image else None
         body = manifest.pod(self.backend, self.settings, cls, plan, affinity, self.callback.url, image)
         try:
             self._see(await self._call(f"create pod {name}", "create_namespaced_pod", ns, body))
@@ -531,12 +520,13 @@ class KubernetesBackend(Backend):
             problems.append("outputs not handed in: " + ", ".join(missing[:5]))
         if st.get("result_problem"):
             problems.append(str(st["result_problem"]))
-        code = st.get("exit_code")
-        if code is None and terminated and st.get("signal") is None and not st.get("timed_out"):
-            code = terminated.get("exitCode")
+        code = st.get("exit_code") if isinstance(st.get("exit_code"), int) else None
+        sig = st.get("signal") if isinstance(st.get("signal"), int) else None
+        cluster = (terminated or {}).get("exitCode")
+        if isinstance(cluster, int) and not (sig is not None and cluster == 128 + sig):
+            code, sig = cluster, None  # the cluster's record of the exit, not the pod's word
         return Outcome(
-            exit_code=code if isinstance(code, int) else None,
-            signal=st.get("signal") if isinstance(st.get("signal"), int) else None,
+            exit_code=code, signal=sig,
             timed_out=bool(st.get("timed_out")), phase=str(st.get("phase") or "run"),
             error=str(st["error"]) if st.get("error") else None,
             result=result if isinstance(result, dict) else None,
