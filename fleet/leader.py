@@ -67,6 +67,7 @@ class LeaseInfo:
     holder: str
     url: str | None
     expires_at: float
+    updated_at: float | None = None  # when its holder last renewed it
 
 
 class LeaderLease:
@@ -86,7 +87,7 @@ class LeaderLease:
             row = conn.execute(select(_LEASES).where(_LEASES.c.name == LEADER)).first()
         if row is None:
             return None
-        return LeaseInfo(row.holder, row.url, row.expires_at)
+        return LeaseInfo(row.holder, row.url, row.expires_at, row.updated_at)
 
     def try_acquire(self) -> bool:
         """Take or renew the lease if we may. Returns whether we hold it now."""

@@ -149,6 +149,7 @@ class Harness:
     token: str
     hub: EventHub
     clock: ShiftedClock
+    ctx: ApiContext
 
     async def submit(self, spec: dict[str, Any]) -> str:
         resp = await self.api.post("/jobs", json=spec)
@@ -209,7 +210,7 @@ async def harness(tmp_path: Path, hosts: list[Host] | None = None, *, auto: bool
     api = httpx.AsyncClient(transport=transport, base_url="http://fleet.test",
                             headers={"Authorization": f"Bearer {token}"})
     try:
-        yield Harness(store, scheduler, backend, api, token, hub, clock)
+        yield Harness(store, scheduler, backend, api, token, hub, clock, ctx)
     finally:
         await api.aclose()
         for launch in backend.launches:  # let what is still running end (the test is over)

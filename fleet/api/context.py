@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import httpx
 from fastapi import Depends, HTTPException, Request, Response
+from prometheus_client import CollectorRegistry
 
 from fleet.api.middleware import Limits
 from fleet.blobs import BlobStore
@@ -17,6 +18,7 @@ from fleet.disk import DiskGuard
 from fleet.errors import NotFound
 from fleet.events import EventHub
 from fleet.leader import LeaderLease
+from fleet.metrics import StateCollector
 from fleet.models.tables import Artifact, Job, User
 from fleet.scheduler.loop import Scheduler
 from fleet.store import Store
@@ -43,6 +45,9 @@ class ApiContext:
         # Matrix webhooks to loopback/private/link-local addresses (config webhook_allow_private):
         # off, so a user's webhook cannot make the controller call inside its own network.
         self.webhook_allow_private = False
+        # GET /metrics: what is, read at scrape time (the scheduler counts what happened).
+        self.state_metrics = CollectorRegistry(auto_describe=False)
+        self.state_metrics.register(StateCollector(self))
 
     def leader_url(self) -> str | None:
         """The API URL of the current leader (None if this replica leads or nobody does)."""

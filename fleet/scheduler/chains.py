@@ -27,9 +27,10 @@ class Chains:
     """The jobs that wait for another job, until it ends."""
 
     def __init__(self, store: Store, *, enqueue: Callable[[Job, JobSpec], None],
-                 done: Callable[[str], None], wake: Callable[[], None]) -> None:
+                 done: Callable[[str], None], wake: Callable[[], None],
+                 ended: Callable[[str, JobState], None] = lambda queue, state: None) -> None:
         self.store = store
-        self._enqueue, self._job_done, self._wake = enqueue, done, wake
+        self._enqueue, self._job_done, self._wake, self._ended = enqueue, done, wake, ended
         self.waiting: dict[str, JobSpec] = {}  # PENDING jobs that wait for another job
 
     def admit(self, job: Job, spec: JobSpec) -> None:
@@ -90,6 +91,7 @@ class Chains:
     def _fail(self, job: Job, message: str) -> None:
         self.waiting.pop(job.id, None)
         self.store.finish_job(job.id, JobState.FAILED, Reason.DEPENDENCY_FAILED, message)
+        self._ended(job.queue, JobState.FAILED)
         self._job_done(job.id)
 
     def _resolved(self, spec: JobSpec, before: Job) -> JobSpec:

@@ -31,6 +31,7 @@ from fleet.errors import NotFound, SpecError
 from fleet.hooks import Catalog
 from fleet.inventory import Host
 from fleet.logstore import LogStore
+from fleet.metrics import Metrics
 from fleet.models.enums import REASON_CLASS, AttemptState, FailureClass, Health, JobState, Reason
 from fleet.models.spec import JobSpec
 from fleet.models.tables import Attempt, Job
@@ -104,7 +105,8 @@ class Scheduler:
         self.kill_grace = self.policy.kill_grace
         self.health = HealthChecks(self.book, store, self.backends, self.policy, on_back=self._follow_up_on,
                                    wake=self.wake, followed=self._followed, clock=clock)
-        self.chains = Chains(store, enqueue=self._enqueue, done=self._job_done, wake=self.wake)
+        self.chains = Chains(store, enqueue=self._enqueue, done=self._job_done, wake=self.wake,
+                             ended=self._count_job_end)
         self.runner = AttemptRunner(self.backends, self.blobs, logs,
                                     Catalog(Settings(home=fleet_home()).hooks_dir), lambda: self._stopping)
         self._sync_task: asyncio.Task[None] | None = None
@@ -133,6 +135,9 @@ class Scheduler:
         self._done: dict[str, asyncio.Event] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
+        # Counted as it happens (fleet.metrics; GET /metrics): passes, placements, ends.
+        self.metrics = Metrics()
+        store.db.on_write = self.metrics.db_write.observe
 
     # ------------------------------------------------------------------ the parts, by name
 
@@ -181,6 +186,7 @@ class Scheduler:
                 spec = JobSpec.model_validate_json(job.spec_json)
             except Exception as exc:  # noqa: BLE001 - a stored spec this release cannot read
                 self.store.finish_job(job.id, JobState.FAILED, Reason.INVALID_SPEC, str(exc))
+                self._count_job_end(job.queue, JobState.FAILED)
                 continue
             if job.state == JobState.RETRYING.value:
                 self._requeue_retry(job, spec)
@@ -331,6 +337,7 @@ class Scheduler:
         if self.chains.waiting.pop(job_id, None) is not None:
             self.store.finish_job(job_id, JobState.CANCELLED, Reason.CANCELLED_BY_USER,
                                   "cancelled while waiting for the job before it")
+            self._count_job_end(self.store.get_job(job_id).queue, JobState.CANCELLED)
             self._job_done(job_id)
             return JobState.CANCELLED.value
         qj = self._dequeue(job_id)
@@ -339,6 +346,8 @@ class Scheduler:
             held.handle.cancel()
         if qj is not None or held is not None:
             self.store.finish_job(job_id, JobState.CANCELLED, Reason.CANCELLED_BY_USER, "cancelled while queued")
+            job = qj.job if qj is not None else held.qj.job  # type: ignore[union-attr]
+            self._count_job_end(job.queue, JobState.CANCELLED)
             self._job_done(job_id)
             return JobState.CANCELLED.value
         run = self.running.get(job_id)
@@ -455,6 +464,7 @@ class Scheduler:
         assert qj is not None
         message = f"waited {qj.spec.queue_timeout:g} s in queue {qj.demand.key}: {why.summary}"
         self.store.finish_job(job_id, JobState.FAILED, Reason.NO_CAPACITY, message)
+        self._count_job_end(qj.job.queue, JobState.FAILED)
         self._job_done(job_id)
 
     async def _cancel_remote(self, run: Running) -> None:
@@ -520,7 +530,8 @@ class Scheduler:
             await self._wake.wait()
             self._wake.clear()
             try:
-                self._place_all()
+                with self.metrics.pass_duration.time():
+                    self._place_all()
             except Exception:
                 log.exception("scheduling pass failed")
 
@@ -586,6 +597,9 @@ class Scheduler:
         attempt = self.store.start_attempt(qj.job, host.name, slots, backend=host.backend)
         self.book.take(host, slots)
         self.running_by_user[qj.job.user] += 1
+        if attempt.number == 1:
+            self.metrics.queue_wait.labels(qj.job.queue).observe(
+                max(0.0, self.clock.time() - qj.job.created_at))
         run = Running(qj=qj, attempt=attempt, host=host, plan=self._plan(qj, attempt, host))
         self.running[qj.job.id] = run
         run.task = asyncio.create_task(self._run_attempt(run, 0), name=f"attempt-{attempt.id}")
@@ -679,6 +693,7 @@ class Scheduler:
                               host=host.name, device_class=host.device_class, record_json=json.dumps(record),
                               **key_columns(record))
         self._durably(self.store.finish, attempt.id, attempt_values, qj.job.id, job_values, result_row, made)
+        self._count_end(qj, host, verdict, job_values, outcome.started_at, attempt_values["ended_at"])
         if again and verdict.may_run:
             self._hold(qj, self.policy.lost_hold, attempt, host)
         elif again:
@@ -687,6 +702,17 @@ class Scheduler:
         else:
             self._job_done(qj.job.id)
         self._wake.set()
+
+    def _count_end(self, qj: QueuedJob, host: Host, verdict: Verdict, job_values: dict[str, Any],
+                   started_at: float | None, ended_at: float) -> None:
+        self.metrics.attempts_ended.labels(verdict.reason.value, host.device_class).inc()
+        if job_values["state"] != JobState.RETRYING.value:
+            self._count_job_end(qj.job.queue, JobState(job_values["state"]))
+            if started_at is not None:
+                self.metrics.job_duration.labels(qj.job.queue).observe(max(0.0, ended_at - started_at))
+
+    def _count_job_end(self, queue: str, state: JobState) -> None:
+        self.metrics.jobs_ended.labels(state.value, queue).inc()
 
     def _retry(self, qj: QueuedJob, host: Host, verdict: Verdict) -> bool:
         """Whether to try again (``fleet.scheduler.retry``); counts it against its budget."""
@@ -747,6 +773,8 @@ class Scheduler:
         if gone is not None or host is None:
             self.store.finish_attempt(attempt.id, AttemptState.FAILED, Reason.HOST_LOST, gone, None, 0)
             self.store.finish_job(job.id, JobState.FAILED, Reason.HOST_LOST, gone)
+            self.metrics.attempts_ended.labels(Reason.HOST_LOST.value, host.device_class if host else "unknown").inc()
+            self._count_job_end(job.queue, JobState.FAILED)
             return
         self.book.take(host, attempt.slots, placed=False)
         self.running_by_user[job.user] += 1

@@ -1,4 +1,4 @@
-"""``/health`` (no token) and ``/whoami``."""
+"""``/health`` (no token), ``/whoami`` and ``/metrics`` (Prometheus)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import os
 from typing import Any
 
 from fastapi import APIRouter
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from fleet import __version__
 from fleet.api.auth import UserDep
@@ -26,3 +28,13 @@ def health(ctx: CtxDep) -> dict[str, Any]:
 @router.get("/whoami", tags=["users"])
 def whoami(user: UserDep) -> UserOut:
     return UserOut(name=user.name, admin=user.is_admin)
+
+
+@router.get("/metrics", tags=["server"], response_class=Response,
+            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}})
+def metrics(ctx: CtxDep, _user: UserDep) -> Response:
+    """What this controller counted and what it sees now (fleet.metrics), for any user's token:
+    totals per queue and device class only, nobody's jobs by name. Runs in the thread pool
+    (it reads the database)."""
+    body = ctx.scheduler.metrics.scrape() + generate_latest(ctx.state_metrics)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,114 @@
+"""GET /metrics (fleet.metrics): a scrape parsed with prometheus-client's own parser, its
+values checked against what the test made happen (in process: tests/harness.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from fleet.leader import LeaderLease
+from fleet.models.enums import Health
+from tests.harness import Harness, harness, host
+
+SPEC = {"name": "m", "run": "true", "resources": {"pool": "lab"}}
+
+
+async def scrape(h: Harness) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """Every sample of a scrape: name -> {sorted labels: value}."""
+    resp = await h.api.get("/metrics")
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["content-type"].startswith("text/plain; version=")
+    samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(resp.text):
+        assert family.name.startswith("fleet_"), family.name
+        for s in family.samples:
+            samples.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
+    return samples
+
+
+def one(samples: dict[str, dict[tuple[tuple[str, str], ...], float]], name: str, **labels: str) -> float:
+    want = tuple(sorted(labels.items()))
+    return samples.get(name, {}).get(want, 0.0)
+
+
+async def test_a_scrape_counts_what_happened_and_shows_what_is(tmp_path):
+    hosts = [host("h1"), host("h2"), host("h3")]
+    async with harness(tmp_path, hosts) as h:
+        h.scheduler.drain("h3")
+        h.store.set_health("h2", Health.GOOD, None)
+        first, second, third = [await h.submit(SPEC) for _ in range(3)]
+        launches = await h.backend.wait_launches(2)
+        queue = (await h.job(third))["queue"]
+
+        m = await scrape(h)
+        assert one(m, "fleet_jobs", state="PENDING", queue=queue) == 1
+        assert one(m, "fleet_queue_depth", queue=queue) == 1
+        assert 0 <= one(m, "fleet_queue_oldest_wait_seconds", queue=queue) < 60
+        running = sum(v for k, v in m["fleet_jobs"].items() if ("state", "PENDING") not in k)
+        assert running == 2
+        assert one(m, "fleet_hosts", device_class="x86_64/cpu", health="good", drained="true") == 1
+        assert one(m, "fleet_hosts", device_class="x86_64/cpu", health="good", drained="false") == 2
+        assert one(m, "fleet_leader") == 1
+        assert one(m, "fleet_queue_wait_seconds_count", queue=queue) == 2
+        assert m["fleet_scheduler_pass_duration_seconds_count"][()] >= 1
+        assert m["fleet_db_write_duration_seconds_count"][()] >= 4
+
+        by_id = {launch.plan.job_id: launch for launch in launches}
+        by_id[first].finish(0, started_at=100.0, ended_at=107.0)
+        by_id[second].finish(3)
+        await h.until(lambda: len(h.backend.launches) == 3)
+        await h.until(lambda: h.scheduler.running.get(third) is not None)
+        assert await h.api.post(f"/jobs/{third}/cancel") is not None
+        h.scheduler.drain("h1")
+        h.scheduler.drain("h2")
+        fourth = await h.submit(SPEC)  # no host takes it: cancelled while queued
+        await h.api.post(f"/jobs/{fourth}/cancel")
+        await h.until(lambda: not h.scheduler.running)
+
+        m = await scrape(h)
+        assert one(m, "fleet_attempts_ended_total", reason="succeeded", device_class="x86_64/cpu") == 1
+        assert one(m, "fleet_attempts_ended_total", reason="exit_nonzero", device_class="x86_64/cpu") == 1
+        assert one(m, "fleet_attempts_ended_total", reason="cancelled_by_user", device_class="x86_64/cpu") == 1
+        assert one(m, "fleet_jobs_ended_total", state="SUCCEEDED", queue=queue) == 1
+        assert one(m, "fleet_jobs_ended_total", state="FAILED", queue=queue) == 1
+        assert one(m, "fleet_jobs_ended_total", state="CANCELLED", queue=queue) == 2  # running, queued
+        # The first job ran 7 s by its outcome: in the (5, 15] bucket, not in (1, 5].
+        assert one(m, "fleet_job_duration_seconds_bucket", queue=queue, le="5.0") == 0
+        assert one(m, "fleet_job_duration_seconds_bucket", queue=queue, le="15.0") >= 1
+        assert one(m, "fleet_job_duration_seconds_sum", queue=queue) >= 7
+        assert one(m, "fleet_queue_depth", queue=queue) == 0
+        assert "fleet_jobs" not in m or not any(v for v in m["fleet_jobs"].values())
+
+
+async def test_subscribers_and_the_leader_lease_age(tmp_path):
+    async with harness(tmp_path) as h:
+        got = asyncio.Event()
+
+        async def follow() -> None:
+            async for _frame in h.hub.stream(None, lambda user: True):
+                got.set()
+
+        task = asyncio.create_task(follow())
+        await asyncio.wait_for(got.wait(), 10)
+        lease = LeaderLease(h.store.db, "me", "http://127.0.0.1:1", ttl=15)
+        assert lease.try_acquire()
+        h.ctx.lease = lease
+        m = await scrape(h)
+        assert one(m, "fleet_event_subscribers") == 1
+        assert 0 <= one(m, "fleet_leader_lease_age_seconds") < 5
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await h.until(lambda: h.hub.subscribers == 0)
+        assert one(await scrape(h), "fleet_event_subscribers") == 0
+
+
+async def test_a_scrape_needs_a_token_and_a_follower_shows_zero_for_what_it_did_not_do(tmp_path):
+    async with harness(tmp_path) as h:
+        resp = await h.api.get("/metrics", headers={"Authorization": ""})
+        assert resp.status_code == 401
+        h.scheduler.leading = False
+        m = await scrape(h)
+        assert one(m, "fleet_leader") == 0
+        assert one(m, "fleet_hosts", device_class="x86_64/cpu", health="unknown", drained="false") \
+            + one(m, "fleet_hosts", device_class="x86_64/cpu", health="good", drained="false") == 1
