@@ -3,8 +3,10 @@ Python >= 3.8 (shipped to hosts with the wrapper)."""
 
 import os
 import signal
-import subprocess
 import time
+
+from waits import become_subreaper as _become_subreaper  # noqa: F401  (the wrapper imports it here)
+from waits import children
 
 # What a job's environment starts from: the basics of a login on this host (never the
 # controller's settings), then the host's fleet_env_keep names, fleet's FLEET_* and the spec's.
@@ -30,6 +32,7 @@ def account(name, isolation):
     """The account ``name`` as ``{name, uid, gid, home}``; with ``isolation: user`` a missing
     one is created (the agent runs as root there). Raises ValueError saying what is wrong."""
     import pwd
+    import subprocess
 
     if os.geteuid() != 0:
         raise ValueError("running jobs as account %s needs fleet's agent to run as root "
@@ -55,44 +58,11 @@ def account(name, isolation):
     return {"name": name, "uid": pw.pw_uid, "gid": pw.pw_gid, "home": home}
 
 
-def _become_subreaper():
-    """Linux: orphans among the job's descendants (a daemon that called setsid and left the
-    job's process group) are reparented to this process instead of init, so they can be
-    found and stopped with the job. Elsewhere a no-op."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
-    except (OSError, AttributeError):
-        pass
-
-
-def _children():
-    me = str(os.getpid())
-    found = []
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return found
-    for name in names:
-        if not name.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % name) as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if len(fields) > 1 and fields[1] == me and fields[0] != "Z":
-            found.append(int(name))
-    return found
-
-
 def _kill_children(rounds=50):
     """KILL every child of this process (escaped descendants of the job reparented here), and
     theirs as they are reparented in turn; reap them all."""
     for _ in range(rounds):
-        kids = _children()
+        kids = children()
         for pid in kids:
             try:
                 os.kill(pid, signal.SIGKILL)

@@ -16,11 +16,11 @@ when the supervisor died without a status (host rebooted, process killed).
 """
 
 import errno
+import gc
 import json
 import os
 import select
 import signal
-import subprocess
 import sys
 import time
 
@@ -40,13 +40,14 @@ from hostfs import (  # noqa: F401  (the agent's file rules; tests reach them th
     open_inside,
     open_regular,
 )
-from jobenv import _become_subreaper, _kill_children, account, job_env
+from jobenv import _kill_children, account, job_env
+from waits import Child, Inotify, ProcessWaiter, become_subreaper, pidfd, preload
 
 CHUNK = 65536
 MAX_REQUEST = 64 << 20  # bytes of one request line from the controller
-POLL_ATTACHED = 0.05  # log poll interval while the supervisor's pipe is open
-POLL_DETACHED = 0.1  # when following an attempt we did not launch (reattach)
-LEASE_CHECK = 0.05  # how often a supervisor looks at its attempt lease
+POLL = 0.05  # log poll interval where there is no inotify watch
+QUIET = 0.02  # after news of a log, the next look waits this long (a chatty job: few wake-ups)
+CHECK_SUPERVISOR = 1.0  # without a pidfd: how often to look whether a supervisor still lives
 NO_SUPERVISOR = 10.0  # an attempt dir without a supervisor pid this long was never started
 
 
@@ -221,7 +222,7 @@ class Supervisor:
         # is taken now and written in place at the end (else the attempt would look lost and
         # the job run again elsewhere).
         reserved = _reserve(os.path.join(self.adir, "status.json"))
-        _become_subreaper()
+        become_subreaper()
         try:
             fd = os.open(os.path.join(self.adir, "log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o600)
             self.log = os.fdopen(fd, "ab", buffering=0)
@@ -288,28 +289,52 @@ class Supervisor:
         return ("account %s cannot reach its attempt directory %s: fleet_workdir must lie where "
                 "every job account can pass through (e.g. /var/lib/fleet)" % (self.account["name"], self.adir))
 
-    def _lease_expired(self):
-        """The attempt lease: the agent touches ``lease`` whenever the controller renews it. No
-        renewal for ``lease`` seconds means the controller gave this attempt up (or is down for
-        longer than it promised to be): stop, so the job never runs twice."""
+    def _lease_left(self):
+        """Seconds until the attempt lease runs out (None: no lease). The agent touches
+        ``lease`` whenever the controller renews it; no renewal for ``lease`` seconds means the
+        controller gave this attempt up (or is down for longer than it promised to be): stop,
+        so the job never runs twice. One stat per look: the supervisor looks when the lease
+        would run out, not on a timer."""
         if not self.lease:
-            return False
+            return None
         try:
-            age = time.time() - os.stat(self.lease_path).st_mtime
+            return self.lease - (time.time() - os.stat(self.lease_path).st_mtime)
         except OSError as exc:
             # Written when the attempt started: gone, it can never be renewed again (its
             # directory was removed), so the job must not run on with no one to stop it.
-            return exc.errno == errno.ENOENT
-        return age > self.lease
+            return 0.0 if exc.errno == errno.ENOENT else self.lease
 
-    def _stop(self, proc, grace):
+    def _lease_expired(self):
+        left = self._lease_left()
+        return left is not None and left <= 0
+
+    def _stop(self, proc, grace, waiter):
         _signal_group(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            self.log.write(b"fleet: still running after the grace period; sending KILL\n")
-            _signal_group(proc.pid, signal.SIGKILL)
-            proc.wait()
+        until = time.monotonic() + grace
+        while proc.poll() is None:
+            left = until - time.monotonic()
+            if left <= 0:
+                self.log.write(b"fleet: still running after the grace period; sending KILL\n")
+                _signal_group(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return
+            waiter.wait(left)
+
+    def _wait(self, proc, deadline, waiter):
+        """Until the job ends ("exit"), its deadline passes ("timeout") or its lease runs out
+        ("lease"). Blocks in select on the job's pidfd: no wake-ups while the job runs, but
+        when the timeout or the lease could run out."""
+        while proc.poll() is None:
+            timeout = None if deadline is None else deadline - time.monotonic()
+            if timeout is not None and timeout <= 0:
+                return "timeout"
+            left = self._lease_left()
+            if left is not None:
+                if left <= 0:
+                    return "lease"
+                timeout = left + 0.01 if timeout is None else min(timeout, left + 0.01)
+            waiter.wait(timeout)
+        return "exit"
 
     def _run(self, argv, env, deadline, grace, phase):
         if os.path.exists(self.cancel_path) or os.path.exists(os.path.join(self.adir, "fence")):
@@ -317,40 +342,39 @@ class Supervisor:
         if self._lease_expired():
             self.fenced = True
             return None, signal.SIGTERM, False
+        waiter = ProcessWaiter()
         try:
-            proc = subprocess.Popen(
-                argv, cwd=self.adir, env=env, stdin=subprocess.DEVNULL, stdout=self.log,
-                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
-                preexec_fn=self._drop if self.account is not None else None,
-            )
+            if self.account is None:  # posix_spawn: no fork of this Python process
+                proc = Child(argv, env, self.log.fileno())
+            else:  # the job's own account: a fork that drops to it before the exec
+                import subprocess  # here only: the agent stays small, so forking it is cheap
+
+                proc = subprocess.Popen(
+                    argv, cwd=self.adir, env=env, stdin=subprocess.DEVNULL, stdout=self.log,
+                    stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+                    preexec_fn=self._drop,
+                )
         except OSError as exc:
+            waiter.close()
             self.log.write(("fleet: cannot start %s: %s\n" % (argv[0], exc)).encode())
             return 127, None, False
+        waiter.watch(proc.pid)
         _write_json(os.path.join(self.adir, "proc.json"), {"pgid": proc.pid, "phase": phase})
         self.notify(event="started", pid=proc.pid, phase=phase, at=time.time())
         if os.path.exists(self.cancel_path):  # cancelled between the check and the start
             _signal_group(proc.pid, signal.SIGTERM)
         timed_out = False
-        while True:
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if self.lease:
-                timeout = LEASE_CHECK if timeout is None else min(timeout, LEASE_CHECK)
-            try:
-                proc.wait(timeout=timeout)
-                break
-            except subprocess.TimeoutExpired:
-                pass
-            if deadline is not None and time.monotonic() >= deadline:
-                timed_out = True
-                self.log.write(b"\nfleet: timeout reached; sending TERM to the process group\n")
-                self._stop(proc, grace)
-                break
-            if self._lease_expired():
-                self.fenced = True
-                self.log.write(("\nfleet: no word from the controller for %g s (attempt lease); "
-                                "stopping the job so that it never runs twice\n" % self.lease).encode())
-                self._stop(proc, grace)
-                break
+        why = self._wait(proc, deadline, waiter)
+        if why == "timeout":
+            timed_out = True
+            self.log.write(b"\nfleet: timeout reached; sending TERM to the process group\n")
+            self._stop(proc, grace, waiter)
+        elif why == "lease":
+            self.fenced = True
+            self.log.write(("\nfleet: no word from the controller for %g s (attempt lease); "
+                            "stopping the job so that it never runs twice\n" % self.lease).encode())
+            self._stop(proc, grace, waiter)
+        waiter.close()
         # Leftover children in the group (daemons the job started) go with the job, and so do
         # those that left the group (setsid): as a subreaper, they became our children.
         _signal_group(proc.pid, signal.SIGKILL)
@@ -396,54 +420,54 @@ def _prepare(adir, payload):
 
 
 def _spawn_supervisor(adir, payload):
-    """Start the detached supervisor (own session, reparented away from us); returns the read
-    end of a pipe that carries its events and reaches EOF when it exits."""
+    """Start the supervisor: one fork, in a session of its own (a closed channel's hangup
+    never reaches it; it outlives the agent). Returns ``(pid, fd)``: the read end of a pipe
+    that carries its events and reaches EOF when it exits; the agent reaps it then."""
     rfd, wfd = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
             os.close(rfd)
             os.setsid()
-            if os.fork() != 0:
-                os._exit(0)
             signal.signal(signal.SIGPIPE, signal.SIG_IGN)
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             devnull = os.open(os.devnull, os.O_RDWR)
             for fd in (0, 1, 2):
                 os.dup2(devnull, fd)
-            for fd in _open_fds():
-                if fd > 2 and fd != wfd:
-                    try:
-                        os.close(fd)
-                    except OSError:
-                        pass
-            with open(os.path.join(adir, "pid"), "w") as fh:
-                fh.write(str(os.getpid()))
+            # Nothing of the agent's (its channel, other attempts' pipes and logs) stays open.
+            os.closerange(3, wfd)
+            os.closerange(wfd + 1, 65536)
+            fd = os.open(os.path.join(adir, "pid"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _NOFOLLOW, 0o644)
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            gc.disable()  # a collection would touch (copy) the pages shared with the agent
+            os.chdir(adir)  # the job's working directory (posix_spawn starts it here)
             Supervisor(adir, payload, wfd).run()
         finally:
             os._exit(0)
     os.close(wfd)
-    os.waitpid(pid, 0)
-    return rfd
-
-
-def _open_fds():
-    try:
-        return [int(fd) for fd in os.listdir("/proc/self/fd")]
-    except OSError:
-        return list(range(3, 256))
+    return pid, rfd
 
 
 class Follow:
-    """One attempt the agent streams: its log from an offset, its events, its end."""
+    """One attempt the agent streams: its log from an offset, its events, its end.
 
-    def __init__(self, aid, adir, offset, notify_fd=None):
+    How the agent learns that something changed, cheapest first: an inotify watch on the
+    attempt directory (the log grew, status.json appeared, the directory went), the supervisor's
+    pipe (our own launch: EOF when it exits) or a pidfd on it (one we reattached to). Without a
+    watch the log is polled."""
+
+    def __init__(self, aid, adir, offset, notify_fd=None, spid=None):
         self.aid, self.adir, self.offset, self.notify_fd = aid, adir, offset, notify_fd
+        self.spid = spid  # our child: reaped when its pipe ends
         self.fh = None
         self.pending = b""
-        self.last_pid_check = time.monotonic()
         self.since = time.monotonic()
+        self.wd = None  # inotify watch
+        self.pidfd = None  # on the supervisor of an attempt we did not launch
+        self.next_check = time.monotonic()  # when to look again without news (polling)
+        self.dirty = True  # something may have changed: read the log, look for the status
 
 
 class Agent:
@@ -465,6 +489,10 @@ class Agent:
         self.inlen = 0
         self.skipping = False  # dropping the rest of a request line that was too long
         self.verified = {}  # sha256 -> stat of the cache file when its content was last hashed
+        preload()  # ctypes once here, not in every supervisor forked from us
+        self.inotify = Inotify.create()
+        self.by_wd = {}  # inotify watch -> Follow
+        self.quiet_until = 0.0
 
     def frame(self, aid, kind, data=None, **fields):
         fields["a"], fields["t"] = aid, kind
@@ -475,12 +503,23 @@ class Agent:
             self.out.write(data)
 
     def run(self):
+        """Sleeps in select until a request, a supervisor's word or end, an inotify event, or
+        the next thing due (a KILL after a cancel's grace; polling where there is no watch)."""
         stdin = sys.stdin.buffer.fileno()
         while True:
-            fds = [stdin] + [f.notify_fd for f in self.follows.values() if f.notify_fd is not None]
-            timeout = POLL_ATTACHED if self.follows or self.kills else None
+            now = time.monotonic()
+            fds = [stdin]
+            by_fd = {}
+            for follow in self.follows.values():
+                for fd in (follow.notify_fd, follow.pidfd):
+                    if fd is not None:
+                        fds.append(fd)
+                        by_fd[fd] = follow
+            if self.inotify is not None and now >= self.quiet_until:
+                fds.append(self.inotify.fd)
+            due = self.due(now)
             try:
-                ready, _, _ = select.select(fds, [], [], timeout)
+                ready, _, _ = select.select(fds, [], [], None if due is None else max(0.0, due - now))
             except InterruptedError:
                 continue
             if stdin in ready:
@@ -488,11 +527,78 @@ class Agent:
                 if not data:
                     return 0
                 self.received(data)
-            for follow in list(self.follows.values()):
-                if follow.notify_fd is not None and follow.notify_fd in ready:
+            if self.inotify is not None and self.inotify.fd in ready:
+                for wd, gone in self.inotify.read().items():
+                    follow = self.by_wd.get(wd)
+                    if follow is not None:
+                        follow.dirty = True
+                        if gone:
+                            self.unwatch(follow)
+                            follow.next_check = 0.0
+                self.quiet_until = time.monotonic() + QUIET
+            for fd in ready:
+                follow = by_fd.get(fd)
+                if follow is None or follow.aid not in self.follows:
+                    continue
+                if fd == follow.notify_fd:
                     self.notified(follow)
+                elif fd == follow.pidfd:  # the supervisor of an attempt we reattached to ended
+                    follow.dirty, follow.next_check = True, 0.0
             self.tick()
             self.out.flush()
+
+    def due(self, now):
+        """When the loop must look again with no news (None: only news wakes it)."""
+        times = [k[0] for k in self.kills]
+        if self.quiet_until > now:  # then inotify is listened to again
+            times.append(self.quiet_until)
+        for follow in self.follows.values():
+            if follow.dirty:
+                times.append(now)
+            elif follow.wd is None or follow.notify_fd is None:
+                times.append(follow.next_check)
+        times = [t for t in times if t != float("inf")]
+        return min(times) if times else None
+
+    def watch(self, follow):
+        if self.inotify is not None and follow.wd is None:
+            follow.wd = self.inotify.watch(follow.adir)
+            if follow.wd is not None:
+                self.by_wd[follow.wd] = follow
+        follow.dirty = True
+
+    def unwatch(self, follow):
+        if follow.wd is not None:
+            self.by_wd.pop(follow.wd, None)
+            if self.inotify is not None:
+                try:
+                    self.inotify.unwatch(follow.wd)
+                except OSError:
+                    pass
+            follow.wd = None
+
+    def add(self, follow):
+        old = self.follows.get(follow.aid)
+        if old is not None:  # followed anew: keep the pipe of a supervisor we launched
+            if follow.notify_fd is None:
+                follow.notify_fd, follow.spid, follow.pending = old.notify_fd, old.spid, old.pending
+                old.notify_fd = None
+            self.drop(old)
+        self.follows[follow.aid] = follow
+        self.watch(follow)
+        return follow
+
+    def drop(self, follow):
+        """Stop following (ended, lost, or followed anew)."""
+        self.unwatch(follow)
+        if follow.pidfd is not None:
+            os.close(follow.pidfd)
+            follow.pidfd = None
+        if follow.fh is not None:
+            follow.fh.close()
+            follow.fh = None
+        if self.follows.get(follow.aid) is follow:
+            del self.follows[follow.aid]
 
     def received(self, data):
         """Split what arrived into request lines. Linear in the bytes: only the new chunk is
@@ -531,7 +637,7 @@ class Agent:
                 self.launch(aid, req)
             elif op == "follow":
                 adir = os.path.expanduser(req["attempt_dir"])
-                self.follows[aid] = Follow(aid, adir, int(req.get("offset", 0)))
+                self.add(Follow(aid, adir, int(req.get("offset", 0))))
                 _touch(os.path.join(adir, "lease"))
             elif op == "renew":  # the controller still follows: extend every attempt's lease
                 for follow in self.follows.values():
@@ -607,7 +713,7 @@ class Agent:
             os.mkdir(adir, 0o700)  # the launch marker: never start an attempt twice
         except FileExistsError:
             self.frame(aid, "attached", dir=adir)
-            self.follows[aid] = Follow(aid, adir, int(payload.get("offset", 0)))
+            self.add(Follow(aid, adir, int(payload.get("offset", 0))))
             _touch(os.path.join(adir, "lease"))
             return
         try:
@@ -617,9 +723,10 @@ class Agent:
                 "exit_code": None, "signal": None, "timed_out": False, "cancelled": False,
                 "phase": "prepare", "error": "prepare: %s" % exc,
                 "started_at": time.time(), "ended_at": time.time()})
-            self.follows[aid] = Follow(aid, adir, 0)
+            self.add(Follow(aid, adir, 0))
             return
-        self.follows[aid] = Follow(aid, adir, 0, _spawn_supervisor(adir, payload))
+        spid, fd = _spawn_supervisor(adir, payload)
+        self.add(Follow(aid, adir, 0, fd, spid))
 
     def cancel(self, aid, adir, grace, marker="cancel"):
         if not os.path.isdir(adir):
@@ -677,9 +784,11 @@ class Agent:
         self.frame(follow.aid, "exit", status=status, result=result,
                    error=_read_job_json(follow.adir, "error.json", owner),
                    log_size=follow.offset, outputs=outputs, outputs_problem=problem)
-        if follow.fh is not None:
-            follow.fh.close()
-        self.follows.pop(follow.aid, None)
+        self.drop(follow)
+
+    def lost(self, follow, message):
+        self.frame(follow.aid, "lost", message=message)
+        self.drop(follow)
 
     def tick(self):
         now = time.monotonic()
@@ -687,38 +796,70 @@ class Agent:
             self.kills.remove(kill)
             if not os.path.exists(os.path.join(kill[2], "status.json")):
                 _signal_group(kill[1], signal.SIGKILL)
+        _reap()
         for follow in list(self.follows.values()):
-            self.drain(follow)
-            if follow.notify_fd is not None:
-                continue  # the pipe tells us when it ends
+            polled = follow.wd is None and now >= follow.next_check
+            news = follow.dirty or polled
+            follow.dirty = False
+            if news:
+                self.drain(follow)
+            if follow.notify_fd is not None:  # ours: the pipe tells us when it ends
+                if polled:
+                    follow.next_check = now + POLL
+                continue
+            if news and os.path.exists(os.path.join(follow.adir, "status.json")):
+                self.finish(follow)
+            elif news or now >= follow.next_check:
+                self.check(follow, now)
+
+    def check(self, follow, now):
+        """An attempt we did not launch, without its status yet: is its supervisor still
+        there? Asks the kernel to tell us when it ends (pidfd) where it can."""
+        follow.next_check = now + (POLL if follow.wd is None else CHECK_SUPERVISOR)
+        if not os.path.isdir(follow.adir):
+            self.lost(follow, "attempt directory %s does not exist" % follow.adir)
+            return
+        if follow.pidfd is not None:
+            if not select.select([follow.pidfd], [], [], 0)[0]:
+                if follow.wd is not None:
+                    follow.next_check = float("inf")  # the pidfd and the watch wake us
+                return
+            os.close(follow.pidfd)  # it ended: see below how
+            follow.pidfd = None
+        try:
+            with open(os.path.join(follow.adir, "pid")) as pf:
+                spid = int(pf.read().strip() or 0)
+        except (OSError, ValueError):
+            spid = 0
+        if spid and follow.pidfd is None and _alive(spid):
+            follow.pidfd = pidfd(spid)
+            if follow.pidfd is not None and follow.wd is not None:
+                follow.next_check = float("inf")
+            return
+        if spid and not _alive(spid):
             if os.path.exists(os.path.join(follow.adir, "status.json")):
                 self.finish(follow)
-                continue
-            if now - follow.last_pid_check < 1.0:
-                continue
-            follow.last_pid_check = now
-            try:
-                with open(os.path.join(follow.adir, "pid")) as pf:
-                    spid = int(pf.read().strip() or 0)
-            except (OSError, ValueError):
-                spid = 0
-            if not os.path.isdir(follow.adir):
-                self.frame(follow.aid, "lost", message="attempt directory %s does not exist" % follow.adir)
-                self.follows.pop(follow.aid, None)
-            elif spid and not _alive(spid) and not os.path.exists(os.path.join(follow.adir, "status.json")):
-                # The job may have outlived its supervisor (an OOM kill of the supervisor
-                # alone): stop it, or it would run on unsupervised while a retry runs too.
-                pgid = (_read_json(os.path.join(follow.adir, "proc.json")) or {}).get("pgid")
-                if pgid:
-                    _signal_group(pgid, signal.SIGKILL)
-                self.drain(follow)
-                self.frame(follow.aid, "lost", message="the attempt's supervisor (pid %d) is gone "
-                           "without an exit status" % spid)
-                self.follows.pop(follow.aid, None)
-            elif not spid and now - follow.since > NO_SUPERVISOR:
-                self.frame(follow.aid, "lost", message="the attempt never got a supervisor "
-                           "(its launch was cut short)")
-                self.follows.pop(follow.aid, None)
+                return
+            # The job may have outlived its supervisor (an OOM kill of the supervisor
+            # alone): stop it, or it would run on unsupervised while a retry runs too.
+            pgid = (_read_json(os.path.join(follow.adir, "proc.json")) or {}).get("pgid")
+            if pgid:
+                _signal_group(pgid, signal.SIGKILL)
+            self.drain(follow)
+            self.lost(follow, "the attempt's supervisor (pid %d) is gone without an exit status" % spid)
+        elif not spid and now - follow.since > NO_SUPERVISOR:
+            self.lost(follow, "the attempt never got a supervisor (its launch was cut short)")
+
+
+def _reap():
+    """Collect the supervisors we forked that have ended (no zombies)."""
+    while True:
+        try:
+            pid, _status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if not pid:
+            return
 
 
 def cat(adir, rel):

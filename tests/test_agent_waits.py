@@ -1,0 +1,156 @@
+"""The host agent waits, it does not poll (runners/waits.py, issue 16): the real agent
+(``runners/wrapper.py agent``) driven over its stdin/stdout as the SSH backend drives it, with
+the kernel's waits (pidfd, inotify) and with their fallbacks (``FLEET_AGENT_WAITS=poll``, what
+an old kernel or Python gets). Whether a process woke up is read from the kernel's count of
+its voluntary context switches, not from a clock."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import eventually
+
+WRAPPER = Path(__file__).resolve().parent.parent / "runners" / "wrapper.py"
+WAITS = ["kernel", "poll"]
+
+
+class Agent:
+    def __init__(self, root: Path, waits: str) -> None:
+        env = dict(os.environ, FLEET_AGENT_WAITS=waits)
+        self.root = root
+        self.proc = subprocess.Popen([sys.executable, "-S", "-B", str(WRAPPER), "agent"], env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.frames: list[dict[str, object]] = []
+        self.logs: dict[str, bytes] = {}
+        self.lock = threading.Lock()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        out = self.proc.stdout
+        assert out is not None
+        while line := out.readline():
+            frame = json.loads(line)
+            with self.lock:
+                if frame.get("n"):
+                    aid = str(frame["a"])
+                    self.logs[aid] = self.logs.get(aid, b"") + out.read(int(frame["n"]))
+                self.frames.append(frame)
+
+    def send(self, **request: object) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps(request) + "\n").encode())
+        self.proc.stdin.flush()
+
+    def launch(self, aid: str, argv: list[str], **extra: object) -> Path:
+        adir = self.root / aid
+        self.send(op="launch", id=aid, attempt_dir=str(adir), job={}, argv=argv, grace=1,
+                  cache_dir=str(self.root), inputs=[], **extra)
+        return adir
+
+    def end(self, aid: str, timeout: float = 30) -> dict[str, object]:
+        def ended() -> dict[str, object] | None:
+            with self.lock:
+                return next((f for f in self.frames if f.get("a") == aid and f["t"] in ("exit", "lost")), None)
+        return eventually(ended, timeout=timeout, what=f"attempt {aid} ended")
+
+    def close(self) -> None:
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        self.proc.wait(10)
+
+
+def woke(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return int(fh.read().split("voluntary_ctxt_switches:")[1].split()[0])
+
+
+@pytest.fixture
+def agents(tmp_path):
+    made: list[Agent] = []
+
+    def make(waits: str = "kernel") -> Agent:
+        made.append(Agent(tmp_path, waits))
+        return made[-1]
+
+    yield make
+    for agent in made:
+        agent.close()
+
+
+@pytest.mark.parametrize("waits", WAITS)
+def test_log_exit_timeout_and_a_lapsed_lease(agents, waits):
+    agent = agents(waits)
+    agent.launch("talks", ["sh", "-c", "echo one; sleep 0.3; echo two; sleep 0.3; exit 3"])
+    agent.launch("slow", ["sleep", "30"], timeout=0.5)
+    agent.launch("unrenewed", ["sleep", "30"], lease=1)
+    talks = agent.end("talks")
+    assert talks["status"]["exit_code"] == 3  # type: ignore[index]
+    assert agent.logs["talks"] == b"one\ntwo\n"
+    assert agent.end("slow")["status"]["timed_out"] is True  # type: ignore[index]
+    unrenewed = agent.end("unrenewed")["status"]
+    assert unrenewed["fenced"] is True and unrenewed["exit_code"] is None  # type: ignore[index]
+    assert b"attempt lease" in agent.logs["unrenewed"]
+
+
+@pytest.mark.parametrize("waits", WAITS)
+def test_a_second_agent_follows_an_attempt_the_first_one_launched(agents, waits):
+    first = agents(waits)
+    fifo = first.root / "go"
+    os.mkfifo(fifo)
+    adir = first.launch("long", ["sh", "-c", f"echo before; read _ < {fifo}; echo after; exit 7"], lease=60)
+    eventually(lambda: (adir / "pid").exists() and (adir / "proc.json").exists(), what="started")
+    first.close()  # the channel is gone; the attempt runs on
+    second = agents(waits)
+    second.send(op="follow", id="long", attempt_dir=str(adir), offset=0)
+    eventually(lambda: second.logs.get("long") == b"before\n", what="the log so far")
+    with open(fifo, "w") as fh:
+        fh.write("go\n")
+    assert second.end("long")["status"]["exit_code"] == 7  # type: ignore[index]
+    assert second.logs["long"] == b"before\nafter\n"
+
+
+@pytest.mark.parametrize("waits", WAITS)
+def test_a_reattached_attempt_whose_supervisor_died_is_lost_and_its_job_stopped(agents, waits):
+    first = agents(waits)
+    adir = first.launch("orphan", ["sleep", "300"], lease=60)
+    eventually(lambda: (adir / "proc.json").exists(), what="started")
+    first.close()
+    second = agents(waits)
+    second.send(op="follow", id="orphan", attempt_dir=str(adir), offset=0)
+    job = json.loads((adir / "proc.json").read_text())["pgid"]
+    os.kill(int((adir / "pid").read_text()), signal.SIGKILL)
+    frame = second.end("orphan")
+    assert frame["t"] == "lost" and "supervisor" in str(frame["message"])
+    eventually(lambda: not Path(f"/proc/{job}").exists() or "Z" in Path(f"/proc/{job}/stat").read_text().split(")")[1][:3],
+               what="the job stopped")
+
+
+def test_nothing_wakes_while_attempts_run_quietly(agents):
+    """Ten running attempts: neither the agent nor their supervisors wake up at all in a
+    second and a half (they sleep in select until something happens). With the polling
+    fallback the same agent wakes up many times: the count can tell the difference."""
+    counts = {}
+    for waits in WAITS:
+        agent = agents(waits)
+        dirs = [agent.launch(f"{waits}{i}", ["sleep", "60"], lease=60) for i in range(10)]
+        eventually(lambda: all((d / "proc.json").exists() for d in dirs), what="all started")
+        time.sleep(0.3)  # their start-up is behind them
+        pids = [agent.proc.pid] + [int((d / "pid").read_text()) for d in dirs]
+        before = [woke(p) for p in pids]
+        time.sleep(1.5)
+        counts[waits] = [woke(p) - b for p, b in zip(pids, before, strict=True)]
+        for i in range(10):
+            agent.send(op="cancel", id=f"{waits}{i}", attempt_dir=str(dirs[i]), grace=1)
+        for i in range(10):
+            agent.end(f"{waits}{i}")
+    assert counts["kernel"] == [0] * 11, counts
+    assert counts["poll"][0] > 10, counts  # the agent's 50 ms log poll
