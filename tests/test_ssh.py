@@ -62,3 +62,29 @@ def test_ssh_to_a_local_host_runs_here(fleet):
     fleet.start()
     out = fleet.cli("ssh", "localhost", "--", "echo", "local $((1+1))")
     assert out.stdout.strip() == "local 2"
+
+
+def test_known_hosts_are_parsed_once_and_again_when_a_file_changes(tmp_path):
+    """A connect does not re-read the known_hosts files (issue 16): they are parsed once, and
+    again when one of them changes (an entry added by trust on first use, an edit)."""
+    import asyncssh
+
+    from fleet.backends.connection import KnownHosts
+
+    keys = [asyncssh.generate_private_key("ssh-ed25519") for _ in range(3)]
+    user, ours, broken = tmp_path / "user_known_hosts", tmp_path / "fleet_known_hosts", tmp_path / "broken"
+    lines = [f"[10.0.{i // 250}.{i % 250}]:2222 {keys[0].export_public_key().decode().strip()}"
+             for i in range(2000)]
+    user.write_text("\n".join(lines) + "\n")
+    known = KnownHosts((user, ours, tmp_path / "missing"))
+    for _ in range(50):
+        assert len(known.keys_for("10.0.3.7", "10.0.3.7", 2222)) == 1
+    assert known.keys_for("10.0.9.9", "10.0.9.9", 2222) == []
+    assert known.reads == 1
+    ours.write_text(f"[10.0.9.9]:2222 {keys[1].export_public_key().decode().strip()}\n")
+    assert [k.get_fingerprint() for k in known.keys_for("10.0.9.9", "10.0.9.9", 2222)] == \
+        [keys[1].get_fingerprint()]
+    assert known.reads == 2
+    broken.write_text("@cert-authority\n")  # not a valid line: the file is left out, not the rest
+    known = KnownHosts((user, broken))
+    assert len(known.keys_for("10.0.3.7", "10.0.3.7", 2222)) == 1

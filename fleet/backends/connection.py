@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import logging
+import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,30 +217,72 @@ def _describe(exc: BaseException) -> str:
     return text.strip()
 
 
-def _known_keys(files: tuple[Path, ...], host: str, addr: str, port: int) -> list[asyncssh.SSHKey]:
-    keys: list[asyncssh.SSHKey] = []
-    for path in files:
-        if not path.is_file():
-            continue
-        try:
-            trusted = asyncssh.match_known_hosts(str(path), host, addr, port if port != 22 else None)
-        except (OSError, ValueError):
-            continue
-        keys.extend(trusted[0])
-    return keys
+class KnownHosts:
+    """The known_hosts files, parsed once and again only when one of them changed (its size,
+    mtime or inode): a connect does not re-read thousands of entries (issue 16: 16.9 ms per
+    connect at 2,000). Files that do not exist are skipped until they do."""
+
+    def __init__(self, files: tuple[Path, ...]) -> None:
+        self.files = files
+        self._stamp: tuple[tuple[str, int, int, int], ...] | None = None
+        self._parsed: asyncssh.SSHKnownHosts | None = None
+        self.reads = 0  # how often the files were parsed (tests)
+
+    def _now(self) -> tuple[tuple[str, int, int, int], ...]:
+        stamp = []
+        for path in self.files:
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                stamp.append((str(path), st.st_ino, st.st_size, st.st_mtime_ns))
+        return tuple(stamp)
+
+    def current(self) -> asyncssh.SSHKnownHosts | None:
+        """The parsed entries of every file (None: no file); a file that cannot be read or
+        parsed is left out, as ssh does."""
+        stamp = self._now()
+        if stamp != self._stamp:
+            names = [name for name, *_ in stamp]
+            try:
+                parsed = asyncssh.read_known_hosts(names) if names else None
+            except (OSError, ValueError):  # leave out the files that are broken
+                good = [name for name in names if _parses(name)]
+                parsed = asyncssh.read_known_hosts(good) if good else None
+            self._stamp, self._parsed = stamp, parsed
+            self.reads += 1
+        return self._parsed
+
+    def keys_for(self, host: str, addr: str, port: int) -> list[asyncssh.SSHKey]:
+        known = self.current()
+        if known is None:
+            return []
+        unique: dict[bytes, asyncssh.SSHKey] = {}
+        for key in known.match(host, addr, port if port != 22 else None)[0]:
+            unique.setdefault(key.public_data, key)
+        return list(unique.values())
+
+
+def _parses(name: str) -> bool:
+    try:
+        asyncssh.read_known_hosts(name)
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 class _TofuClient(asyncssh.SSHClient):
     """Called only for keys not in known_hosts: accept and record them if TOFU is on and
     nothing at all is known for the host (a changed key is never accepted)."""
 
-    def __init__(self, options: SSHOptions, host: Host, address: str, port: int) -> None:
+    def __init__(self, options: SSHOptions, host: Host, address: str, port: int, known: KnownHosts) -> None:
         self.options, self.host, self.address, self.port = options, host, address, port
+        self.known = known
         self.refusal: str | None = None
 
     def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
-        files = self.options.known_hosts_files + (self.options.fleet_known_hosts,)
-        if _known_keys(files, self.address, addr, self.port):
+        if self.known.keys_for(self.address, addr, self.port):
             self.refusal = (
                 f"host {self.host.name}: host key for {self.address}:{self.port} has CHANGED "
                 f"(offered {key.get_fingerprint()}); refusing to connect. If the host was "
@@ -270,6 +313,7 @@ class ConnectionPool:
     def __init__(self, options: SSHOptions, hosts_by_name: Callable[[str], Host | None]) -> None:
         self.options = options
         self._lookup = hosts_by_name
+        self.known_hosts = KnownHosts(options.known_hosts_files + (options.fleet_known_hosts,))
         self._conns: dict[str, Transport] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._local = LocalTransport()
@@ -320,8 +364,8 @@ class ConnectionPool:
         self, host: Host, tunnel: asyncssh.SSHClientConnection | None, via: Host | None
     ) -> asyncssh.SSHClientConnection:
         opts = self.options
-        files = tuple(str(p) for p in opts.known_hosts_files + (opts.fleet_known_hosts,) if p.is_file())
-        client = _TofuClient(opts, host, host.address, host.port)
+        known = self.known_hosts.current()
+        client = _TofuClient(opts, host, host.address, host.port, self.known_hosts)
         role = f" (jump host for {via.name})" if via is not None else ""
         try:
             conn, _ = await asyncio.wait_for(
@@ -333,7 +377,7 @@ class ConnectionPool:
                     # Like ssh: no ansible_user means the local user (asyncssh fails on None).
                     username=host.user or getpass.getuser(),
                     client_keys=[host.key_file] if host.key_file else (),
-                    known_hosts=list(files),
+                    known_hosts=known if known is not None else [],
                     keepalive_interval=opts.keepalive_interval,
                     keepalive_count_max=opts.keepalive_count_max,
                     connect_timeout=opts.connect_timeout,
