@@ -32,3 +32,9 @@ def new_id(prefix: str) -> str:
         _last = max(now, _last + 1)
         value = _last
     return prefix + _b32(value, 11) + _b32(secrets.randbits(15), 3)
+
+
+def floor_at(prefix: str, at: float) -> str:
+    """The smallest id ``new_id(prefix)`` could have made at epoch second ``at``: ids made
+    since then compare ``>=`` it."""
+    return prefix + _b32(int(at * 1000) << 10, 11) + _b32(0, 3)

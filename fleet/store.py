@@ -467,10 +467,14 @@ class Store:
         with self.db.session() as s:
             return list(s.exec(select(Job).where(Job.chain == chain).order_by(Job.id)).all())
 
-    def pending_job_ids(self) -> list[str]:
-        """Ids of PENDING jobs (cheap: the (state, created_at) index, ids only)."""
+    def pending_job_ids(self, since: str | None = None) -> list[str]:
+        """Ids of PENDING jobs (the (state, id) index, ids only); with ``since``, only those
+        with an id from it on (ids are time-ordered: the jobs made since a moment)."""
+        q = select(Job.id).where(Job.state == JobState.PENDING.value)
+        if since is not None:
+            q = q.where(col(Job.id) >= since)
         with self.db.write() as conn:
-            return list(conn.execute(select(Job.id).where(Job.state == JobState.PENDING.value)).scalars())
+            return list(conn.execute(q).scalars())
 
     def jobs_by_id(self, ids: Sequence[str]) -> list[Job]:
         with self.db.session() as s:

@@ -39,6 +39,10 @@ class Job(SQLModel, table=True):
         Index("ix_jobs_state_id", "state", "id"),
         Index("ix_jobs_user_id", "user", "id"),
         Index("ix_jobs_pool_id", "pool", "id"),
+        # A listing filtered twice (`fleet jobs --pool rtx --state RUNNING`, a user's running
+        # jobs) walks only its rows, newest first.
+        Index("ix_jobs_user_state_id", "user", "state", "id"),
+        Index("ix_jobs_pool_state_id", "pool", "state", "id"),
     )
     id: str = Field(primary_key=True)
     name: str

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from fleet.scheduler.placement import Demand, Placement, dynamic_reason, place
-from fleet.scheduler.records import QueueView, Why
+from fleet.scheduler.records import QueuedJob, QueueView, Why
 
 if TYPE_CHECKING:
     from fleet.scheduler.loop import Scheduler
@@ -18,8 +18,7 @@ def why(s: Scheduler, job_id: str) -> Why:
     qj = s.pending.get(job_id)
     if qj is not None:
         queue = s.queues[qj.demand.key]
-        ids = queue.order(s.running_by_user, len(queue))  # the order it is taken in
-        ahead = ids.index(job_id) if job_id in ids else 0
+        ahead = queue.position(job_id, s.running_by_user)  # taken before it
         block = s.burst_block(queue, qj.demand)[0]
         report = place(qj.demand, s.book.views(), s.book.static_for(qj.demand),
                        failed_on=frozenset(qj.failed_on), burst_block=block,
@@ -30,7 +29,7 @@ def why(s: Scheduler, job_id: str) -> Why:
         else:
             summary = report.summary()
             reasons = dict(report.reasons)
-        return Why(job=job_id, state="waiting", queue=qj.demand.key, queued=len(ids), ahead=ahead,
+        return Why(job=job_id, state="waiting", queue=qj.demand.key, queued=len(queue), ahead=ahead,
                    summary=summary, reasons=reasons,
                    hosts=host_reasons(s, qj.demand, block, frozenset(qj.no_capacity)))
     held = s.held.get(job_id)
@@ -46,6 +45,31 @@ def why(s: Scheduler, job_id: str) -> Why:
     job = s.store.get_job(job_id)
     return Why(job=job_id, state="done", queue=job.queue,
                summary=f"{job.state} ({job.reason}){': ' + job.message if job.message else ''}")
+
+
+SUMMARY_FRESH = 1.0  # seconds a queue's one-line reason is reused (expiring many jobs at once)
+
+
+def waiting_summary(s: Scheduler, qj: QueuedJob) -> str:
+    """Why a waiting job cannot start, in one line (what its expiry says). The same for every
+    job of a queue with the same history at one moment: computed once per second per queue,
+    so expiring thousands of jobs together does not look at every host thousands of times."""
+    key = (qj.demand.key, frozenset(qj.no_capacity), frozenset(qj.failed_on))
+    now = s.clock.time()
+    memo = s.summaries.get(key)
+    if memo is not None and now - memo[0] < SUMMARY_FRESH:
+        return memo[1]
+    queue = s.queues.get(qj.demand.key)
+    block = s.burst_block(queue, qj.demand)[0] if queue is not None else None
+    report = place(qj.demand, s.book.views(), s.book.static_for(qj.demand),
+                   failed_on=frozenset(qj.failed_on), burst_block=block,
+                   no_capacity=frozenset(qj.no_capacity))
+    text = (f"placeable now on {report.host}; waiting for the scheduler" if isinstance(report, Placement)
+            else report.summary())
+    if len(s.summaries) > 1000:  # old histories: let them go
+        s.summaries.clear()
+    s.summaries[key] = (now, text)
+    return text
 
 
 def queue_views(s: Scheduler, limit: int = 50) -> list[QueueView]:

@@ -37,11 +37,23 @@ class HostBook:
         self.last_placed: dict[str, float] = {}
         self.facts: dict[str, dict[str, Any]] = {}  # what `fleet hosts probe` found, per host
         self._static: dict[str, dict[str, str | None]] = {}  # demand key -> host -> reason
+        self._fits: dict[str, list[str]] = {}  # demand key -> hosts that can ever take it
+        # Hosts that could take a job now (good, not drained, a slot free): kept up to date
+        # as slots are taken and given back, so a placement looks at these, not every host.
+        self.free: set[str] = set()
         self.elastic = any(h.elastic for h in hosts)  # whether the burst policy matters at all
         self.groups: dict[str, list[str]] = {}  # capacity group -> its hosts
         for h in hosts:
             if h.group is not None:
                 self.groups.setdefault(h.group, []).append(h.name)
+
+    def _refresh(self, name: str) -> None:
+        host = self.hosts.get(name)
+        if host is not None and self.health.get(name) is Health.GOOD and name not in self.drained \
+                and self.used[name] < host.slots:
+            self.free.add(name)
+        else:
+            self.free.discard(name)
 
     def host(self, name: str) -> Host:
         host = self.hosts.get(name)
@@ -64,6 +76,8 @@ class HostBook:
             if name not in self.health and host.schedulable:
                 self.unchecked.add(name)
                 self.set_health(name, Health.UNKNOWN, NOT_CHECKED)
+        for name in self.hosts:
+            self._refresh(name)
         return [n for n, h in self.health.items() if h in (Health.UNKNOWN, Health.BAD)]
 
     def load_facts(self) -> None:
@@ -78,6 +92,7 @@ class HostBook:
         self.facts[name] = facts
         self._fill_in(name, facts)
         self._static.clear()
+        self._fits.clear()
 
     def _fill_in(self, name: str, facts: dict[str, Any]) -> None:
         """What the inventory left out and the probe found: a host without ``fleet_arch``
@@ -91,6 +106,7 @@ class HostBook:
         if self.health.get(name, Health.GOOD) is not health:
             log.info("host %s: health %s%s", name, health.value, f" ({message})" if message else "")
         self.health[name] = health
+        self._refresh(name)
         self.store.set_health(name, health, message)
 
     def drain(self, name: str, drained: bool) -> None:
@@ -99,6 +115,7 @@ class HostBook:
             self.drained.add(name)
         else:
             self.drained.discard(name)
+        self._refresh(name)
         self.store.set_drained(name, drained)
 
     def take(self, host: Host, slots: int, placed: bool = True) -> None:
@@ -107,11 +124,13 @@ class HostBook:
             self.group_used[host.group] += slots
         if placed:
             self.last_placed[host.name] = time.monotonic()
+        self._refresh(host.name)
 
     def give_back(self, host: Host, slots: int) -> None:
         self.used[host.name] -= slots
         if host.group is not None:
             self.group_used[host.group] -= slots
+        self._refresh(host.name)
 
     def view(self, h: Host) -> HostView:
         return HostView(
@@ -132,4 +151,18 @@ class HostBook:
             static = {h.name: static_reason(demand, h, runner, self.facts.get(h.name))
                       for h in self.hosts.values()}
             self._static[demand.key] = static
+            self._fits[demand.key] = [name for name, why in static.items() if why is None]
         return static
+
+    def candidates(self, demand: Demand) -> list[HostView]:
+        """Views of the hosts that can take ``demand`` now or might (free, and not ruled out
+        for good): what ``place`` needs to choose the same host it would choose from all of
+        them. Costs the smaller of the free hosts and the demand's hosts, not the fleet."""
+        self.static_for(demand)
+        fits = self._fits[demand.key]
+        if len(self.free) <= len(fits):
+            static = self._static[demand.key]
+            names = [n for n in self.free if static.get(n, "gone") is None]
+        else:
+            names = [n for n in fits if n in self.free]
+        return [self.view(self.hosts[n]) for n in names]

@@ -29,6 +29,7 @@ from fleet.config import Settings, fleet_home
 from fleet.disk import DiskGuard, is_disk_full
 from fleet.errors import NotFound, SpecError
 from fleet.hooks import Catalog
+from fleet.ids import floor_at
 from fleet.inventory import Host
 from fleet.logstore import LogStore
 from fleet.metrics import Metrics
@@ -84,6 +85,8 @@ class _Sink:
 
 class Scheduler:
     DEPTH_EVERY = 0.25  # seconds: queue.depth events at most this often (a burst is one event)
+    SYNC_LAG = 120.0  # seconds: how far back each look for other replicas' jobs starts
+    SYNC_FULL = 60.0  # seconds between full looks (every PENDING id)
 
     def __init__(
         self, store: Store, hosts: list[Host], backends: Mapping[str, Backend], logs: LogStore,
@@ -137,6 +140,8 @@ class Scheduler:
         self._stopping = False
         # Counted as it happens (fleet.metrics; GET /metrics): passes, placements, ends.
         self.metrics = Metrics()
+        # explain.waiting_summary's one-line reasons, by queue and history: (when, text).
+        self.summaries: dict[tuple[str, frozenset[str], frozenset[str]], tuple[float, str]] = {}
         store.db.on_write = self.metrics.db_write.observe
 
     # ------------------------------------------------------------------ the parts, by name
@@ -273,22 +278,34 @@ class Scheduler:
         self._wake.set()
 
     async def _sync_loop(self) -> None:
-        """Pick up jobs queued by other replicas (followers write submissions to the DB)."""
+        """Pick up jobs queued by other replicas (followers write submissions to the DB).
+        Each look reads only the ids of jobs made since shortly before the last look (ids are
+        time-ordered; SYNC_LAG covers a follower's slow commit and clock skew), in a thread;
+        a full look every SYNC_FULL catches anything older. Nothing here grows with the queue."""
+        last_full = last = 0.0
         while not self._stopping:
             await asyncio.sleep(self.policy.sync_interval)
+            now = self.clock.time()
+            full = now - last_full >= self.SYNC_FULL
+            since = None if full else floor_at("j", last - self.SYNC_LAG)
             try:
-                self._sync()
+                ids = await asyncio.to_thread(self.store.pending_job_ids, since)
+                await self._admit_fresh(ids)
             except Exception:
                 log.exception("looking for new jobs failed")
+                continue
+            last = now
+            if full:
+                last_full = now
 
-    def _sync(self) -> None:
+    async def _admit_fresh(self, ids: list[str]) -> None:
         waiting = self.chains.waiting
-        fresh = [i for i in self.store.pending_job_ids()
-                 if i not in self.pending and i not in self.running and i not in waiting]
+        fresh = [i for i in ids if i not in self.pending and i not in self.running and i not in waiting]
         if not fresh:
             return
-        for job in self.store.jobs_by_id(fresh):
-            if job.state == JobState.PENDING.value and job.id not in self.pending:
+        for job in await asyncio.to_thread(self.store.jobs_by_id, fresh):
+            if job.state == JobState.PENDING.value and job.id not in self.pending \
+                    and job.id not in self.running and job.id not in self.chains.waiting:
                 self.chains.admit(job, JobSpec.model_validate_json(job.spec_json))
         self._wake.set()
 
@@ -459,10 +476,10 @@ class Scheduler:
         self.fence()
         if job_id not in self.pending:
             return
-        why = self.why(job_id)
+        summary = explain.waiting_summary(self, self.pending[job_id])
         qj = self._dequeue(job_id)
         assert qj is not None
-        message = f"waited {qj.spec.queue_timeout:g} s in queue {qj.demand.key}: {why.summary}"
+        message = f"waited {qj.spec.queue_timeout:g} s in queue {qj.demand.key}: {summary}"
         self.store.finish_job(job_id, JobState.FAILED, Reason.NO_CAPACITY, message)
         self._count_job_end(qj.job.queue, JobState.FAILED)
         self._job_done(job_id)
@@ -567,15 +584,16 @@ class Scheduler:
     def _place_all(self) -> None:
         if self.disk is not None and self.disk.full:
             return  # no new attempts while the disk is full: what runs goes on (fleet.disk)
-        views = {v.host.name: v for v in self.book.views()}
         for queue in list(self.queues.values()):
             while len(queue):
                 job_id = queue.head(self.running_by_user)
                 assert job_id is not None
                 qj = self.pending[job_id]
                 block, opens_in = self.burst_block(queue, qj.demand)
+                # Only the hosts free now that could ever take it (the host book keeps them
+                # up to date): the same choice as over every host, at the cost of the few.
                 decision = place(
-                    qj.demand, list(views.values()), self.book.static_for(qj.demand),
+                    qj.demand, self.book.candidates(qj.demand), self.book.static_for(qj.demand),
                     inputs=[f.sha256 for f in qj.inputs], failed_on=frozenset(qj.failed_on),
                     burst_block=block, no_capacity=frozenset(qj.no_capacity),
                 )
@@ -584,12 +602,7 @@ class Scheduler:
                         self._wake_in(opens_in + 0.01)
                     break
                 self._dequeue(job_id)
-                host = self.book.hosts[decision.host]
-                self._commit(qj, host)
-                views[decision.host] = self.book.view(host)
-                if host.group is not None:  # the others of its group have less room now
-                    for name in self.book.groups[host.group]:
-                        views[name] = self.book.view(self.book.hosts[name])
+                self._commit(qj, self.book.hosts[decision.host])
 
     def _commit(self, qj: QueuedJob, host: Host) -> None:
         self.fence()

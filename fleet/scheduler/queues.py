@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 
@@ -69,18 +69,34 @@ class ClassQueue:
     def order(self, running: Mapping[str, int], limit: int) -> list[str]:
         """The first ``limit`` jobs in the order ``head`` would hand them out, if each one
         placed started (its user's running count going up by one)."""
-        counts = dict(running)
         out: list[str] = []
+        if limit <= 0:
+            return out
+        for job_id in self._taken(running):
+            out.append(job_id)
+            if len(out) >= limit:
+                break
+        return out
+
+    def position(self, job_id: str, running: Mapping[str, int]) -> int:
+        """How many jobs are taken before ``job_id``: the order is walked only up to it (not
+        built for the whole queue). 0 if it is not queued."""
+        if job_id not in self._where:
+            return 0
+        for i, taken in enumerate(self._taken(running)):
+            if taken == job_id:
+                return i
+        return 0
+
+    def _taken(self, running: Mapping[str, int]) -> Iterator[str]:
+        counts = dict(running)
         for priority in sorted(self._buckets, reverse=True):
             users = self._buckets[priority]
             heap = [(counts.get(u, 0), ids[0], u, 0) for u, ids in users.items()]
             heapq.heapify(heap)
-            while heap and len(out) < limit:
+            while heap:
                 count, job_id, u, i = heapq.heappop(heap)
-                out.append(job_id)
+                yield job_id
                 counts[u] = count + 1
                 if i + 1 < len(users[u]):
                     heapq.heappush(heap, (count + 1, users[u][i + 1], u, i + 1))
-            if len(out) >= limit:
-                break
-        return out
