@@ -498,33 +498,46 @@ class Store:
 
     def start_attempt(self, job: Job, host: str, slots: int, backend: str = "ssh") -> Attempt:
         """Commit a placement: the attempt row is the slot lease; the job becomes STARTING."""
+        return self.start_attempts([(job, host, slots, backend)])[0]
+
+    def start_attempts(self, placed: Sequence[tuple[Job, str, int, str]]) -> list[Attempt]:
+        """Commit a scheduling pass's placements ``(job, host, slots, backend)`` in one
+        transaction: their attempt rows (the slot leases) and their jobs STARTING."""
         now = time.time()
-        attempt = Attempt(
-            id=new_id("a"), job_id=job.id, number=job.attempt_count + 1, host=host, backend=backend,
-            slots=slots, state=AttemptState.STARTING.value, created_at=now,
-        )
-        fields = dict(state=JobState.STARTING.value, host=host, attempt_count=attempt.number,
-                      current_attempt=attempt.id, updated_at=now, reason=None, message=None)
+        attempts = [Attempt(id=new_id("a"), job_id=job.id, number=job.attempt_count + 1, host=host,
+                            backend=backend, slots=slots, state=AttemptState.STARTING.value, created_at=now)
+                    for job, host, slots, backend in placed]
+        names = ("attempt_count", "current_attempt", "host", "message", "reason", "state", "updated_at")
+        rows = [dict(state=JobState.STARTING.value, host=a.host, attempt_count=a.number,
+                     current_attempt=a.id, updated_at=now, reason=None, message=None, _id=job.id)
+                for (job, *_rest), a in zip(placed, attempts, strict=True)]
         with self._telling() as s:
-            s.execute(insert(_ATTEMPTS), attempt.model_dump())
-            s.execute(_update(_JOBS, tuple(sorted(fields))), dict(fields, _id=job.id))
-            _attempt_event(s, attempt.id, "attempt.started", now, {"backend": backend,
-                                                                   "number": attempt.number})
-            _job_events(s, [job.id], now)
-        job.attempt_count = attempt.number
-        return attempt
+            s.execute(insert(_ATTEMPTS), [a.model_dump() for a in attempts])
+            s.execute(_update(_JOBS, names), rows)
+            for a in attempts:
+                _attempt_event(s, a.id, "attempt.started", now, {"backend": a.backend, "number": a.number})
+            _job_events(s, [job.id for job, *_rest in placed], now)
+        for (job, *_rest), a in zip(placed, attempts, strict=True):
+            job.attempt_count = a.number
+        return attempts
 
     def attempt_running(self, job_id: str, attempt_id: str, started_at: float) -> None:
+        self.attempts_running([(job_id, attempt_id, started_at)])
+
+    def attempts_running(self, started: Sequence[tuple[str, str, float]]) -> None:
+        """Attempts ``(job id, attempt id, started at)`` whose process started, in one
+        transaction: RUNNING, and their jobs too (the first attempt's start is the job's)."""
         now = time.time()
         with self._telling() as s:
-            s.execute(_update(_ATTEMPTS, ("started_at", "state")),
-                      {"_id": attempt_id, "state": AttemptState.RUNNING.value, "started_at": started_at})
-            moved = s.execute(_JOB_RUNNING, {"_id": job_id, "_state": JobState.STARTING.value,
-                                             "state": JobState.RUNNING.value, "started_at": started_at,
-                                             "updated_at": now})
-            _attempt_event(s, attempt_id, "attempt.running", now)
-            if moved.rowcount:
-                _job_events(s, [job_id], now)
+            for job_id, attempt_id, started_at in started:
+                s.execute(_update(_ATTEMPTS, ("started_at", "state")),
+                          {"_id": attempt_id, "state": AttemptState.RUNNING.value, "started_at": started_at})
+                moved = s.execute(_JOB_RUNNING, {"_id": job_id, "_state": JobState.STARTING.value,
+                                                 "state": JobState.RUNNING.value, "started_at": started_at,
+                                                 "updated_at": now})
+                _attempt_event(s, attempt_id, "attempt.running", now)
+                if moved.rowcount:
+                    _job_events(s, [job_id], now)
 
     def reopen_attempt(self, job_id: str, attempt_id: str, message: str) -> None:
         """An attempt given up on is followed again: it is active again (a restart reattaches

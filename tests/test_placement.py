@@ -206,3 +206,64 @@ def test_burst_only_and_the_burst_policy_hold_elastic_pools_back_until_a_queue_h
         BurstPolicy.load({"rules": [{"device_class": "t4"}]}, "cfg")
     with pytest.raises(ConfigError, match=r"burst.wait"):
         BurstPolicy.load({"wait": "soon"}, "cfg")
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_host_books_index_picks_what_a_look_at_every_host_picks(tmp_path, seed):
+    """The host book's ordered index (HostBook.pick) hands placement a few hosts; placement
+    must choose among them exactly what it chooses among all of them, whatever the load,
+    health, drain, caches, failures, groups and elastic pools, as slots are taken and given
+    back job after job."""
+    import random
+
+    from fleet.db import Database
+    from fleet.scheduler.hostbook import HostBook
+    from fleet.store import Store
+
+    rnd = random.Random(seed)
+    db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    db.create_schema()
+    hosts = []
+    for i in range(rnd.randint(1, 40)):
+        elastic = rnd.random() < 0.1
+        hosts.append(Host(name=f"h{i:02d}", pools=(rnd.choice(["a", "b"]),), arch="x86_64",
+                          accelerator=rnd.choice(["cpu", "rtx"]), slots=rnd.randint(1, 3) * (10 if elastic else 1),
+                          elastic=elastic, backend="fake" if elastic else "ssh", connection="ssh",
+                          address="192.0.2.1", startup_latency=rnd.choice([0.0, 60.0]),
+                          group="g" if elastic and rnd.random() < 0.5 else None, group_slots=5))
+    book = HostBook(hosts, Store(db))
+    book.load()
+    for h in hosts:
+        book.set_health(h.name, rnd.choice([Health.GOOD] * 4 + [Health.BAD]), None)
+        if rnd.random() < 0.1:
+            book.drain(h.name, True)
+    shas = [f"{i:064x}" for i in range(4)]
+    for h in hosts:
+        if rnd.random() < 0.3:
+            book.add_cached(h.name, rnd.sample(shas, rnd.randint(1, 2)))
+    taken = []
+    for _ in range(60):
+        d = demand(f"name: t\nrun: x\nresources: {{pool: {rnd.choice(['a', 'b'])}, "
+                   f"accelerator: {rnd.choice(['cpu', 'rtx'])}, slots: {rnd.randint(1, 2)}}}\n")
+        inputs = rnd.sample(shas, rnd.randint(0, 2))
+        failed = frozenset(rnd.sample([h.name for h in hosts], min(len(hosts), rnd.randint(0, 3))))
+        no_cap = frozenset(h.name for h in hosts if h.elastic and rnd.random() < 0.3)
+        block = "waiting for the lab first" if rnd.random() < 0.3 else None
+        static = book.static_for(d)
+        args = dict(inputs=inputs, failed_on=failed, burst_block=block, no_capacity=no_cap)
+        everywhere = place(d, book.views(), static, **args)
+        picked = place(d, book.pick(d, inputs, failed, block, no_cap), static, **args)
+        if isinstance(everywhere, Unplaceable):
+            assert isinstance(picked, Unplaceable)
+        else:
+            assert not isinstance(picked, Unplaceable), (everywhere, picked)
+            assert picked.host == everywhere.host
+            host = book.hosts[everywhere.host]
+            book.take(host, d.slots)
+            taken.append((host, d.slots))
+        if taken and rnd.random() < 0.4:
+            host, slots = taken.pop(rnd.randrange(len(taken)))
+            book.give_back(host, slots)
+        if rnd.random() < 0.05:
+            name = rnd.choice(hosts).name
+            book.set_health(name, rnd.choice([Health.GOOD, Health.BAD]), None)

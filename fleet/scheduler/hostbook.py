@@ -6,17 +6,19 @@ slot use, health checks and operators write health and drain."""
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 from fleet.errors import NotFound
 from fleet.inventory import ARCH_ALIASES, UNKNOWN_ARCH, Host
 from fleet.models.enums import Health
 from fleet.runners import manifests
-from fleet.scheduler.placement import Demand, HostView, static_reason
+from fleet.scheduler.placement import Demand, HostView, dynamic_reason, rank, static_reason
 from fleet.store import Store
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,7 @@ class HostBook:
         self.unchecked: set[str] = set()  # never reached yet: their first check is on its way
         self.drained: set[str] = set()
         self.cached: dict[str, set[str]] = {}  # inputs each host has (by sha256)
+        self.holders: dict[str, set[str]] = {}  # sha256 -> hosts that have it (see add_cached)
         self.last_placed: dict[str, float] = {}
         self.facts: dict[str, dict[str, Any]] = {}  # what `fleet hosts probe` found, per host
         self._static: dict[str, dict[str, str | None]] = {}  # demand key -> host -> reason
@@ -41,6 +44,11 @@ class HostBook:
         # Hosts that could take a job now (good, not drained, a slot free): kept up to date
         # as slots are taken and given back, so a placement looks at these, not every host.
         self.free: set[str] = set()
+        # Per demand key, its free hosts ordered as placement ranks them for a job without
+        # cached inputs (a heap; entries go stale when their host changes: ``version``).
+        self._heaps: dict[str, list[tuple[float, float, str, int]]] = {}
+        self._keys_of: dict[str, set[str]] = {}  # host -> demand keys it fits (their heaps)
+        self.version: Counter[str] = Counter()
         self.elastic = any(h.elastic for h in hosts)  # whether the burst policy matters at all
         self.groups: dict[str, list[str]] = {}  # capacity group -> its hosts
         for h in hosts:
@@ -49,11 +57,30 @@ class HostBook:
 
     def _refresh(self, name: str) -> None:
         host = self.hosts.get(name)
+        self.version[name] += 1
         if host is not None and self.health.get(name) is Health.GOOD and name not in self.drained \
                 and self.used[name] < host.slots:
             self.free.add(name)
+            entry = self._entry(host)
+            for key in self._keys_of.get(name, ()):
+                heap = self._heaps.get(key)
+                if heap is not None:
+                    heapq.heappush(heap, entry)
         else:
             self.free.discard(name)
+
+    def _entry(self, host: Host) -> tuple[float, float, str, int]:
+        """A free host's place in its demands' heaps: placement's order (best score, least
+        recently placed, name) for a job whose inputs no host has cached."""
+        score = rank(self.view(host), (), frozenset())
+        return (-score, self.last_placed.get(host.name, 0.0), host.name, self.version[host.name])
+
+    def add_cached(self, name: str, shas: Iterable[str]) -> None:
+        """``name`` has these inputs in its cache now (placement prefers it for their jobs)."""
+        have = self.cached.setdefault(name, set())
+        for sha in shas:
+            have.add(sha)
+            self.holders.setdefault(sha, set()).add(name)
 
     def host(self, name: str) -> Host:
         host = self.hosts.get(name)
@@ -93,6 +120,8 @@ class HostBook:
         self._fill_in(name, facts)
         self._static.clear()
         self._fits.clear()
+        self._heaps.clear()
+        self._keys_of.clear()
 
     def _fill_in(self, name: str, facts: dict[str, Any]) -> None:
         """What the inventory left out and the probe found: a host without ``fleet_arch``
@@ -151,18 +180,54 @@ class HostBook:
             static = {h.name: static_reason(demand, h, runner, self.facts.get(h.name))
                       for h in self.hosts.values()}
             self._static[demand.key] = static
-            self._fits[demand.key] = [name for name, why in static.items() if why is None]
+            fits = self._fits[demand.key] = [name for name, why in static.items() if why is None]
+            for name in fits:
+                self._keys_of.setdefault(name, set()).add(demand.key)
         return static
 
-    def candidates(self, demand: Demand) -> list[HostView]:
-        """Views of the hosts that can take ``demand`` now or might (free, and not ruled out
-        for good): what ``place`` needs to choose the same host it would choose from all of
-        them. Costs the smaller of the free hosts and the demand's hosts, not the fleet."""
+    def fits(self, demand: Demand) -> bool:
+        """Whether some host could ever take ``demand`` (cached per queue)."""
         self.static_for(demand)
+        return bool(self._fits[demand.key])
+
+    def _heap(self, demand: Demand) -> list[tuple[float, float, str, int]]:
+        heap = self._heaps.get(demand.key)
         fits = self._fits[demand.key]
-        if len(self.free) <= len(fits):
-            static = self._static[demand.key]
-            names = [n for n in self.free if static.get(n, "gone") is None]
-        else:
-            names = [n for n in fits if n in self.free]
-        return [self.view(self.hosts[n]) for n in names]
+        if heap is None or len(heap) > 4 * len(fits) + 1024:  # new, or grown with stale entries
+            heap = [self._entry(self.hosts[n]) for n in fits if n in self.free]
+            heapq.heapify(heap)
+            self._heaps[demand.key] = heap
+        return heap
+
+    def pick(self, demand: Demand, inputs: Iterable[str], failed_on: frozenset[str],
+             burst_block: str | None, no_capacity: frozenset[str]) -> list[HostView]:
+        """The few hosts among which ``place`` finds the same best host it would find among
+        all of them: the best free host in placement's order that the job may use now (and
+        any it failed on that rank before it), and the free hosts that cache its inputs (they
+        rank higher by that). Costs about log(hosts), not the fleet."""
+        self.static_for(demand)
+        heap = self._heap(demand)
+        out: list[HostView] = []
+        taken: list[tuple[float, float, str, int]] = []
+        while heap:
+            entry = heap[0]
+            name = entry[2]
+            if entry[3] != self.version[name] or name not in self.free:
+                heapq.heappop(heap)  # stale: the host changed since (a newer entry exists)
+                continue
+            taken.append(heapq.heappop(heap))
+            view = self.view(self.hosts[name])
+            if dynamic_reason(demand, view, burst_block, no_capacity) is None:
+                out.append(view)
+                if name not in failed_on:
+                    break
+        for entry in taken:
+            heapq.heappush(heap, entry)
+        static = self._static[demand.key]
+        seen = {v.host.name for v in out}
+        for sha in set(inputs):
+            for name in self.holders.get(sha, ()):
+                if name not in seen and name in self.free and static.get(name, "gone") is None:
+                    seen.add(name)
+                    out.append(self.view(self.hosts[name]))
+        return out

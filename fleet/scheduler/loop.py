@@ -74,8 +74,7 @@ class _Sink:
         if self.run.started.is_set():
             return
         self.run.started.set()
-        self.sched._durably(self.sched.store.attempt_running, self.run.qj.job.id, self.run.attempt.id,
-                            at or self.sched.clock.time())
+        self.sched.started_soon(self.run, at or self.sched.clock.time())
 
     def log(self, data: bytes) -> None:
         self.sched.fence()
@@ -85,7 +84,7 @@ class _Sink:
 
 class Scheduler:
     DEPTH_EVERY = 0.25  # seconds: queue.depth events at most this often (a burst is one event)
-    SYNC_LAG = 120.0  # seconds: how far back each look for other replicas' jobs starts
+    SYNC_LAG = 10.0  # seconds: how far back each look for other replicas' jobs starts
     SYNC_FULL = 60.0  # seconds between full looks (every PENDING id)
 
     def __init__(
@@ -140,6 +139,7 @@ class Scheduler:
         self._stopping = False
         # Counted as it happens (fleet.metrics; GET /metrics): passes, placements, ends.
         self.metrics = Metrics()
+        self._started: list[tuple[str, str, float]] = []  # attempts started, not yet written
         # explain.waiting_summary's one-line reasons, by queue and history: (when, text).
         self.summaries: dict[tuple[str, frozenset[str], frozenset[str]], tuple[float, str]] = {}
         store.db.on_write = self.metrics.db_write.observe
@@ -250,6 +250,8 @@ class Scheduler:
         if problems:
             raise SpecError(problems)
         demand = self.demand_of(spec, user)
+        if not demand.requires and self.book.fits(demand):
+            return demand  # some host can take it (known per queue, not looked up per job)
         hosts = list(self.book.hosts.values())
         if demand.pool is not None and not any(demand.pool in h.pools for h in hosts):
             pools = ", ".join(sorted({p for h in hosts for p in h.pools}))
@@ -274,6 +276,8 @@ class Scheduler:
         follower this does nothing: the leader finds the job in the database."""
         if not self.leading:
             return
+        if job.id in self.pending or job.id in self.running or job.id in self.chains.waiting:
+            return  # the look for other replicas' jobs found it first (_sync_loop)
         self.chains.admit(job, spec)
         self._wake.set()
 
@@ -290,7 +294,7 @@ class Scheduler:
             since = None if full else floor_at("j", last - self.SYNC_LAG)
             try:
                 ids = await asyncio.to_thread(self.store.pending_job_ids, since)
-                await self._admit_fresh(ids)
+                self._admit_fresh(ids)
             except Exception:
                 log.exception("looking for new jobs failed")
                 continue
@@ -298,12 +302,14 @@ class Scheduler:
             if full:
                 last_full = now
 
-    async def _admit_fresh(self, ids: list[str]) -> None:
+    def _admit_fresh(self, ids: list[str]) -> None:
         waiting = self.chains.waiting
         fresh = [i for i in ids if i not in self.pending and i not in self.running and i not in waiting]
         if not fresh:
             return
-        for job in await asyncio.to_thread(self.store.jobs_by_id, fresh):
+        # Read on the loop, not in a thread: the ids above may be stale (a job placed and
+        # ended since), its state read here is not, so an ended job is never queued again.
+        for job in self.store.jobs_by_id(fresh):
             if job.state == JobState.PENDING.value and job.id not in self.pending \
                     and job.id not in self.running and job.id not in self.chains.waiting:
                 self.chains.admit(job, JobSpec.model_validate_json(job.spec_json))
@@ -584,38 +590,58 @@ class Scheduler:
     def _place_all(self) -> None:
         if self.disk is not None and self.disk.full:
             return  # no new attempts while the disk is full: what runs goes on (fleet.disk)
-        for queue in list(self.queues.values()):
-            while len(queue):
-                job_id = queue.head(self.running_by_user)
-                assert job_id is not None
-                qj = self.pending[job_id]
-                block, opens_in = self.burst_block(queue, qj.demand)
-                # Only the hosts free now that could ever take it (the host book keeps them
-                # up to date): the same choice as over every host, at the cost of the few.
-                decision = place(
-                    qj.demand, self.book.candidates(qj.demand), self.book.static_for(qj.demand),
-                    inputs=[f.sha256 for f in qj.inputs], failed_on=frozenset(qj.failed_on),
-                    burst_block=block, no_capacity=frozenset(qj.no_capacity),
-                )
-                if isinstance(decision, Unplaceable):
-                    if opens_in is not None:
-                        self._wake_in(opens_in + 0.01)
-                    break
-                self._dequeue(job_id)
-                self._commit(qj, self.book.hosts[decision.host])
+        placed: list[tuple[QueuedJob, Host]] = []
+        try:
+            for queue in list(self.queues.values()):
+                while len(queue):
+                    job_id = queue.head(self.running_by_user)
+                    assert job_id is not None
+                    qj = self.pending[job_id]
+                    block, opens_in = self.burst_block(queue, qj.demand)
+                    # Only the few hosts the host book's ordered index says can hold the best
+                    # choice: the same choice as over every host, at the cost of the few.
+                    inputs = [f.sha256 for f in qj.inputs]
+                    failed_on, no_capacity = frozenset(qj.failed_on), frozenset(qj.no_capacity)
+                    decision = place(
+                        qj.demand, self.book.pick(qj.demand, inputs, failed_on, block, no_capacity),
+                        self.book.static_for(qj.demand), inputs=inputs, failed_on=failed_on,
+                        burst_block=block, no_capacity=no_capacity,
+                    )
+                    if isinstance(decision, Unplaceable):
+                        if opens_in is not None:
+                            self._wake_in(opens_in + 0.01)
+                        break
+                    self._dequeue(job_id)
+                    host = self.book.hosts[decision.host]
+                    # Taken now, so the next decision sees the room left; written below.
+                    self.book.take(host, qj.demand.slots)
+                    self.running_by_user[qj.job.user] += 1
+                    placed.append((qj, host))
+        finally:
+            if placed:
+                self._commit(placed)
 
-    def _commit(self, qj: QueuedJob, host: Host) -> None:
-        self.fence()
-        slots = qj.demand.slots
-        attempt = self.store.start_attempt(qj.job, host.name, slots, backend=host.backend)
-        self.book.take(host, slots)
-        self.running_by_user[qj.job.user] += 1
-        if attempt.number == 1:
-            self.metrics.queue_wait.labels(qj.job.queue).observe(
-                max(0.0, self.clock.time() - qj.job.created_at))
-        run = Running(qj=qj, attempt=attempt, host=host, plan=self._plan(qj, attempt, host))
-        self.running[qj.job.id] = run
-        run.task = asyncio.create_task(self._run_attempt(run, 0), name=f"attempt-{attempt.id}")
+    def _commit(self, placed: list[tuple[QueuedJob, Host]]) -> None:
+        """Write a pass's placements in one transaction (the attempt rows are the slot
+        leases: written before anything is launched), then launch them."""
+        try:
+            self.fence()
+            attempts = self.store.start_attempts(
+                [(qj.job, host.name, qj.demand.slots, host.backend) for qj, host in placed])
+        except BaseException:
+            for qj, host in placed:  # nothing was written: they wait again
+                self.book.give_back(host, qj.demand.slots)
+                self.running_by_user[qj.job.user] -= 1
+                self.pending[qj.job.id] = qj
+                self._enqueue(qj.job, qj.spec)
+            raise
+        now = self.clock.time()
+        for (qj, host), attempt in zip(placed, attempts, strict=True):
+            if attempt.number == 1:
+                self.metrics.queue_wait.labels(qj.job.queue).observe(max(0.0, now - qj.job.created_at))
+            run = Running(qj=qj, attempt=attempt, host=host, plan=self._plan(qj, attempt, host))
+            self.running[qj.job.id] = run
+            run.task = asyncio.create_task(self._run_attempt(run, 0), name=f"attempt-{attempt.id}")
 
     def _plan(self, qj: QueuedJob, attempt: Attempt, host: Host) -> AttemptPlan:
         """The attempt as the backend runs it; its secrets opened, and masked in its log."""
@@ -638,9 +664,22 @@ class Scheduler:
         run.collected = end.collected
         self._finish(run, end, sink.bytes)
 
+    def started_soon(self, run: Running, at: float) -> None:
+        """Record that an attempt's process started: with the others that start in this turn
+        of the loop, in one transaction (a pass launches hundreds at once)."""
+        if not self._started:
+            asyncio.get_running_loop().call_soon(self._write_started)
+        self._started.append((run.qj.job.id, run.attempt.id, at))
+
+    def _write_started(self) -> None:
+        started, self._started = self._started, []
+        if started:
+            self._durably(self.store.attempts_running, started)
+
     def _finish(self, run: Running, end: AttemptEnd, log_bytes: int) -> None:
         """Record how an attempt ended, then retry the job, hold it, or end it."""
         self.fence()
+        self._write_started()  # its start first: the end must not be written over
         outcome, verdict = end.outcome, end.verdict
         qj, attempt, host = run.qj, run.attempt, run.host
         record = None
@@ -670,7 +709,7 @@ class Scheduler:
                               f"the host came back and the attempt had ended: {verdict.message or 'succeeded'}",
                               verdict.exit_code)
         if verdict.state is AttemptState.SUCCEEDED:
-            self.book.cached.setdefault(host.name, set()).update(f.sha256 for f in qj.inputs)
+            self.book.add_cached(host.name, (f.sha256 for f in qj.inputs))
         attempt_values: dict[str, Any] = dict(
             state=verdict.state.value, reason=verdict.reason.value, message=verdict.message,
             exit_code=verdict.exit_code, ended_at=outcome.ended_at or self.clock.time(), log_bytes=log_bytes,

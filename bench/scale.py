@@ -1,0 +1,396 @@
+#!/usr/bin/env python3
+"""Scale benchmark (not a test): one controller, a thousand hosts, thousands of attempts.
+
+    python bench/scale.py [--hosts 1000] [--slots 2] [--queue 50000] [--window 10] [--json]
+
+The hosts are simulated in a separate process (``bench/scale.py simulate``): one asyncssh
+server per host on loopback, each serving fleet's agent protocol in process (launch, started,
+exit, cancel, follow, renew, ping, gc: the frames ``runners/wrapper.py agent`` sends) and
+answering the runner-bundle install with success. No job runs: an attempt of ``sleep N`` ends
+N seconds after its launch. So the figures are the controller's own (a real ``fleet serve``
+with its SQLite database), not the hosts'.
+
+Phases, each printed with its figure:
+
+1. **fill**: ``hosts x slots`` jobs of ``sleep 600`` (every job here) in batches of 500: seconds from the first
+   POST to the last launch on the hosts (target <= 2 s for 2,000 slots).
+2. **queue**: ``--queue`` more jobs while the fleet is full (they wait): submit rate, and the
+   longest answer of ``GET /health`` polled every 50 ms all along (how long the event loop was
+   held; target: never > 50 ms).
+3. **steady**: everything running and queued, ``--window`` seconds: the controller's CPU (% of
+   one core; target <= 5%) and RSS (target <= 300 MB).
+4. **turnover**: 200 running attempts end on the hosts (20 at a time): for each, the time
+   until its host's freed slot has a new launch (p50/p99).
+
+The controller's longest scheduling pass is read from its own /metrics histogram.
+Needs a few GB of memory free; the SSH handshakes to 1,000 hosts take a while at start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import asyncssh
+import httpx
+
+SLEEP = re.compile(r"sleep (\d+(?:\.\d+)?)")
+
+
+# ---------------------------------------------------------------------- the simulated hosts
+
+
+class Sim:
+    """Every simulated host's attempts, and what the bench asks about them."""
+
+    def __init__(self) -> None:
+        self.running: dict[tuple[str, str], tuple[SimAgent, asyncio.TimerHandle]] = {}
+        self.launches: list[float] = []
+        self.freed: dict[str, float] = {}  # host -> when the bench ended an attempt there
+        self.retaken: list[float] = []  # seconds from a freed slot to its next launch
+
+    def launched(self, host: str) -> None:
+        now = time.time()
+        self.launches.append(now)
+        at = self.freed.pop(host, None)
+        if at is not None:
+            self.retaken.append(now - at)
+
+    def end(self, n: int) -> int:
+        ended = 0
+        for key in list(self.running)[:n]:
+            agent, timer = self.running[key]
+            timer.cancel()
+            self.freed[key[0]] = time.time()
+            agent.exit(key[1])
+            ended += 1
+        return ended
+
+    async def control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while line := await reader.readline():
+            words = line.decode().split()
+            if words[0] == "stats":
+                answer = {"running": len(self.running), "launches": len(self.launches),
+                          "last_launch": self.launches[-1] if self.launches else None,
+                          "retaken": self.retaken}
+            elif words[0] == "launch_time":  # when the n-th launch happened
+                n = int(words[1])
+                answer = {"at": self.launches[n - 1] if len(self.launches) >= n else None}
+            else:  # end N
+                answer = {"ended": self.end(int(words[1]))}
+            writer.write((json.dumps(answer) + "\n").encode())
+            await writer.drain()
+
+
+class SimAgent:
+    """fleet's agent protocol, answered in process (see runners/wrapper.py ``Agent``)."""
+
+    def __init__(self, sim: Sim, host: str, process: asyncssh.SSHServerProcess[bytes]) -> None:
+        self.sim, self.host, self.process = sim, host, process
+
+    def frame(self, aid: str | None, kind: str, **fields: object) -> None:
+        fields["a"], fields["t"] = aid, kind
+        self.process.stdout.write((json.dumps(fields) + "\n").encode())
+
+    async def run(self) -> None:
+        try:
+            while line := await self.process.stdin.readline():
+                self.request(json.loads(line))
+        except (asyncssh.Error, ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            for key in [k for k, (agent, _t) in self.sim.running.items() if agent is self]:
+                self.sim.running.pop(key)[1].cancel()
+
+    def request(self, req: dict[str, object]) -> None:
+        op, aid = req.get("op"), req.get("id")
+        if op == "launch":
+            if req.get("follow_only"):
+                self.frame(aid, "lost", message="not launched here (simulated host)")  # type: ignore[arg-type]
+                return
+            match = SLEEP.search(json.dumps(req.get("argv") or req.get("job") or ""))
+            seconds = float(match.group(1)) if match else 0.0
+            now = time.time()
+            self.frame(aid, "started", pid=4242, phase="run", at=now)  # type: ignore[arg-type]
+            timer = asyncio.get_running_loop().call_later(seconds, self.exit, aid)
+            self.sim.running[(self.host, str(aid))] = (self, timer)
+            self.sim.launched(self.host)
+        elif op in ("cancel", "fence"):
+            entry = self.sim.running.get((self.host, str(aid)))
+            if entry is not None:
+                entry[1].cancel()
+                self.exit(str(aid), cancelled=True)
+        elif op == "follow":
+            self.frame(aid, "lost", message="not launched here (simulated host)")  # type: ignore[arg-type]
+        elif op == "ping":
+            self.frame(aid, "pong")  # type: ignore[arg-type]
+        elif op == "gc":
+            self.frame(aid, "gc", removed=[], freed=0, left=0)  # type: ignore[arg-type]
+
+    def exit(self, aid: str, cancelled: bool = False) -> None:
+        self.sim.running.pop((self.host, aid), None)
+        now = time.time()
+        status = {"exit_code": None if cancelled else 0, "signal": 15 if cancelled else None,
+                  "timed_out": False, "cancelled": cancelled, "fenced": False, "phase": "run",
+                  "error": None, "started_at": now, "ended_at": now}
+        self.frame(aid, "exit", status=status, result=None, error=None, log_size=0, outputs=[],
+                   outputs_problem=None)
+
+
+class _Open(asyncssh.SSHServer):
+    def begin_auth(self, username: str) -> bool:
+        return False  # loopback only: no authentication
+
+
+async def simulate(hosts: int, out: Path) -> None:
+    sim = Sim()
+    key = asyncssh.generate_private_key("ssh-ed25519")
+
+    def serve(name: str):  # type: ignore[no-untyped-def]
+        async def process(proc: asyncssh.SSHServerProcess[bytes]) -> None:
+            command = proc.command or ""
+            if "wrapper.py agent" in command:
+                await SimAgent(sim, name, proc).run()
+            else:  # the bundle check and install: take what is sent, say yes
+                try:
+                    while await proc.stdin.read(65536):
+                        pass
+                except (asyncssh.Error, ConnectionError):
+                    pass
+                proc.exit(0)
+        return process
+
+    lines, ports = [], []
+    for i in range(hosts):
+        name = f"sim{i:04d}"
+        server = await asyncssh.create_server(_Open, "127.0.0.1", 0, server_host_keys=[key],
+                                              process_factory=serve(name), encoding=None,
+                                              line_editor=False, allow_scp=False)
+        port = server.sockets[0].getsockname()[1]
+        ports.append((name, port))
+        lines.append(f"[127.0.0.1]:{port} {key.export_public_key().decode().strip()}")
+    control = await asyncio.start_server(sim.control, "127.0.0.1", 0)
+    (out / "known_hosts").write_text("\n".join(lines) + "\n")
+    (out / "hosts.json").write_text(json.dumps({"hosts": ports,
+                                                "control": control.sockets[0].getsockname()[1]}))
+    (out / "ready").touch()
+    await asyncio.Event().wait()
+
+
+# ---------------------------------------------------------------------- the bench
+
+
+class Control:
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    async def ask(self, line: str) -> dict[str, object]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        writer.write((line + "\n").encode())
+        await writer.drain()
+        answer = json.loads(await reader.readline())
+        writer.close()
+        return answer  # type: ignore[no-any-return]
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    text = Path(f"/proc/{pid}/status").read_text()
+    return int(text.split("VmRSS:")[1].split()[0]) / 1024
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    if not values:
+        return float("nan")
+    return values[min(len(values) - 1, int(q * (len(values) - 1) + 0.5))]
+
+
+class Stalls:
+    """GET /health every 50 ms; the longest answer is how long the server's loop was held."""
+
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self.http, self.worst, self.samples = http, 0.0, 0
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            start = time.perf_counter()
+            await self.http.get("/health")
+            self.worst = max(self.worst, time.perf_counter() - start)
+            self.samples += 1
+            await asyncio.sleep(0.05)
+
+    def reset(self) -> None:
+        self.worst, self.samples = 0.0, 0
+
+
+def spec(i: int, seconds: float) -> dict[str, object]:
+    return {"name": f"scale{i}", "run": f"sleep {seconds:g}", "resources": {"pool": "sim"}}
+
+
+async def submit(http: httpx.AsyncClient, n: int, seconds: float, start: int = 0, batch: int = 500) -> None:
+    for i in range(start, start + n, batch):
+        jobs = [spec(k, seconds) for k in range(i, min(i + batch, start + n))]
+        for attempt in range(5):
+            try:
+                r = await http.post("/jobs/batch", json={"jobs": jobs}, headers={"Idempotency-Key": f"scale-batch-{i:08d}"})
+                break
+            except httpx.TransportError:
+                if attempt == 4:
+                    raise
+                await asyncio.sleep(0.5)
+        if r.status_code != 201:
+            raise SystemExit(f"submit failed: {r.status_code} {r.text[:500]}")
+
+
+async def run(args: argparse.Namespace, url: str, token: str, pid: int, control: Control) -> dict[str, float]:
+    figures: dict[str, float] = {}
+    slots = args.hosts * args.slots
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"},
+                                 timeout=300) as http:
+        started = time.monotonic()
+        while True:  # every host checked (an SSH handshake each) before the clock starts
+            hosts = (await http.get("/hosts")).json()
+            good = sum(1 for h in hosts if h.get("health") == "good")
+            if good == args.hosts:
+                break
+            if time.monotonic() - started > 600:
+                raise SystemExit(f"only {good} of {args.hosts} hosts became good")
+            await asyncio.sleep(1)
+        print(f"hosts:    {args.hosts} simulated hosts good after {time.monotonic() - started:.1f} s "
+              f"(first connects)")
+        stalls = Stalls(http)
+
+        t0 = time.time()
+        await submit(http, slots, 600)
+        while (await control.ask("stats"))["launches"] < slots:  # type: ignore[operator]
+            await asyncio.sleep(0.05)
+        last = (await control.ask(f"launch_time {slots}"))["at"]
+        figures["fill_s"] = float(last) - t0  # type: ignore[arg-type]
+        print(f"fill:     {slots} slots filled in {figures['fill_s']:.2f} s from the first POST (target <= 2 s)")
+
+        stalls.reset()
+        t1 = time.monotonic()
+        await submit(http, args.queue, 600, start=slots, batch=1000)
+        took = time.monotonic() - t1
+        figures["queue_submit_per_s"] = args.queue / took
+        figures["queue_worst_health_ms"] = stalls.worst * 1000
+        print(f"queue:    {args.queue} more jobs queued at {figures['queue_submit_per_s']:.0f} jobs/s; "
+              f"longest GET /health meanwhile {figures['queue_worst_health_ms']:.0f} ms ({stalls.samples} polls)")
+
+        await asyncio.sleep(2)
+        stalls.reset()
+        c0, w0 = cpu_seconds(pid), time.monotonic()
+        await asyncio.sleep(args.window)
+        figures["steady_cpu_pct"] = (cpu_seconds(pid) - c0) / (time.monotonic() - w0) * 100
+        figures["rss_mb"] = rss_mb(pid)
+        figures["steady_worst_health_ms"] = stalls.worst * 1000
+        print(f"steady:   {slots} running, {args.queue} queued: controller CPU "
+              f"{figures['steady_cpu_pct']:.1f}% of a core (target <= 5%), RSS {figures['rss_mb']:.0f} MB "
+              f"(target <= 300 MB), longest GET /health {figures['steady_worst_health_ms']:.0f} ms")
+
+        for _ in range(10):
+            await control.ask("end 20")
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(2)
+        retaken = (await control.ask("stats"))["retaken"]
+        figures["retake_p50_ms"] = pct(retaken, 0.5) * 1000  # type: ignore[arg-type]
+        figures["retake_p99_ms"] = pct(retaken, 0.99) * 1000  # type: ignore[arg-type]
+        print(f"turnover: a freed slot taken again after p50 {figures['retake_p50_ms']:.1f} ms, "
+              f"p99 {figures['retake_p99_ms']:.1f} ms ({len(retaken)} slots freed)")  # type: ignore[arg-type]
+        stalls.task.cancel()
+
+        from prometheus_client.parser import text_string_to_metric_families
+
+        buckets = sorted((float(s.labels["le"]), s.value)
+                         for f in text_string_to_metric_families((await http.get("/metrics")).text)
+                         if f.name == "fleet_scheduler_pass_duration_seconds"
+                         for s in f.samples if s.name.endswith("_bucket"))
+        total = buckets[-1][1] if buckets else 0.0
+        worst = next((le for le, c in buckets if c >= total), float("nan"))
+        figures["longest_pass_le_s"] = worst
+        print(f"passes:   every scheduling pass took <= {worst:g} s (its /metrics histogram)")
+    return figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd")
+    sim = sub.add_parser("simulate")
+    sim.add_argument("--hosts", type=int, required=True)
+    sim.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--hosts", type=int, default=1000)
+    parser.add_argument("--slots", type=int, default=2)
+    parser.add_argument("--queue", type=int, default=50_000)
+    parser.add_argument("--window", type=float, default=10.0)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if args.cmd == "simulate":
+        asyncio.run(simulate(args.hosts, args.out))
+        return 0
+
+    work = Path(tempfile.mkdtemp(prefix="fleet-scale-"))
+    lab = work / "lab"
+    lab.mkdir()
+    sim_proc = subprocess.Popen([sys.executable, __file__, "simulate", "--hosts", str(args.hosts), "--out", str(lab)],
+                                stdout=subprocess.DEVNULL, stderr=open(lab / "sim.log", "wb"))
+    settings = None
+    try:
+        deadline = time.monotonic() + 300
+        while not (lab / "ready").exists():
+            if sim_proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"simulator failed: {(lab / 'sim.log').read_text()[-2000:]}")
+            time.sleep(0.1)
+        info = json.loads((lab / "hosts.json").read_text())
+        inventory = work / "hosts.ini"
+        inventory.write_text("[sim]\n" + "".join(
+            f"{name} ansible_host=127.0.0.1 ansible_port={port} ansible_user=bench fleet_slots={args.slots} "
+            f"fleet_arch=x86_64 fleet_accelerator=cpu fleet_workdir=/tmp/fleet-scale-sim\n"
+            for name, port in info["hosts"]))
+        home = work / "home"
+        home.mkdir()
+        shutil.copy(lab / "known_hosts", home / "known_hosts")
+        os.environ["FLEET_HOME"] = str(home)
+        for var in ("FLEET_SERVER", "FLEET_TOKEN", "FLEET_INVENTORY"):
+            os.environ.pop(var, None)
+        from fleet.client import discovery as local
+        from fleet.config import load_settings
+
+        settings = load_settings()
+        started = local.start_local(settings, str(inventory))
+        assert started.token and started.pid
+        print(f"controller: fleet serve pid {started.pid}; simulator pid {sim_proc.pid} (separate process)")
+        figures = asyncio.run(run(args, started.url, started.token, started.pid, Control(info["control"])))
+        if args.json:
+            print(json.dumps(figures, indent=2))
+    finally:
+        if settings is not None:
+            from fleet.client import discovery as local
+
+            local.stop_local(settings)
+        sim_proc.send_signal(signal.SIGTERM)
+        sim_proc.wait(10)
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
