@@ -388,7 +388,10 @@ def main() -> int:
             local.stop_local(settings)
         sim_proc.send_signal(signal.SIGTERM)
         sim_proc.wait(10)
-        shutil.rmtree(work, ignore_errors=True)
+        if os.environ.get("FLEET_SCALE_KEEP"):
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,12 +95,15 @@ class AgentChannel:
     async def _renew(self, every: float) -> None:
         """Extend the attempt lease of every attempt the agent follows (see runners/wrapper.py):
         while this controller is alive and connected, its jobs never stop themselves."""
+        # The first one at a random point of the period: a controller that reached a thousand
+        # hosts at once must not renew a thousand leases in the same millisecond each time.
+        await asyncio.sleep(random.uniform(0.5, 1.0) * every)
         while self.dead is None:
-            await asyncio.sleep(every)
             try:
                 self.send({"op": "renew"})
             except Exception:  # noqa: BLE001 - a dead channel ends the loop above
                 return
+            await asyncio.sleep(every)
 
     @property
     def alive(self) -> bool:
