@@ -5,7 +5,8 @@ raw asyncssh loop and Ansible ad-hoc on the same simulated hosts, measured in th
     python bench/dispatch.py [--hosts 50] [--jobs 2000] [--idle 100] [--rows 100000] [--json]
 
 Prints fleet's jobs/s and submit->start p50/p99 (idle fleet), the raw asyncssh limit, Ansible
-ad-hoc on 10 hosts, the ratios, and the server-side time of the first page of ``fleet jobs``
+ad-hoc on 10 hosts, the ratios, CPU per job per process tree (this client, the server, the lab
+hosts with the commands they ran) against raw asyncssh's per command, and the server-side time of the first page of ``fleet jobs``
 with 100,000 jobs in the database. The lab hosts (pure-Python asyncssh servers) run in a
 separate process (``python -m tests.lab serve``). Targets on a 2-core machine: fleet >= 0.3x
 raw asyncssh throughput; submit->start p50 <= 25 ms; jobs page <= 50 ms.
@@ -26,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -47,9 +49,17 @@ def pct(values: list[float], q: float) -> float:
 
 def start_lab(hosts: int, out: Path) -> subprocess.Popen[bytes]:
     out.mkdir(parents=True, exist_ok=True)
+    join = None
+    if os.geteuid() == 0:
+        sys.path.insert(0, str(REPO / "bench"))
+        from agent_cost import CGroup
+
+        LAB_GROUP[:] = [CGroup("lab")]
+        join = LAB_GROUP[0].join
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.lab", "serve", "--hosts", str(hosts), "--profile", "rtx5060",
          "--out", str(out)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(out / "lab.log", "wb"),
+        preexec_fn=join,
     )
     deadline = time.monotonic() + 60
     while not (out / "ready").exists():
@@ -75,8 +85,12 @@ def lab_hosts(inventory: Path) -> list[dict[str, str]]:
 # ---------------------------------------------------------------------- baselines
 
 
+RAW_CPU: dict[str, float] = {}
+
+
 async def raw_asyncssh(hosts: list[dict[str, str]], known_hosts: Path, jobs: int) -> float:
-    """The limit: one connection per host, one command at a time per host (1 slot), no DB."""
+    """The limit: one connection per host, one command at a time per host (1 slot), no DB.
+    Its CPU per command (this process, the hosts) goes to RAW_CPU."""
     conns = await asyncio.gather(*(
         asyncssh.connect(h["ansible_host"], port=int(h["ansible_port"]), username=h["ansible_user"],
                          client_keys=[h["ansible_ssh_private_key_file"]], known_hosts=str(known_hosts))
@@ -91,8 +105,11 @@ async def raw_asyncssh(hosts: list[dict[str, str]], known_hosts: Path, jobs: int
             await conn.run(COMMAND, check=True)
 
     start = time.perf_counter()
+    cpu0 = (time.process_time(), lab_cpu())
     await asyncio.gather(*(worker(c) for c in conns))
     elapsed = time.perf_counter() - start
+    RAW_CPU.update(client_ms=(time.process_time() - cpu0[0]) * 1000 / jobs,
+                   hosts_ms=(lab_cpu() - cpu0[1]) * 1000 / jobs)
     for c in conns:
         c.close()
     return jobs / elapsed
@@ -123,9 +140,23 @@ def ansible_adhoc(inventory: Path, known_hosts: Path, count: int = 10) -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` so far (from /proc)."""
+    """CPU time of process ``pid`` and of its children it has waited for (the lab's shell
+    commands, reaped by it): user + system, from /proc (fields 14-17)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+LAB_PID: list[int] = []
+LAB_GROUP: list[Any] = []  # bench/agent_cost.py's CGroup holding the lab (as root)
+
+
+def lab_cpu() -> float:
+    """The hosts' CPU: the lab process and everything under it (its agents, their attempts'
+    supervisors and jobs) when it runs in a cgroup of its own (root); else the lab process and
+    the children it reaped only (an agent still running is not counted)."""
+    if LAB_GROUP:
+        return float(LAB_GROUP[0].usage_ms()) / 1000
+    return cpu_seconds(LAB_PID[0]) if LAB_PID else 0.0
 
 
 SERVER_PID: list[int] = []
@@ -164,14 +195,26 @@ async def fleet_throughput(url: str, token: str, jobs: int, concurrency: int = 6
             return {"name": f"{tag}{i}", "run": COMMAND + " $FLEET_JOB_ID"}
 
         async def one(i: int) -> None:
+            # As fleet's client does: one idempotency key per submission, sent again when
+            # the connection broke before the answer (a keep-alive connection the server had
+            # just closed: httpx.ReadError); the jobs are made once.
+            key = {"Idempotency-Key": f"{tag}-{i:010d}-{os.getpid()}"}
             async with sem:
-                if batch == 1:
-                    r = await http.post("/jobs", json=spec(i))
-                else:
-                    r = await http.post("/jobs/batch", json={"jobs": [spec(k) for k in range(i, min(i + batch, jobs))]})
+                for attempt in range(5):
+                    try:
+                        if batch == 1:
+                            r = await http.post("/jobs", json=spec(i), headers=key)
+                        else:
+                            r = await http.post("/jobs/batch", headers=key, json={
+                                "jobs": [spec(k) for k in range(i, min(i + batch, jobs))]})
+                        break
+                    except httpx.TransportError:
+                        if attempt == 4:
+                            raise
+                        await asyncio.sleep(0.2)
                 r.raise_for_status()
 
-        cpu0 = (cpu_seconds(SERVER_PID[0]) if SERVER_PID else 0.0, time.process_time())
+        cpu0 = (cpu_seconds(SERVER_PID[0]) if SERVER_PID else 0.0, time.process_time(), lab_cpu())
         start = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(0, jobs, batch)))
         submitted = time.perf_counter() - start
@@ -180,9 +223,10 @@ async def fleet_throughput(url: str, token: str, jobs: int, concurrency: int = 6
             r = await http.get("/jobs", params={"state": active, "limit": 1})
             if not r.json()["items"]:
                 break
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.5)  # the rate is taken from the jobs' own end times
         server_cpu = (cpu_seconds(SERVER_PID[0]) if SERVER_PID else 0.0) - cpu0[0]
         client_cpu = time.process_time() - cpu0[1]
+        hosts_cpu = lab_cpu() - cpu0[2]
         items: list[dict] = []
         before = None
         while True:
@@ -200,7 +244,7 @@ async def fleet_throughput(url: str, token: str, jobs: int, concurrency: int = 6
     last = max(j["ended_ts"] for j in items if j["ended_ts"])
     return {"jobs": len(items), "succeeded": ok, "jobs_per_s": len(items) / (last - first),
             "submit_per_s": jobs / submitted, "server_cpu_ms": 1000 * server_cpu / jobs,
-            "client_cpu_ms": 1000 * client_cpu / jobs}
+            "client_cpu_ms": 1000 * client_cpu / jobs, "hosts_cpu_ms": 1000 * hosts_cpu / jobs}
 
 
 async def fleet_idle_latency(url: str, token: str, count: int) -> list[float]:
@@ -266,6 +310,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
     lab = start_lab(args.hosts, work / "lab")
+    LAB_PID[:] = [lab.pid]
     figures: dict[str, float] = {}
     try:
         inventory, known_hosts = work / "lab" / "inventory.ini", work / "lab" / "known_hosts"
@@ -274,6 +319,9 @@ def main() -> None:
 
         figures["raw_asyncssh_per_s"] = asyncio.run(raw_asyncssh(hosts, known_hosts, args.jobs))
         print(f"raw asyncssh loop:     {figures['raw_asyncssh_per_s']:8.1f} commands/s ({args.jobs} commands)")
+        figures["raw_cpu_ms"] = RAW_CPU["client_ms"] + RAW_CPU["hosts_ms"]
+        print(f"  CPU per command: client {RAW_CPU['client_ms']:.2f} ms, hosts {RAW_CPU['hosts_ms']:.2f} ms, "
+              f"total {figures['raw_cpu_ms']:.2f} ms")
         figures["ansible_adhoc_per_s"] = ansible_adhoc(inventory, known_hosts, min(10, len(hosts)))
         print(f"ansible ad-hoc (10):   {figures['ansible_adhoc_per_s']:8.1f} commands/s")
 
@@ -292,18 +340,26 @@ def main() -> None:
             print(f"fleet end to end:      {tp['jobs_per_s']:8.1f} jobs/s ({tp['succeeded']}/{tp['jobs']} "
                   f"succeeded; one POST /jobs per job, API accepted {tp['submit_per_s']:.0f} jobs/s)")
             figures["fleet_server_cpu_ms"] = tp["server_cpu_ms"]
-            print(f"  server CPU {tp['server_cpu_ms']:.2f} ms per job, this client's {tp['client_cpu_ms']:.2f} ms")
+            figures["fleet_cpu_ms"] = tp["server_cpu_ms"] + tp["client_cpu_ms"] + tp["hosts_cpu_ms"]
+            print(f"  CPU per job: client {tp['client_cpu_ms']:.2f} ms, server {tp['server_cpu_ms']:.2f} ms, "
+                  f"hosts {tp['hosts_cpu_ms']:.2f} ms, total {figures['fleet_cpu_ms']:.2f} ms "
+                  f"= {figures['fleet_cpu_ms'] / figures['raw_cpu_ms']:.2f}x raw asyncssh's")
             tb = asyncio.run(fleet_throughput(url, token, args.jobs, batch=50, tag="batch"))
             figures["fleet_batch_per_s"] = tb["jobs_per_s"]
             print(f"fleet end to end:      {tb['jobs_per_s']:8.1f} jobs/s ({tb['succeeded']}/{tb['jobs']} "
                   f"succeeded; POST /jobs/batch of 50, API accepted {tb['submit_per_s']:.0f} jobs/s)")
             figures["fleet_batch_server_cpu_ms"] = tb["server_cpu_ms"]
-            print(f"  server CPU {tb['server_cpu_ms']:.2f} ms per job, this client's {tb['client_cpu_ms']:.2f} ms")
+            figures["fleet_batch_cpu_ms"] = tb["server_cpu_ms"] + tb["client_cpu_ms"] + tb["hosts_cpu_ms"]
+            print(f"  CPU per job: client {tb['client_cpu_ms']:.2f} ms, server {tb['server_cpu_ms']:.2f} ms, "
+                  f"hosts {tb['hosts_cpu_ms']:.2f} ms, total {figures['fleet_batch_cpu_ms']:.2f} ms "
+                  f"= {figures['fleet_batch_cpu_ms'] / figures['raw_cpu_ms']:.2f}x raw asyncssh's")
         finally:
             stop_fleet(settings)
     finally:
         lab.send_signal(signal.SIGTERM)
         lab.wait(timeout=30)
+        if LAB_GROUP:
+            LAB_GROUP[0].close()
 
     url, token, settings = start_fleet(work / "fleet-100k", None, None)
     try:
@@ -331,6 +387,10 @@ def main() -> None:
         "throughput >= 0.3x raw (batched submits)": figures["ratio_fleet_batch_vs_raw"] >= 0.3,
         "submit->start p50 <= 25 ms": figures["submit_start_p50_ms"] <= 25,
         "jobs page <= 50 ms": figures["jobs_page_ms"] <= 50,
+        "CPU per job <= 2x raw asyncssh (one POST per job)": figures["fleet_cpu_ms"] <= 2 * figures["raw_cpu_ms"],
+        "CPU per job <= 1.5x raw asyncssh (batched)": figures["fleet_batch_cpu_ms"] <= 1.5 * figures["raw_cpu_ms"],
+        "server CPU <= 3 ms per job (one POST per job)": figures["fleet_server_cpu_ms"] <= 3,
+        "server CPU <= 1.5 ms per job (batched)": figures["fleet_batch_server_cpu_ms"] <= 1.5,
     }
     for name, ok in verdicts.items():
         print(f"  {'met' if ok else 'NOT MET'}: {name}")

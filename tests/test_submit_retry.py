@@ -9,7 +9,9 @@ import uuid
 from urllib.parse import urlparse
 
 import httpx
+import pytest
 
+from fleet.client.calls import Call
 from fleet.client.sync import Client
 from tests.conftest import add_user
 
@@ -102,3 +104,29 @@ def test_a_client_that_lost_the_answer_retries_and_the_jobs_are_made_once(fleet)
     proxy.close()
     client.close()
     direct.close()
+
+
+def test_a_read_whose_connection_broke_is_sent_again_and_a_submit_without_a_key_is_not(fleet):
+    """A read (or a cancel) is safe to send twice: the client sends it again when its
+    connection broke before the answer (issue 16: httpx.ReadError on a keep-alive connection
+    the server had closed). Only those: a POST that is not safe is never resent by ``call``."""
+    fleet.start()
+    direct = Client(fleet.info.url, fleet.info.token)
+    job = direct.submit({"name": "r", "run": "sleep 60"})
+    proxy = DropFirstAnswer(fleet.info.url)
+    client = Client(proxy.url, fleet.info.token)
+    assert client.job(job.id).id == job.id
+    assert proxy.dropped >= 2
+    proxy2 = DropFirstAnswer(fleet.info.url)
+    client2 = Client(proxy2.url, fleet.info.token)
+    assert client2.cancel(job.id).state in ("CANCELLED", "CANCELLING")
+    assert proxy2.dropped >= 2
+    proxy3 = DropFirstAnswer(fleet.info.url)
+    client3 = Client(proxy3.url, fleet.info.token)
+    with pytest.raises(httpx.TransportError):
+        client3.call(Call("POST", "/users", lambda r: r.json(), json={"name": "unsafe-x"}))
+    assert proxy3.dropped == 1
+    for c in (client, client2, client3, direct):
+        c.close()
+    for p in (proxy, proxy2, proxy3):
+        p.close()

@@ -42,6 +42,9 @@ SUBMIT_TRIES = 4  # a submission is sent up to this often (0.5, 1, 2 s apart) if
 LONG = httpx.Timeout(1900.0, connect=10.0)  # probe/provision run Ansible on the server
 
 
+RETRY_SAFE = 3  # tries of a safe call whose connection broke (see Call.safe)
+
+
 @dataclass(frozen=True)
 class Call(Generic[T]):
     """One request and how to read its answer."""
@@ -56,6 +59,13 @@ class Call(Generic[T]):
 
     def read(self, resp: httpx.Response) -> T:
         return self.parse(check(resp) if self.errors else resp)
+
+    @property
+    def safe(self) -> bool:
+        """Sending it twice does what sending it once does (a read, a cancel): it is sent
+        again when the connection broke before the answer came (a keep-alive connection the
+        server had just closed: httpx.ReadError)."""
+        return self.method in ("GET", "HEAD") or (self.method == "POST" and self.path.endswith("/cancel"))
 
     def request(self) -> dict[str, Any]:
         """Keyword arguments of ``httpx.Client.request`` (and its async twin)."""

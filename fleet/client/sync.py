@@ -30,7 +30,7 @@ from fleet.api.schemas import (
     WhyOut,
 )
 from fleet.client import calls
-from fleet.client.calls import SUBMIT_TRIES, Call, check
+from fleet.client.calls import RETRY_SAFE, SUBMIT_TRIES, Call, check
 
 T = TypeVar("T")
 
@@ -52,8 +52,16 @@ class Client:
         self.close()
 
     def call(self, c: Call[T], **extra: Any) -> T:
-        """Send one route of ``fleet.client.calls`` and read its answer."""
-        return c.read(self.http.request(c.method, c.path, **c.request(), **extra))
+        """Send one route of ``fleet.client.calls`` and read its answer; a safe one again when
+        the connection broke (``Call.safe``)."""
+        for attempt in range(RETRY_SAFE if c.safe else 1):
+            try:
+                return c.read(self.http.request(c.method, c.path, **c.request(), **extra))
+            except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError):
+                if attempt == RETRY_SAFE - 1 or not c.safe:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     # ------------------------------------------------------------------ server
 
