@@ -26,6 +26,8 @@ from tests.conftest import Fleet
 from tests.spec_strategies import EXAMPLES, FUZZ, json_values, near_valid_specs
 
 HOST = "fuzzhost"
+# One worker starts the server and loads the schema once (module fixtures): these go together.
+pytestmark = pytest.mark.xdist_group("fuzz_api")
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,9 @@ import pytest
 from fleet import images as img
 from tests.helpers import eventually, kill_server
 
+# One worker builds the CPU image once (a module fixture): the tests that use it go together.
+pytestmark = pytest.mark.xdist_group("images")
+
 REPO = Path(__file__).resolve().parent.parent
 PODMAN = ["podman", "--runtime", "runc"]
 RUN = [*PODMAN, "run", "--rm", "--network", "none", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
