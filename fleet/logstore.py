@@ -33,6 +33,8 @@ from fleet.secrets import Redactor
 MiB = 1 << 20
 COLLECTED = b"[fleet: this log was removed by the log retention (see log_retention_days, log_store_limit)]\n"
 
+TINY = 4096  # bytes: an ended attempt's log this small stays a plain file (no gzip)
+
 
 @dataclass
 class _Files:
@@ -189,7 +191,8 @@ class LogStore:
             old.unlink(missing_ok=True)
 
     def close(self, attempt_id: str, job_id: str | None = None) -> None:
-        """The attempt ended: flush, close, compress its files; release followers."""
+        """The attempt ended: flush, close, compress its files (not a tiny log: gzip would
+        cost more than it saves); release followers."""
         redactor = self._redactors.pop(attempt_id, None)
         tail = redactor.flush() if redactor is not None else b""
         writer = self._open.pop(attempt_id, None)
@@ -202,7 +205,7 @@ class LogStore:
             writer.head_fh.close()
             if writer.seg_fh is not None:
                 writer.seg_fh.close()
-            if job_id is not None:
+            if job_id is not None and (writer.received > TINY or writer.segments):
                 try:
                     self._compress(job_id, attempt_id, writer.received)
                 except OSError as exc:  # a full disk: the plain files stay, readable as they are

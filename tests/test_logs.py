@@ -159,3 +159,20 @@ def test_the_server_keeps_its_log_store_under_the_limit(fleet, tmp_path):
     removed = [t for t in texts if t.startswith(b"[fleet: this log was removed")]
     assert 0 < len(removed) < len(ids)
     assert texts[-1].startswith(_line(0)) and texts[-1].endswith(_line(16383))  # newest kept
+
+
+def test_a_tiny_log_stays_plain_and_reads_the_same(tmp_path):
+    """gzip would cost more than it saves on a few lines: an ended attempt's log of at most
+    4 KiB is kept as it is, read back, sized and collected like a compressed one."""
+    store = LogStore(tmp_path, 64 * KiB)
+    store.append("j", "a", b"hello\n" * 10)
+    store.close("a", "j")
+    assert [p.name for p in (tmp_path / "j").iterdir()] == ["a.log"]
+    assert store.read("j", "a", 0) == (b"hello\n" * 10, 60)
+    assert LogStore(tmp_path, 64 * KiB).size("j", "a") == 60
+    store.append("j", "b", b"x" * 5000)
+    store.close("b", "j")
+    assert sorted(p.name for p in (tmp_path / "j").iterdir()) == ["a.log", "b.log.gz"]
+    size = sum(p.stat().st_size for p in (tmp_path / "j").iterdir())
+    assert store.collect(max_age=None, max_bytes=0) == (2, size)
+    assert not (tmp_path / "j").exists()
