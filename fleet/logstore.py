@@ -205,7 +205,10 @@ class LogStore:
             writer.head_fh.close()
             if writer.seg_fh is not None:
                 writer.seg_fh.close()
-            if job_id is not None and (writer.received > TINY or writer.segments):
+            # A tiny log that is whole (no bytes dropped) stays plain; one with a gap is
+            # compressed, its header says where the gap is.
+            tiny = writer.received <= TINY and not writer.segments and writer.head == writer.received
+            if job_id is not None and not tiny:
                 try:
                     self._compress(job_id, attempt_id, writer.received)
                 except OSError as exc:  # a full disk: the plain files stay, readable as they are

@@ -12,7 +12,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import bindparam, delete, func, insert, null, or_, text, update
 from sqlalchemy import select as sa_select
@@ -169,6 +169,13 @@ def hash_token(token: str) -> str:
 
 JOB_SORTS = {"created": "id", "name": "name", "state": "state", "user": "user", "host": "host",
              "priority": "priority", "pool": "pool", "kind": "kind"}  # sort name -> jobs column
+
+
+class JobLike(Protocol):
+    """A job row or the scheduler's record of one (fleet.scheduler.records.JobRef)."""
+
+    id: str
+    attempt_count: int
 
 
 class Store:
@@ -496,11 +503,11 @@ class Store:
 
     # ------------------------------------------------------------------ attempts
 
-    def start_attempt(self, job: Job, host: str, slots: int, backend: str = "ssh") -> Attempt:
+    def start_attempt(self, job: JobLike, host: str, slots: int, backend: str = "ssh") -> Attempt:
         """Commit a placement: the attempt row is the slot lease; the job becomes STARTING."""
         return self.start_attempts([(job, host, slots, backend)])[0]
 
-    def start_attempts(self, placed: Sequence[tuple[Job, str, int, str]]) -> list[Attempt]:
+    def start_attempts(self, placed: Sequence[tuple[JobLike, str, int, str]]) -> list[Attempt]:
         """Commit a scheduling pass's placements ``(job, host, slots, backend)`` in one
         transaction: their attempt rows (the slot leases) and their jobs STARTING."""
         now = time.time()

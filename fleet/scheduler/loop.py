@@ -52,7 +52,7 @@ from fleet.scheduler.placement import (
     static_report,
 )
 from fleet.scheduler.queues import ClassQueue
-from fleet.scheduler.records import Held, HostCheck, Policy, QueuedJob, QueueView, Running, Why
+from fleet.scheduler.records import Held, HostCheck, JobRef, Policy, QueuedJob, QueueView, Running, Why
 from fleet.scheduler.verdict import JOB_STATE, Verdict
 from fleet.secrets import SecretBox, SecretError, mask_text, mask_value
 from fleet.store import Store
@@ -86,6 +86,7 @@ class Scheduler:
     DEPTH_EVERY = 0.25  # seconds: queue.depth events at most this often (a burst is one event)
     SYNC_LAG = 10.0  # seconds: how far back each look for other replicas' jobs starts
     SYNC_FULL = 60.0  # seconds between full looks (every PENDING id)
+    COMPACT_AFTER = 2000  # queued jobs behind this many in their queue hold no parsed spec
 
     def __init__(
         self, store: Store, hosts: list[Host], backends: Mapping[str, Backend], logs: LogStore,
@@ -315,15 +316,15 @@ class Scheduler:
                 self.chains.admit(job, JobSpec.model_validate_json(job.spec_json))
         self._wake.set()
 
-    def _queued_job(self, job: Job, spec: JobSpec) -> QueuedJob:
+    def _queued_job(self, job: Job | JobRef, spec: JobSpec) -> QueuedJob:
         inputs = [
             InputFile(rel_path=_join(ref.host_path(name), rel, ref.kind), sha256=blob.sha256, size=blob.size)
             for name, ref in spec.uploaded().items()
             for rel, blob in ref.files.items()
         ]
-        return QueuedJob(job=job, spec=spec, demand=self.demand_of(spec, job.user), inputs=inputs)
+        return QueuedJob(job=JobRef.of(job), _spec=spec, demand=self.demand_of(spec, job.user), inputs=inputs)
 
-    def _restored(self, job: Job, spec: JobSpec) -> QueuedJob:
+    def _restored(self, job: Job | JobRef, spec: JobSpec) -> QueuedJob:
         """A job a previous controller knew, with its retry history rebuilt from its attempts."""
         qj = self._queued_job(job, spec)
         for a in self.store.attempts(job.id) if job.attempt_count else []:
@@ -338,7 +339,7 @@ class Scheduler:
                 qj.failed_on.add(a.host)
         return qj
 
-    def _enqueue(self, job: Job, spec: JobSpec) -> None:
+    def _enqueue(self, job: Job | JobRef, spec: JobSpec) -> None:
         qj = self.pending.get(job.id)
         if qj is None:
             qj = self.pending[job.id] = self._queued_job(job, spec)
@@ -352,6 +353,8 @@ class Scheduler:
         if queue is None:
             queue = self.queues[demand.key] = ClassQueue(demand.key)
         queue.push(job.id, spec.priority, job.user)
+        if len(queue) > self.COMPACT_AFTER:
+            qj.compact()  # deep in a long queue: its spec is parsed again when it is placed
         self._queues_changed()
 
     async def cancel(self, job_id: str) -> str:

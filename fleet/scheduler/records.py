@@ -33,12 +33,36 @@ class Policy:
         return self.attempt_lease + self.kill_grace + 1.0
 
 
-@dataclass
-class QueuedJob:
-    """A job the scheduler holds: its spec, what it asks of a host, its retry history."""
+@dataclass(slots=True)
+class JobRef:
+    """What the scheduler keeps of a job's row while it holds the job: a few hundred bytes,
+    not an ORM object (50,000 queued jobs, issue 16). Field names as on ``Job``."""
 
-    job: Job
-    spec: JobSpec
+    id: str
+    user: str
+    queue: str
+    runner: str
+    created_at: float
+    spec_json: str
+    attempt_count: int = 0
+    matrix_run: str | None = None
+
+    @classmethod
+    def of(cls, job: Job | JobRef) -> JobRef:
+        if isinstance(job, JobRef):
+            return job
+        return cls(id=job.id, user=job.user, queue=job.queue, runner=job.runner, created_at=job.created_at,
+                   spec_json=job.spec_json, attempt_count=job.attempt_count, matrix_run=job.matrix_run)
+
+
+@dataclass(slots=True)
+class QueuedJob:
+    """A job the scheduler holds: its spec, what it asks of a host, its retry history. A job
+    deep in a long queue lets go of its parsed spec (``compact``); it is parsed again from
+    the row's text when needed (placement, retry), the same spec either way."""
+
+    job: JobRef
+    _spec: JobSpec | None
     demand: Demand
     inputs: list[InputFile]
     failed_on: set[str] = field(default_factory=set)
@@ -46,6 +70,15 @@ class QueuedJob:
     infra_failures: int = 0
     job_failures: int = 0
     expiry: asyncio.TimerHandle | None = None  # queue_timeout
+
+    @property
+    def spec(self) -> JobSpec:
+        if self._spec is None:
+            self._spec = JobSpec.model_validate_json(self.job.spec_json)
+        return self._spec
+
+    def compact(self) -> None:
+        self._spec = None
 
 
 @dataclass
