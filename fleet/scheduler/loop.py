@@ -141,6 +141,7 @@ class Scheduler:
         # Counted as it happens (fleet.metrics; GET /metrics): passes, placements, ends.
         self.metrics = Metrics()
         self._started: list[tuple[str, str, float]] = []  # attempts started, not yet written
+        self._demands: dict[Demand, Demand] = {}  # see demand_of
         # explain.waiting_summary's one-line reasons, by queue and history: (when, text).
         self.summaries: dict[tuple[str, frozenset[str], frozenset[str]], tuple[float, str]] = {}
         store.db.on_write = self.metrics.db_write.observe
@@ -240,7 +241,11 @@ class Scheduler:
     def demand_of(self, spec: JobSpec, user: str) -> Demand:
         """What the job asks of a host; a job of anyone but the server's owner is a guest
         (never run as the server's own account on the controller's machine)."""
-        return Demand.of(spec, guest=user != self.owner)
+        demand = Demand.of(spec, guest=user != self.owner)
+        # One object per distinct demand (thousands of queued jobs share a handful).
+        if len(self._demands) > 10_000:
+            self._demands.clear()
+        return self._demands.setdefault(demand, demand)
 
     def demand_for(self, spec: JobSpec, user: str) -> Demand:
         """The job's demand; raises SpecError if no host in the inventory could ever take it."""
