@@ -248,7 +248,10 @@ class FleetApp(App[None]):
         self.draw_lab()
 
     def draw_lab(self) -> None:
-        view = self.view  # the others draw what is new when they are shown (action_view)
+        try:
+            view = self.view  # the others draw what is new when they are shown (action_view)
+        except NoMatches:  # the app is closing (a host's news came in its last moments)
+            return
         if view.name_ == "overview":
             view.draw_lab()  # type: ignore[attr-defined]
         elif view.name_ == "hosts":
@@ -328,7 +331,10 @@ class FleetApp(App[None]):
             since = f" for {time.time() - self.down_since:.0f}s" if self.down_since else ""
             link = Text(f"✕ {self.error or 'connecting'}{since}, reconnecting…", style="bold white")
         bar.set_class(not self.connected and self.down_since is not None, "down")
-        current = self.query_one(ContentSwitcher).current or ""
+        try:
+            current = self.query_one(ContentSwitcher).current or ""
+        except NoMatches:  # closing
+            return
         line = Text.assemble((" fleet ", "bold reverse"), f" {clean(self.label)}  {clean(who)}  ", link,
                              f"   [{current}]", "  read-only" if self.readonly else "")
         if self.flash is not None and time.time() - self.flash[2] > 15:
@@ -433,8 +439,11 @@ class FleetApp(App[None]):
         self.push_screen(Info(lines))
 
     def action_reload(self) -> None:
+        try:
+            view = self.view
+        except NoMatches:  # closing
+            return
         self.run_worker(self.load_lab(), group="lab")
-        view = self.view
         if view.name_ == "jobs":
             view.pages.refresh(view.rows_on_screen())  # type: ignore[attr-defined]
         else:
