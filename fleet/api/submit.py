@@ -33,11 +33,15 @@ async def submit_many(ctx: ApiContext, bodies: list[dict[str, Any]], user: User,
     if isinstance(checked, list):
         return checked  # made before under this key
     accepted, links = checked
-    # The write runs in a thread too (a batch of a thousand jobs held the loop for a third of
-    # a second). The leader's look for jobs other replicas wrote may find these before they
-    # are queued below: whichever comes first queues a job, the other leaves it (submit).
+    # A large batch is written in a thread too (a thousand jobs held the loop for a third of a
+    # second); a few jobs are written here (a thread hand-off cost more than the write). The
+    # leader's look for jobs other replicas wrote may find these before they are queued
+    # below: whichever comes first queues a job, the other leaves it (Scheduler.submit).
     try:
-        jobs = await asyncio.to_thread(ctx.store.create_jobs, accepted, user.name, links, idempotency_key)
+        if len(accepted) <= 10:
+            jobs = ctx.store.create_jobs(accepted, user.name, links, idempotency_key)
+        else:
+            jobs = await asyncio.to_thread(ctx.store.create_jobs, accepted, user.name, links, idempotency_key)
     except IntegrityError:
         earlier = ctx.store.jobs_for_key(user.name, idempotency_key) if idempotency_key else None
         if earlier is None:
