@@ -27,7 +27,7 @@ from fleet.ids import new_id
 from fleet.matrixstore import MatrixJob
 from fleet.models.enums import JobState
 from fleet.models.matrix import expand, point_label, point_specs, validate_matrix
-from fleet.models.tables import Job, MatrixRun, Result, User
+from fleet.models.tables import Job, MatrixRun, NewJob, Result, User
 from fleet.store import Store
 
 if TYPE_CHECKING:
@@ -93,7 +93,7 @@ def prepare_run(ctx: ApiContext, data: dict[str, Any], uploads: dict[str, Any], 
 
 
 async def start_run(ctx: ApiContext, data: dict[str, Any], uploads: dict[str, Any], source: str | None,
-                    user: User, trigger: str = "manual") -> tuple[MatrixRun, list[Job]]:
+                    user: User, trigger: str = "manual") -> tuple[MatrixRun, list[NewJob]]:
     """Check a matrix, then write its run and all its jobs in one transaction and queue them."""
     run, (accepted, links), samples = await asyncio.to_thread(prepare_run, ctx, data, uploads, source,
                                                               user, trigger)
@@ -114,9 +114,9 @@ def points_of(run: MatrixRun) -> list[dict[str, Any]]:
     return points
 
 
-def progress(run: MatrixRun, jobs: Sequence[MatrixJob | Job]) -> dict[str, Any]:
+def progress(run: MatrixRun, jobs: Sequence[MatrixJob | Job | NewJob]) -> dict[str, Any]:
     """Points done (every job succeeded), failed (ended, not all succeeded), running, waiting."""
-    by_point: dict[int, list[MatrixJob | Job]] = defaultdict(list)
+    by_point: dict[int, list[MatrixJob | Job | NewJob]] = defaultdict(list)
     for job in jobs:
         by_point[job.matrix_point if job.matrix_point is not None else -1].append(job)
     rows = []

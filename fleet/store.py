@@ -6,6 +6,7 @@ share this module, so state transitions are written in one place.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import secrets
@@ -34,6 +35,7 @@ from fleet.models.tables import (
     Job,
     MatrixRun,
     MatrixSchedule,
+    NewJob,
     Result,
     SubmitKey,
     Token,
@@ -306,7 +308,7 @@ class Store:
     def create_jobs(self, specs: Sequence[tuple[JobSpec, str]], user: str,
                     links: Sequence[dict[str, Any] | None] | None = None,
                     idempotency_key: str | None = None, run: MatrixRun | None = None,
-                    samples: Sequence[tuple[int, int | None]] | None = None) -> list[Job]:
+                    samples: Sequence[tuple[int, int | None]] | None = None) -> list[NewJob]:
         """Insert PENDING jobs (spec, queue key) in one transaction: all or none.
 
         ``links[i]`` puts job i in a chain: ``{"step": NAME, "after": INDEX or None}`` (INDEX:
@@ -333,7 +335,7 @@ class Store:
                 conn.execute(insert(SubmitKey), {"user": user, "key": idempotency_key,
                                                  "job_ids": json.dumps([j.id for j in jobs]),
                                                  "created_at": time.time()})
-            conn.execute(insert(_JOBS), [job.model_dump() for job in jobs])
+            conn.execute(insert(_JOBS), [dataclasses.asdict(job) for job in jobs])
             _job_events(conn, [j.id for j in jobs], time.time())
         return jobs
 
@@ -353,22 +355,12 @@ class Store:
             return int(conn.execute(delete(SubmitKey).where(col(SubmitKey.created_at) < before)).rowcount or 0)
 
     @staticmethod
-    def _new_job(spec: JobSpec, user: str, queue: str) -> Job:
+    def _new_job(spec: JobSpec, user: str, queue: str) -> NewJob:
         now = time.time()
-        return Job(
-            id=new_id("j"),
-            name=spec.name,
-            user=user,
-            kind=spec.kind.value,
-            runner=spec.runner or "shell",
-            pool=spec.resources.pool,
-            queue=queue,
-            priority=spec.priority,
-            spec_json=spec.model_dump_json(),
-            state=JobState.PENDING.value,
-            created_at=now,
-            updated_at=now,
-        )
+        return NewJob(id=new_id("j"), name=spec.name, user=user, kind=spec.kind.value,
+                      runner=spec.runner or "shell", pool=spec.resources.pool, queue=queue,
+                      priority=spec.priority, spec_json=spec.model_dump_json(), state=JobState.PENDING.value,
+                      created_at=now, updated_at=now)
 
     def get_job(self, job_id: str, owner: str | None = None) -> Job:
         """A job by id or unique id prefix (at least 6 characters); with ``owner``, only among

@@ -12,7 +12,7 @@ from pydantic import AfterValidator, BaseModel, Field
 from fleet.models.enums import AttemptState, JobKind, JobState, Reason
 
 if TYPE_CHECKING:  # the CLI reads these bodies without the database layer (a fast start)
-    from fleet.models.tables import Attempt, Job
+    from fleet.models.tables import Attempt, Job, NewJob
 
 
 def iso(ts: float | None) -> str | None:
@@ -96,7 +96,7 @@ class JobOut(BaseModel):
     after: str | None = Field(None, description="the job it waits for")
 
     @classmethod
-    def of(cls, j: Job) -> JobOut:
+    def of(cls, j: Job | NewJob) -> JobOut:
         return cls(id=j.id, name=j.name, user=j.user, kind=JobKind(j.kind), runner=j.runner, pool=j.pool,
                    queue=j.queue, priority=j.priority, state=JobState(j.state), reason=Reason(j.reason) if j.reason else None,
                    message=j.message, host=j.host, attempts=j.attempt_count,

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from fleet.errors import NotFound
 from fleet.models.enums import JobState, Reason
 from fleet.models.spec import FromRef, JobSpec
-from fleet.models.tables import Artifact, Job
+from fleet.models.tables import Artifact, Job, NewJob
 from fleet.scheduler.artifacts import artifact_input
 from fleet.store import Store
 
@@ -26,14 +26,14 @@ class Unresolvable(Exception):
 class Chains:
     """The jobs that wait for another job, until it ends."""
 
-    def __init__(self, store: Store, *, enqueue: Callable[[Job, JobSpec], None],
+    def __init__(self, store: Store, *, enqueue: Callable[[Job | NewJob, JobSpec], None],
                  done: Callable[[str], None], wake: Callable[[], None],
                  ended: Callable[[str, JobState], None] = lambda queue, state: None) -> None:
         self.store = store
         self._enqueue, self._job_done, self._wake, self._ended = enqueue, done, wake, ended
         self.waiting: dict[str, JobSpec] = {}  # PENDING jobs that wait for another job
 
-    def admit(self, job: Job, spec: JobSpec) -> None:
+    def admit(self, job: Job | NewJob, spec: JobSpec) -> None:
         """Queue a PENDING job, or hold it until the job it waits for has ended."""
         if job.after:
             self.waiting[job.id] = spec

@@ -35,7 +35,7 @@ from fleet.logstore import LogStore
 from fleet.metrics import Metrics
 from fleet.models.enums import REASON_CLASS, AttemptState, FailureClass, Health, JobState, Reason
 from fleet.models.spec import JobSpec
-from fleet.models.tables import Attempt, Job
+from fleet.models.tables import Attempt, Job, NewJob
 from fleet.results import InvalidResult, complete_record, key_columns
 from fleet.runners import manifests
 from fleet.scheduler import artifacts, explain, plans, retry
@@ -277,7 +277,7 @@ class Scheduler:
         self.book.set_facts(name, facts)
         self._wake.set()
 
-    def submit(self, job: Job, spec: JobSpec) -> None:
+    def submit(self, job: Job | NewJob, spec: JobSpec) -> None:
         """Queue a job already written to the DB and wake the loop. Never blocks. On a
         follower this does nothing: the leader finds the job in the database."""
         if not self.leading:
@@ -321,7 +321,7 @@ class Scheduler:
                 self.chains.admit(job, JobSpec.model_validate_json(job.spec_json))
         self._wake.set()
 
-    def _queued_job(self, job: Job | JobRef, spec: JobSpec) -> QueuedJob:
+    def _queued_job(self, job: Job | JobRef | NewJob, spec: JobSpec) -> QueuedJob:
         inputs = [
             InputFile(rel_path=_join(ref.host_path(name), rel, ref.kind), sha256=blob.sha256, size=blob.size)
             for name, ref in spec.uploaded().items()
@@ -344,7 +344,7 @@ class Scheduler:
                 qj.failed_on.add(a.host)
         return qj
 
-    def _enqueue(self, job: Job | JobRef, spec: JobSpec) -> None:
+    def _enqueue(self, job: Job | JobRef | NewJob, spec: JobSpec) -> None:
         qj = self.pending.get(job.id)
         if qj is None:
             qj = self.pending[job.id] = self._queued_job(job, spec)

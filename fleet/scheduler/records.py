@@ -9,7 +9,7 @@ from typing import Any
 from fleet.backends.base import AttemptPlan, InputFile
 from fleet.inventory import Host
 from fleet.models.spec import JobSpec
-from fleet.models.tables import Attempt, Job
+from fleet.models.tables import Attempt, Job, NewJob
 from fleet.scheduler.burst import BurstPolicy
 from fleet.scheduler.placement import Demand
 
@@ -48,7 +48,7 @@ class JobRef:
     matrix_run: str | None = None
 
     @classmethod
-    def of(cls, job: Job | JobRef) -> JobRef:
+    def of(cls, job: Job | JobRef | NewJob) -> JobRef:
         if isinstance(job, JobRef):
             return job
         return cls(id=job.id, user=job.user, queue=job.queue, runner=job.runner, created_at=job.created_at,
