@@ -23,7 +23,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
-from fleet.models.enums import TERMINAL_STATES, Health, JobState
+from fleet.models.enums import TERMINAL_STATES, Health, JobState, Reason
 from fleet.models.tables import Job
 
 if TYPE_CHECKING:
@@ -64,6 +64,18 @@ class Metrics:
         self.db_write = Histogram(
             "fleet_db_write_duration_seconds", "Duration of one database write transaction.",
             buckets=FAST_BUCKETS, registry=r)
+
+    def job_ended(self, queue: str, state: JobState) -> None:
+        self.jobs_ended.labels(state.value, queue).inc()
+
+    def attempt_ended(self, reason: Reason, device_class: str, queue: str, job_state: JobState | None,
+                      started_at: float | None, ended_at: float) -> None:
+        """An attempt ended; ``job_state``: how its job ended with it (None: it is retried)."""
+        self.attempts_ended.labels(reason.value, device_class).inc()
+        if job_state is not None:
+            self.job_ended(queue, job_state)
+            if started_at is not None:
+                self.job_duration.labels(queue).observe(max(0.0, ended_at - started_at))
 
     def add(self, collector: Collector) -> None:
         self.registry.register(collector)

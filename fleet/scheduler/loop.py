@@ -14,9 +14,7 @@ the attempt tasks it owns, so a host never runs more attempts than its slots.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import getpass
-import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -29,16 +27,14 @@ from fleet.config import Settings, fleet_home
 from fleet.disk import DiskGuard, is_disk_full
 from fleet.errors import NotFound, SpecError
 from fleet.hooks import Catalog
-from fleet.ids import floor_at
 from fleet.inventory import Host
 from fleet.logstore import LogStore
 from fleet.metrics import Metrics
 from fleet.models.enums import REASON_CLASS, AttemptState, FailureClass, Health, JobState, Reason
 from fleet.models.spec import JobSpec
 from fleet.models.tables import Attempt, Job, NewJob
-from fleet.results import InvalidResult, complete_record, key_columns
 from fleet.runners import manifests
-from fleet.scheduler import artifacts, explain, plans, retry
+from fleet.scheduler import explain, outcomes, plans, replicas, retry
 from fleet.scheduler.attempts import AttemptEnd, AttemptRunner
 from fleet.scheduler.chains import Chains
 from fleet.scheduler.health import HealthChecks
@@ -54,7 +50,7 @@ from fleet.scheduler.placement import (
 from fleet.scheduler.queues import ClassQueue
 from fleet.scheduler.records import Held, HostCheck, JobRef, Policy, QueuedJob, QueueView, Running, Why
 from fleet.scheduler.verdict import JOB_STATE, Verdict
-from fleet.secrets import SecretBox, SecretError, mask_text, mask_value
+from fleet.secrets import SecretBox, SecretError
 from fleet.store import Store
 
 log = logging.getLogger(__name__)
@@ -84,8 +80,6 @@ class _Sink:
 
 class Scheduler:
     DEPTH_EVERY = 0.25  # seconds: queue.depth events at most this often (a burst is one event)
-    SYNC_LAG = 10.0  # seconds: how far back each look for other replicas' jobs starts
-    SYNC_FULL = 60.0  # seconds between full looks (every PENDING id)
     COMPACT_AFTER = 2000  # queued jobs behind this many in their queue hold no parsed spec
 
     def __init__(
@@ -106,10 +100,13 @@ class Scheduler:
         self.secrets = secrets or SecretBox(Settings(home=fleet_home()).secret_key_file)
         self.policy = policy or Policy()
         self.kill_grace = self.policy.kill_grace
+        # Counted as it happens (fleet.metrics; GET /metrics): passes, placements, ends.
+        self.metrics = Metrics()
+        store.db.on_write = self.metrics.db_write.observe
         self.health = HealthChecks(self.book, store, self.backends, self.policy, on_back=self._follow_up_on,
                                    wake=self.wake, followed=self._followed, clock=clock)
         self.chains = Chains(store, enqueue=self._enqueue, done=self._job_done, wake=self.wake,
-                             ended=self._count_job_end)
+                             ended=self.metrics.job_ended)
         self.runner = AttemptRunner(self.backends, self.blobs, logs,
                                     Catalog(Settings(home=fleet_home()).hooks_dir), lambda: self._stopping)
         self._sync_task: asyncio.Task[None] | None = None
@@ -138,15 +135,16 @@ class Scheduler:
         self._done: dict[str, asyncio.Event] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
-        # Counted as it happens (fleet.metrics; GET /metrics): passes, placements, ends.
-        self.metrics = Metrics()
         self._started: list[tuple[str, str, float]] = []  # attempts started, not yet written
         self._demands: dict[Demand, Demand] = {}  # see demand_of
         # explain.waiting_summary's one-line reasons, by queue and history: (when, text).
         self.summaries: dict[tuple[str, frozenset[str], frozenset[str]], tuple[float, str]] = {}
-        store.db.on_write = self.metrics.db_write.observe
 
     # ------------------------------------------------------------------ the parts, by name
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
 
     @property
     def hosts(self) -> dict[str, Host]:
@@ -193,7 +191,7 @@ class Scheduler:
                 spec = JobSpec.model_validate_json(job.spec_json)
             except Exception as exc:  # noqa: BLE001 - a stored spec this release cannot read
                 self.store.finish_job(job.id, JobState.FAILED, Reason.INVALID_SPEC, str(exc))
-                self._count_job_end(job.queue, JobState.FAILED)
+                self.metrics.job_ended(job.queue, JobState.FAILED)
                 continue
             if job.state == JobState.RETRYING.value:
                 self._requeue_retry(job, spec)
@@ -205,7 +203,7 @@ class Scheduler:
             self.health.schedule(name)
         self._loop_task = asyncio.create_task(self._loop(), name="fleet-scheduler")
         self._wake.set()  # what was queued before this replica led is placed now
-        self._sync_task = asyncio.create_task(self._sync_loop(), name="fleet-sync")
+        self._sync_task = asyncio.create_task(replicas.follow(self), name="fleet-sync")
 
     async def stop(self) -> None:
         """Stop placing; leave running attempts detached on their hosts for the next controller."""
@@ -282,44 +280,14 @@ class Scheduler:
         follower this does nothing: the leader finds the job in the database."""
         if not self.leading:
             return
-        if job.id in self.pending or job.id in self.running or job.id in self.chains.waiting:
-            return  # the look for other replicas' jobs found it first (_sync_loop)
+        if self.holds(job.id):
+            return  # the look for other replicas' jobs found it first (fleet.scheduler.replicas)
         self.chains.admit(job, spec)
         self._wake.set()
 
-    async def _sync_loop(self) -> None:
-        """Pick up jobs queued by other replicas (followers write submissions to the DB).
-        Each look reads only the ids of jobs made since shortly before the last look (ids are
-        time-ordered; SYNC_LAG covers a follower's slow commit and clock skew), in a thread;
-        a full look every SYNC_FULL catches anything older. Nothing here grows with the queue."""
-        last_full = last = 0.0
-        while not self._stopping:
-            await asyncio.sleep(self.policy.sync_interval)
-            now = self.clock.time()
-            full = now - last_full >= self.SYNC_FULL
-            since = None if full else floor_at("j", last - self.SYNC_LAG)
-            try:
-                ids = await asyncio.to_thread(self.store.pending_job_ids, since)
-                self._admit_fresh(ids)
-            except Exception:
-                log.exception("looking for new jobs failed")
-                continue
-            last = now
-            if full:
-                last_full = now
-
-    def _admit_fresh(self, ids: list[str]) -> None:
-        waiting = self.chains.waiting
-        fresh = [i for i in ids if i not in self.pending and i not in self.running and i not in waiting]
-        if not fresh:
-            return
-        # Read on the loop, not in a thread: the ids above may be stale (a job placed and
-        # ended since), its state read here is not, so an ended job is never queued again.
-        for job in self.store.jobs_by_id(fresh):
-            if job.state == JobState.PENDING.value and job.id not in self.pending \
-                    and job.id not in self.running and job.id not in self.chains.waiting:
-                self.chains.admit(job, JobSpec.model_validate_json(job.spec_json))
-        self._wake.set()
+    def holds(self, job_id: str) -> bool:
+        """Whether the scheduler has the job already (queued, waiting on its chain, running)."""
+        return job_id in self.pending or job_id in self.running or job_id in self.chains.waiting
 
     def _queued_job(self, job: Job | JobRef | NewJob, spec: JobSpec) -> QueuedJob:
         inputs = [
@@ -368,7 +336,7 @@ class Scheduler:
         if self.chains.waiting.pop(job_id, None) is not None:
             self.store.finish_job(job_id, JobState.CANCELLED, Reason.CANCELLED_BY_USER,
                                   "cancelled while waiting for the job before it")
-            self._count_job_end(self.store.get_job(job_id).queue, JobState.CANCELLED)
+            self.metrics.job_ended(self.store.get_job(job_id).queue, JobState.CANCELLED)
             self._job_done(job_id)
             return JobState.CANCELLED.value
         qj = self._dequeue(job_id)
@@ -378,7 +346,7 @@ class Scheduler:
         if qj is not None or held is not None:
             self.store.finish_job(job_id, JobState.CANCELLED, Reason.CANCELLED_BY_USER, "cancelled while queued")
             job = qj.job if qj is not None else held.qj.job  # type: ignore[union-attr]
-            self._count_job_end(job.queue, JobState.CANCELLED)
+            self.metrics.job_ended(job.queue, JobState.CANCELLED)
             self._job_done(job_id)
             return JobState.CANCELLED.value
         run = self.running.get(job_id)
@@ -495,7 +463,7 @@ class Scheduler:
         assert qj is not None
         message = f"waited {qj.spec.queue_timeout:g} s in queue {qj.demand.key}: {summary}"
         self.store.finish_job(job_id, JobState.FAILED, Reason.NO_CAPACITY, message)
-        self._count_job_end(qj.job.queue, JobState.FAILED)
+        self.metrics.job_ended(qj.job.queue, JobState.FAILED)
         self._job_done(job_id)
 
     async def _cancel_remote(self, run: Running) -> None:
@@ -688,19 +656,9 @@ class Scheduler:
         """Record how an attempt ended, then retry the job, hold it, or end it."""
         self.fence()
         self._write_started()  # its start first: the end must not be written over
-        outcome, verdict = end.outcome, end.verdict
+        outcome = end.outcome
         qj, attempt, host = run.qj, run.attempt, run.host
-        record = None
-        if outcome.result is not None and verdict.state is AttemptState.SUCCEEDED:
-            try:
-                record = complete_record(outcome.result, job_id=qj.job.id, attempt_id=attempt.id,
-                                         host=host, runner=run.plan.runner, matrix_run=qj.job.matrix_run)
-            except InvalidResult as exc:
-                verdict = Verdict(AttemptState.FAILED, Reason.RUNNER_ERROR, str(exc), verdict.exit_code)
-        if run.plan.secrets:  # what the job reported is kept with its secrets masked
-            record = mask_value(record, run.plan.secrets)  # type: ignore[assignment]
-            if verdict.message:
-                verdict = dataclasses.replace(verdict, message=mask_text(verdict.message, run.plan.secrets))
+        record, verdict = outcomes.judged_record(run, outcome.result, end.verdict)
         self.logs.close(attempt.id, qj.job.id)
         if qj.spec.hooks is not None:
             for which in ("before", "after"):
@@ -738,22 +696,11 @@ class Scheduler:
         else:
             job_values = dict(state=JOB_STATE[verdict.state].value, reason=verdict.reason.value,
                               message=verdict.message, ended_at=self.clock.time())
-        result_row = None
-        made = []
-        if verdict.state is AttemptState.SUCCEEDED and run.collected:
-            made = artifacts.rows(run.collected, record, job_id=qj.job.id, attempt_id=attempt.id,
-                                  user=qj.job.user, host=host.name, device_class=host.device_class)
-            if record is not None and record.get("artifact"):
-                main = next((a for a in made if a["kind"] != "file"), None)
-                if main is not None:
-                    record["artifact"] = dict(record["artifact"], id=main["id"], sha256=main["sha256"],
-                                              size=main["size"])
-        if record is not None:
-            result_row = dict(job_id=qj.job.id, attempt_id=attempt.id, user=qj.job.user, runner=qj.job.runner,
-                              host=host.name, device_class=host.device_class, record_json=json.dumps(record),
-                              **key_columns(record))
+        result_row, made = outcomes.result_rows(run, verdict, record)
         self._durably(self.store.finish, attempt.id, attempt_values, qj.job.id, job_values, result_row, made)
-        self._count_end(qj, host, verdict, job_values, outcome.started_at, attempt_values["ended_at"])
+        self.metrics.attempt_ended(verdict.reason, host.device_class, qj.job.queue,
+                                   None if again else JOB_STATE[verdict.state],
+                                   outcome.started_at, attempt_values["ended_at"])
         if again and verdict.may_run:
             self._hold(qj, self.policy.lost_hold, attempt, host)
         elif again:
@@ -762,17 +709,6 @@ class Scheduler:
         else:
             self._job_done(qj.job.id)
         self._wake.set()
-
-    def _count_end(self, qj: QueuedJob, host: Host, verdict: Verdict, job_values: dict[str, Any],
-                   started_at: float | None, ended_at: float) -> None:
-        self.metrics.attempts_ended.labels(verdict.reason.value, host.device_class).inc()
-        if job_values["state"] != JobState.RETRYING.value:
-            self._count_job_end(qj.job.queue, JobState(job_values["state"]))
-            if started_at is not None:
-                self.metrics.job_duration.labels(qj.job.queue).observe(max(0.0, ended_at - started_at))
-
-    def _count_job_end(self, queue: str, state: JobState) -> None:
-        self.metrics.jobs_ended.labels(state.value, queue).inc()
 
     def _retry(self, qj: QueuedJob, host: Host, verdict: Verdict) -> bool:
         """Whether to try again (``fleet.scheduler.retry``); counts it against its budget."""
@@ -834,7 +770,7 @@ class Scheduler:
             self.store.finish_attempt(attempt.id, AttemptState.FAILED, Reason.HOST_LOST, gone, None, 0)
             self.store.finish_job(job.id, JobState.FAILED, Reason.HOST_LOST, gone)
             self.metrics.attempts_ended.labels(Reason.HOST_LOST.value, host.device_class if host else "unknown").inc()
-            self._count_job_end(job.queue, JobState.FAILED)
+            self.metrics.job_ended(job.queue, JobState.FAILED)
             return
         self.book.take(host, attempt.slots, placed=False)
         self.running_by_user[job.user] += 1
