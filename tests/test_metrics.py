@@ -112,3 +112,20 @@ async def test_a_scrape_needs_a_token_and_a_follower_shows_zero_for_what_it_did_
         assert one(m, "fleet_leader") == 0
         assert one(m, "fleet_hosts", device_class="x86_64/cpu", health="unknown", drained="false") \
             + one(m, "fleet_hosts", device_class="x86_64/cpu", health="good", drained="false") == 1
+
+
+async def test_a_users_scrape_holds_nobodys_jobs_or_names(tmp_path):
+    """Any user may scrape (DESIGN.md §7): what they get is totals per queue and device class,
+    never a job id, an attempt id or a user's name (someone else's jobs stay unseen)."""
+    async with harness(tmp_path) as h:
+        alice = h.store.create_user("alice-secret-name")
+        token = h.store.create_token(alice)
+        job = await h.submit(SPEC)
+        await h.backend.wait_launches(1)
+        resp = await h.api.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+        assert resp.status_code == 200
+        assert job not in resp.text and h.backend.launches[0].plan.attempt_id not in resp.text
+        assert "alice-secret-name" not in resp.text
+        assert 'user="' not in resp.text  # no metric is labelled by user
+        families = {f.name for f in text_string_to_metric_families(resp.text)}
+        assert {"fleet_jobs", "fleet_hosts", "fleet_attempts_ended"} <= families
