@@ -20,15 +20,7 @@ def why(s: Scheduler, job_id: str) -> Why:
         queue = s.queues[qj.demand.key]
         ahead = queue.position(job_id, s.running_by_user)  # taken before it
         block = s.burst_block(queue, qj.demand)[0]
-        report = place(qj.demand, s.book.views(), s.book.static_for(qj.demand),
-                       failed_on=frozenset(qj.failed_on), burst_block=block,
-                       no_capacity=frozenset(qj.no_capacity))
-        if isinstance(report, Placement):
-            summary = f"placeable now on {report.host}; waiting for the scheduler"
-            reasons: dict[str, int] = {}
-        else:
-            summary = report.summary()
-            reasons = dict(report.reasons)
+        summary, reasons = _report(s, qj, block)
         return Why(job=job_id, state="waiting", queue=qj.demand.key, queued=len(queue), ahead=ahead,
                    summary=summary, reasons=reasons,
                    hosts=host_reasons(s, qj.demand, block, frozenset(qj.no_capacity)))
@@ -60,16 +52,21 @@ def waiting_summary(s: Scheduler, qj: QueuedJob) -> str:
     if memo is not None and now - memo[0] < SUMMARY_FRESH:
         return memo[1]
     queue = s.queues.get(qj.demand.key)
-    block = s.burst_block(queue, qj.demand)[0] if queue is not None else None
-    report = place(qj.demand, s.book.views(), s.book.static_for(qj.demand),
-                   failed_on=frozenset(qj.failed_on), burst_block=block,
-                   no_capacity=frozenset(qj.no_capacity))
-    text = (f"placeable now on {report.host}; waiting for the scheduler" if isinstance(report, Placement)
-            else report.summary())
+    text = _report(s, qj, s.burst_block(queue, qj.demand)[0] if queue is not None else None)[0]
     if len(s.summaries) > 1000:  # old histories: let them go
         s.summaries.clear()
     s.summaries[key] = (now, text)
     return text
+
+
+def _report(s: Scheduler, qj: QueuedJob, block: str | None) -> tuple[str, dict[str, int]]:
+    """Placement's answer for a waiting job over every host, in words, with its per-reason
+    host counts (none when it could be placed now)."""
+    report = place(qj.demand, s.book.views(), s.book.static_for(qj.demand), failed_on=frozenset(qj.failed_on),
+                   burst_block=block, no_capacity=frozenset(qj.no_capacity))
+    if isinstance(report, Placement):
+        return f"placeable now on {report.host}; waiting for the scheduler", {}
+    return report.summary(), dict(report.reasons)
 
 
 def queue_views(s: Scheduler, limit: int = 50) -> list[QueueView]:
