@@ -10,7 +10,9 @@ controller crash) holds unchanged. In the container:
   ``result.json`` and outputs are where they always are, relative to it (each of the job's
   inputs in the host's cache, which its links point into, is mounted read-only at its own
   path; the rest of the cache, other jobs' files, is not there);
-* the job runs as the agent's own uid:gid (files it writes are the agent's to collect);
+* the engine runs as the agent; the container as the job's account (``isolation: user`` or
+  ``container``: the fleet user's own) or else the agent's uid:gid, with no capabilities and
+  no new privileges; the job's variables never reach the engine's environment;
 * no network unless the spec says ``network: true``;
 * the device its class needs is passed the way the engine takes it (``devices``);
 * the image's digest is written to ``image.digest`` and given to the job as
@@ -56,10 +58,23 @@ def devices(engine: str, device_class: str) -> list[str]:
     return []
 
 
-def wrap(host: Host, image: str, attempt_id: str, inner: list[str], env_names: list[str], *,
-         network: bool, grace: float, inputs: Sequence[str] = ()) -> list[str]:
+# Runs first in the container: the job's variables arrive as FLEET_ENV_<i>=NAME=VALUE (the engine
+# never sees their names: see runners/supervisor.py) and are exported here; then the job's command.
+PROLOGUE = """i=0
+while [ "$i" -lt "${FLEET_ENV_COUNT:-0}" ]; do
+  eval "kv=\\${FLEET_ENV_$i}"; unset "FLEET_ENV_$i"; export "$kv"; i=$((i+1))
+done
+unset FLEET_ENV_COUNT kv i
+exec "$@"
+"""
+
+
+def wrap(host: Host, image: str, attempt_id: str, inner: list[str], *, network: bool, grace: float,
+         inputs: Sequence[str] = ()) -> list[str]:
     """The command the agent runs for a job in ``image``: ``sh -c`` running the container.
-    ``inputs``: the sha256s of the job's inputs (mounted from the host's cache)."""
+    ``inputs``: the sha256s of the job's inputs (mounted from the host's cache). The agent's
+    supervisor gives the shell ``FLEET_CONTAINER_USER`` (the job's uid:gid) and the job's
+    variables as ``FLEET_ENV_<i>``, ``FLEET_ENV_COUNT``."""
     if any(not SHA256_RE.match(sha) for sha in inputs):
         raise ValueError("an input's sha256 is not 64 hex digits")
     q = shlex.quote
@@ -69,25 +84,25 @@ def wrap(host: Host, image: str, attempt_id: str, inner: list[str], env_names: l
     if host.container_runtime and engine == "podman":
         words += ["--runtime", q(host.container_runtime)]
     words += ["run", "--rm", "--name", q(name), "--label", q(f"{LABEL}={host.workdir}"),
-              "--user", '"$(id -u):$(id -g)"',
+              "--user", '"$FLEET_CONTAINER_USER"', "--cap-drop", "all", "--security-opt", "no-new-privileges",
               "--network", "bridge" if network else "none", "-v", f'"$PWD":{MOUNT}', "-w", MOUNT,
               # inputs are links into the host's cache (<workdir>/cache): each of this job's
               # inputs is mounted there read-only, and nothing else of the cache (other jobs' files)
               *(f'-v "$cache/{sha}:$cache/{sha}:ro"' for sha in sorted(set(inputs))),
               "-e", f"FLEET_ATTEMPT_DIR={MOUNT}", "-e", f"FLEET_RESULT={MOUNT}/result.json",
-              "-e", "FLEET_IMAGE_DIGEST"]
+              "-e", "FLEET_IMAGE_DIGEST", "-e", "FLEET_ENV_COUNT", '"$@"']
     if host.container_runtime and engine == "docker":
         words += ["--runtime", q(host.container_runtime)]
-    for key in env_names:  # each value comes from the agent's environment for the job
-        if key not in ("FLEET_ATTEMPT_DIR", "FLEET_RESULT"):
-            words += ["-e", q(key)]
     words += [q(w) for w in devices(engine, host.device_class) + list(host.container_args)]
-    words += [q(image), *(q(w) for w in inner)]
+    words += [q(image), "/bin/sh", "-c", q(PROLOGUE), "fleet-env", *(q(w) for w in inner)]
     script = f"""
 FLEET_IMAGE_DIGEST=$({q(engine)} image inspect --format '{{{{.Digest}}}}' {q(image)} 2>/dev/null)
 export FLEET_IMAGE_DIGEST
 cache=$(cd "$PWD/../../cache" 2>/dev/null && pwd)
 printf '%s\\n' "$FLEET_IMAGE_DIGEST" > image.digest
+set --
+i=0
+while [ "$i" -lt "${{FLEET_ENV_COUNT:-0}}" ]; do set -- "$@" -e "FLEET_ENV_$i"; i=$((i+1)); done
 # TERM (timeout, cancel): stop the container, from outside this process group so the KILL that
 # follows the grace period cannot cut the stop short and leave it running.
 trap 'setsid {q(engine)} stop -t {max(int(grace) - 1, 0)} {q(name)} >/dev/null 2>&1 &' TERM INT

@@ -70,12 +70,15 @@ class Host:
     python: str = "python3"
     source: str = ""
     schedulable: bool = True  # fleet_jobs=false: a jump host or gateway that runs no jobs
-    isolation: str = "none"  # fleet_isolation: none (one account) | user (one per fleet user)
+    # fleet_isolation: none (one account) | user (one per fleet user) | container (one per fleet
+    # user, and every job in a container of its own: the spec's image or fleet_container_image)
+    isolation: str = "none"
     job_user: str | None = None  # fleet_job_user: the account other users' jobs run as
     env_keep: tuple[str, ...] = ()  # fleet_env_keep: host variables jobs keep (names, NAME_*)
     container_engine: str | None = None  # fleet_container_engine: docker | podman (jobs with image:)
     container_runtime: str | None = None  # fleet_container_runtime: the OCI runtime, e.g. runc
     container_args: tuple[str, ...] = ()  # fleet_container_args: more flags for every container
+    container_image: str | None = None  # fleet_container_image: jobs without image: run in it (a pool's default)
     # Which backend runs its attempts ("ssh" for the inventory's hosts). An elastic host is a
     # backend's pool (cloud burst): ``slots`` is its limit, it starts capacity on demand after
     # ``startup_latency`` seconds at ``cost`` per slot-hour, and takes only burst jobs.
@@ -91,7 +94,7 @@ class Host:
     @property
     def needs_root(self) -> bool:
         """Whether the agent must run as root here (to run jobs as other accounts)."""
-        return self.isolation == "user" or self.job_user is not None
+        return self.isolation in ACCOUNT_ISOLATIONS or self.job_user is not None
 
     @property
     def device_class(self) -> str:
@@ -109,8 +112,10 @@ class Host:
         return f"{user}{self.address}:{self.port}{via}"
 
 
-ISOLATIONS = ("none", "user")
+ISOLATIONS = ("none", "user", "container")
+ACCOUNT_ISOLATIONS = ("user", "container")  # each fleet user's jobs run as an account of their own
 CONTAINER_ENGINES = ("docker", "podman")
+IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")  # a runner image's name or a reference
 UNIX_NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 ENV_KEEP_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\*?$")
 
@@ -405,6 +410,15 @@ def _host_from_vars(
         container_args = tuple(args_raw)
     else:
         raise v.error("fleet_container_args", f"is {args_raw!r}; expected a list of flags")
+    image = (v.str("fleet_container_image") or "").strip() or None
+    if image is not None:
+        if engine is None:
+            raise v.error("fleet_container_image", "needs fleet_container_engine (docker or podman) on the host")
+        if not IMAGE_RE.match(image):
+            raise v.error("fleet_container_image", f"is {image!r}; expected an image name or reference "
+                                                   "like cpu-ort or registry.example/img:tag")
+    if isolation == "container" and engine is None:
+        raise v.error("fleet_isolation", "is container, which needs fleet_container_engine (docker or podman)")
 
     return Host(
         name=name,
@@ -429,6 +443,7 @@ def _host_from_vars(
         container_engine=engine,
         container_runtime=runtime,
         container_args=container_args,
+        container_image=image,
     )
 
 

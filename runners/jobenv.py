@@ -29,7 +29,7 @@ def job_env(environ, keep, account=None):
 
 
 def account(name, isolation):
-    """The account ``name`` as ``{name, uid, gid, home}``; with ``isolation: user`` a missing
+    """The account ``name`` as ``{name, uid, gid, home}``; with ``isolation: user`` (or container) a missing
     one is created (the agent runs as root there). Raises ValueError saying what is wrong."""
     import pwd
     import subprocess
@@ -40,7 +40,7 @@ def account(name, isolation):
     try:
         pw = pwd.getpwnam(name)
     except KeyError:
-        if isolation != "user":
+        if isolation not in ("user", "container"):
             raise ValueError("account %s (fleet_job_user) does not exist on this host: create it "
                              "(fleet hosts provision does)" % name) from None
         useradd = next((p for p in ("/usr/sbin/useradd", "/sbin/useradd") if os.path.exists(p)), "useradd")

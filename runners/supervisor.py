@@ -70,8 +70,11 @@ class Supervisor:
         self.account = _read_json(os.path.join(self.adir, "account.json"))
         if self.account is not None and not self.account["home"]:
             self.account["home"] = self.adir
-        env = job_env(os.environ, self.payload.get("env_keep"), self.account)
-        env.update(self.payload.get("env") or {})
+        if self.payload.get("container"):
+            env = self._engine_env()
+        else:
+            env = job_env(os.environ, self.payload.get("env_keep"), self.account)
+            env.update(self.payload.get("env") or {})
         env["FLEET_ATTEMPT_DIR"] = self.adir
         # Where a job's own benchmark writes its result record (a runner writes it there too).
         env["FLEET_RESULT"] = os.path.join(self.adir, "result.json")
@@ -95,6 +98,23 @@ class Supervisor:
             argv[-2] = os.path.expanduser(argv[-2])
         code, sig, timed_out = self._run(argv, env, deadline, grace, "run")
         return {"exit_code": code, "signal": sig, "timed_out": timed_out, "phase": "run"}
+
+    def _engine_env(self):
+        """A container job (fleet.containers): the engine runs as the agent, the container as
+        the job's account. The engine's environment is the agent's basics and none of the
+        job's variables (a job's PATH, LD_PRELOAD or CONTAINERS_CONF must never steer an engine
+        that may run as root): they travel as FLEET_ENV_<i>=NAME=VALUE, which the engine passes
+        on unread and a prologue in the container exports."""
+        env = job_env(os.environ, self.payload.get("env_keep"), None)
+        items = [(k, v) for k, v in sorted((self.payload.get("env") or {}).items())
+                 if k not in ("FLEET_ATTEMPT_DIR", "FLEET_RESULT")]
+        for i, (key, value) in enumerate(items):
+            env["FLEET_ENV_%d" % i] = "%s=%s" % (key, value)
+        env["FLEET_ENV_COUNT"] = str(len(items))
+        who = self.account or {"uid": os.getuid(), "gid": os.getgid()}
+        env["FLEET_CONTAINER_USER"] = "%d:%d" % (who["uid"], who["gid"])
+        self.account = None  # nothing here drops to the account: the container is its
+        return env
 
     def _drop(self):
         """In the job's child, before exec: become the job's account (isolation)."""

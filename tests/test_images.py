@@ -236,13 +236,31 @@ def test_each_class_gets_its_device_the_engines_way_and_only_engine_hosts_take_i
     hailo = Demand.of(JobSpec.model_validate({"name": "x", "image": "hailo", "run": "true"}))
     assert static_reason(hailo, engine, None, {"hailort": "4.20.0"}) is None
     assert "they must be equal" in static_reason(hailo, engine, None, {"hailort": "4.19.0"})
-    script = containers.wrap(engine, "img:1", "a1", ["python3", "x.py"], ["FLEET_JOB_ID"], network=False, grace=10)[2]
+    # isolation: container runs every job in a container: the spec's image or the host's (pool's) default
+    plain_job = Demand.of(JobSpec.model_validate({"name": "x", "run": "true"}))
+    boxed = Host(name="boxed", pools=(), arch="x86_64", accelerator="cpu", slots=1, container_engine="podman",
+                 isolation="container")
+    assert static_reason(plain_job, boxed, None) == (
+        "isolation: container and the job names no image (set image:, or fleet_container_image)")
+    assert static_reason(demand, boxed, None) is None
+    from dataclasses import replace
+
+    from fleet.scheduler import plans
+    defaulted = replace(boxed, container_image="hailo")
+    assert "hailo_pci driver version is unknown" in (static_reason(plain_job, defaulted, None, {}) or "")  # the default image's rules hold
+    spec = JobSpec.model_validate({"name": "x", "run": "true"})
+    assert plans.account_for(boxed, "alice", "root") == "fleet-alice"
+    plan = plans.build("j1", spec, "a1", replace(boxed, container_image="cpu-ort"), env={}, secrets=[],
+                       secret_failure=None, inputs=[], grace=5, run_as="fleet-alice")
+    assert plan.image == "cpu-ort"
+    script = containers.wrap(engine, "img:1", "a1", ["python3", "x.py"], network=False, grace=10)[2]
     assert "docker run --rm --name fleet-a1" in script and "--network none" in script and "--gpus" not in script
+    assert '--user "$FLEET_CONTAINER_USER" --cap-drop all --security-opt no-new-privileges' in script
     sha = "ab" * 32
-    mounts = containers.wrap(engine, "img:1", "a1", ["true"], [], network=False, grace=1, inputs=[sha])[2]
+    mounts = containers.wrap(engine, "img:1", "a1", ["true"], network=False, grace=1, inputs=[sha])[2]
     assert f'-v "$cache/{sha}:$cache/{sha}:ro"' in mounts and '-v "$cache:' not in mounts  # its inputs only
     with pytest.raises(ValueError):
-        containers.wrap(engine, "img:1", "a1", ["true"], [], network=False, grace=1, inputs=["x; rm -rf /"])
+        containers.wrap(engine, "img:1", "a1", ["true"], network=False, grace=1, inputs=["x; rm -rf /"])
 
 
 @pytest.mark.timeout(300)
@@ -285,3 +303,77 @@ def test_image_fields_are_checked_and_a_guest_never_gets_the_controllers_engine(
     with pytest.raises(ApiError) as info:
         alice.submit({"name": "guest", "image": "cpu-ort", "run": "id"})
     assert "runs only the server owner's jobs" in str(info.value), info.value
+
+
+SNOOP = r"""
+echo "uid=$(id -u) gid=$(id -g)"
+for p in /proc/[0-9]*; do
+  tr '\0' '\n' < "$p/environ" 2>/dev/null | grep -q "^ALICE_SECRET=" && echo "SAW-ENV $p"
+  tr '\0' ' ' < "$p/cmdline" 2>/dev/null | grep -q "slee""p 60" && echo "SAW-PROC $p"
+done
+ls /proc | grep -c '^[0-9]' | sed 's/^/procs=/'
+grep -r alice-was-here / --exclude-dir=proc --exclude-dir=sys 2>/dev/null | head -1 | sed 's/^/SAW-LOG /'
+grep '^CapEff' /proc/self/status; grep '^NoNewPrivs' /proc/self/status
+echo "net=$(ls /sys/class/net | tr '\n' ' ')"
+echo "path=$PATH conf=$CONTAINERS_CONF"
+echo made-by-bob > out.txt
+"""
+
+
+@pytest.mark.timeout(300)
+def test_isolation_container_runs_each_users_job_in_a_container_of_its_own_as_their_account(
+        fleet, lab, cpu_image, tmp_path):
+    """``fleet_isolation: container``: every job runs in a container (the host's
+    ``fleet_container_image`` when the spec names none) as its fleet user's own account, with
+    no capabilities and no network; bob's job sees nothing of alice's (her processes, her
+    secret, her log) and its variables never steer the engine, which runs as root (a
+    CONTAINERS_CONF that would break podman reaches only the container)."""
+    import tempfile
+
+    from tests.conftest import add_user
+    from tests.lab.fixtures import have_sshd
+
+    if not have_sshd():
+        pytest.skip("needs root and sshd for a real SSH host")
+    host = lab.add_hosts("rtx5060", 1, kind="openssh", slots=3)[0]
+    (fleet.home / "known_hosts").write_text(lab.known_hosts_text())
+    work = Path(tempfile.mkdtemp(prefix="fleet-ctr-"))
+    work.chmod(0o711)
+    try:
+        inv = lab.write_inventory(tmp_path / "inv.ini", extra_host_vars={host.name: {
+            "fleet_isolation": "container", "fleet_accelerator": "cpu", "fleet_workdir": str(work / host.name),
+            "fleet_container_engine": "podman", "fleet_container_runtime": "runc", "fleet_container_image": cpu_image,
+            "fleet_container_args": ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]}})
+        fleet.start(inv)
+        _, alice = add_user(fleet, "alice")
+        _, bob = add_user(fleet, "bob")
+        holder = alice.submit({"name": "holder", "envs": {"ALICE_SECRET": {"value": "s3cret-alice", "secret": True}},
+                               "run": "echo alice-was-here; echo \"uid=$(id -u)\"; sleep 60"}).id
+        eventually(lambda: "alice-was-here" in b"".join(alice.logs(holder)).decode(), timeout=120,
+                   what="alice's job running")
+        snoop = bob.submit({"name": "snoop", "run": SNOOP, "outputs": ["out.txt"],
+                            "envs": {"PATH": "/evil/bin:/usr/bin:/bin", "CONTAINERS_CONF": "/nonexistent.conf"}}).id
+        done = bob.wait(snoop, 120)
+        seen = b"".join(bob.logs(snoop)).decode()
+        assert done.state == "SUCCEEDED", (done, seen)
+        alice.cancel(holder)
+        assert alice.wait(holder, 60).state == "CANCELLED"
+        # the accounts live in the host's /etc (the lab's sshd has an /etc of its own)
+        bob_uid = int(seen.split("uid=")[1].split()[0])
+        alice_uid = int(b"".join(alice.logs(holder)).decode().split("uid=")[1].split()[0])
+        assert bob_uid != alice_uid and 0 not in (bob_uid, alice_uid) and bob_uid >= 100, seen
+        for finding in ("SAW-ENV", "SAW-PROC", "SAW-LOG"):
+            assert finding not in seen, seen
+        assert "CapEff:\t0000000000000000" in seen and "NoNewPrivs:\t1" in seen, seen
+        assert "net=lo " in seen and "path=/evil/bin:/usr/bin:/bin conf=/nonexistent.conf" in seen, seen
+        assert int(seen.split("procs=")[1].split()[0]) <= 5, seen  # its own shell and children only
+        import io
+
+        page = bob.artifacts(job=snoop)  # what the job wrote as its account is collected
+        out = [a for a in page.items if a.name.endswith("out.txt")]
+        assert len(out) == 1, page
+        buf = io.BytesIO()
+        bob.download_artifact(out[0].id, buf)
+        assert buf.getvalue() == b"made-by-bob\n"
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

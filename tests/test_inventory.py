@@ -78,6 +78,10 @@ layers:
         ("bad-1 fleet_labels=nope", "fleet_labels", "must be a mapping"),
         ("bad-1 ansible_connection=winrm", "ansible_connection", "ssh or local"),
         ("bad-1 fleet_workdir=relative/dir", "fleet_workdir", "absolute"),
+        ("bad-1 fleet_isolation=container", "fleet_isolation", "needs fleet_container_engine"),
+        ("bad-1 fleet_container_image=cpu-ort", "fleet_container_image", "needs fleet_container_engine"),
+        ("bad-1 fleet_container_engine=podman fleet_container_image=--privileged", "fleet_container_image",
+         "expected an image name"),
     ],
 )
 def test_bad_vars_name_host_variable_and_file(tmp_path, line, var, problem):
@@ -124,3 +128,11 @@ def test_example_lab_inventory_loads(tmp_path):
     assert hosts["orin-01"].jumps[0].host == "lab-gw.example.internal"
     assert hosts["hailo-01"].accelerator == "hailo8"
     assert not hosts["lab-gw"].schedulable
+
+
+def test_a_pools_default_image_comes_from_its_group_vars(tmp_path):
+    """A pool (an inventory group) sets the image its jobs run in when their spec names none."""
+    write(tmp_path / "inv" / "hosts.ini", "[lab]\nc1\n[lab:vars]\nfleet_container_engine=podman\n"
+                                         "fleet_container_image=cpu-ort\nfleet_isolation=container\n")
+    host = by_name(load_inventory(str(tmp_path / "inv"), tmp_path))["c1"]
+    assert (host.container_image, host.isolation, host.needs_root) == ("cpu-ort", "container", True)

@@ -183,8 +183,11 @@ class HostOut(BaseModel):
     health_message: str | None = None
     facts: dict[str, Any] = Field(default_factory=dict, description="what the last probe found")
     mismatches: list[str] = Field(default_factory=list, description="inventory vs host, from the last probe")
-    isolation: str = Field("none", description="none: jobs share one account; user: one account per fleet user")
+    isolation: str = Field("none", description="none: jobs share one account; user: one account per fleet "
+                                                "user; container: that, and every job in a container")
     job_user: str | None = Field(None, description="the account other users' jobs run as (fleet_job_user)")
+    container_engine: str | None = Field(None, description="docker or podman: jobs with image: run here")
+    container_image: str | None = Field(None, description="the image jobs without image: run in here")
     backend: str = Field("ssh", description="the backend that runs its attempts")
     running: list[str] = Field(default_factory=list, description="the jobs running on it that the "
                                 "caller may see (an admin: all; a user: their own)")

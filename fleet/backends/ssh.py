@@ -386,9 +386,10 @@ class SSHBackend(Backend):
             inner = containers.with_setup(plan.setup, containers.inner_argv(plan.argv, plan.runner, entry))
             image = containers.resolve(plan.image, host)
             payload["setup"] = containers.prepare(host, image, plan.pull)
-            payload["argv"] = containers.wrap(host, image, plan.attempt_id, inner, sorted(plan.env),
+            payload["argv"] = containers.wrap(host, image, plan.attempt_id, inner,
                                               network=plan.network, grace=plan.grace,
                                               inputs=[f.sha256 for f in plan.inputs])
+            payload["container"] = True
         elif plan.argv is not None:
             payload["argv"] = plan.argv
         else:

@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from fleet.errors import SpecError
+from fleet.inventory import IMAGE_RE
 from fleet.models.enums import JobKind
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -271,7 +272,7 @@ class JobSpec(_Strict):
     @field_validator("image")
     @classmethod
     def _image(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$", value):
+        if value is not None and not IMAGE_RE.match(value):
             raise ValueError("must be an image name or reference like cpu-ort or registry.example/img:tag")
         return value
 

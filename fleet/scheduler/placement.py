@@ -123,13 +123,16 @@ def static_reason(demand: Demand, host: Host, runner: RunnerManifest | None,
         return f"elastic pool of backend {host.backend} (the job has burst: never)"
     if not host.elastic and demand.burst == "only":
         return "not an elastic pool (the job has burst: only)"
-    if demand.image is not None and not host.elastic:
-        if host.container_engine is None:
+    if not host.elastic:
+        image = demand.image or host.container_image  # the host's (its pool's) default image
+        if demand.image is not None and host.container_engine is None:
             return "no container engine (the job has image:; set fleet_container_engine)"
-        why = images.refuses(demand.image, host.arch, facts)
+        if image is None and host.isolation == "container":
+            return "isolation: container and the job names no image (set image:, or fleet_container_image)"
+        why = images.refuses(image, host.arch, facts) if image is not None else None
         if why:
             return why
-    if demand.guest and host.connection == "local" and host.job_user is None and host.isolation != "user":
+    if demand.guest and host.connection == "local" and host.job_user is None and not host.needs_root:
         # A job there would run as the server's own account, next to its token and keys.
         return "runs only the server owner's jobs (it is the controller's machine; set fleet_job_user)"
     if demand.pool is not None and demand.pool not in host.pools:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shlex
 
 from fleet.backends.base import AttemptPlan, InputFile
-from fleet.inventory import Host, unix_account
+from fleet.inventory import ACCOUNT_ISOLATIONS, Host, unix_account
 from fleet.models.spec import JobSpec
 
 
@@ -18,7 +18,7 @@ def account_for(host: Host, user: str, owner: str) -> str | None:
     other account is configured)."""
     if host.connection == "local" and user == owner:
         return None
-    if host.isolation == "user":
+    if host.isolation in ACCOUNT_ISOLATIONS:
         return unix_account(user)
     return host.job_user
 
@@ -48,6 +48,6 @@ def build(job_id: str, spec: JobSpec, attempt_id: str, host: Host, *, env: dict[
         argv=["/bin/sh", "-c", spec.run] if spec.runner == "shell" and spec.run else None,
         runner=spec.runner or "shell", setup=setup, env=env, timeout=spec.timeout,
         grace=grace, inputs=inputs, run_as=run_as, secrets=secrets,
-        image=spec.image, network=spec.network,
+        image=spec.image or host.container_image, network=spec.network,
         pull=spec.pull,
     )

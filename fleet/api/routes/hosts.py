@@ -47,6 +47,7 @@ def host_out(view: HostView, health_message: str | None = None,
         health_message=health_message, facts=facts or {},
         mismatches=probe.mismatches(h, facts) if facts else [],
         isolation=h.isolation, job_user=h.job_user, backend=h.backend, elastic=h.elastic,
+        container_engine=h.container_engine, container_image=h.container_image,
         running=running or [],
     )
 
