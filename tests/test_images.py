@@ -377,3 +377,105 @@ def test_isolation_container_runs_each_users_job_in_a_container_of_its_own_as_th
         assert buf.getvalue() == b"made-by-bob\n"
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture
+def podman_api(tmp_path):
+    """podman's Docker-compatible API on a socket of its own, and the Docker SDK speaking to it."""
+    docker = pytest.importorskip("docker")
+    sock = tmp_path / "podman.sock"
+    service = subprocess.Popen([*PODMAN, "system", "service", "--time=0", f"unix://{sock}"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        eventually(sock.exists, timeout=30, what="podman's API socket")
+        client = docker.DockerClient(base_url=f"unix://{sock}")
+        eventually(lambda: bool(client.ping()), timeout=30, what="podman's API answering")
+        yield client
+        client.close()
+    finally:
+        service.terminate()
+        service.wait(10)
+
+
+@pytest.fixture
+def class_devices():
+    """The device nodes the classes' flags name, where this machine has none: /dev/hailo0 (a
+    character device like /dev/null) and a CDI spec for nvidia.com/gpu=all giving /dev/nvidia0
+    (as the NVIDIA Container Toolkit's would). A machine with its own keeps them."""
+    made: list[Path] = []
+    hailo = Path("/dev/hailo0")
+    if not hailo.exists():
+        os.mknod(hailo, 0o600 | 0o020000, os.makedev(1, 3))
+        made.append(hailo)
+    cdi = [p for d in ("/etc/cdi", "/var/run/cdi") for p in Path(d).glob("*") if "nvidia.com/gpu" in p.read_text()] \
+        if any(Path(d).is_dir() for d in ("/etc/cdi", "/var/run/cdi")) else []
+    if not cdi:
+        spec = Path("/var/run/cdi/fleet-test-nvidia.json")
+        spec.parent.mkdir(parents=True, exist_ok=True)
+        spec.write_text(json.dumps({
+            "cdiVersion": "0.5.0", "kind": "nvidia.com/gpu",
+            "devices": [{"name": "all", "containerEdits": {"deviceNodes": [
+                {"path": "/dev/nvidia0", "hostPath": "/dev/null"}]}}],
+            "containerEdits": {"env": ["NVIDIA_VISIBLE_DEVICES=all"]}}))
+        made.append(spec)
+    yield
+    for path in made:
+        path.unlink(missing_ok=True)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(("device_class", "node"), [
+    ("x86_64/rtx5060", "/dev/nvidia0"), ("aarch64/jetson-orin-nano", "/dev/nvidia0"),
+    ("x86_64/hailo8", "/dev/hailo0"), ("x86_64/cpu", None)])
+def test_each_classs_device_is_in_the_engines_container_config(cpu_image, podman_api, class_devices, tmp_path,
+                                                                device_class, node):
+    """fleet's own container command for a host of each class, run by podman; then the engine's
+    config of the running container, read through the Docker SDK from podman's Docker API (and
+    the OCI spec podman generated, where CDI devices land): the class's device is there, and the
+    job's user, no capabilities, no new privileges, no network. TERM (a cancel) stops the
+    container and removes it. Docker's own flags (--gpus, --runtime nvidia) are checked as
+    command lines only: there is no Docker engine here."""
+    from fleet import containers
+    from fleet.inventory import Host
+
+    arch, _, accelerator = device_class.partition("/")
+    host = Host(name="h", pools=(), arch=arch, accelerator=accelerator, slots=1, container_engine="podman",
+                container_runtime="runc", container_args=("--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"))
+    attempt = f"a{os.getpid()}{accelerator.replace('-', '')}"
+    script = containers.wrap(host, cpu_image, attempt, ["sh", "-c", "ls /dev; echo up; sleep 120"],
+                             network=False, grace=3)
+    adir = tmp_path / "attempt"
+    adir.mkdir()
+    env = {"PATH": os.environ["PATH"], "FLEET_CONTAINER_USER": "4242:4242", "FLEET_ENV_COUNT": "1",
+           "FLEET_ENV_0": "GREETING=hi"}
+    with open(adir / "log", "wb") as log:
+        proc = subprocess.Popen(script, cwd=adir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    name = f"fleet-{attempt}"
+    try:
+        eventually(lambda: "up" in (adir / "log").read_text().split(), timeout=60, what="the container running")
+        attrs = podman_api.containers.get(name).attrs
+        host_config = attrs["HostConfig"]
+        assert attrs["Config"]["User"] == "4242:4242"
+        assert host_config["NetworkMode"] == "none"
+        assert "no-new-privileges" in " ".join(host_config.get("SecurityOpt") or [])
+        assert len(host_config.get("CapDrop") or []) >= 10 and not host_config.get("CapAdd")
+        oci = json.loads(Path(subprocess.run([*PODMAN, "inspect", "--format", "{{.OCIConfigPath}}", name],
+                                             capture_output=True, text=True, check=True).stdout.strip()).read_text())
+        in_spec = {d["path"] for d in oci["linux"].get("devices") or []}
+        in_config = {d["PathInContainer"] for d in host_config.get("Devices") or []}
+        listed = (adir / "log").read_text().split()
+        if node is None:
+            assert not in_spec & {"/dev/nvidia0", "/dev/hailo0"} and not in_config
+            assert "nvidia0" not in listed and "hailo0" not in listed
+        else:
+            assert node in in_spec, oci["linux"].get("devices")
+            assert node.rsplit("/", 1)[1] in listed  # and the job sees it
+            if node == "/dev/hailo0":
+                assert in_config == {"/dev/hailo0"}  # a plain --device: in the engine's HostConfig too
+            else:
+                assert "NVIDIA_VISIBLE_DEVICES=all" in oci["process"]["env"]  # the CDI spec's edits
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(60)
+    eventually(lambda: name not in {c.name for c in podman_api.containers.list(all=True)}, timeout=60,
+               what="the container stopped and removed after TERM")
