@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Sequence
+from typing import Any
 
 from fleet import images
 from fleet.inventory import Host
@@ -42,6 +43,45 @@ def resolve(image: str, host: Host, registry: str | None = None) -> str:
         tag = images.tag(image, host.arch)
         return f"{registry.rstrip('/')}/{tag}" if registry else tag
     return image
+
+
+def engine_words(host: Host) -> list[str]:
+    """The engine's command on ``host`` with its global options: podman's OCI runtime
+    (``fleet_container_runtime``) and storage root (``fleet_container_root``)."""
+    engine = host.container_engine or "podman"
+    words = [engine]
+    if engine == "podman":
+        if host.container_runtime:
+            words += ["--runtime", host.container_runtime]
+        if host.container_root:
+            words += ["--root", host.container_root, "--runroot", runroot(host.container_root)]
+    return words
+
+
+def runroot(root: str) -> str:
+    """podman's run-time state for a storage root of fleet's own: on /run (a tmpfs), a short
+    path (podman refuses one over 50 characters), one per root."""
+    import hashlib
+
+    return f"/run/fleet-podman-{hashlib.sha256(root.encode()).hexdigest()[:12]}"
+
+
+PIDS_LIMIT = 4096  # processes per container: a fork bomb stays in its container
+
+
+def limits(host: Host, slots: int, facts: dict[str, Any] | None) -> tuple[str, ...]:
+    """A container's share of its host: the job's slots' part of the cores and memory the
+    host's probe found (``fleet hosts probe``), and a process limit. A host never probed gets
+    the process limit only."""
+    out = ["--pids-limit", str(PIDS_LIMIT)]
+    share = min(1.0, slots / max(host.slots, 1))
+    facts = facts or {}
+    cores, memory = facts.get("cores"), facts.get("memory_mb")
+    if isinstance(cores, int | float) and cores > 0:
+        out += ["--cpus", f"{max(cores * share, 0.01):.2f}"]
+    if isinstance(memory, int | float) and memory > 0:
+        out += ["--memory", f"{max(int(memory * share), 64)}m"]
+    return tuple(out)
 
 
 def devices(engine: str, device_class: str) -> list[str]:
@@ -70,7 +110,7 @@ exec "$@"
 
 
 def wrap(host: Host, image: str, attempt_id: str, inner: list[str], *, network: bool, grace: float,
-         inputs: Sequence[str] = ()) -> list[str]:
+         inputs: Sequence[str] = (), limits: Sequence[str] = ()) -> list[str]:
     """The command the agent runs for a job in ``image``: ``sh -c`` running the container.
     ``inputs``: the sha256s of the job's inputs (mounted from the host's cache). The agent's
     supervisor gives the shell ``FLEET_CONTAINER_USER`` (the job's uid:gid) and the job's
@@ -79,11 +119,9 @@ def wrap(host: Host, image: str, attempt_id: str, inner: list[str], *, network: 
         raise ValueError("an input's sha256 is not 64 hex digits")
     q = shlex.quote
     engine = host.container_engine or "podman"
+    e = " ".join(q(w) for w in engine_words(host))
     name = f"fleet-{attempt_id.lower()}"
-    words = [q(engine)]
-    if host.container_runtime and engine == "podman":
-        words += ["--runtime", q(host.container_runtime)]
-    words += ["run", "--rm", "--name", q(name), "--label", q(f"{LABEL}={host.workdir}"),
+    words = [e, "run", "--rm", "--name", q(name), "--label", q(f"{LABEL}={host.workdir}"),
               "--user", '"$FLEET_CONTAINER_USER"', "--cap-drop", "all", "--security-opt", "no-new-privileges",
               "--network", "bridge" if network else "none", "-v", f'"$PWD":{MOUNT}', "-w", MOUNT,
               # inputs are links into the host's cache (<workdir>/cache): each of this job's
@@ -93,10 +131,10 @@ def wrap(host: Host, image: str, attempt_id: str, inner: list[str], *, network: 
               "-e", "FLEET_IMAGE_DIGEST", "-e", "FLEET_ENV_COUNT", '"$@"']
     if host.container_runtime and engine == "docker":
         words += ["--runtime", q(host.container_runtime)]
-    words += [q(w) for w in devices(engine, host.device_class) + list(host.container_args)]
+    words += [q(w) for w in [*limits, *devices(engine, host.device_class), *host.container_args]]
     words += [q(image), "/bin/sh", "-c", q(PROLOGUE), "fleet-env", *(q(w) for w in inner)]
     script = f"""
-FLEET_IMAGE_DIGEST=$({q(engine)} image inspect --format '{{{{.Digest}}}}' {q(image)} 2>/dev/null)
+FLEET_IMAGE_DIGEST=$({e} image inspect --format '{{{{.Digest}}}}' {q(image)} 2>/dev/null)
 export FLEET_IMAGE_DIGEST
 cache=$(cd "$PWD/../../cache" 2>/dev/null && pwd)
 printf '%s\\n' "$FLEET_IMAGE_DIGEST" > image.digest
@@ -105,7 +143,7 @@ i=0
 while [ "$i" -lt "${{FLEET_ENV_COUNT:-0}}" ]; do set -- "$@" -e "FLEET_ENV_$i"; i=$((i+1)); done
 # TERM (timeout, cancel): stop the container, from outside this process group so the KILL that
 # follows the grace period cannot cut the stop short and leave it running.
-trap 'setsid {q(engine)} stop -t {max(int(grace) - 1, 0)} {q(name)} >/dev/null 2>&1 &' TERM INT
+trap 'setsid {e} stop -t {max(int(grace) - 1, 0)} {q(name)} >/dev/null 2>&1 &' TERM INT
 {" ".join(words)} &
 pid=$!
 wait $pid; rc=$?
@@ -120,7 +158,7 @@ def prepare(host: Host, image: str, pull: str) -> str:
     there, or pulled by the pull policy (``if-missing``, ``always``, ``never``) with the
     engine's progress in the job's log. Failing here is ``setup_failed``, saying why."""
     q = shlex.quote
-    engine = q(host.container_engine or "podman")
+    engine = " ".join(q(w) for w in engine_words(host))
     missing = q(f"fleet: image {image} is not on this host and the job's pull policy is never "
                 f"(build it there: fleet images build, or load it)")
     return f"""
@@ -144,10 +182,7 @@ def sweep(host: Host, keep: list[str]) -> str:
     """A command that removes fleet's containers on the host whose attempts are not in
     ``keep`` (a crash's leftovers; ``--rm`` removes those that end normally)."""
     q = shlex.quote
-    engine = [host.container_engine or "podman"]
-    if host.container_runtime and engine[0] == "podman":
-        engine += ["--runtime", host.container_runtime]
-    e = " ".join(q(w) for w in engine)
+    e = " ".join(q(w) for w in engine_words(host))
     kept = " ".join(q(f"fleet-{a.lower()}") for a in keep) or "-"
     mine = q(f"label={LABEL}={host.workdir}")  # this fleet's containers on the host, no one else's
     return (f"for n in $({e} ps -a --filter {mine} --format '{{{{.Names}}}}' 2>/dev/null); do "

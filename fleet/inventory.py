@@ -78,6 +78,7 @@ class Host:
     container_engine: str | None = None  # fleet_container_engine: docker | podman (jobs with image:)
     container_runtime: str | None = None  # fleet_container_runtime: the OCI runtime, e.g. runc
     container_args: tuple[str, ...] = ()  # fleet_container_args: more flags for every container
+    container_root: str | None = None  # fleet_container_root: podman's storage root for fleet (--root)
     container_image: str | None = None  # fleet_container_image: jobs without image: run in it (a pool's default)
     # Which backend runs its attempts ("ssh" for the inventory's hosts). An elastic host is a
     # backend's pool (cloud burst): ``slots`` is its limit, it starts capacity on demand after
@@ -410,6 +411,10 @@ def _host_from_vars(
         container_args = tuple(args_raw)
     else:
         raise v.error("fleet_container_args", f"is {args_raw!r}; expected a list of flags")
+    root = (v.str("fleet_container_root") or "").strip() or None
+    if root is not None and (engine != "podman" or not re.match(r"^/[A-Za-z0-9_./-]*$", root) or ".." in root.split("/")):
+        raise v.error("fleet_container_root", f"is {root!r}; expected an absolute path, with "
+                                              "fleet_container_engine podman (docker's is its daemon's data-root)")
     image = (v.str("fleet_container_image") or "").strip() or None
     if image is not None:
         if engine is None:
@@ -444,6 +449,7 @@ def _host_from_vars(
         container_runtime=runtime,
         container_args=container_args,
         container_image=image,
+        container_root=root,
     )
 
 

@@ -492,7 +492,9 @@ class Agent:
             self.add(Follow(aid, adir, 0))
             return
         spid, fd = _spawn_supervisor(adir, payload)
-        self.add(Follow(aid, adir, 0, fd, spid))
+        # from the offset the controller holds: 0, or past lines it wrote itself that the setup
+        # phase prints here too (an image shipped from the controller)
+        self.add(Follow(aid, adir, int(payload.get("offset", 0)), fd, spid))
 
     def cancel(self, aid, adir, grace, marker="cancel"):
         if not os.path.isdir(adir):

@@ -256,6 +256,9 @@ def test_each_class_gets_its_device_the_engines_way_and_only_engine_hosts_take_i
     script = containers.wrap(engine, "img:1", "a1", ["python3", "x.py"], network=False, grace=10)[2]
     assert "docker run --rm --name fleet-a1" in script and "--network none" in script and "--gpus" not in script
     assert '--user "$FLEET_CONTAINER_USER" --cap-drop all --security-opt no-new-privileges' in script
+    assert containers.limits(engine, 1, None) == ("--pids-limit", "4096")  # never probed: processes only
+    assert containers.limits(engine, 4, {"cores": 6, "memory_mb": 8000}) == (  # slots past the host's: all of it
+        "--pids-limit", "4096", "--cpus", "6.00", "--memory", "8000m")
     sha = "ab" * 32
     mounts = containers.wrap(engine, "img:1", "a1", ["true"], network=False, grace=1, inputs=[sha])[2]
     assert f'-v "$cache/{sha}:$cache/{sha}:ro"' in mounts and '-v "$cache:' not in mounts  # its inputs only
@@ -439,11 +442,13 @@ def test_each_classs_device_is_in_the_engines_container_config(cpu_image, podman
     from fleet.inventory import Host
 
     arch, _, accelerator = device_class.partition("/")
-    host = Host(name="h", pools=(), arch=arch, accelerator=accelerator, slots=1, container_engine="podman",
+    host = Host(name="h", pools=(), arch=arch, accelerator=accelerator, slots=2, container_engine="podman",
                 container_runtime="runc", container_args=("--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"))
     attempt = f"a{os.getpid()}{accelerator.replace('-', '')}"
+    # a one-slot job on a two-slot host the probe found 2 cores and 1 GiB on: half of each
+    limits = containers.limits(host, 1, {"cores": 2, "memory_mb": 1024})
     script = containers.wrap(host, cpu_image, attempt, ["sh", "-c", "ls /dev; echo up; sleep 120"],
-                             network=False, grace=3)
+                             network=False, grace=3, limits=limits)
     adir = tmp_path / "attempt"
     adir.mkdir()
     env = {"PATH": os.environ["PATH"], "FLEET_CONTAINER_USER": "4242:4242", "FLEET_ENV_COUNT": "1",
@@ -459,6 +464,8 @@ def test_each_classs_device_is_in_the_engines_container_config(cpu_image, podman
         assert host_config["NetworkMode"] == "none"
         assert "no-new-privileges" in " ".join(host_config.get("SecurityOpt") or [])
         assert len(host_config.get("CapDrop") or []) >= 10 and not host_config.get("CapAdd")
+        assert host_config["NanoCpus"] == 1_000_000_000 and host_config["Memory"] == 512 << 20
+        assert host_config["PidsLimit"] == containers.PIDS_LIMIT
         oci = json.loads(Path(subprocess.run([*PODMAN, "inspect", "--format", "{{.OCIConfigPath}}", name],
                                              capture_output=True, text=True, check=True).stdout.strip()).read_text())
         in_spec = {d["path"] for d in oci["linux"].get("devices") or []}
@@ -479,3 +486,56 @@ def test_each_classs_device_is_in_the_engines_container_config(cpu_image, podman
         proc.wait(60)
     eventually(lambda: name not in {c.name for c in podman_api.containers.list(all=True)}, timeout=60,
                what="the container stopped and removed after TERM")
+
+
+@pytest.mark.timeout(600)
+def test_an_image_the_host_lacks_is_shipped_from_the_controller_with_progress(fleet, lab, cpu_image, tmp_path):
+    """A lab host whose engine has no copy of the job's image (its own storage root, as a
+    Jetson keeping images on NVMe would) and no registry: the controller saves its copy and
+    loads it there over the SSH connection, the job's log showing the progress; the job then
+    runs in it. A controller kill -9 while it runs loses no line and repeats none (the host's
+    log starts with the same progress lines). A second job finds the image there."""
+    from tests.lab.fixtures import have_sshd
+
+    if not have_sshd():
+        pytest.skip("needs root and sshd for a real SSH host")
+    host = lab.add_hosts("rtx5060", 1, kind="openssh", slots=2)[0]
+    (fleet.home / "known_hosts").write_text(lab.known_hosts_text())
+    storage = tmp_path / "host-storage"
+    inv = lab.write_inventory(tmp_path / "inv.ini", extra_host_vars={host.name: {
+        "fleet_accelerator": "cpu", "fleet_container_engine": "podman", "fleet_container_runtime": "runc",
+        "fleet_container_root": str(storage),
+        "fleet_container_args": ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]}})
+    from fleet.containers import runroot
+
+    engine = [*PODMAN, "--root", str(storage), "--runroot", runroot(str(storage))]
+    try:
+        client = fleet.start(inv)
+        script = 'i=0; while [ $i -lt 30 ]; do echo "line $i"; i=$((i+1)); sleep 0.1; done'
+        job = client.submit({"name": "shipped", "image": cpu_image, "run": script}).id
+        state = eventually(lambda: (d := client.job(job)).state in ("RUNNING", "FAILED") and d.state,
+                           timeout=300, what="the image shipped and the job running")
+        assert state == "RUNNING", "\n".join(a.message or "" for a in client.job(job).attempt_list)
+        kill_server(fleet)
+        client = fleet.start(inv)
+        done = client.wait(job, 120)
+        log = b"".join(client.logs(job)).decode()
+        assert done.state == "SUCCEEDED" and len(done.attempt_list) == 1, (done, log)
+        lines = log.splitlines()
+        assert lines[0].startswith(f"fleet: image {cpu_image} is not on host {host.name}: shipping it "
+                                   "from the controller ("), log
+        assert [ln for ln in lines if "shipping image" in ln][-1].split(": ")[2].startswith("75%"), log
+        assert any(f"loaded on host {host.name}" in ln for ln in lines), log
+        assert [ln for ln in lines if not ln.startswith("fleet:")] == [f"line {i}" for i in range(30)], log
+        there = subprocess.run([*engine, "image", "inspect", "--format", "{{.Id}}", cpu_image],
+                               capture_output=True, text=True, check=False)
+        here = subprocess.run([*PODMAN, "image", "inspect", "--format", "{{.Id}}", cpu_image],
+                              capture_output=True, text=True, check=True)
+        assert there.returncode == 0 and there.stdout == here.stdout  # the same image, by id
+        again = client.wait(client.submit({"name": "again", "image": cpu_image, "run": "echo again"}).id, 120)
+        assert again.state == "SUCCEEDED"
+        assert b"".join(client.logs(again.id)).decode() == "again\n"  # nothing shipped this time
+    finally:
+        subprocess.run([*engine, "rmi", "-af"], capture_output=True, check=False)
+        subprocess.run(["umount", "-R", str(storage / "overlay")], capture_output=True, check=False)
+        shutil.rmtree(runroot(str(storage)), ignore_errors=True)

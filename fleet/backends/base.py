@@ -124,6 +124,7 @@ class AttemptPlan:
     image: str | None = None  # run in this container image (the spec's image: a name or a reference)
     network: bool = False  # a container job's network
     pull: str = "if-missing"  # a container job's pull policy: if-missing | always | never
+    limits: tuple[str, ...] = ()  # a container job's resource flags (its slots' share of the host)
     reattach: bool = False  # following an attempt a previous controller launched
     follow_only: bool = False  # never launch: only learn how an attempt given up on ended
 

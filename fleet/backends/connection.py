@@ -13,7 +13,7 @@ import asyncio
 import getpass
 import logging
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,11 +48,12 @@ class Transport:
     async def exec(
         self,
         command: str,
-        stdin: bytes | None = None,
+        stdin: bytes | AsyncIterable[bytes] | None = None,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
     ) -> int:
         """Run ``command`` with ``/bin/sh -c``; returns its exit status (-signal if killed).
+        ``stdin``: bytes, or chunks sent as they come with flow control (a large stream).
 
         Raises HostLost if the host cannot be reached or the channel is lost.
         """
@@ -136,19 +137,37 @@ class LocalTransport(Transport):
             stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=local_env(),
         )
-        if stdin is not None:
+        failed: list[BaseException] = []
+
+        async def feed() -> None:
+            if stdin is None:
+                return
             assert proc.stdin is not None
             try:
-                proc.stdin.write(stdin)
-                await proc.stdin.drain()
-                proc.stdin.close()
+                async for chunk in _chunks(stdin):
+                    proc.stdin.write(chunk)
+                    await proc.stdin.drain()
             except (BrokenPipeError, ConnectionResetError):
-                pass  # the command exited without reading all of its input; its status tells
+                return  # the command exited without reading all of its input; its status tells
+            except Exception as exc:  # noqa: BLE001 - the stream's source failed: the command sees a short input
+                failed.append(exc)
+            proc.stdin.close()
 
         await asyncio.gather(
-            _pump(proc.stdout, on_stdout), _pump(proc.stderr, on_stderr)  # type: ignore[arg-type]
+            feed(), _pump(proc.stdout, on_stdout), _pump(proc.stderr, on_stderr)  # type: ignore[arg-type]
         )
-        return await proc.wait()
+        code = await proc.wait()
+        if failed:
+            raise failed[0]
+        return code
+
+
+async def _chunks(stdin: bytes | AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    if isinstance(stdin, bytes | bytearray | memoryview):
+        yield bytes(stdin)
+    else:
+        async for chunk in stdin:
+            yield chunk
 
 
 async def _pump(stream: asyncio.StreamReader | asyncssh.SSHReader[bytes], callback: OutputCallback | None) -> None:
@@ -188,10 +207,25 @@ class SSHTransport(Transport):
     async def exec(self, command, stdin=None, on_stdout=None, on_stderr=None):  # type: ignore[no-untyped-def]
         try:
             proc = await self.conn.create_process(command, encoding=None)
-            if stdin is not None:
-                proc.stdin.write(stdin)
-            proc.stdin.write_eof()
-            await asyncio.gather(_pump(proc.stdout, on_stdout), _pump(proc.stderr, on_stderr))
+
+            failed: list[BaseException] = []
+
+            async def feed() -> None:
+                try:
+                    if stdin is not None:
+                        async for chunk in _chunks(stdin):
+                            proc.stdin.write(chunk)
+                            await proc.stdin.drain()
+                except BrokenPipeError:
+                    return  # the command exited without reading all of its input; its status tells
+                except Exception as exc:  # noqa: BLE001 - the stream's source failed: the command sees a short input
+                    failed.append(exc)
+                proc.stdin.write_eof()
+
+            await asyncio.gather(feed(), _pump(proc.stdout, on_stdout), _pump(proc.stderr, on_stderr))
+            if failed:
+                await proc.wait(check=False)
+                raise failed[0]
             done = await proc.wait(check=False)
         except (asyncssh.Error, OSError, asyncio.IncompleteReadError) as exc:
             self._closed = True

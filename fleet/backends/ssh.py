@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import shlex
-from collections.abc import Callable
+from collections.abc import AsyncIterable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fleet import containers
+from fleet.backends import shipping
 from fleet.backends.agent import AgentChannel, InputsMissing
 from fleet.backends.base import (
     AttemptPlan,
@@ -72,6 +73,7 @@ class SSHBackend(Backend):
         self._lib_ready: dict[str, asyncio.Future[None]] = {}
         self._cached: dict[str, set[str]] = {}
         self._cache_locks: dict[str, asyncio.Lock] = {}
+        self._image_locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._agents: dict[str, AgentChannel] = {}
         self._agent_locks: dict[str, asyncio.Lock] = {}
 
@@ -119,11 +121,14 @@ class SSHBackend(Backend):
                 await self._ensure_lib(transport, host)
                 if plan.inputs:
                     await self._ensure_inputs(transport, host, plan)
+                shipped = b""
+                if plan.image is not None and plan.pull != "always" and not (plan.follow_only or log_offset):
+                    shipped = await self._ensure_image(transport, host, containers.resolve(plan.image, host), sink)
                 agent = await self._agent(transport, host)
             except HostLost as exc:
                 exc.sent = False
                 raise
-            request = self._payload(plan, log_offset)
+            request = self._payload(plan, log_offset + len(shipped), shipped)
             request["op"] = "launch"
             for _ in range(3):
                 try:
@@ -346,15 +351,40 @@ class SSHBackend(Backend):
                     raise SetupFailed(f"host {host.name}: upload of input {sha[:12]} failed")
             known.update(wanted)
 
+    async def _ensure_image(self, transport: Transport, host: Host, image: str, sink: AttemptSink) -> bytes:
+        """A container job's image, when the host lacks it and the controller has it: shipped
+        from the controller (fleet.backends.shipping), its progress in the job's log. Returns
+        the lines written there (the host's log starts with them too). An image the controller
+        lacks is left to the host's pull policy."""
+        async with self._image_locks.setdefault((host.name, image), asyncio.Lock()):
+            engine = " ".join(shlex.quote(w) for w in containers.engine_words(host))
+            if await self._exec(host, transport, f"{engine} image inspect {shlex.quote(image)} >/dev/null 2>&1") == 0:
+                return b""
+            local = await shipping.on_controller(image)
+            if local is None:
+                return b""
+            progress = shipping.Progress(local, host.name, sink.log)
+            out = bytearray()
+            try:
+                code = await self._exec(host, transport, f"{engine} load", stdin=shipping.save_stream(local, progress),
+                                        transfer=local.size, on_stdout=out.extend, on_stderr=out.extend)
+            except shipping.ShipError as exc:
+                raise SetupFailed(f"host {host.name}: cannot ship image {image}: {exc}") from None
+            if code != 0:
+                raise SetupFailed(f"host {host.name}: loading image {image} shipped from the controller failed "
+                                  f"(exit {code}): {out.decode(errors='replace').strip()[-300:]}")
+            return progress.done()
+
     async def _exec(self, host: Host, transport: Transport, command: str, *,
-                    stdin: bytes | None = None, transfer: int = 0, **callbacks: Any) -> int:
+                    stdin: bytes | AsyncIterable[bytes] | None = None, transfer: int = 0,
+                    **callbacks: Any) -> int:
         """One of fleet's own commands, bounded by ``command_timeout`` (plus 1 s per MiB sent or
         expected back): a host that stops answering mid-command is lost, not waited on forever.
         On a host whose jobs run as other accounts, as root (``sudo -n`` unless the login is)."""
         if host.needs_root:
             quoted = shlex.quote(command)
             command = f'if [ "$(id -u)" = 0 ]; then exec /bin/sh -c {quoted}; else exec sudo -n -- /bin/sh -c {quoted}; fi'
-        moved = (len(stdin) if stdin else 0) + transfer
+        moved = (len(stdin) if isinstance(stdin, bytes) else 0) + transfer
         limit = self.pool.options.command_timeout + moved / (1 << 20)
         try:
             async with asyncio.timeout(limit):
@@ -363,7 +393,7 @@ class SSHBackend(Backend):
             self._forget(host.name)
             raise HostLost(f"host {host.name}: a fleet command took longer than {limit:.0f} s") from None
 
-    def _payload(self, plan: AttemptPlan, log_offset: int) -> dict[str, object]:
+    def _payload(self, plan: AttemptPlan, log_offset: int, shipped: bytes = b"") -> dict[str, object]:
         host = plan.host
         payload: dict[str, object] = {
             "attempt_dir": self.attempt_dir(host, plan.attempt_id),
@@ -385,10 +415,12 @@ class SSHBackend(Backend):
             entry = (manifests()[plan.runner].entry or "run.py") if plan.argv is None else ""
             inner = containers.with_setup(plan.setup, containers.inner_argv(plan.argv, plan.runner, entry))
             image = containers.resolve(plan.image, host)
-            payload["setup"] = containers.prepare(host, image, plan.pull)
+            # the host's log starts with the shipping's lines, as the controller's copy does
+            payload["setup"] = (f"printf %s {shlex.quote(shipped.decode())}\n" if shipped else "") + \
+                containers.prepare(host, image, plan.pull)
             payload["argv"] = containers.wrap(host, image, plan.attempt_id, inner,
                                               network=plan.network, grace=plan.grace,
-                                              inputs=[f.sha256 for f in plan.inputs])
+                                              inputs=[f.sha256 for f in plan.inputs], limits=plan.limits)
             payload["container"] = True
         elif plan.argv is not None:
             payload["argv"] = plan.argv

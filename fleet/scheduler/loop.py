@@ -629,7 +629,8 @@ class Scheduler:
         self.logs.redact(attempt.id, secrets)
         return plans.build(qj.job.id, qj.spec, attempt.id, host, env=env, secrets=secrets,
                            secret_failure=failure, inputs=qj.inputs, grace=self.kill_grace,
-                           run_as=plans.account_for(host, qj.job.user, self.owner))
+                           run_as=plans.account_for(host, qj.job.user, self.owner),
+                           facts=self.facts.get(host.name))
 
     # ------------------------------------------------------------------ attempts
 

@@ -4,7 +4,9 @@ it runs as. Pure functions of the job, the host and the scheduler's settings."""
 from __future__ import annotations
 
 import shlex
+from typing import Any
 
+from fleet import containers
 from fleet.backends.base import AttemptPlan, InputFile
 from fleet.inventory import ACCOUNT_ISOLATIONS, Host, unix_account
 from fleet.models.spec import JobSpec
@@ -25,10 +27,11 @@ def account_for(host: Host, user: str, owner: str) -> str | None:
 
 def build(job_id: str, spec: JobSpec, attempt_id: str, host: Host, *, env: dict[str, str],
           secrets: list[str], secret_failure: str | None, inputs: list[InputFile], grace: float,
-          run_as: str | None) -> AttemptPlan:
+          run_as: str | None, facts: dict[str, Any] | None = None) -> AttemptPlan:
     """The plan of one attempt. ``env`` holds the spec's variables, secrets opened;
     ``secret_failure`` says why they could not be (the attempt then fails in setup)."""
     setup = spec.setup
+    image = spec.image or host.container_image
     if secret_failure is not None:
         setup = f"echo {shlex.quote('fleet: ' + secret_failure)} >&2; exit 1"
     env = dict(env, FLEET_JOB_ID=job_id, FLEET_ATTEMPT_ID=attempt_id, FLEET_HOST=host.name,
@@ -48,6 +51,6 @@ def build(job_id: str, spec: JobSpec, attempt_id: str, host: Host, *, env: dict[
         argv=["/bin/sh", "-c", spec.run] if spec.runner == "shell" and spec.run else None,
         runner=spec.runner or "shell", setup=setup, env=env, timeout=spec.timeout,
         grace=grace, inputs=inputs, run_as=run_as, secrets=secrets,
-        image=spec.image or host.container_image, network=spec.network,
-        pull=spec.pull,
+        image=image, network=spec.network,
+        pull=spec.pull, limits=containers.limits(host, spec.resources.slots, facts) if image else (),
     )
