@@ -24,6 +24,14 @@ class RunnerError(Exception):
         self.cls = cls
 
 
+def write_result(result):
+    """``result.json``: the runner's record; run in a container image, its environment names
+    the image's digest (a part of the comparison key: fleet.results)."""
+    if os.environ.get("FLEET_IMAGE_DIGEST"):
+        result.setdefault("environment", {})["image_digest"] = os.environ["FLEET_IMAGE_DIGEST"]
+    write_json("result.json", result)
+
+
 def write_json(path, data):
     tmp = "%s.tmp.%d" % (path, os.getpid())
     with open(tmp, "w") as fh:

@@ -539,3 +539,23 @@ def test_an_image_the_host_lacks_is_shipped_from_the_controller_with_progress(fl
         subprocess.run([*engine, "rmi", "-af"], capture_output=True, check=False)
         subprocess.run(["umount", "-R", str(storage / "overlay")], capture_output=True, check=False)
         shutil.rmtree(runroot(str(storage)), ignore_errors=True)
+
+
+def test_every_runner_names_the_image_it_ran_in(tmp_path, monkeypatch):
+    """The runners' common writer puts the image's digest in the record's environment (a part
+    of the comparison key), for the TensorRT and Hailo runners as for ONNX Runtime's."""
+    sys.path.insert(0, str(REPO / "runners"))
+    try:
+        import runnerlib
+    finally:
+        sys.path.remove(str(REPO / "runners"))
+    monkeypatch.chdir(tmp_path)
+    runnerlib.write_result({"metrics": {}})
+    assert "environment" not in json.loads((tmp_path / "result.json").read_text())
+    monkeypatch.setenv("FLEET_IMAGE_DIGEST", "sha256:" + "ab" * 32)
+    runnerlib.write_result({"metrics": {}, "environment": {"tensorrt": "10.3"}})
+    assert json.loads((tmp_path / "result.json").read_text())["environment"] == {
+        "tensorrt": "10.3", "image_digest": "sha256:" + "ab" * 32}
+    for runner in ("onnxruntime", "tensorrt", "hailo"):
+        text = (REPO / "runners" / runner / "run.py").read_text()
+        assert "write_result(result)" in text and 'write_json("result.json"' not in text, runner

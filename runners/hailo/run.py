@@ -32,7 +32,7 @@ from runnerlib import (  # noqa: E402
     quiet,
     run_tool,
     sha256_of,
-    write_json,
+    write_result,
 )
 
 sys.path.remove(_ROOT)
@@ -95,7 +95,7 @@ def compile_hef(job, params):
     }
     if invalid:
         result["invalid_reasons"] = invalid
-    write_json("result.json", result)
+    write_result(result)
     log("%s built for %s in %.1f s" % (hef, arch, seconds))
 
 
@@ -149,7 +149,7 @@ def benchmark(job, params):
     reasons = capture.unmet(params["require"], env)
     if reasons:
         result["invalid_reasons"] = reasons
-    write_json("result.json", result)
+    write_result(result)
     log("hailortcli %s on %s: %.1f fps streaming, %.1f fps hw-only" % (
         env.get("hailort") or "?", device_arch, parsed["fps"].get("streaming", 0), parsed["fps"].get("hw_only", 0)))
 

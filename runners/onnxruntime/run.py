@@ -18,7 +18,7 @@ import time
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _ROOT)
 
-from runnerlib import EX_SETUP, RunnerError, log, sha256_of, write_json  # noqa: E402
+from runnerlib import EX_SETUP, RunnerError, log, sha256_of, write_json, write_result  # noqa: E402
 
 sys.path.remove(_ROOT)
 
@@ -313,13 +313,11 @@ def main(argv):
         },
         "raw": {"per_query": "latencies.json"},
     }
-    if os.environ.get("FLEET_IMAGE_DIGEST"):  # run in a container image: part of the comparison key
-        result["environment"]["image_digest"] = os.environ["FLEET_IMAGE_DIGEST"]
     if reasons:
         result["invalid_reasons"] = reasons
         for r in reasons:
             log("INVALID: " + r)
-    write_json("result.json", result)
+    write_result(result)
     log("onnxruntime %s %s: mean %.3f ms, median %.3f ms, p99 %.3f ms, throughput %.1f/s over %d runs" % (
         ort_version(), applied[0] if applied else "?", stats["mean"], stats["median"], stats["p99"],
         result["metrics"]["throughput_per_s"], len(latencies)))

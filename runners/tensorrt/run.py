@@ -38,7 +38,7 @@ from runnerlib import (  # noqa: E402
     quiet,
     run_tool,
     sha256_of,
-    write_json,
+    write_result,
 )
 
 sys.path.remove(_ROOT)
@@ -235,7 +235,7 @@ def run(job):
                             "scenario": "build"},
                       metrics={"build_seconds": artifact["build_seconds"]},
                       artifact=artifact, raw={"log": "build.log" if not artifact.get("reused") else None})
-        write_json("result.json", result)
+        write_result(result)
         log("engine %s (%s, %.1f s)" % ("reused" if artifact.get("reused") else "built", artifact["path"],
                                         artifact["build_seconds"]))
         return
@@ -289,7 +289,7 @@ def run(job):
         result["invalid_reasons"] = reasons
         for r in reasons:
             log("INVALID: " + r)
-    write_json("result.json", result)
+    write_result(result)
     lat = metrics.get("latency_ms") or {}
     log("trtexec %s: %.1f qps, latency mean %s ms" % (version["version"], metrics["throughput_per_s"],
                                                       lat.get("mean", "?")))
