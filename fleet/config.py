@@ -19,6 +19,8 @@ CONFIG_KEYS = {
     "server": "URL of a fleet API server to use instead of the local one",
     "database": "SQLAlchemy URL of the state database (default: SQLite under FLEET_HOME)",
     "trust_on_first_use": "accept and record unknown SSH host keys (default false)",
+    "ship_images": "images (glob patterns of references) the controller may ship to a host that "
+                   "lacks them, besides fleet's runner images (labelled dev.fleet.runner)",
     "keepalive_interval": "seconds between SSH keepalives (default 15)",
     "keepalive_count_max": "unanswered keepalives before a connection is dead (default 3)",
     "connect_timeout": "seconds to wait for an SSH connection (default 15)",
@@ -110,6 +112,7 @@ class Settings:
     upload_retention_days: float = 7.0
     disk_reserve_bytes: int = 32 << 20
     event_retention_days: float = 7.0
+    ship_images: list[str] = field(default_factory=list)
     backends: dict[str, Any] = field(default_factory=dict)
     burst: dict[str, Any] = field(default_factory=dict)
 
@@ -207,7 +210,12 @@ def _apply(settings: Settings, key: str, value: object, source: str) -> None:
     attr = _ATTRS.get(key, key)
     current = getattr(settings, attr)
     try:
-        if isinstance(current, dict):
+        if isinstance(current, list):
+            if isinstance(value, str):  # FLEET_SHIP_IMAGES: comma-separated
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                raise ValueError(value)
+        elif isinstance(current, dict):
             if isinstance(value, str):  # FLEET_BACKENDS: JSON
                 import json
 

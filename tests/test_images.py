@@ -494,7 +494,8 @@ def test_an_image_the_host_lacks_is_shipped_from_the_controller_with_progress(fl
     Jetson keeping images on NVMe would) and no registry: the controller saves its copy and
     loads it there over the SSH connection, the job's log showing the progress; the job then
     runs in it. A controller kill -9 while it runs loses no line and repeats none (the host's
-    log starts with the same progress lines). A second job finds the image there."""
+    log starts with the same progress lines). A second job finds the image there. An image of
+    the controller's that is not a runner image is not shipped (a user names it)."""
     from tests.lab.fixtures import have_sshd
 
     if not have_sshd():
@@ -509,6 +510,7 @@ def test_an_image_the_host_lacks_is_shipped_from_the_controller_with_progress(fl
     from fleet.containers import runroot
 
     engine = [*PODMAN, "--root", str(storage), "--runroot", runroot(str(storage))]
+    private = f"localhost/private-{os.getpid()}:1"
     try:
         client = fleet.start(inv)
         script = 'i=0; while [ $i -lt 30 ]; do echo "line $i"; i=$((i+1)); sleep 0.1; done'
@@ -535,7 +537,15 @@ def test_an_image_the_host_lacks_is_shipped_from_the_controller_with_progress(fl
         again = client.wait(client.submit({"name": "again", "image": cpu_image, "run": "echo again"}).id, 120)
         assert again.state == "SUCCEEDED"
         assert b"".join(client.logs(again.id)).decode() == "again\n"  # nothing shipped this time
+        # an image of the controller's that is no runner image (nor named by ship_images) stays there
+        subprocess.run([*PODMAN, "tag", f"localhost/fleet-hostbase:test-{os.getpid()}", private], check=True)
+        kept = client.wait(client.submit({"name": "private", "image": private, "run": "true"}).id, 120)
+        said = b"".join(client.logs(kept.id)).decode()
+        assert (kept.state, kept.reason) == ("FAILED", "setup_failed"), (kept, said)
+        assert "the controller has it but ships only fleet's runner images and what ship_images names" in said
+        assert subprocess.run([*engine, "image", "exists", private], check=False).returncode == 1
     finally:
+        subprocess.run([*PODMAN, "rmi", private], capture_output=True, check=False)
         subprocess.run([*engine, "rmi", "-af"], capture_output=True, check=False)
         subprocess.run(["umount", "-R", str(storage / "overlay")], capture_output=True, check=False)
         shutil.rmtree(runroot(str(storage)), ignore_errors=True)
@@ -559,3 +569,19 @@ def test_every_runner_names_the_image_it_ran_in(tmp_path, monkeypatch):
     for runner in ("onnxruntime", "tensorrt", "hailo"):
         text = (REPO / "runners" / runner / "run.py").read_text()
         assert "write_result(result)" in text and 'write_json("result.json"' not in text, runner
+
+
+def test_ship_images_is_a_list_of_patterns_from_the_file_or_the_environment(tmp_path, monkeypatch):
+    from fleet.config import load_settings
+    from fleet.errors import ConfigError
+
+    monkeypatch.setenv("FLEET_HOME", str(tmp_path))
+    monkeypatch.delenv("FLEET_SHIP_IMAGES", raising=False)
+    (tmp_path / "config.yaml").write_text("ship_images: ['localhost/team-*', 'registry.lab/x:1']\n")
+    assert load_settings().ship_images == ["localhost/team-*", "registry.lab/x:1"]
+    monkeypatch.setenv("FLEET_SHIP_IMAGES", "a:1, b/*")
+    assert load_settings().ship_images == ["a:1", "b/*"]
+    monkeypatch.delenv("FLEET_SHIP_IMAGES")
+    (tmp_path / "config.yaml").write_text("ship_images: {a: 1}\n")
+    with pytest.raises(ConfigError, match="ship_images"):
+        load_settings()

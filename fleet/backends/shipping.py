@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
+import json
 import shutil
 import time
 from collections.abc import AsyncIterator, Callable
@@ -30,6 +32,13 @@ class LocalImage:
     ref: str
     engine: str
     size: int  # bytes, as the engine reports the image (the archive is about as large)
+    runner: bool = False  # one of fleet's runner images (labelled dev.fleet.runner)
+
+    def may_ship(self, patterns: list[str]) -> bool:
+        """The controller ships fleet's runner images and what the operator names
+        (``ship_images``), nothing else of its engine: a user names the image, and the
+        controller's other images are not theirs to take."""
+        return self.runner or any(fnmatch.fnmatchcase(self.ref, p) for p in patterns)
 
     @property
     def save(self) -> list[str]:
@@ -46,16 +55,21 @@ async def on_controller(ref: str) -> LocalImage | None:
     if engine is None:
         return None
     proc = await asyncio.create_subprocess_exec(
-        engine, "image", "inspect", "--format", "{{.Size}}", ref,
+        engine, "image", "inspect", "--format", "{{.Size}} {{json .Labels}}", ref,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
     out, _ = await proc.communicate()
     if proc.returncode != 0:
         return None
+    size_text, _, labels_text = out.decode().strip().partition(" ")
     try:
-        size = int(out.decode().split()[0])
-    except (IndexError, ValueError):
+        size = int(size_text)
+    except ValueError:
         size = 0
-    return LocalImage(ref, engine, size)
+    try:
+        labels = json.loads(labels_text or "null") or {}
+    except ValueError:
+        labels = {}
+    return LocalImage(ref, engine, size, runner=isinstance(labels, dict) and "dev.fleet.runner" in labels)
 
 
 async def save_stream(image: LocalImage, progress: Callable[[int], None]) -> AsyncIterator[bytes]:

@@ -74,6 +74,7 @@ class SSHBackend(Backend):
         self._cached: dict[str, set[str]] = {}
         self._cache_locks: dict[str, asyncio.Lock] = {}
         self._image_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self.ship_images: list[str] = []  # what the controller may ship besides runner images
         self._agents: dict[str, AgentChannel] = {}
         self._agent_locks: dict[str, asyncio.Lock] = {}
 
@@ -92,7 +93,9 @@ class SSHBackend(Backend):
             attempt_lease=s.attempt_lease,
         )
         by_name = {h.name: h for h in ctx.inventory}
-        return cls(options, by_name.get, ctx.blob_path, ctx.inventory)
+        backend = cls(options, by_name.get, ctx.blob_path, ctx.inventory)
+        backend.ship_images = list(s.ship_images)
+        return backend
 
     def offers(self) -> list[Host]:
         return self.hosts
@@ -363,6 +366,11 @@ class SSHBackend(Backend):
             local = await shipping.on_controller(image)
             if local is None:
                 return b""
+            if not local.may_ship(self.ship_images):
+                line = (f"fleet: image {image} is not on host {host.name}; the controller has it but ships only "
+                        f"fleet's runner images and what ship_images names\n").encode()
+                sink.log(line)
+                return line
             progress = shipping.Progress(local, host.name, sink.log)
             out = bytearray()
             try:
