@@ -132,7 +132,8 @@ def wrap(host: Host, image: str, attempt_id: str, inner: list[str], *, network: 
     if host.container_runtime and engine == "docker":
         words += ["--runtime", q(host.container_runtime)]
     words += [q(w) for w in [*limits, *devices(engine, host.device_class), *host.container_args]]
-    words += [q(image), "/bin/sh", "-c", q(PROLOGUE), "fleet-env", *(q(w) for w in inner)]
+    # the image's own ENTRYPOINT does not wrap the job: /bin/sh runs the prologue, then the command
+    words += ["--entrypoint", "/bin/sh", q(image), "-c", q(PROLOGUE), "fleet-env", *(q(w) for w in inner)]
     script = f"""
 FLEET_IMAGE_DIGEST=$({e} image inspect --format '{{{{.Digest}}}}' {q(image)} 2>/dev/null)
 export FLEET_IMAGE_DIGEST

@@ -585,3 +585,33 @@ def test_ship_images_is_a_list_of_patterns_from_the_file_or_the_environment(tmp_
     (tmp_path / "config.yaml").write_text("ship_images: {a: 1}\n")
     with pytest.raises(ConfigError, match="ship_images"):
         load_settings()
+
+
+@pytest.mark.timeout(300)
+def test_an_images_entrypoint_does_not_wrap_the_job_and_its_variables_arrive_whole(cpu_image, tmp_path):
+    """An image with an ENTRYPOINT of its own (here one that fails) still runs the job's
+    command, and the job's variables, odd values included, arrive in the container as they
+    were given (through FLEET_ENV_<i>, never through the engine's environment)."""
+    from fleet import containers
+    from fleet.inventory import Host
+
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Containerfile").write_text(f"FROM {cpu_image}\nENTRYPOINT [\"/bin/false\"]\n")
+    tag = f"localhost/fleet-entrypoint-{os.getpid()}:1"
+    subprocess.run([*PODMAN, "build", "-q", "-t", tag, str(ctx)], capture_output=True, check=True)
+    try:
+        host = Host(name="h", pools=(), arch="x86_64", accelerator="cpu", slots=1, container_engine="podman",
+                    container_runtime="runc", container_args=("--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"))
+        script = containers.wrap(host, tag, f"e{os.getpid()}", ["sh", "-c", 'printf "%s|" "$ODD" "$PATH"; echo ran'],
+                                 network=False, grace=3)
+        adir = tmp_path / "attempt"
+        adir.mkdir()
+        odd = "it's \"quoted\" $(id) `x`\nsecond line"
+        env = {"PATH": os.environ["PATH"], "FLEET_CONTAINER_USER": f"{os.getuid()}:{os.getgid()}",
+               "FLEET_ENV_COUNT": "2", "FLEET_ENV_0": f"ODD={odd}", "FLEET_ENV_1": "PATH=/usr/local/bin:/usr/bin:/bin"}
+        done = subprocess.run(script, cwd=adir, env=env, capture_output=True, text=True, check=False, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert done.stdout == f"{odd}|/usr/local/bin:/usr/bin:/bin|ran\n", done.stdout
+    finally:
+        subprocess.run([*PODMAN, "rmi", "-f", tag], capture_output=True, check=False)
