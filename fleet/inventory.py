@@ -116,7 +116,16 @@ class Host:
 ISOLATIONS = ("none", "user", "container")
 ACCOUNT_ISOLATIONS = ("user", "container")  # each fleet user's jobs run as an account of their own
 CONTAINER_ENGINES = ("docker", "podman")
-IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")  # a runner image's name or a reference
+# A container image: a runner image's name or a registry reference ([host[:port]/]path[:tag]
+# [@sha256:digest], the distribution grammar), never an engine transport such as
+# docker-archive:, oci: or dir: (the engine, as root, would read the host's files by those).
+_IMG_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMG_HOST = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?"
+IMAGE_TRANSPORTS = ("docker", "docker-archive", "docker-daemon", "oci", "oci-archive", "dir",
+                    "containers-storage", "ostree", "sif", "tarball", "atomic")
+IMAGE_RE = re.compile(
+    rf"^(?=.{{1,255}}$)(?!(?:{'|'.join(map(re.escape, IMAGE_TRANSPORTS))}):)"
+    rf"(?:{_IMG_HOST}/)?{_IMG_PART}(?:/{_IMG_PART})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?(?:@sha256:[0-9a-f]{{64}})?$")
 UNIX_NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 ENV_KEEP_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\*?$")
 

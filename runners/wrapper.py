@@ -482,6 +482,14 @@ class Agent:
             self.add(Follow(aid, adir, int(payload.get("offset", 0))))
             _touch(os.path.join(adir, "lease"))
             return
+        offset = int(payload.get("offset", 0))
+        preamble = (payload.get("preamble") or "").encode()
+        if preamble:  # lines the controller wrote into its copy of the log: the host's starts so too
+            fd = os.open(os.path.join(adir, "log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o600)
+            try:
+                os.write(fd, preamble)
+            finally:
+                os.close(fd)
         try:
             _prepare(adir, payload)
         except Exception as exc:
@@ -489,12 +497,10 @@ class Agent:
                 "exit_code": None, "signal": None, "timed_out": False, "cancelled": False,
                 "phase": "prepare", "error": "prepare: %s" % exc,
                 "started_at": time.time(), "ended_at": time.time()})
-            self.add(Follow(aid, adir, 0))
+            self.add(Follow(aid, adir, offset))
             return
         spid, fd = _spawn_supervisor(adir, payload)
-        # from the offset the controller holds: 0, or past lines it wrote itself that the setup
-        # phase prints here too (an image shipped from the controller)
-        self.add(Follow(aid, adir, int(payload.get("offset", 0)), fd, spid))
+        self.add(Follow(aid, adir, offset, fd, spid))  # the controller holds the preamble already
 
     def cancel(self, aid, adir, grace, marker="cancel"):
         if not os.path.isdir(adir):

@@ -493,8 +493,8 @@ def test_an_image_the_host_lacks_is_shipped_from_the_controller_with_progress(fl
     """A lab host whose engine has no copy of the job's image (its own storage root, as a
     Jetson keeping images on NVMe would) and no registry: the controller saves its copy and
     loads it there over the SSH connection, the job's log showing the progress; the job then
-    runs in it. A controller kill -9 while it runs loses no line and repeats none (the host's
-    log starts with the same progress lines). A second job finds the image there. An image of
+    runs in it. A controller kill -9 while it ships, and again while it runs, loses no line and
+    repeats none: the host's log starts with the lines the controller holds. A second job finds the image there. An image of
     the controller's that is not a runner image is not shipped (a user names it)."""
     from tests.lab.fixtures import have_sshd
 
@@ -515,19 +515,28 @@ def test_an_image_the_host_lacks_is_shipped_from_the_controller_with_progress(fl
         client = fleet.start(inv)
         script = 'i=0; while [ $i -lt 30 ]; do echo "line $i"; i=$((i+1)); sleep 0.1; done'
         job = client.submit({"name": "shipped", "image": cpu_image, "run": script}).id
+        # killed while shipping: the attempt was never started; the next controller ships again
+        eventually(lambda: b"25%" in b"".join(client.logs(job)) or client.job(job).state == "FAILED", timeout=300,
+                   what="a quarter shipped")
+        assert client.job(job).state != "FAILED", (client.job(job).message, b"".join(client.logs(job)))
+        kill_server(fleet)
+        client = fleet.start(inv)
         state = eventually(lambda: (d := client.job(job)).state in ("RUNNING", "FAILED") and d.state,
                            timeout=300, what="the image shipped and the job running")
         assert state == "RUNNING", "\n".join(a.message or "" for a in client.job(job).attempt_list)
-        kill_server(fleet)
+        kill_server(fleet)  # and killed while it runs
         client = fleet.start(inv)
         done = client.wait(job, 120)
         log = b"".join(client.logs(job)).decode()
         assert done.state == "SUCCEEDED" and len(done.attempt_list) == 1, (done, log)
+        on_host = (host.home / ".fleet" / "attempts" / done.attempt_list[0].id / "log").read_text()
+        assert log == on_host  # the controller's copy is the host's log, line for line
         lines = log.splitlines()
         assert lines[0].startswith(f"fleet: image {cpu_image} is not on host {host.name}: shipping it "
                                    "from the controller ("), log
+        assert sum("is not on host" in ln for ln in lines) == 2, log  # shipped twice, said twice
         assert [ln for ln in lines if "shipping image" in ln][-1].split(": ")[2].startswith("75%"), log
-        assert any(f"loaded on host {host.name}" in ln for ln in lines), log
+        assert sum(f"loaded on host {host.name}" in ln for ln in lines) == 1, log
         assert [ln for ln in lines if not ln.startswith("fleet:")] == [f"line {i}" for i in range(30)], log
         there = subprocess.run([*engine, "image", "inspect", "--format", "{{.Id}}", cpu_image],
                                capture_output=True, text=True, check=False)
@@ -615,3 +624,26 @@ def test_an_images_entrypoint_does_not_wrap_the_job_and_its_variables_arrive_who
         assert done.stdout == f"{odd}|/usr/local/bin:/usr/bin:/bin|ran\n", done.stdout
     finally:
         subprocess.run([*PODMAN, "rmi", "-f", tag], capture_output=True, check=False)
+
+
+def test_image_names_are_registry_references_never_engine_transports():
+    """An engine transport would have the host's engine (root) read the host's files as an
+    image (``docker-archive:inputs/evil.tar`` re-tags another user's image name); only registry
+    references and runner names pass. And the controller ships a runner image by its name and
+    label: an image built FROM one inherits the label, not the name."""
+    from fleet.backends.shipping import LocalImage
+    from fleet.errors import SpecError
+    from fleet.models.spec import JobSpec
+
+    for bad in ["docker-archive:inputs/evil.tar", "oci:foo", "dir:/etc", "oci-archive:x.tar", "docker://x",
+                "containers-storage:x", "docker-daemon:x:1", "Upper/Case", "a//b", "/abs"]:
+        with pytest.raises((SpecError, ValueError)):
+            JobSpec.model_validate({"name": "x", "image": bad, "run": "true"})
+    for good in ["cpu-ort", "localhost/fleet-runner-cpu-ort:t-x86_64", "reg.lab:5000/team/x:1",
+                 "nvcr.io/nvidia/l4t-jetpack:r36.4.0", "x@sha256:" + "a" * 64]:
+        assert JobSpec.model_validate({"name": "x", "image": good, "run": "true"}).image == good
+    runner = LocalImage("localhost/fleet-runner-cpu-ort:1.20.1-x86_64", "podman", 1, labelled=True)
+    derived = LocalImage("corp/private-model:1", "podman", 1, labelled=True)  # FROM a runner image
+    unlabelled = LocalImage("fleet-runner-cpu-ort:1-x86_64", "podman", 1, labelled=False)
+    assert runner.may_ship([]) and not derived.may_ship([]) and not unlabelled.may_ship([])
+    assert derived.may_ship(["corp/*"]) and not derived.may_ship(["corp/other*"])

@@ -127,6 +127,10 @@ class AttemptPlan:
     limits: tuple[str, ...] = ()  # a container job's resource flags (its slots' share of the host)
     reattach: bool = False  # following an attempt a previous controller launched
     follow_only: bool = False  # never launch: only learn how an attempt given up on ended
+    # What the controller's copy of the log already holds of an attempt it may still launch
+    # (lines it wrote itself, e.g. an image shipped before a crash): a fresh launch writes them
+    # first into the host's log, so the two line up.
+    preamble: bytes = b""
 
 
 @dataclass

@@ -18,6 +18,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from fleet import images
+
 CHUNK = 1 << 20
 
 
@@ -32,17 +34,26 @@ class LocalImage:
     ref: str
     engine: str
     size: int  # bytes, as the engine reports the image (the archive is about as large)
-    runner: bool = False  # one of fleet's runner images (labelled dev.fleet.runner)
+    labelled: bool = False  # carries dev.fleet.runner (an image built FROM a runner image does too)
 
     def may_ship(self, patterns: list[str]) -> bool:
-        """The controller ships fleet's runner images and what the operator names
-        (``ship_images``), nothing else of its engine: a user names the image, and the
-        controller's other images are not theirs to take."""
-        return self.runner or any(fnmatch.fnmatchcase(self.ref, p) for p in patterns)
+        """The controller ships fleet's runner images (by their name, ``fleet-runner-NAME``, and
+        label) and what the operator names (``ship_images``), nothing else of its engine: a user
+        names the image, and the controller's other images are not theirs to take."""
+        return (self.labelled and runner_name(self.ref)) or any(fnmatch.fnmatchcase(self.ref, p) for p in patterns)
 
     @property
     def save(self) -> list[str]:
         return [self.engine, "save", self.ref]
+
+
+def runner_name(ref: str) -> bool:
+    """Whether ``ref`` names one of fleet's runner images (``[localhost/]fleet-runner-NAME:TAG``)."""
+    repo = ref.split("@", 1)[0]
+    if ":" in repo.rsplit("/", 1)[-1]:
+        repo = repo.rsplit(":", 1)[0]
+    repo = repo.removeprefix("localhost/")
+    return repo in {f"fleet-runner-{name}" for name in images.IMAGES}
 
 
 def controller_engine() -> str | None:
@@ -69,7 +80,7 @@ async def on_controller(ref: str) -> LocalImage | None:
         labels = json.loads(labels_text or "null") or {}
     except ValueError:
         labels = {}
-    return LocalImage(ref, engine, size, runner=isinstance(labels, dict) and "dev.fleet.runner" in labels)
+    return LocalImage(ref, engine, size, labelled=isinstance(labels, dict) and "dev.fleet.runner" in labels)
 
 
 async def save_stream(image: LocalImage, progress: Callable[[int], None]) -> AsyncIterator[bytes]:

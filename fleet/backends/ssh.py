@@ -125,7 +125,7 @@ class SSHBackend(Backend):
                 if plan.inputs:
                     await self._ensure_inputs(transport, host, plan)
                 shipped = b""
-                if plan.image is not None and plan.pull != "always" and not (plan.follow_only or log_offset):
+                if plan.image is not None and plan.pull != "always" and not plan.follow_only:
                     shipped = await self._ensure_image(transport, host, containers.resolve(plan.image, host), sink)
                 agent = await self._agent(transport, host)
             except HostLost as exc:
@@ -415,6 +415,8 @@ class SSHBackend(Backend):
             "offset": log_offset,
             "lease": self.pool.options.attempt_lease,
             "follow_only": plan.follow_only,
+            # a fresh attempt's log starts with what the controller's copy already holds
+            "preamble": (plan.preamble + shipped).decode(errors="replace"),
             "run_as": plan.run_as,
             "isolation": host.isolation,
             "env_keep": list(host.env_keep),
@@ -423,9 +425,7 @@ class SSHBackend(Backend):
             entry = (manifests()[plan.runner].entry or "run.py") if plan.argv is None else ""
             inner = containers.with_setup(plan.setup, containers.inner_argv(plan.argv, plan.runner, entry))
             image = containers.resolve(plan.image, host)
-            # the host's log starts with the shipping's lines, as the controller's copy does
-            payload["setup"] = (f"printf %s {shlex.quote(shipped.decode())}\n" if shipped else "") + \
-                containers.prepare(host, image, plan.pull)
+            payload["setup"] = containers.prepare(host, image, plan.pull)
             payload["argv"] = containers.wrap(host, image, plan.attempt_id, inner,
                                               network=plan.network, grace=plan.grace,
                                               inputs=[f.sha256 for f in plan.inputs], limits=plan.limits)

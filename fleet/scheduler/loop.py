@@ -58,6 +58,9 @@ log = logging.getLogger(__name__)
 __all__ = ["NOT_CHECKED", "Policy", "Scheduler"]
 
 
+PREAMBLE_MAX = 64 << 10  # more held than this: the attempt ran (its host's log has it all)
+
+
 class _Sink:
     """Where a running attempt's start and log go (the backend calls it; never blocks)."""
 
@@ -782,6 +785,8 @@ class Scheduler:
             run.started.set()
         self.running[job.id] = run
         offset = self.logs.size(job.id, attempt.id)
+        if not run.plan.follow_only and 0 < offset <= PREAMBLE_MAX:  # it may not have been launched yet
+            run.plan.preamble = self.logs.read(job.id, attempt.id, 0, offset)[0]
         run.task = asyncio.create_task(self._run_attempt(run, offset), name=f"reattach-{attempt.id}")
 
 
