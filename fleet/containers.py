@@ -122,7 +122,9 @@ def wrap(host: Host, image: str, attempt_id: str, inner: list[str], *, network: 
     e = " ".join(q(w) for w in engine_words(host))
     name = f"fleet-{attempt_id.lower()}"
     words = [e, "run", "--rm", "--name", q(name), "--label", q(f"{LABEL}={host.workdir}"),
-              "--user", '"$FLEET_CONTAINER_USER"', "--cap-drop", "all", "--security-opt", "no-new-privileges",
+              # --init: a small init is PID 1 and passes TERM on, so a job never ignores a stop
+              # for being PID 1 (where signals without a handler are dropped), and zombies are reaped
+              "--init", "--user", '"$FLEET_CONTAINER_USER"', "--cap-drop", "all", "--security-opt", "no-new-privileges",
               "--network", "bridge" if network else "none", "-v", f'"$PWD":{MOUNT}', "-w", MOUNT,
               # inputs are links into the host's cache (<workdir>/cache): each of this job's
               # inputs is mounted there read-only, and nothing else of the cache (other jobs' files)

@@ -192,8 +192,12 @@ def test_jobs_with_image_run_in_it_on_a_host_with_an_engine(fleet, cpu_image, tm
     slow = client.submit({"name": "slow", "image": cpu_image, "timeout": 2, "run": "sleep 60"}).id
     attempt = eventually(lambda: (d := client.job(nap)).state == "RUNNING" and d.attempt_list[0].id, what="nap running")
     client.cancel(nap)
-    assert client.wait(nap, 60).state == "CANCELLED"
-    assert client.wait(slow, 60).state == "TIMED_OUT"
+    cancelled = client.wait(nap, 60)
+    assert cancelled.state == "CANCELLED"
+    timed_out = client.wait(slow, 60)
+    assert timed_out.state == "TIMED_OUT"
+    # the TERM reached the job (an init is PID 1 and passes it on): 143, not a KILL's 137
+    assert timed_out.attempt_list[0].exit_code == 143, timed_out.attempt_list
 
     def containers() -> str:
         return subprocess.run([*PODMAN, "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True,
@@ -255,7 +259,7 @@ def test_each_class_gets_its_device_the_engines_way_and_only_engine_hosts_take_i
     assert plan.image == "cpu-ort"
     script = containers.wrap(engine, "img:1", "a1", ["python3", "x.py"], network=False, grace=10)[2]
     assert "docker run --rm --name fleet-a1" in script and "--network none" in script and "--gpus" not in script
-    assert '--user "$FLEET_CONTAINER_USER" --cap-drop all --security-opt no-new-privileges' in script
+    assert '--init --user "$FLEET_CONTAINER_USER" --cap-drop all --security-opt no-new-privileges' in script
     assert containers.limits(engine, 1, None) == ("--pids-limit", "4096")  # never probed: processes only
     assert containers.limits(engine, 4, {"cores": 6, "memory_mb": 8000}) == (  # slots past the host's: all of it
         "--pids-limit", "4096", "--cpus", "6.00", "--memory", "8000m")
