@@ -141,8 +141,27 @@ def build_command(name: str, arch: str, root: Path, *, tool: str, base: str | No
         cmd.append("--pull=never" if base.startswith("localhost/") else "--pull=missing")
     for key, value in sorted(values.items()):
         cmd += ["--build-arg", f"{key}={value}"]
+    # the image's labels again as OCI manifest annotations (what registries and tools that never
+    # pull the config read): runner, tool versions, L4T / HailoRT release
+    for key, value in sorted(annotations(containerfile, values).items()):
+        cmd += ["--annotation", f"{key}={value}"]
     cmd.append(str(root))
     return cmd
+
+
+def annotations(containerfile: Path, values: dict[str, str]) -> dict[str, str]:
+    """The ``LABEL`` keys of a Containerfile with their values, ``${ARG}`` filled in from the
+    build's ``values`` (else the ``ARG`` default); keys whose value ends up empty are left out."""
+    text = containerfile.read_text().replace("\\\n", " ")
+    env = dict(re.findall(r"^ARG\s+(\w+)=(\S*)", text, re.M))
+    env.update(values)
+    out: dict[str, str] = {}
+    for line in re.findall(r"^LABEL\s+(.*)$", text, re.M):
+        for key, raw in re.findall(r'([\w.-]+)="([^"]*)"', line):
+            value = re.sub(r"\$\{(\w+)\}", lambda m: env.get(m.group(1), ""), raw).strip()
+            if value:
+                out[key] = value
+    return out
 
 
 def source_root(given: str | None = None) -> Path:

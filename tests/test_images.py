@@ -62,6 +62,12 @@ def test_build_commands_name_platform_tag_and_versions(tmp_path):
     assert cmd[:3] == ["podman", "build", "--platform"] and cmd[3] == "linux/arm64"
     assert "fleet-runner-cpu-ort:1.20.1-aarch64" in cmd and "--pull=never" in cmd
     assert "BASE=localhost/b:1" in cmd and cmd[-1] == str(REPO)
+    notes = {cmd[i + 1] for i, word in enumerate(cmd) if word == "--annotation"}  # OCI manifest annotations
+    assert {"dev.fleet.runner=onnxruntime", "dev.fleet.onnxruntime=1.20.1",
+            "org.opencontainers.image.title=fleet-runner-cpu-ort"} <= notes, notes
+    jetson = img.build_command("jetson-r36", "aarch64", REPO, tool="podman")
+    assert {"dev.fleet.l4t=36.4.0", "dev.fleet.runner=tensorrt"} <= {
+        jetson[i + 1] for i, word in enumerate(jetson) if word == "--annotation"}
     hailo = img.build_command("hailo", "x86_64", REPO, tool="/usr/bin/buildah", args={"HAILORT_VERSION": "4.19.0"})
     assert hailo[1] == "bud" and "fleet-runner-hailo:4.19.0-x86_64" in hailo
     with pytest.raises(img.FleetError, match="built for aarch64, not x86_64"):
@@ -105,6 +111,8 @@ def test_the_cpu_image_builds_here_and_runs_the_onnxruntime_runner_as_the_host_d
     assert labels["dev.fleet.runner"] == "onnxruntime"
     assert labels["org.opencontainers.image.title"] == "fleet-runner-cpu-ort"
     assert meta["Config"]["User"] == "10001:10001"
+    assert meta["Annotations"]["dev.fleet.runner"] == "onnxruntime"  # in the manifest too
+    assert meta["Annotations"]["dev.fleet.onnxruntime"] == f"test{os.getpid()}"
 
     def run_here(where: Path, argv: list[str]) -> dict:
         where.mkdir(mode=0o777)
