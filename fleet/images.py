@@ -143,13 +143,13 @@ def build_command(name: str, arch: str, root: Path, *, tool: str, base: str | No
         cmd += ["--build-arg", f"{key}={value}"]
     # the image's labels again as OCI manifest annotations (what registries and tools that never
     # pull the config read): runner, tool versions, L4T / HailoRT release
-    for key, value in sorted(annotations(containerfile, values).items()):
+    for key, value in sorted(oci_annotations(containerfile, values).items()):
         cmd += ["--annotation", f"{key}={value}"]
     cmd.append(str(root))
     return cmd
 
 
-def annotations(containerfile: Path, values: dict[str, str]) -> dict[str, str]:
+def oci_annotations(containerfile: Path, values: dict[str, str]) -> dict[str, str]:
     """The ``LABEL`` keys of a Containerfile with their values, ``${ARG}`` filled in from the
     build's ``values`` (else the ``ARG`` default); keys whose value ends up empty are left out."""
     text = containerfile.read_text().replace("\\\n", " ")
