@@ -82,6 +82,9 @@ def parse(raw: dict[str, Any]) -> dict[str, Any]:
             facts["hailo_arch"] = ident["architecture"]
         if ident.get("firmware_version"):
             facts["hailo_firmware"] = ident["firmware_version"]
+    engine = str(text.get("container_engine") or "").strip().split()
+    if engine and engine[0] in ("podman", "docker"):
+        facts["container_engine"] = engine[0]  # one this login can use: `info` answered
     return {k: v for k, v in facts.items() if v is not None}
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import pytest
 
@@ -42,6 +43,8 @@ def test_probe_reads_what_hosts_are_and_reports_mismatches(fleet, lab, tmp_path,
     assert rtx["facts"]["gpu"] == lab.tools("rtx-1")["gpu_name"] and rtx["facts"]["tensorrt"] == "10.2.0"
     assert rtx["facts"]["driver"] and rtx["facts"]["memory_mb"] > 0 and rtx["facts"]["arch"] == "x86_64"
     assert rtx["mismatches"] == []
+    if shutil.which("podman"):  # the lab's hosts are this machine: its podman answers `podman info`
+        assert rtx["facts"]["container_engine"] == "podman"
     assert jetson["facts"]["l4t"] == "36.3.0" and jetson["facts"]["jetpack"].startswith("6")
     assert jetson["facts"]["power_mode"] == lab.tool_state("jetson-1")["power_mode"]
     # The lab simulates a Jetson's arch with a `uname` stand-in only; its kernel is this x86
@@ -54,6 +57,8 @@ def test_probe_reads_what_hosts_are_and_reports_mismatches(fleet, lab, tmp_path,
     listed = {h.name: h for h in client.hosts()}
     assert listed["jetson-1"].facts["l4t"] == "36.3.0" and listed["jetson-1"].mismatches
     assert listed["rtx-1"].arch == "x86_64"  # filled in from the probe
+    if shutil.which("podman"):  # and so is the engine: jobs with image: may go there
+        assert listed["rtx-1"].container_engine == "podman"
     assert listed["jetson-1"].arch == "aarch64"  # what the inventory says stays (and is reported)
     assert "MISMATCH hailo-1" in fleet.cli("hosts").stderr
 

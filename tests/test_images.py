@@ -659,3 +659,15 @@ def test_image_names_are_registry_references_never_engine_transports():
     unlabelled = LocalImage("fleet-runner-cpu-ort:1-x86_64", "podman", 1, labelled=False)
     assert runner.may_ship([]) and not derived.may_ship([]) and not unlabelled.may_ship([])
     assert derived.may_ship(["corp/*"]) and not derived.may_ship(["corp/other*"])
+
+
+def test_the_probe_finds_a_container_engine_the_login_can_use():
+    """``fleet hosts probe`` (plain commands or fleet's fact script) reports the engine whose
+    ``info`` answered for the login; nothing else is taken for an engine."""
+    from fleet import probe
+
+    assert probe.parse({"tools": {"text": "\n@@@container_engine\npodman\n"}})["container_engine"] == "podman"
+    assert probe.parse({"tools": {"source": "facts.d", "container_engine": "docker"}})["container_engine"] == "docker"
+    assert "container_engine" not in probe.parse({"tools": {"source": "facts.d", "container_engine": "sh -c x"}})
+    fact = (REPO / "playbooks" / "files" / "fleet.fact").read_text()
+    assert 'out([path, "info"])' in fact and "container_engine" in (REPO / "playbooks" / "facts.yml").read_text()

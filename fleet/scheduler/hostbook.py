@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from fleet.errors import NotFound
-from fleet.inventory import ARCH_ALIASES, UNKNOWN_ARCH, Host
+from fleet.inventory import ARCH_ALIASES, CONTAINER_ENGINES, UNKNOWN_ARCH, Host
 from fleet.models.enums import Health
 from fleet.runners import manifests
 from fleet.scheduler.placement import Demand, HostView, dynamic_reason, rank, static_reason
@@ -129,7 +129,10 @@ class HostBook:
         only reported (``fleet hosts``: MISMATCH)."""
         host = self.hosts.get(name)
         if host is not None and host.arch == UNKNOWN_ARCH and facts.get("arch") in ARCH_ALIASES.values():
-            self.hosts[name] = dataclasses.replace(host, arch=facts["arch"])
+            host = self.hosts[name] = dataclasses.replace(host, arch=facts["arch"])
+        if host is not None and host.container_engine is None and facts.get("container_engine") in CONTAINER_ENGINES:
+            # jobs with image: may run there (fleet_container_engine, found by the probe)
+            self.hosts[name] = dataclasses.replace(host, container_engine=facts["container_engine"])
 
     def set_health(self, name: str, health: Health, message: str | None) -> None:
         if self.health.get(name, Health.GOOD) is not health:
