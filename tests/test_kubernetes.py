@@ -175,7 +175,7 @@ def test_the_lab_first_then_the_cloud_once_the_queue_is_deep(fleet, cluster, tmp
     _good(client, "kubernetes-nvidia-t4")
     spec = {"burst": "allowed", "resources": {"accelerator": "nvidia-t4"}}
     first = client.submit({**spec, "name": "lab-first", "run": "sleep 60"}).id
-    eventually(lambda: client.job(first).state == "RUNNING", what="first job running")
+    eventually(lambda: client.job(first).state == "RUNNING", timeout=120, what="first job running")
     assert client.job(first).attempt_list[0].host == "localhost"
     waiting = [client.submit({**spec, "name": f"w{i}", "run": "echo ran in $FLEET_HOST"}).id for i in range(2)]
     never = client.submit({"name": "never", "resources": {"accelerator": "nvidia-t4"}, "run": "true"}).id
@@ -206,7 +206,7 @@ def test_a_pod_no_node_takes_goes_back_to_the_lab(fleet, cluster, tmp_path):
         cluster, tmp_path, backend={"provision_timeout": 2}))
     _good(client, "localhost")
     blocker = client.submit({"name": "blocker", "resources": {"accelerator": "nvidia-t4"}, "run": "sleep 60"}).id
-    eventually(lambda: client.job(blocker).state == "RUNNING", what="blocker running")
+    eventually(lambda: client.job(blocker).state == "RUNNING", timeout=120, what="blocker running")
     job = client.submit({"name": "bursty", "burst": "allowed", "resources": {"accelerator": "nvidia-t4"},
                          "run": "echo ran in $FLEET_HOST"}).id
     back = eventually(lambda: (d := client.job(job)).attempt_list and d.attempt_list[0].reason and d,
@@ -233,7 +233,7 @@ def test_a_pod_that_loses_its_node_is_retried(fleet, cluster, tmp_path, how):
     job = client.submit({"name": "long", "burst": "only", "resources": {"accelerator": "nvidia-t4"},
                          "run": 'if [ "$FLEET_ATTEMPT_ID" = "$(cat ../../first 2>/dev/null)" ]; then :; fi; '
                                 "echo start; sleep 3; echo done"}).id
-    detail = eventually(lambda: (d := client.job(job)).state == "RUNNING" and d, what="running")
+    detail = eventually(lambda: (d := client.job(job)).state == "RUNNING" and d, timeout=120, what="running")
     pod = _pod_of(cluster, detail.attempt_list[0].id)
     eventually(lambda: pod in cluster.running, timeout=10, what="pod running")
     cluster.add_node("spot-2", T4, gpus=1)
@@ -262,7 +262,7 @@ def test_cancel_timeout_image_errors_and_exit_codes_in_pods(fleet, cluster, tmp_
     bad = client.submit({**only, "name": "bad", "run": "echo oops >&2; exit 3"}).id
     pull = client.submit({"burst": "only", "resources": {"accelerator": "nvidia-l4"}, "name": "pull",
                           "run": "true"}).id
-    detail = eventually(lambda: (d := client.job(nap)).state == "RUNNING" and d, what="nap running")
+    detail = eventually(lambda: (d := client.job(nap)).state == "RUNNING" and d, timeout=120, what="nap running")
     pod = _pod_of(cluster, detail.attempt_list[0].id)
     eventually(lambda: pod in cluster.running, timeout=10, what="nap's pod running")
     client.cancel(nap)
@@ -287,7 +287,7 @@ def test_pods_survive_a_controller_kill_9_and_are_never_created_twice(fleet, clu
     ids = [client.submit({"name": f"k{i}", "burst": "only", "resources": {"accelerator": "nvidia-t4"},
                           "run": script}).id for i in range(3)]
     for job_id in ids:
-        eventually(lambda j=job_id: client.job(j).state == "RUNNING", what=f"{job_id} running")
+        eventually(lambda j=job_id: client.job(j).state == "RUNNING", timeout=120, what=f"{job_id} running")
     kill_server(fleet)
     client = fleet.start(_inventory(tmp_path), config=config)
     expected = "".join(f"line {i}\n" for i in range(40))
