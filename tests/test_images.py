@@ -470,7 +470,16 @@ def test_each_classs_device_is_in_the_engines_container_config(cpu_image, podman
     name = f"fleet-{attempt}"
     try:
         eventually(lambda: "up" in (adir / "log").read_text().split(), timeout=60, what="the container running")
-        attrs = podman_api.containers.get(name).attrs
+
+        def seen() -> dict | None:  # podman's API service can lag a moment behind its CLI's writes
+            import docker
+
+            try:
+                return podman_api.containers.get(name).attrs
+            except docker.errors.NotFound:
+                return None
+
+        attrs = eventually(seen, timeout=30, what=f"podman's API to see {name} (log: {(adir / 'log').read_text()[-300:]!r})")
         host_config = attrs["HostConfig"]
         assert attrs["Config"]["User"] == "4242:4242"
         assert host_config["NetworkMode"] == "none"
