@@ -412,7 +412,7 @@ def podman_api(tmp_path):
         service.wait(10)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def class_devices():
     """The device nodes the classes' flags name, where this machine has none: /dev/hailo0 (a
     character device like /dev/null) and a CDI spec for nvidia.com/gpu=all giving /dev/nvidia0
@@ -427,11 +427,13 @@ def class_devices():
     if not cdi:
         spec = Path("/var/run/cdi/fleet-test-nvidia.json")
         spec.parent.mkdir(parents=True, exist_ok=True)
-        spec.write_text(json.dumps({
+        part = spec.with_suffix(".part")  # whole or absent for a podman reading the directory
+        part.write_text(json.dumps({
             "cdiVersion": "0.5.0", "kind": "nvidia.com/gpu",
             "devices": [{"name": "all", "containerEdits": {"deviceNodes": [
                 {"path": "/dev/nvidia0", "hostPath": "/dev/null"}]}}],
             "containerEdits": {"env": ["NVIDIA_VISIBLE_DEVICES=all"]}}))
+        part.rename(spec)
         made.append(spec)
     yield
     for path in made:
@@ -459,7 +461,7 @@ def test_each_classs_device_is_in_the_engines_container_config(cpu_image, podman
     attempt = f"a{os.getpid()}{accelerator.replace('-', '')}"
     # a one-slot job on a two-slot host the probe found 2 cores and 1 GiB on: half of each
     limits = containers.limits(host, 1, {"cores": 2, "memory_mb": 1024})
-    script = containers.wrap(host, cpu_image, attempt, ["sh", "-c", "ls /dev; echo up; sleep 120"],
+    script = containers.wrap(host, cpu_image, attempt, ["sh", "-c", "ls /dev; echo fleet-test-up; sleep 120"],
                              network=False, grace=3, limits=limits)
     adir = tmp_path / "attempt"
     adir.mkdir()
@@ -469,7 +471,8 @@ def test_each_classs_device_is_in_the_engines_container_config(cpu_image, podman
         proc = subprocess.Popen(script, cwd=adir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     name = f"fleet-{attempt}"
     try:
-        eventually(lambda: "up" in (adir / "log").read_text().split(), timeout=60, what="the container running")
+        eventually(lambda: "fleet-test-up" in (adir / "log").read_text().split(), timeout=60,
+                   what=f"the container running (log: {adir / 'log'})")
 
         def seen() -> dict | None:  # podman's API service can lag a moment behind its CLI's writes
             import docker
