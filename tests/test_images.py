@@ -18,6 +18,7 @@ import pytest
 
 from fleet import images as img
 from tests.helpers import eventually, kill_server
+from tests.lab.fixtures import requires_sshd
 
 # One worker builds the CPU image once (a module fixture): the tests that use it go together.
 pytestmark = pytest.mark.xdist_group("images")
@@ -335,6 +336,7 @@ echo made-by-bob > out.txt
 """
 
 
+@requires_sshd
 @pytest.mark.timeout(300)
 def test_isolation_container_runs_each_users_job_in_a_container_of_its_own_as_their_account(
         fleet, lab, cpu_image, tmp_path):
@@ -346,10 +348,6 @@ def test_isolation_container_runs_each_users_job_in_a_container_of_its_own_as_th
     import tempfile
 
     from tests.conftest import add_user
-    from tests.lab.fixtures import have_sshd
-
-    if not have_sshd():
-        pytest.skip("needs root and sshd for a real SSH host")
     host = lab.add_hosts("rtx5060", 1, kind="openssh", slots=3)[0]
     (fleet.home / "known_hosts").write_text(lab.known_hosts_text())
     work = Path(tempfile.mkdtemp(prefix="fleet-ctr-"))
@@ -512,6 +510,7 @@ def test_each_classs_device_is_in_the_engines_container_config(cpu_image, podman
                what="the container stopped and removed after TERM")
 
 
+@requires_sshd
 @pytest.mark.timeout(600)
 def test_an_image_the_host_lacks_is_shipped_from_the_controller_with_progress(fleet, lab, cpu_image, tmp_path):
     """A lab host whose engine has no copy of the job's image (its own storage root, as a
@@ -520,10 +519,6 @@ def test_an_image_the_host_lacks_is_shipped_from_the_controller_with_progress(fl
     runs in it. A controller kill -9 while it ships, and again while it runs, loses no line and
     repeats none: the host's log starts with the lines the controller holds. A second job finds the image there. An image of
     the controller's that is not a runner image is not shipped (a user names it)."""
-    from tests.lab.fixtures import have_sshd
-
-    if not have_sshd():
-        pytest.skip("needs root and sshd for a real SSH host")
     host = lab.add_hosts("rtx5060", 1, kind="openssh", slots=2)[0]
     (fleet.home / "known_hosts").write_text(lab.known_hosts_text())
     storage = tmp_path / "host-storage"
