@@ -19,7 +19,8 @@ honest approximation of Kubernetes, not Kubernetes:
   streams stdout+stderr to the log, and reports Running / Succeeded / Failed with the exit
   code; a deleted pod's process is stopped (TERM, KILL after its grace period) — at once, where
   a real API server would keep the pod Terminating until its containers exit;
-* what the test does to the cluster: add and remove nodes (a node lost: its pods deleted by the
+* what the test does to the cluster: end the watches, hold pod listings back (a listing
+  taken before a pod was made, answered after), add and remove nodes (a node lost: its pods deleted by the
   pod garbage collector; pre-empted: its pods Failed/``Terminated`` with a DisruptionTarget
   condition, as GKE reports spot pre-emption), evict a pod.
 """
@@ -113,7 +114,14 @@ class Emulator(kmock.KubernetesEmulator):
                 listing = json.loads(response.body)  # type: ignore[arg-type]
                 listing["items"] = [o for o in listing.get("items") or []
                                     if _selected(o, labels) and _fields_selected(o, fields)]
-                return web.json_response(listing)
+                response = web.json_response(listing)
+            cluster = self.cluster
+            if cluster is not None and request.resource.plural == "pods" and "limit" not in query:
+                cluster.pod_lists += 1
+                if cluster.hold_lists:
+                    cluster.lists_held += 1  # taken now, answered when the test lets it go
+                    while cluster.hold_lists:
+                        await asyncio.sleep(0.02)
             return response
         return await super()._handle(request)
 
@@ -171,6 +179,11 @@ class FakeCluster:
         self.images: dict[str, str] = {}  # pod -> the image it asked for
         self.told: dict[str, str] = {}  # pod -> the last FailedScheduling message
         self.paused = False  # the scheduler and kubelet stop acting (pods stay as they are)
+        # Whole pod listings (not those with a limit) are taken, then held back while this is
+        # True: what a slow API server does to a listing a pod is made during.
+        self.hold_lists = False
+        self.lists_held = 0
+        self.pod_lists = 0  # whole pod listings served
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
@@ -304,6 +317,15 @@ class FakeCluster:
                         "exitCode": 137, "reason": "Error", "finishedAt": _now()}}}]})
             else:
                 await self._api("DELETE", f"/api/v1/namespaces/{self.namespace}/pods/{pod}")
+
+    def break_watches(self) -> None:
+        """End every watch being served (as an API server does at its timeout or restart)."""
+        self.call(self._break_watches())
+
+    async def _break_watches(self) -> None:
+        assert self.emulator is not None
+        for task in list(self.emulator.streams):
+            task.cancel()
 
     def evict(self, pod: str) -> None:
         self.call(self._evict(pod))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -165,6 +166,18 @@ def _pod_of(cluster: FakeCluster, attempt_id: str) -> str:
     return f"fleet-{attempt_id}"
 
 
+def _wait_running(fleet, cluster: FakeCluster, pod: str) -> None:
+    """Wait for the kubelet to run ``pod``; a failure says what became of it."""
+    try:
+        eventually(lambda: pod in cluster.running, timeout=30, what=f"pod {pod} running")
+    except AssertionError as exc:
+        log = (cluster.root / "pods" / f"{pod}.log")
+        raise AssertionError(f"{exc}; the pod: {cluster.pod(pod)}; ended: {cluster.ended.get(pod)}; "
+                             f"started: {cluster.started}; its log: "
+                             f"{log.read_text()[-1500:] if log.exists() else None}; "
+                             f"server log: {fleet.server_log()[-2000:]}") from None
+
+
 def test_the_lab_first_then_the_cloud_once_the_queue_is_deep(fleet, cluster, tmp_path):
     """``burst: allowed`` jobs take the lab's free host; with the lab full they wait until the
     queue is deeper than the policy's depth, and ``fleet why`` says so; ``fleet jobs`` shows
@@ -230,12 +243,16 @@ def test_a_pod_that_loses_its_node_is_retried(fleet, cluster, tmp_path, how):
     the job runs again, here on a second node."""
     cluster.add_node("spot-1", T4, gpus=1)
     client = fleet.start(_inventory(tmp_path), config=_config(cluster, tmp_path))
+    # The first pod runs until its node goes (however late the test sees it running); the
+    # second finds the first one's mark and ends at once.
+    mark = tmp_path / "first-pod-ran"
     job = client.submit({"name": "long", "burst": "only", "resources": {"accelerator": "nvidia-t4"},
-                         "run": 'if [ "$FLEET_ATTEMPT_ID" = "$(cat ../../first 2>/dev/null)" ]; then :; fi; '
-                                "echo start; sleep 3; echo done"}).id
+                         "run": f"echo start; if [ -e {mark} ]; then echo done; exit 0; fi; "
+                                f"touch {mark}; sleep 120"}).id
     detail = eventually(lambda: (d := client.job(job)).state == "RUNNING" and d, timeout=120, what="running")
     pod = _pod_of(cluster, detail.attempt_list[0].id)
-    eventually(lambda: pod in cluster.running, timeout=10, what="pod running")
+    _wait_running(fleet, cluster, pod)
+    eventually(mark.exists, timeout=60, what="the job running in its first pod")
     cluster.add_node("spot-2", T4, gpus=1)
     if how == "evicted":
         cluster.evict(pod)
@@ -247,6 +264,51 @@ def test_a_pod_that_loses_its_node_is_retried(fleet, cluster, tmp_path, how):
     assert first.reason == "host_lost", first
     assert {"preempted": "Terminated", "evicted": "Evicted", "lost": "vanished"}[how] in first.message
     assert second.state == "SUCCEEDED" and len(cluster.started) == 2
+
+
+def test_a_pod_made_while_the_sweep_lists_is_not_swept(fleet, cluster, tmp_path):
+    """The retention sweep lists pods, then secrets, and removes what no followed attempt
+    owns. An attempt launched while the pod listing was on its way has a secret and a pod
+    the listing predates: it is followed, so nothing of it goes (it went, and the attempt was
+    lost and run again: seen on a loaded CI machine, where the first pass came at start)."""
+    cluster.add_node("gpu-1", T4, gpus=1)
+    client = fleet.start(_inventory(tmp_path), config=_config(cluster, tmp_path, gc_interval=1))
+    _good(client, "kubernetes-nvidia-t4")
+    cluster.hold_lists = True  # the watch lasts; the next whole listing is the sweep's
+    eventually(lambda: cluster.lists_held >= 1, timeout=30, what="the sweep listing pods")
+    job = client.submit({"name": "during", "burst": "only", "resources": {"accelerator": "nvidia-t4"},
+                         "run": "echo made during the sweep"}).id
+    eventually(lambda: cluster.emulator.created, timeout=60, what="the pod made")
+    cluster.hold_lists = False
+    done = client.wait(job, 60)
+    assert done.state == "SUCCEEDED" and len(done.attempt_list) == 1, (done, fleet.server_log()[-2000:])
+    assert len(cluster.emulator.created) == 1 and len(cluster.started) == 1
+
+
+def test_a_pod_made_while_the_watch_lists_again_is_not_taken_for_gone(fleet, cluster, tmp_path):
+    """The backend lists its pods again whenever its watch breaks. A listing taken before a pod
+    was made and answered after it lacks that pod: the pod is asked for again, not taken for
+    vanished (which would give the attempt up and make a second pod)."""
+    cluster.add_node("gpu-1", T4, gpus=1)
+    client = fleet.start(_inventory(tmp_path), config=_config(cluster, tmp_path, gc_interval=3600))
+    _good(client, "kubernetes-nvidia-t4")
+    # The retention sweep's one pass at start has come and gone: the next whole listing is the
+    # watch's (were it the sweep's, the test could pass without the fix, never fail with it).
+    eventually(lambda: cluster.pod_lists >= 1, timeout=30, what="the watch's first listing")
+    time.sleep(2)
+    cluster.paused = True  # the pod waits while no watch tells its changes (kmock keeps no history)
+    cluster.hold_lists = True
+    cluster.break_watches()
+    eventually(lambda: cluster.lists_held >= 1, timeout=30, what="the backend listing its pods again")
+    job = client.submit({"name": "during", "burst": "only", "resources": {"accelerator": "nvidia-t4"},
+                         "run": "echo made during a listing"}).id
+    eventually(lambda: cluster.emulator.created, timeout=60, what="the pod made")
+    cluster.hold_lists = False
+    eventually(lambda: cluster.emulator.streams, timeout=30, what="the watch again")
+    cluster.paused = False
+    done = client.wait(job, 60)
+    assert done.state == "SUCCEEDED" and len(done.attempt_list) == 1, (done, fleet.server_log()[-2000:])
+    assert len(cluster.emulator.created) == 1 and len(cluster.started) == 1
 
 
 def test_cancel_timeout_image_errors_and_exit_codes_in_pods(fleet, cluster, tmp_path):
@@ -264,7 +326,7 @@ def test_cancel_timeout_image_errors_and_exit_codes_in_pods(fleet, cluster, tmp_
                           "run": "true"}).id
     detail = eventually(lambda: (d := client.job(nap)).state == "RUNNING" and d, timeout=120, what="nap running")
     pod = _pod_of(cluster, detail.attempt_list[0].id)
-    eventually(lambda: pod in cluster.running, timeout=10, what="nap's pod running")
+    _wait_running(fleet, cluster, pod)
     client.cancel(nap)
     assert client.wait(nap, 30).state == "CANCELLED"
     eventually(lambda: cluster.pod(pod) is None, timeout=10, what="cancelled pod deleted")

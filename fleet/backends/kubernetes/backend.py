@@ -27,6 +27,7 @@ import contextlib
 import json
 import logging
 import shutil
+import signal
 import time
 from datetime import datetime
 from pathlib import Path
@@ -115,6 +116,8 @@ class KubernetesBackend(Backend):
         self._core: Any = None
         self._lock = asyncio.Lock()
         self._pods: dict[str, dict[str, Any]] = {}  # pod name -> latest object seen
+        self._sightings = 0  # counts _see calls: a listing does not overrule what came after it
+        self._seen_at: dict[str, int] = {}  # pod name -> the sighting that last stored it
         self._changed: dict[str, asyncio.Event] = {}
         self._watching = False
         self._watch_task: asyncio.Task[None] | None = None
@@ -198,10 +201,13 @@ class KubernetesBackend(Backend):
         if not name or not self._mine(pod):
             return
         self._pods[name] = pod
+        self._sightings += 1
+        self._seen_at[name] = self._sightings
         self._poke(name)
 
     def _gone(self, name: str) -> None:
         self._pods.pop(name, None)
+        self._seen_at.pop(name, None)
         self._poke(name)
 
     def _poke(self, name: str) -> None:
@@ -216,6 +222,7 @@ class KubernetesBackend(Backend):
         ns, sel = self.settings.namespace, manifest.selector(self.backend)
         while True:
             try:
+                asked = self._sightings
                 resp = await core.list_namespaced_pod(ns, label_selector=sel, _preload_content=False)
                 if resp.status >= 400:
                     raise BackendError(f"list pods: HTTP {resp.status}: {(await resp.read())[:300]!r}")
@@ -223,8 +230,13 @@ class KubernetesBackend(Backend):
                 names = set()
                 for pod in listing.get("items") or []:
                     names.add(pod["metadata"]["name"])
-                    self._see(pod)
+                    if self._seen_at.get(pod["metadata"]["name"], 0) <= asked:  # not newer news
+                        self._see(pod)
                 for name in set(self._pods) - names:
+                    # A pod this controller made (or saw) while the listing was on its way may
+                    # be missing from it: asked again, not taken for gone.
+                    if self._seen_at.get(name, 0) > asked and await self._read(name) is not None:
+                        continue
                     self._gone(name)
                 self._watching = True
                 version = (listing.get("metadata") or {}).get("resourceVersion")
@@ -338,6 +350,7 @@ class KubernetesBackend(Backend):
         # Kept, not announced: a follower reading the pod itself must not wake itself again.
         if pod is None:
             self._pods.pop(name, None)
+            self._seen_at.pop(name, None)
         elif self._mine(pod):
             self._pods[name] = pod
         return pod
@@ -359,9 +372,15 @@ class KubernetesBackend(Backend):
             await self._read(name)
 
     def _ended_without_pod(self, aid: str, why: str) -> Outcome:
+        """The pod is gone and fleet did not delete it. What the pod handed in decides, unless
+        it says its job was stopped by TERM or KILL: that is the node going down under it
+        (a kubelet stops the containers of a node that shuts down), not the job's failure."""
         status = self.callback.read(aid, "status.json")
         if isinstance(status, dict) and status.get("ended_at"):
-            return self._from_status(aid, status, None)
+            outcome = self._from_status(aid, status, None)
+            if outcome.signal not in (signal.SIGTERM, signal.SIGKILL) or outcome.timed_out:
+                return outcome
+            why = f"{why}; its job was stopped by signal {outcome.signal} as it went"
         return Outcome(exit_code=None, lost=why)
 
     async def _follow(self, plan: AttemptPlan, cls: ClassSettings, name: str, sink: AttemptSink,
@@ -604,7 +623,7 @@ class KubernetesBackend(Backend):
         ``max_age`` seconds after the attempt ended."""
         if host.name != self.hosts[0].name:
             return None  # one sweep serves every class of the backend
-        kept = set(keep) | self._following
+        kept = set(keep)
         ns, sel = self.settings.namespace, manifest.selector(self.backend)
         pods = (await self._call("list pods", "list_namespaced_pod", ns, label_selector=sel)).get("items") or []
         secrets = (await self._call("list secrets", "list_namespaced_secret", ns, label_selector=sel)).get("items") or []
@@ -615,15 +634,17 @@ class KubernetesBackend(Backend):
             found = meta.get("labels") or {}
             aid = found.get(manifest.ATTEMPT)
             # A pod still running is kill_stale's to decide; a secret whose pod may still start stays.
-            if aid and aid not in kept and found.get(manifest.BACKEND) == self.backend \
-                    and meta.get("name") not in live:
+            # What is followed is asked now, not before the listings: an attempt launched while
+            # they were on their way has a secret and pod the pod listing may predate.
+            if aid and aid not in kept and aid not in self._following \
+                    and found.get(manifest.BACKEND) == self.backend and meta.get("name") not in live:
                 await self._delete(manifest.pod_name(aid), 0)
         removed = freed = left = 0
         now = time.time()
         for d in sorted(self.callback.root.iterdir()) if self.callback.root.exists() else []:
             size = sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
             ended = d / "outcome.json"
-            if d.name not in kept and ended.exists() and now - ended.stat().st_mtime > max_age:
+            if d.name not in kept and d.name not in self._following and ended.exists() and now - ended.stat().st_mtime > max_age:
                 shutil.rmtree(d, ignore_errors=True)
                 removed, freed = removed + 1, freed + size
             else:
