@@ -137,6 +137,7 @@ async def serve(settings: Settings, options: ServeOptions) -> None:
     server = uvicorn.Server(config)
 
     lease.url = settings.advertise_url or url
+    unwatch = scheduler.metrics.watch_loop()
     scheduler.fence = lambda: None if lease.held else keep_or_step_down(lease)
     elector = asyncio.create_task(lead(lease, scheduler, disk), name="fleet-leader")
     await asyncio.sleep(0)  # lead() takes a free lease and starts the scheduler before requests come
@@ -167,6 +168,7 @@ async def serve(settings: Settings, options: ServeOptions) -> None:
         await asyncio.gather(elector, collector, matrices, return_exceptions=True)
         await scheduler.stop()
         await hub.stop()
+        unwatch()
         if scheduler.leading:
             lease.release()  # a follower takes over now instead of after the lease time
         db.dispose()

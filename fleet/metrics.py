@@ -23,6 +23,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
+from fleet import loopwatch
 from fleet.models.enums import TERMINAL_STATES, Health, JobState, Reason
 from fleet.models.tables import Job
 
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
 # A scheduling pass or a database write: milliseconds matter (the issue's 50 ms bar).
 FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+# A callback that held the event loop (fleet.loopwatch counts those of 5 ms or more).
+HOLD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 15)
 _JOBS = Job.__table__  # type: ignore[attr-defined]
 ACTIVE_STATES = tuple(s.value for s in JobState if s not in TERMINAL_STATES)
 
@@ -64,6 +67,21 @@ class Metrics:
         self.db_write = Histogram(
             "fleet_db_write_duration_seconds", "Duration of one database write transaction.",
             buckets=FAST_BUCKETS, registry=r)
+        self.loop_hold = Histogram(
+            "fleet_event_loop_hold_seconds",
+            "Callbacks that held the event loop 5 ms or more (a request, a pass, a packet), by "
+            "how long: nothing else is served meanwhile.", buckets=HOLD_BUCKETS, registry=r)
+
+    def watch_loop(self) -> Callable[[], None]:
+        """Count the callbacks that hold this process's event loop (fleet.loopwatch), and log
+        the longest ones; returns the function that stops it."""
+        reporter = loopwatch.Reporter()
+
+        def held(took: float, handle: object) -> None:
+            self.loop_hold.observe(took)
+            reporter(took, handle)
+
+        return loopwatch.watch(held)
 
     def job_ended(self, queue: str, state: JobState) -> None:
         self.jobs_ended.labels(state.value, queue).inc()

@@ -4,9 +4,12 @@ values checked against what the test made happen (in process: tests/harness.py).
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from fleet import loopwatch
 from fleet.leader import LeaderLease
 from fleet.models.enums import Health
 from tests.harness import Harness, harness, host
@@ -129,3 +132,42 @@ async def test_a_users_scrape_holds_nobodys_jobs_or_names(tmp_path):
         assert 'user="' not in resp.text  # no metric is labelled by user
         families = {f.name for f in text_string_to_metric_families(resp.text)}
         assert {"fleet_jobs", "fleet_hosts", "fleet_attempts_ended"} <= families
+
+
+async def test_a_callback_that_holds_the_loop_is_counted_and_the_longest_named(tmp_path, caplog):
+    """fleet.loopwatch: a callback of 60 ms shows in fleet_event_loop_hold_seconds (in the
+    (0.05, 0.1] bucket); the loop's ordinary short callbacks are not counted."""
+    async with harness(tmp_path, [host("h1")]) as h:
+        stop = h.scheduler.metrics.watch_loop()
+        try:
+            before = await scrape(h)
+
+            def hog() -> None:
+                time.sleep(0.06)
+
+            loop = asyncio.get_running_loop()
+            loop.call_soon(hog)
+            for _ in range(1000):
+                loop.call_soon(int)
+            for _ in range(20):
+                await asyncio.sleep(0)
+            after = await scrape(h)
+        finally:
+            stop()
+
+        def diff(name: str, **labels: str) -> float:
+            return one(after, name, **labels) - one(before, name, **labels)
+
+        # (0.05, 0.1]: the hog (a loaded machine may add others, never take it away)
+        assert diff("fleet_event_loop_hold_seconds_bucket", le="0.1") \
+            - diff("fleet_event_loop_hold_seconds_bucket", le="0.05") >= 1
+        assert diff("fleet_event_loop_hold_seconds_sum") >= 0.06
+        # a thousand empty callbacks ran too; at most a few were slowed by the machine
+        assert diff("fleet_event_loop_hold_seconds_count") <= 10
+    caplog.set_level(logging.WARNING, logger="fleet.loop")
+    report = loopwatch.Reporter(every=10)
+    report(0.7, "<Handle hog()>")
+    report(0.9, "<Handle hog2()>")  # within 10 s of the first: not logged again
+    report(0.1, "<Handle short()>")
+    lines = [r.getMessage() for r in caplog.records if r.name == "fleet.loop"]
+    assert lines == ["the event loop was held 700 ms by '<Handle hog()>'"], lines
