@@ -244,6 +244,32 @@ class Stalls:
         self.worst, self.samples, self.every = 0.0, 0, every
 
 
+async def holds(http: httpx.AsyncClient, name: str = "fleet_event_loop_hold_seconds") -> dict[float, float]:
+    """The controller's own count of callbacks that held its event loop (fleet.loopwatch), or
+    of its garbage collections' pauses: upper bound of each bucket -> how many took at most
+    that long (the histogram's generations summed)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[float, float] = {}
+    for f in text_string_to_metric_families((await http.get("/metrics")).text):
+        if f.name == name:
+            for s in f.samples:
+                if s.name.endswith("_bucket"):
+                    le = float(s.labels["le"])
+                    out[le] = out.get(le, 0.0) + s.value
+    return out
+
+
+def longest_hold(before: dict[float, float], after: dict[float, float]) -> tuple[float, int]:
+    """(the smallest bucket bound that holds every hold between two scrapes, how many held the
+    loop 50 ms or more): from the histogram, so the figure is a bucket's upper bound."""
+    grew = {le: after.get(le, 0.0) - before.get(le, 0.0) for le in after}
+    total = grew.get(float("inf"), 0.0)
+    bound = next((le for le in sorted(grew) if grew[le] >= total), 0.0) if total else 0.0
+    over = total - max((v for le, v in grew.items() if le <= 0.05), default=0.0)
+    return bound, int(over)
+
+
 def spec(i: int, seconds: float) -> dict[str, object]:
     return {"name": f"scale{i}", "run": f"sleep {seconds:g}", "resources": {"pool": "sim"}}
 
@@ -280,6 +306,7 @@ async def run(args: argparse.Namespace, url: str, token: str, pid: int, control:
         print(f"hosts:    {args.hosts} simulated hosts good after {time.monotonic() - started:.1f} s "
               f"(first connects)")
         stalls = Stalls(http)
+        held = await holds(http)
 
         t0 = time.time()
         await submit(http, slots, 600)
@@ -287,27 +314,41 @@ async def run(args: argparse.Namespace, url: str, token: str, pid: int, control:
             await asyncio.sleep(0.05)
         last = (await control.ask(f"launch_time {slots}"))["at"]
         figures["fill_s"] = float(last) - t0  # type: ignore[arg-type]
-        print(f"fill:     {slots} slots filled in {figures['fill_s']:.2f} s from the first POST (target <= 2 s)")
+        bound, over = longest_hold(held, await holds(http))
+        figures["fill_longest_hold_le_s"], figures["fill_holds_over_50ms"] = bound, over
+        print(f"fill:     {slots} slots filled in {figures['fill_s']:.2f} s from the first POST (target <= 2 s); "
+              f"loop held <= {bound:g} s at most, {over} times over 50 ms")
 
         stalls.reset()
+        held, paused = await holds(http), await holds(http, "fleet_gc_pause_seconds")
         t1 = time.monotonic()
         await submit(http, args.queue, 600, start=slots, batch=1000)
         took = time.monotonic() - t1
         figures["queue_submit_per_s"] = args.queue / took
         figures["queue_worst_health_ms"] = stalls.worst * 1000
+        bound, over = longest_hold(held, await holds(http))
+        figures["queue_longest_hold_le_s"], figures["queue_holds_over_50ms"] = bound, over
+        gc_bound, gc_over = longest_hold(paused, await holds(http, "fleet_gc_pause_seconds"))
+        figures["queue_longest_gc_le_s"], figures["queue_gc_over_50ms"] = gc_bound, gc_over
         print(f"queue:    {args.queue} more jobs queued at {figures['queue_submit_per_s']:.0f} jobs/s; "
-              f"longest GET /health meanwhile {figures['queue_worst_health_ms']:.0f} ms ({stalls.samples} polls)")
+              f"longest GET /health meanwhile {figures['queue_worst_health_ms']:.0f} ms ({stalls.samples} polls); "
+              f"the controller's loop held <= {bound:g} s at most, {over} times over 50 ms (target: none), "
+              f"of which garbage collections: {gc_over} over 50 ms, the longest <= {gc_bound:g} s")
 
         await asyncio.sleep(2)
         stalls.reset(every=1.0)  # a light look: the window measures the controller at rest
+        held = await holds(http)
         c0, w0 = cpu_seconds(pid), time.monotonic()
         await asyncio.sleep(args.window)
         figures["steady_cpu_pct"] = (cpu_seconds(pid) - c0) / (time.monotonic() - w0) * 100
         figures["rss_mb"] = rss_mb(pid)
         figures["steady_worst_health_ms"] = stalls.worst * 1000
+        bound, over = longest_hold(held, await holds(http))
+        figures["steady_longest_hold_le_s"], figures["steady_holds_over_50ms"] = bound, over
         print(f"steady:   {slots} running, {args.queue} queued: controller CPU "
               f"{figures['steady_cpu_pct']:.1f}% of a core (target <= 5%), RSS {figures['rss_mb']:.0f} MB "
-              f"(target <= 300 MB), longest GET /health {figures['steady_worst_health_ms']:.0f} ms")
+              f"(target <= 300 MB), longest GET /health {figures['steady_worst_health_ms']:.0f} ms, "
+              f"loop held <= {bound:g} s at most ({over} times over 50 ms)")
 
         for _ in range(10):
             await control.ask("end 20")

@@ -8,6 +8,7 @@ attempts stay detached on their hosts for the next controller.
 from __future__ import annotations
 
 import asyncio
+import gc
 import getpass
 import json
 import logging
@@ -138,6 +139,10 @@ async def serve(settings: Settings, options: ServeOptions) -> None:
 
     lease.url = settings.advertise_url or url
     unwatch = scheduler.metrics.watch_loop()
+    # What start-up made (modules, classes, the app's routes and schemas, the inventory) lives
+    # as long as the process: out of the collector's reach, a full collection walks only what
+    # came after (about 180,000 objects fewer each time; bench/scale.py).
+    gc.freeze()
     scheduler.fence = lambda: None if lease.held else keep_or_step_down(lease)
     elector = asyncio.create_task(lead(lease, scheduler, disk), name="fleet-leader")
     await asyncio.sleep(0)  # lead() takes a free lease and starts the scheduler before requests come

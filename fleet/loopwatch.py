@@ -13,6 +13,7 @@ runs every callback of a stock asyncio loop, once per process: two clock reads p
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Callable
@@ -60,6 +61,31 @@ def _install() -> None:
     _installed = True
 
 
+def watch_gc(observer: Callable[[int, float], None]) -> Callable[[], None]:
+    """Call ``observer(generation, seconds)`` after every garbage collection of this process
+    that took ``HOLD_MIN`` or more (a full collection walks every tracked object: with tens
+    of thousands of queued jobs and a thousand SSH connections, hundreds of milliseconds).
+    Returns the function that stops it."""
+    started = [0.0]
+    clock = time.perf_counter
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = clock()
+            return
+        took = clock() - started[0]
+        if took >= HOLD_MIN:
+            observer(info.get("generation", -1), took)
+
+    gc.callbacks.append(callback)
+
+    def stop() -> None:
+        if callback in gc.callbacks:
+            gc.callbacks.remove(callback)
+
+    return stop
+
+
 class Reporter:
     """Logs a hold over ``REPORT_OVER`` with its callback, at most once per ``every`` seconds
     (a flood of slow callbacks is one problem, not a thousand lines)."""
@@ -74,4 +100,17 @@ class Reporter:
         now = time.monotonic()
         if now - self._last >= self.every:
             self._last = now
-            log.warning("the event loop was held %.0f ms by %r", took * 1000, handle)
+            log.warning("the event loop was held %.0f ms by %s", took * 1000, describe(handle))
+
+
+def describe(handle: Any) -> str:
+    """What a callback was, in words: a task's step names the task and where its coroutine
+    now waits (the code that held the loop ran up to there); anything else, its repr."""
+    task = getattr(getattr(handle, "_callback", None), "__self__", None)
+    if isinstance(task, asyncio.Task):
+        coro = task.get_coro()
+        frame = getattr(coro, "cr_frame", None)
+        where = f" at {frame.f_code.co_filename}:{frame.f_lineno}" if frame is not None else ""
+        return f"task {task.get_name()} ({getattr(coro, '__qualname__', coro)}{where})"
+    return repr(handle)
+

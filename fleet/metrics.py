@@ -71,6 +71,10 @@ class Metrics:
             "fleet_event_loop_hold_seconds",
             "Callbacks that held the event loop 5 ms or more (a request, a pass, a packet), by "
             "how long: nothing else is served meanwhile.", buckets=HOLD_BUCKETS, registry=r)
+        self.gc_pause = Histogram(
+            "fleet_gc_pause_seconds", "Garbage collections of 5 ms or more, by generation (a "
+            "collection holds the event loop too: it is counted in the hold of the callback it "
+            "came in).", ["generation"], buckets=HOLD_BUCKETS, registry=r)
 
     def watch_loop(self) -> Callable[[], None]:
         """Count the callbacks that hold this process's event loop (fleet.loopwatch), and log
@@ -81,7 +85,14 @@ class Metrics:
             self.loop_hold.observe(took)
             reporter(took, handle)
 
-        return loopwatch.watch(held)
+        unwatch = loopwatch.watch(held)
+        unwatch_gc = loopwatch.watch_gc(lambda generation, took: self.gc_pause.labels(str(generation)).observe(took))
+
+        def stop() -> None:
+            unwatch()
+            unwatch_gc()
+
+        return stop
 
     def job_ended(self, queue: str, state: JobState) -> None:
         self.jobs_ended.labels(state.value, queue).inc()

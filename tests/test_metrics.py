@@ -4,6 +4,7 @@ values checked against what the test made happen (in process: tests/harness.py).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 
@@ -145,6 +146,11 @@ async def test_a_callback_that_holds_the_loop_is_counted_and_the_longest_named(t
             def hog() -> None:
                 time.sleep(0.06)
 
+            garbage = []
+            for _ in range(100_000):  # a full collection with this many more objects takes >= 5 ms
+                garbage.append([])
+            gc.collect()
+            del garbage
             loop = asyncio.get_running_loop()
             loop.call_soon(hog)
             for _ in range(1000):
@@ -164,10 +170,27 @@ async def test_a_callback_that_holds_the_loop_is_counted_and_the_longest_named(t
         assert diff("fleet_event_loop_hold_seconds_sum") >= 0.06
         # a thousand empty callbacks ran too; at most a few were slowed by the machine
         assert diff("fleet_event_loop_hold_seconds_count") <= 10
+        assert diff("fleet_gc_pause_seconds_count", generation="2") >= 1
     caplog.set_level(logging.WARNING, logger="fleet.loop")
+    caplog.clear()
     report = loopwatch.Reporter(every=10)
     report(0.7, "<Handle hog()>")
     report(0.9, "<Handle hog2()>")  # within 10 s of the first: not logged again
     report(0.1, "<Handle short()>")
     lines = [r.getMessage() for r in caplog.records if r.name == "fleet.loop"]
     assert lines == ["the event loop was held 700 ms by '<Handle hog()>'"], lines
+
+    async def napper() -> None:
+        await asyncio.sleep(0)
+        time.sleep(0.01)
+        await asyncio.sleep(3600)
+
+    seen: list[str] = []
+    stop = loopwatch.watch(lambda took, handle: seen.append(loopwatch.describe(handle)))
+    task = asyncio.create_task(napper(), name="the-napper")
+    for _ in range(10):
+        await asyncio.sleep(0)
+    stop()
+    task.cancel()
+    assert any(d.startswith("task the-napper (test_a_callback_that_holds_the_loop_is_counted_and_the_longest_named"
+                            ".<locals>.napper at ") and "test_metrics.py:" in d for d in seen), seen

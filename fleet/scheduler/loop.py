@@ -135,6 +135,7 @@ class Scheduler:
         # queue.depth events: what was last told, when, and the pending telling (coalesced).
         self._depth_told: dict[str, int] = {}
         self._depth_handle: asyncio.TimerHandle | None = None
+        self._depth_write: asyncio.Future[None] | None = None
         self._done: dict[str, asyncio.Event] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -225,6 +226,8 @@ class Scheduler:
             held.handle.cancel()
         if self._depth_handle is not None:
             self._depth_handle.cancel()
+        if self._depth_write is not None:
+            await asyncio.gather(self._depth_write, return_exceptions=True)
         if self._loop_task is not None:
             tasks.append(self._loop_task)
         for task in tasks:
@@ -293,11 +296,11 @@ class Scheduler:
         return job_id in self.pending or job_id in self.running or job_id in self.chains.waiting
 
     def _queued_job(self, job: Job | JobRef | NewJob, spec: JobSpec) -> QueuedJob:
-        inputs = [
+        inputs = tuple(
             InputFile(rel_path=_join(ref.host_path(name), rel, ref.kind), sha256=blob.sha256, size=blob.size)
             for name, ref in spec.uploaded().items()
             for rel, blob in ref.files.items()
-        ]
+        )
         return QueuedJob(job=JobRef.of(job), _spec=spec, demand=self.demand_of(spec, job.user), inputs=inputs)
 
     def _restored(self, job: Job | JobRef, spec: JobSpec) -> QueuedJob:
@@ -306,13 +309,13 @@ class Scheduler:
         for a in self.store.attempts(job.id) if job.attempt_count else []:
             reason = Reason(a.reason) if a.reason else None
             if reason is Reason.NO_CAPACITY and self._lab_takes(qj, a.host):
-                qj.no_capacity.add(a.host)  # as _retry decided (retry.Budget.BACK_TO_LAB)
+                qj.no_capacity = _with(qj.no_capacity, a.host)  # as _retry decided (retry.Budget.BACK_TO_LAB)
             elif reason is not None and REASON_CLASS.get(reason) is FailureClass.INFRA:
                 qj.infra_failures += 1
-                qj.failed_on.add(a.host)
+                qj.failed_on = _with(qj.failed_on, a.host)
             elif reason is Reason.EXIT_NONZERO:
                 qj.job_failures += 1
-                qj.failed_on.add(a.host)
+                qj.failed_on = _with(qj.failed_on, a.host)
         return qj
 
     def _enqueue(self, job: Job | JobRef | NewJob, spec: JobSpec) -> None:
@@ -450,11 +453,17 @@ class Scheduler:
         if not changed:
             return
         self._depth_told = depth
+        # Written by a worker thread: the event loop never waits for the database's write lock
+        # (held meanwhile by an API thread writing a batch of a thousand jobs: 50-90 ms).
+        self._depth_write = asyncio.get_running_loop().run_in_executor(
+            None, self._write_depth, {"queues": changed, "waiting": sum(depth.values())})
+
+    def _write_depth(self, data: dict[str, Any]) -> None:
         try:
-            self.store.add_event("queue.depth", data={"queues": changed, "waiting": sum(depth.values())})
+            self.store.add_event("queue.depth", data=data)
         except Exception:
             log.exception("writing a queue.depth event failed")
-            self._depth_told = {}
+            self._depth_told = {}  # told in full next time
 
     def _expire(self, job_id: str) -> None:
         """queue_timeout passed: the job ends no_capacity, saying why it could not start."""
@@ -631,7 +640,7 @@ class Scheduler:
             env, secrets, failure = {}, [], str(exc)
         self.logs.redact(attempt.id, secrets)
         return plans.build(qj.job.id, qj.spec, attempt.id, host, env=env, secrets=secrets,
-                           secret_failure=failure, inputs=qj.inputs, grace=self.kill_grace,
+                           secret_failure=failure, inputs=list(qj.inputs), grace=self.kill_grace,
                            run_as=plans.account_for(host, qj.job.user, self.owner),
                            facts=self.facts.get(host.name))
 
@@ -723,13 +732,13 @@ class Scheduler:
         if budget is None:
             return False
         if budget is retry.Budget.BACK_TO_LAB:
-            qj.no_capacity.add(host.name)
+            qj.no_capacity = _with(qj.no_capacity, host.name)
             return True
         if budget is retry.Budget.INFRA:
             qj.infra_failures += 1
         else:
             qj.job_failures += 1
-        qj.failed_on.add(host.name)
+        qj.failed_on = _with(qj.failed_on, host.name)
         return True
 
     def _lab_takes(self, qj: QueuedJob, host: str) -> bool:
@@ -788,6 +797,11 @@ class Scheduler:
         if not run.plan.follow_only and 0 < offset <= PREAMBLE_MAX:  # it may not have been launched yet
             run.plan.preamble = self.logs.read(job.id, attempt.id, 0, offset)[0]
         run.task = asyncio.create_task(self._run_attempt(run, offset), name=f"reattach-{attempt.id}")
+
+
+def _with(names: tuple[str, ...], name: str) -> tuple[str, ...]:
+    """``names`` and ``name``, each once (a queued job's hosts kept as a tuple: see QueuedJob)."""
+    return names if name in names else (*names, name)
 
 
 def _join(base: str, rel: str, kind: str) -> str:
