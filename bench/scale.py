@@ -19,7 +19,9 @@ Phases, each printed with its figure:
    held, or the server waited for a core; target: never > 50 ms). In the steady window it is
    polled once a second.
 3. **steady**: everything running and queued, ``--window`` seconds: the controller's CPU (% of
-   one core; target <= 5%) and RSS (target <= 300 MB).
+   one core; target <= 5%) and RSS (target <= 300 MB). Twice: right after the submission
+   (for ``SYNC_LAG`` = 10 s the leader's look for other replicas' jobs reads again every id
+   made in the last 10 s, twice a second: the burst's) and at rest, once that has passed.
 4. **turnover**: 200 running attempts end on the hosts (20 at a time): for each, the time
    until its host's freed slot has a new launch (p50/p99).
 
@@ -337,6 +339,11 @@ async def run(args: argparse.Namespace, url: str, token: str, pid: int, control:
 
         await asyncio.sleep(2)
         stalls.reset(every=1.0)  # a light look: the window measures the controller at rest
+        c0, w0 = cpu_seconds(pid), time.monotonic()
+        await asyncio.sleep(10)
+        figures["after_burst_cpu_pct"] = (cpu_seconds(pid) - c0) / (time.monotonic() - w0) * 100
+        print(f"after:    the 10 s after the submission: controller CPU {figures['after_burst_cpu_pct']:.1f}% of a core")
+        await asyncio.sleep(2)
         held = await holds(http)
         c0, w0 = cpu_seconds(pid), time.monotonic()
         await asyncio.sleep(args.window)
