@@ -469,8 +469,14 @@ def test_each_classs_device_is_in_the_engines_container_config(cpu_image, podman
         proc = subprocess.Popen(script, cwd=adir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     name = f"fleet-{attempt}"
     try:
-        eventually(lambda: "fleet-test-up" in (adir / "log").read_text().split(), timeout=60,
-                   what=f"the container running (log: {adir / 'log'})")
+        try:
+            eventually(lambda: "fleet-test-up" in (adir / "log").read_text().split(), timeout=60,
+                       what="the container running")
+        except AssertionError as exc:  # say what podman said, and what CDI specs it had
+            specs = {str(q): q.read_text()[:300] for d in ("/etc/cdi", "/var/run/cdi") if Path(d).is_dir()
+                     for q in Path(d).iterdir()}
+            raise AssertionError(f"{exc}; its log: {(adir / 'log').read_text()[-1500:]!r}; "
+                                 f"CDI specs: {specs}") from None
 
         def seen() -> dict | None:  # podman's API service can lag a moment behind its CLI's writes
             import docker
