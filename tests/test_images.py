@@ -414,28 +414,46 @@ def podman_api(tmp_path):
 def class_devices():
     """The device nodes the classes' flags name, where this machine has none: /dev/hailo0 (a
     character device like /dev/null) and a CDI spec for nvidia.com/gpu=all giving /dev/nvidia0
-    (as the NVIDIA Container Toolkit's would). A machine with its own keeps them."""
-    made: list[Path] = []
-    hailo = Path("/dev/hailo0")
-    if not hailo.exists():
-        os.mknod(hailo, 0o600 | 0o020000, os.makedev(1, 3))
-        made.append(hailo)
-    cdi = [p for d in ("/etc/cdi", "/var/run/cdi") for p in Path(d).glob("*") if "nvidia.com/gpu" in p.read_text()] \
-        if any(Path(d).is_dir() for d in ("/etc/cdi", "/var/run/cdi")) else []
-    if not cdi:
-        spec = Path("/var/run/cdi/fleet-test-nvidia.json")
-        spec.parent.mkdir(parents=True, exist_ok=True)
-        part = spec.with_suffix(".part")  # whole or absent for a podman reading the directory
-        part.write_text(json.dumps({
-            "cdiVersion": "0.5.0", "kind": "nvidia.com/gpu",
-            "devices": [{"name": "all", "containerEdits": {"deviceNodes": [
-                {"path": "/dev/nvidia0", "hostPath": "/dev/null"}]}}],
-            "containerEdits": {"env": ["NVIDIA_VISIBLE_DEVICES=all"]}}))
-        part.rename(spec)
-        made.append(spec)
+    (as the NVIDIA Container Toolkit's would). A machine with its own keeps them.
+
+    Several test processes (xdist workers) may run these tests at once and share the stand-ins:
+    each holds a shared lock while it uses them, and the last one out removes them (the first
+    one out removed the CDI spec under another's running test once: podman then said
+    'unresolvable CDI devices')."""
+    import fcntl
+
+    hailo, spec = Path("/dev/hailo0"), Path("/var/run/cdi/fleet-test-nvidia.json")
+    lock = open("/run/fleet-test-devices.lock", "a")  # held until the module ends
+    fcntl.flock(lock, fcntl.LOCK_EX)  # one process makes them at a time
+    try:
+        if not hailo.exists():
+            os.mknod(hailo, 0o600 | 0o020000, os.makedev(1, 3))
+            Path("/run/fleet-test-hailo0").touch()  # says the node is a stand-in of ours
+        cdi = [p for d in ("/etc/cdi", "/var/run/cdi") if Path(d).is_dir() for p in Path(d).glob("*.json")
+               if "nvidia.com/gpu" in p.read_text()]
+        if not cdi:
+            spec.parent.mkdir(parents=True, exist_ok=True)
+            part = spec.with_suffix(".part")  # whole or absent for a podman reading the directory
+            part.write_text(json.dumps({
+                "cdiVersion": "0.5.0", "kind": "nvidia.com/gpu",
+                "devices": [{"name": "all", "containerEdits": {"deviceNodes": [
+                    {"path": "/dev/nvidia0", "hostPath": "/dev/null"}]}}],
+                "containerEdits": {"env": ["NVIDIA_VISIBLE_DEVICES=all"]}}))
+            part.rename(spec)
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_SH)  # in use by this process until the module ends
     yield
-    for path in made:
-        path.unlink(missing_ok=True)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody else uses them any more
+    except BlockingIOError:
+        lock.close()
+        return
+    spec.unlink(missing_ok=True)
+    marker = Path("/run/fleet-test-hailo0")
+    if marker.exists():
+        hailo.unlink(missing_ok=True)
+        marker.unlink()
+    lock.close()
 
 
 @pytest.mark.timeout(300)
@@ -512,7 +530,10 @@ def test_each_classs_device_is_in_the_engines_container_config(cpu_image, podman
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(60)
-    eventually(lambda: name not in {c.name for c in podman_api.containers.list(all=True)}, timeout=60,
+    # the plain listing: the SDK's list() inspects each container after listing them, and one
+    # removed in between (this one, as it should be) answers 404
+    eventually(lambda: name not in {n.lstrip("/") for c in podman_api.api.containers(all=True)
+                                    for n in c.get("Names") or []}, timeout=60,
                what="the container stopped and removed after TERM")
 
 
