@@ -447,6 +447,9 @@ class Scheduler:
     def _tell_depth(self) -> None:
         """A ``queue.depth`` event: the queues whose number of waiting jobs changed."""
         self._depth_handle = None
+        if self._depth_write is not None and not self._depth_write.done():
+            self._queues_changed()  # the last one is still being written: told after it, in order
+            return
         depth = {key: len(q) for key, q in self.queues.items()}
         changed = {key: depth.get(key, 0) for key in depth.keys() | self._depth_told.keys()
                    if depth.get(key, 0) != self._depth_told.get(key, 0)}
