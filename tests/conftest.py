@@ -26,10 +26,30 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "long: a test that takes tens of seconds; runs first")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The longest tests first (longest-first keeps the workers' last tests short, so none waits
     alone at the end). Stable: every xdist worker gets the same order."""
     items.sort(key=lambda item: item.get_closest_marker("long") is None)
+    _xdist_groups(config, items)
+
+
+def _xdist_groups(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``--dist loadgroup`` sends the tests of one ``xdist_group`` to one worker by a suffix on
+    their node ids, which pytest-xdist 3.8 writes to ``item._nodeid``; pytest 9.2 keeps node ids
+    in ``item._id`` instead, so the groups were silently ignored (the image tests' module
+    fixtures, a CPU image build among them, ran on every worker at once). Written here the way
+    pytest 9.2 reads it; older pytest, where xdist's own works, is left alone."""
+    if not config.getvalue("loadgroup"):
+        return
+    try:
+        from _pytest.nodeid import coerce_node_id  # type: ignore[import-not-found]
+    except ImportError:
+        return
+    for item in items:
+        groups = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                         for m in item.iter_markers("xdist_group")})
+        if groups and "@" not in item.nodeid:
+            item._id = coerce_node_id(f"{item.nodeid}@{'_'.join(groups)}")  # type: ignore[attr-defined]
 
 
 @pytest.fixture
