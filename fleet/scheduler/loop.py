@@ -37,6 +37,7 @@ from fleet.runners import manifests
 from fleet.scheduler import explain, outcomes, plans, replicas, retry
 from fleet.scheduler.attempts import AttemptEnd, AttemptRunner
 from fleet.scheduler.chains import Chains
+from fleet.scheduler.depth import DepthTeller
 from fleet.scheduler.health import HealthChecks
 from fleet.scheduler.hooks import hook_log_id
 from fleet.scheduler.hostbook import NOT_CHECKED, HostBook
@@ -82,7 +83,6 @@ class _Sink:
 
 
 class Scheduler:
-    DEPTH_EVERY = 0.25  # seconds: queue.depth events at most this often (a burst is one event)
     COMPACT_AFTER = 2000  # queued jobs behind this many in their queue hold no parsed spec
 
     def __init__(
@@ -132,10 +132,7 @@ class Scheduler:
         self.disk: DiskGuard | None = None  # a full disk: no new placements (fleet.disk)
         self._wake = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None  # a pass due when a burst wait runs out
-        # queue.depth events: what was last told, when, and the pending telling (coalesced).
-        self._depth_told: dict[str, int] = {}
-        self._depth_handle: asyncio.TimerHandle | None = None
-        self._depth_write: asyncio.Future[None] | None = None
+        self.depth = DepthTeller(store, lambda: self.queues)  # queue.depth events
         self._done: dict[str, asyncio.Event] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -224,10 +221,7 @@ class Scheduler:
                 qj.expiry.cancel()
         for held in self.held.values():
             held.handle.cancel()
-        if self._depth_handle is not None:
-            self._depth_handle.cancel()
-        if self._depth_write is not None:
-            await asyncio.gather(self._depth_write, return_exceptions=True)
+        await self.depth.stop()
         if self._loop_task is not None:
             tasks.append(self._loop_task)
         for task in tasks:
@@ -334,7 +328,7 @@ class Scheduler:
         queue.push(job.id, spec.priority, job.user)
         if len(queue) > self.COMPACT_AFTER:
             qj.compact()  # deep in a long queue: its spec is parsed again when it is placed
-        self._queues_changed()
+        self.depth.changed()
 
     async def cancel(self, job_id: str) -> str:
         """Cancel a job. Queued: ends now. Running: TERM/KILL on the host; the attempt's end
@@ -431,42 +425,11 @@ class Scheduler:
             queue.remove(job_id)
             if not len(queue):
                 del self.queues[qj.demand.key]
-            self._queues_changed()
+            self.depth.changed()
         if qj.expiry is not None:
             qj.expiry.cancel()
             qj.expiry = None
         return qj
-
-    def _queues_changed(self) -> None:
-        if self._depth_handle is not None or self._stopping:
-            return
-        # Told after a short window, never at once: a job queued and placed within it changes
-        # nothing to tell, and the write stays off the submit->start path.
-        self._depth_handle = asyncio.get_running_loop().call_later(self.DEPTH_EVERY, self._tell_depth)
-
-    def _tell_depth(self) -> None:
-        """A ``queue.depth`` event: the queues whose number of waiting jobs changed."""
-        self._depth_handle = None
-        if self._depth_write is not None and not self._depth_write.done():
-            self._queues_changed()  # the last one is still being written: told after it, in order
-            return
-        depth = {key: len(q) for key, q in self.queues.items()}
-        changed = {key: depth.get(key, 0) for key in depth.keys() | self._depth_told.keys()
-                   if depth.get(key, 0) != self._depth_told.get(key, 0)}
-        if not changed:
-            return
-        self._depth_told = depth
-        # Written by a worker thread: the event loop never waits for the database's write lock
-        # (held meanwhile by an API thread writing a batch of a thousand jobs: 50-90 ms).
-        self._depth_write = asyncio.get_running_loop().run_in_executor(
-            None, self._write_depth, {"queues": changed, "waiting": sum(depth.values())})
-
-    def _write_depth(self, data: dict[str, Any]) -> None:
-        try:
-            self.store.add_event("queue.depth", data=data)
-        except Exception:
-            log.exception("writing a queue.depth event failed")
-            self._depth_told = {}  # told in full next time
 
     def _expire(self, job_id: str) -> None:
         """queue_timeout passed: the job ends no_capacity, saying why it could not start."""
