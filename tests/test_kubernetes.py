@@ -266,6 +266,21 @@ def test_a_pod_that_loses_its_node_is_retried(fleet, cluster, tmp_path, how):
     assert second.state == "SUCCEEDED" and len(cluster.started) == 2
 
 
+def _submit_and_see_its_pod(client, cluster: FakeCluster, run: str) -> str:
+    """A burst-only job, once its pod is made (while the test holds the cluster's listings)."""
+    job = client.submit({"name": "during", "burst": "only", "resources": {"accelerator": "nvidia-t4"},
+                         "run": run}).id
+    eventually(lambda: cluster.emulator.created, timeout=60, what="the pod made")
+    return job
+
+
+def _ran_once(fleet, client, cluster: FakeCluster, job: str) -> None:
+    """The job succeeded in its first attempt, in the one pod ever made for it."""
+    done = client.wait(job, 60)
+    assert done.state == "SUCCEEDED" and len(done.attempt_list) == 1, (done, fleet.server_log()[-2000:])
+    assert len(cluster.emulator.created) == 1 and len(cluster.started) == 1
+
+
 def test_a_pod_made_while_the_sweep_lists_is_not_swept(fleet, cluster, tmp_path):
     """The retention sweep lists pods, then secrets, and removes what no followed attempt
     owns. An attempt launched while the pod listing was on its way has a secret and a pod
@@ -276,13 +291,9 @@ def test_a_pod_made_while_the_sweep_lists_is_not_swept(fleet, cluster, tmp_path)
     _good(client, "kubernetes-nvidia-t4")
     cluster.hold_lists = True  # the watch lasts; the next whole listing is the sweep's
     eventually(lambda: cluster.lists_held >= 1, timeout=30, what="the sweep listing pods")
-    job = client.submit({"name": "during", "burst": "only", "resources": {"accelerator": "nvidia-t4"},
-                         "run": "echo made during the sweep"}).id
-    eventually(lambda: cluster.emulator.created, timeout=60, what="the pod made")
+    job = _submit_and_see_its_pod(client, cluster, "echo made during the sweep")
     cluster.hold_lists = False
-    done = client.wait(job, 60)
-    assert done.state == "SUCCEEDED" and len(done.attempt_list) == 1, (done, fleet.server_log()[-2000:])
-    assert len(cluster.emulator.created) == 1 and len(cluster.started) == 1
+    _ran_once(fleet, client, cluster, job)
 
 
 def test_a_pod_made_while_the_watch_lists_again_is_not_taken_for_gone(fleet, cluster, tmp_path):
@@ -300,15 +311,11 @@ def test_a_pod_made_while_the_watch_lists_again_is_not_taken_for_gone(fleet, clu
     cluster.hold_lists = True
     cluster.break_watches()
     eventually(lambda: cluster.lists_held >= 1, timeout=30, what="the backend listing its pods again")
-    job = client.submit({"name": "during", "burst": "only", "resources": {"accelerator": "nvidia-t4"},
-                         "run": "echo made during a listing"}).id
-    eventually(lambda: cluster.emulator.created, timeout=60, what="the pod made")
+    job = _submit_and_see_its_pod(client, cluster, "echo made during a listing")
     cluster.hold_lists = False
     eventually(lambda: cluster.emulator.streams, timeout=30, what="the watch again")
     cluster.paused = False
-    done = client.wait(job, 60)
-    assert done.state == "SUCCEEDED" and len(done.attempt_list) == 1, (done, fleet.server_log()[-2000:])
-    assert len(cluster.emulator.created) == 1 and len(cluster.started) == 1
+    _ran_once(fleet, client, cluster, job)
 
 
 def test_cancel_timeout_image_errors_and_exit_codes_in_pods(fleet, cluster, tmp_path):
