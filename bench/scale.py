@@ -368,14 +368,7 @@ async def run(args: argparse.Namespace, url: str, token: str, pid: int, control:
               f"p99 {figures['retake_p99_ms']:.1f} ms ({len(retaken)} slots freed)")  # type: ignore[arg-type]
         stalls.task.cancel()
 
-        from prometheus_client.parser import text_string_to_metric_families
-
-        buckets = sorted((float(s.labels["le"]), s.value)
-                         for f in text_string_to_metric_families((await http.get("/metrics")).text)
-                         if f.name == "fleet_scheduler_pass_duration_seconds"
-                         for s in f.samples if s.name.endswith("_bucket"))
-        total = buckets[-1][1] if buckets else 0.0
-        worst = next((le for le, c in buckets if c >= total), float("nan"))
+        worst, _ = longest_hold({}, await holds(http, "fleet_scheduler_pass_duration_seconds"))
         figures["longest_pass_le_s"] = worst
         print(f"passes:   every scheduling pass took <= {worst:g} s (its /metrics histogram)")
     return figures
