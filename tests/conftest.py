@@ -39,7 +39,7 @@ def _xdist_groups(config: pytest.Config, items: list[pytest.Item]) -> None:
     in ``item._id`` instead, so the groups were silently ignored (the image tests' module
     fixtures, a CPU image build among them, ran on every worker at once). Written here the way
     pytest 9.2 reads it; older pytest, where xdist's own works, is left alone."""
-    if not config.getvalue("loadgroup"):
+    if not getattr(config.option, "loadgroup", False):  # set by xdist for --dist loadgroup with -n
         return
     try:
         from _pytest.nodeid import coerce_node_id  # type: ignore[import-not-found]

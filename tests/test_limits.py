@@ -112,6 +112,37 @@ def test_uploads_no_job_uses_are_collected(fleet, tmp_path):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_the_disk_reserve_holds_real_blocks_and_gives_them_back_when_the_disk_fills(tmp_path):
+    """The reserve is allocated, not a sparse file (it is made with posix_fallocate, not by
+    writing zeros): a 16 MiB tmpfs has 8 MiB less room while it exists, and the 8 MiB come back
+    when the disk fills and the guard lets it go."""
+    from fleet.disk import DiskGuard
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], check=True)
+    try:
+        guard = DiskGuard(mnt, 6 << 20)
+        before = guard.free()
+        assert guard.check() is False and guard.reserve_file.exists()
+        st = guard.reserve_file.stat()
+        assert st.st_size == 6 << 20 and st.st_blocks * 512 >= 6 << 20
+        assert before - guard.free() >= 6 << 20
+        with open(mnt / "hog", "wb") as fh:  # until ENOSPC
+            try:
+                while True:
+                    fh.write(b"x" * (1 << 20))
+                    fh.flush()
+            except OSError:
+                pass
+        assert guard.check() is True and not guard.reserve_file.exists()
+        assert guard.free() >= 6 << 20  # the reserve's room, for the database
+        (mnt / "hog").unlink()
+        assert guard.check() is False and guard.reserve_file.exists()
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
 def test_a_full_disk_is_answered_507_and_survived_without_running_a_job_twice(tmp_path, monkeypatch):
     """FLEET_HOME on a 64 MiB tmpfs, filled while a job runs (the embedded default keeps its
     attempts there too). Writes users ask for get 507 with a clear message; the leader keeps

@@ -226,6 +226,7 @@ async def test_snapshots_of_the_main_views(fleet, tmp_path):
         await shows(pilot, "IDLE")
         await shows(pilot, re.compile(r"^lab +1 +0/1", re.MULTILINE))  # the pools table laid out
         await shows(pilot, "bench-yolo")
+        await shows(pilot, "(admin)")  # the header's user, read apart: "…" until it comes
         snapshot(app, "overview")
         await pilot.press("2")
         await shows(pilot, "▾ lab")
