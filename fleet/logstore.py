@@ -154,7 +154,14 @@ class LogStore:
 
     def _writer(self, job_id: str, attempt_id: str) -> _Writer:
         path = self.path(job_id, attempt_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir()
+        except FileNotFoundError:  # the store's root itself is new (or was removed)
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:  # the job has logs already (another attempt, a restart)
+            pass
+        else:  # a new directory holds nothing: no look for this attempt's files
+            return _Writer(path.open("ab", buffering=0), _Files(0, [], None))
         files = self._files(job_id, attempt_id)
         if files.gz is not None:  # ended before, followed again: back to plain files
             self._gunzip(files.gz, path)
