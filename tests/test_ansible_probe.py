@@ -84,7 +84,10 @@ def test_provision_is_idempotent_and_check_changes_nothing(fleet, lab, tmp_path,
     if have_sshd():
         rtx = lab.add_hosts("rtx5060", 1, kind="openssh")[0]
         # A real sshd host in its own /etc: provision makes the accounts jobs run as there.
-        extra[rtx.name] = {"fleet_isolation": "user", "fleet_job_user": "fleet-shared"}
+        # fleet_install_onnxruntime off: its python lacks ONNX Runtime, and the task would
+        # pip-install it from PyPI (tests touch loopback only; it cost ~11 s of CPU a run).
+        extra[rtx.name] = {"fleet_isolation": "user", "fleet_job_user": "fleet-shared",
+                           "fleet_install_onnxruntime": False}
     start(fleet, lab, tmp_path, monkeypatch, extra=extra)
     fleet.cli("users", "add", "alice")
     fact = lab.host_root("jetson-1") / "etc" / "ansible" / "facts.d" / "fleet.fact"
