@@ -127,7 +127,7 @@ def _allocate(fd: int, size: int) -> None:
     except OSError as exc:
         if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
             raise
-    chunk = b"\0" * (1 << 20)
-    for _ in range(size >> 20):
-        os.write(fd, chunk)
-    os.write(fd, b"\0" * (size & ((1 << 20) - 1)))
+    chunk = memoryview(b"\0" * (1 << 20))
+    left = size
+    while left:
+        left -= os.write(fd, chunk[:min(left, len(chunk))])

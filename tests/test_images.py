@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -154,9 +155,12 @@ def test_jobs_with_image_run_in_it_on_a_host_with_an_engine(fleet, cpu_image, tm
     # is not this fleet's stays
     from fleet.config import load_settings
     workdir = str(load_settings().local_workdir)
-    subprocess.run([*PODMAN, "create", "--name", "fleet-a0stray", "--label", f"dev.fleet.workdir={workdir}",
+    # names of this run's own (a parallel run of the suite shares the machine's containers)
+    tag = uuid.uuid4().hex[:8]
+    stray, foreign = f"fleet-a0stray{tag}", f"fleet-a0other{tag}"
+    subprocess.run([*PODMAN, "create", "--name", stray, "--label", f"dev.fleet.workdir={workdir}",
                     cpu_image, "true"], capture_output=True, check=True)
-    subprocess.run([*PODMAN, "create", "--name", "fleet-a0other", cpu_image, "true"], capture_output=True, check=True)
+    subprocess.run([*PODMAN, "create", "--name", foreign, cpu_image, "true"], capture_output=True, check=True)
     client = fleet.start(inv, config={"gc_interval": 1})
     shell = client.submit({"name": "inside", "image": cpu_image, "envs": {"GREETING": "hello"},
                            "setup": "echo prepared > prep.txt",
@@ -208,14 +212,15 @@ def test_jobs_with_image_run_in_it_on_a_host_with_an_engine(fleet, cpu_image, tm
     # the TERM reached the job (an init is PID 1 and passes it on): 143, not a KILL's 137
     assert timed_out.attempt_list[0].exit_code == 143, timed_out.attempt_list
 
-    def containers() -> str:
-        return subprocess.run([*PODMAN, "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True,
-                              check=False).stdout
+    def containers(*filters: str) -> list[str]:
+        return subprocess.run([*PODMAN, "ps", "-a", *filters, "--format", "{{.Names}}"], capture_output=True,
+                              text=True, check=False).stdout.split()
 
     assert attempt
-    eventually(lambda: containers().split() == ["fleet-a0other"], timeout=30,
-               what="the stopped and the stray containers removed, the other fleet's kept")
-    subprocess.run([*PODMAN, "rm", "-f", "fleet-a0other"], capture_output=True, check=False)
+    eventually(lambda: containers("--filter", f"label=dev.fleet.workdir={workdir}") == [], timeout=30,
+               what="the stopped and the stray containers removed")
+    assert foreign in containers()  # the other fleet's kept
+    subprocess.run([*PODMAN, "rm", "-f", foreign], capture_output=True, check=False)
 
 
 def test_each_class_gets_its_device_the_engines_way_and_only_engine_hosts_take_image_jobs():

@@ -143,6 +143,23 @@ def test_the_disk_reserve_holds_real_blocks_and_gives_them_back_when_the_disk_fi
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+def test_the_disk_reserve_is_written_where_the_filesystem_cannot_allocate(tmp_path, monkeypatch):
+    """No filesystem here lacks posix_fallocate (ZFS before 2.2 does), so the call is made to
+    fail as it fails there; the reserve is then written out, whole."""
+    import errno
+
+    from fleet.disk import DiskGuard
+
+    def unsupported(fd: int, offset: int, size: int) -> None:
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(os, "posix_fallocate", unsupported)
+    guard = DiskGuard(tmp_path, (2 << 20) + 4097)
+    assert guard.check() is False
+    st = guard.reserve_file.stat()
+    assert st.st_size == (2 << 20) + 4097 and st.st_blocks * 512 >= st.st_size
+
+
 def test_a_full_disk_is_answered_507_and_survived_without_running_a_job_twice(tmp_path, monkeypatch):
     """FLEET_HOME on a 64 MiB tmpfs, filled while a job runs (the embedded default keeps its
     attempts there too). Writes users ask for get 507 with a clear message; the leader keeps
