@@ -176,3 +176,28 @@ def test_a_tiny_log_stays_plain_and_reads_the_same(tmp_path):
     size = sum(p.stat().st_size for p in (tmp_path / "j").iterdir())
     assert store.collect(max_age=None, max_bytes=0) == (2, size)
     assert not (tmp_path / "j").exists()
+
+
+def test_a_flooding_host_is_capped_from_a_new_jobs_first_byte_and_attempts_keep_apart(tmp_path):
+    """The first attempt of a new job opens its log without looking for files (its directory
+    was just made): a host sending far more than the cap is still cut to head and tail; the
+    job's second attempt, in the directory that now exists, starts at 0 and never reads the
+    first attempt's files; a controller restarted mid-attempt resumes at the byte it had."""
+    cap = 16 * KiB
+    store = LogStore(tmp_path / "new-root" / "logs", cap)  # the root itself is made on first use
+    flood = b"".join(_line(i) for i in range(4096))  # 280 KiB against a 16 KiB cap
+    for k in range(0, len(flood), 7_000):
+        store.append("j", "a1", flood[k:k + 7_000])
+    assert store.size("j", "a1") == len(flood)
+    job_dir = tmp_path / "new-root" / "logs" / "j"
+    assert sum(p.stat().st_size for p in job_dir.iterdir()) <= cap
+    store.close("a1", "j")
+
+    store.append("j", "a2", b"second attempt\n")
+    assert store.size("j", "a2") == 15
+    assert store.read("j", "a2", 0) == (b"second attempt\n", 15)
+    restarted = LogStore(tmp_path / "new-root" / "logs", cap)  # kill -9, then a reattach
+    assert restarted.size("j", "a2") == 15
+    restarted.append("j", "a2", b"and on\n")
+    assert restarted.read("j", "a2", 0) == (b"second attempt\nand on\n", 22)
+    assert restarted.size("j", "a1") == len(flood)  # the first attempt's log is untouched
