@@ -4,11 +4,13 @@ a client that gives up mid-upload, and a disk filled while a job runs."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -112,16 +114,24 @@ def test_uploads_no_job_uses_are_collected(fleet, tmp_path):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+@contextlib.contextmanager
+def _tmpfs(mnt: Path, size: str) -> Iterator[Path]:
+    """A small tmpfs mounted at ``mnt`` for the test (a disk that fills for real)."""
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
 def test_the_disk_reserve_holds_real_blocks_and_gives_them_back_when_the_disk_fills(tmp_path):
     """The reserve is allocated, not a sparse file (it is made with posix_fallocate, not by
     writing zeros): a 16 MiB tmpfs has 8 MiB less room while it exists, and the 8 MiB come back
     when the disk fills and the guard lets it go."""
     from fleet.disk import DiskGuard
 
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], check=True)
-    try:
+    with _tmpfs(tmp_path / "small", "16m") as mnt:
         guard = DiskGuard(mnt, 6 << 20)
         before = guard.free()
         assert guard.check() is False and guard.reserve_file.exists()
@@ -139,8 +149,6 @@ def test_the_disk_reserve_holds_real_blocks_and_gives_them_back_when_the_disk_fi
         assert guard.free() >= 6 << 20  # the reserve's room, for the database
         (mnt / "hog").unlink()
         assert guard.check() is False and guard.reserve_file.exists()
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_the_disk_reserve_is_written_where_the_filesystem_cannot_allocate(tmp_path, monkeypatch):
@@ -165,58 +173,55 @@ def test_a_full_disk_is_answered_507_and_survived_without_running_a_job_twice(tm
     attempts there too). Writes users ask for get 507 with a clear message; the leader keeps
     its lease; the running job's end is recorded; once space is back, jobs run again; each
     job ran exactly once."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)], check=True)
     fleet = None
-    try:
-        home = mnt / "home"
-        home.mkdir()
-        monkeypatch.setenv("FLEET_HOME", str(home))
-        for var in ("FLEET_SERVER", "FLEET_TOKEN", "FLEET_INVENTORY", "FLEET_DATABASE"):
-            monkeypatch.delenv(var, raising=False)
-        fleet = Fleet(home)
-        client = fleet.start(config={"disk_reserve_bytes": 8 << 20, "leader_lease": 3})
-        side, go = tmp_path / "ran.txt", tmp_path / "go"
-        run = (f'echo "$FLEET_JOB_ID" >> {side}; i=0; while [ ! -e {go} ]; do echo "line $i"; '
-               f'i=$((i+1)); sleep 0.2; done; echo finished')
-        first = client.submit({"name": "during", "run": run})
-        eventually(lambda: client.job(first.id).state == "RUNNING", what="the job to run")
-        # Its first line is in the controller's log store before the disk fills (RUNNING alone
-        # does not say so: the line may still be on its way).
-        eventually(lambda: b"".join(client.logs(first.id)).startswith(b"line 0\n"),
-                   what="the job's first line to reach the controller")
-        pid = client.health()["pid"]
-        hog = mnt / "hog"
-        subprocess.run(["dd", "if=/dev/zero", f"of={hog}", "bs=1M"], capture_output=True)  # until ENOSPC
-        assert os.statvfs(mnt).f_bavail < 4096
-        resp = httpx.post(f"{fleet.info.url}/jobs", json={"name": "x", "run": "true"},
-                          headers={"Authorization": f"Bearer {fleet.info.token}"})
-        assert resp.status_code == 507 and "the controller's disk is full" in resp.json()["detail"]
-        resp = httpx.put(f"{fleet.info.url}/blobs/{'cd' * 32}", content=b"x",
-                         headers={"Authorization": f"Bearer {fleet.info.token}"})
-        assert resp.status_code == 507
-        time.sleep(4)  # longer than the leader lease: it must have been renewed meanwhile
-        health = client.health()
-        assert health["role"] == "leader" and health["pid"] == pid
-        go.touch()
-        detail = done(client, first.id)
-        assert detail.state == "SUCCEEDED", detail
-        hog.unlink()
-        eventually(lambda: httpx.post(f"{fleet.info.url}/jobs", json={"name": "after", "run": f'echo "$FLEET_JOB_ID" >> {side}'},
-                                      headers={"Authorization": f"Bearer {fleet.info.token}"}).status_code == 201,
-                   timeout=20, what="submissions to be accepted again")
-        after = client.jobs().items[0]
-        assert done(client, after.id).state == "SUCCEEDED"
-        assert client.health()["pid"] == pid  # the same process led throughout
-        ran = side.read_text().split()
-        assert sorted(ran) == sorted([first.id, after.id])  # each job ran exactly once
-        log = b"".join(client.logs(first.id)).decode()
-        # What came while the disk was full is a gap the reader is told of, not hidden (here the
-        # host's own log is on that disk too, so the host could not keep it either).
-        assert log.startswith("line 0\n") and "bytes dropped here" in log
-        assert "the controller's disk was full" in log
-    finally:
-        if fleet is not None:
-            fleet.stop()
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+    with _tmpfs(tmp_path / "small", "64m") as mnt:
+        try:
+            home = mnt / "home"
+            home.mkdir()
+            monkeypatch.setenv("FLEET_HOME", str(home))
+            for var in ("FLEET_SERVER", "FLEET_TOKEN", "FLEET_INVENTORY", "FLEET_DATABASE"):
+                monkeypatch.delenv(var, raising=False)
+            fleet = Fleet(home)
+            client = fleet.start(config={"disk_reserve_bytes": 8 << 20, "leader_lease": 3})
+            side, go = tmp_path / "ran.txt", tmp_path / "go"
+            run = (f'echo "$FLEET_JOB_ID" >> {side}; i=0; while [ ! -e {go} ]; do echo "line $i"; '
+                   f'i=$((i+1)); sleep 0.2; done; echo finished')
+            first = client.submit({"name": "during", "run": run})
+            eventually(lambda: client.job(first.id).state == "RUNNING", what="the job to run")
+            # Its first line is in the controller's log store before the disk fills (RUNNING alone
+            # does not say so: the line may still be on its way).
+            eventually(lambda: b"".join(client.logs(first.id)).startswith(b"line 0\n"),
+                       what="the job's first line to reach the controller")
+            pid = client.health()["pid"]
+            hog = mnt / "hog"
+            subprocess.run(["dd", "if=/dev/zero", f"of={hog}", "bs=1M"], capture_output=True)  # until ENOSPC
+            assert os.statvfs(mnt).f_bavail < 4096
+            resp = httpx.post(f"{fleet.info.url}/jobs", json={"name": "x", "run": "true"},
+                              headers={"Authorization": f"Bearer {fleet.info.token}"})
+            assert resp.status_code == 507 and "the controller's disk is full" in resp.json()["detail"]
+            resp = httpx.put(f"{fleet.info.url}/blobs/{'cd' * 32}", content=b"x",
+                             headers={"Authorization": f"Bearer {fleet.info.token}"})
+            assert resp.status_code == 507
+            time.sleep(4)  # longer than the leader lease: it must have been renewed meanwhile
+            health = client.health()
+            assert health["role"] == "leader" and health["pid"] == pid
+            go.touch()
+            detail = done(client, first.id)
+            assert detail.state == "SUCCEEDED", detail
+            hog.unlink()
+            eventually(lambda: httpx.post(f"{fleet.info.url}/jobs", json={"name": "after", "run": f'echo "$FLEET_JOB_ID" >> {side}'},
+                                          headers={"Authorization": f"Bearer {fleet.info.token}"}).status_code == 201,
+                       timeout=20, what="submissions to be accepted again")
+            after = client.jobs().items[0]
+            assert done(client, after.id).state == "SUCCEEDED"
+            assert client.health()["pid"] == pid  # the same process led throughout
+            ran = side.read_text().split()
+            assert sorted(ran) == sorted([first.id, after.id])  # each job ran exactly once
+            log = b"".join(client.logs(first.id)).decode()
+            # What came while the disk was full is a gap the reader is told of, not hidden (here the
+            # host's own log is on that disk too, so the host could not keep it either).
+            assert log.startswith("line 0\n") and "bytes dropped here" in log
+            assert "the controller's disk was full" in log
+        finally:
+            if fleet is not None:
+                fleet.stop()

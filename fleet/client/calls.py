@@ -324,6 +324,12 @@ def is_local(url: str) -> bool:
     return url.startswith(("http://127.", "http://localhost", "http://[::1]"))
 
 
+def local_transport(url: str, verify: bool = True) -> httpx.HTTPTransport | None:
+    """The transport for ``url``: for the local server (or with ``verify`` off) one without a
+    verifying TLS context; else None, httpx's default."""
+    return httpx.HTTPTransport(verify=False) if is_local(url) or not verify else None
+
+
 def stream_timeout(http_timeout: httpx.Timeout) -> httpx.Timeout:
     """A stream (logs, events) may be quiet for long: no read timeout."""
     return httpx.Timeout(http_timeout.connect, read=None, write=http_timeout.write, pool=http_timeout.pool)

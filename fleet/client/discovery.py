@@ -55,11 +55,10 @@ def _alive(pid: int) -> bool:
 def _healthy(url: str) -> bool:
     # The local server: no TLS context (httpx loads the CA store for each call otherwise,
     # ~25 ms of CPU, and a start polls this every few tens of milliseconds).
-    from fleet.client.calls import is_local
+    from fleet.client.calls import local_transport
 
-    transport = httpx.HTTPTransport(verify=False) if is_local(url) else None
     try:
-        with httpx.Client(transport=transport, timeout=2.0) as http:
+        with httpx.Client(transport=local_transport(url), timeout=2.0) as http:
             return http.get(f"{url}/health").status_code == 200
     except httpx.HTTPError:
         return False

@@ -39,8 +39,8 @@ class Client:
     def __init__(self, url: str, token: str | None, timeout: float = 60.0, verify: bool = True) -> None:
         self.url = url.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        transport = httpx.HTTPTransport(verify=False) if calls.is_local(self.url) or not verify else None
-        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, transport=transport)
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout,
+                                 transport=calls.local_transport(self.url, verify))
 
     def close(self) -> None:
         self.http.close()
