@@ -11,7 +11,7 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -82,7 +82,14 @@ _JOB_RUNNING = (
 
 
 
+# A new attempt's row (its other columns start NULL).
+_INSERT_ATTEMPT = insert(_ATTEMPTS).values({n: bindparam(n) for n in (
+    "id", "job_id", "number", "host", "backend", "slots", "state", "created_at", "log_bytes")})
+
 _J, _A = _JOBS.c, _ATTEMPTS.c
+# Which of these jobs are STARTING (their first attempt's start moves them to RUNNING).
+_STARTING_JOBS = sa_select(_J.id).where(_J.id.in_(bindparam("ids", expanding=True)),
+                                        _J.state == JobState.STARTING.value)
 
 
 def _job_event_insert(which: Any) -> Any:
@@ -119,16 +126,22 @@ _TOKEN_USED = update(_TOKENS).where(_TOKENS.c.id == bindparam("_id")).values(las
 _DRIVER_SQL: dict[tuple[int, str], tuple[str, tuple[str, ...] | None]] = {}
 
 
-def _exec_driver(conn: Connection, stmt: Any, params: dict[str, Any]) -> None:
-    """Run a prebuilt statement as the driver's SQL, compiled once per dialect: five event
-    rows per job went through Core's execute (~60 us of Python each, more than SQLite's own
-    work); the driver call is a third of that. Parameters need no type processing here."""
+def _driver_sql(conn: Connection, stmt: Any) -> tuple[str, tuple[str, ...] | None]:
+    """A prebuilt statement as the driver's SQL and its parameter order, compiled once per
+    dialect."""
     key = (id(stmt), conn.dialect.name)
     compiled = _DRIVER_SQL.get(key)
     if compiled is None:
         c = stmt.compile(dialect=conn.dialect)
         compiled = _DRIVER_SQL[key] = (c.string, tuple(c.positiontup) if c.positional else None)
-    sql, order = compiled
+    return compiled
+
+
+def _exec_driver(conn: Connection, stmt: Any, params: dict[str, Any]) -> None:
+    """Run a prebuilt statement as the driver's SQL: five event rows per job went through
+    Core's execute (~60 us of Python each, more than SQLite's own work); the driver call is a
+    third of that. Parameters need no type processing here."""
+    sql, order = _driver_sql(conn, stmt)
     conn.exec_driver_sql(sql, tuple(params[n] for n in order) if order is not None else params)
 
 
@@ -145,6 +158,56 @@ def _attempt_event(conn: Connection, attempt_id: str, kind: str, now: float,
     """An ``attempt.*`` event for an attempt as it is now in this transaction."""
     _exec_driver(conn, _ATTEMPT_EVENT, {"at": now, "type": kind, "id": attempt_id,
                                         "data": json.dumps(data) if data else None})
+
+
+def _exec_driver_many(conn: Connection, stmt: Any, rows: Sequence[dict[str, Any]]) -> None:
+    """:func:`_exec_driver` for many rows at once (the driver's executemany)."""
+    if len(rows) == 1:
+        _exec_driver(conn, stmt, rows[0])
+        return
+    sql, order = _driver_sql(conn, stmt)
+    assert order is not None or conn.dialect.paramstyle in ("named", "pyformat")
+    conn.exec_driver_sql(sql, [tuple(r[n] for n in order) for r in rows] if order is not None else list(rows))
+
+
+def _by_columns(rows: Iterable[tuple[dict[str, Any], str]]) -> dict[tuple[str, ...], list[dict[str, Any]]]:
+    """Rows to update ``(values, id)`` grouped by the columns they set (one executemany each)."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for values, row_id in rows:
+        groups.setdefault(tuple(sorted(values)), []).append(dict(values, _id=row_id))
+    return groups
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AttemptRef:
+    """An attempt as the scheduler follows it: what placing, launching and ending it need
+    (no ORM object on the hot path: building one cost more than writing its row)."""
+
+    id: str
+    job_id: str
+    number: int
+    host: str
+    backend: str
+    slots: int
+    state: str
+
+    @classmethod
+    def of(cls, a: Attempt) -> AttemptRef:
+        return cls(id=a.id, job_id=a.job_id, number=a.number, host=a.host, backend=a.backend,
+                   slots=a.slots, state=a.state)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Ended:
+    """How an attempt ended, for :meth:`Store.finish_many`: its row's new values, its job's,
+    and the result and artifact rows it made."""
+
+    attempt_id: str
+    attempt_values: dict[str, Any]
+    job_id: str
+    job_values: dict[str, Any]
+    result: dict[str, Any] | None = None
+    artifacts: tuple[dict[str, Any], ...] = ()
 
 
 _ID_CHARS = "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -495,27 +558,30 @@ class Store:
 
     # ------------------------------------------------------------------ attempts
 
-    def start_attempt(self, job: JobLike, host: str, slots: int, backend: str = "ssh") -> Attempt:
+    def start_attempt(self, job: JobLike, host: str, slots: int, backend: str = "ssh") -> AttemptRef:
         """Commit a placement: the attempt row is the slot lease; the job becomes STARTING."""
         return self.start_attempts([(job, host, slots, backend)])[0]
 
-    def start_attempts(self, placed: Sequence[tuple[JobLike, str, int, str]]) -> list[Attempt]:
+    def start_attempts(self, placed: Sequence[tuple[JobLike, str, int, str]]) -> list[AttemptRef]:
         """Commit a scheduling pass's placements ``(job, host, slots, backend)`` in one
         transaction: their attempt rows (the slot leases) and their jobs STARTING."""
         now = time.time()
-        attempts = [Attempt(id=new_id("a"), job_id=job.id, number=job.attempt_count + 1, host=host,
-                            backend=backend, slots=slots, state=AttemptState.STARTING.value, created_at=now)
+        attempts = [AttemptRef(id=new_id("a"), job_id=job.id, number=job.attempt_count + 1, host=host,
+                               backend=backend, slots=slots, state=AttemptState.STARTING.value)
                     for job, host, slots, backend in placed]
         names = ("attempt_count", "current_attempt", "host", "message", "reason", "state", "updated_at")
         rows = [dict(state=JobState.STARTING.value, host=a.host, attempt_count=a.number,
-                     current_attempt=a.id, updated_at=now, reason=None, message=None, _id=job.id)
-                for (job, *_rest), a in zip(placed, attempts, strict=True)]
+                     current_attempt=a.id, updated_at=now, reason=None, message=None, _id=a.job_id)
+                for a in attempts]
         with self._telling() as s:
-            s.execute(insert(_ATTEMPTS), [a.model_dump() for a in attempts])
-            s.execute(_update(_JOBS, names), rows)
-            for a in attempts:
-                _attempt_event(s, a.id, "attempt.started", now, {"backend": a.backend, "number": a.number})
-            _job_events(s, [job.id for job, *_rest in placed], now)
+            _exec_driver_many(s, _INSERT_ATTEMPT, [
+                {"id": a.id, "job_id": a.job_id, "number": a.number, "host": a.host, "backend": a.backend,
+                 "slots": a.slots, "state": a.state, "created_at": now, "log_bytes": 0} for a in attempts])
+            _exec_driver_many(s, _update(_JOBS, names), rows)
+            _exec_driver_many(s, _ATTEMPT_EVENT, [
+                {"at": now, "type": "attempt.started", "id": a.id,
+                 "data": json.dumps({"backend": a.backend, "number": a.number})} for a in attempts])
+            _job_events(s, [a.job_id for a in attempts], now)
         for (job, *_rest), a in zip(placed, attempts, strict=True):
             job.attempt_count = a.number
         return attempts
@@ -525,18 +591,23 @@ class Store:
 
     def attempts_running(self, started: Sequence[tuple[str, str, float]]) -> None:
         """Attempts ``(job id, attempt id, started at)`` whose process started, in one
-        transaction: RUNNING, and their jobs too (the first attempt's start is the job's)."""
+        transaction: RUNNING, and their jobs too (the first attempt's start is the job's; a job
+        no longer STARTING, such as one being cancelled, keeps its state)."""
+        if not started:
+            return
         now = time.time()
         with self._telling() as s:
-            for job_id, attempt_id, started_at in started:
-                s.execute(_update(_ATTEMPTS, ("started_at", "state")),
-                          {"_id": attempt_id, "state": AttemptState.RUNNING.value, "started_at": started_at})
-                moved = s.execute(_JOB_RUNNING, {"_id": job_id, "_state": JobState.STARTING.value,
-                                                 "state": JobState.RUNNING.value, "started_at": started_at,
-                                                 "updated_at": now})
-                _attempt_event(s, attempt_id, "attempt.running", now)
-                if moved.rowcount:
-                    _job_events(s, [job_id], now)
+            _exec_driver_many(s, _update(_ATTEMPTS, ("started_at", "state")),
+                              [{"_id": a, "state": AttemptState.RUNNING.value, "started_at": at} for _j, a, at in started])
+            _exec_driver_many(s, _ATTEMPT_EVENT, [{"at": now, "type": "attempt.running", "id": a, "data": None}
+                                                  for _j, a, _at in started])
+            ids = [j for j, _a, _at in started]
+            moving = set(s.execute(_STARTING_JOBS, {"ids": ids}).scalars())
+            if moving:
+                _exec_driver_many(s, _JOB_RUNNING, [
+                    {"_id": j, "_state": JobState.STARTING.value, "state": JobState.RUNNING.value,
+                     "started_at": at, "updated_at": now} for j, _a, at in started if j in moving])
+                _job_events(s, [j for j in ids if j in moving], now)
 
     def reopen_attempt(self, job_id: str, attempt_id: str, message: str) -> None:
         """An attempt given up on is followed again: it is active again (a restart reattaches
@@ -572,18 +643,31 @@ class Store:
     ) -> None:
         """End an attempt, move its job on and store its result and artifacts, in one
         transaction."""
+        self.finish_many([Ended(attempt_id, attempt_values, job_id, job_values, result, tuple(artifacts))])
+
+    def finish_many(self, ended: Sequence[Ended]) -> None:
+        """End attempts (those that ended in one turn of the scheduler's loop), move their
+        jobs on, store their results and artifacts: one transaction, one statement per kind
+        of row (a pass ends hundreds at once)."""
+        if not ended:
+            return
         now = time.time()
-        job_values = dict(job_values, updated_at=now)
         with self._telling() as s:
-            s.execute(_update(_ATTEMPTS, tuple(sorted(attempt_values))), dict(attempt_values, _id=attempt_id))
-            s.execute(_update(_JOBS, tuple(sorted(job_values))), dict(job_values, _id=job_id))
-            _attempt_event(s, attempt_id, "attempt.ended", now,
-                           {"exit_code": attempt_values.get("exit_code")})
-            _job_events(s, [job_id], now)
-            if result is not None:
-                s.execute(insert(_RESULTS), dict(result, created_at=time.time()))
+            for names, rows in _by_columns((e.attempt_values, e.attempt_id) for e in ended).items():
+                _exec_driver_many(s, _update(_ATTEMPTS, names), rows)
+            _exec_driver_many(s, _ATTEMPT_EVENT, [
+                {"at": now, "type": "attempt.ended", "id": e.attempt_id,
+                 "data": json.dumps({"exit_code": e.attempt_values.get("exit_code")})} for e in ended])
+            jobs = ((dict(e.job_values, updated_at=now), e.job_id) for e in ended)
+            for names, rows in _by_columns(jobs).items():
+                _exec_driver_many(s, _update(_JOBS, names), rows)
+            _job_events(s, [e.job_id for e in ended], now)
+            results = [dict(e.result, created_at=now) for e in ended if e.result is not None]
+            if results:
+                s.execute(insert(_RESULTS), results)
+            artifacts = [a for e in ended for a in e.artifacts]
             if artifacts:
-                s.execute(insert(Artifact), list(artifacts))
+                s.execute(insert(Artifact), artifacts)
 
     def attempts(self, job_id: str) -> list[Attempt]:
         with self.db.session() as s:

@@ -4,6 +4,8 @@ drives and the API over an ASGI transport. No server process, no sleeps."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from fleet.db import Database
@@ -206,3 +208,30 @@ async def test_health_checks_of_many_hosts_take_turns(tmp_path):
         h.backend.check = slow_check  # type: ignore[method-assign]
         await h.until(lambda: all(v.health is Health.GOOD for v in h.scheduler.host_views()), timeout=30)
         assert 1 <= most <= 8
+
+
+async def test_attempts_ending_in_one_turn_are_written_together_and_a_cancel_in_that_turn_sees_the_end(tmp_path):
+    async with harness(tmp_path, [host(f"h{i}") for i in range(4)]) as h:
+        await h.until(lambda: all(v.health is Health.GOOD for v in h.scheduler.host_views()))
+        jobs = [await h.submit({"name": f"t{i}", "run": "true"}) for i in range(4)]
+        launches = await h.backend.wait_launches(4)
+        await h.until(lambda: all(r.started.is_set() for r in h.scheduler.running.values())
+                      and h.store.get_job(jobs[0]).state == "RUNNING")
+        for launch in launches[:3]:  # three attempts end in the same turn of the loop
+            launch.finish(0)
+        last = launches[3]
+        last.finish(0)
+        # Right after its end was judged and before the turn's end was written, a cancel comes
+        # for it: it must see the job as ended (not cancel a finished job, nor say RUNNING).
+        while last.plan.job_id in h.scheduler.running:
+            await asyncio.sleep(0)
+        assert h.scheduler._ended, "the end is not written yet: the cancel races it"
+        assert h.store.get_job(last.plan.job_id).state == "RUNNING"
+        assert await h.scheduler.cancel(last.plan.job_id) == "SUCCEEDED"
+        await h.until(lambda: all(h.store.get_job(j).state == "SUCCEEDED" for j in jobs))
+        assert h.backend.cancelled == []
+        ended = [e for e in h.store.events_after(0, 10_000) if e.type == "attempt.ended"]
+        assert sorted(e.job_id for e in ended) == sorted(jobs)  # one each, none lost
+        assert len({e.at for e in ended}) == 1, "the four ends were written in one transaction"
+        states = [e for e in h.store.events_after(0, 10_000) if e.type == "job.state" and e.job_id in jobs]
+        assert all(s.state != "CANCELLING" for s in states)

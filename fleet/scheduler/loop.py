@@ -32,7 +32,7 @@ from fleet.logstore import LogStore
 from fleet.metrics import Metrics
 from fleet.models.enums import REASON_CLASS, AttemptState, FailureClass, Health, JobState, Reason
 from fleet.models.spec import JobSpec
-from fleet.models.tables import Attempt, Job, NewJob
+from fleet.models.tables import Job, NewJob
 from fleet.runners import manifests
 from fleet.scheduler import explain, outcomes, plans, replicas, retry
 from fleet.scheduler.attempts import AttemptEnd, AttemptRunner
@@ -52,7 +52,7 @@ from fleet.scheduler.queues import ClassQueue
 from fleet.scheduler.records import Held, HostCheck, JobRef, Policy, QueuedJob, QueueView, Running, Why
 from fleet.scheduler.verdict import JOB_STATE, Verdict
 from fleet.secrets import SecretBox, SecretError
-from fleet.store import Store
+from fleet.store import AttemptRef, Ended, Store
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,9 @@ class Scheduler:
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._started: list[tuple[str, str, float]] = []  # attempts started, not yet written
+        # Attempts ended in this turn of the loop, not yet written (with whether their job is
+        # done): written together at the turn's end, or before anything that reads them.
+        self._ended: list[tuple[Ended, bool]] = []
         self._demands: dict[Demand, Demand] = {}  # see demand_of
         # explain.waiting_summary's one-line reasons, by queue and history: (when, text).
         self.summaries: dict[tuple[str, frozenset[str], frozenset[str]], tuple[float, str]] = {}
@@ -199,7 +202,7 @@ class Scheduler:
             else:
                 self.chains.admit(job, spec)
         for attempt in self.store.active_attempts():
-            self._reattach(attempt)
+            self._reattach(AttemptRef.of(attempt))
         for name in to_check:
             self.health.schedule(name)
         self._loop_task = asyncio.create_task(self._loop(), name="fleet-scheduler")
@@ -227,6 +230,10 @@ class Scheduler:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            self._write_ended()  # attempts that ended as we stopped
+        except Exception:  # deposed, or the database is gone: the next leader follows them
+            log.exception("recording the last attempts' ends failed")
         for backend in self.backends.values():
             try:
                 await backend.close()
@@ -333,6 +340,7 @@ class Scheduler:
     async def cancel(self, job_id: str) -> str:
         """Cancel a job. Queued: ends now. Running: TERM/KILL on the host; the attempt's end
         finishes the job. Returns the state after the request. Idempotent."""
+        self._write_ended()  # a job that ended in this turn: its end is what the caller sees
         if self.chains.waiting.pop(job_id, None) is not None:
             self.store.finish_job(job_id, JobState.CANCELLED, Reason.CANCELLED_BY_USER,
                                   "cancelled while waiting for the job before it")
@@ -368,9 +376,9 @@ class Scheduler:
             # Wait out its lease if need be, then ask its host how it ended (see _unhold).
             wait = max(0.0, last.ended_at + self.policy.lost_hold - self.clock.time())
             self._dequeue(job.id)
-            self._hold(qj, wait, last, self.book.hosts.get(last.host))
+            self._hold(qj, wait, AttemptRef.of(last), self.book.hosts.get(last.host))
 
-    def _hold(self, qj: QueuedJob, delay: float, attempt: Attempt | None, host: Host | None) -> None:
+    def _hold(self, qj: QueuedJob, delay: float, attempt: AttemptRef | None, host: Host | None) -> None:
         """Queue ``qj`` only after ``delay`` seconds (its lost attempt may run until then)."""
         handle = asyncio.get_running_loop().call_later(delay, self._unhold, qj.job.id)
         self.held[qj.job.id] = Held(qj, handle, self.clock.time() + delay, attempt, host)
@@ -402,8 +410,9 @@ class Scheduler:
     def _followed(self) -> set[str]:
         return {r.attempt.id for r in self.running.values()}
 
-    def _resolve(self, qj: QueuedJob, attempt: Attempt, host: Host) -> None:
+    def _resolve(self, qj: QueuedJob, attempt: AttemptRef, host: Host) -> None:
         self.fence()
+        self._write_ended()
         self.book.take(host, attempt.slots, placed=False)
         self.running_by_user[qj.job.user] += 1
         run = Running(qj=qj, attempt=attempt, host=host, plan=self._plan(qj, attempt, host), resolving=True)
@@ -580,6 +589,7 @@ class Scheduler:
         leases: written before anything is launched), then launch them."""
         try:
             self.fence()
+            self._write_ended()  # a job retried in this turn: its last end before its next start
             attempts = self.store.start_attempts(
                 [(qj.job, host.name, qj.demand.slots, host.backend) for qj, host in placed])
         except BaseException:
@@ -597,7 +607,7 @@ class Scheduler:
             self.running[qj.job.id] = run
             run.task = asyncio.create_task(self._run_attempt(run, 0), name=f"attempt-{attempt.id}")
 
-    def _plan(self, qj: QueuedJob, attempt: Attempt, host: Host) -> AttemptPlan:
+    def _plan(self, qj: QueuedJob, attempt: AttemptRef, host: Host) -> AttemptPlan:
         """The attempt as the backend runs it; its secrets opened, and masked in its log."""
         try:
             env, secrets = self.secrets.open_envs(qj.spec)
@@ -631,10 +641,23 @@ class Scheduler:
         if started:
             self._durably(self.store.attempts_running, started)
 
+    def _write_ended(self) -> None:
+        """Write the ends of this turn's attempts (with the starts before them: an end must not
+        be written over), then tell who waits for their jobs. Runs at the turn's end, and first
+        in whatever reads or writes those jobs next (a pass, a cancel, a stop)."""
+        ended, self._ended = self._ended, []
+        if not ended:
+            return
+        self._write_started()
+        self.fence()  # deposed meanwhile: the next leader follows these attempts to their end
+        self._durably(self.store.finish_many, [e for e, _done in ended])
+        for e, done in ended:
+            if done:
+                self._job_done(e.job_id)
+
     def _finish(self, run: Running, end: AttemptEnd, log_bytes: int) -> None:
         """Record how an attempt ended, then retry the job, hold it, or end it."""
         self.fence()
-        self._write_started()  # its start first: the end must not be written over
         outcome = end.outcome
         qj, attempt, host = run.qj, run.attempt, run.host
         record, verdict = outcomes.judged_record(run, outcome.result, end.verdict)
@@ -676,7 +699,10 @@ class Scheduler:
             job_values = dict(state=JOB_STATE[verdict.state].value, reason=verdict.reason.value,
                               message=verdict.message, ended_at=self.clock.time())
         result_row, made = outcomes.result_rows(run, verdict, record)
-        self._durably(self.store.finish, attempt.id, attempt_values, qj.job.id, job_values, result_row, made)
+        if not self._ended:
+            asyncio.get_running_loop().call_soon(self._write_ended)
+        self._ended.append((Ended(attempt.id, attempt_values, qj.job.id, job_values, result_row, tuple(made)),
+                            not again))
         self.metrics.attempt_ended(verdict.reason, host.device_class, qj.job.queue,
                                    None if again else JOB_STATE[verdict.state],
                                    outcome.started_at, attempt_values["ended_at"])
@@ -685,8 +711,6 @@ class Scheduler:
         elif again:
             self.pending[qj.job.id] = qj
             self._enqueue(qj.job, qj.spec)
-        else:
-            self._job_done(qj.job.id)
         self._wake.set()
 
     def _retry(self, qj: QueuedJob, host: Host, verdict: Verdict) -> bool:
@@ -732,7 +756,7 @@ class Scheduler:
                 self.disk.full = True
         return None
 
-    def _reattach(self, attempt: Attempt) -> None:
+    def _reattach(self, attempt: AttemptRef) -> None:
         """Follow an attempt a previous controller started (it kept running on its host)."""
         try:
             job = self.store.get_job(attempt.job_id)

@@ -9,9 +9,10 @@ from typing import Any
 from fleet.backends.base import AttemptPlan, InputFile
 from fleet.inventory import Host
 from fleet.models.spec import JobSpec
-from fleet.models.tables import Attempt, Job, NewJob
+from fleet.models.tables import Job, NewJob
 from fleet.scheduler.burst import BurstPolicy
 from fleet.scheduler.placement import Demand
+from fleet.store import AttemptRef
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ class Running:
     """An attempt the scheduler follows (launched, reattached, or followed again)."""
 
     qj: QueuedJob
-    attempt: Attempt
+    attempt: AttemptRef
     host: Host
     plan: AttemptPlan
     task: asyncio.Task[None] | None = None
@@ -107,7 +108,7 @@ class Held:
     qj: QueuedJob
     handle: asyncio.TimerHandle
     until: float  # epoch seconds
-    attempt: Attempt | None
+    attempt: AttemptRef | None
     host: Host | None
 
 
