@@ -637,18 +637,10 @@ class Store:
             s.execute(_update(_ATTEMPTS, tuple(sorted(values))), dict(values, _id=attempt_id))
             _attempt_event(s, attempt_id, "attempt.ended", time.time(), {"exit_code": exit_code})
 
-    def finish(
-        self, attempt_id: str, attempt_values: dict[str, Any], job_id: str, job_values: dict[str, Any],
-        result: dict[str, Any] | None = None, artifacts: Sequence[dict[str, Any]] = (),
-    ) -> None:
-        """End an attempt, move its job on and store its result and artifacts, in one
-        transaction."""
-        self.finish_many([Ended(attempt_id, attempt_values, job_id, job_values, result, tuple(artifacts))])
-
     def finish_many(self, ended: Sequence[Ended]) -> None:
-        """End attempts (those that ended in one turn of the scheduler's loop), move their
-        jobs on, store their results and artifacts: one transaction, one statement per kind
-        of row (a pass ends hundreds at once)."""
+        """End attempts (those that ended in one turn of the scheduler's loop: hundreds under
+        load), move their jobs on, store their results and artifacts: one transaction, one
+        statement per kind of row."""
         if not ended:
             return
         now = time.time()
