@@ -1,15 +1,22 @@
-"""The controller's log store: per attempt, under ``$FLEET_HOME/logs/<job>/``.
+"""The controller's log store: per attempt, under ``$FLEET_HOME/logs/<bucket>/``.
 
 Writers append bytes as they arrive from the host; followers wait on a per-attempt condition
 instead of polling, so ``fleet logs -f`` sees a line as soon as the controller has it.
 
+**Layout.** An attempt's files live in a bucket named by the time part of its id (ids are
+time-ordered: a bucket holds the attempts of about 17 minutes, see :func:`bucket`), so a new
+attempt costs one file, not a directory per job as well (a mkdir per job was a third of the
+controller's CPU per job where file metadata is slow). Logs written before this layout, under
+``logs/<job>/``, are still read, resumed and collected where they are.
+
 **Cap.** An attempt's log keeps at most ``cap`` bytes: its head (the first ``cap/2`` bytes, in
 ``<attempt>.log``) and its tail (the newest bytes, in at most two segments of ``cap/4`` bytes,
-``<attempt>.log.<start>`` where ``start`` is the segment's offset in the host's log). Offsets
+``<attempt>.tail/<start>`` where ``start`` is the segment's offset in the host's log). Offsets
 are those of the host's log: what the controller received is the end of the newest segment
 (or the head's size), which is the data itself, so it stays right across a ``kill -9`` and a
 reattach resumes at exactly that byte. A reader that reaches dropped bytes gets one marker line
-saying how many were dropped, then the tail. When an attempt ends its files are gzipped.
+saying how many were dropped, then the tail. When an attempt ends its files are gzipped into
+``<attempt>.log.gz`` (not a tiny log: see ``TINY``).
 
 **Retention.** :meth:`collect` removes the logs of ended attempts older than an age, then the
 oldest until the store is under a size limit; the controller runs it on a timer and when the
@@ -28,12 +35,55 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from fleet.ids import floor_at
 from fleet.secrets import Redactor
 
 MiB = 1 << 20
 COLLECTED = b"[fleet: this log was removed by the log retention (see log_retention_days, log_store_limit)]\n"
 
 TINY = 4096  # bytes: an ended attempt's log this small stays a plain file (no gzip)
+
+
+def bucket(attempt_id: str) -> str:
+    """The directory of an attempt's log: the first five characters of its id's time part
+    (milliseconds << 10 in base32: 2^20 ms, about 17.5 minutes, per bucket)."""
+    return attempt_id[1:6] or "_"
+
+
+@dataclass(frozen=True)
+class _Loc:
+    """Where an attempt's files are: its head, its compressed log, and its tail segments (in a
+    directory of their own; in the old layout beside the head as ``<head>.<start>``)."""
+
+    head: Path
+    legacy: bool = False
+
+    @property
+    def gz(self) -> Path:
+        return self.head.with_name(self.head.name + ".gz")
+
+    @property
+    def tail(self) -> Path:
+        return self.head.with_name(self.head.name[:-len(".log")] + ".tail")
+
+    def segment(self, start: int) -> Path:
+        if self.legacy:
+            return self.head.with_name(f"{self.head.name}.{start}")
+        return self.tail / str(start)
+
+    def segments(self) -> list[tuple[int, Path]]:
+        where = self.head.parent if self.legacy else self.tail
+        prefix = self.head.name + "." if self.legacy else ""
+        found: list[tuple[int, Path]] = []
+        try:
+            for entry in os.scandir(where):
+                start = entry.name[len(prefix):] if entry.name.startswith(prefix) else ""
+                if start.isdigit():
+                    found.append((int(start), Path(entry.path)))
+        except FileNotFoundError:
+            pass
+        found.sort()
+        return found
 
 
 @dataclass
@@ -52,7 +102,8 @@ class _Files:
 
 
 class _Writer:
-    def __init__(self, head_fh: BinaryIO, files: _Files) -> None:
+    def __init__(self, loc: _Loc, head_fh: BinaryIO, files: _Files) -> None:
+        self.loc = loc
         self.head_fh = head_fh
         self.head = files.head
         self.segments = list(files.segments)
@@ -79,36 +130,47 @@ class LogStore:
         self.paused: Callable[[], bool] = lambda: False
         self.on_error: Callable[[BaseException], None] = lambda exc: None
         self.lost = 0  # bytes dropped because the disk was full
+        # Logs of the old layout (a directory per job) are looked for only for attempts made
+        # before this store started (with a minute's margin for a clock set back), and only
+        # while some are left; a later attempt looked for there too is found in its bucket.
+        self._legacy_before = floor_at("a", time.time() + 60) if self._has_legacy() else None
+
+    def _has_legacy(self) -> bool:
+        try:
+            with os.scandir(self.root) as entries:
+                return any(e.name.startswith("j") and len(e.name) > 6 and e.is_dir() for e in entries)
+        except FileNotFoundError:
+            return False
 
     # ------------------------------------------------------------------ paths and sizes
 
-    def path(self, job_id: str, attempt_id: str) -> Path:
-        return self.root / job_id / f"{attempt_id}.log"
+    def _loc(self, job_id: str, attempt_id: str) -> _Loc:
+        name = f"{attempt_id}.log"
+        if self._legacy_before is not None and attempt_id < self._legacy_before:
+            old = _Loc(self.root / job_id / name, legacy=True)
+            if old.head.exists() or old.gz.exists():
+                return old
+        return _Loc(self.root / bucket(attempt_id) / name)
 
-    def _files(self, job_id: str, attempt_id: str) -> _Files:
-        head = self.path(job_id, attempt_id)
+    def files(self, job_id: str, attempt_id: str) -> list[Path]:
+        """Every file the store holds for the attempt (diagnostics, tests)."""
+        loc = self._loc(job_id, attempt_id)
+        return [p for p in (loc.head, loc.gz) if p.exists()] + [p for _s, p in loc.segments()]
+
+    def _files(self, loc: _Loc) -> _Files:
         try:
-            head_size = head.stat().st_size
+            head_size = loc.head.stat().st_size
         except FileNotFoundError:
             head_size = 0
-        segments: list[tuple[int, Path]] = []
-        gz = head.with_name(head.name + ".gz")
-        try:
-            for entry in os.scandir(head.parent):
-                prefix = head.name + "."
-                if entry.name.startswith(prefix) and entry.name[len(prefix):].isdigit():
-                    segments.append((int(entry.name[len(prefix):]), Path(entry.path)))
-        except FileNotFoundError:
-            pass
-        segments.sort()
-        return _Files(head_size, segments, gz if gz.exists() else None)
+        gz = loc.gz
+        return _Files(head_size, loc.segments(), gz if gz.exists() else None)
 
     def size(self, job_id: str, attempt_id: str) -> int:
         """Bytes of the host's log the controller has received (where a reattach resumes)."""
         writer = self._open.get(attempt_id)
         if writer is not None:
             return writer.received
-        files = self._files(job_id, attempt_id)
+        files = self._files(self._loc(job_id, attempt_id))
         if files.gz is not None:
             return self._gz_header(files.gz)[0]
         return files.received()
@@ -153,20 +215,29 @@ class LogStore:
         self.lost += n
 
     def _writer(self, job_id: str, attempt_id: str) -> _Writer:
-        path = self.path(job_id, attempt_id)
-        try:
-            path.parent.mkdir()
-        except FileNotFoundError:  # the store's root itself is new (or was removed)
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except FileExistsError:  # the job has logs already (another attempt, a restart)
-            pass
-        else:  # a new directory holds nothing: no look for this attempt's files
-            return _Writer(path.open("ab", buffering=0), _Files(0, [], None))
-        files = self._files(job_id, attempt_id)
+        loc = self._loc(job_id, attempt_id)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        for tries in range(3):
+            try:
+                fd = os.open(loc.head, flags, 0o666)  # as open() does: the umask decides
+                break
+            except FileNotFoundError:  # a new bucket (or the root is new; or retention
+                if tries == 2:  # removed the empty bucket just now: make it again)
+                    raise
+                loc.head.parent.mkdir(parents=True, exist_ok=True)
+            except FileExistsError:  # the attempt has a log already (a restart, a reattach)
+                fd = -1
+                break
+        if fd >= 0:
+            if not loc.gz.exists():  # a new attempt: nothing else of it can be on disk
+                return _Writer(loc, os.fdopen(fd, "ab", buffering=0), _Files(0, [], None))
+            os.close(fd)  # ended before and followed again: its compressed log is the truth
+            loc.head.unlink()
+        files = self._files(loc)
         if files.gz is not None:  # ended before, followed again: back to plain files
-            self._gunzip(files.gz, path)
-            files = self._files(job_id, attempt_id)
-        return _Writer(path.open("ab", buffering=0), files)
+            self._gunzip(loc)
+            files = self._files(loc)
+        return _Writer(loc, loc.head.open("ab", buffering=0), files)
 
     def _write(self, job_id: str, attempt_id: str, w: _Writer, data: bytes) -> None:
         view = memoryview(data)
@@ -189,8 +260,9 @@ class LogStore:
     def _new_segment(self, job_id: str, attempt_id: str, w: _Writer) -> None:
         if w.seg_fh is not None:
             w.seg_fh.close()
-        path = self.path(job_id, attempt_id)
-        new = path.with_name(f"{path.name}.{w.received}")
+        new = w.loc.segment(w.received)
+        if not w.loc.legacy:
+            new.parent.mkdir(exist_ok=True)
         w.seg_fh, w.seg_size = new.open("ab", buffering=0), 0
         w.segments.append((w.received, new))
         while len(w.segments) > 2:  # the tail: the newest one or two segments
@@ -217,31 +289,30 @@ class LogStore:
             tiny = writer.received <= TINY and not writer.segments and writer.head == writer.received
             if job_id is not None and not tiny:
                 try:
-                    self._compress(job_id, attempt_id, writer.received)
+                    self._compress(writer.loc, writer.received)
                 except OSError as exc:  # a full disk: the plain files stay, readable as they are
                     self.on_error(exc)
-                    gz = self.path(job_id, attempt_id).with_name(self.path(job_id, attempt_id).name + ".gz.tmp")
-                    gz.unlink(missing_ok=True)
+                    writer.loc.gz.with_name(writer.loc.gz.name + ".tmp").unlink(missing_ok=True)
         self._wake(attempt_id)
 
-    def _compress(self, job_id: str, attempt_id: str, received: int) -> None:
+    def _compress(self, loc: _Loc, received: int) -> None:
         """One gzip file per ended attempt: a header ``fleet-log <received> <head> <tail
         start>``, the head, then the tail (host offsets stay readable, see :meth:`_read_gz`)."""
-        path = self.path(job_id, attempt_id)
-        files = self._files(job_id, attempt_id)
-        gz = path.with_name(path.name + ".gz")
-        tmp = gz.with_name(gz.name + ".tmp")
+        files = self._files(loc)
+        tmp = loc.gz.with_name(loc.gz.name + ".tmp")
         tail_start = files.segments[0][0] if files.segments else files.head
         with gzip.open(tmp, "wb", compresslevel=5) as out:
             out.write(b"fleet-log %d %d %d\n" % (received, files.head, tail_start))
-            for part in [path] + [seg for _start, seg in files.segments]:
+            for part in [loc.head] + [seg for _start, seg in files.segments]:
                 if part.exists():
                     with part.open("rb") as fh:
                         shutil.copyfileobj(fh, out)
-        os.replace(tmp, gz)
-        path.unlink(missing_ok=True)
+        os.replace(tmp, loc.gz)
+        loc.head.unlink(missing_ok=True)
         for _start, seg in files.segments:
             seg.unlink(missing_ok=True)
+        if files.segments and not loc.legacy:
+            _rmdir(loc.tail)
 
     @staticmethod
     def _gz_header(gz: Path) -> tuple[int, int, int]:
@@ -249,31 +320,33 @@ class LogStore:
             _magic, received, head, tail_start = fh.readline().split()
         return int(received), int(head), int(tail_start)
 
-    def _gunzip(self, gz: Path, path: Path) -> None:
+    def _gunzip(self, loc: _Loc) -> None:
         """Undo a compression (an ended attempt followed again): head and tail files again."""
-        received, head, tail_start = self._gz_header(gz)
-        with gzip.open(gz, "rb") as fh:
+        received, head, tail_start = self._gz_header(loc.gz)
+        with gzip.open(loc.gz, "rb") as fh:
             fh.readline()
-            path.write_bytes(fh.read(head))
+            loc.head.write_bytes(fh.read(head))
             if received > head:
-                path.with_name(f"{path.name}.{tail_start}").write_bytes(fh.read())
-        gz.unlink()
+                seg = loc.segment(tail_start)
+                seg.parent.mkdir(exist_ok=True)
+                seg.write_bytes(fh.read())
+        loc.gz.unlink()
 
     # ------------------------------------------------------------------ reading
 
     def read(self, job_id: str, attempt_id: str, offset: int, limit: int = MiB) -> tuple[bytes, int]:
         """Bytes from ``offset`` (host-log offsets) and the offset after them. A reader that
         reaches bytes dropped by the cap gets a marker line instead, and then the tail."""
-        files = self._files(job_id, attempt_id)
+        loc = self._loc(job_id, attempt_id)
+        files = self._files(loc)
         if files.gz is not None and attempt_id not in self._open:
             return self._read_gz(files.gz, offset, limit)
-        return self._read_plain(job_id, attempt_id, offset, limit, files)
+        return self._read_plain(loc, offset, limit, files)
 
-    def _read_plain(self, job_id: str, attempt_id: str, offset: int, limit: int,
-                    files: _Files | None = None) -> tuple[bytes, int]:
-        files = files or self._files(job_id, attempt_id)
+    def _read_plain(self, loc: _Loc, offset: int, limit: int, files: _Files | None = None) -> tuple[bytes, int]:
+        files = files or self._files(loc)
         if offset < files.head:
-            with self.path(job_id, attempt_id).open("rb") as fh:
+            with loc.head.open("rb") as fh:
                 fh.seek(offset)
                 data = fh.read(min(limit, files.head - offset))
             return data, offset + len(data)
@@ -289,7 +362,7 @@ class LogStore:
                         fh.seek(offset - start)
                         data = fh.read(limit)
                 except FileNotFoundError:  # rotated away meanwhile: read again
-                    return self._read_plain(job_id, attempt_id, offset, limit)
+                    return self._read_plain(loc, offset, limit)
                 if data:
                     return data, offset + len(data)
         return b"", offset
@@ -316,8 +389,9 @@ class LogStore:
                 b"(or the controller's disk was full)]\n" % (dropped, self.cap))
 
     def exists(self, job_id: str, attempt_id: str) -> bool:
-        files = self._files(job_id, attempt_id)
-        return bool(files.head or files.segments or files.gz) or self.path(job_id, attempt_id).exists()
+        loc = self._loc(job_id, attempt_id)
+        files = self._files(loc)
+        return bool(files.head or files.segments or files.gz) or loc.head.exists()
 
     # ------------------------------------------------------------------ followers
 
@@ -351,39 +425,39 @@ class LogStore:
         open_names = {f"{a}.log" for a in self._open}
         groups: dict[tuple[str, str], list[os.DirEntry[str]]] = {}
         try:
-            job_dirs = list(os.scandir(self.root))
+            dirs = [e for e in os.scandir(self.root) if e.is_dir()]  # buckets (and old job dirs)
         except FileNotFoundError:
             return 0, 0
-        for job_dir in job_dirs:
-            if not job_dir.is_dir():
-                continue
-            for entry in os.scandir(job_dir.path):
-                base = entry.name.split(".log", 1)[0] + ".log"
-                if base in open_names:
-                    continue
-                groups.setdefault((job_dir.path, base), []).append(entry)
+        for top in dirs:
+            for entry in os.scandir(top.path):
+                if entry.name.endswith(".tail") and entry.is_dir():  # an attempt's tail segments
+                    base = entry.name[:-len(".tail")] + ".log"
+                    found = list(os.scandir(entry.path))
+                else:
+                    base, found = entry.name.split(".log", 1)[0] + ".log", [entry]
+                if base not in open_names:
+                    groups.setdefault((top.path, base), []).extend(found)
         items = []
         for key, entries in groups.items():
             stats = [e.stat() for e in entries]
-            items.append((max(s.st_mtime for s in stats), sum(s.st_size for s in stats), key, entries))
+            if stats:
+                items.append((max(s.st_mtime for s in stats), sum(s.st_size for s in stats), key, entries))
         items.sort()  # oldest first
         total = sum(size for _m, size, _k, _e in items)
         now, removed, freed = time.time(), 0, 0
-        for mtime, size, _key, entries in items:
+        for mtime, size, (top_path, base), entries in items:
             old = max_age is not None and now - mtime > max_age
             over = max_bytes is not None and total > max_bytes
             if not (old or over):
                 continue
             for entry in entries:
                 Path(entry.path).unlink(missing_ok=True)
+            _rmdir(Path(top_path, base[:-len(".log")] + ".tail"))
             total -= size
             removed += 1
             freed += size
-        for job_dir in job_dirs:
-            try:
-                os.rmdir(job_dir.path)  # only if empty
-            except OSError:
-                pass
+        for top in dirs:
+            _rmdir(Path(top.path))  # only if empty
         return removed, freed
 
     def total_bytes(self) -> int:
@@ -395,3 +469,11 @@ class LogStore:
                 except FileNotFoundError:
                     pass
         return total
+
+
+def _rmdir(path: Path) -> None:
+    """Remove a directory if it is empty (and exists)."""
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass

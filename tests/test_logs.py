@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from fleet.logstore import LogStore
+from fleet.ids import new_id
+from fleet.logstore import LogStore, bucket
 from tests.helpers import eventually
 
 KiB, MiB = 1 << 10, 1 << 20
@@ -34,7 +35,7 @@ def test_capped_store_keeps_head_and_tail_and_offsets_across_restart(tmp_path):
     assert store.size("j", "a") == len(data)
     # A new store (a controller after kill -9) finds the same received count from the files.
     assert LogStore(tmp_path, cap).size("j", "a") == len(data)
-    on_disk = sum(p.stat().st_size for p in (tmp_path / "j").iterdir())
+    on_disk = sum(p.stat().st_size for p in store.files("j", "a"))
     assert on_disk <= cap
     text, offset = b"", 0
     while True:
@@ -46,7 +47,7 @@ def test_capped_store_keeps_head_and_tail_and_offsets_across_restart(tmp_path):
     assert text.endswith(data[-cap // 4:])
     assert b"bytes dropped here" in text
     store.close("a", "j")
-    assert [p.name for p in (tmp_path / "j").iterdir()] == ["a.log.gz"]
+    assert [p.name for p in (tmp_path / bucket("a")).iterdir()] == ["a.log.gz"]  # tail dir gone too
     reread, offset = b"", 0
     while True:
         chunk, offset = store.read("j", "a", offset)
@@ -121,7 +122,7 @@ def test_capped_log_survives_kill9_mid_stream_without_gap_or_duplicate(fleet, tm
     assert head_numbers == list(range(len(head_numbers)))
     # The tail is contiguous up to the end: no gap and no duplicate after the reattach.
     assert tail_numbers == list(range(tail_numbers[0], 4000))
-    gz = next(Path(fleet.settings.logs_dir, job_id).glob("*.log.gz"))
+    gz = next(Path(fleet.settings.logs_dir).rglob("*.log.gz"))
     assert gzip.open(gz).readline().startswith(b"fleet-log ")
 
 
@@ -131,15 +132,16 @@ def test_retention_by_age_and_size_spares_logs_being_written(tmp_path):
     for i in range(10):
         store.append(f"j{i}", f"a{i}", b"x" * 10_000)
         store.close(f"a{i}", f"j{i}")
-        gz = tmp_path / f"j{i}" / f"a{i}.log.gz"
+        (gz,) = store.files(f"j{i}", f"a{i}")
         os.utime(gz, (now - (10 - i) * 86400, now - (10 - i) * 86400))  # j0 oldest
     store.append("jrun", "arun", b"y" * 50_000)  # running: never collected
     removed, _ = store.collect(max_age=7.5 * 86400, max_bytes=None)
-    assert removed == 3 and not (tmp_path / "j0").exists() and (tmp_path / "j3").exists()
+    assert removed == 3 and not store.files("j0", "a0") and store.files("j3", "a3")
+    assert not (tmp_path / bucket("a0")).exists()  # an emptied bucket goes too
     sizes = sum(p.stat().st_size for p in tmp_path.rglob("*.gz"))
     removed, _ = store.collect(max_age=None, max_bytes=sizes // 2)
-    left = sorted(p.parent.name for p in tmp_path.rglob("*.gz"))
-    assert left == [f"j{i}" for i in range(10 - len(left), 10)]  # the newest stay
+    left = sorted(p.name for p in tmp_path.rglob("*.gz"))
+    assert left == [f"a{i}.log.gz" for i in range(10 - len(left), 10)]  # the newest stay
     assert store.size("jrun", "arun") == 50_000  # the open log was not touched
 
 
@@ -167,30 +169,29 @@ def test_a_tiny_log_stays_plain_and_reads_the_same(tmp_path):
     store = LogStore(tmp_path, 64 * KiB)
     store.append("j", "a", b"hello\n" * 10)
     store.close("a", "j")
-    assert [p.name for p in (tmp_path / "j").iterdir()] == ["a.log"]
+    assert [p.name for p in (tmp_path / bucket("a")).iterdir()] == ["a.log"]
     assert store.read("j", "a", 0) == (b"hello\n" * 10, 60)
     assert LogStore(tmp_path, 64 * KiB).size("j", "a") == 60
     store.append("j", "b", b"x" * 5000)
     store.close("b", "j")
-    assert sorted(p.name for p in (tmp_path / "j").iterdir()) == ["a.log", "b.log.gz"]
-    size = sum(p.stat().st_size for p in (tmp_path / "j").iterdir())
+    assert sorted(p.name for p in (tmp_path / bucket("b")).iterdir()) == ["a.log", "b.log.gz"]
+    size = sum(p.stat().st_size for p in (tmp_path / bucket("b")).iterdir())
     assert store.collect(max_age=None, max_bytes=0) == (2, size)
-    assert not (tmp_path / "j").exists()
+    assert not (tmp_path / bucket("b")).exists()
 
 
 def test_a_flooding_host_is_capped_from_a_new_jobs_first_byte_and_attempts_keep_apart(tmp_path):
-    """The first attempt of a new job opens its log without looking for files (its directory
-    was just made): a host sending far more than the cap is still cut to head and tail; the
-    job's second attempt, in the directory that now exists, starts at 0 and never reads the
-    first attempt's files; a controller restarted mid-attempt resumes at the byte it had."""
+    """A new attempt opens its log without looking for files (its head file was just made):
+    a host sending far more than the cap is still cut to head and tail; the job's second
+    attempt, in the same bucket, starts at 0 and never reads the first attempt's files; a
+    controller restarted mid-attempt resumes at the byte it had."""
     cap = 16 * KiB
     store = LogStore(tmp_path / "new-root" / "logs", cap)  # the root itself is made on first use
     flood = b"".join(_line(i) for i in range(4096))  # 280 KiB against a 16 KiB cap
     for k in range(0, len(flood), 7_000):
         store.append("j", "a1", flood[k:k + 7_000])
     assert store.size("j", "a1") == len(flood)
-    job_dir = tmp_path / "new-root" / "logs" / "j"
-    assert sum(p.stat().st_size for p in job_dir.iterdir()) <= cap
+    assert sum(p.stat().st_size for p in store.files("j", "a1")) <= cap
     store.close("a1", "j")
 
     store.append("j", "a2", b"second attempt\n")
@@ -201,3 +202,33 @@ def test_a_flooding_host_is_capped_from_a_new_jobs_first_byte_and_attempts_keep_
     restarted.append("j", "a2", b"and on\n")
     assert restarted.read("j", "a2", 0) == (b"second attempt\nand on\n", 22)
     assert restarted.size("j", "a1") == len(flood)  # the first attempt's log is untouched
+
+
+def test_logs_of_the_old_layout_are_read_resumed_and_collected(tmp_path):
+    """Before buckets an attempt's files lived in a directory per job: a controller upgraded
+    while an attempt runs resumes its log where it is (head and tail segment there), reads the
+    ended ones, writes new attempts in buckets, and its retention removes both kinds."""
+    cap = 16 * KiB  # head 8 KiB, segments of 4 KiB
+    job, running, ended = new_id("j"), new_id("a"), new_id("a")
+    old = tmp_path / job
+    old.mkdir()
+    (old / f"{running}.log").write_bytes(b"h" * (8 * KiB))  # a full head
+    (old / f"{running}.log.{10 * KiB}").write_bytes(b"t" * 1000)  # its tail, after 2 KiB dropped
+    with gzip.open(old / f"{ended}.log.gz", "wb") as fh:
+        fh.write(b"fleet-log 6 6 6\nended\n")
+    store = LogStore(tmp_path, cap)
+    assert store.size(job, running) == 10 * KiB + 1000
+    assert store.read(job, ended, 0) == (b"ended\n", 6)
+    store.append(job, running, b"more")
+    assert (old / f"{running}.log.{10 * KiB}").read_bytes() == b"t" * 1000 + b"more"  # resumed in place
+    data, offset = store.read(job, running, 8 * KiB)
+    assert b"2048 bytes dropped" in data and offset == 10 * KiB
+    assert store.read(job, running, offset + 1000) == (b"more", offset + 1004)
+    new = new_id("a")  # the job's next attempt, made by this controller: in a bucket
+    store.append(job, new, b"new\n")
+    assert store.files(job, new) == [tmp_path / bucket(new) / f"{new}.log"]
+    store.close(running, job)
+    store.close(new, job)
+    assert [p.name for p in store.files(job, running)] == [f"{running}.log.gz"]
+    assert store.collect(max_age=None, max_bytes=0)[0] == 3
+    assert list(tmp_path.iterdir()) == []  # the old job directory and the bucket are gone
