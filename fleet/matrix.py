@@ -69,7 +69,7 @@ def prepare_run(ctx: ApiContext, data: dict[str, Any], uploads: dict[str, Any], 
     if total > MAX_RUN_BYTES:  # each spec is bounded; a run of 20,000 of them must be too
         raise SpecError([("", f"the run's jobs are {total} bytes of spec, at most {MAX_RUN_BYTES}")], source)
     try:
-        checked = validate_jobs(ctx, bodies, user, None)
+        checked = validate_jobs(ctx, bodies, user)
     except SpecError as exc:
         errors: list[tuple[str, str]] = []
         for field, problem in exc.errors:
@@ -81,7 +81,6 @@ def prepare_run(ctx: ApiContext, data: dict[str, Any], uploads: dict[str, Any], 
             if (field, problem) not in errors:  # N repeats of a point say it once
                 errors.append((field, problem))
         raise SpecError(errors, source) from None
-    assert not isinstance(checked, list)
     for key in [k for k in uploads if k not in used]:  # kept (a schedule pins them) only if used
         del uploads[key]
     now = time.time()

@@ -130,3 +130,23 @@ def test_a_read_whose_connection_broke_is_sent_again_and_a_submit_without_a_key_
         c.close()
     for p in (proxy, proxy2, proxy3):
         p.close()
+
+
+async def test_a_retry_whose_spec_would_no_longer_pass_gets_the_jobs_made_before(tmp_path):
+    """A new key costs no lookup (the write meets the earlier key's row); a spec that fails
+    the checks is looked up under its key before its error is given, so a retry after, say,
+    its input was removed still gets the jobs the first request made."""
+    from tests.harness import harness, host
+
+    async with harness(tmp_path, [host("h1")]) as h:
+        key = {"Idempotency-Key": uuid.uuid4().hex}
+        first = await h.api.post("/jobs", json={"name": "once", "run": "true"}, headers=key)
+        assert first.status_code == 201, first.text
+        again = await h.api.post("/jobs", json={"name": "once", "run": "true"}, headers=key)
+        assert again.json()["id"] == first.json()["id"]
+        stale = await h.api.post("/jobs", json={"name": "once", "run": "true", "pool": 3}, headers=key)
+        assert stale.status_code in (200, 201) and stale.json()["id"] == first.json()["id"]
+        fresh = await h.api.post("/jobs", json={"name": "once", "run": "true", "pool": 3},
+                                 headers={"Idempotency-Key": uuid.uuid4().hex})
+        assert fresh.status_code == 422 and "pool" in fresh.text
+        assert len((await h.api.get("/jobs")).json()["items"]) == 1

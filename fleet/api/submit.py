@@ -29,10 +29,17 @@ async def submit_many(ctx: ApiContext, bodies: list[dict[str, Any]], user: User,
     scheduler) goes on meanwhile. With ``idempotency_key``, a submission the same user made
     with that key before returns its jobs instead of making new ones (a client retrying after
     a lost answer). Raises SpecError."""
-    checked = await asyncio.to_thread(validate_jobs, ctx, bodies, user, idempotency_key)
-    if isinstance(checked, list):
-        return checked  # made before under this key
-    accepted, links = checked
+    try:
+        accepted, links = await asyncio.to_thread(validate_jobs, ctx, bodies, user)
+    except (SpecError, HTTPException):
+        # A retry of a submission that was made, whose specs would no longer pass (a blob or
+        # an artifact gone since): its jobs, not the error. A new key costs no lookup: the
+        # write below meets the earlier submission's key row.
+        earlier = (await asyncio.to_thread(ctx.store.jobs_for_key, user.name, idempotency_key)
+                   if idempotency_key is not None else None)
+        if earlier is None:
+            raise
+        return [JobOut.of(job) for job in earlier]
     # A large batch is written in a thread too (a thousand jobs held the loop for a third of a
     # second); a few jobs are written here (a thread hand-off cost more than the write). The
     # leader's look for jobs other replicas wrote may find these before they are queued
@@ -56,15 +63,10 @@ async def submit_many(ctx: ApiContext, bodies: list[dict[str, Any]], user: User,
     return await asyncio.to_thread(lambda: [JobOut.of(job) for job in jobs])
 
 
-def validate_jobs(ctx: ApiContext, bodies: list[dict[str, Any]], user: User, idempotency_key: str | None
-                  ) -> list[JobOut] | tuple[list[tuple[JobSpec, str]], list[dict[str, Any] | None]]:
+def validate_jobs(ctx: ApiContext, bodies: list[dict[str, Any]], user: User
+                  ) -> tuple[list[tuple[JobSpec, str]], list[dict[str, Any] | None]]:
     """Check every spec (blocking, reads only; any thread): the accepted specs with their
-    queue keys and chain links, or the jobs an earlier submission with this key made.
-    Raises SpecError."""
-    if idempotency_key is not None:
-        earlier = ctx.store.jobs_for_key(user.name, idempotency_key)
-        if earlier is not None:
-            return [JobOut.of(job) for job in earlier]
+    queue keys and chain links. Raises SpecError."""
     accepted: list[tuple[JobSpec, str]] = []
     links: list[dict[str, Any] | None] = []
     errors: list[tuple[str, str]] = []
