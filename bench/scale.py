@@ -27,6 +27,8 @@ Phases, each printed with its figure:
 
 The controller's longest scheduling pass is read from its own /metrics histogram.
 Needs a few GB of memory free; the SSH handshakes to 1,000 hosts take a while at start.
+``--slots 10 --queue 10000`` runs 10,000 attempts at once (the issue's second scale point:
+controller RSS <= 1 GiB; the 2 s fill target is for 2,000 slots).
 """
 
 from __future__ import annotations
