@@ -432,14 +432,24 @@ class LogStore:
             for entry in os.scandir(top.path):
                 if entry.name.endswith(".tail") and entry.is_dir():  # an attempt's tail segments
                     base = entry.name[:-len(".tail")] + ".log"
-                    found = list(os.scandir(entry.path))
+                    try:
+                        found = list(os.scandir(entry.path))
+                    except FileNotFoundError:  # compressed meanwhile (its attempt ended)
+                        found = []
+                    if not found and base not in open_names:
+                        _rmdir(Path(entry.path))  # left empty by a crash between two unlinks
                 else:
                     base, found = entry.name.split(".log", 1)[0] + ".log", [entry]
                 if base not in open_names:
                     groups.setdefault((top.path, base), []).extend(found)
         items = []
         for key, entries in groups.items():
-            stats = [e.stat() for e in entries]
+            stats = []
+            for e in entries:
+                try:
+                    stats.append(e.stat())
+                except FileNotFoundError:  # removed meanwhile (a segment rotated away)
+                    pass
             if stats:
                 items.append((max(s.st_mtime for s in stats), sum(s.st_size for s in stats), key, entries))
         items.sort()  # oldest first

@@ -230,5 +230,6 @@ def test_logs_of_the_old_layout_are_read_resumed_and_collected(tmp_path):
     store.close(running, job)
     store.close(new, job)
     assert [p.name for p in store.files(job, running)] == [f"{running}.log.gz"]
+    (tmp_path / bucket(new) / f"{new_id('a')}.tail").mkdir()  # left empty by a crash
     assert store.collect(max_age=None, max_bytes=0)[0] == 3
     assert list(tmp_path.iterdir()) == []  # the old job directory and the bucket are gone
