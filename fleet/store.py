@@ -11,12 +11,11 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
 
-from sqlalchemy import bindparam, delete, func, insert, null, or_, text, update
-from sqlalchemy import select as sa_select
+from sqlalchemy import delete, func, insert, or_, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import defer
 from sqlmodel import col, select
@@ -43,139 +42,29 @@ from fleet.models.tables import (
     User,
 )
 from fleet.results import key_columns
+from fleet.statements import (
+    ATTEMPT_EVENT,
+    ATTEMPTS,
+    EVENTS,
+    INSERT_ATTEMPT,
+    JOB_RUNNING,
+    JOBS,
+    RESULTS,
+    STARTING_JOBS,
+    TOKEN_USED,
+    TOKEN_USER,
+    attempt_event,
+    by_columns,
+    exec_driver_many,
+    job_events,
+    update_by_id,
+)
 
 ACTIVE_JOB_STATES = [JobState.STARTING.value, JobState.RUNNING.value, JobState.CANCELLING.value]
 QUEUED_JOB_STATES = [JobState.PENDING.value, JobState.RETRYING.value]
 
 
-_JOBS = Job.__table__  # type: ignore[attr-defined]
-_ATTEMPTS = Attempt.__table__  # type: ignore[attr-defined]
-_RESULTS = Result.__table__  # type: ignore[attr-defined]
-_EVENTS = Event.__table__  # type: ignore[attr-defined]
-_EVENT_COLS = ["at", "type", "user", "job_id", "attempt_id", "host", "state", "reason", "message",
-               "data_json"]
 NOTIFY_CHANNEL = "fleet_events"  # PostgreSQL: every event write NOTIFYs it (fleet.events)
-_UPDATES: dict[tuple[str, tuple[str, ...]], Any] = {}
-
-
-def _update(table: Any, names: tuple[str, ...]) -> Any:
-    """A cached Core ``UPDATE table SET names... WHERE id = :_id`` (statement built once).
-
-    Hot-path writes go through Core with bound parameters: building ORM/DML statements per
-    call cost more than SQLite's own work.
-    """
-    key = (table.name, names)
-    stmt = _UPDATES.get(key)
-    if stmt is None:
-        stmt = update(table).where(table.c.id == bindparam("_id")).values({n: bindparam(n) for n in names})
-        _UPDATES[key] = stmt
-    return stmt
-
-
-# STARTING -> RUNNING; the job's started_at is its first attempt's start (retries keep it).
-_JOB_RUNNING = (
-    update(_JOBS)
-    .where(_JOBS.c.id == bindparam("_id"), _JOBS.c.state == bindparam("_state"))
-    .values(state=bindparam("state"), updated_at=bindparam("updated_at"),
-            started_at=func.coalesce(_JOBS.c.started_at, bindparam("started_at")))
-)
-
-
-
-# A new attempt's row (its other columns start NULL).
-_INSERT_ATTEMPT = insert(_ATTEMPTS).values({n: bindparam(n) for n in (
-    "id", "job_id", "number", "host", "backend", "slots", "state", "created_at", "log_bytes")})
-
-_J, _A = _JOBS.c, _ATTEMPTS.c
-# Which of these jobs are STARTING (their first attempt's start moves them to RUNNING).
-_STARTING_JOBS = sa_select(_J.id).where(_J.id.in_(bindparam("ids", expanding=True)),
-                                        _J.state == JobState.STARTING.value)
-
-
-def _job_event_insert(which: Any) -> Any:
-    """``INSERT INTO events SELECT`` a job.state row for the jobs ``which`` selects."""
-    return insert(_EVENTS).from_select(_EVENT_COLS, sa_select(
-        bindparam("at"), bindparam("type"), _J.user, _J.id, _J.current_attempt, _J.host, _J.state,
-        _J.reason, _J.message, null()).where(which))
-
-
-# Built once (building a statement per write cost more than SQLite's own work): an event for
-# jobs / an attempt as they are now in the transaction, by id.
-_JOB_EVENTS = _job_event_insert(_J.id.in_(bindparam("ids", expanding=True)))
-# One job (most writes): an expanding IN is rendered again on every execution.
-_JOB_EVENT = _job_event_insert(_J.id == bindparam("id"))
-_ATTEMPT_EVENT = insert(_EVENTS).from_select(_EVENT_COLS, sa_select(
-    bindparam("at"), bindparam("type"), _J.user, _A.job_id, _A.id, _A.host, _A.state, _A.reason,
-    _A.message, bindparam("data")).select_from(_ATTEMPTS.join(_JOBS, _J.id == _A.job_id))
-    .where(_A.id == bindparam("id")))
-
-
-# The user of a token, with what decides whether the token is valid: one statement, built
-# once (it runs on every API request).
-_TOKENS = Token.__table__  # type: ignore[attr-defined]
-_USERS = User.__table__  # type: ignore[attr-defined]
-_TOKEN_USER = (
-    sa_select(_TOKENS.c.id.label("token_id"), _TOKENS.c.expires_at, _TOKENS.c.revoked_at,
-              _TOKENS.c.last_used_at, _USERS.c.id, _USERS.c.name, _USERS.c.is_admin, _USERS.c.created_at)
-    .select_from(_TOKENS.join(_USERS, _USERS.c.id == _TOKENS.c.user_id))
-    .where(_TOKENS.c.token_hash == bindparam("hash"))
-)
-_TOKEN_USED = update(_TOKENS).where(_TOKENS.c.id == bindparam("_id")).values(last_used_at=bindparam("at"))
-
-
-_DRIVER_SQL: dict[tuple[int, str], tuple[str, tuple[str, ...] | None]] = {}
-
-
-def _driver_sql(conn: Connection, stmt: Any) -> tuple[str, tuple[str, ...] | None]:
-    """A prebuilt statement as the driver's SQL and its parameter order, compiled once per
-    dialect."""
-    key = (id(stmt), conn.dialect.name)
-    compiled = _DRIVER_SQL.get(key)
-    if compiled is None:
-        c = stmt.compile(dialect=conn.dialect)
-        compiled = _DRIVER_SQL[key] = (c.string, tuple(c.positiontup) if c.positional else None)
-    return compiled
-
-
-def _exec_driver(conn: Connection, stmt: Any, params: dict[str, Any]) -> None:
-    """Run a prebuilt statement as the driver's SQL: five event rows per job went through
-    Core's execute (~60 us of Python each, more than SQLite's own work); the driver call is a
-    third of that. Parameters need no type processing here."""
-    sql, order = _driver_sql(conn, stmt)
-    conn.exec_driver_sql(sql, tuple(params[n] for n in order) if order is not None else params)
-
-
-def _job_events(conn: Connection, ids: Sequence[str], now: float) -> None:
-    """``job.state`` events for jobs as they are now in this transaction (one statement)."""
-    if len(ids) == 1:
-        _exec_driver(conn, _JOB_EVENT, {"at": now, "type": "job.state", "id": ids[0]})
-    else:
-        conn.execute(_JOB_EVENTS, {"at": now, "type": "job.state", "ids": list(ids)})
-
-
-def _attempt_event(conn: Connection, attempt_id: str, kind: str, now: float,
-                   data: dict[str, Any] | None = None) -> None:
-    """An ``attempt.*`` event for an attempt as it is now in this transaction."""
-    _exec_driver(conn, _ATTEMPT_EVENT, {"at": now, "type": kind, "id": attempt_id,
-                                        "data": json.dumps(data) if data else None})
-
-
-def _exec_driver_many(conn: Connection, stmt: Any, rows: Sequence[dict[str, Any]]) -> None:
-    """:func:`_exec_driver` for many rows at once (the driver's executemany)."""
-    if len(rows) == 1:
-        _exec_driver(conn, stmt, rows[0])
-        return
-    sql, order = _driver_sql(conn, stmt)
-    assert order is not None or conn.dialect.paramstyle in ("named", "pyformat")
-    conn.exec_driver_sql(sql, [tuple(r[n] for n in order) for r in rows] if order is not None else list(rows))
-
-
-def _by_columns(rows: Iterable[tuple[dict[str, Any], str]]) -> dict[tuple[str, ...], list[dict[str, Any]]]:
-    """Rows to update ``(values, id)`` grouped by the columns they set (one executemany each)."""
-    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-    for values, row_id in rows:
-        groups.setdefault(tuple(sorted(values)), []).append(dict(values, _id=row_id))
-    return groups
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -269,7 +158,7 @@ class Store:
                   host: str | None = None, state: str | None = None, message: str | None = None,
                   data: dict[str, Any] | None = None) -> None:
         with self._telling() as conn:
-            conn.execute(insert(_EVENTS), {
+            conn.execute(insert(EVENTS), {
                 "at": time.time(), "type": type, "user": user, "job_id": job_id,
                 "attempt_id": None, "host": host, "state": state, "reason": None,
                 "message": message, "data_json": json.dumps(data) if data else None})
@@ -282,11 +171,11 @@ class Store:
 
     def last_event_id(self) -> int:
         with self.db.write() as conn:
-            return int(conn.execute(select(func.max(_EVENTS.c.id))).scalar() or 0)
+            return int(conn.execute(select(func.max(EVENTS.c.id))).scalar() or 0)
 
     def expire_events(self, before: float) -> int:
         with self.db.write() as conn:
-            return int(conn.execute(delete(_EVENTS).where(_EVENTS.c.at < before)).rowcount or 0)
+            return int(conn.execute(delete(EVENTS).where(EVENTS.c.at < before)).rowcount or 0)
 
     # ------------------------------------------------------------------ users and tokens
 
@@ -331,11 +220,11 @@ class Store:
         once a minute: a write per request would cost more than the lookup)."""
         now = time.time() if now is None else now
         with self.db.write() as conn:
-            row = conn.execute(_TOKEN_USER, {"hash": hash_token(token)}).first()
+            row = conn.execute(TOKEN_USER, {"hash": hash_token(token)}).first()
             if row is None or row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now):
                 return None
             if row.last_used_at is None or now - row.last_used_at > 60:
-                conn.execute(_TOKEN_USED, {"_id": row.token_id, "at": now})
+                conn.execute(TOKEN_USED, {"_id": row.token_id, "at": now})
         return User(id=row.id, name=row.name, is_admin=row.is_admin, created_at=row.created_at)
 
     def list_tokens(self, user: str | None = None) -> list[tuple[Token, str]]:
@@ -398,8 +287,8 @@ class Store:
                 conn.execute(insert(SubmitKey), {"user": user, "key": idempotency_key,
                                                  "job_ids": json.dumps([j.id for j in jobs]),
                                                  "created_at": time.time()})
-            conn.execute(insert(_JOBS), [dataclasses.asdict(job) for job in jobs])
-            _job_events(conn, [j.id for j in jobs], time.time())
+            conn.execute(insert(JOBS), [dataclasses.asdict(job) for job in jobs])
+            job_events(conn, [j.id for j in jobs], time.time())
         return jobs
 
     def jobs_for_key(self, user: str, key: str) -> list[Job] | None:
@@ -546,11 +435,11 @@ class Store:
         fields["updated_at"] = time.time()
         if "state" not in fields:
             with self.db.write() as conn:
-                conn.execute(_update(_JOBS, tuple(sorted(fields))), dict(fields, _id=job_id))
+                conn.execute(update_by_id(JOBS, tuple(sorted(fields))), dict(fields, _id=job_id))
             return
         with self._telling() as conn:
-            conn.execute(_update(_JOBS, tuple(sorted(fields))), dict(fields, _id=job_id))
-            _job_events(conn, [job_id], fields["updated_at"])
+            conn.execute(update_by_id(JOBS, tuple(sorted(fields))), dict(fields, _id=job_id))
+            job_events(conn, [job_id], fields["updated_at"])
 
     def finish_job(self, job_id: str, state: JobState, reason: Reason, message: str | None) -> None:
         now = time.time()
@@ -574,14 +463,14 @@ class Store:
                      current_attempt=a.id, updated_at=now, reason=None, message=None, _id=a.job_id)
                 for a in attempts]
         with self._telling() as s:
-            _exec_driver_many(s, _INSERT_ATTEMPT, [
+            exec_driver_many(s, INSERT_ATTEMPT, [
                 {"id": a.id, "job_id": a.job_id, "number": a.number, "host": a.host, "backend": a.backend,
                  "slots": a.slots, "state": a.state, "created_at": now, "log_bytes": 0} for a in attempts])
-            _exec_driver_many(s, _update(_JOBS, names), rows)
-            _exec_driver_many(s, _ATTEMPT_EVENT, [
+            exec_driver_many(s, update_by_id(JOBS, names), rows)
+            exec_driver_many(s, ATTEMPT_EVENT, [
                 {"at": now, "type": "attempt.started", "id": a.id,
                  "data": json.dumps({"backend": a.backend, "number": a.number})} for a in attempts])
-            _job_events(s, [a.job_id for a in attempts], now)
+            job_events(s, [a.job_id for a in attempts], now)
         for (job, *_rest), a in zip(placed, attempts, strict=True):
             job.attempt_count = a.number
         return attempts
@@ -597,30 +486,30 @@ class Store:
             return
         now = time.time()
         with self._telling() as s:
-            _exec_driver_many(s, _update(_ATTEMPTS, ("started_at", "state")),
+            exec_driver_many(s, update_by_id(ATTEMPTS, ("started_at", "state")),
                               [{"_id": a, "state": AttemptState.RUNNING.value, "started_at": at} for _j, a, at in started])
-            _exec_driver_many(s, _ATTEMPT_EVENT, [{"at": now, "type": "attempt.running", "id": a, "data": None}
+            exec_driver_many(s, ATTEMPT_EVENT, [{"at": now, "type": "attempt.running", "id": a, "data": None}
                                                   for _j, a, _at in started])
             ids = [j for j, _a, _at in started]
-            moving = set(s.execute(_STARTING_JOBS, {"ids": ids}).scalars())
+            moving = set(s.execute(STARTING_JOBS, {"ids": ids}).scalars())
             if moving:
-                _exec_driver_many(s, _JOB_RUNNING, [
+                exec_driver_many(s, JOB_RUNNING, [
                     {"_id": j, "_state": JobState.STARTING.value, "state": JobState.RUNNING.value,
                      "started_at": at, "updated_at": now} for j, _a, at in started if j in moving])
-                _job_events(s, [j for j in ids if j in moving], now)
+                job_events(s, [j for j in ids if j in moving], now)
 
     def reopen_attempt(self, job_id: str, attempt_id: str, message: str) -> None:
         """An attempt given up on is followed again: it is active again (a restart reattaches
         it) until its real end is known."""
         now = time.time()
         with self._telling() as s:
-            s.execute(_update(_ATTEMPTS, ("ended_at", "message", "reason", "state")),
+            s.execute(update_by_id(ATTEMPTS, ("ended_at", "message", "reason", "state")),
                       {"_id": attempt_id, "state": AttemptState.RUNNING.value, "reason": None,
                        "message": message, "ended_at": None})
-            s.execute(_update(_JOBS, ("message", "state", "updated_at")),
+            s.execute(update_by_id(JOBS, ("message", "state", "updated_at")),
                       {"_id": job_id, "state": JobState.RUNNING.value, "message": message, "updated_at": now})
-            _attempt_event(s, attempt_id, "attempt.running", now)
-            _job_events(s, [job_id], now)
+            attempt_event(s, attempt_id, "attempt.running", now)
+            job_events(s, [job_id], now)
 
     def finish_attempt(
         self, attempt_id: str, state: AttemptState, reason: Reason, message: str | None,
@@ -634,8 +523,8 @@ class Store:
         if started_at is not None:
             values["started_at"] = started_at
         with self._telling() as s:
-            s.execute(_update(_ATTEMPTS, tuple(sorted(values))), dict(values, _id=attempt_id))
-            _attempt_event(s, attempt_id, "attempt.ended", time.time(), {"exit_code": exit_code})
+            s.execute(update_by_id(ATTEMPTS, tuple(sorted(values))), dict(values, _id=attempt_id))
+            attempt_event(s, attempt_id, "attempt.ended", time.time(), {"exit_code": exit_code})
 
     def finish_many(self, ended: Sequence[Ended]) -> None:
         """End attempts (those that ended in one turn of the scheduler's loop: hundreds under
@@ -645,18 +534,18 @@ class Store:
             return
         now = time.time()
         with self._telling() as s:
-            for names, rows in _by_columns((e.attempt_values, e.attempt_id) for e in ended).items():
-                _exec_driver_many(s, _update(_ATTEMPTS, names), rows)
-            _exec_driver_many(s, _ATTEMPT_EVENT, [
+            for names, rows in by_columns((e.attempt_values, e.attempt_id) for e in ended).items():
+                exec_driver_many(s, update_by_id(ATTEMPTS, names), rows)
+            exec_driver_many(s, ATTEMPT_EVENT, [
                 {"at": now, "type": "attempt.ended", "id": e.attempt_id,
                  "data": json.dumps({"exit_code": e.attempt_values.get("exit_code")})} for e in ended])
             jobs = ((dict(e.job_values, updated_at=now), e.job_id) for e in ended)
-            for names, rows in _by_columns(jobs).items():
-                _exec_driver_many(s, _update(_JOBS, names), rows)
-            _job_events(s, [e.job_id for e in ended], now)
+            for names, rows in by_columns(jobs).items():
+                exec_driver_many(s, update_by_id(JOBS, names), rows)
+            job_events(s, [e.job_id for e in ended], now)
             results = [dict(e.result, created_at=now) for e in ended if e.result is not None]
             if results:
-                s.execute(insert(_RESULTS), results)
+                s.execute(insert(RESULTS), results)
             artifacts = [a for e in ended for a in e.artifacts]
             if artifacts:
                 s.execute(insert(Artifact), artifacts)
@@ -793,7 +682,7 @@ class Store:
                    device_class=device_class, created_at=time.time(), record_json=json.dumps(record),
                    **key_columns(record))
         with self.db.write() as conn:
-            conn.execute(insert(_RESULTS), row)
+            conn.execute(insert(RESULTS), row)
         with self.db.session() as s:
             return s.exec(select(Result).where(Result.job_id == result_id)).one()
 
