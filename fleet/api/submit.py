@@ -35,11 +35,10 @@ async def submit_many(ctx: ApiContext, bodies: list[dict[str, Any]], user: User,
         # A retry of a submission that was made, whose specs would no longer pass (a blob or
         # an artifact gone since): its jobs, not the error. A new key costs no lookup: the
         # write below meets the earlier submission's key row.
-        earlier = (await asyncio.to_thread(ctx.store.jobs_for_key, user.name, idempotency_key)
-                   if idempotency_key is not None else None)
+        earlier = await asyncio.to_thread(_made_before, ctx, user, idempotency_key)
         if earlier is None:
             raise
-        return [JobOut.of(job) for job in earlier]
+        return earlier
     # A large batch is written in a thread too (a thousand jobs held the loop for a third of a
     # second); a few jobs are written here (a thread hand-off cost more than the write). The
     # leader's look for jobs other replicas wrote may find these before they are queued
@@ -50,10 +49,10 @@ async def submit_many(ctx: ApiContext, bodies: list[dict[str, Any]], user: User,
         else:
             jobs = await asyncio.to_thread(ctx.store.create_jobs, accepted, user.name, links, idempotency_key)
     except IntegrityError:
-        earlier = ctx.store.jobs_for_key(user.name, idempotency_key) if idempotency_key else None
+        earlier = _made_before(ctx, user, idempotency_key)  # made before, or by a twin just now
         if earlier is None:
             raise
-        return [JobOut.of(job) for job in earlier]  # a twin of this request won the race
+        return earlier
     for i, (job, (spec, _key)) in enumerate(zip(jobs, accepted, strict=True)):
         ctx.scheduler.submit(job, spec)
         if i % 200 == 199:
@@ -61,6 +60,12 @@ async def submit_many(ctx: ApiContext, bodies: list[dict[str, Any]], user: User,
     if len(jobs) <= 10:
         return [JobOut.of(job) for job in jobs]
     return await asyncio.to_thread(lambda: [JobOut.of(job) for job in jobs])
+
+
+def _made_before(ctx: ApiContext, user: User, idempotency_key: str | None) -> list[JobOut] | None:
+    """The jobs an earlier submission of ``user`` with this key made, or None."""
+    earlier = ctx.store.jobs_for_key(user.name, idempotency_key) if idempotency_key is not None else None
+    return None if earlier is None else [JobOut.of(job) for job in earlier]
 
 
 def validate_jobs(ctx: ApiContext, bodies: list[dict[str, Any]], user: User
