@@ -150,3 +150,28 @@ async def test_a_retry_whose_spec_would_no_longer_pass_gets_the_jobs_made_before
                                  headers={"Idempotency-Key": uuid.uuid4().hex})
         assert fresh.status_code == 422 and "pool" in fresh.text
         assert len((await h.api.get("/jobs")).json()["items"]) == 1
+
+
+async def test_a_key_reused_by_another_user_a_path_as_a_hash_or_an_oversized_spec_gets_nothing_of_anyones(tmp_path):
+    """Keys are per user: bob reusing alice's key, with a spec that lies (a path where a
+    blob's hash belongs) or one over the size limit, is refused with a clear error and never
+    gets alice's job; alice's own retry with the same key still gets hers."""
+    from tests.harness import harness, host
+
+    async with harness(tmp_path, [host("h1")]) as h:
+        auth = {}
+        for name in ("alice", "bob"):
+            auth[name] = {"Authorization": f"Bearer {h.store.create_token(h.store.create_user(name))}"}
+        key = {"Idempotency-Key": uuid.uuid4().hex}
+        made = await h.api.post("/jobs", json={"name": "hers", "run": "true"}, headers=auth["alice"] | key)
+        assert made.status_code == 201 and made.json()["user"] == "alice"
+        lying = {"name": "x", "run": "true", "inputs": {"m": {"kind": "file", "filename": "m",
+                 "files": {"m": {"sha256": "../../etc/passwd", "size": 1}}}}}
+        refused = await h.api.post("/jobs", json=lying, headers=auth["bob"] | key)
+        assert refused.status_code == 422 and "sha256" in refused.text and made.json()["id"] not in refused.text
+        huge = {"name": "x", "run": "true", "env": {"BIG": "x" * (2 << 20)}}
+        too_big = await h.api.post("/jobs", json=huge, headers=auth["bob"] | key)
+        assert too_big.status_code == 413 and "max_spec_bytes" in too_big.text
+        again = await h.api.post("/jobs", json=lying, headers=auth["alice"] | key)
+        assert again.json()["id"] == made.json()["id"]  # her retry: her job, made once
+        assert [j["user"] for j in (await h.api.get("/jobs")).json()["items"]] == ["alice"]
