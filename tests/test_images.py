@@ -397,6 +397,17 @@ def test_isolation_container_runs_each_users_job_in_a_container_of_its_own_as_th
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _accepts(path: Path) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as s:
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
 @pytest.fixture
 def podman_api(tmp_path):
     """podman's Docker-compatible API on a socket of its own, and the Docker SDK speaking to it."""
@@ -405,7 +416,9 @@ def podman_api(tmp_path):
     service = subprocess.Popen([*PODMAN, "system", "service", "--time=0", f"unix://{sock}"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        eventually(sock.exists, timeout=30, what="podman's API socket")
+        # The socket file appears before podman listens on it (CI once met 'Connection refused'
+        # in DockerClient(), which asks the version at once): wait until a connect succeeds.
+        eventually(lambda: _accepts(sock), timeout=30, what="podman's API socket accepting")
         client = docker.DockerClient(base_url=f"unix://{sock}")
         eventually(lambda: bool(client.ping()), timeout=30, what="podman's API answering")
         yield client
