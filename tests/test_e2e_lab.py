@@ -28,10 +28,14 @@ def test_jobs_run_on_the_right_pool_and_arch(fleet, lab, tmp_path):
     lab.add_hosts("rtx5060", 2)
     lab.add_hosts("jetson-orin-nano", 2)
     lab.add_hosts("hailo8", 1)
+    extra = {}
     if have_sshd():
-        lab.add_hosts("rtx5060", 1, kind="openssh")
-        lab.add_hosts("jetson-orin-nano", 1, kind="openssh")
-    client = start_fleet(fleet, lab, tmp_path)
+        # Labelled, so that a job of each pool is sent there: placement alone may fill the
+        # asyncssh hosts first (CI once saw no job reach an OpenSSH host).
+        for host in (*lab.add_hosts("rtx5060", 1, kind="openssh"),
+                     *lab.add_hosts("jetson-orin-nano", 1, kind="openssh")):
+            extra[host.name] = {"fleet_labels": {"sshd": "openssh"}}
+    client = start_fleet(fleet, lab, tmp_path, extra=extra)
     pools = {p.name: p.hosts for p in client.pools()}
     assert pools == {"rtx": 3 if have_sshd() else 2, "jetson": 3 if have_sshd() else 2, "hailo8": 1}
     probe = 'echo "host=$FLEET_HOST arch=$(uname -m) profile=$FLEET_LAB_PROFILE home=$HOME"'
@@ -39,6 +43,9 @@ def test_jobs_run_on_the_right_pool_and_arch(fleet, lab, tmp_path):
     for pool in ("rtx", "jetson", "hailo8"):
         for i in range(4):
             jobs[client.submit({"name": f"{pool}{i}", "run": probe, "resources": {"pool": pool}}).id] = pool
+        if have_sshd() and pool != "hailo8":
+            on_openssh = {"pool": pool, "labels": {"sshd": "openssh"}}
+            jobs[client.submit({"name": f"{pool}-sshd", "run": probe, "resources": on_openssh}).id] = pool
     by_arch = client.submit({"name": "arm", "run": probe, "resources": {"arch": "aarch64"}}).id
     hosts = {h.name: h for h in client.hosts()}
     seen_kinds = set()
