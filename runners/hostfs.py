@@ -14,18 +14,33 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 
 
+def _create(path, mode=0o644):
+    """A new file at ``path`` for writing, never through a link a job may have planted under
+    its name (one syscall when nothing is there, as is usual)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW
+    try:
+        return os.open(path, flags, mode)
+    except FileExistsError:
+        os.unlink(path)
+        return os.open(path, flags, mode)
+
+
 def _write_json(path, data):
     """Write atomically (temp file, rename). The temp file is created new and never through a
     link a job may have planted under its name."""
     tmp = "%s.tmp.%d" % (path, os.getpid())
+    fd = _create(tmp)
     try:
-        os.unlink(tmp)
-    except OSError:
-        pass
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh)
+        _write_all(fd, json.dumps(data).encode())
+    finally:
+        os.close(fd)
     os.replace(tmp, path)
+
+
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 STATUS_BYTES = 4096
@@ -36,11 +51,7 @@ def _reserve(path):
     returns that file's name, or None if there was no room even now."""
     tmp = "%s.reserved.%d" % (path, os.getpid())
     try:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644)
+        fd = _create(tmp)
         try:
             try:  # the blocks are the filesystem's promise now; no journal flush needed
                 os.posix_fallocate(fd, 0, STATUS_BYTES)

@@ -2,11 +2,6 @@
 Python >= 3.8 (shipped to hosts with the wrapper)."""
 
 import os
-import signal
-import time
-
-from waits import become_subreaper as _become_subreaper  # noqa: F401  (the wrapper imports it here)
-from waits import children
 
 # What a job's environment starts from: the basics of a login on this host (never the
 # controller's settings), then the host's fleet_env_keep names, fleet's FLEET_* and the spec's.
@@ -56,25 +51,3 @@ def account(name, isolation):
         raise ValueError("account %s is root: jobs never run as root" % name)
     home = pw.pw_dir if pw.pw_dir and os.path.isdir(pw.pw_dir) else ""
     return {"name": name, "uid": pw.pw_uid, "gid": pw.pw_gid, "home": home}
-
-
-def _kill_children(rounds=50):
-    """KILL every child of this process (escaped descendants of the job reparented here), and
-    theirs as they are reparented in turn; reap them all."""
-    for _ in range(rounds):
-        kids = children()
-        for pid in kids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        while True:
-            try:
-                pid, _status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                pid = 0
-            if not pid:
-                break
-        if not kids:
-            return
-        time.sleep(0.01)

@@ -3,18 +3,18 @@
 >= 3.8, Linux first; every wait has a fallback that still works, only less cheaply.
 
 * ``ProcessWaiter``: a file descriptor that becomes readable when a process ends (a pidfd on
-  Linux >= 5.3 with Python >= 3.9; else a pipe written by the SIGCHLD handler, for a child).
+  Linux >= 5.3, through ``os.pidfd_open`` or, on Python 3.8, the system call by ctypes); where
+  there is none, the supervisor thread looks every ``POLL`` seconds.
 * ``Inotify``: tells the agent when an attempt directory changed (its log grew, its status
   appeared, it was removed), through libc's inotify by ctypes; ``None`` where there is none.
-* ``children``: this process's children from ``/proc/self/task/*/children``, not a scan of
-  every process on the host.
+* ``orphans``: the processes reparented to this one, from ``/proc/self/task/<pid>/children``,
+  not a scan of every process on the host.
 """
-
 import errno
 import os
 import select
-import signal
 import struct
+import time
 
 _LIBC = None  # ctypes' libc, loaded once by the agent before it forks (see preload)
 # FLEET_AGENT_WAITS=poll: do without pidfd and inotify (the fallbacks of older kernels and
@@ -47,17 +47,13 @@ def become_subreaper():
             pass
 
 
-def children():
-    """Pids of this process's children (all its threads'); a scan of /proc where the kernel
-    does not list them."""
+def orphans():
+    """Pids of the processes reparented to this one (a subreaper's orphans go to its main
+    thread: only that thread's children are read, not those the other threads started)."""
     me = os.getpid()
     try:
-        tids = os.listdir("/proc/%d/task" % me)
-        found = []
-        for tid in tids:
-            with open("/proc/%d/task/%s/children" % (me, tid)) as fh:
-                found += [int(p) for p in fh.read().split()]
-        return found
+        with open("/proc/%d/task/%d/children" % (me, me)) as fh:
+            return [int(p) for p in fh.read().split()]
     except (OSError, ValueError):
         return _scan_children(me)
 
@@ -82,105 +78,52 @@ def _scan_children(me):
     return found
 
 
-class Child:
-    """A job started with posix_spawn (vfork and exec: its cost does not grow with the size of
-    the supervisor, as a fork's does), in a session of its own, stdout and stderr to
-    ``log_fd``, stdin from /dev/null, in the current directory. Popen's ``pid``, ``poll``,
-    ``wait`` and ``returncode`` (negative: the signal that ended it)."""
-
-    def __init__(self, argv, env, log_fd):
-        actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                   (os.POSIX_SPAWN_DUP2, log_fd, 1), (os.POSIX_SPAWN_DUP2, log_fd, 2)]
-        spawn = os.posix_spawnp if "/" not in argv[0] else os.posix_spawn
-        self.pid = spawn(argv[0], list(argv), env, file_actions=actions, setsid=True)
-        self.returncode = None
-
-    def _reaped(self, status):
-        self.returncode = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-
-    def poll(self):
-        if self.returncode is None:
-            try:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:
-                self.returncode = 255  # reaped elsewhere: its status is unknown
-                return self.returncode
-            if pid:
-                self._reaped(status)
-        return self.returncode
-
-    def wait(self):
-        while self.returncode is None:
-            try:
-                _pid, status = os.waitpid(self.pid, 0)
-            except InterruptedError:
-                continue
-            except ChildProcessError:
-                self.returncode = 255
-                break
-            self._reaped(status)
-        return self.returncode
+POLL = 0.05  # without a pidfd: how often a supervisor looks whether its job ended
+_PIDFD_OPEN = 434  # the system call's number on every architecture (Linux >= 5.3)
 
 
 def pidfd(pid):
     """A pidfd for ``pid`` (readable once it has ended), or None where there is none."""
-    opener = getattr(os, "pidfd_open", None)
-    if opener is None or FALLBACK:
+    if FALLBACK:
         return None
+    opener = getattr(os, "pidfd_open", None)
     try:
-        return opener(pid)
-    except OSError:
+        if opener is not None:
+            return opener(pid)
+        libc = preload()
+        if libc is None:
+            return None
+        fd = libc.syscall(_PIDFD_OPEN, pid, 0)
+        return fd if fd >= 0 else None
+    except (OSError, AttributeError):
         return None
 
 
 class ProcessWaiter:
-    """Waits for a child to end, for at most a timeout, without polling. Make it before the
-    child is started (the SIGCHLD fallback must be in place first), then ``watch(pid)``."""
+    """Waits for a process to end, for at most a timeout, without polling where the kernel
+    gives a pidfd. Usable from any thread (no signal handler)."""
 
     def __init__(self):
         self.fd = None
-        self.pipe = None
-        if getattr(os, "pidfd_open", None) is None or FALLBACK:
-            self._sigchld()
-
-    def _sigchld(self):
-        r, w = os.pipe()
-        os.set_blocking(r, False)
-        os.set_blocking(w, False)
-        self.pipe = (r, w)
-        signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler: the job starts with the default
-        signal.set_wakeup_fd(w)
 
     def watch(self, pid):
-        if self.pipe is None:
-            self.fd = pidfd(pid)
-            if self.fd is None:  # an old kernel under a new Python
-                self._sigchld()
+        self.fd = pidfd(pid)
 
     def wait(self, timeout):
-        """Until the child may have ended or ``timeout`` seconds (None: no limit) passed.
+        """Until the process may have ended or ``timeout`` seconds (None: no limit) passed.
         The caller checks which (``Popen.poll``)."""
-        fd = self.fd if self.fd is not None else self.pipe[0]
+        if self.fd is None:  # no pidfd: look again soon
+            time.sleep(POLL if timeout is None else max(0.0, min(timeout, POLL)))
+            return
         try:
-            ready, _, _ = select.select([fd], [], [], timeout)
+            select.select([self.fd], [], [], timeout)
         except InterruptedError:
             return
-        if ready and self.pipe is not None:
-            try:
-                while os.read(self.pipe[0], 512):
-                    pass
-            except OSError:
-                pass
 
     def close(self):
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
-        if self.pipe is not None:
-            signal.set_wakeup_fd(-1)
-            for fd in self.pipe:
-                os.close(fd)
-            self.pipe = None
 
 
 # inotify(7)

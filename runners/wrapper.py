@@ -4,15 +4,19 @@ Stdlib only, Python >= 3.8, never imports fleet. The controller runs it over SSH
 
 ``wrapper.py agent`` serves one controller over one long-lived channel per host (see ``Agent``):
 the controller sends launch/follow/cancel requests; the agent answers with framed log bytes and
-events of every attempt it follows. Launching an attempt costs a fork, not a Python start.
+events of every attempt it follows. The process the channel started forks once: the child, in a
+session of its own, serves the channel and supervises the attempts it launches; the parent only
+waits until the channel ends, then exits (so the channel closes as it always did), while the
+child lives on until the last attempt it supervises has ended. Launching an attempt costs a
+thread and the job's own start, not a fork of Python nor a Python start.
 
 ``launch`` creates the attempt directory (the launch marker: ``mkdir`` fails if it exists, so an
 attempt never starts twice; a second launch follows instead), writes job.json and the input
-links, then starts the attempt's supervisor (``supervisor.py``) in its own session. It runs setup and the
-command in a new process group, enforces the timeout (TERM to the group, KILL after the grace
-period) and writes ``status.json``. It survives the channel and the controller, so a restarted
-controller reattaches with ``follow`` instead of running the job again; ``lost`` is reported
-when the supervisor died without a status (host rebooted, process killed).
+links, then supervises the attempt (``supervisor.py``): it runs setup and the command in a new
+process group, enforces the timeout (TERM to the group, KILL after the grace period) and writes
+``status.json``. It survives the channel and the controller, so a restarted controller reattaches
+with ``follow`` instead of running the job again; ``lost`` is reported when the attempt's
+supervising process died without a status (host rebooted, process killed).
 """
 
 import errno
@@ -26,6 +30,7 @@ import time
 from hostfs import (  # noqa: F401  (the agent's file rules; tests reach them through here)
     _NOFOLLOW,
     STATUS_BYTES,
+    _create,
     _inside,
     _mark,
     _read_job_json,
@@ -34,14 +39,15 @@ from hostfs import (  # noqa: F401  (the agent's file rules; tests reach them th
     _sha256_fh,
     _sha256_file,
     _touch,
+    _write_all,
     _write_json,
     _write_reserved,
     open_inside,
     open_regular,
 )
 from jobenv import account
-from supervisor import _signal_group, _spawn_supervisor
-from waits import Inotify, pidfd, preload
+from supervisor import Supervisor, _signal_group
+from waits import Inotify, become_subreaper, pidfd, preload
 
 CHUNK = 65536
 MAX_REQUEST = 64 << 20  # bytes of one request line from the controller
@@ -200,8 +206,14 @@ def _prepare(adir, payload):
         os.chown(adir, 0, acct["gid"])
         os.chmod(adir, 0o1770)
         _write_json(os.path.join(adir, "account.json"), acct)
-    _write_json(os.path.join(adir, "job.json"), job)
-    _touch(os.path.join(adir, "lease"))
+    # The directory is new and ours: job.json and lease are created in it, no rename needed
+    # (nothing reads them before the job starts).
+    fd = _create(os.path.join(adir, "job.json"))
+    try:
+        _write_all(fd, json.dumps(job).encode())
+    finally:
+        os.close(fd)
+    os.close(_create(os.path.join(adir, "lease")))
     cache = os.path.expanduser(payload.get("cache_dir") or "")
     for rel, sha in payload.get("inputs") or []:
         if not _inside(adir, rel) or not rel.startswith("inputs/"):
@@ -220,15 +232,13 @@ class Follow:
     """One attempt the agent streams: its log from an offset, its events, its end.
 
     How the agent learns that something changed, cheapest first: an inotify watch on the
-    attempt directory (the log grew, status.json appeared, the directory went), the supervisor's
-    pipe (our own launch: EOF when it exits) or a pidfd on it (one we reattached to). Without a
-    watch the log is polled."""
+    attempt directory (the log grew, status.json appeared, the directory went), its own
+    supervision (``sup``: an attempt this process launched) or a pidfd on the process that
+    supervises it (one we reattached to). Without a watch the log is polled."""
 
-    def __init__(self, aid, adir, offset, notify_fd=None, spid=None):
-        self.aid, self.adir, self.offset, self.notify_fd = aid, adir, offset, notify_fd
-        self.spid = spid  # our child: reaped when its pipe ends
+    def __init__(self, aid, adir, offset, sup=None):
+        self.aid, self.adir, self.offset, self.sup = aid, adir, offset, sup
         self.fh = None
-        self.pending = b""
         self.since = time.monotonic()
         self.wd = None  # inotify watch
         self.pidfd = None  # on the supervisor of an attempt we did not launch
@@ -244,7 +254,8 @@ class Agent:
     "grace": S}``, ``{"op": "gc", "root": R, "max_age": S, "max_bytes": B, "keep": [A...]}``,
     ``{"op": "ping"}``. Frames: a JSON header line ``{"a": A, "t": TYPE, ...}``; a ``log`` header
     has ``"n": N`` and N raw bytes follow. Types: log, started, attached, exit, lost, error, pong, gc.
-    When stdin closes the agent exits; the attempts it launched keep running.
+    When stdin closes (or stdout breaks) ``run`` returns; the attempts it launched keep running,
+    supervised by this process (see ``serve``).
     """
 
     def __init__(self):
@@ -255,12 +266,16 @@ class Agent:
         self.inlen = 0
         self.skipping = False  # dropping the rest of a request line that was too long
         self.verified = {}  # sha256 -> stat of the cache file when its content was last hashed
-        preload()  # ctypes once here, not in every supervisor forked from us
+        preload()  # ctypes once, for inotify and the pidfds
         self.inotify = Inotify.create()
         self.by_wd = {}  # inotify watch -> Follow
         self.quiet_until = 0.0
+        self.sups = {}  # attempt dir -> Supervisor: the attempts this process supervises
+        self.detach = None  # called once the channel has ended (see serve)
 
     def frame(self, aid, kind, data=None, **fields):
+        if self.out is None:  # the channel has ended
+            return
         fields["a"], fields["t"] = aid, kind
         if data is not None:
             fields["n"] = len(data)
@@ -270,17 +285,27 @@ class Agent:
 
     def run(self):
         """Sleeps in select until a request, a supervisor's word or end, an inotify event, or
-        the next thing due (a KILL after a cancel's grace; polling where there is no watch)."""
+        the next thing due (a KILL after a cancel's grace, a timeout, a look at a lease; polling
+        where there is no watch). When the channel ends it stops serving it and returns once
+        the last attempt it supervises has ended."""
         stdin = sys.stdin.buffer.fileno()
         while True:
             now = time.monotonic()
-            fds = [stdin]
+            if self.out is None:
+                if not self.sups:
+                    return 0
+                fds = []
+            else:
+                fds = [stdin]
             by_fd = {}
             for follow in self.follows.values():
-                for fd in (follow.notify_fd, follow.pidfd):
-                    if fd is not None:
-                        fds.append(fd)
-                        by_fd[fd] = follow
+                if follow.pidfd is not None:
+                    fds.append(follow.pidfd)
+                    by_fd[follow.pidfd] = follow
+            for sup in self.sups.values():
+                if sup.fd is not None:
+                    fds.append(sup.fd)
+                    by_fd[sup.fd] = sup
             if self.inotify is not None and now >= self.quiet_until:
                 fds.append(self.inotify.fd)
             due = self.due(now)
@@ -288,11 +313,13 @@ class Agent:
                 ready, _, _ = select.select(fds, [], [], None if due is None else max(0.0, due - now))
             except InterruptedError:
                 continue
-            if stdin in ready:
+            if self.out is not None and stdin in ready:
                 data = os.read(stdin, CHUNK)
-                if not data:
-                    return 0
-                self.received(data)
+                if data:
+                    self.received(data)
+                else:
+                    self.ended()
+                    continue
             if self.inotify is not None and self.inotify.fd in ready:
                 for wd, gone in self.inotify.read().items():
                     follow = self.by_wd.get(wd)
@@ -302,26 +329,50 @@ class Agent:
                             self.unwatch(follow)
                             follow.next_check = 0.0
                 self.quiet_until = time.monotonic() + QUIET
+            now = time.monotonic()
             for fd in ready:
-                follow = by_fd.get(fd)
-                if follow is None or follow.aid not in self.follows:
-                    continue
-                if fd == follow.notify_fd:
-                    self.notified(follow)
-                elif fd == follow.pidfd:  # the supervisor of an attempt we reattached to ended
-                    follow.dirty, follow.next_check = True, 0.0
+                got = by_fd.get(fd)
+                if isinstance(got, Follow):
+                    if got.aid in self.follows:  # the supervisor of an attempt we reattached to ended
+                        got.dirty, got.next_check = True, 0.0
+                elif got is not None:  # a job we supervise ended
+                    got.wake(now)
+            for sup in list(self.sups.values()):
+                when = sup.due(now)
+                if when is not None and when <= now:
+                    sup.wake(now)
+                if sup.done:
+                    del self.sups[sup.adir]
             self.tick()
-            self.out.flush()
+            try:
+                if self.out is not None:
+                    self.out.flush()
+            except BrokenPipeError:  # the controller's end is gone: the channel has ended
+                self.ended()
+
+    def ended(self):
+        """The channel has ended: stop following (nobody is left to tell), let the channel's
+        process go, go on supervising."""
+        self.out = None
+        for follow in list(self.follows.values()):
+            self.drop(follow)
+        if self.detach is not None:
+            self.detach()
+            self.detach = None
 
     def due(self, now):
         """When the loop must look again with no news (None: only news wakes it)."""
         times = [k[0] for k in self.kills]
+        for sup in self.sups.values():
+            when = sup.due(now)
+            if when is not None:
+                times.append(when)
         if self.quiet_until > now:  # then inotify is listened to again
             times.append(self.quiet_until)
         for follow in self.follows.values():
             if follow.dirty:
                 times.append(now)
-            elif follow.wd is None or follow.notify_fd is None:
+            elif follow.wd is None or follow.sup is None:
                 times.append(follow.next_check)
         times = [t for t in times if t != float("inf")]
         return min(times) if times else None
@@ -345,10 +396,9 @@ class Agent:
 
     def add(self, follow):
         old = self.follows.get(follow.aid)
-        if old is not None:  # followed anew: keep the pipe of a supervisor we launched
-            if follow.notify_fd is None:
-                follow.notify_fd, follow.spid, follow.pending = old.notify_fd, old.spid, old.pending
-                old.notify_fd = None
+        if old is not None:  # followed anew: it keeps the supervision of an attempt we launched
+            if follow.sup is None:
+                follow.sup = old.sup
             self.drop(old)
         self.follows[follow.aid] = follow
         self.watch(follow)
@@ -499,8 +549,16 @@ class Agent:
                 "started_at": time.time(), "ended_at": time.time()})
             self.add(Follow(aid, adir, offset))
             return
-        spid, fd = _spawn_supervisor(adir, payload)
-        self.add(Follow(aid, adir, offset, fd, spid))  # the controller holds the preamble already
+        sup = Supervisor(adir, payload, lambda kind, **fields: self.supervised(aid, sup, kind, fields))
+        self.sups[adir] = sup
+        self.add(Follow(aid, adir, offset, sup))  # the controller holds the preamble already
+        sup.start()
+
+    def supervised(self, aid, sup, kind, fields):
+        """An event of an attempt we supervise ("started"): to the controller, if it follows."""
+        follow = self.follows.get(aid)
+        if follow is not None and follow.sup is sup:
+            self.frame(aid, kind, **fields)
 
     def cancel(self, aid, adir, grace, marker="cancel"):
         if not os.path.isdir(adir):
@@ -511,23 +569,6 @@ class Agent:
         if pgid and not os.path.exists(os.path.join(adir, "status.json")):
             _signal_group(pgid, signal.SIGTERM)
             self.kills.append((time.monotonic() + grace, pgid, adir))
-
-    def notified(self, follow):
-        data = os.read(follow.notify_fd, 4096)
-        if not data:  # the supervisor exited; its status is written
-            os.close(follow.notify_fd)
-            follow.notify_fd = None
-            self.finish(follow)
-            return
-        follow.pending += data
-        while b"\n" in follow.pending:
-            line, follow.pending = follow.pending.split(b"\n", 1)
-            try:
-                event = json.loads(line.decode())
-            except ValueError:
-                continue
-            kind = event.pop("event", "event")
-            self.frame(follow.aid, kind, **event)
 
     def drain(self, follow):
         if follow.fh is None:
@@ -570,15 +611,16 @@ class Agent:
             self.kills.remove(kill)
             if not os.path.exists(os.path.join(kill[2], "status.json")):
                 _signal_group(kill[1], signal.SIGKILL)
-        _reap()
         for follow in list(self.follows.values()):
             polled = follow.wd is None and now >= follow.next_check
             news = follow.dirty or polled
             follow.dirty = False
             if news:
                 self.drain(follow)
-            if follow.notify_fd is not None:  # ours: the pipe tells us when it ends
-                if polled:
+            if follow.sup is not None:  # ours: we know when it ends
+                if follow.sup.done:
+                    self.finish(follow)
+                elif polled:
                     follow.next_check = now + POLL
                 continue
             if news and os.path.exists(os.path.join(follow.adir, "status.json")):
@@ -625,17 +667,6 @@ class Agent:
             self.lost(follow, "the attempt never got a supervisor (its launch was cut short)")
 
 
-def _reap():
-    """Collect the supervisors we forked that have ended (no zombies)."""
-    while True:
-        try:
-            pid, _status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if not pid:
-            return
-
-
 def cat(adir, rel):
     """Copy an attempt's file to stdout (the controller fetching an output): a regular file
     inside the attempt directory, reached without following links, and the job's own when it
@@ -655,15 +686,72 @@ def cat(adir, rel):
     return 0
 
 
+def serve():
+    """Serve the channel on stdin/stdout in a child that outlives it (see the module's text).
+    Returns the exit status of the channel's process: 0 once the child has left the channel."""
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(wfd)
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1):  # the channel is the child's now; its end is the child's to tell
+            os.dup2(null, fd)
+        os.close(null)
+        while True:
+            try:
+                if not os.read(rfd, 64):
+                    break
+            except InterruptedError:
+                continue
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done and os.WIFEXITED(status):
+            return os.WEXITSTATUS(status)
+        return 0 if not done else 128 + os.WTERMSIG(status)
+    left = []
+
+    def leave():  # the channel has ended: let the channel's process exit
+        if left:
+            return
+        left.append(True)
+        try:
+            sys.stdout.flush()
+        except (OSError, ValueError):
+            pass
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):  # sshd ends a channel once every holder closed its output
+            os.dup2(null, fd)
+        os.close(null)
+        os.close(wfd)
+
+    code = 1
+    try:
+        os.close(rfd)
+        os.setsid()  # a hangup of the channel's session never reaches the attempts' supervision
+        # A channel gone while a frame is written must not take the supervision of every
+        # running attempt with it (jobs get the default back: see Supervisor._begin).
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        become_subreaper()
+        agent = Agent()
+        agent.detach = leave
+        code = agent.run()
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        leave()
+        os._exit(code)
+
+
 def main(argv):
     if argv[:1] == ["agent"]:
         if argv[1:2] == ["--path"] and len(argv) == 3:  # started by sudo: the login's PATH
             os.environ["PATH"] = argv[2]
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
         # What the agent makes (input links, job.json) is readable by a job that runs as
         # another account; the attempt directory's own mode keeps other users out.
         os.umask(0o022)
-        return Agent().run()
+        return serve()
     if argv[:1] == ["cat"] and len(argv) == 3:
         return cat(argv[1], argv[2])
     sys.stderr.write("usage: wrapper.py agent   (JSON requests on stdin, frames on stdout)\n"
