@@ -118,7 +118,6 @@ class Supervisor:
         self.adir = adir
         self.payload = payload
         self.events = events
-        self.log = None  # the attempt's log, a file descriptor
         self.cancel_path = os.path.join(adir, "cancel")
         self.lease_path = os.path.join(adir, "lease")
         self.lease = float(payload.get("lease") or 0)  # 0: no attempt lease
@@ -155,7 +154,6 @@ class Supervisor:
             # space is taken now and written in place at the end (else the attempt would look
             # lost and the job run again elsewhere).
             self.reserved = _reserve(os.path.join(self.adir, "status.json"))
-            self.log = os.open(os.path.join(self.adir, "log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o600)
             problem = self._prepare()
             if problem:
                 self._finish({"exit_code": None, "signal": None, "timed_out": False, "phase": "setup",
@@ -221,19 +219,22 @@ class Supervisor:
             self.fenced = True
             self._ended(None, signal.SIGTERM)
             return
+        log = self._log()  # open only while the job starts: two descriptors per running attempt
         try:
             if self.account is None:
-                proc = Child(argv, self.env, self.log, self.adir)
+                proc = Child(argv, self.env, log, self.adir)
             else:  # the job's own account: a fork that drops to it before the exec
                 proc = subprocess.Popen(
-                    argv, cwd=self.adir, env=self.env, stdin=subprocess.DEVNULL, stdout=self.log,
+                    argv, cwd=self.adir, env=self.env, stdin=subprocess.DEVNULL, stdout=log,
                     stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
                     preexec_fn=self._drop,
                 )
         except (OSError, subprocess.SubprocessError) as exc:
-            os.write(self.log, ("fleet: cannot start %s: %s\n" % (argv[0], exc)).encode())
+            os.write(log, ("fleet: cannot start %s: %s\n" % (argv[0], exc)).encode())
+            os.close(log)
             self._ended(127, None)
             return
+        os.close(log)
         _JOBS.add(proc.pid)
         self.proc, self.fd = proc, pidfd(proc.pid)
         if self.fd is None:
@@ -256,13 +257,13 @@ class Supervisor:
             return
         if self.kill_at is not None:  # stopping
             if now >= self.kill_at:
-                os.write(self.log, b"fleet: still running after the grace period; sending KILL\n")
+                self._say(b"fleet: still running after the grace period; sending KILL\n")
                 _signal_group(proc.pid, signal.SIGKILL)
                 self.kill_at = None
             return
         if self.deadline is not None and now >= self.deadline:
             self.timed_out = True
-            os.write(self.log, b"\nfleet: timeout reached; sending TERM to the process group\n")
+            self._say(b"\nfleet: timeout reached; sending TERM to the process group\n")
             self._stop(now)
             return
         left = self._lease_left()
@@ -270,7 +271,7 @@ class Supervisor:
             # No word from the controller for the lease: it gave this attempt up (or is down
             # longer than it promised): stop, so the job never runs twice.
             self.fenced = True
-            os.write(self.log, ("\nfleet: no word from the controller for %g s (attempt lease); "
+            self._say(("\nfleet: no word from the controller for %g s (attempt lease); "
                             "stopping the job so that it never runs twice\n" % self.lease).encode())
             self._stop(now)
             return
@@ -330,13 +331,26 @@ class Supervisor:
             _write_reserved(os.path.join(self.adir, "status.json"), self.reserved, status)
         except OSError:
             pass  # the directory is gone: nobody is left to read it
-        if self.log is not None:
-            os.close(self.log)
-            self.log = None
         self.done = True
         _ACTIVE.discard(self.adir)
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def _log(self):
+        return os.open(os.path.join(self.adir, "log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o600)
+
+    def _say(self, text):
+        """A line of fleet's own in the attempt's log."""
+        try:
+            fd = self._log()
+        except OSError:
+            return
+        try:
+            os.write(fd, text)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
     def _engine_env(self):
         """A container job (fleet.containers): the engine runs as the agent, the container as

@@ -272,16 +272,20 @@ class Agent:
         self.quiet_until = 0.0
         self.sups = {}  # attempt dir -> Supervisor: the attempts this process supervises
         self.detach = None  # called once the channel has ended (see serve)
+        self.broken = False  # a write to the channel met a broken pipe
 
     def frame(self, aid, kind, data=None, **fields):
-        if self.out is None:  # the channel has ended
+        if self.out is None or self.broken:  # the channel has ended
             return
         fields["a"], fields["t"] = aid, kind
         if data is not None:
             fields["n"] = len(data)
-        self.out.write((json.dumps(fields) + "\n").encode())
-        if data:
-            self.out.write(data)
+        try:
+            self.out.write((json.dumps(fields) + "\n").encode())
+            if data:
+                self.out.write(data)
+        except BrokenPipeError:  # the controller's end is gone; the loop ends the channel
+            self.broken = True
 
     def run(self):
         """Sleeps in select until a request, a supervisor's word or end, an inotify event, or
@@ -309,8 +313,11 @@ class Agent:
             if self.inotify is not None and now >= self.quiet_until:
                 fds.append(self.inotify.fd)
             due = self.due(now)
+            poller = select.poll()  # not select(): no limit at descriptor 1024
+            for fd in fds:
+                poller.register(fd, select.POLLIN)
             try:
-                ready, _, _ = select.select(fds, [], [], None if due is None else max(0.0, due - now))
+                ready = [fd for fd, _ in poller.poll(None if due is None else max(0.0, due - now) * 1000)]
             except InterruptedError:
                 continue
             if self.out is not None and stdin in ready:
@@ -345,9 +352,11 @@ class Agent:
                     del self.sups[sup.adir]
             self.tick()
             try:
-                if self.out is not None:
+                if self.out is not None and not self.broken:
                     self.out.flush()
-            except BrokenPipeError:  # the controller's end is gone: the channel has ended
+            except BrokenPipeError:
+                self.broken = True
+            if self.broken and self.out is not None:  # the controller's end is gone
                 self.ended()
 
     def ended(self):
@@ -586,12 +595,16 @@ class Agent:
 
     def finish(self, follow):
         self.drain(follow)
-        status_path = os.path.join(follow.adir, "status.json")
-        status = _read_json(status_path) or {}
-        acct = _read_json(os.path.join(follow.adir, "account.json"))
+        sup = follow.sup
+        if sup is not None:  # supervised here: its status and job are known without a read
+            status, job = dict(sup.status or {}), sup.payload.get("job") or {}
+            acct = _read_json(os.path.join(follow.adir, "account.json")) if sup.payload.get("run_as") else None
+        else:
+            status = _read_json(os.path.join(follow.adir, "status.json")) or {}
+            acct = _read_json(os.path.join(follow.adir, "account.json"))
+            job = _read_json(os.path.join(follow.adir, "job.json")) or {}
         owner = acct["uid"] if isinstance(acct, dict) and isinstance(acct.get("uid"), int) else None
         result = _read_job_json(follow.adir, "result.json", owner)
-        job = _read_json(os.path.join(follow.adir, "job.json")) or {}
         try:
             outputs, problem = collect_outputs(follow.adir, job.get("outputs"), result, owner)
         except OSError as exc:

@@ -15,6 +15,7 @@ import yaml
 from fleet.client import discovery as local
 from fleet.client.sync import Client
 from fleet.config import load_settings
+from tests.agent_driver import Agent
 from tests.zygote import spawn_server, zygote
 
 REPO = Path(__file__).resolve().parent.parent
@@ -140,3 +141,18 @@ def submit(fleet: Fleet) -> Callable[..., str]:
         return (client or fleet.client).submit(spec).id
 
     return _submit
+
+
+@pytest.fixture
+def agents(tmp_path: Path) -> Iterator[Callable[..., Agent]]:
+    """Start real host agents (tests/agent_driver.py) on attempt directories under tmp_path;
+    their channels are closed at the end."""
+    made: list[Agent] = []
+
+    def make(waits: str = "kernel") -> Agent:
+        made.append(Agent(tmp_path, waits))
+        return made[-1]
+
+    yield make
+    for agent in made:
+        agent.close()

@@ -9,9 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -19,53 +16,7 @@ import pytest
 
 from tests.helpers import eventually
 
-WRAPPER = Path(__file__).resolve().parent.parent / "runners" / "wrapper.py"
 WAITS = ["kernel", "poll"]
-
-
-class Agent:
-    def __init__(self, root: Path, waits: str) -> None:
-        env = dict(os.environ, FLEET_AGENT_WAITS=waits)
-        self.root = root
-        self.proc = subprocess.Popen([sys.executable, "-S", "-B", str(WRAPPER), "agent"], env=env,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        self.frames: list[dict[str, object]] = []
-        self.logs: dict[str, bytes] = {}
-        self.lock = threading.Lock()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        out = self.proc.stdout
-        assert out is not None
-        while line := out.readline():
-            frame = json.loads(line)
-            with self.lock:
-                if frame.get("n"):
-                    aid = str(frame["a"])
-                    self.logs[aid] = self.logs.get(aid, b"") + out.read(int(frame["n"]))
-                self.frames.append(frame)
-
-    def send(self, **request: object) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write((json.dumps(request) + "\n").encode())
-        self.proc.stdin.flush()
-
-    def launch(self, aid: str, argv: list[str], **extra: object) -> Path:
-        adir = self.root / aid
-        self.send(op="launch", id=aid, attempt_dir=str(adir), job={}, argv=argv, grace=1,
-                  cache_dir=str(self.root), inputs=[], **extra)
-        return adir
-
-    def end(self, aid: str, timeout: float = 30) -> dict[str, object]:
-        def ended() -> dict[str, object] | None:
-            with self.lock:
-                return next((f for f in self.frames if f.get("a") == aid and f["t"] in ("exit", "lost")), None)
-        return eventually(ended, timeout=timeout, what=f"attempt {aid} ended")
-
-    def close(self) -> None:
-        if self.proc.stdin is not None and not self.proc.stdin.closed:
-            self.proc.stdin.close()
-        self.proc.wait(10)
 
 
 def woke(pid: int) -> int:
@@ -75,19 +26,6 @@ def woke(pid: int) -> int:
     for task in Path(f"/proc/{pid}/task").iterdir():
         total += int((task / "status").read_text().split("voluntary_ctxt_switches:")[1].split()[0])
     return total
-
-
-@pytest.fixture
-def agents(tmp_path):
-    made: list[Agent] = []
-
-    def make(waits: str = "kernel") -> Agent:
-        made.append(Agent(tmp_path, waits))
-        return made[-1]
-
-    yield make
-    for agent in made:
-        agent.close()
 
 
 @pytest.mark.parametrize("waits", WAITS)
