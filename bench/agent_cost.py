@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """What fleet's host agent costs its host in CPU (not a test).
 
-    python bench/agent_cost.py [--attempts 200] [--running 50] [--seconds 10] [--wrapper PATH] [--json]
+    python bench/agent_cost.py [--attempts 200] [--running 50] [--seconds 10] [--wrapper PATH]
+                               [--root DIR] [--json]
 
 Starts the real agent (``runners/wrapper.py agent``) in a cgroup of its own, so everything it
 starts (the attempt supervisors, detached from it, and the jobs) is counted, and speaks the
@@ -15,7 +16,13 @@ controller's protocol to it over its stdin/stdout, as the SSH backend does over 
 * **idle**: the agent with nothing to follow, over ``--seconds``: percent of a core.
 
 Needs root for the cgroup (cgroup v1 ``cpuacct`` or v2). CPU time, unlike rates, hardly moves
-with the machine's load (../shared/NOTES-machine.md).
+with the machine's load (../shared/NOTES-machine.md), but it does move with the filesystem the
+attempt directories are on: an attempt creates a handful of files, and on an ext4 that has seen
+millions of files created and removed (this machine after a few test runs) the kernel's inode
+allocator alone took 0.3-1 ms per file (``perf``: ``recently_deleted``, ``find_inode_bit``).
+``--root`` puts the attempt directories elsewhere (``/dev/shm``: fleet's own cost without the
+filesystem's); the report names the root and its filesystem. ``--wrapper`` measures another
+wrapper.py (e.g. ``git show REV:runners/...`` into a directory) for a comparison in one run.
 """
 
 from __future__ import annotations
@@ -206,6 +213,18 @@ def idle(wrapper: Path, seconds: float) -> float:
         group.close()
 
 
+def _filesystem(path: Path) -> str:
+    """The type of the filesystem ``path`` is on (from /proc/mounts: the longest mount prefix)."""
+    best, kind = "", "?"
+    real = str(path.resolve())
+    for line in Path("/proc/mounts").read_text().splitlines():
+        fields = line.split()
+        mount = fields[1]
+        if (real == mount or real.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best):
+            best, kind = mount, fields[2]
+    return kind
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--attempts", type=int, default=200)
@@ -213,12 +232,14 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--wrapper", type=Path, default=WRAPPER,
                         help="another wrapper.py to measure (e.g. an older release's)")
+    parser.add_argument("--root", type=Path, default=None,
+                        help="where the attempt directories go (default: a new temporary directory)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench/agent_cost.py needs root (it makes cgroups to count CPU)", file=sys.stderr)
         return 2
-    root = Path(tempfile.mkdtemp(prefix="fleet-agent-cost-"))
+    root = Path(tempfile.mkdtemp(prefix="fleet-agent-cost-", dir=args.root))
     try:
         (root / "cache").mkdir()
         per_attempt = start_end(args.wrapper, args.attempts, root)
@@ -228,6 +249,7 @@ def main() -> int:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     figures = {
+        "root": str(root.parent), "filesystem": _filesystem(root.parent),
         "start_end_ms_per_attempt": round(per_attempt, 3),
         "baseline_fork_exec_ms": round(base, 3),
         "ratio_to_baseline": round(per_attempt / base, 2) if base else None,
@@ -239,6 +261,7 @@ def main() -> int:
     if args.json:
         print(json.dumps(figures, indent=2))
     else:
+        print(f"attempt directories under {figures['root']} ({figures['filesystem']})")
         print(f"start/end   {per_attempt:7.3f} ms CPU per attempt (target <= 2); baseline fork/exec "
               f"{base:.3f} ms; ratio {figures['ratio_to_baseline']}x")
         print(f"running     {per_running:7.4f} ms CPU per second per running attempt (target <= 0.2), "
