@@ -187,3 +187,59 @@ def _sha256_fh(fh):
 def _sha256_file(path):
     with open(path, "rb") as fh:
         return _sha256_fh(fh)[0]
+
+
+# An attempt's process record is its ``lease`` file: the agent that supervises the attempt
+# creates it with its pid on the first line, and appends "<pgid> <phase>" when it starts each
+# phase's process group. Its mtime is the attempt lease (renewals touch it). One file where
+# there were three (``pid``, ``proc.json`` and ``lease``): every file an attempt creates costs
+# an inode allocation, which on a filesystem with much created and removed was most of what
+# an attempt cost its host (issue 16).
+
+
+def _record_start(adir):
+    """Create the attempt's lease and process record, naming this process as its supervisor."""
+    fd = _create(os.path.join(adir, "lease"))
+    try:
+        _write_all(fd, ("%d\n" % os.getpid()).encode())
+    finally:
+        os.close(fd)
+
+
+def _record_phase(adir, pgid, phase):
+    """Add a phase's process group to the record without renewing the lease (a supervisor
+    never extends its own lease: only its controller does)."""
+    path = os.path.join(adir, "lease")
+    before = os.stat(path, follow_symlinks=False)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | _NOFOLLOW)
+    try:
+        _write_all(fd, ("%d %s\n" % (pgid, phase)).encode())
+    finally:
+        os.close(fd)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns), follow_symlinks=False)
+
+
+def _process_record(adir):
+    """``(supervisor pid, process group of the job's current phase)`` of an attempt, 0 and
+    None where not known (yet). Reads the record above, or the ``pid`` and ``proc.json``
+    files of attempts an older agent launched. Only complete lines count."""
+    try:
+        with open(os.path.join(adir, "lease"), "rb") as fh:
+            data = fh.read(65536)
+    except OSError:
+        data = b""
+    lines = [line.split() for line in data.split(b"\n")[:-1]]
+    if lines and len(lines[0]) == 1 and lines[0][0].isdigit():
+        pgid = None
+        for fields in lines[1:]:
+            if len(fields) == 2 and fields[0].isdigit():
+                pgid = int(fields[0])
+        return int(lines[0][0]), pgid
+    try:
+        with open(os.path.join(adir, "pid")) as fh:
+            spid = int(fh.read().strip() or 0)
+    except (OSError, ValueError):
+        spid = 0
+    pgid = (_read_json(os.path.join(adir, "proc.json")) or {}).get("pgid")
+    return spid, pgid if isinstance(pgid, int) else None
+

@@ -19,7 +19,7 @@ import signal
 import subprocess
 import time
 
-from hostfs import _NOFOLLOW, _read_json, _reserve, _write_json, _write_reserved
+from hostfs import _NOFOLLOW, _read_json, _record_phase, _reserve, _write_reserved
 from jobenv import job_env
 from waits import POLL, orphans, pidfd
 
@@ -109,8 +109,8 @@ class Child:
 
 
 class Supervisor:
-    """Runs setup and the command of one attempt; writes pid, pgid (``proc.json``) and
-    ``status.json``. ``start`` begins; the agent then calls ``wake`` when ``fd`` is readable
+    """Runs setup and the command of one attempt; records each phase's process group (in the
+    attempt's ``lease``: see ``hostfs._record_phase``) and writes ``status.json``. ``start`` begins; the agent then calls ``wake`` when ``fd`` is readable
     (the job ended) or ``due`` has come. ``events`` gets ("started", fields); ``done`` is true
     once the status is written. Never raises out of ``start`` or ``wake``."""
 
@@ -140,16 +140,11 @@ class Supervisor:
     # -- driven by the agent ---------------------------------------------------------------
 
     def start(self):
-        """Write the ``pid`` file, prepare and start the first phase."""
+        """Prepare and start the first phase (the agent made the attempt's record naming it)."""
         _ACTIVE.add(self.adir)
         self.status = {"exit_code": None, "signal": None, "timed_out": False, "cancelled": False,
                        "phase": "run", "error": None, "started_at": time.time(), "ended_at": None}
         try:
-            fd = os.open(os.path.join(self.adir, "pid"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _NOFOLLOW, 0o644)
-            try:
-                os.write(fd, str(os.getpid()).encode())
-            finally:
-                os.close(fd)
             # The end must be recordable even if the job fills the disk: the status file's
             # space is taken now and written in place at the end (else the attempt would look
             # lost and the job run again elsewhere).
@@ -240,7 +235,7 @@ class Supervisor:
         if self.fd is None:
             self.poll_at = time.monotonic() + POLL
         self.look_at = None if left is None else time.monotonic() + left + 0.01
-        _write_json(os.path.join(self.adir, "proc.json"), {"pgid": proc.pid, "phase": phase})
+        _record_phase(self.adir, proc.pid, phase)
         if self.events is not None:
             self.events("started", pid=proc.pid, phase=phase, at=time.time())
         if os.path.exists(self.cancel_path):  # cancelled between the check and the start

@@ -33,8 +33,10 @@ from hostfs import (  # noqa: F401  (the agent's file rules; tests reach them th
     _create,
     _inside,
     _mark,
+    _process_record,
     _read_job_json,
     _read_json,
+    _record_start,
     _reserve,
     _sha256_fh,
     _sha256_file,
@@ -94,12 +96,7 @@ def _attempt_ended_at(adir):
         return os.stat(os.path.join(adir, "status.json")).st_mtime
     except OSError:
         pass
-    try:
-        with open(os.path.join(adir, "pid")) as fh:
-            spid = int(fh.read().strip() or 0)
-    except (OSError, ValueError):
-        spid = 0
-    pgid = (_read_json(os.path.join(adir, "proc.json")) or {}).get("pgid")
+    spid, pgid = _process_record(adir)
     if (spid and _alive(spid)) or (pgid and _group_alive(pgid)):
         return None
     try:  # never finished (power cut, supervisor killed): its last sign of life
@@ -213,7 +210,7 @@ def _prepare(adir, payload):
         _write_all(fd, json.dumps(job).encode())
     finally:
         os.close(fd)
-    os.close(_create(os.path.join(adir, "lease")))
+    _record_start(adir)  # the lease, naming this process as the attempt's supervisor
     cache = os.path.expanduser(payload.get("cache_dir") or "")
     for rel, sha in payload.get("inputs") or []:
         if not _inside(adir, rel) or not rel.startswith("inputs/"):
@@ -573,8 +570,7 @@ class Agent:
         if not os.path.isdir(adir):
             return  # never launched, or already cleaned up
         _mark(os.path.join(adir, marker), str(time.time()))
-        proc = _read_json(os.path.join(adir, "proc.json")) or {}
-        pgid = proc.get("pgid")
+        _spid, pgid = _process_record(adir)
         if pgid and not os.path.exists(os.path.join(adir, "status.json")):
             _signal_group(pgid, signal.SIGTERM)
             self.kills.append((time.monotonic() + grace, pgid, adir))
@@ -655,11 +651,7 @@ class Agent:
                 return
             os.close(follow.pidfd)  # it ended: see below how
             follow.pidfd = None
-        try:
-            with open(os.path.join(follow.adir, "pid")) as pf:
-                spid = int(pf.read().strip() or 0)
-        except (OSError, ValueError):
-            spid = 0
+        spid, pgid = _process_record(follow.adir)
         if spid and follow.pidfd is None and _alive(spid):
             follow.pidfd = pidfd(spid)
             if follow.pidfd is not None and follow.wd is not None:
@@ -671,7 +663,6 @@ class Agent:
                 return
             # The job may have outlived its supervisor (an OOM kill of the supervisor
             # alone): stop it, or it would run on unsupervised while a retry runs too.
-            pgid = (_read_json(os.path.join(follow.adir, "proc.json")) or {}).get("pgid")
             if pgid:
                 _signal_group(pgid, signal.SIGKILL)
             self.drain(follow)

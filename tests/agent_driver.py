@@ -58,3 +58,17 @@ class Agent:
         if self.proc.stdin is not None and not self.proc.stdin.closed:
             self.proc.stdin.close()
         self.proc.wait(10)
+
+
+def record(adir: Path) -> tuple[int, int | None]:
+    """The attempt's process record as the agent reads it: (supervising agent's pid, process
+    group of the job's current phase)."""
+    from runners.hostfs import _process_record
+
+    return _process_record(str(adir))  # type: ignore[no-any-return]
+
+
+def started(adir: Path) -> bool:
+    """Whether the attempt's job has been started (its process group is recorded)."""
+    return record(adir)[1] is not None
+

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.agent_driver import WRAPPER
+from tests.agent_driver import WRAPPER, record, started
 from tests.helpers import eventually, pid_alive
 
 
@@ -56,7 +56,7 @@ def test_a_broken_channel_takes_no_attempt_with_it(tmp_path):
     proc.stdin.write((json.dumps(request) + "\n").encode())
     proc.stdin.flush()
     assert json.loads(proc.stdout.readline())["t"] == "started"
-    supervisor = int((adir / "pid").read_text())
+    supervisor = record(adir)[0]
     proc.stdout.close()  # the channel's output is gone
     proc.stdin.write(b'{"op": "ping", "id": "p"}\n')  # its answer meets the broken pipe
     proc.stdin.flush()
@@ -84,9 +84,9 @@ def test_jobs_get_the_default_of_the_signals_the_agent_ignores(agents):
 def test_the_agent_killed_alone_loses_all_its_attempts_and_stops_their_jobs(agents):
     first = agents()
     dirs = [first.launch(f"k{i}", ["sleep", "300"], lease=60) for i in range(3)]
-    eventually(lambda: all((d / "proc.json").exists() for d in dirs), what="all started")
-    jobs = [json.loads((d / "proc.json").read_text())["pgid"] for d in dirs]
-    supervisor = int((dirs[0] / "pid").read_text())
+    eventually(lambda: all(started(d) for d in dirs), what="all started")
+    jobs = [record(d)[1] for d in dirs]
+    supervisor = record(dirs[0])[0]
     os.kill(supervisor, signal.SIGKILL)
     first.proc.wait(10)  # the channel's process follows its child out
     second = agents()
@@ -97,3 +97,27 @@ def test_the_agent_killed_alone_loses_all_its_attempts_and_stops_their_jobs(agen
         assert frame["t"] == "lost" and str(supervisor) in str(frame["message"]), frame
     for job in jobs:
         eventually(lambda j=job: not pid_alive(j), what=f"job {job} stopped")
+
+
+def test_an_attempt_an_older_agent_launched_is_followed_from_its_pid_and_proc_files(agents, tmp_path):
+    """Before one agent supervised its attempts, each had a supervisor process named in a
+    ``pid`` file and its job's process group in ``proc.json``: an agent of this version, after
+    an upgrade, must still follow those (here a stand-in supervisor and job), stop the job
+    when the supervisor is gone, and say the attempt is lost."""
+    adir = tmp_path / "old"
+    adir.mkdir()
+    supervisor = subprocess.Popen(["sleep", "300"])
+    job = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    (adir / "pid").write_text(str(supervisor.pid))
+    (adir / "proc.json").write_text(json.dumps({"pgid": job.pid, "phase": "run"}))
+    (adir / "lease").touch()
+    assert record(adir) == (supervisor.pid, job.pid)
+    agent = agents()
+    agent.send(op="follow", id="old", attempt_dir=str(adir), offset=0)
+    time.sleep(0.3)
+    assert job.poll() is None  # its supervisor lives: the job runs on
+    supervisor.kill()
+    supervisor.wait()
+    frame = agent.end("old")
+    assert frame["t"] == "lost" and str(supervisor.pid) in str(frame["message"])
+    assert job.wait(10) == -signal.SIGKILL

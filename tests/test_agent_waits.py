@@ -6,7 +6,6 @@ its voluntary context switches, not from a clock."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.agent_driver import record, started
 from tests.helpers import eventually
 
 WAITS = ["kernel", "poll"]
@@ -49,7 +49,7 @@ def test_a_second_agent_follows_an_attempt_the_first_one_launched(agents, waits)
     fifo = first.root / "go"
     os.mkfifo(fifo)
     adir = first.launch("long", ["sh", "-c", f"echo before; read _ < {fifo}; echo after; exit 7"], lease=60)
-    eventually(lambda: (adir / "pid").exists() and (adir / "proc.json").exists(), what="started")
+    eventually(lambda: started(adir), what="started")
     first.close()  # the channel is gone; the attempt runs on
     second = agents(waits)
     second.send(op="follow", id="long", attempt_dir=str(adir), offset=0)
@@ -64,12 +64,12 @@ def test_a_second_agent_follows_an_attempt_the_first_one_launched(agents, waits)
 def test_a_reattached_attempt_whose_supervisor_died_is_lost_and_its_job_stopped(agents, waits):
     first = agents(waits)
     adir = first.launch("orphan", ["sleep", "300"], lease=60)
-    eventually(lambda: (adir / "proc.json").exists(), what="started")
+    eventually(lambda: started(adir), what="started")
     first.close()
     second = agents(waits)
     second.send(op="follow", id="orphan", attempt_dir=str(adir), offset=0)
-    job = json.loads((adir / "proc.json").read_text())["pgid"]
-    os.kill(int((adir / "pid").read_text()), signal.SIGKILL)
+    supervisor, job = record(adir)
+    os.kill(supervisor, signal.SIGKILL)
     frame = second.end("orphan")
     assert frame["t"] == "lost" and "supervisor" in str(frame["message"])
     eventually(lambda: not Path(f"/proc/{job}").exists() or "Z" in Path(f"/proc/{job}/stat").read_text().split(")")[1][:3],
@@ -85,9 +85,9 @@ def test_nothing_wakes_while_attempts_run_quietly(agents):
     for waits in WAITS:
         agent = agents(waits)
         dirs = [agent.launch(f"{waits}{i}", ["sleep", "60"], lease=60) for i in range(10)]
-        eventually(lambda: all((d / "proc.json").exists() for d in dirs), what="all started")
+        eventually(lambda: all(started(d) for d in dirs), what="all started")
         time.sleep(0.3)  # their start-up is behind them
-        supervisors = {int((d / "pid").read_text()) for d in dirs}
+        supervisors = {record(d)[0] for d in dirs}
         assert len(supervisors) == 1 and agent.proc.pid not in supervisors  # the detached agent
         pids = [agent.proc.pid, *supervisors]
         before = [woke(p) for p in pids]
