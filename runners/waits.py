@@ -2,9 +2,9 @@
 (issue 16: fleet's own footprint on a benchmarking host must be near zero). Stdlib only, Python
 >= 3.8, Linux first; every wait has a fallback that still works, only less cheaply.
 
-* ``ProcessWaiter``: a file descriptor that becomes readable when a process ends (a pidfd on
-  Linux >= 5.3, through ``os.pidfd_open`` or, on Python 3.8, the system call by ctypes); where
-  there is none, the supervisor thread looks every ``POLL`` seconds.
+* ``pidfd``: a file descriptor that becomes readable when a process ends (Linux >= 5.3, through
+  ``os.pidfd_open`` or, on Python 3.8, the system call by ctypes); where there is none, the
+  agent looks at its jobs every ``POLL`` seconds.
 * ``Inotify``: tells the agent when an attempt directory changed (its log grew, its status
   appeared, it was removed), through libc's inotify by ctypes; ``None`` where there is none.
 * ``orphans``: the processes reparented to this one, from ``/proc/self/task/<pid>/children``,
@@ -14,17 +14,16 @@ import errno
 import os
 import select
 import struct
-import time
 
-_LIBC = None  # ctypes' libc, loaded once by the agent before it forks (see preload)
+_LIBC = None  # ctypes' libc, loaded once (see preload)
 # FLEET_AGENT_WAITS=poll: do without pidfd and inotify (the fallbacks of older kernels and
 # Pythons), to diagnose a host or test those paths.
 FALLBACK = os.environ.get("FLEET_AGENT_WAITS") == "poll"
 
 
 def preload():
-    """Load what the supervisors need before the agent forks them, so each fork does not pay
-    for importing ctypes again. Returns libc (or None where there is no ctypes)."""
+    """libc through ctypes (loaded once; None where there is no ctypes): inotify, the
+    subreaper flag, pidfd_open on Python 3.8."""
     global _LIBC
     if _LIBC is None:
         try:
@@ -99,31 +98,12 @@ def pidfd(pid):
         return None
 
 
-class ProcessWaiter:
-    """Waits for a process to end, for at most a timeout, without polling where the kernel
-    gives a pidfd. Usable from any thread (no signal handler)."""
-
-    def __init__(self):
-        self.fd = None
-
-    def watch(self, pid):
-        self.fd = pidfd(pid)
-
-    def wait(self, timeout):
-        """Until the process may have ended or ``timeout`` seconds (None: no limit) passed.
-        The caller checks which (``Popen.poll``)."""
-        if self.fd is None:  # no pidfd: look again soon
-            time.sleep(POLL if timeout is None else max(0.0, min(timeout, POLL)))
-            return
-        try:
-            select.select([self.fd], [], [], timeout)
-        except InterruptedError:
-            return
-
-    def close(self):
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+def readable(fd):
+    """Whether ``fd`` is readable now (a pidfd: its process has ended). poll(), not select():
+    no limit at descriptor 1024."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 # inotify(7)

@@ -7,8 +7,8 @@ the controller sends launch/follow/cancel requests; the agent answers with frame
 events of every attempt it follows. The process the channel started forks once: the child, in a
 session of its own, serves the channel and supervises the attempts it launches; the parent only
 waits until the channel ends, then exits (so the channel closes as it always did), while the
-child lives on until the last attempt it supervises has ended. Launching an attempt costs a
-thread and the job's own start, not a fork of Python nor a Python start.
+child lives on until the last attempt it supervises has ended. Launching an attempt costs the
+job's own start (posix_spawn) and a few small files, not a fork of Python nor a Python start.
 
 ``launch`` creates the attempt directory (the launch marker: ``mkdir`` fails if it exists, so an
 attempt never starts twice; a second launch follows instead), writes job.json and the input
@@ -49,7 +49,7 @@ from hostfs import (  # noqa: F401  (the agent's file rules; tests reach them th
 )
 from jobenv import account
 from supervisor import Supervisor, _signal_group
-from waits import Inotify, become_subreaper, pidfd, preload
+from waits import Inotify, become_subreaper, pidfd, preload, readable
 
 CHUNK = 65536
 MAX_REQUEST = 64 << 20  # bytes of one request line from the controller
@@ -285,9 +285,9 @@ class Agent:
             self.broken = True
 
     def run(self):
-        """Sleeps in select until a request, a supervisor's word or end, an inotify event, or
-        the next thing due (a KILL after a cancel's grace, a timeout, a look at a lease; polling
-        where there is no watch). When the channel ends it stops serving it and returns once
+        """Sleeps in poll until a request, a supervised job's end, an inotify event, another
+        agent's end (one that supervised an attempt we follow), or the next thing due (a KILL
+        after a cancel's grace, a timeout, a look at a lease; polling where there is no watch). When the channel ends it stops serving it and returns once
         the last attempt it supervises has ended."""
         stdin = sys.stdin.buffer.fileno()
         while True:
@@ -645,7 +645,7 @@ class Agent:
             self.lost(follow, "attempt directory %s does not exist" % follow.adir)
             return
         if follow.pidfd is not None:
-            if not select.select([follow.pidfd], [], [], 0)[0]:
+            if not readable(follow.pidfd):
                 if follow.wd is not None:
                     follow.next_check = float("inf")  # the pidfd and the watch wake us
                 return
