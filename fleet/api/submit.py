@@ -24,13 +24,16 @@ if TYPE_CHECKING:
 async def submit_many(ctx: ApiContext, bodies: list[dict[str, Any]], user: User,
                       idempotency_key: str | None = None) -> list[JobOut]:
     """Validate every spec (a chain's steps each become a job), write them all in one
-    transaction, then queue them. The validation and the write run in a worker thread: a batch
-    of thousands of specs takes seconds there, and the event loop (logs, other requests, the
-    scheduler) goes on meanwhile. With ``idempotency_key``, a submission the same user made
+    transaction, then queue them. For more than ten specs the validation and the write run in
+    a worker thread: a batch of thousands of specs takes seconds there, and the event loop
+    (logs, other requests, the scheduler) goes on meanwhile. With ``idempotency_key``, a submission the same user made
     with that key before returns its jobs instead of making new ones (a client retrying after
     a lost answer). Raises SpecError."""
     try:
-        accepted, links = await asyncio.to_thread(validate_jobs, ctx, bodies, user)
+        if _small(bodies):  # checked here: a thread hand-off cost more than the checks
+            accepted, links = validate_jobs(ctx, bodies, user)
+        else:
+            accepted, links = await asyncio.to_thread(validate_jobs, ctx, bodies, user)
     except (SpecError, HTTPException):
         # A retry of a submission that was made, whose specs would no longer pass (a blob or
         # an artifact gone since): its jobs, not the error. A new key costs no lookup: the
@@ -60,6 +63,23 @@ async def submit_many(ctx: ApiContext, bodies: list[dict[str, Any]], user: User,
     if len(jobs) <= 10:
         return [JobOut.of(job) for job in jobs]
     return await asyncio.to_thread(lambda: [JobOut.of(job) for job in jobs])
+
+
+def _small(bodies: list[dict[str, Any]]) -> bool:
+    """A submission cheap to check on the event loop: a few specs, no chain, few input files
+    (each file is a lookup; a 1 MB spec may name thousands)."""
+    if len(bodies) > 10:
+        return False
+    files = 0
+    for body in bodies:
+        if not isinstance(body, dict) or "steps" in body:
+            return False
+        inputs = body.get("inputs")
+        if isinstance(inputs, dict):
+            for ref in inputs.values():
+                if isinstance(ref, dict):
+                    files += len(ref.get("files") or ()) if isinstance(ref.get("files"), dict) else 1
+    return files <= 20
 
 
 def _made_before(ctx: ApiContext, user: User, idempotency_key: str | None) -> list[JobOut] | None:
