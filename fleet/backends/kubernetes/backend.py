@@ -392,7 +392,11 @@ class KubernetesBackend(Backend):
         logs: asyncio.Task[None] | None = None
         stopped_for_timeout = False
         first = self._pods.get(name) or {}
-        created = _ts((first.get("metadata") or {}).get("creationTimestamp")) or time.time()
+        # creationTimestamp names a whole second (it is truncated): the pod was made before
+        # the end of that second, which is where its provisioning time starts (from the start
+        # of the second, a 1 s provision_timeout could end before the scheduler first looked).
+        stamp = _ts((first.get("metadata") or {}).get("creationTimestamp"))
+        created = stamp + 1.0 if stamp is not None else time.time()
         try:
             while True:
                 changed.clear()
