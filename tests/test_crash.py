@@ -26,10 +26,13 @@ def _inventory(tmp_path: Path, slots: int) -> Path:
     return inv
 
 
-def _job(name: str, side: Path, code: int) -> dict:
+def _job(name: str, side: Path, code: int, gate: Path | None = None) -> dict:
+    """Numbered lines over time; with ``gate``, the second half waits until that file exists
+    (the test decides when the job may end, however slow the machine is)."""
+    wait = f'if [ $i -eq {LINES // 2} ]; then while [ ! -e {gate} ]; do sleep 0.02; done; fi; ' if gate else ""
     script = (
         f'echo "$FLEET_JOB_ID" >> {side}; i=0; '
-        f'while [ $i -lt {LINES} ]; do echo "line $i"; i=$((i+1)); sleep 0.05; done; exit {code}'
+        f'while [ $i -lt {LINES} ]; do echo "line $i"; i=$((i+1)); {wait}sleep 0.05; done; exit {code}'
     )
     return {"name": name, "run": script}
 
@@ -50,11 +53,11 @@ def _wait_running(client, ids: list[str], min_log: int, timeout: float = 30) -> 
 def test_controller_death_then_restart_reattaches_without_rerun_gap_or_duplicate(fleet, tmp_path, sig):
     """SIGKILL: nothing runs in the controller. SIGTERM: the graceful path, which must leave
     the attempts detached too. Either way the next controller finishes the story."""
-    side = tmp_path / "side-effects.txt"
+    side, gate = tmp_path / "side-effects.txt", tmp_path / "gate"
     client = fleet.start(_inventory(tmp_path, slots=3))
-    running = [client.submit(_job(f"r{i}", side, code)).id for i, code in enumerate((0, 0, 7))]
-    queued = [client.submit(_job(f"q{i}", side, 0)).id for i in range(3)]
-    _wait_running(client, running, min_log=20)
+    running = [client.submit(_job(f"r{i}", side, code, gate)).id for i, code in enumerate((0, 0, 7))]
+    queued = [client.submit(_job(f"q{i}", side, 0, gate)).id for i in range(3)]
+    _wait_running(client, running, min_log=LINES // 2)  # held at the gate: none can end yet
     assert all(client.job(j).state == "PENDING" for j in queued)
 
     pid = fleet.info.pid
@@ -65,6 +68,7 @@ def test_controller_death_then_restart_reattaches_without_rerun_gap_or_duplicate
     assert not pid_alive(pid)
     fleet.client.close()
     assert sorted(side.read_text().split()) == sorted(running)  # the queued jobs did not start on the way down
+    gate.touch()
     time.sleep(0.8)  # the jobs keep printing (the failing one ends) while no controller listens
 
     client = fleet.start(_inventory(tmp_path, slots=3))
