@@ -223,9 +223,12 @@ def _process_record(adir):
     """``(supervisor pid, process group of the job's current phase)`` of an attempt, 0 and
     None where not known (yet). Reads the record above, or the ``pid`` and ``proc.json``
     files of attempts an older agent launched. Only complete lines count."""
-    try:
-        with open(os.path.join(adir, "lease"), "rb") as fh:
-            data = fh.read(65536)
+    try:  # never through a link a job put in its place
+        fd = os.open(os.path.join(adir, "lease"), os.O_RDONLY | _NOFOLLOW | os.O_NONBLOCK)
+        try:
+            data = os.read(fd, 65536)
+        finally:
+            os.close(fd)
     except OSError:
         data = b""
     lines = [line.split() for line in data.split(b"\n")[:-1]]

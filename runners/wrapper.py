@@ -570,7 +570,11 @@ class Agent:
         if not os.path.isdir(adir):
             return  # never launched, or already cleaned up
         _mark(os.path.join(adir, marker), str(time.time()))
-        _spid, pgid = _process_record(adir)
+        sup = self.sups.get(adir)
+        if sup is not None:  # supervised here: its job's group is known, whatever the files say
+            pgid = sup.proc.pid if sup.proc is not None else None
+        else:
+            _spid, pgid = _process_record(adir)
         if pgid and not os.path.exists(os.path.join(adir, "status.json")):
             _signal_group(pgid, signal.SIGTERM)
             self.kills.append((time.monotonic() + grace, pgid, adir))

@@ -121,3 +121,26 @@ def test_an_attempt_an_older_agent_launched_is_followed_from_its_pid_and_proc_fi
     frame = agent.end("old")
     assert frame["t"] == "lost" and str(supervisor.pid) in str(frame["message"])
     assert job.wait(10) == -signal.SIGKILL
+
+
+def test_a_job_that_rewrites_its_process_record_cannot_turn_a_cancel_on_another_process(agents, tmp_path):
+    """The lie: a job (running as the agent's own account, isolation: none) rewrites its
+    attempt's record to name another process group, then is cancelled. The agent signals the
+    job it started, never the group the file names; a record replaced by a link is not read."""
+    decoy = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        agent = agents()
+        adir = agent.launch("liar", ["sh", "-c", f"printf '1\\n{decoy.pid} run\\n' > lease; "
+                                                  f"ln -sf /proc/self/stat lease2; exec sleep 300"], lease=60)
+        eventually(lambda: record(adir) == (1, decoy.pid), what="the job's lie in place")
+        agent.send(op="cancel", id="liar", attempt_dir=str(adir), grace=1)
+        end = agent.end("liar")
+        assert end["status"]["cancelled"] is True  # type: ignore[index]
+        time.sleep(1.5)  # past the grace: a KILL would have been sent by now
+        assert decoy.poll() is None, "the cancel reached the process group the job named"
+        (adir / "lease").unlink()
+        (adir / "lease").symlink_to(adir / "lease2")
+        assert record(adir) == (0, None)  # a link in the record's place is not followed
+    finally:
+        decoy.kill()
+        decoy.wait()
