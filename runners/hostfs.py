@@ -29,12 +29,17 @@ def _write_json(path, data):
     """Write atomically (temp file, rename). The temp file is created new and never through a
     link a job may have planted under its name."""
     tmp = "%s.tmp.%d" % (path, os.getpid())
-    fd = _create(tmp)
+    _write_new(tmp, json.dumps(data).encode())
+    os.replace(tmp, path)
+
+
+def _write_new(path, data):
+    """Create ``path`` new (see ``_create``) holding ``data`` (bytes)."""
+    fd = _create(path)
     try:
-        _write_all(fd, json.dumps(data).encode())
+        _write_all(fd, data)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
 
 
 def _write_all(fd, data):
@@ -199,11 +204,7 @@ def _sha256_file(path):
 
 def _record_start(adir):
     """Create the attempt's lease and process record, naming this process as its supervisor."""
-    fd = _create(os.path.join(adir, "lease"))
-    try:
-        _write_all(fd, ("%d\n" % os.getpid()).encode())
-    finally:
-        os.close(fd)
+    _write_new(os.path.join(adir, "lease"), ("%d\n" % os.getpid()).encode())
 
 
 def _record_phase(adir, pgid, phase):

@@ -279,9 +279,7 @@ class Supervisor:
     def _exited(self):
         proc = self.proc
         self.proc, self.kill_at, self.look_at, self.poll_at = None, None, None, None
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+        self._unwatch()
         _JOBS.discard(proc.pid)
         # Leftover children in the group (daemons the job started) go with the job, and so do
         # those that left the group (setsid): as a subreaper, they became this process's.
@@ -309,11 +307,14 @@ class Supervisor:
                 pass
             _JOBS.discard(self.proc.pid)
             self.proc = None
+        self._unwatch()
+        if not self.done:
+            self._finish({"error": "wrapper: %s: %s" % (type(exc).__name__, exc)})
+
+    def _unwatch(self):
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
-        if not self.done:
-            self._finish({"error": "wrapper: %s: %s" % (type(exc).__name__, exc)})
 
     def _finish(self, result):
         status = self.status

@@ -30,7 +30,6 @@ import time
 from hostfs import (  # noqa: F401  (the agent's file rules; tests reach them through here)
     _NOFOLLOW,
     STATUS_BYTES,
-    _create,
     _inside,
     _mark,
     _process_record,
@@ -41,8 +40,8 @@ from hostfs import (  # noqa: F401  (the agent's file rules; tests reach them th
     _sha256_fh,
     _sha256_file,
     _touch,
-    _write_all,
     _write_json,
+    _write_new,
     _write_reserved,
     open_inside,
     open_regular,
@@ -205,11 +204,7 @@ def _prepare(adir, payload):
         _write_json(os.path.join(adir, "account.json"), acct)
     # The directory is new and ours: job.json and lease are created in it, no rename needed
     # (nothing reads them before the job starts).
-    fd = _create(os.path.join(adir, "job.json"))
-    try:
-        _write_all(fd, json.dumps(job).encode())
-    finally:
-        os.close(fd)
+    _write_new(os.path.join(adir, "job.json"), json.dumps(job).encode())
     _record_start(adir)  # the lease, naming this process as the attempt's supervisor
     cache = os.path.expanduser(payload.get("cache_dir") or "")
     for rel, sha in payload.get("inputs") or []:
