@@ -5,6 +5,7 @@ parameters (Core's parameter processing cost three times the driver call). The s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -14,7 +15,7 @@ from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Connection
 
 from fleet.models.enums import JobState
-from fleet.models.tables import Attempt, Event, Job, Result, Token, User
+from fleet.models.tables import Attempt, Event, Job, NewJob, Result, SubmitKey, Token, User
 
 JOBS = Job.__table__  # type: ignore[attr-defined]
 ATTEMPTS = Attempt.__table__  # type: ignore[attr-defined]
@@ -48,6 +49,12 @@ JOB_RUNNING = (
 )
 
 
+
+# A new job's row, every column NewJob has; a submission's idempotency key.
+JOB_FIELDS = tuple(f.name for f in dataclasses.fields(NewJob))
+INSERT_JOB = insert(JOBS).values({n: bindparam(n) for n in JOB_FIELDS})
+_KEYS = SubmitKey.__table__  # type: ignore[attr-defined]
+INSERT_SUBMIT_KEY = insert(_KEYS).values({n: bindparam(n) for n in ("user", "key", "job_ids", "created_at")})
 
 # A new attempt's row (its other columns start NULL).
 INSERT_ATTEMPT = insert(ATTEMPTS).values({n: bindparam(n) for n in (
@@ -110,6 +117,13 @@ def exec_driver(conn: Connection, stmt: Any, params: dict[str, Any]) -> None:
     third of that. Parameters need no type processing here."""
     sql, order = _driver_sql(conn, stmt)
     conn.exec_driver_sql(sql, tuple(params[n] for n in order) if order is not None else params)
+
+
+def first_driver(conn: Connection, stmt: Any, params: dict[str, Any]) -> Any:
+    """:func:`exec_driver` for a query: its first row (a plain tuple in the statement's column
+    order, values as the driver gives them: no type processing), or None."""
+    sql, order = _driver_sql(conn, stmt)
+    return conn.exec_driver_sql(sql, tuple(params[n] for n in order) if order is not None else params).first()
 
 
 def job_events(conn: Connection, ids: Sequence[str], now: float) -> None:

@@ -47,6 +47,9 @@ from fleet.statements import (
     ATTEMPTS,
     EVENTS,
     INSERT_ATTEMPT,
+    INSERT_JOB,
+    INSERT_SUBMIT_KEY,
+    JOB_FIELDS,
     JOB_RUNNING,
     JOBS,
     RESULTS,
@@ -55,7 +58,9 @@ from fleet.statements import (
     TOKEN_USER,
     attempt_event,
     by_columns,
+    exec_driver,
     exec_driver_many,
+    first_driver,
     job_events,
     update_by_id,
 )
@@ -220,12 +225,15 @@ class Store:
         once a minute: a write per request would cost more than the lookup)."""
         now = time.time() if now is None else now
         with self.db.write() as conn:
-            row = conn.execute(TOKEN_USER, {"hash": hash_token(token)}).first()
-            if row is None or row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now):
+            row = first_driver(conn, TOKEN_USER, {"hash": hash_token(token)})
+            if row is None:
                 return None
-            if row.last_used_at is None or now - row.last_used_at > 60:
-                conn.execute(TOKEN_USED, {"_id": row.token_id, "at": now})
-        return User(id=row.id, name=row.name, is_admin=row.is_admin, created_at=row.created_at)
+            token_id, expires_at, revoked_at, last_used_at, user_id, name, is_admin, created_at = row
+            if revoked_at is not None or (expires_at is not None and expires_at <= now):
+                return None
+            if last_used_at is None or now - last_used_at > 60:
+                exec_driver(conn, TOKEN_USED, {"_id": token_id, "at": now})
+        return User(id=user_id, name=name, is_admin=bool(is_admin), created_at=created_at)
 
     def list_tokens(self, user: str | None = None) -> list[tuple[Token, str]]:
         """Tokens (never their value) with their user's name, newest first; ``user``: one user's."""
@@ -284,10 +292,10 @@ class Store:
             if run is not None:
                 conn.execute(insert(MatrixRun.__table__), run.model_dump())  # type: ignore[attr-defined]
             if idempotency_key is not None:  # first, so a concurrent twin fails before any job
-                conn.execute(insert(SubmitKey), {"user": user, "key": idempotency_key,
-                                                 "job_ids": json.dumps([j.id for j in jobs]),
-                                                 "created_at": time.time()})
-            conn.execute(insert(JOBS), [dataclasses.asdict(job) for job in jobs])
+                exec_driver(conn, INSERT_SUBMIT_KEY, {"user": user, "key": idempotency_key,
+                                                      "job_ids": json.dumps([j.id for j in jobs]),
+                                                      "created_at": time.time()})
+            exec_driver_many(conn, INSERT_JOB, [{n: getattr(job, n) for n in JOB_FIELDS} for job in jobs])
             job_events(conn, [j.id for j in jobs], time.time())
         return jobs
 
