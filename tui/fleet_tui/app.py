@@ -304,7 +304,9 @@ class FleetApp(App[None]):
 
         def fire() -> None:
             self._debounced.pop(key, None)
-            self.run_worker(work(), group=key)
+            # The function, not a coroutine made here: a worker the app drops as it closes then
+            # leaves no coroutine that was never awaited.
+            self.run_worker(work, group=key)
 
         self._debounced[key] = asyncio.get_running_loop().call_later(delay, fire)
 
