@@ -6,7 +6,8 @@ raw asyncssh loop and Ansible ad-hoc on the same simulated hosts, measured in th
 
 Prints fleet's jobs/s and submit->start p50/p99 (idle fleet), the raw asyncssh limit, Ansible
 ad-hoc on 10 hosts, the ratios, CPU per job per process tree (this client, the server, the lab
-hosts with the commands they ran) against raw asyncssh's per command, and the server-side time of the first page of ``fleet jobs``
+hosts with the commands they ran) against raw asyncssh's per command, the same for a POST that
+does nothing (bench/http_floor.py: the floor of one POST per job), and the server-side time of the first page of ``fleet jobs``
 with 100,000 jobs in the database. The lab hosts (pure-Python asyncssh servers) run in a
 separate process (``python -m tests.lab serve``). Targets on a 2-core machine: fleet >= 0.3x
 raw asyncssh throughput; submit->start p50 <= 25 ms; jobs page <= 50 ms.
@@ -34,6 +35,7 @@ sys.path.insert(0, str(REPO))
 
 import asyncssh
 import httpx
+from http_floor import http_floor
 
 COMMAND = "echo hello"
 
@@ -344,6 +346,10 @@ def main() -> None:
             print(f"  CPU per job: client {tp['client_cpu_ms']:.2f} ms, server {tp['server_cpu_ms']:.2f} ms, "
                   f"hosts {tp['hosts_cpu_ms']:.2f} ms, total {figures['fleet_cpu_ms']:.2f} ms "
                   f"= {figures['fleet_cpu_ms'] / figures['raw_cpu_ms']:.2f}x raw asyncssh's")
+            floor = http_floor(args.jobs, 64)
+            figures["http_floor_ms"] = floor["server_ms"] + floor["client_ms"]
+            print(f"  of which the HTTP round trip alone (a no-op POST /jobs on uvicorn, bench/http_floor.py): "
+                  f"client {floor['client_ms']:.2f} ms, server {floor['server_ms']:.2f} ms")
             tb = asyncio.run(fleet_throughput(url, token, args.jobs, batch=50, tag="batch"))
             figures["fleet_batch_per_s"] = tb["jobs_per_s"]
             print(f"fleet end to end:      {tb['jobs_per_s']:8.1f} jobs/s ({tb['succeeded']}/{tb['jobs']} "

@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""The floor of one POST per job: what the HTTP round trip alone costs, before fleet does anything.
+
+    python bench/http_floor.py [--requests 4000] [--concurrency 8 64]
+
+A FastAPI app whose ``POST /jobs`` returns its body at once, served by uvicorn as ``fleet serve``
+serves (the same HTTP implementation, no access log), driven by the client bench/dispatch.py uses
+(httpx, the same spec, a bearer header and an idempotency key, ``--concurrency`` connections).
+Prints CPU per request of the server process and of this client. bench/dispatch.py prints it
+beside fleet's own one-POST figures: fleet's cost per job on that path is this floor plus fleet's
+work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+
+APP = """
+import sys
+import uvicorn
+from fastapi import FastAPI
+
+app = FastAPI()
+
+@app.post("/jobs", status_code=201)
+async def submit(body: dict) -> dict:
+    return {"id": "j0", **body}
+
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)
+"""
+
+
+def _cpu(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _load(url: str, requests: int, concurrency: int) -> None:
+    limits = httpx.Limits(max_connections=concurrency)
+    headers = {"Authorization": "Bearer x" * 4}
+    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=60) as http:
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(i: int) -> None:
+            async with sem:
+                r = await http.post("/jobs", json={"name": f"floor{i}", "run": "echo hello $FLEET_JOB_ID"},
+                                    headers={"Idempotency-Key": f"floor-{i:010d}"})
+                r.raise_for_status()
+
+        await asyncio.gather(*(one(i) for i in range(requests)))
+
+
+def http_floor(requests: int = 4000, concurrency: int = 64) -> dict[str, float]:
+    """CPU-ms per request of the server and of this client for a POST that does nothing."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-c", APP, str(port)], stdout=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.post(url + "/jobs", json={}, timeout=1)
+                break
+            except httpx.TransportError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("the floor's server did not start") from None
+                time.sleep(0.05)
+        asyncio.run(_load(url, min(requests, 200), concurrency))  # warm both ends
+        server0, client0 = _cpu(proc.pid), time.process_time()
+        asyncio.run(_load(url, requests, concurrency))
+        return {"server_ms": (_cpu(proc.pid) - server0) * 1000 / requests,
+                "client_ms": (time.process_time() - client0) * 1000 / requests}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, default=4000)
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[8, 64])
+    args = ap.parse_args()
+    for conc in args.concurrency:
+        f = http_floor(args.requests, conc)
+        print(f"no-op POST /jobs, {conc} connections: server {f['server_ms']:.2f} ms, client "
+              f"{f['client_ms']:.2f} ms, together {f['server_ms'] + f['client_ms']:.2f} ms CPU per request")
+
+
+if __name__ == "__main__":
+    main()
