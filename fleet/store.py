@@ -492,19 +492,25 @@ class Store:
         no longer STARTING, such as one being cancelled, keeps its state)."""
         if not started:
             return
-        now = time.time()
         with self._telling() as s:
-            exec_driver_many(s, update_by_id(ATTEMPTS, ("started_at", "state")),
-                              [{"_id": a, "state": AttemptState.RUNNING.value, "started_at": at} for _j, a, at in started])
-            exec_driver_many(s, ATTEMPT_EVENT, [{"at": now, "type": "attempt.running", "id": a, "data": None}
-                                                  for _j, a, _at in started])
-            ids = [j for j, _a, _at in started]
-            moving = set(s.execute(STARTING_JOBS, {"ids": ids}).scalars())
-            if moving:
-                exec_driver_many(s, JOB_RUNNING, [
-                    {"_id": j, "_state": JobState.STARTING.value, "state": JobState.RUNNING.value,
-                     "started_at": at, "updated_at": now} for j, _a, at in started if j in moving])
-                job_events(s, [j for j in ids if j in moving], now)
+            self._running(s, started, time.time())
+
+    @staticmethod
+    def _running(s: Connection, started: Sequence[tuple[str, str, float]], now: float) -> None:
+        """Attempts ``(job id, attempt id, started at)`` RUNNING, in transaction ``s``."""
+        if not started:
+            return
+        exec_driver_many(s, update_by_id(ATTEMPTS, ("started_at", "state")),
+                          [{"_id": a, "state": AttemptState.RUNNING.value, "started_at": at} for _j, a, at in started])
+        exec_driver_many(s, ATTEMPT_EVENT, [{"at": now, "type": "attempt.running", "id": a, "data": None}
+                                              for _j, a, _at in started])
+        ids = [j for j, _a, _at in started]
+        moving = set(s.execute(STARTING_JOBS, {"ids": ids}).scalars())
+        if moving:
+            exec_driver_many(s, JOB_RUNNING, [
+                {"_id": j, "_state": JobState.STARTING.value, "state": JobState.RUNNING.value,
+                 "started_at": at, "updated_at": now} for j, _a, at in started if j in moving])
+            job_events(s, [j for j in ids if j in moving], now)
 
     def reopen_attempt(self, job_id: str, attempt_id: str, message: str) -> None:
         """An attempt given up on is followed again: it is active again (a restart reattaches
@@ -534,14 +540,18 @@ class Store:
             s.execute(update_by_id(ATTEMPTS, tuple(sorted(values))), dict(values, _id=attempt_id))
             attempt_event(s, attempt_id, "attempt.ended", time.time(), {"exit_code": exit_code})
 
-    def finish_many(self, ended: Sequence[Ended]) -> None:
+    def finish_many(self, ended: Sequence[Ended], started: Sequence[tuple[str, str, float]] = ()) -> None:
         """End attempts (those that ended in one turn of the scheduler's loop: hundreds under
         load), move their jobs on, store their results and artifacts: one transaction, one
-        statement per kind of row."""
-        if not ended:
+        statement per kind of row. ``started``: attempts whose start is not written yet
+        (``attempts_running``), written first in the same transaction."""
+        if not ended and not started:
             return
         now = time.time()
         with self._telling() as s:
+            self._running(s, started, now)
+            if not ended:
+                return
             for names, rows in by_columns((e.attempt_values, e.attempt_id) for e in ended).items():
                 exec_driver_many(s, update_by_id(ATTEMPTS, names), rows)
             exec_driver_many(s, ATTEMPT_EVENT, [

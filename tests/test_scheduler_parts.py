@@ -14,6 +14,7 @@ from fleet.models.spec import Retries, load_spec
 from fleet.scheduler import retry
 from fleet.scheduler.hostbook import NOT_CHECKED, HostBook
 from fleet.scheduler.placement import Demand
+from fleet.scheduler.starts import PendingStarts
 from fleet.store import Store
 from tests.harness import harness, host
 
@@ -72,7 +73,11 @@ async def test_a_job_runs_through_the_api_and_the_loop_in_process(tmp_path):
         job = await h.submit({"name": "one", "run": "true"})
         (launch,) = await h.backend.wait_launches(1)
         assert launch.plan.job_id == job and launch.plan.argv == ["/bin/sh", "-c", "true"]
-        assert await h.state(job) == "RUNNING"
+        # The start is written with others that start or end soon after (one transaction).
+        async def running() -> bool:
+            return await h.state(job) == "RUNNING"
+
+        await h.until(running)
         launch.finish(0, log=b"hello\n")
         await h.until(lambda: job not in h.scheduler.running)
         detail = await h.job(job)
@@ -235,3 +240,39 @@ async def test_attempts_ending_in_one_turn_are_written_together_and_a_cancel_in_
         assert len({e.at for e in ended}) == 1, "the four ends were written in one transaction"
         states = [e for e in h.store.events_after(0, 10_000) if e.type == "job.state" and e.job_id in jobs]
         assert all(s.state != "CANCELLING" for s in states)
+
+
+async def test_pending_starts_are_written_together_after_the_delay_or_taken_by_an_end():
+    written: list[list[tuple[str, str, float]]] = []
+    starts = PendingStarts(written.append, delay=0.02)
+    starts.add("j1", "a1", 1.0)
+    starts.add("j2", "a2", 2.0)
+    assert written == [] and len(starts) == 2
+    assert starts.take() == [("j1", "a1", 1.0), ("j2", "a2", 2.0)]  # an end's transaction takes them
+    await asyncio.sleep(0.06)
+    assert written == []  # and their timer went with them
+    starts.add("j3", "a3", 3.0)
+    starts.add("j4", "a4", 4.0)
+    await asyncio.sleep(0.06)
+    assert written == [[("j3", "a3", 3.0), ("j4", "a4", 4.0)]]  # one write for both
+    starts.flush()
+    assert len(written) == 1 and len(starts) == 0  # nothing pending, nothing written
+
+
+async def test_a_start_and_an_end_heard_of_together_are_written_in_one_transaction(tmp_path):
+    async with harness(tmp_path, [host("h1")]) as h:
+        await h.until(lambda: all(v.health is Health.GOOD for v in h.scheduler.host_views()))
+        h.scheduler.starts.delay = 60  # the end comes first, however slow the machine
+        job = await h.submit({"name": "short", "run": "true"})
+        (launch,) = await h.backend.wait_launches(1)
+        assert len(h.scheduler.starts) == 1 and h.store.get_job(job).state == "STARTING"
+        launch.finish(0)
+        await h.until(lambda: h.store.get_job(job).state == "SUCCEEDED")
+        mine = [e for e in h.store.events_after(0, 10_000) if e.attempt_id == launch.plan.attempt_id]
+        running = [e for e in mine if e.type == "attempt.running"]
+        ended = [e for e in mine if e.type == "attempt.ended"]
+        assert len(running) == 1 and len(ended) == 1 and running[0].id < ended[0].id
+        assert running[0].at == ended[0].at, "the start and the end in one transaction"
+        (attempt,) = h.store.attempts(job)
+        assert attempt.started_at is not None and attempt.state == "SUCCEEDED"
+        assert len(h.scheduler.starts) == 0

@@ -50,6 +50,7 @@ from fleet.scheduler.placement import (
 )
 from fleet.scheduler.queues import ClassQueue
 from fleet.scheduler.records import Held, HostCheck, JobRef, Policy, QueuedJob, QueueView, Running, Why
+from fleet.scheduler.starts import PendingStarts
 from fleet.scheduler.verdict import JOB_STATE, Verdict
 from fleet.secrets import SecretBox, SecretError
 from fleet.store import AttemptRef, Ended, Store
@@ -74,7 +75,7 @@ class _Sink:
         if self.run.started.is_set():
             return
         self.run.started.set()
-        self.sched.started_soon(self.run, at or self.sched.clock.time())
+        self.sched.starts.add(self.run.qj.job.id, self.run.attempt.id, at or self.sched.clock.time())
 
     def log(self, data: bytes) -> None:
         self.sched.fence()
@@ -136,7 +137,7 @@ class Scheduler:
         self._done: dict[str, asyncio.Event] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
-        self._started: list[tuple[str, str, float]] = []  # attempts started, not yet written
+        self.starts = PendingStarts(lambda started: self._durably(self.store.attempts_running, started))
         # Attempts ended in this turn of the loop, not yet written (with whether their job is
         # done): written together at the turn's end, or before anything that reads them.
         self._ended: list[tuple[Ended, bool]] = []
@@ -231,7 +232,8 @@ class Scheduler:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         try:
-            self._write_ended()  # attempts that ended as we stopped
+            self._write_ended()  # attempts that ended (or started) as we stopped
+            self.starts.flush()
         except Exception:  # deposed, or the database is gone: the next leader follows them
             log.exception("recording the last attempts' ends failed")
         for backend in self.backends.values():
@@ -298,7 +300,8 @@ class Scheduler:
 
     def _queued_job(self, job: Job | JobRef | NewJob, spec: JobSpec) -> QueuedJob:
         inputs = tuple(
-            InputFile(rel_path=_join(ref.host_path(name), rel, ref.kind), sha256=blob.sha256, size=blob.size)
+            InputFile(rel_path=ref.host_path(name) if ref.kind == "file" else f"{ref.host_path(name)}/{rel}",
+                      sha256=blob.sha256, size=blob.size)
             for name, ref in spec.uploaded().items()
             for rel, blob in ref.files.items()
         )
@@ -629,18 +632,6 @@ class Scheduler:
         run.collected = end.collected
         self._finish(run, end, sink.bytes)
 
-    def started_soon(self, run: Running, at: float) -> None:
-        """Record that an attempt's process started: with the others that start in this turn
-        of the loop, in one transaction (a pass launches hundreds at once)."""
-        if not self._started:
-            asyncio.get_running_loop().call_soon(self._write_started)
-        self._started.append((run.qj.job.id, run.attempt.id, at))
-
-    def _write_started(self) -> None:
-        started, self._started = self._started, []
-        if started:
-            self._durably(self.store.attempts_running, started)
-
     def _write_ended(self) -> None:
         """Write the ends of this turn's attempts (with the starts before them: an end must not
         be written over), then tell who waits for their jobs. Runs at the turn's end, and first
@@ -648,9 +639,9 @@ class Scheduler:
         ended, self._ended = self._ended, []
         if not ended:
             return
-        self._write_started()
+        started = self.starts.take()  # written first, in the same transaction (fleet.scheduler.starts)
         self.fence()  # deposed meanwhile: the next leader follows these attempts to their end
-        self._durably(self.store.finish_many, [e for e, _done in ended])
+        self._durably(self.store.finish_many, [e for e, _done in ended], started)
         for e, done in ended:
             if done:
                 self._job_done(e.job_id)
@@ -792,7 +783,3 @@ class Scheduler:
 def _with(names: tuple[str, ...], name: str) -> tuple[str, ...]:
     """``names`` and ``name``, each once (a queued job's hosts kept as a tuple: see QueuedJob)."""
     return names if name in names else (*names, name)
-
-
-def _join(base: str, rel: str, kind: str) -> str:
-    return base if kind == "file" else f"{base}/{rel}"
