@@ -137,7 +137,7 @@ class Scheduler:
         self._done: dict[str, asyncio.Event] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
-        self.starts = PendingStarts(lambda started: self._durably(self.store.attempts_running, started))
+        self.starts = PendingStarts(self._write_starts)
         # Attempts ended in this turn of the loop, not yet written (with whether their job is
         # done): written together at the turn's end, or before anything that reads them.
         self._ended: list[tuple[Ended, bool]] = []
@@ -631,6 +631,10 @@ class Scheduler:
         end = await self.runner.run(run, sink, log_offset)
         run.collected = end.collected
         self._finish(run, end, sink.bytes)
+
+    def _write_starts(self, started: list[tuple[str, str, float]]) -> None:
+        self.fence()  # deposed since they were heard of: the next leader follows these attempts
+        self._durably(self.store.attempts_running, started)
 
     def _write_ended(self) -> None:
         """Write the ends of this turn's attempts (with the starts before them: an end must not
