@@ -51,7 +51,7 @@ def _free_port() -> int:
 
 async def _load(url: str, requests: int, concurrency: int) -> None:
     limits = httpx.Limits(max_connections=concurrency)
-    headers = {"Authorization": "Bearer x" * 4}
+    headers = {"Authorization": "Bearer flt_" + "x" * 43}  # as long as a fleet token
     async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=60) as http:
         sem = asyncio.Semaphore(concurrency)
 

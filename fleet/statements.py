@@ -49,7 +49,6 @@ JOB_RUNNING = (
 )
 
 
-
 # A new job's row, every column NewJob has; a submission's idempotency key.
 JOB_FIELDS = tuple(f.name for f in dataclasses.fields(NewJob))
 INSERT_JOB = insert(JOBS).values({n: bindparam(n) for n in JOB_FIELDS})
@@ -111,19 +110,13 @@ def _driver_sql(conn: Connection, stmt: Any) -> tuple[str, tuple[str, ...] | Non
     return compiled
 
 
-def exec_driver(conn: Connection, stmt: Any, params: dict[str, Any]) -> None:
+def exec_driver(conn: Connection, stmt: Any, params: dict[str, Any]) -> Any:
     """Run a prebuilt statement as the driver's SQL: five event rows per job went through
     Core's execute (~60 us of Python each, more than SQLite's own work); the driver call is a
-    third of that. Parameters need no type processing here."""
+    third of that. Parameters need no type processing here. Returns the result: a query's rows
+    are plain tuples in the statement's column order, values as the driver gives them."""
     sql, order = _driver_sql(conn, stmt)
-    conn.exec_driver_sql(sql, tuple(params[n] for n in order) if order is not None else params)
-
-
-def first_driver(conn: Connection, stmt: Any, params: dict[str, Any]) -> Any:
-    """:func:`exec_driver` for a query: its first row (a plain tuple in the statement's column
-    order, values as the driver gives them: no type processing), or None."""
-    sql, order = _driver_sql(conn, stmt)
-    return conn.exec_driver_sql(sql, tuple(params[n] for n in order) if order is not None else params).first()
+    return conn.exec_driver_sql(sql, tuple(params[n] for n in order) if order is not None else params)
 
 
 def job_events(conn: Connection, ids: Sequence[str], now: float) -> None:

@@ -60,7 +60,6 @@ from fleet.statements import (
     by_columns,
     exec_driver,
     exec_driver_many,
-    first_driver,
     job_events,
     update_by_id,
 )
@@ -225,7 +224,7 @@ class Store:
         once a minute: a write per request would cost more than the lookup)."""
         now = time.time() if now is None else now
         with self.db.write() as conn:
-            row = first_driver(conn, TOKEN_USER, {"hash": hash_token(token)})
+            row = exec_driver(conn, TOKEN_USER, {"hash": hash_token(token)}).first()
             if row is None:
                 return None
             token_id, expires_at, revoked_at, last_used_at, user_id, name, is_admin, created_at = row
@@ -545,13 +544,12 @@ class Store:
         load), move their jobs on, store their results and artifacts: one transaction, one
         statement per kind of row. ``started``: attempts whose start is not written yet
         (``attempts_running``), written first in the same transaction."""
-        if not ended and not started:
+        if not ended:
+            self.attempts_running(started)
             return
         now = time.time()
         with self._telling() as s:
             self._running(s, started, now)
-            if not ended:
-                return
             for names, rows in by_columns((e.attempt_values, e.attempt_id) for e in ended).items():
                 exec_driver_many(s, update_by_id(ATTEMPTS, names), rows)
             exec_driver_many(s, ATTEMPT_EVENT, [

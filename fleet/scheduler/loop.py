@@ -50,7 +50,7 @@ from fleet.scheduler.placement import (
 )
 from fleet.scheduler.queues import ClassQueue
 from fleet.scheduler.records import Held, HostCheck, JobRef, Policy, QueuedJob, QueueView, Running, Why
-from fleet.scheduler.starts import PendingStarts
+from fleet.scheduler.starts import PendingStarts, Start
 from fleet.scheduler.verdict import JOB_STATE, Verdict
 from fleet.secrets import SecretBox, SecretError
 from fleet.store import AttemptRef, Ended, Store
@@ -632,7 +632,7 @@ class Scheduler:
         run.collected = end.collected
         self._finish(run, end, sink.bytes)
 
-    def _write_starts(self, started: list[tuple[str, str, float]]) -> None:
+    def _write_starts(self, started: list[Start]) -> None:
         self.fence()  # deposed since they were heard of: the next leader follows these attempts
         self._durably(self.store.attempts_running, started)
 
