@@ -5,10 +5,14 @@
 
 A FastAPI app whose ``POST /jobs`` returns its body at once, served by uvicorn as ``fleet serve``
 serves (the same HTTP implementation, no access log), driven by the client bench/dispatch.py uses
-(httpx, the same spec, a bearer header and an idempotency key, ``--concurrency`` connections).
-Prints CPU per request of the server process and of this client. bench/dispatch.py prints it
-beside fleet's own one-POST figures: fleet's cost per job on that path is this floor plus fleet's
-work.
+(httpx, the same spec, a bearer header and an idempotency key), ``--concurrency`` requests at a
+time in two shapes: that many clients of one keep-alive connection each (as many users' scripts
+submit; bench/dispatch.py's one-POST phase), and one client holding that many connections.
+Prints CPU per request of the server process and of the client(s). The two shapes differ in the
+client: httpx's connection pool costs a client more per request the more connections it holds
+(measured here: 64 clients of one connection 1.8-2.0 ms, one client of 64 connections 4.4-4.8 ms).
+bench/dispatch.py prints the first shape beside fleet's own one-POST figures: fleet's cost per job
+on that path is this floor plus fleet's work.
 """
 
 from __future__ import annotations
@@ -49,23 +53,43 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def _load(url: str, requests: int, concurrency: int) -> None:
-    limits = httpx.Limits(max_connections=concurrency)
+async def _load(url: str, requests: int, concurrency: int, submitters: bool) -> None:
+    """``requests`` POSTs, ``concurrency`` at a time: from one client holding that many
+    connections, or (``submitters``) from that many clients of one keep-alive connection each."""
     headers = {"Authorization": "Bearer flt_" + "x" * 43}  # as long as a fleet token
-    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=60) as http:
+
+    def client(connections: int) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=url, headers=headers, timeout=60,
+                                 limits=httpx.Limits(max_connections=connections))
+
+    async def post(http: httpx.AsyncClient, i: int) -> None:
+        r = await http.post("/jobs", json={"name": f"floor{i}", "run": "echo hello $FLEET_JOB_ID"},
+                            headers={"Idempotency-Key": f"floor-{i:010d}"})
+        r.raise_for_status()
+
+    if submitters:
+        clients = [client(1) for _ in range(concurrency)]
+
+        async def submitter(k: int) -> None:
+            for i in range(k, requests, concurrency):
+                await post(clients[k], i)
+
+        await asyncio.gather(*(submitter(k) for k in range(concurrency)))
+        for c in clients:
+            await c.aclose()
+        return
+    async with client(concurrency) as http:
         sem = asyncio.Semaphore(concurrency)
 
         async def one(i: int) -> None:
             async with sem:
-                r = await http.post("/jobs", json={"name": f"floor{i}", "run": "echo hello $FLEET_JOB_ID"},
-                                    headers={"Idempotency-Key": f"floor-{i:010d}"})
-                r.raise_for_status()
+                await post(http, i)
 
         await asyncio.gather(*(one(i) for i in range(requests)))
 
 
-def http_floor(requests: int = 4000, concurrency: int = 64) -> dict[str, float]:
-    """CPU-ms per request of the server and of this client for a POST that does nothing."""
+def http_floor(requests: int = 4000, concurrency: int = 64, submitters: bool = True) -> dict[str, float]:
+    """CPU-ms per request of the server and of the client(s) for a POST that does nothing."""
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-c", APP, str(port)], stdout=subprocess.DEVNULL)
     try:
@@ -79,9 +103,9 @@ def http_floor(requests: int = 4000, concurrency: int = 64) -> dict[str, float]:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit("the floor's server did not start") from None
                 time.sleep(0.05)
-        asyncio.run(_load(url, min(requests, 200), concurrency))  # warm both ends
+        asyncio.run(_load(url, min(requests, 200), concurrency, submitters))  # warm both ends
         server0, client0 = _cpu(proc.pid), time.process_time()
-        asyncio.run(_load(url, requests, concurrency))
+        asyncio.run(_load(url, requests, concurrency, submitters))
         return {"server_ms": (_cpu(proc.pid) - server0) * 1000 / requests,
                 "client_ms": (time.process_time() - client0) * 1000 / requests}
     finally:
@@ -95,9 +119,11 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[8, 64])
     args = ap.parse_args()
     for conc in args.concurrency:
-        f = http_floor(args.requests, conc)
-        print(f"no-op POST /jobs, {conc} connections: server {f['server_ms']:.2f} ms, client "
-              f"{f['client_ms']:.2f} ms, together {f['server_ms'] + f['client_ms']:.2f} ms CPU per request")
+        for submitters in (True, False):
+            f = http_floor(args.requests, conc, submitters)
+            shape = f"{conc} clients of one connection" if submitters else f"one client of {conc} connections"
+            print(f"no-op POST /jobs, {shape}: server {f['server_ms']:.2f} ms, client {f['client_ms']:.2f} ms, "
+                  f"together {f['server_ms'] + f['client_ms']:.2f} ms CPU per request")
 
 
 if __name__ == "__main__":
