@@ -58,6 +58,31 @@ def test_models_match_head(db: Database) -> None:
     assert migrations.current(db.engine) == migrations.head()
 
 
+def test_statements_on_the_drivers_cursor_read_and_fail_as_sqlalchemy_does(db: Database) -> None:
+    """The hot-path statements run on the driver's own cursor (fleet.statements.exec_driver):
+    on both databases a token still finds its user (revoked: none), and a second submission
+    with the same idempotency key fails as SQLAlchemy's IntegrityError, which the API turns
+    into the first submission's jobs."""
+    from sqlalchemy.exc import IntegrityError
+
+    db.create_schema()
+    store = Store(db)
+    alice = store.create_user("alice")
+    token = store.create_token(alice)
+    found = store.user_for_token(token)
+    assert found is not None and (found.name, found.is_admin) == ("alice", False)
+    assert store.user_for_token(token + "x") is None
+    spec = JobSpec(name="once", run="true")
+    made = store.create_jobs([(spec, "shell")], "alice", idempotency_key="k1")
+    with pytest.raises(IntegrityError):
+        store.create_jobs([(spec, "shell")], "alice", idempotency_key="k1")
+    assert [j.id for j in store.jobs_for_key("alice", "k1") or []] == [made[0].id]
+    assert len(store.list_jobs(owner=None, limit=10)) == 1  # the failed twin wrote nothing
+    (tok,) = [t for t, _name in store.list_tokens("alice")]
+    store.revoke_token(tok.id or 0)
+    assert store.user_for_token(token) is None
+
+
 def test_every_revision_downgrades_and_upgrades_again(db: Database) -> None:
     db.create_schema()
     with db.engine.begin() as conn:
