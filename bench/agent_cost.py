@@ -219,7 +219,7 @@ def idle(wrapper: Path, seconds: float) -> float:
         group.close()
 
 
-def _filesystem(path: Path) -> str:
+def filesystem(path: Path) -> str:
     """The type of the filesystem ``path`` is on (from /proc/mounts: the longest mount prefix);
     for ext4, whether it has a journal (a journaled ext4 has a jbd2 entry for its device)."""
     best, kind = "", "?"
@@ -264,7 +264,7 @@ def main() -> int:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     figures = {
-        "root": str(root.parent), "filesystem": _filesystem(root.parent),
+        "root": str(root.parent), "filesystem": filesystem(root.parent),
         "start_end_ms_per_attempt": round(per_attempt, 3),
         "baseline_fork_exec_ms": round(base, 3),
         "ratio_to_baseline": round(per_attempt / base, 2) if base else None,

@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO))
 
 import asyncssh
 import httpx
+from agent_cost import filesystem
 from http_floor import http_floor
 
 COMMAND = "echo hello"
@@ -331,10 +332,17 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2000)
     ap.add_argument("--idle", type=int, default=100, help="jobs for the idle submit->start latency")
     ap.add_argument("--rows", type=int, default=100_000, help="jobs in the DB for the listing test")
+    ap.add_argument("--work", type=Path, default=None,
+                    help="the directory the lab hosts' and the server's files go under (default: the "
+                         "system's temp dir); its filesystem is printed, see below")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
+    work = Path(tempfile.mkdtemp(prefix="fleet-bench-", dir=args.work))
+    # The hosts create a few files per attempt and the server one (its log): on an ext4 without
+    # a journal that saw many files come and go, the kernel's inode allocator adds 0.3-1 ms per
+    # file (bench/agent_cost.py), which is the filesystem's cost, not fleet's.
+    print(f"files under {work} ({filesystem(work)})")
     lab = start_lab(args.hosts, work / "lab")
     LAB_PID[:] = [lab.pid]
     figures: dict[str, float] = {}
