@@ -2,14 +2,15 @@
 """Dispatch benchmark: the whole path (API -> DB -> scheduler -> SSH -> result) against a
 raw asyncssh loop and Ansible ad-hoc on the same simulated hosts, measured in the same run.
 
-    python bench/dispatch.py [--hosts 50] [--jobs 2000] [--idle 100] [--rows 100000] [--json]
+    python bench/dispatch.py [--hosts 50] [--jobs 2000] [--idle 100] [--rows 100000] [--work DIR] [--json]
 
 Prints fleet's jobs/s and submit->start p50/p99 (idle fleet), the raw asyncssh limit, Ansible
 ad-hoc on 10 hosts, the ratios, CPU per job per process tree (this client, the server, the lab
 hosts with the commands they ran) against raw asyncssh's per command, the same for a POST that
 does nothing (bench/http_floor.py: the floor of one POST per job), and the server-side time of the first page of ``fleet jobs``
 with 100,000 jobs in the database. The lab hosts (pure-Python asyncssh servers) run in a
-separate process (``python -m tests.lab serve``). Targets on a 2-core machine: fleet >= 0.3x
+separate process (``python -m tests.lab serve``); their files and the server's go under
+``--work`` (default: the temp dir), whose filesystem is printed first. Targets on a 2-core machine: fleet >= 0.3x
 raw asyncssh throughput; submit->start p50 <= 25 ms; jobs page <= 50 ms.
 """
 
