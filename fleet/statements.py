@@ -124,14 +124,22 @@ def exec_driver(conn: Connection, stmt: Any, params: dict[str, Any]) -> Any:
 
 
 def _on_cursor(conn: Connection, sql: str, params: Any, many: bool) -> Any:
-    cursor = conn.connection.cursor()
+    """Run ``sql`` on the driver's cursor; a driver error is raised as SQLAlchemy's, and a
+    connection the database dropped is invalidated first, as Core does (the transaction's
+    rollback then does not hide the cause behind "the connection is lost")."""
+    dbapi = conn.dialect.loaded_dbapi
     try:
+        cursor = conn.connection.cursor()
         if many:
             cursor.executemany(sql, params)
         else:
             cursor.execute(sql, params)
-    except conn.dialect.loaded_dbapi.Error as exc:
-        raise DBAPIError.instance(sql, params, exc, conn.dialect.loaded_dbapi.Error) from exc
+    except dbapi.Error as exc:
+        gone = conn.dialect.is_disconnect(exc, conn.connection.dbapi_connection, None)
+        if gone:
+            conn.invalidate(exc)
+        raise DBAPIError.instance(sql, params, exc, dbapi.Error, connection_invalidated=gone,
+                                  dialect=conn.dialect) from exc
     return cursor
 
 

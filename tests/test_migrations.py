@@ -65,6 +65,8 @@ def test_statements_on_the_drivers_cursor_read_and_fail_as_sqlalchemy_does(db: D
     into the first submission's jobs."""
     from sqlalchemy.exc import IntegrityError
 
+    from fleet.statements import INSERT_SUBMIT_KEY, exec_driver
+
     db.create_schema()
     store = Store(db)
     alice = store.create_user("alice")
@@ -77,10 +79,44 @@ def test_statements_on_the_drivers_cursor_read_and_fail_as_sqlalchemy_does(db: D
     with pytest.raises(IntegrityError):
         store.create_jobs([(spec, "shell")], "alice", idempotency_key="k1")
     assert [j.id for j in store.jobs_for_key("alice", "k1") or []] == [made[0].id]
-    assert len(store.list_jobs(owner=None, limit=10)) == 1  # the failed twin wrote nothing
+    assert len(store.list_jobs(owner=None, limit=10)) == 1
+    # A statement on the driver's cursor is part of the transaction: an error after it undoes it.
+    with pytest.raises(IntegrityError):
+        with db.write() as conn:
+            for key in ("k2", "k1"):
+                exec_driver(conn, INSERT_SUBMIT_KEY, {"user": "alice", "key": key, "job_ids": "[]", "created_at": 0.0})
+    assert store.jobs_for_key("alice", "k2") is None
     (tok,) = [t for t, _name in store.list_tokens("alice")]
     store.revoke_token(tok.id or 0)
     assert store.user_for_token(token) is None
+
+
+def test_a_connection_postgresql_dropped_is_reported_with_its_cause_and_replaced(pg_url: str) -> None:
+    """A statement on the driver's cursor whose connection the server ended: the error names
+    the server's reason (not the failed rollback after it), and the next call gets a live
+    connection."""
+    import psycopg
+    from sqlalchemy.exc import OperationalError
+
+    from fleet.statements import TOKEN_USER, exec_driver
+
+    database = Database(pg_url)
+    try:
+        database.create_schema()
+        store = Store(database)
+        token = store.create_token(store.create_user("alice"))
+        with pytest.raises(OperationalError) as err:
+            with database.write() as conn:
+                backend = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+                with psycopg.connect(pg_url, autocommit=True) as admin:
+                    admin.execute("SELECT pg_terminate_backend(%s)", (backend,))
+                exec_driver(conn, TOKEN_USER, {"hash": "x"})
+        assert "terminating connection due to administrator command" in str(err.value)
+        assert err.value.connection_invalidated
+        found = store.user_for_token(token)
+        assert found is not None and found.name == "alice"
+    finally:
+        database.dispose()
 
 
 def test_every_revision_downgrades_and_upgrades_again(db: Database) -> None:
