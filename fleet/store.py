@@ -90,6 +90,9 @@ class AttemptRef:
                    slots=a.slots, state=a.state)
 
 
+Start = tuple[str, str, float]  # an attempt's start: (job id, attempt id, started at)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Ended:
     """How an attempt ended, for :meth:`Store.finish_many`: its row's new values, its job's,
@@ -494,7 +497,7 @@ class Store:
     def attempt_running(self, job_id: str, attempt_id: str, started_at: float) -> None:
         self.attempts_running([(job_id, attempt_id, started_at)])
 
-    def attempts_running(self, started: Sequence[tuple[str, str, float]]) -> None:
+    def attempts_running(self, started: Sequence[Start]) -> None:
         """Attempts ``(job id, attempt id, started at)`` whose process started, in one
         transaction: RUNNING, and their jobs too (the first attempt's start is the job's; a job
         no longer STARTING, such as one being cancelled, keeps its state)."""
@@ -504,7 +507,7 @@ class Store:
             self._running(s, started, time.time())
 
     @staticmethod
-    def _running(s: Connection, started: Sequence[tuple[str, str, float]], now: float) -> None:
+    def _running(s: Connection, started: Sequence[Start], now: float) -> None:
         """Attempts ``(job id, attempt id, started at)`` RUNNING, in transaction ``s``."""
         if not started:
             return
@@ -548,7 +551,7 @@ class Store:
             s.execute(update_by_id(ATTEMPTS, tuple(sorted(values))), dict(values, _id=attempt_id))
             attempt_event(s, attempt_id, "attempt.ended", time.time(), {"exit_code": exit_code})
 
-    def finish_many(self, ended: Sequence[Ended], started: Sequence[tuple[str, str, float]] = ()) -> None:
+    def finish_many(self, ended: Sequence[Ended], started: Sequence[Start] = ()) -> None:
         """End attempts (those that ended in one turn of the scheduler's loop: hundreds under
         load), move their jobs on, store their results and artifacts: one transaction, one
         statement per kind of row. ``started``: attempts whose start is not written yet

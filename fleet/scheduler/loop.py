@@ -50,10 +50,10 @@ from fleet.scheduler.placement import (
 )
 from fleet.scheduler.queues import ClassQueue
 from fleet.scheduler.records import Held, HostCheck, JobRef, Policy, QueuedJob, QueueView, Running, Why
-from fleet.scheduler.starts import PendingStarts, Start
+from fleet.scheduler.starts import PendingStarts
 from fleet.scheduler.verdict import JOB_STATE, Verdict
 from fleet.secrets import SecretBox, SecretError
-from fleet.store import AttemptRef, Ended, Store
+from fleet.store import AttemptRef, Ended, Start, Store
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-Start = tuple[str, str, float]  # (job id, attempt id, started at)
+from fleet.store import Start
 
 
 class PendingStarts:
