@@ -10,7 +10,8 @@ time in two shapes: that many clients of one keep-alive connection each (as many
 submit; bench/dispatch.py's one-POST phase), and one client holding that many connections.
 Prints CPU per request of the server process and of the client(s). The two shapes differ in the
 client: httpx's connection pool costs a client more per request the more connections it holds
-(measured here: 64 clients of one connection 1.8-2.0 ms, one client of 64 connections 4.4-4.8 ms).
+(measured here: 64 clients of one connection 0.7-0.9 ms, one client of 64 connections 3.2-3.5 ms;
+making a client, ~30 ms of loading the CA store, is not counted).
 bench/dispatch.py prints the first shape beside fleet's own one-POST figures: fleet's cost per job
 on that path is this floor plus fleet's work.
 """
@@ -53,9 +54,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def _load(url: str, requests: int, concurrency: int, submitters: bool) -> None:
+async def _load(url: str, requests: int, concurrency: int, submitters: bool, server: int) -> tuple[float, float]:
     """``requests`` POSTs, ``concurrency`` at a time: from one client holding that many
-    connections, or (``submitters``) from that many clients of one keep-alive connection each."""
+    connections, or (``submitters``) from that many clients of one keep-alive connection each.
+    Returns the CPU seconds the server process and this one spent on them: the clients are made
+    before counting (making one loads the CA store, ~30 ms; bench/dispatch.py does the same)."""
     headers = {"Authorization": "Bearer flt_" + "x" * 43}  # as long as a fleet token
 
     def client(connections: int) -> httpx.AsyncClient:
@@ -67,25 +70,26 @@ async def _load(url: str, requests: int, concurrency: int, submitters: bool) -> 
                             headers={"Idempotency-Key": f"floor-{i:010d}"})
         r.raise_for_status()
 
+    clients = [client(1) for _ in range(concurrency)] if submitters else [client(concurrency)]
+    sem = asyncio.Semaphore(concurrency)
+
+    async def submitter(k: int) -> None:
+        for i in range(k, requests, concurrency):
+            await post(clients[k], i)
+
+    async def one(i: int) -> None:
+        async with sem:
+            await post(clients[0], i)
+
+    server0, client0 = _cpu(server), time.process_time()
     if submitters:
-        clients = [client(1) for _ in range(concurrency)]
-
-        async def submitter(k: int) -> None:
-            for i in range(k, requests, concurrency):
-                await post(clients[k], i)
-
         await asyncio.gather(*(submitter(k) for k in range(concurrency)))
-        for c in clients:
-            await c.aclose()
-        return
-    async with client(concurrency) as http:
-        sem = asyncio.Semaphore(concurrency)
-
-        async def one(i: int) -> None:
-            async with sem:
-                await post(http, i)
-
+    else:
         await asyncio.gather(*(one(i) for i in range(requests)))
+    used = _cpu(server) - server0, time.process_time() - client0
+    for c in clients:
+        await c.aclose()
+    return used
 
 
 def http_floor(requests: int = 4000, concurrency: int = 64, submitters: bool = True) -> dict[str, float]:
@@ -103,11 +107,9 @@ def http_floor(requests: int = 4000, concurrency: int = 64, submitters: bool = T
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit("the floor's server did not start") from None
                 time.sleep(0.05)
-        asyncio.run(_load(url, min(requests, 200), concurrency, submitters))  # warm both ends
-        server0, client0 = _cpu(proc.pid), time.process_time()
-        asyncio.run(_load(url, requests, concurrency, submitters))
-        return {"server_ms": (_cpu(proc.pid) - server0) * 1000 / requests,
-                "client_ms": (time.process_time() - client0) * 1000 / requests}
+        asyncio.run(_load(url, min(requests, 200), concurrency, submitters, proc.pid))  # warm both ends
+        server, client = asyncio.run(_load(url, requests, concurrency, submitters, proc.pid))
+        return {"server_ms": server * 1000 / requests, "client_ms": client * 1000 / requests}
     finally:
         proc.terminate()
         proc.wait(timeout=10)
