@@ -4,9 +4,15 @@ and, on Jetson hosts, an /etc/nv_tegra_release under their FLEET_HOST_ROOT."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import importlib.metadata
 import json
 import re
 import shutil
+import sys
+import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -76,10 +82,40 @@ def test_probe_reads_what_hosts_are_and_reports_mismatches(fleet, lab, tmp_path,
     assert out.returncode == 2 and "resources.requires" in out.stderr
 
 
+def local_index(home: Path, wheels: Path) -> Path:
+    """A package index on this machine for the pip of a lab host whose HOME is ``home``: wheels
+    named onnxruntime and numpy (an empty package each, at the versions installed here, so a
+    machine's pip constraints still hold), and the host's pip told to look nowhere else. Returns
+    where ``pip install --user`` puts them."""
+    wheels.mkdir()
+    for name in ("onnxruntime", "numpy"):
+        version = importlib.metadata.version(name)
+        dist = f"{name}-{version}.dist-info"
+        files = {f"{name}/__init__.py": b"",
+                 f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+                 f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: fleet-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+        record = "".join(f"{path},sha256={_digest(data)},{len(data)}\n" for path, data in files.items())
+        with zipfile.ZipFile(wheels / f"{name}-{version}-py3-none-any.whl", "w") as whl:
+            for path, data in files.items():
+                whl.writestr(path, data)
+            whl.writestr(f"{dist}/RECORD", record + f"{dist}/RECORD,,\n")
+    conf = home / ".config" / "pip" / "pip.conf"
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text(f"[global]\nno-index = true\nfind-links = {wheels}\ndisable-pip-version-check = true\n")
+    return home / ".local" / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+
+
+def _digest(data: bytes) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
 @pytest.mark.timeout(400)  # four ansible-playbook runs against two hosts (~90 s, more under load)
 @pytest.mark.long
 def test_provision_is_idempotent_and_check_changes_nothing(fleet, lab, tmp_path, monkeypatch):
-    lab.add_hosts("jetson-orin-nano", 1)
+    jetson = lab.add_hosts("jetson-orin-nano", 1)[0]
+    # Its python lacks ONNX Runtime: provision pip-installs it, from a package index on this
+    # machine (tests touch loopback only; the real wheels cost seconds of CPU to unpack).
+    site = local_index(jetson.home, tmp_path / "wheels")
     extra: dict = {"jetson-1": {"fleet_power_mode": 0, "fleet_lock_clocks": True}}
     if have_sshd():
         rtx = lab.add_hosts("rtx5060", 1, kind="openssh")[0]
@@ -102,6 +138,7 @@ def test_provision_is_idempotent_and_check_changes_nothing(fleet, lab, tmp_path,
     assert fact.exists()
     state = lab.tool_state("jetson-1")
     assert state["power_mode_id"] == 0 and state["clocks_locked"] is True
+    assert (site / "onnxruntime" / "__init__.py").exists()  # installed from the local index (numpy too, if missing)
 
     second = json.loads(fleet.cli("hosts", "provision", "--json", timeout=300).stdout)
     assert all(r["status"] == "ok" and r["changed"] == 0 for r in second), second
