@@ -81,15 +81,16 @@ async def _load(url: str, requests: int, concurrency: int, submitters: bool, ser
         async with sem:
             await post(clients[0], i)
 
-    server0, client0 = _cpu(server), time.process_time()
-    if submitters:
-        await asyncio.gather(*(submitter(k) for k in range(concurrency)))
-    else:
-        await asyncio.gather(*(one(i) for i in range(requests)))
-    used = _cpu(server) - server0, time.process_time() - client0
-    for c in clients:
-        await c.aclose()
-    return used
+    try:
+        server0, client0 = _cpu(server), time.process_time()
+        if submitters:
+            await asyncio.gather(*(submitter(k) for k in range(concurrency)))
+        else:
+            await asyncio.gather(*(one(i) for i in range(requests)))
+        return _cpu(server) - server0, time.process_time() - client0
+    finally:
+        for c in clients:
+            await c.aclose()
 
 
 def http_floor(requests: int = 4000, concurrency: int = 64, submitters: bool = True) -> dict[str, float]:
