@@ -4,6 +4,8 @@ server the way the CLI does."""
 
 from __future__ import annotations
 
+import sys
+
 from fleet.client import calls, connect
 from fleet.client.aio import AsyncClient
 from fleet.client.specs import aload_spec_file, load_spec_file
@@ -48,8 +50,6 @@ async def test_the_async_face_looks_for_no_module_per_request(fleet):
     """httpcore imports sniffio for every lock an async request makes; when it is not installed
     each import searches every sys.path entry again (0.2-0.3 ms a request). After the first
     requests, no request may make Python look for a module."""
-    import sys
-
     fleet.start()
     looked: list[str] = []
 

@@ -79,7 +79,7 @@ def test_statements_on_the_drivers_cursor_read_and_fail_as_sqlalchemy_does(db: D
     with pytest.raises(IntegrityError):
         store.create_jobs([(spec, "shell")], "alice", idempotency_key="k1")
     assert [j.id for j in store.jobs_for_key("alice", "k1") or []] == [made[0].id]
-    assert len(store.list_jobs(owner=None, limit=10)) == 1
+    assert len(store.list_jobs(owner=None, limit=10)) == 1  # the failed twin wrote nothing
     # A statement on the driver's cursor is part of the transaction: an error after it undoes it.
     with pytest.raises(IntegrityError):
         with db.write() as conn:
