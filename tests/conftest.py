@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -106,8 +108,8 @@ class Fleet:
         cfg.update(config or {})
         (self.home / "config.yaml").write_text(yaml.safe_dump(cfg))
         self.settings = load_settings()
-        if self.settings.database is None and not (self.home / "fleet.db").exists():
-            shutil.copyfile(schema_template(), self.home / "fleet.db")
+        if self.settings.database is None and not (self.settings.home / "fleet.db").exists():
+            shutil.copyfile(schema_template(), self.settings.home / "fleet.db")
         self.info = local.start_local(self.settings, str(inventory) if inventory else None, spawn=spawn_server)
         self.client = Client(self.info.url, self.info.token, timeout=120)
         return self.client
@@ -146,14 +148,41 @@ def shared_local(tmp_path: Path, fleet: Fleet) -> Iterator[Path]:
                          f"fleet_workdir={workdir} ansible_python_interpreter={sys.executable}\n")
     yield inventory
     fleet.stop()
-    for proc in Path("/proc").iterdir():  # jobs (their cwd) and their supervisors (their argv)
-        try:
-            if proc.name.isdigit() and (Path(os.readlink(proc / "cwd")).is_relative_to(workdir)
-                                        or str(workdir).encode() in (proc / "cmdline").read_bytes()):
-                os.kill(int(proc.name), signal.SIGKILL)
-        except OSError:
-            pass
-    shutil.rmtree(workdir)
+    _end_processes_in(workdir)
+    shutil.rmtree(workdir, ignore_errors=True)
+    if workdir.exists():  # a process this did not see wrote there meanwhile: once more, then say so
+        _end_processes_in(workdir)
+        shutil.rmtree(workdir, ignore_errors=True)
+        if workdir.exists():
+            warnings.warn(f"could not remove {workdir}", stacklevel=1)
+
+
+def _end_processes_in(workdir: Path, timeout: float = 10.0) -> None:
+    """SIGKILL every process working in ``workdir`` (its cwd there: jobs) or naming a path in it
+    (an argument: their supervisors), again until none is left, and wait until they are gone."""
+    import time
+
+    inside = str(workdir.resolve()) + "/"
+    deadline = time.monotonic() + timeout
+    while True:
+        found = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit() or int(proc.name) == os.getpid():
+                continue
+            try:  # the argv first: a job of another account may not let root read its cwd
+                hit = any(inside in arg + "/" for arg in (proc / "cmdline").read_text(errors="replace").split("\0"))
+                if not hit:
+                    hit = (os.readlink(proc / "cwd") + "/").startswith(inside)
+                if hit and not (proc / "stat").read_text().rsplit(")", 1)[-1].startswith(" Z"):
+                    found.append(int(proc.name))
+            except OSError:  # gone, or not ours to read
+                continue
+        if not found or time.monotonic() > deadline:
+            return
+        for pid in found:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
 
 
 def add_user(fleet: Fleet, name: str) -> tuple[str, Client]:
