@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import atexit
-import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -22,6 +20,7 @@ from fleet.client import discovery as local
 from fleet.client.sync import Client
 from fleet.config import load_settings
 from tests.agent_driver import Agent
+from tests.lab import procs
 from tests.zygote import spawn_server, zygote
 
 REPO = Path(__file__).resolve().parent.parent
@@ -148,41 +147,12 @@ def shared_local(tmp_path: Path, fleet: Fleet) -> Iterator[Path]:
                          f"fleet_workdir={workdir} ansible_python_interpreter={sys.executable}\n")
     yield inventory
     fleet.stop()
-    _end_processes_in(workdir)
-    shutil.rmtree(workdir, ignore_errors=True)
-    if workdir.exists():  # a process this did not see wrote there meanwhile: once more, then say so
-        _end_processes_in(workdir)
+    for _ in range(2):  # once more if a process not seen the first time wrote there meanwhile
+        procs.kill_in(workdir)
         shutil.rmtree(workdir, ignore_errors=True)
-        if workdir.exists():
-            warnings.warn(f"could not remove {workdir}", stacklevel=1)
-
-
-def _end_processes_in(workdir: Path, timeout: float = 10.0) -> None:
-    """SIGKILL every process working in ``workdir`` (its cwd there: jobs) or naming a path in it
-    (an argument: their supervisors), again until none is left, and wait until they are gone."""
-    import time
-
-    inside = str(workdir.resolve()) + "/"
-    deadline = time.monotonic() + timeout
-    while True:
-        found = []
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit() or int(proc.name) == os.getpid():
-                continue
-            try:  # the argv first: a job of another account may not let root read its cwd
-                hit = any(inside in arg + "/" for arg in (proc / "cmdline").read_text(errors="replace").split("\0"))
-                if not hit:
-                    hit = (os.readlink(proc / "cwd") + "/").startswith(inside)
-                if hit and not (proc / "stat").read_text().rsplit(")", 1)[-1].startswith(" Z"):
-                    found.append(int(proc.name))
-            except OSError:  # gone, or not ours to read
-                continue
-        if not found or time.monotonic() > deadline:
+        if not workdir.exists():
             return
-        for pid in found:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.05)
+    warnings.warn(f"could not remove {workdir}", stacklevel=1)
 
 
 def add_user(fleet: Fleet, name: str) -> tuple[str, Client]:

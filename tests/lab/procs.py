@@ -12,7 +12,7 @@ import os
 import select
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 
@@ -54,6 +54,22 @@ def pids_with_env(name: str, value: str) -> list[int]:
     """PIDs (other than ours) whose initial environment holds ``name=value``."""
     entry = os.fsencode(f"{name}={value}")
     return [pid for pid in all_pids() if pid != os.getpid() and entry in (environ(pid) or [])]
+
+
+def pids_in(root: Path) -> list[int]:
+    """PIDs (other than ours) working in ``root`` (their cwd there) or naming a path in it (an
+    argument). The argv is read first: a process of another account may hide its cwd."""
+    inside = str(root.resolve()) + "/"
+    found = []
+    for pid in all_pids():
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_text(errors="replace").split("\0")
+            if pid != os.getpid() and (any(inside in arg + "/" for arg in args)
+                                       or (os.readlink(f"/proc/{pid}/cwd") + "/").startswith(inside)):
+                found.append(pid)
+        except OSError:  # gone, a zombie, or not ours to read
+            continue
+    return found
 
 
 def mount_namespace(pid: int) -> str | None:
@@ -142,8 +158,18 @@ def kill_homes(homes: list[Path], rounds: int = 10) -> None:
     """Kill every process whose HOME is one of ``homes``, again until none is left: a process
     forked between a snapshot and the kill (a supervisor starting its job) must not survive
     what is meant as a power cut."""
+    _kill_until_none(lambda: pids_with_home_in(homes), rounds)
+
+
+def kill_in(root: Path, rounds: int = 10) -> None:
+    """Kill every process working in ``root`` or naming a path in it (``pids_in``), again until
+    none is left."""
+    _kill_until_none(lambda: pids_in(root), rounds)
+
+
+def _kill_until_none(find: Callable[[], list[int]], rounds: int) -> None:
     for _ in range(rounds):
-        pids = pids_with_home_in(homes)
+        pids = find()
         if not pids:
             return
         kill_all(pids)
