@@ -152,6 +152,7 @@ async def serve(settings: Settings, options: ServeOptions) -> None:
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
     scheduler.fence = lambda: None if lease.held else keep_or_step_down(lease)
+    scheduler.logs.fence = lambda: scheduler.fence()  # its tiny logs' flush (fleet.logstore)
     elector = asyncio.create_task(lead(lease, scheduler, disk), name="fleet-leader")
     await asyncio.sleep(0)  # lead() takes a free lease and starts the scheduler before requests come
     collector = asyncio.create_task(collect_garbage(scheduler, settings), name="fleet-gc")

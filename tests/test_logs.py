@@ -3,6 +3,7 @@ store under its limit, and a reattach after a crash resumes a capped log at the 
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import os
 import signal
@@ -11,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from fleet import logstore
 from fleet.ids import new_id
-from fleet.logstore import LogStore, bucket
+from fleet.logstore import PACK, LogStore, bucket
 from tests.helpers import eventually
 
 KiB, MiB = 1 << 10, 1 << 20
@@ -165,7 +167,9 @@ def test_the_server_keeps_its_log_store_under_the_limit(fleet, tmp_path):
 
 def test_a_tiny_log_stays_plain_and_reads_the_same(tmp_path):
     """gzip would cost more than it saves on a few lines: an ended attempt's log of at most
-    4 KiB is kept as it is, read back, sized and collected like a compressed one."""
+    4 KiB is not compressed. Without an event loop (a tool using the store; a controller packs
+    them, see below) it is kept as its file, read back, sized and collected like a compressed
+    one."""
     store = LogStore(tmp_path, 64 * KiB)
     store.append("j", "a", b"hello\n" * 10)
     store.close("a", "j")
@@ -233,3 +237,109 @@ def test_logs_of_the_old_layout_are_read_resumed_and_collected(tmp_path):
     (tmp_path / bucket(new) / f"{new_id('a')}.tail").mkdir()  # left empty by a crash
     assert store.collect(max_age=None, max_bytes=0)[0] == 3
     assert list(tmp_path.iterdir()) == []  # the old job directory and the bucket are gone
+
+
+def _whole(store: LogStore, job: str, attempt: str) -> bytes:
+    text, offset = b"", 0
+    while True:
+        chunk, offset = store.read(job, attempt, offset)
+        if not chunk:
+            return text
+        text += chunk
+
+
+async def test_tiny_logs_of_a_controller_are_packed_one_file_per_bucket_and_read_by_any_store(tmp_path):
+    """A controller (a store with an event loop) keeps a few lines in memory and packs them at
+    the attempt's end: 300 ended attempts leave one file per bucket, not 300; each reads back
+    whole, from this store and from a new one (a restart, another replica), with its size; a
+    second end of the same attempt (followed again) is the one read; retention removes the pack
+    and counts its attempts."""
+    store = LogStore(tmp_path, 64 * KiB)
+    ids = [new_id("a") for _ in range(300)]
+    for i, attempt in enumerate(ids):
+        store.append("j", attempt, b"start %d\n" % i)
+        assert store.read("j", attempt, 0) == (b"start %d\n" % i, len(b"start %d\n" % i))  # while it runs
+        store.append("j", attempt, b"done\n" * (i % 7))
+        store.close(attempt, "j")
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert [p.name for p in files] == [PACK] * len({bucket(a) for a in ids})
+    other = LogStore(tmp_path, 64 * KiB)
+    for i, attempt in enumerate(ids):
+        expected = b"start %d\n" % i + b"done\n" * (i % 7)
+        assert _whole(store, "j", attempt) == expected == _whole(other, "j", attempt)
+        assert store.size("j", attempt) == len(expected) == other.size("j", attempt)
+        assert other.exists("j", attempt) and other.files("j", attempt) == [tmp_path / bucket(attempt) / PACK]
+    # Followed again after its record was written (a restart before the end was): resumed at
+    # its size, and its new end is what is read.
+    again = LogStore(tmp_path, 64 * KiB)
+    first = ids[0]
+    assert again.size("j", first) == 8
+    again.append("j", first, b"more\n")
+    again.close(first, "j")
+    assert _whole(LogStore(tmp_path, 64 * KiB), "j", first) == b"start 0\nmore\n"
+    size = sum(p.stat().st_size for p in files)
+    assert other.collect(max_age=None, max_bytes=0) == (300, size)
+    assert list(tmp_path.iterdir()) == [] and not other.exists("j", ids[5])
+
+
+async def test_a_tiny_log_goes_to_its_file_when_it_grows_or_lives_long_and_a_stop_lets_it_go(tmp_path, monkeypatch):
+    """Past 4 KiB a log is written as any other (head file, then gzip at the end); a quiet
+    attempt's few lines reach their file after FLUSH_AFTER, where another replica reads them;
+    a controller stopped or killed with lines in memory has nothing of them on disk, so the
+    next one resumes at 0 and the host sends the whole log again (none twice)."""
+    monkeypatch.setattr(logstore, "FLUSH_AFTER", 0.05)
+    store, other = LogStore(tmp_path, 64 * KiB), LogStore(tmp_path, 64 * KiB)
+    quiet, big, cut = new_id("a"), new_id("a"), new_id("a")
+    store.append("j", quiet, b"one line\n")
+    assert not (tmp_path / bucket(quiet) / f"{quiet}.log").exists() and other.read("j", quiet, 0) == (b"", 0)
+    await asyncio.sleep(0.3)
+    assert (tmp_path / bucket(quiet) / f"{quiet}.log").read_bytes() == b"one line\n"
+    assert other.read("j", quiet, 0) == (b"one line\n", 9)
+    store.append("j", quiet, b"two\n")
+    store.close(quiet, "j")  # no longer in memory: its file, as before
+    assert _whole(other, "j", quiet) == b"one line\ntwo\n" and store.files("j", quiet)[0].name == f"{quiet}.log"
+
+    payload = b"".join(_line(i) for i in range(100))  # 7,100 bytes
+    store.append("j", big, payload[:3000])
+    store.append("j", big, payload[3000:])
+    assert (tmp_path / bucket(big) / f"{big}.log").read_bytes() == payload
+    store.close(big, "j")
+    assert [p.name for p in store.files("j", big)] == [f"{big}.log.gz"] and _whole(other, "j", big) == payload
+
+    store.append("j", cut, b"before the stop\n")
+    store.close_all()
+    await asyncio.sleep(0.2)  # its flush was called off
+    restarted = LogStore(tmp_path, 64 * KiB)
+    assert restarted.size("j", cut) == 0 and not restarted.exists("j", cut)
+    restarted.append("j", cut, b"before the stop\nand after\n")  # the host, from 0
+    restarted.close(cut, "j")
+    assert _whole(LogStore(tmp_path, 64 * KiB), "j", cut) == b"before the stop\nand after\n"
+
+
+async def test_a_torn_or_damaged_record_in_a_pack_costs_only_its_own_log(tmp_path):
+    """A record cut short (a full disk, a crash) or with damaged bytes is skipped; the records
+    before and after it read whole, and a full disk keeps the log's size as a gap."""
+    store = LogStore(tmp_path, 64 * KiB)
+    a, b, c, d = (new_id("a") for _ in range(4))
+    store.append("j", a, b"first\n")
+    store.close(a, "j")
+    pack = tmp_path / bucket(a) / PACK
+    with pack.open("ab") as fh:  # a record whose bytes never all came
+        fh.write(b"\0fleet-tiny %s 100 100 00000000\nonly part" % new_id("a").encode())
+    store.append("j", b, b"second\n")
+    store.close(b, "j")
+    raw = pack.read_bytes()
+    pack.write_bytes(raw + b"\0fleet-tiny %s 4 4 00000000\nbad!" % c.encode())  # bytes that fail their crc
+    store.append("j", d, b"fourth\n")
+    store.close(d, "j")
+    fresh = LogStore(tmp_path, 64 * KiB)
+    assert [_whole(fresh, "j", x) for x in (a, b, c, d)] == [b"first\n", b"second\n", b"", b"fourth\n"]
+    assert not fresh.exists("j", c)
+
+    full = [True]
+    store.paused = lambda: full[0]  # the disk is full (fleet.disk) while this attempt logs
+    e = new_id("a")
+    store.append("j", e, b"x" * 50)
+    store.close(e, "j")
+    text = _whole(LogStore(tmp_path, 64 * KiB), "j", e)
+    assert b"50 bytes dropped" in text and store.size("j", e) == 50
