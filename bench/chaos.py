@@ -10,9 +10,12 @@ them back, hangs OpenSSH hosts (SIGSTOP on all their processes) and thaws them. 
 appends ``start JOB ATTEMPT`` and ``end JOB ATTEMPT`` to a file on the (shared) filesystem.
 
 It prints jobs submitted, succeeded, failed (by reason), lost (no terminal state at the end),
-completed twice (two ``end`` lines: the job's work was done twice) and started more than once
-(attempts given up on after a host loss and retried elsewhere: expected, never finished).
-Target: 0 lost, 0 completed twice.
+completed twice (two ``end`` lines: the job's work was done twice), started more than once
+(attempts given up on after a host loss and retried elsewhere: expected, never finished), and
+logs wrong: a succeeded job whose log (its last attempt's, as ``fleet logs`` shows it) does not
+hold each line the job printed exactly once, in order (the controller killed while the log was
+in its memory, on disk, or being sent must lose or repeat nothing: the host resends from the
+byte the controller has). Target: 0 lost, 0 completed twice, 0 logs wrong.
 """
 
 from __future__ import annotations
@@ -145,7 +148,7 @@ def main() -> None:
             "name": f"chaos-{i}", "resources": {"pool": "rtx"},
             "retries": {"infra": 5},
             "run": (f'echo "start $FLEET_JOB_ID $FLEET_ATTEMPT_ID" >> {side}; '
-                    f'i=0; while [ $i -lt {int(work * 10)} ]; do sleep 0.1; i=$((i+1)); done; '
+                    f'i=0; while [ $i -lt {int(work * 10)} ]; do sleep 0.1; echo "tick $i"; i=$((i+1)); done; '
                     f'echo "end $FLEET_JOB_ID $FLEET_ATTEMPT_ID" >> {side}'),
         })
     started = time.monotonic()
@@ -235,6 +238,16 @@ def main() -> None:
     twice = sum(1 for j in ids if ends[j] > 1)
     restarted = sum(1 for j in ids if starts[j] > 1)
     never_ended = sum(1 for j in ids if final[j].state == "SUCCEEDED" and ends[j] == 0)
+    logs_wrong = 0
+    for j, spec in zip(ids, specs):
+        if final[j].state != "SUCCEEDED":
+            continue
+        ticks = spec["run"].split("-lt ")[1].split(" ")[0]
+        expected = "".join(f"tick {i}\n" for i in range(int(ticks)))
+        text = b"".join(retrying(lambda: list(client.logs(j)))).decode(errors="replace")
+        if not text.endswith(expected) or text.count("tick 0\n") != (1 if expected else 0):
+            logs_wrong += 1
+            print(f"  log wrong: {j}: {text[-300:]!r}", file=sys.stderr)
     for j in ids:
         if ends[j] > 1:  # say what happened, for whoever reads the run
             print(f"  completed twice: {j}: " + "; ".join(
@@ -255,7 +268,7 @@ def main() -> None:
         "submitted": len(ids), "succeeded": states["SUCCEEDED"],
         "failed": sum(reasons.values()), "failed_by_reason": dict(reasons), "lost": lost,
         "completed_twice": twice, "started_more_than_once": restarted,
-        "succeeded_without_end_line": never_ended,
+        "succeeded_without_end_line": never_ended, "logs_wrong": logs_wrong,
     }
     print(f"chaos (seed {args.seed}): {len(names)} hosts ({out['openssh_hosts']} OpenSSH), "
           f"{elapsed:.0f} s; events: " + ", ".join(f"{k} x{v}" for k, v in sorted(events.items())))
@@ -266,7 +279,9 @@ def main() -> None:
     print(f"  completed twice      {twice}")
     print(f"  started > once       {restarted}  (given up on after a host loss, retried; "
           "the first never finished)")
-    print(f"  target 0 lost, 0 completed twice: {'met' if lost == 0 and twice == 0 else 'NOT MET'}")
+    print(f"  logs wrong           {logs_wrong}")
+    met = lost == 0 and twice == 0 and logs_wrong == 0
+    print(f"  target 0 lost, 0 completed twice, 0 logs wrong: {'met' if met else 'NOT MET'}")
     if args.json:
         print(json.dumps(out))
 

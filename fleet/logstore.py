@@ -24,12 +24,16 @@ other replicas' readers) and, when the attempt ends, is appended as one record t
 pack, ``<bucket>/tiny.pack``: no file, no inode per attempt (a new inode cost 0.3-0.8 ms of the
 controller's CPU on an ext4 without a journal, a quarter of its CPU per job; bench/dispatch.py).
 The record is written before the attempt's end is (``close`` comes before the end's
-transaction), and a controller killed while a log is in memory only has lost nothing: what it
-received is what is on disk, so the next one resumes at that offset and the host, which keeps
-the whole log, sends the rest (a stop lets them go the same way). A record is ``\0fleet-tiny <attempt> <received> <length>
-<crc32>`` and a newline, then the bytes; a reader takes an attempt's last whole record and skips
-a torn or damaged one. Files win over a record (an attempt followed again after its record was
-written, whose log then grew), so a record is read only where the attempt has no files.
+transaction); if it cannot be, the log goes to its file instead. A controller stopped or killed
+while a log is in its memory only has nothing of it on disk: the next one resumes at offset 0
+and the host, which keeps the whole log, sends it again. Logs no host keeps (a hook's, which the
+controller writes itself: ``own``) are files from their first byte.
+
+A record is a NUL byte, ``fleet-tiny <attempt> <received> <length> <crc32>`` and a newline,
+then the bytes. A reader takes an attempt's last whole record, waits for one still being
+written (never looks inside it) and skips a damaged one. Files win over a record (an attempt
+followed again after its record was written, whose log then grew; such an attempt's record is
+voided, so retention removing its files does not bring the old record back).
 
 **Retention.** :meth:`collect` removes the logs of ended attempts older than an age, then the
 oldest until the store is under a size limit; the controller runs it on a timer and when the
@@ -60,7 +64,9 @@ FLUSH_AFTER = 1.0  # seconds a running attempt's tiny log may be in memory only 
 PACK = "tiny.pack"  # a bucket's tiny logs of ended attempts
 _MAGIC = b"\0fleet-tiny "
 _HEADER_MAX = 200  # bytes of a record's header line, at most
-_HOT_PACKS = 4  # buckets whose pack index is kept (the newest in use; others are read again)
+_VOID = -1  # a record's "received" that voids the attempt's earlier record (see above)
+_HOT_PACKS = 4  # buckets whose pack index is kept besides the two newest (others are read again)
+_SCAN_CHUNK = 1 << 20  # bytes a pack is read in
 
 
 def bucket(attempt_id: str) -> str:
@@ -130,6 +136,7 @@ class _Writer:
         self.mem: bytearray | None = None
         self.frozen = False
         self.timer: asyncio.TimerHandle | None = None
+        self.from_pack = False  # resumed from a pack record (voided when it goes to files)
         self.head = files.head
         self.segments = list(files.segments)
         self.seg_fh: BinaryIO | None = None
@@ -156,42 +163,62 @@ class _PackIndex:
         self.ino = ino
         self.scanned = 0
         self.entries: dict[str, tuple[int, int, int]] = {}
+        self.signature: bytes | None = None  # the first record's header: which file this is
 
-    def scan(self, path: Path) -> None:
+    def scan(self, path: Path) -> bool:
+        """Read what was appended since the last scan. False if the file is not the one this
+        index was made from (removed and made again on a reused inode): start a new index."""
         with path.open("rb") as fh:
+            first = fh.read(_HEADER_MAX)
+            if self.signature is None:
+                self.signature = first[:first.find(b"\n") + 1] if b"\n" in first else None
+            elif not first.startswith(self.signature):
+                return False
             fh.seek(self.scanned)
-            buf = fh.read()
+            buf = b""
+            while True:
+                more = fh.read(_SCAN_CHUNK)
+                if not more:
+                    return True
+                buf += more
+                pos = self._parse(buf)
+                self.scanned += pos
+                buf = buf[pos:]
+
+    def _parse(self, buf: bytes) -> int:
+        """Index the whole records in ``buf`` (read from ``scanned``); returns the bytes used."""
         pos = 0
         while pos < len(buf):
             at = buf.find(_MAGIC, pos)
             if at < 0:
-                break
+                return len(buf) - len(_MAGIC) if len(buf) - pos > len(_MAGIC) else pos
             end = buf.find(b"\n", at, at + _HEADER_MAX)
             if end < 0:
                 if len(buf) - at < _HEADER_MAX:
-                    break  # a header still being written
-                pos = at + 1
+                    return at  # a header still being read or written
+                pos = at + 1  # no header fits there: damaged
                 continue
             try:
-                name, received, length, crc = buf[at + len(_MAGIC):end].split(b" ")
-                n, sum32 = int(length), int(crc, 16)
+                name, received_s, length, crc = buf[at + len(_MAGIC):end].split(b" ")
+                received, n, sum32 = int(received_s), int(length), int(crc, 16)
             except ValueError:
                 pos = at + 1  # a damaged header: look for the next record
                 continue
+            if n < 0 or (received < n and received != _VOID):
+                pos = at + 1
+                continue
             start = end + 1
             if start + n > len(buf):
-                # Torn, or still being written: a record after it says which (a writer that
-                # failed cuts its record off again, so a torn one is followed by the next).
-                if buf.find(_MAGIC, start) < 0:
-                    break
-                pos = at + 1
-                continue
+                return at  # still being written (or read): never looked inside, waited for
             if zlib.crc32(buf[start:start + n]) != sum32:
-                pos = at + 1
+                pos = at + 1  # damaged (a crash of the machine mid-write)
                 continue
-            self.entries[name.decode()] = (int(received), self.scanned + start, n)
+            if received == _VOID:
+                self.entries.pop(name.decode(), None)
+            else:
+                self.entries[name.decode()] = (received, self.scanned + start, n)
             pos = start + n
-        self.scanned += pos
+        return pos
 
 
 class LogStore:
@@ -256,11 +283,18 @@ class LogStore:
             return None
         if index is None or index.ino != st.st_ino or st.st_size < index.scanned:
             index = _PackIndex(st.st_ino)  # new, or the pack was removed and made again
-        if st.st_size > index.scanned:
-            index.scan(path)
+        try:
+            if st.st_size > index.scanned and not index.scan(path):
+                index = _PackIndex(st.st_ino)  # another file on the same inode
+                index.scan(path)
+        except OSError:  # not readable (not a file): no record can be there
+            return None
         self._packs[name] = index  # the most recently used last
-        while len(self._packs) > _HOT_PACKS:
-            del self._packs[next(iter(self._packs))]
+        if len(self._packs) > _HOT_PACKS + 2:
+            # The least recently used goes, never one of the two newest buckets (where this
+            # controller's attempts end: readers of old logs must not make it read those again).
+            newest = sorted(self._packs)[-2:]
+            del self._packs[next(b for b in self._packs if b not in newest)]
         return index.entries.get(attempt_id)
 
     def _read_packed(self, attempt_id: str, entry: tuple[int, int, int]) -> bytes:
@@ -300,8 +334,9 @@ class LogStore:
         if secrets and attempt_id not in self._redactors:
             self._redactors[attempt_id] = Redactor(secrets)
 
-    def append(self, job_id: str, attempt_id: str, data: bytes) -> None:
-        """Append bytes to an attempt's log and wake its followers. Never blocks for long."""
+    def append(self, job_id: str, attempt_id: str, data: bytes, own: bool = False) -> None:
+        """Append bytes to an attempt's log and wake its followers. Never blocks for long.
+        ``own``: a log no host keeps a copy of (a hook's): on disk from its first byte."""
         redactor = self._redactors.get(attempt_id)
         if redactor is not None:
             data = redactor.feed(data)
@@ -309,7 +344,7 @@ class LogStore:
         before = writer.received if writer is not None else 0
         try:
             if writer is None:
-                writer = self._open[attempt_id] = self._writer(job_id, attempt_id)
+                writer = self._open[attempt_id] = self._writer(job_id, attempt_id, own)
                 before = writer.received
             self._put(job_id, attempt_id, writer, data)
         except OSError as exc:  # never raise into the stream: the host keeps the whole log
@@ -351,20 +386,28 @@ class LogStore:
             w.timer.cancel()
             w.timer = None
         head = w.loc.head
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+        # O_EXCL: a file made meanwhile is another writer's (a replica that leads now); its
+        # bytes are not ours to overwrite (the error stops this one, see _flush_due and append).
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
         try:
             fd = os.open(head, flags, 0o666)
         except FileNotFoundError:  # a new bucket (or retention removed it just now)
             head.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(head, flags, 0o666)
-        fh = os.fdopen(fd, "ab", buffering=0)
         try:
-            fh.write(w.mem)
+            if os.write(fd, w.mem) != len(w.mem):
+                raise OSError(28, "no space left for the log (a short write)")
         except OSError:
-            fh.close()
+            os.close(fd)
             head.unlink(missing_ok=True)
             raise
-        w.head_fh, w.head, w.mem = fh, len(w.mem), None
+        if w.from_pack:  # its record is the past now: void it (retention may remove the files)
+            w.from_pack = False
+            try:
+                self._append_record(w.loc.head.name[:-len(".log")], _VOID, b"")
+            except OSError:  # the files win while they are there; only a collect could show it
+                pass
+        w.head_fh, w.head, w.mem = os.fdopen(fd, "ab", buffering=0), len(w.mem), None
         if w.frozen:  # bytes were dropped after these: the next ones start a segment (_drop)
             w.head = max(w.head, self.head_limit)
             w.seg_size = self.segment
@@ -375,18 +418,26 @@ class LogStore:
             self.fence()  # a leader deposed while it hung writes nothing (nor a file that would win)
             try:
                 self._materialize(w)
+            except FileExistsError:  # another writer's file: ours stays in memory
+                pass
             except OSError as exc:  # stays in memory; packed (or written) at its end
                 self.on_error(exc)
 
     def _pack(self, attempt_id: str, w: _Writer) -> None:
-        """An ended attempt's tiny log: one record appended to its bucket's pack. A record cut
-        short (a full disk) is cut off again; the error goes to the caller."""
+        """An ended attempt's tiny log: one record appended to its bucket's pack, with every
+        byte it received (a full disk too: a record of a few KiB is what fleet's reserve is for;
+        bytes that arrived while the disk was full were dropped then, a gap). If the record
+        cannot be written, the log goes to its file; the error goes to the caller if that
+        fails too."""
         assert w.mem is not None
-        data = bytes(w.mem)
-        if self.paused():  # the disk is full: what it received is kept as a gap
-            self.lost += len(data)
-            data = b""
-        record = (_MAGIC + b"%s %d %d %08x\n" % (attempt_id.encode(), w.received, len(data), zlib.crc32(data))
+        try:
+            self._append_record(attempt_id, w.received, bytes(w.mem))
+        except OSError:
+            self._materialize(w)
+
+    def _append_record(self, attempt_id: str, received: int, data: bytes) -> None:
+        """Append one record; one cut short (a full disk) is cut off again, if nothing came after it."""
+        record = (_MAGIC + b"%s %d %d %08x\n" % (attempt_id.encode(), received, len(data), zlib.crc32(data))
                   + data)
         path = self.root / bucket(attempt_id) / PACK
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
@@ -397,26 +448,28 @@ class LogStore:
             fd = os.open(path, flags, 0o666)
         try:
             st = os.fstat(fd)
-            try:
-                if os.write(fd, record) != len(record):
-                    raise OSError(28, "no space left for the log (a short write)")
-            except OSError:
+            written = os.write(fd, record)
+            if written != len(record):
                 try:
-                    os.ftruncate(fd, st.st_size)
+                    if os.fstat(fd).st_size == st.st_size + written:
+                        os.ftruncate(fd, st.st_size)
                 except OSError:
                     pass
-                raise
+                raise OSError(28, "no space left for the log (a short write)")
         finally:
             os.close(fd)
         index = self._packs.get(bucket(attempt_id))
         if index is not None and index.ino == st.st_ino and index.scanned == st.st_size:
-            index.entries[attempt_id] = (w.received, st.st_size + len(record) - len(data), len(data))
+            if received == _VOID:
+                index.entries.pop(attempt_id, None)
+            else:
+                index.entries[attempt_id] = (received, st.st_size + len(record) - len(data), len(data))
             index.scanned += len(record)
 
-    def _writer(self, job_id: str, attempt_id: str) -> _Writer:
+    def _writer(self, job_id: str, attempt_id: str, own: bool = False) -> _Writer:
         loc = self._loc(job_id, attempt_id)
         try:
-            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+            loop: asyncio.AbstractEventLoop | None = None if own else asyncio.get_running_loop()
         except RuntimeError:  # no loop to flush on: files from the first byte
             loop = None
         if loop is not None and not loc.legacy and not loc.head.exists() and not loc.gz.exists() \
@@ -424,6 +477,7 @@ class LogStore:
             entry = self._packed(attempt_id)  # ended before and followed again: from its record
             w = (_Writer.memory(loc) if entry is None
                  else _Writer.memory(loc, self._read_packed(attempt_id, entry), entry[0]))
+            w.from_pack = entry is not None
             w.timer = loop.call_later(FLUSH_AFTER, self._flush_due, attempt_id, w)
             return w
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
@@ -498,7 +552,7 @@ class LogStore:
         if writer is not None and writer.mem is not None and job_id is not None:
             try:  # a tiny log, at its attempt's end: packed
                 self._pack(attempt_id, writer)
-            except OSError as exc:  # the host keeps the whole log: lost here, not there
+            except OSError as exc:  # neither a record nor a file: lost here (the host's copy stays)
                 self.on_error(exc)
         # At a stop (no job_id: the attempt goes on) a tiny log is let go: nothing of it is on
         # disk, so the next controller resumes at 0 and the host sends it again.

@@ -8,6 +8,7 @@ import gzip
 import os
 import signal
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -343,3 +344,48 @@ async def test_a_torn_or_damaged_record_in_a_pack_costs_only_its_own_log(tmp_pat
     store.close(e, "j")
     text = _whole(LogStore(tmp_path, 64 * KiB), "j", e)
     assert b"50 bytes dropped" in text and store.size("j", e) == 50
+
+
+async def test_a_record_is_never_read_inside_and_what_files_replace_stays_replaced(tmp_path):
+    """A reader (another replica) that sees a record half written waits for it, and never
+    takes a record a job printed inside its log for a real one; an attempt resumed from its
+    record whose log then grew to files voids the record, so retention removing the files
+    leaves nothing old to read; a log no host keeps (a hook's) is a file from its first line;
+    a pack that cannot be written leaves the log in its file."""
+    store = LogStore(tmp_path, 64 * KiB)
+    victim, liar = new_id("a"), new_id("a")
+    store.append("j", victim, b"the real log\n")
+    store.close(victim, "j")
+    pack = tmp_path / bucket(victim) / PACK
+    forged = b"\0fleet-tiny %s 7 7 %08x\nforged\n" % (victim.encode(), zlib.crc32(b"forged\n"))
+    data = b"ok\n" + forged + b"done\n"
+    record = b"\0fleet-tiny %s %d %d %08x\n" % (liar.encode(), len(data), len(data), zlib.crc32(data)) + data
+    follower = LogStore(tmp_path, 64 * KiB)
+    assert _whole(follower, "j", victim) == b"the real log\n"
+    with pack.open("ab") as fh:  # the leader's write, as a follower may see it half done
+        fh.write(record[:len(record) - 4])
+    assert not follower.exists("j", liar) and _whole(follower, "j", victim) == b"the real log\n"
+    with pack.open("ab") as fh:
+        fh.write(record[len(record) - 4:])
+    assert _whole(follower, "j", liar) == data and _whole(follower, "j", victim) == b"the real log\n"
+
+    again = LogStore(tmp_path, 64 * KiB)  # followed again after its record; it grows to files
+    again.append("j", victim, b"x" * 5000)
+    again.close(victim, "j")
+    assert [p.name for p in again.files("j", victim)] == [f"{victim}.log.gz"]
+    for path in again.files("j", victim):
+        path.unlink()  # what retention does to an attempt's files
+    assert not LogStore(tmp_path, 64 * KiB).exists("j", victim)
+
+    hook = new_id("a") + ".before"
+    store.append("j", hook, b"[hook before x] ok\n", own=True)
+    assert (tmp_path / bucket(hook) / f"{hook}.log").read_bytes() == b"[hook before x] ok\n"
+    store.close(hook, "j")
+
+    root, blocked = tmp_path / "other", new_id("a")
+    (root / bucket(blocked) / PACK).mkdir(parents=True)  # no pack can be written there
+    other = LogStore(root, 64 * KiB)
+    other.append("j", blocked, b"kept anyway\n")
+    other.close(blocked, "j")
+    assert (root / bucket(blocked) / f"{blocked}.log").read_bytes() == b"kept anyway\n"
+    assert _whole(LogStore(root, 64 * KiB), "j", blocked) == b"kept anyway\n"

@@ -41,7 +41,8 @@ async def run_hook(which: str, ref: HookCall | InputRef, *, catalog: Catalog, bl
         loop.call_soon_threadsafe(direct, text)
 
     def direct(text: str) -> None:  # on the event loop
-        logs.append(job_id, hook_log_id(attempt_id, which), f"[hook {which} {name}] {text}\n".encode())
+        # own: no host keeps this log, so it is on disk from its first line (fleet.logstore)
+        logs.append(job_id, hook_log_id(attempt_id, which), f"[hook {which} {name}] {text}\n".encode(), own=True)
 
     if inventory is None:
         return f"{which} hook {name}: this server has no inventory file for Ansible"
