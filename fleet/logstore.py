@@ -29,11 +29,9 @@ while a log is in its memory only has nothing of it on disk: the next one resume
 and the host, which keeps the whole log, sends it again. Logs no host keeps (a hook's, which the
 controller writes itself: ``own``) are files from their first byte.
 
-A record is a NUL byte, ``fleet-tiny <attempt> <received> <length> <crc32>`` and a newline,
-then the bytes. A reader takes an attempt's last whole record, waits for one still being
-written (never looks inside it) and skips a damaged one. Files win over a record (an attempt
-followed again after its record was written, whose log then grew; such an attempt's record is
-voided, so retention removing its files does not bring the old record back).
+Records and their reading: fleet.logpack. Files win over a record (an attempt followed again
+after its record was written, whose log then grew; such an attempt's record is voided, so
+retention removing its files does not bring the old record back).
 
 **Retention.** :meth:`collect` removes the logs of ended attempts older than an age, then the
 oldest until the store is under a size limit; the controller runs it on a timer and when the
@@ -47,13 +45,13 @@ import gzip
 import os
 import shutil
 import time
-import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from fleet.ids import floor_at
+from fleet.logpack import PACK, VOID, Packs, Record
 from fleet.secrets import Redactor
 
 MiB = 1 << 20
@@ -61,12 +59,6 @@ COLLECTED = b"[fleet: this log was removed by the log retention (see log_retenti
 
 TINY = 4096  # bytes: an ended attempt's log this small is not gzipped (and is packed: see above)
 FLUSH_AFTER = 1.0  # seconds a running attempt's tiny log may be in memory only (see above)
-PACK = "tiny.pack"  # a bucket's tiny logs of ended attempts
-_MAGIC = b"\0fleet-tiny "
-_HEADER_MAX = 200  # bytes of a record's header line, at most
-_VOID = -1  # a record's "received" that voids the attempt's earlier record (see above)
-_HOT_PACKS = 4  # buckets whose pack index is kept besides the two newest (others are read again)
-_SCAN_CHUNK = 1 << 20  # bytes a pack is read in
 
 
 def bucket(attempt_id: str) -> str:
@@ -118,6 +110,12 @@ class _Files:
     head: int  # bytes in the head file
     segments: list[tuple[int, Path]]  # (start offset, path), oldest first
     gz: Path | None  # the compressed log of an ended attempt
+    has_head: bool = False  # the head file is there (empty or not)
+
+    @property
+    def none(self) -> bool:
+        """No file of the attempt's own (its log is in a pack's record, or nowhere)."""
+        return not self.has_head and not self.segments and self.gz is None
 
     def received(self) -> int:
         if not self.segments:
@@ -154,73 +152,6 @@ class _Writer:
         return w
 
 
-class _PackIndex:
-    """Where each attempt's last whole record is in one bucket's pack: (received, offset of its
-    bytes, length), read from the file up to ``scanned`` (a record still being written is read
-    on a later look)."""
-
-    def __init__(self, ino: int) -> None:
-        self.ino = ino
-        self.scanned = 0
-        self.entries: dict[str, tuple[int, int, int]] = {}
-        self.signature: bytes | None = None  # the first record's header: which file this is
-
-    def scan(self, path: Path) -> bool:
-        """Read what was appended since the last scan. False if the file is not the one this
-        index was made from (removed and made again on a reused inode): start a new index."""
-        with path.open("rb") as fh:
-            first = fh.read(_HEADER_MAX)
-            if self.signature is None:
-                self.signature = first[:first.find(b"\n") + 1] if b"\n" in first else None
-            elif not first.startswith(self.signature):
-                return False
-            fh.seek(self.scanned)
-            buf = b""
-            while True:
-                more = fh.read(_SCAN_CHUNK)
-                if not more:
-                    return True
-                buf += more
-                pos = self._parse(buf)
-                self.scanned += pos
-                buf = buf[pos:]
-
-    def _parse(self, buf: bytes) -> int:
-        """Index the whole records in ``buf`` (read from ``scanned``); returns the bytes used."""
-        pos = 0
-        while pos < len(buf):
-            at = buf.find(_MAGIC, pos)
-            if at < 0:
-                return len(buf) - len(_MAGIC) if len(buf) - pos > len(_MAGIC) else pos
-            end = buf.find(b"\n", at, at + _HEADER_MAX)
-            if end < 0:
-                if len(buf) - at < _HEADER_MAX:
-                    return at  # a header still being read or written
-                pos = at + 1  # no header fits there: damaged
-                continue
-            try:
-                name, received_s, length, crc = buf[at + len(_MAGIC):end].split(b" ")
-                received, n, sum32 = int(received_s), int(length), int(crc, 16)
-            except ValueError:
-                pos = at + 1  # a damaged header: look for the next record
-                continue
-            if n < 0 or (received < n and received != _VOID):
-                pos = at + 1
-                continue
-            start = end + 1
-            if start + n > len(buf):
-                return at  # still being written (or read): never looked inside, waited for
-            if zlib.crc32(buf[start:start + n]) != sum32:
-                pos = at + 1  # damaged (a crash of the machine mid-write)
-                continue
-            if received == _VOID:
-                self.entries.pop(name.decode(), None)
-            else:
-                self.entries[name.decode()] = (received, self.scanned + start, n)
-            pos = start + n
-        return pos
-
-
 class LogStore:
     def __init__(self, root: Path, cap: int = 100 * MiB) -> None:
         self.root = root
@@ -229,7 +160,7 @@ class LogStore:
         self.segment = self.cap // 4
         self._open: dict[str, _Writer] = {}
         self._mem_limit = min(TINY, self.head_limit)
-        self._packs: dict[str, _PackIndex] = {}  # bucket -> index, the most recently used last
+        self._packs = Packs(root)
         self._waiters: dict[str, asyncio.Event] = {}
         self._redactors: dict[str, Redactor] = {}
         self.appended = 0  # bytes written since start (the GC looks at the store when it grows)
@@ -269,47 +200,23 @@ class LogStore:
         loc = self._loc(job_id, attempt_id)
         own = [p for p in (loc.head, loc.gz) if p.exists()] + [p for _s, p in loc.segments()]
         if not own and self._packed(attempt_id) is not None:
-            return [self.root / bucket(attempt_id) / PACK]
+            return [self._packs.path(bucket(attempt_id))]
         return own
 
-    def _packed(self, attempt_id: str) -> tuple[int, int, int] | None:
-        """The attempt's record in its bucket's pack: (received, offset, length), or None."""
-        name = bucket(attempt_id)
-        path = self.root / name / PACK
-        index = self._packs.pop(name, None)
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            return None
-        if index is None or index.ino != st.st_ino or st.st_size < index.scanned:
-            index = _PackIndex(st.st_ino)  # new, or the pack was removed and made again
-        try:
-            if st.st_size > index.scanned and not index.scan(path):
-                index = _PackIndex(st.st_ino)  # another file on the same inode
-                index.scan(path)
-        except OSError:  # not readable (not a file): no record can be there
-            return None
-        self._packs[name] = index  # the most recently used last
-        if len(self._packs) > _HOT_PACKS + 2:
-            # The least recently used goes, never one of the two newest buckets (where this
-            # controller's attempts end: readers of old logs must not make it read those again).
-            newest = sorted(self._packs)[-2:]
-            del self._packs[next(b for b in self._packs if b not in newest)]
-        return index.entries.get(attempt_id)
+    def _packed(self, attempt_id: str) -> Record | None:
+        """The attempt's record in its bucket's pack, or None."""
+        return self._packs.find(bucket(attempt_id), attempt_id)
 
-    def _read_packed(self, attempt_id: str, entry: tuple[int, int, int]) -> bytes:
-        _received, offset, length = entry
-        with (self.root / bucket(attempt_id) / PACK).open("rb") as fh:
-            fh.seek(offset)
-            return fh.read(length)
+    def _read_packed(self, attempt_id: str, record: Record) -> bytes:
+        return self._packs.read(bucket(attempt_id), record)
 
     def _files(self, loc: _Loc) -> _Files:
         try:
-            head_size = loc.head.stat().st_size
+            head_size, has_head = loc.head.stat().st_size, True
         except FileNotFoundError:
-            head_size = 0
+            head_size, has_head = 0, False
         gz = loc.gz
-        return _Files(head_size, loc.segments(), gz if gz.exists() else None)
+        return _Files(head_size, loc.segments(), gz if gz.exists() else None, has_head)
 
     def size(self, job_id: str, attempt_id: str) -> int:
         """Bytes of the host's log the controller has received (where a reattach resumes)."""
@@ -320,10 +227,10 @@ class LogStore:
         files = self._files(loc)
         if files.gz is not None:
             return self._gz_header(files.gz)[0]
-        if not files.head and not files.segments and not loc.head.exists():
+        if files.none:
             entry = self._packed(attempt_id)
             if entry is not None:
-                return entry[0]
+                return entry.received
         return files.received()
 
     # ------------------------------------------------------------------ writing
@@ -404,7 +311,8 @@ class LogStore:
         if w.from_pack:  # its record is the past now: void it (retention may remove the files)
             w.from_pack = False
             try:
-                self._append_record(w.loc.head.name[:-len(".log")], _VOID, b"")
+                aid = w.loc.head.name[:-len(".log")]
+                self._packs.append(bucket(aid), aid, VOID, b"")
             except OSError:  # the files win while they are there; only a collect could show it
                 pass
         w.head_fh, w.head, w.mem = os.fdopen(fd, "ab", buffering=0), len(w.mem), None
@@ -431,40 +339,9 @@ class LogStore:
         fails too."""
         assert w.mem is not None
         try:
-            self._append_record(attempt_id, w.received, bytes(w.mem))
-        except OSError:
+            self._packs.append(bucket(attempt_id), attempt_id, w.received, bytes(w.mem))
+        except (OSError, ValueError):
             self._materialize(w)
-
-    def _append_record(self, attempt_id: str, received: int, data: bytes) -> None:
-        """Append one record; one cut short (a full disk) is cut off again, if nothing came after it."""
-        record = (_MAGIC + b"%s %d %d %08x\n" % (attempt_id.encode(), received, len(data), zlib.crc32(data))
-                  + data)
-        path = self.root / bucket(attempt_id) / PACK
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
-        try:
-            fd = os.open(path, flags, 0o666)
-        except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, flags, 0o666)
-        try:
-            st = os.fstat(fd)
-            written = os.write(fd, record)
-            if written != len(record):
-                try:
-                    if os.fstat(fd).st_size == st.st_size + written:
-                        os.ftruncate(fd, st.st_size)
-                except OSError:
-                    pass
-                raise OSError(28, "no space left for the log (a short write)")
-        finally:
-            os.close(fd)
-        index = self._packs.get(bucket(attempt_id))
-        if index is not None and index.ino == st.st_ino and index.scanned == st.st_size:
-            if received == _VOID:
-                index.entries.pop(attempt_id, None)
-            else:
-                index.entries[attempt_id] = (received, st.st_size + len(record) - len(data), len(data))
-            index.scanned += len(record)
 
     def _writer(self, job_id: str, attempt_id: str, own: bool = False) -> _Writer:
         loc = self._loc(job_id, attempt_id)
@@ -476,7 +353,7 @@ class LogStore:
                 and not loc.segments():
             entry = self._packed(attempt_id)  # ended before and followed again: from its record
             w = (_Writer.memory(loc) if entry is None
-                 else _Writer.memory(loc, self._read_packed(attempt_id, entry), entry[0]))
+                 else _Writer.memory(loc, self._read_packed(attempt_id, entry), entry.received))
             w.from_pack = entry is not None
             w.timer = loop.call_later(FLUSH_AFTER, self._flush_due, attempt_id, w)
             return w
@@ -620,10 +497,10 @@ class LogStore:
         files = self._files(loc)
         if files.gz is not None and writer is None:
             return self._read_gz(files.gz, offset, limit)
-        if writer is None and not files.head and not files.segments and not loc.head.exists():
+        if writer is None and files.none:
             entry = self._packed(attempt_id)
             if entry is not None:
-                return self._read_mem(self._read_packed(attempt_id, entry), entry[0], offset, limit)
+                return self._read_mem(self._read_packed(attempt_id, entry), entry.received, offset, limit)
         return self._read_plain(loc, offset, limit, files)
 
     def _read_mem(self, data: bytes | bytearray, received: int, offset: int, limit: int) -> tuple[bytes, int]:
@@ -685,8 +562,7 @@ class LogStore:
             return True
         loc = self._loc(job_id, attempt_id)
         files = self._files(loc)
-        return (bool(files.head or files.segments or files.gz) or loc.head.exists()
-                or self._packed(attempt_id) is not None)
+        return not files.none or self._packed(attempt_id) is not None
 
     # ------------------------------------------------------------------ followers
 
@@ -761,9 +637,7 @@ class LogStore:
             if not (old or over):
                 continue
             if base == PACK:
-                removed += self._pack_count(Path(top_path, PACK))
-                self._packs.pop(Path(top_path).name, None)
-                Path(top_path, PACK).unlink(missing_ok=True)
+                removed += self._packs.remove(Path(top_path).name)
             else:
                 for entry in entries:
                     Path(entry.path).unlink(missing_ok=True)
@@ -774,16 +648,6 @@ class LogStore:
         for top in dirs:
             _rmdir(Path(top.path))  # only if empty
         return removed, freed
-
-    @staticmethod
-    def _pack_count(path: Path) -> int:
-        """Attempts with a record in a pack."""
-        try:
-            index = _PackIndex(path.stat().st_ino)
-            index.scan(path)
-        except FileNotFoundError:
-            return 0
-        return len(index.entries)
 
     def total_bytes(self) -> int:
         total = 0

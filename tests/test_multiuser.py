@@ -7,11 +7,13 @@ import hashlib
 import os
 import stat
 import time
+import zlib
 from pathlib import Path
 
 import httpx
 import pytest
 
+from fleet.client.sync import Client
 from fleet.errors import ApiError, NotFound
 from tests.conftest import add_user
 
@@ -188,3 +190,35 @@ def test_files_a_job_cannot_leave_under_its_name(tmp_path):
     wrapper._write_json(str(adir / "status.json"), {"exit_code": 0})
     assert victim.read_text() == "intact"
     assert not (adir / "cancel").is_symlink() and (adir / "cancel").read_text() == "now"
+
+
+def test_a_job_cannot_forge_another_users_log_through_the_pack_of_tiny_logs(fleet, shared_local):
+    """The attack: the controller packs small logs of ended attempts into one file per bucket
+    (fleet.logpack); alice's job prints a record naming bob's attempt, with a valid checksum,
+    hoping a reader takes it for his log. Her bytes stay hers, exactly as printed; bob's log stays
+    his, on this server and after a restart (a fresh index, as another replica reads); she cannot
+    read his; a log past the tiny size goes to files and reads back whole."""
+    fleet.start(shared_local)
+    alice_token, alice = add_user(fleet, "alice")
+    bob_token, bob = add_user(fleet, "bob")
+    his = bob.submit({"name": "private", "run": "echo bob-private-result"})
+    his_attempt = done(bob, his.id).attempt_list[-1].id
+    fake = b"forged by alice\n"
+    record = b"\0fleet-tiny %s %d %d %08x\n" % (his_attempt.encode(), len(fake), len(fake), zlib.crc32(fake)) + fake
+    escaped = "".join(f"\\{c:03o}" for c in record)  # printf's octal escapes: every byte as printed
+    forged = alice.submit({"name": "forge", "run": f"printf '{escaped}'; echo after"})
+    big = alice.submit({"name": "big", "run": "head -c 5000 /dev/zero | tr '\\000' x"})
+    assert done(alice, forged.id).state == "SUCCEEDED" and done(alice, big.id).state == "SUCCEEDED"
+    for _ in range(2):  # this server, then a restarted one reading the packs anew
+        assert b"".join(bob.logs(his.id)) == b"bob-private-result\n"
+        assert b"".join(alice.logs(forged.id)) == record + b"after\n"
+        assert b"".join(alice.logs(big.id)) == b"x" * 5000
+        with pytest.raises(NotFound):
+            b"".join(alice.logs(his.id))
+        alice.close()
+        bob.close()
+        fleet.stop()
+        fleet.start(shared_local)
+        alice, bob = Client(fleet.info.url, alice_token), Client(fleet.info.url, bob_token)
+    alice.close()
+    bob.close()
