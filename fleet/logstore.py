@@ -134,7 +134,7 @@ class _Writer:
         self.mem: bytearray | None = None
         self.frozen = False
         self.timer: asyncio.TimerHandle | None = None
-        self.from_pack = False  # resumed from a pack record (voided when it goes to files)
+        self.voids: str | None = None  # resumed from this attempt's pack record: voided when it goes to files
         self.head = files.head
         self.segments = list(files.segments)
         self.seg_fh: BinaryIO | None = None
@@ -308,10 +308,9 @@ class LogStore:
             os.close(fd)
             head.unlink(missing_ok=True)
             raise
-        if w.from_pack:  # its record is the past now: void it (retention may remove the files)
-            w.from_pack = False
+        if w.voids is not None:  # its record is the past now: void it (retention may remove the files)
+            aid, w.voids = w.voids, None
             try:
-                aid = w.loc.head.name[:-len(".log")]
                 self._packs.append(bucket(aid), aid, VOID, b"")
             except OSError:  # the files win while they are there; only a collect could show it
                 pass
@@ -349,12 +348,11 @@ class LogStore:
             loop: asyncio.AbstractEventLoop | None = None if own else asyncio.get_running_loop()
         except RuntimeError:  # no loop to flush on: files from the first byte
             loop = None
-        if loop is not None and not loc.legacy and not loc.head.exists() and not loc.gz.exists() \
-                and not loc.segments():
+        if loop is not None and not loc.legacy and self._files(loc).none:
             entry = self._packed(attempt_id)  # ended before and followed again: from its record
             w = (_Writer.memory(loc) if entry is None
                  else _Writer.memory(loc, self._read_packed(attempt_id, entry), entry.received))
-            w.from_pack = entry is not None
+            w.voids = attempt_id if entry is not None else None
             w.timer = loop.call_later(FLUSH_AFTER, self._flush_due, attempt_id, w)
             return w
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
@@ -417,23 +415,25 @@ class LogStore:
         redactor = self._redactors.pop(attempt_id, None)
         tail = redactor.flush() if redactor is not None else b""
         writer = self._open.pop(attempt_id, None)
-        if writer is not None and writer.timer is not None:
+        if writer is None:
+            self._wake(attempt_id)
+            return
+        if writer.timer is not None:
             writer.timer.cancel()
             writer.timer = None
-        if writer is not None:
-            try:
-                if tail and job_id is not None and not self.paused():
-                    self._put(job_id, attempt_id, writer, tail)
-            except OSError as exc:
-                self.on_error(exc)
-        if writer is not None and writer.mem is not None and job_id is not None:
+        try:
+            if tail and job_id is not None and not self.paused():
+                self._put(job_id, attempt_id, writer, tail)
+        except OSError as exc:
+            self.on_error(exc)
+        if writer.mem is not None and job_id is not None:
             try:  # a tiny log, at its attempt's end: packed
                 self._pack(attempt_id, writer)
             except OSError as exc:  # neither a record nor a file: lost here (the host's copy stays)
                 self.on_error(exc)
         # At a stop (no job_id: the attempt goes on) a tiny log is let go: nothing of it is on
         # disk, so the next controller resumes at 0 and the host sends it again.
-        if writer is not None and writer.head_fh is not None:
+        if writer.head_fh is not None:
             writer.head_fh.close()
             if writer.seg_fh is not None:
                 writer.seg_fh.close()
