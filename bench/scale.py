@@ -44,7 +44,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -66,6 +68,8 @@ class Sim:
         self.launches: list[float] = []
         self.freed: dict[str, float] = {}  # host -> when the bench ended an attempt there
         self.retaken: list[float] = []  # seconds from a freed slot to its next launch
+        self.ended: dict[tuple[str, str], dict[str, object]] = {}  # ended with nobody following
+        self.reattached = 0  # follow_only launches of attempts running here (a new controller)
 
     def launched(self, host: str) -> None:
         now = time.time()
@@ -77,12 +81,25 @@ class Sim:
     def end(self, n: int) -> int:
         ended = 0
         for key in list(self.running)[:n]:
-            agent, timer = self.running[key]
-            timer.cancel()
+            self.running[key][1].cancel()
             self.freed[key[0]] = time.time()
-            agent.exit(key[1])
+            self.exit(*key)
             ended += 1
         return ended
+
+    def exit(self, host: str, aid: str, cancelled: bool = False) -> None:
+        """The attempt ends: its exit frame to the agent following it, else kept for the next."""
+        agent, _timer = self.running.pop((host, aid), (None, None))
+        now = time.time()
+        status = {"exit_code": None if cancelled else 0, "signal": 15 if cancelled else None,
+                  "timed_out": False, "cancelled": cancelled, "fenced": False, "phase": "run",
+                  "error": None, "started_at": now, "ended_at": now}
+        end = {"status": status, "result": None, "error": None, "log_size": 0, "outputs": [],
+               "outputs_problem": None}
+        if agent is None:
+            self.ended[(host, aid)] = end
+        else:
+            agent.frame(aid, "exit", **end)
 
     async def control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while line := await reader.readline():
@@ -90,7 +107,7 @@ class Sim:
             if words[0] == "stats":
                 answer = {"running": len(self.running), "launches": len(self.launches),
                           "last_launch": self.launches[-1] if self.launches else None,
-                          "retaken": self.retaken}
+                          "retaken": self.retaken, "reattached": self.reattached}
             elif words[0] == "launch_time":  # when the n-th launch happened
                 n = int(words[1])
                 answer = {"at": self.launches[n - 1] if len(self.launches) >= n else None}
@@ -101,7 +118,9 @@ class Sim:
 
 
 class SimAgent:
-    """fleet's agent protocol, answered in process (see runners/wrapper.py ``Agent``)."""
+    """fleet's agent protocol, answered in process (see runners/wrapper.py ``Agent``). As on a
+    real host, an attempt outlives the channel that launched it: a new controller's agent
+    (``follow_only``) takes it over, or learns how it ended."""
 
     def __init__(self, sim: Sim, host: str, process: asyncssh.SSHServerProcess[bytes]) -> None:
         self.sim, self.host, self.process = sim, host, process
@@ -116,13 +135,24 @@ class SimAgent:
                 self.request(json.loads(line))
         except (asyncssh.Error, ConnectionError, asyncio.IncompleteReadError):
             pass
-        finally:
-            for key in [k for k, (agent, _t) in self.sim.running.items() if agent is self]:
-                self.sim.running.pop(key)[1].cancel()
+        finally:  # the attempts keep running, followed by nobody until a controller asks
+            for key, (agent, timer) in list(self.sim.running.items()):
+                if agent is self:
+                    self.sim.running[key] = (None, timer)
 
     def request(self, req: dict[str, object]) -> None:
         op, aid = req.get("op"), req.get("id")
         if op == "launch":
+            key = (self.host, str(aid))
+            if key in self.sim.running:  # launched before: follow it (the launch marker)
+                _agent, timer = self.sim.running[key]
+                self.sim.running[key] = (self, timer)
+                self.sim.reattached += 1
+                self.frame(aid, "attached", dir="/sim")  # type: ignore[arg-type]
+                return
+            if key in self.sim.ended:
+                self.frame(aid, "exit", **self.sim.ended.pop(key))  # type: ignore[arg-type]
+                return
             if req.get("follow_only"):
                 self.frame(aid, "lost", message="not launched here (simulated host)")  # type: ignore[arg-type]
                 return
@@ -130,14 +160,14 @@ class SimAgent:
             seconds = float(match.group(1)) if match else 0.0
             now = time.time()
             self.frame(aid, "started", pid=4242, phase="run", at=now)  # type: ignore[arg-type]
-            timer = asyncio.get_running_loop().call_later(seconds, self.exit, aid)
-            self.sim.running[(self.host, str(aid))] = (self, timer)
+            timer = asyncio.get_running_loop().call_later(seconds, self.sim.exit, self.host, str(aid))
+            self.sim.running[key] = (self, timer)
             self.sim.launched(self.host)
         elif op in ("cancel", "fence"):
             entry = self.sim.running.get((self.host, str(aid)))
             if entry is not None:
                 entry[1].cancel()
-                self.exit(str(aid), cancelled=True)
+                self.sim.exit(self.host, str(aid), cancelled=True)
         elif op == "follow":
             self.frame(aid, "lost", message="not launched here (simulated host)")  # type: ignore[arg-type]
         elif op == "ping":
@@ -145,14 +175,6 @@ class SimAgent:
         elif op == "gc":
             self.frame(aid, "gc", removed=[], freed=0, left=0)  # type: ignore[arg-type]
 
-    def exit(self, aid: str, cancelled: bool = False) -> None:
-        self.sim.running.pop((self.host, aid), None)
-        now = time.time()
-        status = {"exit_code": None if cancelled else 0, "signal": 15 if cancelled else None,
-                  "timed_out": False, "cancelled": cancelled, "fenced": False, "phase": "run",
-                  "error": None, "started_at": now, "ended_at": now}
-        self.frame(aid, "exit", status=status, result=None, error=None, log_size=0, outputs=[],
-                   outputs_problem=None)
 
 
 class _Open(asyncssh.SSHServer):
@@ -293,7 +315,8 @@ async def submit(http: httpx.AsyncClient, n: int, seconds: float, start: int = 0
             raise SystemExit(f"submit failed: {r.status_code} {r.text[:500]}")
 
 
-async def run(args: argparse.Namespace, url: str, token: str, pid: int, control: Control) -> dict[str, float]:
+async def run(args: argparse.Namespace, url: str, token: str, pid: int, control: Control,
+              restart: Callable[[], Any]) -> dict[str, float]:
     figures: dict[str, float] = {}
     slots = args.hosts * args.slots
     async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"},
@@ -373,6 +396,52 @@ async def run(args: argparse.Namespace, url: str, token: str, pid: int, control:
         worst, _ = longest_hold({}, await holds(http, "fleet_scheduler_pass_duration_seconds"))
         figures["longest_pass_le_s"] = worst
         print(f"passes:   every scheduling pass took <= {worst:g} s (its /metrics histogram)")
+    figures.update(await takeover(pid, control, restart))
+    return figures
+
+
+async def takeover(pid: int, control: Control, restart: Callable[[], Any]) -> dict[str, float]:
+    """The controller killed (SIGKILL) with every slot busy and the queue full; a new one on the
+    same database takes over: when it answers, when it has reattached every running attempt
+    (the simulated hosts count the follow-only launches), how long its loop was held on the
+    way (its own histogram: everything since it started), and whether it launched anything
+    (the fleet is full: nothing may start, and no attempt may start twice)."""
+    figures: dict[str, float] = {}
+    before = await control.ask("stats")
+    running = int(before["running"])  # type: ignore[call-overload]
+    os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+    info = await asyncio.to_thread(restart)
+    async with httpx.AsyncClient(base_url=info.url, headers={"Authorization": f"Bearer {info.token}"},
+                                 timeout=300) as http:
+        while True:
+            try:
+                if (await http.get("/health")).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.05)
+        figures["takeover_answers_s"] = time.monotonic() - killed
+        stalls = Stalls(http)
+        while True:
+            stats = await control.ask("stats")
+            if int(stats["reattached"]) >= running or time.monotonic() - killed > 300:  # type: ignore[call-overload]
+                break
+            await asyncio.sleep(0.05)
+        figures["takeover_reattached_s"] = time.monotonic() - killed
+        await asyncio.sleep(2)
+        stats = await control.ask("stats")
+        stalls.task.cancel()
+        figures["takeover_reattached"] = float(stats["reattached"])  # type: ignore[arg-type]
+        figures["takeover_launched"] = float(int(stats["launches"]) - int(before["launches"]))  # type: ignore[call-overload]
+        figures["takeover_worst_health_ms"] = stalls.worst * 1000
+        bound, over = longest_hold({}, await holds(http))
+        figures["takeover_longest_hold_le_s"], figures["takeover_holds_over_50ms"] = bound, over
+    print(f"takeover: controller killed (SIGKILL) with {running} running; the next answered after "
+          f"{figures['takeover_answers_s']:.2f} s, reattached {figures['takeover_reattached']:.0f} in "
+          f"{figures['takeover_reattached_s']:.2f} s, launched {figures['takeover_launched']:.0f} (target 0); "
+          f"longest GET /health {figures['takeover_worst_health_ms']:.0f} ms, its loop held <= {bound:g} s at "
+          f"most since it started, {over} times over 50 ms")
     return figures
 
 
@@ -423,7 +492,11 @@ def main() -> int:
         started = local.start_local(settings, str(inventory))
         assert started.token and started.pid
         print(f"controller: fleet serve pid {started.pid}; simulator pid {sim_proc.pid} (separate process)")
-        figures = asyncio.run(run(args, started.url, started.token, started.pid, Control(info["control"])))
+        figures = asyncio.run(run(args, started.url, started.token, started.pid, Control(info["control"]),
+                                  lambda: local.start_local(settings, str(inventory))))
+        for line in settings.server_log.read_text(errors="replace").splitlines():
+            if "event loop was held" in line:  # fleet.loopwatch: what held it, in words
+                print(f"  server log: {line}")
         if args.json:
             print(json.dumps(figures, indent=2))
     finally:

@@ -447,8 +447,11 @@ class Store:
             return list(conn.execute(q).scalars())
 
     def jobs_by_id(self, ids: Sequence[str]) -> list[Job]:
+        """The jobs of ``ids`` that exist, by id (one query per thousand ids)."""
+        ids = sorted(ids)
         with self.db.session() as s:
-            return list(s.exec(select(Job).where(col(Job.id).in_(list(ids))).order_by(Job.id)).all())
+            return [job for i in range(0, len(ids), 1000)
+                    for job in s.exec(select(Job).where(col(Job.id).in_(list(ids[i:i + 1000]))).order_by(Job.id))]
 
     def set_job(self, job_id: str, **fields: Any) -> None:
         fields["updated_at"] = time.time()
@@ -581,6 +584,16 @@ class Store:
     def attempts(self, job_id: str) -> list[Attempt]:
         with self.db.session() as s:
             return list(s.exec(select(Attempt).where(Attempt.job_id == job_id).order_by(col(Attempt.number))).all())
+
+    def attempts_of(self, job_ids: Sequence[str]) -> dict[str, list[Attempt]]:
+        """The attempts of each of ``job_ids``, in order (one query per thousand jobs)."""
+        out: dict[str, list[Attempt]] = {}
+        with self.db.session() as s:
+            for i in range(0, len(job_ids), 1000):
+                for a in s.exec(select(Attempt).where(col(Attempt.job_id).in_(list(job_ids[i:i + 1000])))
+                                .order_by(col(Attempt.job_id), col(Attempt.number))):
+                    out.setdefault(a.job_id, []).append(a)
+        return out
 
     def get_attempt(self, attempt_id: str) -> Attempt | None:
         with self.db.session() as s:
@@ -733,6 +746,27 @@ class Store:
     def host_statuses(self) -> dict[str, HostStatus]:
         with self.db.session() as s:
             return {h.name: h for h in s.exec(select(HostStatus)).all()}
+
+    def add_hosts(self, names: Sequence[str], health: Health, message: str | None) -> None:
+        """Rows for hosts the database has never seen, with their health, and a host.health
+        event each: one transaction (a new inventory of 1,000 hosts, not 1,000 transactions).
+        A name that has a row already keeps it."""
+        if not names:
+            return
+        table = HostStatus.__table__  # type: ignore[attr-defined]
+        now = time.time()
+        with self._telling() as conn:
+            have = {n for i in range(0, len(names), 1000) for n in conn.execute(
+                select(table.c.name).where(table.c.name.in_(list(names[i:i + 1000])))).scalars()}
+            new = [n for n in names if n not in have]
+            if not new:
+                return
+            conn.execute(insert(table), [{"name": n, "health": health.value, "health_message": message,
+                                          "drained": False, "updated_at": now} for n in new])
+            conn.execute(insert(EVENTS), [{
+                "at": now, "type": "host.health", "user": None, "job_id": None, "attempt_id": None,
+                "host": n, "state": health.value, "reason": None, "message": message, "data_json": None}
+                for n in new])
 
     def set_drained(self, name: str, drained: bool) -> None:
         with self.db.session() as s:

@@ -8,13 +8,18 @@ import asyncio
 
 import pytest
 
+from fleet.blobs import BlobStore
+from fleet.config import Settings
 from fleet.db import Database
+from fleet.logstore import LogStore
 from fleet.models.enums import AttemptState, Health, Reason
 from fleet.models.spec import Retries, load_spec
 from fleet.scheduler import retry
 from fleet.scheduler.hostbook import NOT_CHECKED, HostBook
+from fleet.scheduler.loop import Scheduler
 from fleet.scheduler.placement import Demand
 from fleet.scheduler.starts import PendingStarts
+from fleet.secrets import SecretBox
 from fleet.store import Store
 from tests.harness import harness, host
 
@@ -53,6 +58,12 @@ def test_host_book_loads_marks_unchecked_and_counts_slots(tmp_path):
     assert sorted(book.load()) == ["new"]  # to check now
     assert book.health == {"known": Health.GOOD, "new": Health.UNKNOWN}
     assert "new" in book.unchecked and store.host_statuses()["new"].health_message == NOT_CHECKED
+    told = [(e.host, e.state) for e in store.events_after(0) if e.type == "host.health" and e.host == "new"]
+    assert told == [("new", "unknown")]
+    again = HostBook([host("known", slots=2), host("new"), host("newer")], store)  # the next start
+    assert sorted(again.load()) == ["new", "newer"] and store.host_statuses()["known"].drained
+    told = [(e.host, e.state) for e in store.events_after(0) if e.type == "host.health" and e.host != "known"]
+    assert told == [("new", "unknown"), ("newer", "unknown")]  # a host's row is written once
     assert "known" in book.drained
     known = book.hosts["known"]
     book.take(known, 1)
@@ -276,3 +287,59 @@ async def test_a_start_and_an_end_heard_of_together_are_written_in_one_transacti
         (attempt,) = h.store.attempts(job)
         assert attempt.started_at is not None and attempt.state == "SUCCEEDED"
         assert len(h.scheduler.starts) == 0
+
+
+async def test_a_new_leader_loads_in_slices_and_what_happens_meanwhile_is_neither_lost_nor_undone(tmp_path, monkeypatch):
+    """A replica taking the lead reads what the last one left (queued jobs, running attempts)
+    with the event loop turning between rows: bench/scale.py "takeover" (50,000 queued, 2,000
+    running) held the loop 3 s in one go. Meanwhile a cancel waits until the queue is loaded
+    and ends its job; a job submitted and ended meanwhile is not queued again from the rows
+    read before; every running attempt is followed again and none is launched twice."""
+    monkeypatch.setattr(Scheduler, "LOAD_SLICE", 0.0)  # a turn of the loop after every row
+    async with harness(tmp_path, [host("h1", slots=2)]) as h:
+        await h.until(lambda: all(v.health is Health.GOOD for v in h.scheduler.host_views()))
+        running = [await h.submit({"name": f"run{i}", "run": "sleep 600"}) for i in range(2)]
+        await h.backend.wait_launches(2)
+        await h.until(lambda: all(h.store.get_job(j).state == "RUNNING" for j in running))
+        queued = [await h.submit({"name": f"q{i}", "run": "true"}) for i in range(40)]  # no free slot
+        await h.scheduler.stop()  # the leader goes; its attempts keep running on the host
+        # A job written before the next leader reads the queue, which reaches that leader by
+        # its API (submit) while it loads, and waits out its queue timeout before its row is read.
+        spec = load_spec("name: late\nrun: 'true'\nqueue_timeout: 60\n")
+        (late,) = h.store.create_jobs([(spec, "cpu")], "root")
+
+        settings = Settings(home=tmp_path / "home")
+        nxt = Scheduler(h.store, h.backend.hosts, {"fake": h.backend}, LogStore(settings.logs_dir, settings.log_cap),
+                        h.scheduler.policy, SecretBox(settings.secret_key_file), BlobStore(settings.blobs_dir),
+                        clock=h.clock)
+        seen: set[int] = set()  # how many jobs were queued, at each turn of the loop
+
+        async def watch() -> None:
+            while True:
+                seen.add(len(nxt.pending))
+                await asyncio.sleep(0)
+
+        watcher = asyncio.create_task(watch())
+        starting = asyncio.create_task(nxt.start())
+        while not nxt.pending:  # it has read the rows and queues them, a row per turn
+            await asyncio.sleep(0)
+        assert not nxt.loaded.is_set()
+        cancel = asyncio.create_task(nxt.cancel(queued[-1]))
+        nxt.submit(late, spec)
+        await h.clock.advance(61)  # its queue timeout runs out before start reads its row
+        assert h.store.get_job(late.id).state == "FAILED"
+        await starting
+        watcher.cancel()
+        try:
+            assert await cancel == "CANCELLED"
+            assert h.store.get_job(queued[-1]).state == "CANCELLED" and queued[-1] not in nxt.pending
+            assert late.id not in nxt.pending and h.store.get_job(late.id).state == "FAILED"
+            ends = [e for e in h.store.events_after(0, 10_000) if e.job_id == late.id and e.state == "FAILED"]
+            assert len(ends) == 1, "the job ended twice: queued again from its stale row"
+            assert set(nxt.pending) == set(queued[:-1])
+            assert set(nxt.running) == set(running)
+            assert len(seen) > len(queued) // 2, f"the loop did not turn between rows: {sorted(seen)}"
+            await h.until(lambda: sum(1 for launch in h.backend.launches if launch.plan.follow_only) == 2)
+            assert all(h.backend.launched[j] == 1 for j in running), "an attempt was launched twice"
+        finally:
+            await nxt.stop()

@@ -99,10 +99,13 @@ class HostBook:
                 self.health[name] = Health(row.health)
                 if row.drained:
                     self.drained.add(name)
-        for name, host in self.hosts.items():
-            if name not in self.health and host.schedulable:
-                self.unchecked.add(name)
-                self.set_health(name, Health.UNKNOWN, NOT_CHECKED)
+        new = [name for name, host in self.hosts.items() if name not in self.health and host.schedulable]
+        for name in new:
+            self.unchecked.add(name)
+            self.health[name] = Health.UNKNOWN
+        self.store.add_hosts(new, Health.UNKNOWN, NOT_CHECKED)
+        if new:
+            log.info("%d host(s) new to the database: health unknown (%s)", len(new), NOT_CHECKED)
         for name in self.hosts:
             self._refresh(name)
         return [n for n, h in self.health.items() if h in (Health.UNKNOWN, Health.BAD)]

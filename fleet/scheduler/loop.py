@@ -16,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import getpass
 import logging
+import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from fleet.backends.base import AttemptPlan, Backend, BackendError, InputFile
@@ -25,14 +26,14 @@ from fleet.blobs import BlobStore
 from fleet.clock import SYSTEM, Clock
 from fleet.config import Settings, fleet_home
 from fleet.disk import DiskGuard, is_disk_full
-from fleet.errors import NotFound, SpecError
+from fleet.errors import SpecError
 from fleet.hooks import Catalog
 from fleet.inventory import Host
 from fleet.logstore import LogStore
 from fleet.metrics import Metrics
 from fleet.models.enums import REASON_CLASS, AttemptState, FailureClass, Health, JobState, Reason
 from fleet.models.spec import JobSpec
-from fleet.models.tables import Job, NewJob
+from fleet.models.tables import Attempt, Job, NewJob
 from fleet.runners import manifests
 from fleet.scheduler import explain, outcomes, plans, replicas, retry
 from fleet.scheduler.attempts import AttemptEnd, AttemptRunner
@@ -85,6 +86,7 @@ class _Sink:
 
 class Scheduler:
     COMPACT_AFTER = 2000  # queued jobs behind this many in their queue hold no parsed spec
+    LOAD_SLICE = 0.02  # start: seconds of loading between two turns of the event loop
 
     def __init__(
         self, store: Store, hosts: list[Host], backends: Mapping[str, Backend], logs: LogStore,
@@ -117,6 +119,8 @@ class Scheduler:
         # Retries waiting for a lost attempt's lease to run out (see _hold), by job id.
         self.held: dict[str, Held] = {}
         self.leading = False  # True once started: this replica schedules (see fleet.leader)
+        self.loaded = asyncio.Event()  # set once start has read the queue and the attempts
+        self._loading: set[str] | None = None  # while start loads: the jobs that ended meanwhile
         # Called before every write that only a leader may make; with HA it ends the process
         # if the leader lease ran out (a leader that was frozen must not act when it wakes).
         self.fence: Callable[[], None] = lambda: None
@@ -188,10 +192,22 @@ class Scheduler:
         """Load host health, re-queue waiting jobs, reattach running attempts, start the loop.
 
         Called when this replica becomes the leader; until then it only validates submissions
-        (the jobs go to the database and the leader picks them up)."""
+        (the jobs go to the database and the leader picks them up). The database is read in a
+        thread and the rows are taken in slices of ``LOAD_SLICE`` seconds, the loop free in
+        between (50,000 queued jobs and 2,000 running attempts are seconds of work: bench/scale.py
+        "takeover"). Until it has loaded, a cancel waits (``loaded``); a submission is queued
+        at once and not again from the rows read before it; nothing is placed."""
         self.leading = True
+        self.loaded.clear()
+        self._loading = set()
         to_check = self.book.load()
-        for job in self.store.queued_jobs():
+        slice_end = time.perf_counter() + self.LOAD_SLICE
+        for job in await asyncio.to_thread(self.store.queued_jobs):
+            if time.perf_counter() > slice_end:
+                await asyncio.sleep(0)
+                slice_end = time.perf_counter() + self.LOAD_SLICE
+            if self.holds(job.id) or job.id in self.held or job.id in self._loading:
+                continue  # submitted (and maybe ended) while this replica was loading
             try:
                 spec = JobSpec.model_validate_json(job.spec_json)
             except Exception as exc:  # noqa: BLE001 - a stored spec this release cannot read
@@ -202,13 +218,25 @@ class Scheduler:
                 self._requeue_retry(job, spec)
             else:
                 self.chains.admit(job, spec)
-        for attempt in self.store.active_attempts():
-            self._reattach(AttemptRef.of(attempt))
+        attempts = [AttemptRef.of(a) for a in await asyncio.to_thread(self.store.active_attempts)]
+        jobs = {j.id: j for j in await asyncio.to_thread(self.store.jobs_by_id, [a.job_id for a in attempts])}
+        # What the jobs tried before (their retry budget): only a job past its first attempt has any.
+        earlier = await asyncio.to_thread(
+            self.store.attempts_of, [i for i, j in jobs.items() if j.attempt_count > 1])
+        for attempt in attempts:
+            if time.perf_counter() > slice_end:
+                await asyncio.sleep(0)
+                slice_end = time.perf_counter() + self.LOAD_SLICE
+            row = jobs.get(attempt.job_id)
+            if row is not None:
+                self._reattach(attempt, row, earlier.get(row.id, []))
         for name in to_check:
             self.health.schedule(name)
         self._loop_task = asyncio.create_task(self._loop(), name="fleet-scheduler")
         self._wake.set()  # what was queued before this replica led is placed now
         self._sync_task = asyncio.create_task(replicas.follow(self), name="fleet-sync")
+        self._loading = None
+        self.loaded.set()
 
     async def stop(self) -> None:
         """Stop placing; leave running attempts detached on their hosts for the next controller."""
@@ -307,10 +335,13 @@ class Scheduler:
         )
         return QueuedJob(job=JobRef.of(job), _spec=spec, demand=self.demand_of(spec, job.user), inputs=inputs)
 
-    def _restored(self, job: Job | JobRef, spec: JobSpec) -> QueuedJob:
-        """A job a previous controller knew, with its retry history rebuilt from its attempts."""
+    def _restored(self, job: Job | JobRef, spec: JobSpec, attempts: Sequence[Attempt] | None = None) -> QueuedJob:
+        """A job a previous controller knew, with its retry history rebuilt from its attempts
+        (``attempts``: read already, else read now)."""
         qj = self._queued_job(job, spec)
-        for a in self.store.attempts(job.id) if job.attempt_count else []:
+        if attempts is None:
+            attempts = self.store.attempts(job.id) if job.attempt_count else []
+        for a in attempts:
             reason = Reason(a.reason) if a.reason else None
             if reason is Reason.NO_CAPACITY and self._lab_takes(qj, a.host):
                 qj.no_capacity = _with(qj.no_capacity, a.host)  # as _retry decided (retry.Budget.BACK_TO_LAB)
@@ -343,6 +374,8 @@ class Scheduler:
     async def cancel(self, job_id: str) -> str:
         """Cancel a job. Queued: ends now. Running: TERM/KILL on the host; the attempt's end
         finishes the job. Returns the state after the request. Idempotent."""
+        if self.leading and not self.loaded.is_set():
+            await self.loaded.wait()  # the job may be among the rows start has yet to take
         self._write_ended()  # a job that ended in this turn: its end is what the caller sees
         if self.chains.waiting.pop(job_id, None) is not None:
             self.store.finish_job(job_id, JobState.CANCELLED, Reason.CANCELLED_BY_USER,
@@ -489,6 +522,8 @@ class Scheduler:
             pass
 
     def _job_done(self, job_id: str) -> None:
+        if self._loading is not None:
+            self._loading.add(job_id)  # start must not queue it from the rows it read before
         event = self._done.pop(job_id, None)
         if event is not None:
             event.set()
@@ -751,14 +786,11 @@ class Scheduler:
                 self.disk.full = True
         return None
 
-    def _reattach(self, attempt: AttemptRef) -> None:
-        """Follow an attempt a previous controller started (it kept running on its host)."""
-        try:
-            job = self.store.get_job(attempt.job_id)
-        except NotFound:
-            return
+    def _reattach(self, attempt: AttemptRef, job: Job, earlier: Sequence[Attempt]) -> None:
+        """Follow an attempt a previous controller started (it kept running on its host);
+        ``earlier``: the job's attempts (the retry history)."""
         host = self.book.hosts.get(attempt.host)
-        qj = self._restored(job, JobSpec.model_validate_json(job.spec_json))
+        qj = self._restored(job, JobSpec.model_validate_json(job.spec_json), earlier)
         gone = None
         if attempt.backend not in self.backends:
             gone = f"backend {attempt.backend} that ran it on {attempt.host} is not loaded"
