@@ -604,13 +604,17 @@ class Store:
             return list(s.exec(select(Attempt).where(
                 col(Attempt.state).in_([AttemptState.STARTING.value, AttemptState.RUNNING.value]))).all())
 
-    def unfinished_attempts(self, host: str) -> list[str]:
-        """Attempts on ``host`` whose job has not ended: their directories stay on the host
-        (a lost attempt may still be followed again and its result taken)."""
-        terminal = [s.value for s in JobState if s.terminal]
+    def unfinished_attempts(self) -> dict[str, list[str]]:
+        """Attempts whose job has not ended, by host: their directories stay on their hosts
+        (a lost attempt may still be followed again and its result taken). One query from the
+        jobs' state index, whatever the number of hosts and of attempts ever made."""
+        unfinished = [s.value for s in JobState if not s.terminal]
+        out: dict[str, list[str]] = {}
         with self.db.session() as s:
-            return list(s.exec(select(Attempt.id).join(Job, col(Job.id) == col(Attempt.job_id)).where(
-                Attempt.host == host, col(Job.state).not_in(terminal))).all())
+            for host, attempt in s.exec(select(Attempt.host, Attempt.id).join(Job, col(Job.id) == col(Attempt.job_id))
+                                        .where(col(Job.state).in_(unfinished))):
+                out.setdefault(host, []).append(attempt)
+        return out
 
     # ------------------------------------------------------------------ artifacts
 

@@ -12,7 +12,7 @@ from fleet.blobs import BlobStore
 from fleet.config import Settings
 from fleet.db import Database
 from fleet.logstore import LogStore
-from fleet.models.enums import AttemptState, Health, Reason
+from fleet.models.enums import AttemptState, Health, JobState, Reason
 from fleet.models.spec import Retries, load_spec
 from fleet.scheduler import retry
 from fleet.scheduler.hostbook import NOT_CHECKED, HostBook
@@ -76,6 +76,22 @@ def test_host_book_loads_marks_unchecked_and_counts_slots(tmp_path):
     assert book.static_for(demand) is static  # computed once per queue
     book.drain("known", False)
     assert "known" not in book.drained and not store.host_statuses()["known"].drained
+
+
+def test_the_attempts_a_host_keeps_are_those_of_unfinished_jobs_read_once_for_every_host(tmp_path):
+    db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    db.create_schema()
+    store = Store(db)
+    spec = load_spec("name: t\nrun: x\n")
+    done, retrying, running, queued = store.create_jobs([(spec, "cpu")] * 4, "alice")
+    (a_done,) = store.start_attempts([(done, "h1", 1, "ssh")])
+    store.finish_attempt(a_done.id, AttemptState.SUCCEEDED, Reason.SUCCEEDED, None, 0, 0)
+    store.finish_job(done.id, JobState.SUCCEEDED, Reason.SUCCEEDED, None)
+    (a_lost,) = store.start_attempts([(retrying, "h1", 1, "ssh")])  # lost, its job waits to retry
+    store.finish_attempt(a_lost.id, AttemptState.FAILED, Reason.HOST_LOST, "gone", None, 0)
+    store.set_job(retrying.id, state=JobState.RETRYING.value)
+    (a_run,) = store.start_attempts([(running, "h2", 1, "ssh")])
+    assert store.unfinished_attempts() == {"h1": [a_lost.id], "h2": [a_run.id]}  # not h1's ended job's
 
 
 async def test_a_job_runs_through_the_api_and_the_loop_in_process(tmp_path):
@@ -343,3 +359,25 @@ async def test_a_new_leader_loads_in_slices_and_what_happens_meanwhile_is_neithe
             assert all(h.backend.launched[j] == 1 for j in running), "an attempt was launched twice"
         finally:
             await nxt.stop()
+
+
+async def test_a_pass_cut_short_by_its_time_slice_goes_on_in_the_next_until_every_free_slot_is_taken(tmp_path, monkeypatch):
+    """A scheduling pass places for at most PASS_SLICE seconds and lets the loop turn (500
+    jobs onto free slots were one 120 ms pass); the next pass goes on from where it stopped."""
+    monkeypatch.setattr(Scheduler, "PASS_SLICE", 0.0)  # one placement per pass
+    async with harness(tmp_path, [host("h1", slots=6)]) as h:
+        await h.until(lambda: all(v.health is Health.GOOD for v in h.scheduler.host_views()))
+
+        def passes() -> float:
+            (family,) = h.scheduler.metrics.pass_duration.collect()
+            return next(s.value for s in family.samples if s.name.endswith("_count"))
+
+        before = passes()
+        jobs = [job.id for job in h.store.create_jobs([(load_spec(f"name: j{i}\nrun: 'true'\n"), "cpu")
+                                                       for i in range(8)], "root")]
+        for job_id in jobs:  # all queued before the loop's next turn: one pass would place six
+            h.scheduler.submit(h.store.get_job(job_id), load_spec("name: j\nrun: 'true'\n"))
+        launches = await h.backend.wait_launches(6)
+        assert [launch.plan.job_id for launch in launches] == jobs[:6]  # oldest first, as in one pass
+        assert passes() - before >= 6
+        assert set(h.scheduler.pending) == set(jobs[6:])  # no room left: they wait

@@ -31,7 +31,7 @@ from fleet.backends.base import (
 )
 from fleet.backends.connection import ConnectionPool, SSHOptions, Transport
 from fleet.inventory import Host
-from fleet.runners import VERIFY_BUNDLE, bundle, manifests
+from fleet.runners import VERIFY_BUNDLE, bundle, bundle_built, manifests
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -282,6 +282,7 @@ class SSHBackend(Backend):
 
     async def _ensure_lib(self, transport: Transport, host: Host) -> None:
         """Unpack the runner bundle into the host's lib dir unless it is there. Idempotent."""
+        await bundle_built()  # every use of the bundle on a host comes here first
         fut = self._lib_ready.get(host.name)
         if fut is None:
             fut = asyncio.ensure_future(self._install_lib(transport, host))

@@ -129,8 +129,10 @@ class HealthChecks:
         in the middle of a check or unreachable are left for the next pass). Returns (removed,
         freed, left) per host."""
 
+        unfinished = await asyncio.to_thread(self.store.unfinished_attempts)
+
         async def one(host: Host) -> tuple[str, tuple[int, int, int] | None]:
-            keep = self.store.unfinished_attempts(host.name)
+            keep = unfinished.get(host.name, [])
             try:
                 return host.name, await self.backend_of(host).gc_attempts(
                     host, max_age, max_bytes, keep, self.policy.check_timeout * 4)
