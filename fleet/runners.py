@@ -152,12 +152,24 @@ sys.exit(0 if digest.hexdigest()[:16] == want else 4)
 """
 
 
+_building: dict[asyncio.AbstractEventLoop, asyncio.Task[Bundle]] = {}
+
+
 async def bundle_built() -> Bundle:
     """``bundle()``, built in a thread the first time: 0.3-0.4 s of tar and gzip a process
-    spends once, not in one callback of the controller's event loop."""
+    spends once, not in one callback of the controller's event loop. Callers that come while
+    it is being built wait for that one build (a takeover's first launches on many hosts)."""
     if bundle.cache_info().currsize:
         return bundle()
-    return await asyncio.to_thread(bundle)
+    loop = asyncio.get_running_loop()
+    task = _building.get(loop)
+    if task is None or (task.done() and task.exception() is not None):
+        task = _building[loop] = loop.create_task(asyncio.to_thread(bundle))
+    try:
+        return await asyncio.shield(task)
+    finally:
+        if task.done():
+            _building.pop(loop, None)
 
 
 @cache

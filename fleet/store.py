@@ -65,6 +65,10 @@ from fleet.statements import (
 )
 
 ACTIVE_JOB_STATES = [JobState.STARTING.value, JobState.RUNNING.value, JobState.CANCELLING.value]
+# Values in one ``IN (...)`` list: under SQLite's limit of bound variables per statement
+# (999 before SQLite 3.32, as Ubuntu 20.04 ships).
+IN_CHUNK = 500
+
 QUEUED_JOB_STATES = [JobState.PENDING.value, JobState.RETRYING.value]
 
 
@@ -447,11 +451,11 @@ class Store:
             return list(conn.execute(q).scalars())
 
     def jobs_by_id(self, ids: Sequence[str]) -> list[Job]:
-        """The jobs of ``ids`` that exist, by id (one query per thousand ids)."""
+        """The jobs of ``ids`` that exist, by id (a query per ``IN_CHUNK`` ids)."""
         ids = sorted(ids)
         with self.db.session() as s:
-            return [job for i in range(0, len(ids), 1000)
-                    for job in s.exec(select(Job).where(col(Job.id).in_(list(ids[i:i + 1000]))).order_by(Job.id))]
+            return [job for i in range(0, len(ids), IN_CHUNK)
+                    for job in s.exec(select(Job).where(col(Job.id).in_(list(ids[i:i + IN_CHUNK]))).order_by(Job.id))]
 
     def set_job(self, job_id: str, **fields: Any) -> None:
         fields["updated_at"] = time.time()
@@ -586,11 +590,11 @@ class Store:
             return list(s.exec(select(Attempt).where(Attempt.job_id == job_id).order_by(col(Attempt.number))).all())
 
     def attempts_of(self, job_ids: Sequence[str]) -> dict[str, list[Attempt]]:
-        """The attempts of each of ``job_ids``, in order (one query per thousand jobs)."""
+        """The attempts of each of ``job_ids``, in order (a query per ``IN_CHUNK`` jobs)."""
         out: dict[str, list[Attempt]] = {}
         with self.db.session() as s:
-            for i in range(0, len(job_ids), 1000):
-                for a in s.exec(select(Attempt).where(col(Attempt.job_id).in_(list(job_ids[i:i + 1000])))
+            for i in range(0, len(job_ids), IN_CHUNK):
+                for a in s.exec(select(Attempt).where(col(Attempt.job_id).in_(list(job_ids[i:i + IN_CHUNK])))
                                 .order_by(col(Attempt.job_id), col(Attempt.number))):
                     out.setdefault(a.job_id, []).append(a)
         return out
@@ -760,8 +764,8 @@ class Store:
         table = HostStatus.__table__  # type: ignore[attr-defined]
         now = time.time()
         with self._telling() as conn:
-            have = {n for i in range(0, len(names), 1000) for n in conn.execute(
-                select(table.c.name).where(table.c.name.in_(list(names[i:i + 1000])))).scalars()}
+            have = {n for i in range(0, len(names), IN_CHUNK) for n in conn.execute(
+                select(table.c.name).where(table.c.name.in_(list(names[i:i + IN_CHUNK])))).scalars()}
             new = [n for n in names if n not in have]
             if not new:
                 return

@@ -275,3 +275,25 @@ async def test_a_bundle_changed_on_the_host_is_installed_again(tmp_path):
         assert not (lib / "__pycache__").exists() and not (lib / "extra.py").is_symlink()
         assert sorted(p.name for p in lib.parent.iterdir()) == [bundle().digest]
     await backend.close()
+
+
+async def test_the_runner_bundle_is_built_once_in_a_thread_for_callers_that_come_together(monkeypatch):
+    """Building the bundle (tar and gzip of runners/) takes 0.3-0.4 s: not in a callback of the
+    controller's event loop, and once for the many hosts a takeover reaches at the same time."""
+    import threading
+
+    from fleet import runners
+
+    runners.bundle.cache_clear()
+    built: list[bool] = []
+    files = runners._bundle_files
+
+    def counted() -> list[Path]:
+        built.append(threading.current_thread() is threading.main_thread())
+        return files()
+
+    monkeypatch.setattr(runners, "_bundle_files", counted)
+    first, *others = await asyncio.gather(*(runners.bundle_built() for _ in range(5)))
+    assert built == [False], "built more than once, or on the event loop's thread"
+    assert all(b is first for b in others) and first.digest == runners.bundle().digest
+    assert await runners.bundle_built() is first and built == [False]

@@ -5,12 +5,16 @@ drives and the API over an ASGI transport. No server process, no sleeps."""
 from __future__ import annotations
 
 import asyncio
+import time
+from pathlib import Path
 
 import pytest
 
+from fleet.backends.base import Capability
 from fleet.blobs import BlobStore
 from fleet.config import Settings
 from fleet.db import Database
+from fleet.inventory import Host
 from fleet.logstore import LogStore
 from fleet.models.enums import AttemptState, Health, JobState, Reason
 from fleet.models.spec import Retries, load_spec
@@ -21,7 +25,7 @@ from fleet.scheduler.placement import Demand
 from fleet.scheduler.starts import PendingStarts
 from fleet.secrets import SecretBox
 from fleet.store import Store
-from tests.harness import harness, host
+from tests.harness import Harness, harness, host
 
 
 @pytest.mark.parametrize(("state", "reason", "infra", "job", "retries", "budget"), [
@@ -305,6 +309,25 @@ async def test_a_start_and_an_end_heard_of_together_are_written_in_one_transacti
         assert len(h.scheduler.starts) == 0
 
 
+def next_leader(h: Harness, tmp_path: Path) -> Scheduler:
+    """Another replica's scheduler on the harness's database and backend (not started)."""
+    settings = Settings(home=tmp_path / "home")
+    return Scheduler(h.store, h.backend.hosts, {"fake": h.backend}, LogStore(settings.logs_dir, settings.log_cap),
+                     h.scheduler.policy, SecretBox(settings.secret_key_file), BlobStore(settings.blobs_dir),
+                     clock=h.clock)
+
+
+def lost_and_retrying(h: Harness, ended_ago: float) -> tuple[str, str]:
+    """A job whose attempt on h1 was declared lost ``ended_ago`` seconds ago and that waits
+    for its retry (RETRYING): what a leader killed then leaves. Returns (job, attempt)."""
+    (job,) = h.store.create_jobs([(load_spec("name: lost\nrun: 'sleep 600'\n"), "cpu")], "root")
+    (attempt,) = h.store.start_attempts([(job, "h1", 1, "fake")])
+    h.store.finish_attempt(attempt.id, AttemptState.FAILED, Reason.HOST_LOST, "gone", None, 0,
+                           ended_at=time.time() - ended_ago)
+    h.store.set_job(job.id, state=JobState.RETRYING.value)
+    return job.id, attempt.id
+
+
 async def test_a_new_leader_loads_in_slices_and_what_happens_meanwhile_is_neither_lost_nor_undone(tmp_path, monkeypatch):
     """A replica taking the lead reads what the last one left (queued jobs, running attempts)
     with the event loop turning between rows: bench/scale.py "takeover" (50,000 queued, 2,000
@@ -324,10 +347,7 @@ async def test_a_new_leader_loads_in_slices_and_what_happens_meanwhile_is_neithe
         spec = load_spec("name: late\nrun: 'true'\nqueue_timeout: 60\n")
         (late,) = h.store.create_jobs([(spec, "cpu")], "root")
 
-        settings = Settings(home=tmp_path / "home")
-        nxt = Scheduler(h.store, h.backend.hosts, {"fake": h.backend}, LogStore(settings.logs_dir, settings.log_cap),
-                        h.scheduler.policy, SecretBox(settings.secret_key_file), BlobStore(settings.blobs_dir),
-                        clock=h.clock)
+        nxt = next_leader(h, tmp_path)
         seen: set[int] = set()  # how many jobs were queued, at each turn of the loop
 
         async def watch() -> None:
@@ -340,6 +360,8 @@ async def test_a_new_leader_loads_in_slices_and_what_happens_meanwhile_is_neithe
         while not nxt.pending:  # it has read the rows and queues them, a row per turn
             await asyncio.sleep(0)
         assert not nxt.loaded.is_set()
+        why = nxt.why(queued[-1])  # its row not taken yet: not "done", as a job the scheduler lacks
+        assert why.state == "waiting" and "still reading the queue" in why.summary
         cancel = asyncio.create_task(nxt.cancel(queued[-1]))
         nxt.submit(late, spec)
         await h.clock.advance(61)  # its queue timeout runs out before start reads its row
@@ -372,6 +394,22 @@ async def test_a_pass_cut_short_by_its_time_slice_goes_on_in_the_next_until_ever
             (family,) = h.scheduler.metrics.pass_duration.collect()
             return next(s.value for s in family.samples if s.name.endswith("_count"))
 
+        turns, at_pass = 0, []  # the loop's turns, as each pass began
+
+        async def turning() -> None:
+            nonlocal turns
+            while True:
+                turns += 1
+                await asyncio.sleep(0)
+
+        place_all = h.scheduler._place_all
+
+        def counted() -> bool:
+            at_pass.append(turns)
+            return place_all()
+
+        monkeypatch.setattr(h.scheduler, "_place_all", counted)
+        ticker = asyncio.create_task(turning())
         before = passes()
         jobs = [job.id for job in h.store.create_jobs([(load_spec(f"name: j{i}\nrun: 'true'\n"), "cpu")
                                                        for i in range(8)], "root")]
@@ -379,5 +417,100 @@ async def test_a_pass_cut_short_by_its_time_slice_goes_on_in_the_next_until_ever
             h.scheduler.submit(h.store.get_job(job_id), load_spec("name: j\nrun: 'true'\n"))
         launches = await h.backend.wait_launches(6)
         assert [launch.plan.job_id for launch in launches] == jobs[:6]  # oldest first, as in one pass
+        ticker.cancel()
         assert passes() - before >= 6
+        assert len(set(at_pass)) >= 6, f"the loop did not turn between the passes: {at_pass}"
         assert set(h.scheduler.pending) == set(jobs[6:])  # no room left: they wait
+
+
+async def test_a_retry_held_for_a_lost_attempt_is_followed_once_when_its_lease_ran_out_before_the_takeover(tmp_path, monkeypatch):
+    """The leader died more than an attempt lease ago: the next one holds the retry for 0 s
+    and follows the lost attempt again at once (it may have run on): once, whatever the
+    order in which the loading's slices and the hold's timer run."""
+    monkeypatch.setattr(Scheduler, "LOAD_SLICE", 0.0)
+    async with harness(tmp_path, [host("h1", slots=4)]) as h:
+        await h.until(lambda: all(v.health is Health.GOOD for v in h.scheduler.host_views()))
+        await h.scheduler.stop()
+        job, attempt = lost_and_retrying(h, ended_ago=3600)
+        h.store.create_jobs([(load_spec(f"name: q{i}\nrun: 'true'\n"), "cpu") for i in range(5)], "root")
+        nxt = next_leader(h, tmp_path)
+        await nxt.start()
+        try:
+            await h.until(lambda: any(launch.plan.attempt_id == attempt for launch in h.backend.launches))
+            for _ in range(50):
+                await asyncio.sleep(0)
+            follows = [launch for launch in h.backend.launches if launch.plan.attempt_id == attempt]
+            assert len(follows) == 1 and follows[0].plan.follow_only
+            assert nxt.running[job].attempt.id == attempt
+            assert nxt.book.used["h1"] == len(nxt.running) == 4  # a slot each, none taken twice
+        finally:
+            await nxt.stop()
+
+
+async def test_a_start_that_fails_half_way_leaves_no_cancel_waiting_for_ever(tmp_path, monkeypatch):
+    async with harness(tmp_path, [host("h1")]) as h:
+        await h.until(lambda: all(v.health is Health.GOOD for v in h.scheduler.host_views()))
+        await h.scheduler.stop()
+        (job,) = h.store.create_jobs([(load_spec("name: q\nrun: 'true'\n"), "cpu")], "root")
+        nxt = next_leader(h, tmp_path)
+
+        def locked() -> None:
+            raise RuntimeError("database is locked")
+
+        monkeypatch.setattr(nxt.store, "active_attempts", locked)
+        with pytest.raises(RuntimeError):
+            await nxt.start()
+        try:
+            async with asyncio.timeout(5):
+                assert await nxt.cancel(job.id) == "PENDING"  # not loaded: not the scheduler's
+        finally:
+            await nxt.stop()
+
+
+async def test_a_cancel_made_while_the_queue_loads_goes_before_the_first_pass(tmp_path, monkeypatch):
+    monkeypatch.setattr(Scheduler, "LOAD_SLICE", 0.0)
+    async with harness(tmp_path, [host("h1", slots=2)]) as h:
+        await h.until(lambda: all(v.health is Health.GOOD for v in h.scheduler.host_views()))
+        await h.scheduler.stop()
+        jobs = h.store.create_jobs([(load_spec(f"name: q{i}\nrun: 'sleep 60'\n"), "cpu") for i in range(30)], "root")
+        nxt = next_leader(h, tmp_path)
+        starting = asyncio.create_task(nxt.start())
+        while not nxt.pending:
+            await asyncio.sleep(0)
+        cancel = asyncio.create_task(nxt.cancel(jobs[0].id))  # the oldest: first to be placed
+        await starting
+        try:
+            assert await cancel == "CANCELLED"
+            await h.backend.wait_launches(2)
+            assert h.backend.launched[jobs[0].id] == 0 and h.store.attempts(jobs[0].id) == []
+        finally:
+            await nxt.stop()
+
+
+async def test_a_host_checked_while_the_queue_loads_does_not_stop_a_lost_attempt_the_scheduler_follows(tmp_path, monkeypatch):
+    """A host back (here an operator's check) stops the attempts given up on there that
+    nobody follows, and follows again those whose retry waits: it waits for the load, else a
+    retry not read yet would have its attempt stopped instead of followed."""
+    monkeypatch.setattr(Scheduler, "LOAD_SLICE", 0.0)
+    killed: list[str] = []
+    async with harness(tmp_path, [host("h1", slots=4)],
+                       capabilities=frozenset({Capability.CHECK, Capability.KILL_STALE})) as h:
+        async def kill_stale(host: Host, ids: list[str], grace: float) -> None:
+            killed.extend(ids)
+
+        h.backend.kill_stale = kill_stale  # type: ignore[method-assign]
+        await h.until(lambda: all(v.health is Health.GOOD for v in h.scheduler.host_views()))
+        await h.scheduler.stop()
+        h.store.create_jobs([(load_spec(f"name: q{i}\nrun: 'true'\n"), "cpu") for i in range(30)], "root")
+        job, attempt = lost_and_retrying(h, ended_ago=5)  # its lease still runs: held
+        nxt = next_leader(h, tmp_path)
+        starting = asyncio.create_task(nxt.start())
+        while not nxt.pending:
+            await asyncio.sleep(0)
+        await nxt.check_host("h1")
+        await starting
+        try:
+            assert attempt not in killed
+            assert job in nxt.running and nxt.running[job].attempt.id == attempt  # followed again
+        finally:
+            await nxt.stop()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from fleet.models.enums import JobState
 from fleet.scheduler.placement import Demand, Placement, dynamic_reason, place
 from fleet.scheduler.records import QueuedJob, QueueView, Why
 
@@ -35,6 +36,10 @@ def why(s: Scheduler, job_id: str) -> Why:
         return Why(job=job_id, state="running", queue=run.qj.demand.key,
                    summary=f"running on {run.host.name} (attempt {run.attempt.number})")
     job = s.store.get_job(job_id)
+    if not s.loaded.is_set() and not JobState(job.state).terminal:
+        return Why(job=job_id, state="waiting" if job.state in ("PENDING", "RETRYING") else "running",
+                   queue=job.queue, summary=f"{job.state}: this controller has just taken the lead "
+                                            "and is still reading the queue and the running attempts")
     return Why(job=job_id, state="done", queue=job.queue,
                summary=f"{job.state} ({job.reason}){': ' + job.message if job.message else ''}")
 

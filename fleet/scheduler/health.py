@@ -30,12 +30,17 @@ log = logging.getLogger(__name__)
 class HealthChecks:
     def __init__(self, book: HostBook, store: Store, backends: Mapping[str, Backend], policy: Policy, *,
                  on_back: Callable[[Host], None], wake: Callable[[], None],
-                 followed: Callable[[], set[str]], clock: Clock = SYSTEM) -> None:
+                 followed: Callable[[], set[str]], loaded: asyncio.Event | None = None,
+                 clock: Clock = SYSTEM) -> None:
         self.book, self.store, self.backends, self.policy = book, store, backends, policy
         self.clock = clock
         self.on_back = on_back  # a host is good again: follow what was lost on it
         self.wake = wake  # place jobs: a host is back
         self.followed = followed  # ids of the attempts the scheduler follows now
+        # Set once the scheduler has loaded what the last leader left: a check waits for it
+        # (a host back follows its lost attempts again, and stops the stale ones: both must
+        # know every attempt the scheduler will follow).
+        self.loaded = loaded
         self.failures: Counter[str] = Counter()
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.stopping = False
@@ -74,6 +79,8 @@ class HealthChecks:
 
     async def check_once(self, name: str) -> str | None:
         """One health check ahead of the queue; returns None if the host is good, else why not."""
+        if self.loaded is not None:
+            await self.loaded.wait()
         host = self.book.hosts[name]
         backend = self.backend_of(host)
         try:

@@ -110,8 +110,11 @@ class Scheduler:
         # Counted as it happens (fleet.metrics; GET /metrics): passes, placements, ends.
         self.metrics = Metrics()
         store.db.on_write = self.metrics.db_write.observe
+        # Clear while start loads what the last leader left (the queue, the running attempts).
+        self.loaded = asyncio.Event()
+        self.loaded.set()
         self.health = HealthChecks(self.book, store, self.backends, self.policy, on_back=self._follow_up_on,
-                                   wake=self.wake, followed=self._followed, clock=clock)
+                                   wake=self.wake, followed=self._followed, loaded=self.loaded, clock=clock)
         self.chains = Chains(store, enqueue=self._enqueue, done=self._job_done, wake=self.wake,
                              ended=self.metrics.job_ended)
         self.runner = AttemptRunner(self.backends, self.blobs, logs,
@@ -120,7 +123,6 @@ class Scheduler:
         # Retries waiting for a lost attempt's lease to run out (see _hold), by job id.
         self.held: dict[str, Held] = {}
         self.leading = False  # True once started: this replica schedules (see fleet.leader)
-        self.loaded = asyncio.Event()  # set once start has read the queue and the attempts
         self._loading: set[str] | None = None  # while start loads: the jobs that ended meanwhile
         self._resume: str | None = None  # the queue a pass cut short was serving (_place_all)
         # Called before every write that only a leader may make; with HA it ends the process
@@ -191,54 +193,77 @@ class Scheduler:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Load host health, re-queue waiting jobs, reattach running attempts, start the loop.
+        """Load host health, reattach running attempts, re-queue waiting jobs, start the loop.
 
         Called when this replica becomes the leader; until then it only validates submissions
         (the jobs go to the database and the leader picks them up). The database is read in a
         thread and the rows are taken in slices of ``LOAD_SLICE`` seconds, the loop free in
         between (50,000 queued jobs and 2,000 running attempts are seconds of work: bench/scale.py
-        "takeover"). Until it has loaded, a cancel waits (``loaded``); a submission is queued
-        at once and not again from the rows read before it; nothing is placed."""
+        "takeover"). Until it has loaded (``loaded``), nothing is placed and cancels and host
+        checks wait; a submission is queued at once and not again from the rows read before
+        it, nor is a job that ended meanwhile. The attempts come first: a retry held for a lost
+        attempt (taken with the queue) may follow that attempt again as soon as it is held."""
         self.leading = True
         self.loaded.clear()
         self._loading = set()
-        to_check = self.book.load()
-        slice_end = time.perf_counter() + self.LOAD_SLICE
-        for job in await asyncio.to_thread(self.store.queued_jobs):
-            if time.perf_counter() > slice_end:
-                await asyncio.sleep(0)
-                slice_end = time.perf_counter() + self.LOAD_SLICE
-            if self.holds(job.id) or job.id in self.held or job.id in self._loading:
-                continue  # submitted (and maybe ended) while this replica was loading
-            try:
-                spec = JobSpec.model_validate_json(job.spec_json)
-            except Exception as exc:  # noqa: BLE001 - a stored spec this release cannot read
-                self.store.finish_job(job.id, JobState.FAILED, Reason.INVALID_SPEC, str(exc))
-                self.metrics.job_ended(job.queue, JobState.FAILED)
-                continue
-            if job.state == JobState.RETRYING.value:
-                self._requeue_retry(job, spec)
-            else:
-                self.chains.admit(job, spec)
+        try:
+            to_check = self.book.load()
+            await self._load_attempts()
+            await self._load_queue()
+            for name in to_check:
+                self.health.schedule(name)
+            self._loading = None
+            self.loaded.set()
+            await asyncio.sleep(0)  # the cancels that waited go first, then the first pass
+            self._loop_task = asyncio.create_task(self._loop(), name="fleet-scheduler")
+            self._wake.set()  # what was queued before this replica led is placed now
+            self._sync_task = asyncio.create_task(replicas.follow(self), name="fleet-sync")
+        finally:  # failed or stopped half way: nothing waits for it for ever
+            self._loading = None
+            self.loaded.set()
+
+    async def _turn(self, slice_end: float) -> float:
+        """Between two rows of start's load: past ``slice_end``, let the loop turn (and check
+        that this replica still leads). Returns the end of the slice now running."""
+        if time.perf_counter() <= slice_end:
+            return slice_end
+        await asyncio.sleep(0)
+        self.fence()
+        return time.perf_counter() + self.LOAD_SLICE
+
+    async def _load_attempts(self) -> None:
         attempts = [AttemptRef.of(a) for a in await asyncio.to_thread(self.store.active_attempts)]
         jobs = {j.id: j for j in await asyncio.to_thread(self.store.jobs_by_id, [a.job_id for a in attempts])}
         # What the jobs tried before (their retry budget): only a job past its first attempt has any.
         earlier = await asyncio.to_thread(
             self.store.attempts_of, [i for i, j in jobs.items() if j.attempt_count > 1])
+        self.fence()
+        slice_end = time.perf_counter() + self.LOAD_SLICE
         for attempt in attempts:
-            if time.perf_counter() > slice_end:
-                await asyncio.sleep(0)
-                slice_end = time.perf_counter() + self.LOAD_SLICE
+            slice_end = await self._turn(slice_end)
             row = jobs.get(attempt.job_id)
-            if row is not None:
+            if row is not None and row.id not in self.running:
                 self._reattach(attempt, row, earlier.get(row.id, []))
-        for name in to_check:
-            self.health.schedule(name)
-        self._loop_task = asyncio.create_task(self._loop(), name="fleet-scheduler")
-        self._wake.set()  # what was queued before this replica led is placed now
-        self._sync_task = asyncio.create_task(replicas.follow(self), name="fleet-sync")
-        self._loading = None
-        self.loaded.set()
+
+    async def _load_queue(self) -> None:
+        rows = await asyncio.to_thread(self.store.queued_jobs)
+        self.fence()
+        slice_end = time.perf_counter() + self.LOAD_SLICE
+        for job in rows:
+            slice_end = await self._turn(slice_end)
+            if self.holds(job.id) or job.id in self.held or (self._loading is not None and job.id in self._loading):
+                continue  # submitted, retried or ended while this replica was loading
+            try:
+                spec = JobSpec.model_validate_json(job.spec_json)
+            except Exception as exc:  # noqa: BLE001 - a stored spec this release cannot read
+                self.store.finish_job(job.id, JobState.FAILED, Reason.INVALID_SPEC, str(exc))
+                self.metrics.job_ended(job.queue, JobState.FAILED)
+                self._job_done(job.id)
+                continue
+            if job.state == JobState.RETRYING.value:
+                self._requeue_retry(job, spec)
+            else:
+                self.chains.admit(job, spec)
 
     async def stop(self) -> None:
         """Stop placing; leave running attempts detached on their hosts for the next controller."""
@@ -557,9 +582,13 @@ class Scheduler:
             self._wake.clear()
             try:
                 with self.metrics.pass_duration.time():
-                    self._place_all()
+                    cut = self._place_all()
             except Exception:
                 log.exception("scheduling pass failed")
+                continue  # its placements wait again, for the next reason to look
+            if cut:  # the pass ran out of its time: others first, then the next pass goes on
+                self._wake.set()
+                await asyncio.sleep(0)
 
     def burst_block(self, queue: ClassQueue, demand: Demand) -> tuple[str | None, float | None]:
         """Why the burst policy keeps this queue off elastic pools now, and in how many
@@ -590,9 +619,11 @@ class Scheduler:
         """Run a scheduling pass soon (a job came, a host is back, the disk has room again)."""
         self._wake.set()
 
-    def _place_all(self) -> None:
+    def _place_all(self) -> bool:
+        """One scheduling pass. Returns whether it was cut short by ``PASS_SLICE``: the next
+        pass goes on from the queue it was serving."""
         if self.disk is not None and self.disk.full:
-            return  # no new attempts while the disk is full: what runs goes on (fleet.disk)
+            return False  # no new attempts while the disk is full: what runs goes on (fleet.disk)
         placed: list[tuple[QueuedJob, Host]] = []
         # A pass places for at most PASS_SLICE seconds, then lets the loop turn and goes on in
         # the next pass from the queue it was serving (a burst of 500 jobs onto free slots was
@@ -606,8 +637,7 @@ class Scheduler:
                 while len(queue):
                     if placed and time.perf_counter() > deadline:
                         self._resume = queue.key
-                        self._wake.set()
-                        return
+                        return True
                     job_id = queue.head(self.running_by_user)
                     assert job_id is not None
                     qj = self.pending[job_id]
@@ -634,6 +664,7 @@ class Scheduler:
         finally:
             if placed:
                 self._commit(placed)
+        return False
 
     def _commit(self, placed: list[tuple[QueuedJob, Host]]) -> None:
         """Write a pass's placements in one transaction (the attempt rows are the slot
@@ -814,6 +845,7 @@ class Scheduler:
             self.store.finish_job(job.id, JobState.FAILED, Reason.HOST_LOST, gone)
             self.metrics.attempts_ended.labels(Reason.HOST_LOST.value, host.device_class if host else "unknown").inc()
             self.metrics.job_ended(job.queue, JobState.FAILED)
+            self._job_done(job.id)
             return
         self.book.take(host, attempt.slots, placed=False)
         self.running_by_user[job.user] += 1
