@@ -437,11 +437,14 @@ async def takeover(pid: int, control: Control, restart: Callable[[], Any]) -> di
         figures["takeover_worst_health_ms"] = stalls.worst * 1000
         bound, over = longest_hold({}, await holds(http))
         figures["takeover_longest_hold_le_s"], figures["takeover_holds_over_50ms"] = bound, over
+        gc_bound, gc_over = longest_hold({}, await holds(http, "fleet_gc_pause_seconds"))
+        figures["takeover_longest_gc_le_s"], figures["takeover_gc_over_50ms"] = gc_bound, gc_over
     print(f"takeover: controller killed (SIGKILL) with {running} running; the next answered after "
           f"{figures['takeover_answers_s']:.2f} s, reattached {figures['takeover_reattached']:.0f} in "
           f"{figures['takeover_reattached_s']:.2f} s, launched {figures['takeover_launched']:.0f} (target 0); "
           f"longest GET /health {figures['takeover_worst_health_ms']:.0f} ms, its loop held <= {bound:g} s at "
-          f"most since it started, {over} times over 50 ms")
+          f"most since it started, {over} times over 50 ms, of which garbage collections: {gc_over} over "
+          f"50 ms, the longest <= {gc_bound:g} s")
     return figures
 
 

@@ -201,15 +201,18 @@ class Scheduler:
         between (50,000 queued jobs and 2,000 running attempts are seconds of work: bench/scale.py
         "takeover"). Until it has loaded (``loaded``), nothing is placed and cancels and host
         checks wait; a submission is queued at once and not again from the rows read before
-        it, nor is a job that ended meanwhile. The attempts come first: a retry held for a lost
-        attempt (taken with the queue) may follow that attempt again as soon as it is held."""
+        it, nor is a job that ended meanwhile. The attempts are taken first: a retry held for a
+        lost attempt (taken with the queue) may follow that attempt again as soon as it is held."""
         self.leading = True
         self.loaded.clear()
         self._loading = set()
         try:
             to_check = self.book.load()
+            # Both read before anything runs: a thread reading 50,000 rows while 2,000 followed
+            # attempts start talking to their hosts makes every callback wait for the GIL.
+            queued = await asyncio.to_thread(self.store.queued_jobs)
             await self._load_attempts()
-            await self._load_queue()
+            await self._load_queue(queued)
             for name in to_check:
                 self.health.schedule(name)
             self._loading = None
@@ -245,8 +248,7 @@ class Scheduler:
             if row is not None and row.id not in self.running:
                 self._reattach(attempt, row, earlier.get(row.id, []))
 
-    async def _load_queue(self) -> None:
-        rows = await asyncio.to_thread(self.store.queued_jobs)
+    async def _load_queue(self, rows: list[NewJob]) -> None:
         self.fence()
         slice_end = time.perf_counter() + self.LOAD_SLICE
         for job in rows:
@@ -362,7 +364,7 @@ class Scheduler:
         )
         return QueuedJob(job=JobRef.of(job), _spec=spec, demand=self.demand_of(spec, job.user), inputs=inputs)
 
-    def _restored(self, job: Job | JobRef, spec: JobSpec, attempts: Sequence[Attempt] | None = None) -> QueuedJob:
+    def _restored(self, job: Job | JobRef | NewJob, spec: JobSpec, attempts: Sequence[Attempt] | None = None) -> QueuedJob:
         """A job a previous controller knew, with its retry history rebuilt from its attempts
         (``attempts``: read already, else read now)."""
         qj = self._queued_job(job, spec)
@@ -429,7 +431,7 @@ class Scheduler:
             asyncio.create_task(self._cancel_remote(run))
         return JobState.CANCELLING.value
 
-    def _requeue_retry(self, job: Job, spec: JobSpec) -> None:
+    def _requeue_retry(self, job: Job | NewJob, spec: JobSpec) -> None:
         """After a restart: a job between attempts gets its retry history back, and waits out
         the lease of an attempt lost on a host that may still run it."""
         qj = self.pending[job.id] = self._restored(job, spec)
