@@ -317,7 +317,14 @@ async def lead(lease: LeaderLease, scheduler: Scheduler, disk: DiskGuard | None 
         while True:
             if lease.held and not scheduler.leading:
                 log.info("this replica is the leader now (lease %g s)", lease.ttl)
-                await scheduler.start()
+                try:
+                    await scheduler.start()
+                except Exception:  # a leader that cannot load what the last one left must not
+                    # answer for it (its API would take cancels it cannot carry out): it leaves
+                    log.critical("could not take the lead; exiting so the next start or replica takes over",
+                                 exc_info=True)
+                    logging.shutdown()
+                    os._exit(70)
             elif scheduler.leading and not lease.held:
                 keep_or_step_down(lease)
             await asyncio.sleep(0.2)

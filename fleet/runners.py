@@ -163,13 +163,10 @@ async def bundle_built() -> Bundle:
         return bundle()
     loop = asyncio.get_running_loop()
     task = _building.get(loop)
-    if task is None or (task.done() and task.exception() is not None):
+    if task is None:
         task = _building[loop] = loop.create_task(asyncio.to_thread(bundle))
-    try:
-        return await asyncio.shield(task)
-    finally:
-        if task.done():
-            _building.pop(loop, None)
+        task.add_done_callback(lambda _t: _building.pop(loop, None))  # built, or failed: asked again
+    return await asyncio.shield(task)
 
 
 @cache

@@ -461,8 +461,27 @@ async def test_a_start_that_fails_half_way_leaves_no_cancel_waiting_for_ever(tmp
         with pytest.raises(RuntimeError):
             await nxt.start()
         try:
-            async with asyncio.timeout(5):
-                assert await nxt.cancel(job.id) == "PENDING"  # not loaded: not the scheduler's
+            assert not nxt.leading  # it does not answer for a queue it could not load
+            async with asyncio.timeout(5):  # (fleet serve exits: fleet.controller.lead)
+                assert await nxt.cancel(job.id) == "PENDING"
+        finally:
+            await nxt.stop()
+
+
+async def test_a_running_attempt_whose_spec_this_release_cannot_read_fails_alone(tmp_path):
+    async with harness(tmp_path, [host("h1", slots=2)]) as h:
+        await h.until(lambda: all(v.health is Health.GOOD for v in h.scheduler.host_views()))
+        jobs = [await h.submit({"name": f"run{i}", "run": "sleep 600"}) for i in range(2)]
+        await h.backend.wait_launches(2)
+        await h.until(lambda: all(h.store.get_job(j).state == "RUNNING" for j in jobs))
+        await h.scheduler.stop()
+        h.store.set_job(jobs[0], spec_json='{"kind": "from-a-newer-release"}')
+        nxt = next_leader(h, tmp_path)
+        await nxt.start()
+        try:
+            assert nxt.leading and set(nxt.running) == {jobs[1]}
+            row = h.store.get_job(jobs[0])
+            assert (row.state, row.reason) == ("FAILED", "invalid_spec") and "cannot be read" in (row.message or "")
         finally:
             await nxt.stop()
 

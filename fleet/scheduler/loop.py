@@ -221,7 +221,10 @@ class Scheduler:
             self._loop_task = asyncio.create_task(self._loop(), name="fleet-scheduler")
             self._wake.set()  # what was queued before this replica led is placed now
             self._sync_task = asyncio.create_task(replicas.follow(self), name="fleet-sync")
-        finally:  # failed or stopped half way: nothing waits for it for ever
+        except BaseException:  # failed or stopped half way: this replica does not schedule
+            self.leading = False
+            raise
+        finally:  # and nothing waits for it for ever
             self._loading = None
             self.loaded.set()
 
@@ -587,7 +590,8 @@ class Scheduler:
                     cut = self._place_all()
             except Exception:
                 log.exception("scheduling pass failed")
-                continue  # its placements wait again, for the next reason to look
+                self._wake_in(1.0)  # its placements wait again: a look in a second, not a spin
+                continue
             if cut:  # the pass ran out of its time: others first, then the next pass goes on
                 self._wake.set()
                 await asyncio.sleep(0)
@@ -836,16 +840,19 @@ class Scheduler:
         """Follow an attempt a previous controller started (it kept running on its host);
         ``earlier``: the job's attempts (the retry history)."""
         host = self.book.hosts.get(attempt.host)
-        qj = self._restored(job, JobSpec.model_validate_json(job.spec_json), earlier)
-        gone = None
-        if attempt.backend not in self.backends:
+        gone, reason = None, Reason.HOST_LOST
+        try:
+            qj = self._restored(job, JobSpec.model_validate_json(job.spec_json), earlier)
+        except Exception as exc:  # noqa: BLE001 - a stored spec this release cannot read
+            gone, reason = f"its spec cannot be read by this release: {exc}", Reason.INVALID_SPEC
+        if gone is None and attempt.backend not in self.backends:
             gone = f"backend {attempt.backend} that ran it on {attempt.host} is not loaded"
-        elif host is None or host.backend != attempt.backend:
+        elif gone is None and (host is None or host.backend != attempt.backend):
             gone = f"host {attempt.host} is no longer offered by backend {attempt.backend}"
         if gone is not None or host is None:
-            self.store.finish_attempt(attempt.id, AttemptState.FAILED, Reason.HOST_LOST, gone, None, 0)
-            self.store.finish_job(job.id, JobState.FAILED, Reason.HOST_LOST, gone)
-            self.metrics.attempts_ended.labels(Reason.HOST_LOST.value, host.device_class if host else "unknown").inc()
+            self.store.finish_attempt(attempt.id, AttemptState.FAILED, reason, gone, None, 0)
+            self.store.finish_job(job.id, JobState.FAILED, reason, gone)
+            self.metrics.attempts_ended.labels(reason.value, host.device_class if host else "unknown").inc()
             self.metrics.job_ended(job.queue, JobState.FAILED)
             self._job_done(job.id)
             return
