@@ -156,7 +156,7 @@ class StateCollector(Collector):
     def _hosts(self) -> Iterable[Metric]:
         hosts = GaugeMetricFamily("fleet_hosts", "Hosts (and elastic pools) by health and drain.",
                                   labels=["device_class", "health", "drained"])
-        statuses = self.ctx.store.host_statuses()
+        statuses = self.ctx.store.hosts.statuses()
         counts: dict[tuple[str, str, str], int] = {}
         for host in list(self.ctx.scheduler.book.hosts.values()):
             row = statuses.get(host.name)

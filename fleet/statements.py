@@ -174,3 +174,8 @@ def by_columns(rows: Iterable[tuple[dict[str, Any], str]]) -> dict[tuple[str, ..
     for values, row_id in rows:
         groups.setdefault(tuple(sorted(values)), []).append(dict(values, _id=row_id))
     return groups
+
+
+# Values in one ``IN (...)`` list: under SQLite's limit of bound variables per statement
+# (999 before SQLite 3.32, as Ubuntu 20.04 ships).
+IN_CHUNK = 500

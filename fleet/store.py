@@ -22,15 +22,15 @@ from sqlmodel import col, select
 
 from fleet.db import Database
 from fleet.errors import FleetError, NotFound
+from fleet.hoststore import HostStore
 from fleet.ids import new_id
 from fleet.matrixstore import MatrixStore
-from fleet.models.enums import AttemptState, Health, JobState, Reason
+from fleet.models.enums import AttemptState, JobState, Reason
 from fleet.models.spec import JobSpec
 from fleet.models.tables import (
     Artifact,
     Attempt,
     Event,
-    HostStatus,
     Job,
     MatrixRun,
     MatrixSchedule,
@@ -46,6 +46,7 @@ from fleet.statements import (
     ATTEMPT_EVENT,
     ATTEMPTS,
     EVENTS,
+    IN_CHUNK,
     INSERT_ATTEMPT,
     INSERT_JOB,
     INSERT_SUBMIT_KEY,
@@ -65,10 +66,6 @@ from fleet.statements import (
 )
 
 ACTIVE_JOB_STATES = [JobState.STARTING.value, JobState.RUNNING.value, JobState.CANCELLING.value]
-# Values in one ``IN (...)`` list: under SQLite's limit of bound variables per statement
-# (999 before SQLite 3.32, as Ubuntu 20.04 ships).
-IN_CHUNK = 500
-
 QUEUED_JOB_STATES = [JobState.PENDING.value, JobState.RETRYING.value]
 
 
@@ -151,6 +148,7 @@ class Store:
         # them by PostgreSQL NOTIFY.
         self.on_event: Callable[[], None] | None = None
         self.matrix = MatrixStore(db, self._by_id)  # matrix runs, verdicts, schedules
+        self.hosts = HostStore(db, self._telling, self.add_event)  # health, drain, facts
         # A token's user as its row read now says it is (a User made per request cost as much
         # as the lookup); a changed row (renamed, made admin) is another key. Read-only.
         self._users: dict[tuple[Any, ...], User] = {}
@@ -753,63 +751,9 @@ class Store:
         with self.db.session() as s:
             return list(s.exec(q.order_by(col(Result.id).desc()).limit(limit)).all())
 
-    # ------------------------------------------------------------------ hosts
-
-    def host_statuses(self) -> dict[str, HostStatus]:
-        with self.db.session() as s:
-            return {h.name: h for h in s.exec(select(HostStatus)).all()}
-
-    def add_hosts(self, names: Sequence[str], health: Health, message: str | None) -> None:
-        """Rows for hosts the database has never seen, with their health, and a host.health
-        event each: one transaction (a new inventory of 1,000 hosts, not 1,000 transactions).
-        A name that has a row already keeps it."""
-        if not names:
-            return
-        table = HostStatus.__table__  # type: ignore[attr-defined]
-        now = time.time()
-        with self._telling() as conn:
-            have = {n for i in range(0, len(names), IN_CHUNK) for n in conn.execute(
-                select(table.c.name).where(table.c.name.in_(list(names[i:i + IN_CHUNK])))).scalars()}
-            new = [n for n in names if n not in have]
-            if not new:
-                return
-            conn.execute(insert(table), [{"name": n, "health": health.value, "health_message": message,
-                                          "drained": False, "updated_at": now} for n in new])
-            conn.execute(insert(EVENTS), [{
-                "at": now, "type": "host.health", "user": None, "job_id": None, "attempt_id": None,
-                "host": n, "state": health.value, "reason": None, "message": message, "data_json": None}
-                for n in new])
-
-    def set_drained(self, name: str, drained: bool) -> None:
-        with self.db.session() as s:
-            row = s.get(HostStatus, name) or HostStatus(name=name, updated_at=time.time())
-            changed = row.drained != drained
-            row.drained, row.updated_at = drained, time.time()
-            s.add(row)
-        if changed:
-            self.add_event("host.drain", host=name, state="drained" if drained else "undrained")
-
     def lost_attempts(self, host: str, since: float) -> list[str]:
         """Ids of attempts on ``host`` declared lost since ``since`` (they may still run there)."""
         with self.db.session() as s:
             return list(s.exec(select(Attempt.id).where(
                 Attempt.host == host, Attempt.reason == Reason.HOST_LOST.value,
                 col(Attempt.ended_at) >= since)).all())
-
-    def set_facts(self, name: str, facts: dict[str, Any]) -> None:
-        """What a probe found on the host (``fleet hosts probe``)."""
-        with self.db.session() as s:
-            row = s.get(HostStatus, name) or HostStatus(name=name, updated_at=time.time())
-            row.facts_json, row.probed_at, row.updated_at = json.dumps(facts), time.time(), time.time()
-            s.add(row)
-
-    def set_health(self, name: str, health: Health, message: str | None) -> None:
-        with self.db.session() as s:
-            row = s.get(HostStatus, name)
-            if row is None:
-                row = HostStatus(name=name, updated_at=time.time())
-            changed = (row.health, row.health_message) != (health.value, message)
-            row.health, row.health_message, row.updated_at = health.value, message, time.time()
-            s.add(row)
-        if changed:
-            self.add_event("host.health", host=name, state=health.value, message=message)

@@ -40,7 +40,7 @@ async def test_a_scrape_counts_what_happened_and_shows_what_is(tmp_path):
     hosts = [host("h1"), host("h2"), host("h3")]
     async with harness(tmp_path, hosts) as h:
         h.scheduler.drain("h3")
-        h.store.set_health("h2", Health.GOOD, None)
+        h.store.hosts.set_health("h2", Health.GOOD, None)
         first, second, third = [await h.submit(SPEC) for _ in range(3)]
         launches = await h.backend.wait_launches(2)
         queue = (await h.job(third))["queue"]

@@ -56,16 +56,16 @@ def test_host_book_loads_marks_unchecked_and_counts_slots(tmp_path):
     db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
     db.create_schema()
     store = Store(db)
-    store.set_health("known", Health.GOOD, None)
-    store.set_drained("known", True)
+    store.hosts.set_health("known", Health.GOOD, None)
+    store.hosts.set_drained("known", True)
     book = HostBook([host("known", slots=2), host("new")], store)
     assert sorted(book.load()) == ["new"]  # to check now
     assert book.health == {"known": Health.GOOD, "new": Health.UNKNOWN}
-    assert "new" in book.unchecked and store.host_statuses()["new"].health_message == NOT_CHECKED
+    assert "new" in book.unchecked and store.hosts.statuses()["new"].health_message == NOT_CHECKED
     told = [(e.host, e.state) for e in store.events_after(0) if e.type == "host.health" and e.host == "new"]
     assert told == [("new", "unknown")]
     again = HostBook([host("known", slots=2), host("new"), host("newer")], store)  # the next start
-    assert sorted(again.load()) == ["new", "newer"] and store.host_statuses()["known"].drained
+    assert sorted(again.load()) == ["new", "newer"] and store.hosts.statuses()["known"].drained
     told = [(e.host, e.state) for e in store.events_after(0) if e.type == "host.health" and e.host != "known"]
     assert told == [("new", "unknown"), ("newer", "unknown")]  # a host's row is written once
     assert "known" in book.drained
@@ -79,7 +79,7 @@ def test_host_book_loads_marks_unchecked_and_counts_slots(tmp_path):
     assert static == {"known": None, "new": "only 1 slot"}
     assert book.static_for(demand) is static  # computed once per queue
     book.drain("known", False)
-    assert "known" not in book.drained and not store.host_statuses()["known"].drained
+    assert "known" not in book.drained and not store.hosts.statuses()["known"].drained
 
 
 def test_the_attempts_a_host_keeps_are_those_of_unfinished_jobs_read_once_for_every_host(tmp_path):

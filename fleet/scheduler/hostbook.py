@@ -94,7 +94,7 @@ class HostBook:
         inventory of hosts that do not answer must not eat jobs' retries. Returns the hosts
         to check now."""
         self.load_facts()
-        for name, row in self.store.host_statuses().items():
+        for name, row in self.store.hosts.statuses().items():
             if name in self.hosts:
                 self.health[name] = Health(row.health)
                 if row.drained:
@@ -103,7 +103,7 @@ class HostBook:
         for name in new:
             self.unchecked.add(name)
             self.health[name] = Health.UNKNOWN
-        self.store.add_hosts(new, Health.UNKNOWN, NOT_CHECKED)
+        self.store.hosts.add(new, Health.UNKNOWN, NOT_CHECKED)
         if new:
             log.info("%d host(s) new to the database: health unknown (%s)", len(new), NOT_CHECKED)
         for name in self.hosts:
@@ -111,14 +111,14 @@ class HostBook:
         return [n for n, h in self.health.items() if h in (Health.UNKNOWN, Health.BAD)]
 
     def load_facts(self) -> None:
-        self.facts = {name: json.loads(row.facts_json) for name, row in self.store.host_statuses().items()
+        self.facts = {name: json.loads(row.facts_json) for name, row in self.store.hosts.statuses().items()
                       if row.facts_json and name in self.hosts}
         for name, facts in self.facts.items():
             self._fill_in(name, facts)
 
     def set_facts(self, name: str, facts: dict[str, Any]) -> None:
         """A probe's findings: stored, and placement sees them from now on."""
-        self.store.set_facts(name, facts)
+        self.store.hosts.set_facts(name, facts)
         self.facts[name] = facts
         self._fill_in(name, facts)
         self._static.clear()
@@ -142,7 +142,7 @@ class HostBook:
             log.info("host %s: health %s%s", name, health.value, f" ({message})" if message else "")
         self.health[name] = health
         self._refresh(name)
-        self.store.set_health(name, health, message)
+        self.store.hosts.set_health(name, health, message)
 
     def drain(self, name: str, drained: bool) -> None:
         self.host(name)
@@ -151,7 +151,7 @@ class HostBook:
         else:
             self.drained.discard(name)
         self._refresh(name)
-        self.store.set_drained(name, drained)
+        self.store.hosts.set_drained(name, drained)
 
     def take(self, host: Host, slots: int, placed: bool = True) -> None:
         self.used[host.name] += slots

@@ -35,7 +35,7 @@ from fleet.models.enums import REASON_CLASS, AttemptState, FailureClass, Health,
 from fleet.models.spec import JobSpec
 from fleet.models.tables import Attempt, Job, NewJob
 from fleet.runners import manifests
-from fleet.scheduler import explain, outcomes, plans, replicas, retry
+from fleet.scheduler import explain, outcomes, plans, replicas, retry, takeover
 from fleet.scheduler.attempts import AttemptEnd, AttemptRunner
 from fleet.scheduler.chains import Chains
 from fleet.scheduler.depth import DepthTeller
@@ -61,7 +61,6 @@ log = logging.getLogger(__name__)
 __all__ = ["NOT_CHECKED", "Policy", "Scheduler"]
 
 
-PREAMBLE_MAX = 64 << 10  # more held than this: the attempt ran (its host's log has it all)
 
 
 class _Sink:
@@ -86,6 +85,7 @@ class _Sink:
 
 class Scheduler:
     COMPACT_AFTER = 2000  # queued jobs behind this many in their queue hold no parsed spec
+    PREAMBLE_MAX = 64 << 10  # more held than this: the attempt ran (its host's log has it all)
     LOAD_SLICE = 0.02  # start: seconds of loading between two turns of the event loop
     PASS_SLICE = 0.02  # seconds of placing in one pass (the next pass goes on)
 
@@ -211,8 +211,8 @@ class Scheduler:
             # Both read before anything runs: a thread reading 50,000 rows while 2,000 followed
             # attempts start talking to their hosts makes every callback wait for the GIL.
             queued = await asyncio.to_thread(self.store.queued_jobs)
-            await self._load_attempts()
-            await self._load_queue(queued)
+            await takeover.load_attempts(self)
+            await takeover.load_queue(self, queued)
             for name in to_check:
                 self.health.schedule(name)
             self._loading = None
@@ -227,48 +227,6 @@ class Scheduler:
         finally:  # and nothing waits for it for ever
             self._loading = None
             self.loaded.set()
-
-    async def _turn(self, slice_end: float) -> float:
-        """Between two rows of start's load: past ``slice_end``, let the loop turn (and check
-        that this replica still leads). Returns the end of the slice now running."""
-        if time.perf_counter() <= slice_end:
-            return slice_end
-        await asyncio.sleep(0)
-        self.fence()
-        return time.perf_counter() + self.LOAD_SLICE
-
-    async def _load_attempts(self) -> None:
-        attempts = [AttemptRef.of(a) for a in await asyncio.to_thread(self.store.active_attempts)]
-        jobs = {j.id: j for j in await asyncio.to_thread(self.store.jobs_by_id, [a.job_id for a in attempts])}
-        # What the jobs tried before (their retry budget): only a job past its first attempt has any.
-        earlier = await asyncio.to_thread(
-            self.store.attempts_of, [i for i, j in jobs.items() if j.attempt_count > 1])
-        self.fence()
-        slice_end = time.perf_counter() + self.LOAD_SLICE
-        for attempt in attempts:
-            slice_end = await self._turn(slice_end)
-            row = jobs.get(attempt.job_id)
-            if row is not None and row.id not in self.running:
-                self._reattach(attempt, row, earlier.get(row.id, []))
-
-    async def _load_queue(self, rows: list[NewJob]) -> None:
-        self.fence()
-        slice_end = time.perf_counter() + self.LOAD_SLICE
-        for job in rows:
-            slice_end = await self._turn(slice_end)
-            if self.holds(job.id) or job.id in self.held or (self._loading is not None and job.id in self._loading):
-                continue  # submitted, retried or ended while this replica was loading
-            try:
-                spec = JobSpec.model_validate_json(job.spec_json)
-            except Exception as exc:  # noqa: BLE001 - a stored spec this release cannot read
-                self.store.finish_job(job.id, JobState.FAILED, Reason.INVALID_SPEC, str(exc))
-                self.metrics.job_ended(job.queue, JobState.FAILED)
-                self._job_done(job.id)
-                continue
-            if job.state == JobState.RETRYING.value:
-                self._requeue_retry(job, spec)
-            else:
-                self.chains.admit(job, spec)
 
     async def stop(self) -> None:
         """Stop placing; leave running attempts detached on their hosts for the next controller."""
@@ -433,18 +391,6 @@ class Scheduler:
             self.store.set_job(job_id, state=JobState.CANCELLING.value)
             asyncio.create_task(self._cancel_remote(run))
         return JobState.CANCELLING.value
-
-    def _requeue_retry(self, job: Job | NewJob, spec: JobSpec) -> None:
-        """After a restart: a job between attempts gets its retry history back, and waits out
-        the lease of an attempt lost on a host that may still run it."""
-        qj = self.pending[job.id] = self._restored(job, spec)
-        self._enqueue(job, spec)
-        last = self.store.get_attempt(job.current_attempt) if job.current_attempt else None
-        if last is not None and last.reason == Reason.HOST_LOST.value and last.ended_at:
-            # Wait out its lease if need be, then ask its host how it ended (see _unhold).
-            wait = max(0.0, last.ended_at + self.policy.lost_hold - self.clock.time())
-            self._dequeue(job.id)
-            self._hold(qj, wait, AttemptRef.of(last), self.book.hosts.get(last.host))
 
     def _hold(self, qj: QueuedJob, delay: float, attempt: AttemptRef | None, host: Host | None) -> None:
         """Queue ``qj`` only after ``delay`` seconds (its lost attempt may run until then)."""
@@ -836,38 +782,6 @@ class Scheduler:
                 self.disk.full = True
         return None
 
-    def _reattach(self, attempt: AttemptRef, job: Job, earlier: Sequence[Attempt]) -> None:
-        """Follow an attempt a previous controller started (it kept running on its host);
-        ``earlier``: the job's attempts (the retry history)."""
-        host = self.book.hosts.get(attempt.host)
-        gone, reason = None, Reason.HOST_LOST
-        try:
-            qj = self._restored(job, JobSpec.model_validate_json(job.spec_json), earlier)
-        except Exception as exc:  # noqa: BLE001 - a stored spec this release cannot read
-            gone, reason = f"its spec cannot be read by this release: {exc}", Reason.INVALID_SPEC
-        if gone is None and attempt.backend not in self.backends:
-            gone = f"backend {attempt.backend} that ran it on {attempt.host} is not loaded"
-        elif gone is None and (host is None or host.backend != attempt.backend):
-            gone = f"host {attempt.host} is no longer offered by backend {attempt.backend}"
-        if gone is not None or host is None:
-            self.store.finish_attempt(attempt.id, AttemptState.FAILED, reason, gone, None, 0)
-            self.store.finish_job(job.id, JobState.FAILED, reason, gone)
-            self.metrics.attempts_ended.labels(reason.value, host.device_class if host else "unknown").inc()
-            self.metrics.job_ended(job.queue, JobState.FAILED)
-            self._job_done(job.id)
-            return
-        self.book.take(host, attempt.slots, placed=False)
-        self.running_by_user[job.user] += 1
-        run = Running(qj=qj, attempt=attempt, host=host, plan=self._plan(qj, attempt, host))
-        run.plan.reattach = True
-        if attempt.state == AttemptState.RUNNING.value:
-            run.plan.follow_only = True  # it was launched: never launch it anew
-            run.started.set()
-        self.running[job.id] = run
-        offset = self.logs.size(job.id, attempt.id)
-        if not run.plan.follow_only and 0 < offset <= PREAMBLE_MAX:  # it may not have been launched yet
-            run.plan.preamble = self.logs.read(job.id, attempt.id, 0, offset)[0]
-        run.task = asyncio.create_task(self._run_attempt(run, offset), name=f"reattach-{attempt.id}")
 
 
 def _with(names: tuple[str, ...], name: str) -> tuple[str, ...]:

@@ -64,14 +64,14 @@ def _running(ctx: ApiContext, user: User) -> dict[str, list[str]]:
 def _one_host(ctx: ApiContext, name: str) -> HostOut:
     for view in ctx.scheduler.host_views():
         if view.host.name == name:
-            row = ctx.store.host_statuses().get(name)
+            row = ctx.store.hosts.statuses().get(name)
             return host_out(view, row.health_message if row else None, ctx.scheduler.facts.get(name))
     raise NotFound(f"no host named {name!r} in the inventory")
 
 
 @router.get("/hosts", dependencies=LEADER)
 async def hosts(user: UserDep, ctx: CtxDep) -> list[HostOut]:
-    notes = {name: row.health_message for name, row in (await asyncio.to_thread(ctx.store.host_statuses)).items()}
+    notes = {name: row.health_message for name, row in (await asyncio.to_thread(ctx.store.hosts.statuses)).items()}
     facts = ctx.scheduler.facts
     running = _running(ctx, user)
     return [host_out(v, notes.get(v.host.name), facts.get(v.host.name), sorted(running.get(v.host.name, [])))
@@ -85,7 +85,7 @@ async def one_host(name: str, user: UserDep, ctx: CtxDep) -> HostOut:
     for view in ctx.scheduler.host_views():
         if view.host.name == name:
             running = sorted(_running(ctx, user).get(name, []))  # on the loop: the scheduler's dict
-            row = (await asyncio.to_thread(ctx.store.host_statuses)).get(name)
+            row = (await asyncio.to_thread(ctx.store.hosts.statuses)).get(name)
             return host_out(view, row.health_message if row else None, ctx.scheduler.facts.get(name), running)
     raise NotFound(f"no host named {name!r} in the inventory")
 
