@@ -18,7 +18,8 @@ from fleet.inventory import Host
 from fleet.logstore import LogStore
 from fleet.models.enums import AttemptState, Health, JobState, Reason
 from fleet.models.spec import Retries, load_spec
-from fleet.scheduler import retry
+from fleet.models.tables import NewJob
+from fleet.scheduler import retry, takeover
 from fleet.scheduler.hostbook import NOT_CHECKED, HostBook
 from fleet.scheduler.loop import Scheduler
 from fleet.scheduler.placement import Demand
@@ -531,5 +532,43 @@ async def test_a_host_checked_while_the_queue_loads_does_not_stop_a_lost_attempt
         try:
             assert attempt not in killed
             assert job in nxt.running and nxt.running[job].attempt.id == attempt  # followed again
+        finally:
+            await nxt.stop()
+
+
+async def test_while_a_new_leader_loads_a_plain_user_can_neither_cancel_nor_explain_anothers_job(tmp_path, monkeypatch):
+    """The waits the load adds (cancel, why) come after the API's owner check: bob, not an
+    admin, is refused alice's job (404, as for a job that does not exist) while the queue is
+    read, and her job is queued once it is."""
+    monkeypatch.setattr(Scheduler, "LOAD_SLICE", 0.0)
+    async with harness(tmp_path, [host("h1", slots=1)]) as h:
+        await h.until(lambda: all(v.health is Health.GOOD for v in h.scheduler.host_views()))
+        alice, bob = h.store.create_user("alice"), h.store.create_user("bob")
+        as_bob = {"Authorization": f"Bearer {h.store.create_token(bob)}"}
+        await h.scheduler.stop()
+        jobs = h.store.create_jobs([(load_spec(f"name: a{i}\nrun: 'sleep 60'\n"), "cpu") for i in range(3)],
+                                   alice.name)
+        release, reading = asyncio.Event(), asyncio.Event()
+        load_queue = takeover.load_queue
+
+        async def held_open(s: Scheduler, rows: list[NewJob]) -> None:  # the load, kept going
+            reading.set()
+            await release.wait()
+            await load_queue(s, rows)
+
+        monkeypatch.setattr(takeover, "load_queue", held_open)
+        nxt = next_leader(h, tmp_path)
+        h.ctx.scheduler = nxt
+        starting = asyncio.create_task(nxt.start())
+        await reading.wait()
+        target = jobs[-1].id
+        refused = await h.api.post(f"/jobs/{target}/cancel", headers=as_bob)
+        explained = await h.api.get(f"/jobs/{target}/why", headers=as_bob)
+        assert not nxt.loaded.is_set()
+        release.set()
+        await starting
+        try:
+            assert refused.status_code == 404 and explained.status_code == 404
+            assert target in nxt.pending and h.store.get_job(target).state == "PENDING"
         finally:
             await nxt.stop()
