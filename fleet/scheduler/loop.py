@@ -215,18 +215,16 @@ class Scheduler:
             await takeover.load_queue(self, queued)
             for name in to_check:
                 self.health.schedule(name)
-            self._loading = None
-            self.loaded.set()
-            await asyncio.sleep(0)  # the cancels that waited go first, then the first pass
-            self._loop_task = asyncio.create_task(self._loop(), name="fleet-scheduler")
-            self._wake.set()  # what was queued before this replica led is placed now
-            self._sync_task = asyncio.create_task(replicas.follow(self), name="fleet-sync")
         except BaseException:  # failed or stopped half way: this replica does not schedule
             self.leading = False
             raise
         finally:  # and nothing waits for it for ever
             self._loading = None
             self.loaded.set()
+        await asyncio.sleep(0)  # the cancels that waited go first, then the first pass
+        self._loop_task = asyncio.create_task(self._loop(), name="fleet-scheduler")
+        self._wake.set()  # what was queued before this replica led is placed now
+        self._sync_task = asyncio.create_task(replicas.follow(self), name="fleet-sync")
 
     async def stop(self) -> None:
         """Stop placing; leave running attempts detached on their hosts for the next controller."""
