@@ -88,3 +88,84 @@ def test_known_hosts_are_parsed_once_and_again_when_a_file_changes(tmp_path):
     broken.write_text("@cert-authority\n")  # not a valid line: the file is left out, not the rest
     known = KnownHosts((user, broken))
     assert len(known.keys_for("10.0.3.7", "10.0.3.7", 2222)) == 1
+
+
+def test_handshakes_take_turns_and_a_host_that_never_answers_gives_its_turn_back(lab):
+    """A new leader connecting to a whole lab at once does not start every SSH handshake
+    together (issue 16: its requests waited behind them): at most ``handshakes`` at a time. The
+    TCP connect comes first, outside the turns, so a host that refuses fails at once; one that
+    accepts and never answers holds its turn ``handshake_turn`` seconds, not ``connect_timeout``."""
+    import asyncio
+    import socket
+    import time
+
+    from fleet.backends.base import HostLost
+    from fleet.backends.connection import ConnectionPool, SSHOptions
+    from fleet.inventory import Host
+
+    live = lab.add_hosts("rtx5060", 1)[0]
+    lab.start()
+
+    async def run() -> None:
+        greeted: dict[int, float] = {}  # hung host's port -> when the client's version line came
+
+        async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            port = writer.get_extra_info("sockname")[1]
+            if await reader.readline():
+                greeted[port] = time.monotonic()
+            await reader.read()  # never answers; the client gives up
+            writer.close()
+
+        hung = [await asyncio.start_server(hang, "127.0.0.1", 0) for _ in range(3)]
+        ports = [server.sockets[0].getsockname()[1] for server in hung]
+        with socket.socket() as closed:  # a port nothing listens on: refused
+            closed.bind(("127.0.0.1", 0))
+            refused = closed.getsockname()[1]
+
+        def host(name: str, port: int) -> Host:
+            return Host(name=name, pools=("p",), arch="x86_64", accelerator="cpu", slots=1,
+                        address="127.0.0.1", port=port, key_file=str(lab.client_key_path))
+
+        options = SSHOptions(known_hosts_files=(lab.known_hosts_path,), fleet_known_hosts=lab.root / "fleet_kh",
+                             connect_timeout=2.0)
+        pool = ConnectionPool(options, lambda name: None, handshakes=2, handshake_turn=0.5)
+
+        async def connect(h: Host) -> tuple[str, float, str]:
+            began = time.monotonic()
+            try:
+                transport = await pool.get(h)
+                return h.name, time.monotonic() - began, "ok" if not transport.closed else "closed"
+            except HostLost as exc:
+                return h.name, time.monotonic() - began, str(exc)
+
+        began = time.monotonic()
+        hanging = [asyncio.ensure_future(connect(host(f"hung-{i}", port))) for i, port in enumerate(ports)]
+        while len(greeted) < 2 and time.monotonic() - began < 5:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)
+        # two handshakes at a time: the third hung host waits for a turn
+        assert len(greeted) == 2 and pool.handshakes.waited == 1, greeted
+        others = [connect(host("closed", refused)), connect(Host(
+            name=live.name, pools=("p",), arch="x86_64", accelerator="cpu", slots=1,
+            address=live.address, port=live.port, key_file=str(lab.client_key_path)))]
+        results = {name: (took, what) for name, took, what in await asyncio.gather(*others, *hanging)}
+        await pool.close()
+        for server in hung:
+            server.close()
+
+        # the refused host fails at once, without waiting for a turn
+        took, what = results["closed"]
+        assert f"cannot connect to 127.0.0.1:{refused}: connection refused" in what and took < 0.3, results
+        # the hung hosts give up after connect_timeout, and say so
+        for i in range(3):
+            took, what = results[f"hung-{i}"]
+            assert "no answer in 2 s (connect_timeout)" in what, results
+        # their turns were given back 0.5 s after they began, though the hung handshakes went on:
+        # the third hung host and the live one had theirs then, not after connect_timeout
+        assert pool.handshakes.waited == 2
+        third = max(greeted.values()) - began
+        assert 0.45 <= third < 1.5, sorted(t - began for t in greeted.values())
+        took, what = results[live.name]
+        assert what == "ok" and took < 1.5, results
+
+    asyncio.run(run())

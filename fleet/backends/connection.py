@@ -10,8 +10,11 @@ file; a key that differs from a recorded one is always refused.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
+import ipaddress
 import logging
+import socket
 import stat
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -32,6 +35,16 @@ OutputCallback = Callable[[bytes], None]
 # costs asyncssh about half the CPU with it than with its default ChaCha20-Poly1305 (which
 # builds a cipher object per packet): ~85 vs ~170 us per small write, both ends counted
 # (bench/ssh_cipher.py). Equally strong; a host without it gets the rest of the defaults.
+# SSH handshakes in flight at once. Each costs the controller a few ms of CPU in its event loop
+# (key exchange, host key and user authentication); a new leader reattaching 1,000 hosts, or a
+# first start checking them, began them all together and every request waited behind hundreds
+# of them (GET /health 1.1-1.9 s in bench/scale.py's takeover). The TCP connect comes first and
+# outside this limit, so hosts that are down (refused, unreachable, silent) never hold a turn;
+# a host that accepts and then never answers gives its turn back after HANDSHAKE_TURN seconds
+# (its handshake goes on, outside the limit, until ``connect_timeout``).
+HANDSHAKES = 16
+HANDSHAKE_TURN = 2.0
+
 ENCRYPTION_ALGS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
                    "aes256-ctr", "aes192-ctr", "aes128-ctr"]
 
@@ -259,6 +272,14 @@ def _describe(exc: BaseException) -> str:
     return text.strip()
 
 
+def _describe_connect(exc: BaseException, timeout: float) -> str:
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return f"no answer in {timeout:g} s (connect_timeout)"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is sshd running, on that port?)"
+    return _describe(exc)
+
+
 class KnownHosts:
     """The known_hosts files, parsed once and again only when one of them changed (its size,
     mtime or inode): a connect does not re-read thousands of entries (issue 16: 16.9 ms per
@@ -349,16 +370,49 @@ class _TofuClient(asyncssh.SSHClient):
         return True
 
 
+class Turns:
+    """At most ``size`` holders at once. A turn held longer than ``hold`` seconds is given back
+    by itself and its holder goes on outside the limit: one that is stuck slows the others by
+    ``hold`` at most."""
+
+    def __init__(self, size: int, hold: float) -> None:
+        self._free = asyncio.Semaphore(size)
+        self.hold = hold
+        self.waited = 0  # how many had to wait for a turn (tests, bench)
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        if self._free.locked():
+            self.waited += 1
+        await self._free.acquire()
+        given = False
+
+        def give() -> None:
+            nonlocal given
+            if not given:
+                given = True
+                self._free.release()
+
+        timer = asyncio.get_running_loop().call_later(self.hold, give)
+        try:
+            yield
+        finally:
+            timer.cancel()
+            give()
+
+
 class ConnectionPool:
     """One live transport per host, created on first use and replaced when it dies."""
 
-    def __init__(self, options: SSHOptions, hosts_by_name: Callable[[str], Host | None]) -> None:
+    def __init__(self, options: SSHOptions, hosts_by_name: Callable[[str], Host | None], *,
+                 handshakes: int = HANDSHAKES, handshake_turn: float = HANDSHAKE_TURN) -> None:
         self.options = options
         self._lookup = hosts_by_name
         self.known_hosts = KnownHosts(options.known_hosts_files + (options.fleet_known_hosts,))
         self._conns: dict[str, Transport] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._local = LocalTransport()
+        self.handshakes = Turns(handshakes, handshake_turn)
 
     async def get(self, host: Host) -> Transport:
         """The host's transport, connecting if needed. Raises HostLost / HostKeyRefused."""
@@ -409,25 +463,34 @@ class ConnectionPool:
         known = self.known_hosts.current()
         client = _TofuClient(opts, host, host.address, host.port, self.known_hosts)
         role = f" (jump host for {via.name})" if via is not None else ""
+        conn: asyncssh.SSHClientConnection | None = None
         try:
-            conn, _ = await asyncio.wait_for(
-                asyncssh.create_connection(
-                    lambda: client,
-                    host.address,
-                    port=host.port,
-                    tunnel=tunnel,
-                    # Like ssh: no ansible_user means the local user (asyncssh fails on None).
-                    username=host.user or getpass.getuser(),
-                    client_keys=[host.key_file] if host.key_file else (),
-                    known_hosts=known if known is not None else [],
-                    keepalive_interval=opts.keepalive_interval,
-                    keepalive_count_max=opts.keepalive_count_max,
-                    connect_timeout=opts.connect_timeout,
-                    encryption_algs=ENCRYPTION_ALGS,
-                    config=None,
-                ),
-                timeout=opts.connect_timeout + 5,
-            )
+            # Through a jump host the TCP connection is a channel of the tunnel: no socket here.
+            sock = await self._tcp(host) if tunnel is None else None
+        except (OSError, TimeoutError) as exc:
+            raise HostLost(f"host {host.name}{role}: cannot connect to {host.address}:{host.port}: "
+                           f"{_describe_connect(exc, opts.connect_timeout)}") from None
+        try:
+            async with self.handshakes.turn():
+                conn, _ = await asyncio.wait_for(
+                    asyncssh.create_connection(
+                        lambda: client,
+                        host.address,
+                        port=host.port,
+                        tunnel=tunnel,
+                        sock=sock,
+                        # Like ssh: no ansible_user means the local user (asyncssh fails on None).
+                        username=host.user or getpass.getuser(),
+                        client_keys=[host.key_file] if host.key_file else (),
+                        known_hosts=known if known is not None else [],
+                        keepalive_interval=opts.keepalive_interval,
+                        keepalive_count_max=opts.keepalive_count_max,
+                        connect_timeout=opts.connect_timeout,
+                        encryption_algs=ENCRYPTION_ALGS,
+                        config=None,
+                    ),
+                    timeout=opts.connect_timeout + 5,
+                )
         except asyncssh.HostKeyNotVerifiable as exc:
             raise HostKeyRefused(client.refusal or f"host {host.name}{role}: {exc}") from None
         except asyncssh.PermissionDenied as exc:
@@ -438,9 +501,40 @@ class ConnectionPool:
         except (asyncssh.Error, OSError, TimeoutError) as exc:
             raise HostLost(
                 f"host {host.name}{role}: cannot connect to {host.address}:{host.port}: "
-                f"{_describe(exc)}"
+                f"{_describe_connect(exc, opts.connect_timeout)}"
             ) from None
+        finally:  # asyncssh owns the socket once it has it; closing it again is harmless
+            if sock is not None and conn is None:
+                sock.close()
+        assert conn is not None
         return conn
+
+    async def _tcp(self, host: Host) -> socket.socket:
+        """A TCP connection to the host, tried on each of its addresses in turn; raises OSError
+        or TimeoutError (after ``connect_timeout``) as asyncssh's own connect would."""
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(self.options.connect_timeout):
+            targets: list[tuple[int, Any]]
+            try:  # an address needs no lookup (getaddrinfo would take a thread of the pool)
+                ip = ipaddress.ip_address(host.address)
+                targets = [(socket.AF_INET6 if ip.version == 6 else socket.AF_INET, (host.address, host.port))]
+            except ValueError:
+                infos = await loop.getaddrinfo(host.address, host.port, type=socket.SOCK_STREAM)
+                targets = [(info[0], info[4]) for info in infos]
+            error: OSError = OSError(f"no address for {host.address}")
+            for family, addr in targets:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                try:
+                    sock.setblocking(False)
+                    await loop.sock_connect(sock, addr)
+                    return sock
+                except OSError as exc:
+                    sock.close()
+                    error = exc
+                except BaseException:
+                    sock.close()
+                    raise
+            raise error
 
     async def close(self) -> None:
         conns, self._conns = list(self._conns.values()), {}
