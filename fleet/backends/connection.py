@@ -31,20 +31,22 @@ log = logging.getLogger(__name__)
 OutputCallback = Callable[[bytes], None]
 
 
+# SSH handshakes in flight at once. Each costs the controller a few ms of CPU in its event loop
+# (key exchange, host key and user authentication); a new leader reattaching 1,000 hosts, or a
+# first start checking them, began them all together and every request waited behind hundreds
+# of them (bench/scale.py's takeover: GET /health 485 ms at most without turns, 130-146 ms with
+# 16 or 32; all 2,000 attempts followed again in 7.4-7.9 s without, 9.2 s with 32, 9.3-12 s
+# with 16). The TCP connect comes first and outside the turns, so hosts that are down
+# (refused, unreachable, silent) never hold one; a host that accepts and then never answers
+# gives its turn back after HANDSHAKE_TURN seconds (its handshake goes on, outside the limit,
+# until ``connect_timeout``).
+HANDSHAKES = 32
+HANDSHAKE_TURN = 2.0
+
 # AES-GCM first: every packet fleet sends or receives (log frames, lease renewals, keepalives)
 # costs asyncssh about half the CPU with it than with its default ChaCha20-Poly1305 (which
 # builds a cipher object per packet): ~85 vs ~170 us per small write, both ends counted
 # (bench/ssh_cipher.py). Equally strong; a host without it gets the rest of the defaults.
-# SSH handshakes in flight at once. Each costs the controller a few ms of CPU in its event loop
-# (key exchange, host key and user authentication); a new leader reattaching 1,000 hosts, or a
-# first start checking them, began them all together and every request waited behind hundreds
-# of them (GET /health 1.1-1.9 s in bench/scale.py's takeover). The TCP connect comes first and
-# outside this limit, so hosts that are down (refused, unreachable, silent) never hold a turn;
-# a host that accepts and then never answers gives its turn back after HANDSHAKE_TURN seconds
-# (its handshake goes on, outside the limit, until ``connect_timeout``).
-HANDSHAKES = 16
-HANDSHAKE_TURN = 2.0
-
 ENCRYPTION_ALGS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
                    "aes256-ctr", "aes192-ctr", "aes128-ctr"]
 
