@@ -43,3 +43,34 @@ def test_a_large_batch_does_not_cost_the_leader_its_lease(fleet):
     assert health["pid"] == pid and health["role"] == "leader"
     assert len(client.jobs(limit=1000).items) == 1000
     assert "lost the leader lease" not in fleet.server_log()
+
+
+async def test_health_answers_while_every_thread_of_the_pool_is_busy(tmp_path):
+    """``GET /health`` is answered on the event loop: a liveness probe (HA, a load balancer,
+    bench/scale.py) does not queue behind the database calls that fill the API's thread pool
+    when the controller is busy (a new leader loading: 431 ms before, in bench/scale.py). In
+    process (tests/harness.py); a route that needs a thread shows the pool was full."""
+    import asyncio
+    import threading
+
+    import anyio.to_thread
+
+    from tests.harness import harness, host
+
+    async with harness(tmp_path, [host("h1")]) as h:
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        release = threading.Event()
+        busy = [asyncio.ensure_future(anyio.to_thread.run_sync(release.wait, limiter=limiter))
+                for _ in range(int(limiter.total_tokens))]
+        try:
+            while limiter.borrowed_tokens < limiter.total_tokens:
+                await asyncio.sleep(0.01)
+            whoami = asyncio.ensure_future(h.api.get("/whoami"))  # a plain def route: waits
+            health = await asyncio.wait_for(h.api.get("/health"), 5)
+            assert health.status_code == 200 and health.json()["role"] == "leader"
+            await asyncio.sleep(0.2)
+            assert not whoami.done()
+        finally:
+            release.set()
+            await asyncio.gather(*busy)
+        assert (await whoami).status_code == 200

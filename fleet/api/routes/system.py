@@ -18,7 +18,9 @@ router = APIRouter()
 
 
 @router.get("/health", tags=["server"])
-def health(ctx: CtxDep) -> dict[str, Any]:
+async def health(ctx: CtxDep) -> dict[str, Any]:
+    """Answered on the event loop: a liveness check does not wait for a thread of the pool
+    (busy with database calls when the controller is)."""
     leading = ctx.scheduler.leading
     return {"ok": True, "version": __version__, "pid": os.getpid(),
             "role": "leader" if leading else "follower",
