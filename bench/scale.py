@@ -253,21 +253,26 @@ def pct(values: list[float], q: float) -> float:
 class Stalls:
     """GET /health every 50 ms; the longest answer is how long the server's loop was held."""
 
-    def __init__(self, http: httpx.AsyncClient) -> None:
+    def __init__(self, http: httpx.AsyncClient, since: float | None = None) -> None:
         self.http, self.worst, self.samples = http, 0.0, 0
+        self.since = time.monotonic() if since is None else since
+        self.worst_at = 0.0  # when the longest answer was asked for, seconds after ``since``
         self.every = 0.05
         self.task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
         while True:
-            start = time.perf_counter()
+            asked, start = time.monotonic(), time.perf_counter()
             await self.http.get("/health")
-            self.worst = max(self.worst, time.perf_counter() - start)
+            took = time.perf_counter() - start
+            if took > self.worst:
+                self.worst, self.worst_at = took, asked - self.since
             self.samples += 1
             await asyncio.sleep(self.every)
 
     def reset(self, every: float = 0.05) -> None:
         self.worst, self.samples, self.every = 0.0, 0, every
+        self.since, self.worst_at = time.monotonic(), 0.0
 
 
 async def holds(http: httpx.AsyncClient, name: str = "fleet_event_loop_hold_seconds") -> dict[float, float]:
@@ -422,7 +427,7 @@ async def takeover(pid: int, control: Control, restart: Callable[[], Any]) -> di
                 pass
             await asyncio.sleep(0.05)
         figures["takeover_answers_s"] = time.monotonic() - killed
-        stalls = Stalls(http)
+        stalls = Stalls(http, since=killed)
         while True:
             stats = await control.ask("stats")
             if int(stats["reattached"]) >= running or time.monotonic() - killed > 300:  # type: ignore[call-overload]
@@ -435,6 +440,7 @@ async def takeover(pid: int, control: Control, restart: Callable[[], Any]) -> di
         figures["takeover_reattached"] = float(stats["reattached"])  # type: ignore[arg-type]
         figures["takeover_launched"] = float(int(stats["launches"]) - int(before["launches"]))  # type: ignore[call-overload]
         figures["takeover_worst_health_ms"] = stalls.worst * 1000
+        figures["takeover_worst_health_at_s"] = stalls.worst_at
         bound, over = longest_hold({}, await holds(http))
         figures["takeover_longest_hold_le_s"], figures["takeover_holds_over_50ms"] = bound, over
         gc_bound, gc_over = longest_hold({}, await holds(http, "fleet_gc_pause_seconds"))
@@ -442,7 +448,8 @@ async def takeover(pid: int, control: Control, restart: Callable[[], Any]) -> di
     print(f"takeover: controller killed (SIGKILL) with {running} running; the next answered after "
           f"{figures['takeover_answers_s']:.2f} s, reattached {figures['takeover_reattached']:.0f} in "
           f"{figures['takeover_reattached_s']:.2f} s, launched {figures['takeover_launched']:.0f} (target 0); "
-          f"longest GET /health {figures['takeover_worst_health_ms']:.0f} ms, its loop held <= {bound:g} s at "
+          f"longest GET /health {figures['takeover_worst_health_ms']:.0f} ms (asked "
+          f"{figures['takeover_worst_health_at_s']:.1f} s after the kill), its loop held <= {bound:g} s at "
           f"most since it started, {over} times over 50 ms, of which garbage collections: {gc_over} over "
           f"50 ms, the longest <= {gc_bound:g} s")
     return figures
