@@ -572,3 +572,32 @@ async def test_while_a_new_leader_loads_a_plain_user_can_neither_cancel_nor_expl
             assert target in nxt.pending and h.store.get_job(target).state == "PENDING"
         finally:
             await nxt.stop()
+
+
+async def test_a_job_another_replica_wrote_is_cancelled_before_the_leader_takes_it(tmp_path):
+    """An HA follower writes a submission and the leader takes it on its next look
+    (fleet.scheduler.replicas). A cancel in between (forwarded to the leader) found nothing in
+    memory and answered PENDING; the look then queued the job and it ran. Now the leader ends
+    it in the database, and the look reads it ended. As a plain user: another user's such job
+    is 404, and stays queued."""
+    from fleet.scheduler import replicas
+
+    async with harness(tmp_path, [host("h1")]) as h:
+        alice, bob = h.store.create_user("alice"), h.store.create_user("bob")
+        as_alice = {"Authorization": f"Bearer {h.store.create_token(alice, 'a')}"}
+        as_bob = {"Authorization": f"Bearer {h.store.create_token(bob, 'b')}"}
+        theirs, kept = h.store.create_jobs(  # as a follower writes them: the leader has neither
+            [(load_spec("name: follower-wrote\nrun: 'true'\n"), "cpu"),
+             (load_spec("name: kept\nrun: 'true'\n"), "cpu")], "alice")
+        assert not h.scheduler.holds(theirs.id)
+        refused = await h.api.post(f"/jobs/{theirs.id}/cancel", headers=as_bob)
+        assert refused.status_code == 404 and h.store.get_job(theirs.id).state == "PENDING"
+        resp = await h.api.post(f"/jobs/{theirs.id}/cancel", headers=as_alice)
+        assert resp.status_code == 200 and resp.json()["state"] == "CANCELLED", resp.text
+        job = h.store.get_job(theirs.id)
+        assert job.state == "CANCELLED" and job.reason == Reason.CANCELLED_BY_USER.value
+        replicas.admit(h.scheduler, [theirs.id, kept.id])  # the leader's next look
+        assert not h.scheduler.holds(theirs.id) and h.scheduler.holds(kept.id)
+        (launch,) = await h.backend.wait_launches(1)
+        assert launch.plan.job_id == kept.id
+        assert h.store.attempts(theirs.id) == []

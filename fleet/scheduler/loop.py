@@ -383,7 +383,15 @@ class Scheduler:
             return JobState.CANCELLED.value
         run = self.running.get(job_id)
         if run is None:
-            return self.store.get_job(job_id).state
+            job = self.store.get_job(job_id)
+            if job.state == JobState.PENDING.value and self.leading:
+                # Written by another replica and not taken here yet: ended now, and the look
+                # for such jobs (replicas.admit, on this loop too) reads it ended, not PENDING.
+                self.store.finish_job(job_id, JobState.CANCELLED, Reason.CANCELLED_BY_USER, "cancelled while queued")
+                self.metrics.job_ended(job.queue, JobState.CANCELLED)
+                self._job_done(job_id)
+                return JobState.CANCELLED.value
+            return job.state
         if not run.cancel_requested:
             run.cancel_requested = True
             self.store.set_job(job_id, state=JobState.CANCELLING.value)
