@@ -601,3 +601,26 @@ async def test_a_job_another_replica_wrote_is_cancelled_before_the_leader_takes_
         (launch,) = await h.backend.wait_launches(1)
         assert launch.plan.job_id == kept.id
         assert h.store.attempts(theirs.id) == []
+
+
+async def test_why_a_chain_step_and_a_job_another_replica_wrote_are_waiting_not_done(tmp_path):
+    """``fleet why`` said "done" for a step waiting for the one before it, and for a job an HA
+    follower wrote that the leader has not taken yet: both are waiting, and say for what."""
+    async with harness(tmp_path, [host("h1")]) as h:
+        resp = await h.api.post("/jobs", json={"name": "pipe", "steps": [
+            {"name": "compile", "run": "true"}, {"name": "bench", "run": "true"}]})
+        assert resp.status_code == 201, resp.text
+        first = resp.json()["id"]
+        (launch,) = await h.backend.wait_launches(1)
+        step = next(j for j in h.store.list_jobs(owner=None, limit=10) if j.after == first)
+        why = (await h.api.get(f"/jobs/{step.id}/why")).json()
+        assert why["state"] == "waiting", why
+        assert why["summary"] in (f"waiting for step compile (job {first}), now {state}"
+                                  for state in ("STARTING", "RUNNING")), why  # as it is now
+        (other,) = h.store.create_jobs([(load_spec("name: elsewhere\nrun: 'true'\n"), "cpu")], "root")
+        why = (await h.api.get(f"/jobs/{other.id}/why")).json()
+        assert why["state"] == "waiting" and "another replica" in why["summary"], why
+        launch.finish(0)
+        await h.until(lambda: h.store.get_job(first).state == "SUCCEEDED")
+        why = (await h.api.get(f"/jobs/{first}/why")).json()
+        assert why["state"] == "done" and why["summary"].startswith("SUCCEEDED"), why

@@ -50,7 +50,7 @@ class Chains:
                 self._advance(dep.id)
 
     @staticmethod
-    def _what(job: Job) -> str:
+    def what(job: Job) -> str:
         return f"step {job.step} (job {job.id})" if job.step else f"job {job.id} ({job.name})"
 
     def _advance(self, job_id: str) -> None:
@@ -68,13 +68,13 @@ class Chains:
             return
         state = JobState(before.state)
         if not state.terminal:
-            note = f"waiting for {self._what(before)}, now {before.state}"
+            note = f"waiting for {self.what(before)}, now {before.state}"
             if job.message != note:
                 self.store.set_job(job.id, message=note)
             return
         if state is not JobState.SUCCEEDED:
             why = f": {before.message}" if before.message else ""
-            self._fail(job, f"{self._what(before)} ended {before.state} ({before.reason}){why}")
+            self._fail(job, f"{self.what(before)} ended {before.state} ({before.reason}){why}")
             return
         try:
             spec = self._resolved(spec, before)
@@ -101,7 +101,7 @@ class Chains:
         for name, ref in spec.refs().items():
             if ref.job is None and ref.step is None:
                 continue
-            inputs[name] = artifact_input(_pick(made, ref, self._what(before), name))
+            inputs[name] = artifact_input(_pick(made, ref, self.what(before), name))
         return spec.model_copy(update={"inputs": inputs})
 
 

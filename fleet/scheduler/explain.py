@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from fleet.errors import NotFound
 from fleet.models.enums import JobState
+from fleet.scheduler.chains import Chains
 from fleet.scheduler.placement import Demand, Placement, dynamic_reason, place
 from fleet.scheduler.records import QueuedJob, QueueView, Why
 
@@ -40,6 +42,17 @@ def why(s: Scheduler, job_id: str) -> Why:
         return Why(job=job_id, state="waiting" if job.state in ("PENDING", "RETRYING") else "running",
                    queue=job.queue, summary=f"{job.state}: this controller has just taken the lead "
                                             "and is still reading the queue and the running attempts")
+    if job_id in s.chains.waiting and job.after:  # the job it waits for, as it is now
+        try:
+            before = s.store.get_job(job.after)
+            summary = f"waiting for {Chains.what(before)}, now {before.state}"
+        except NotFound:
+            summary = f"waiting for job {job.after}, which does not exist"
+        return Why(job=job_id, state="waiting", queue=job.queue, summary=summary)
+    if job.state == JobState.PENDING.value:
+        return Why(job=job_id, state="waiting", queue=job.queue,
+                   summary="PENDING: submitted to another replica; the leader queues it at its next "
+                           f"look for such jobs (every {s.policy.sync_interval:g} s)")
     return Why(job=job_id, state="done", queue=job.queue,
                summary=f"{job.state} ({job.reason}){': ' + job.message if job.message else ''}")
 
