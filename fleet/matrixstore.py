@@ -15,6 +15,7 @@ from sqlmodel import col, select
 
 from fleet.db import Database
 from fleet.models.tables import Job, MatrixRun, MatrixSchedule, MatrixVerdict, Result
+from fleet.statements import chunked
 
 _J = Job.__table__.c  # type: ignore[attr-defined]
 _RUNS = MatrixRun.__table__  # type: ignore[attr-defined]
@@ -197,9 +198,11 @@ class MatrixStore:
                 .order_by(col(MatrixRun.id).desc()).limit(runs)).all())
             if not recent:
                 return []
-            q = (select(Result, Job.matrix_point, MatrixRun.points_json)
-                 .join(Job, col(Job.id) == col(Result.job_id))
-                 .join(MatrixRun, col(MatrixRun.id) == col(Result.matrix_run))
-                 .where(col(Result.comparison_key).in_(list(keys)), col(Result.matrix_run).in_(recent))
-                 .order_by(col(Result.id)))
-            return [(r, p, pts) for r, p, pts in s.exec(q).all()]
+            found: list[tuple[Result, int | None, str]] = []
+            for part in chunked(keys):  # up to MAX_POINTS keys: IN lists SQLite takes
+                q = (select(Result, Job.matrix_point, MatrixRun.points_json)
+                     .join(Job, col(Job.id) == col(Result.job_id))
+                     .join(MatrixRun, col(MatrixRun.id) == col(Result.matrix_run))
+                     .where(col(Result.comparison_key).in_(part), col(Result.matrix_run).in_(recent)))
+                found.extend((r, p, pts) for r, p, pts in s.exec(q).all())
+            return sorted(found, key=lambda row: row[0].id or 0)

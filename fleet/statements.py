@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, TypeVar
 
 from sqlalchemy import bindparam, func, insert, null, update
 from sqlalchemy import select as sa_select
@@ -17,6 +17,8 @@ from sqlalchemy.exc import DBAPIError
 
 from fleet.models.enums import JobState
 from fleet.models.tables import Attempt, Event, Job, NewJob, Result, SubmitKey, Token, User
+
+T = TypeVar("T")
 
 JOBS = Job.__table__  # type: ignore[attr-defined]
 ATTEMPTS = Attempt.__table__  # type: ignore[attr-defined]
@@ -148,7 +150,8 @@ def job_events(conn: Connection, ids: Sequence[str], now: float) -> None:
     if len(ids) == 1:
         exec_driver(conn, JOB_EVENT, {"at": now, "type": "job.state", "id": ids[0]})
     else:
-        conn.execute(JOB_EVENTS, {"at": now, "type": "job.state", "ids": list(ids)})
+        for part in chunked(ids):
+            conn.execute(JOB_EVENTS, {"at": now, "type": "job.state", "ids": part})
 
 
 def attempt_event(conn: Connection, attempt_id: str, kind: str, now: float,
@@ -179,3 +182,9 @@ def by_columns(rows: Iterable[tuple[dict[str, Any], str]]) -> dict[tuple[str, ..
 # Values in one ``IN (...)`` list: under SQLite's limit of bound variables per statement
 # (999 before SQLite 3.32, as Ubuntu 20.04 ships).
 IN_CHUNK = 500
+
+
+def chunked(values: Sequence[T]) -> Iterator[list[T]]:
+    """``values`` in lists of at most IN_CHUNK, for one ``IN (...)`` each."""
+    for i in range(0, len(values), IN_CHUNK):
+        yield list(values[i:i + IN_CHUNK])

@@ -59,6 +59,7 @@ from fleet.statements import (
     TOKEN_USER,
     attempt_event,
     by_columns,
+    chunked,
     exec_driver,
     exec_driver_many,
     job_events,
@@ -525,7 +526,7 @@ class Store:
         exec_driver_many(s, ATTEMPT_EVENT, [{"at": now, "type": "attempt.running", "id": a, "data": None}
                                               for _j, a, _at in started])
         ids = [j for j, _a, _at in started]
-        moving = set(s.execute(STARTING_JOBS, {"ids": ids}).scalars())
+        moving = {j for part in chunked(ids) for j in s.execute(STARTING_JOBS, {"ids": part}).scalars()}
         if moving:
             exec_driver_many(s, JOB_RUNNING, [
                 {"_id": j, "_state": JobState.STARTING.value, "state": JobState.RUNNING.value,
@@ -651,11 +652,14 @@ class Store:
         """Remove artifact rows; returns the sha256 of content no remaining artifact uses."""
         if not ids:
             return []
+        shas: set[str] = set()
+        still: set[str] = set()
         with self.db.write() as conn:
-            shas = set(conn.execute(select(Artifact.sha256).where(col(Artifact.id).in_(list(ids)))).scalars())
-            conn.execute(delete(Artifact).where(col(Artifact.id).in_(list(ids))))
-            still = set(conn.execute(
-                select(Artifact.sha256).where(col(Artifact.sha256).in_(list(shas)))).scalars())
+            for part in chunked(ids):
+                shas.update(conn.execute(select(Artifact.sha256).where(col(Artifact.id).in_(part))).scalars())
+                conn.execute(delete(Artifact).where(col(Artifact.id).in_(part)))
+            for part in chunked(sorted(shas)):
+                still.update(conn.execute(select(Artifact.sha256).where(col(Artifact.sha256).in_(part))).scalars())
         return sorted(shas - still)
 
     # ------------------------------------------------------------------ uploads (who may use a blob)

@@ -624,3 +624,43 @@ async def test_why_a_chain_step_and_a_job_another_replica_wrote_are_waiting_not_
         await h.until(lambda: h.store.get_job(first).state == "SUCCEEDED")
         why = (await h.api.get(f"/jobs/{first}/why")).json()
         assert why["state"] == "done" and why["summary"].startswith("SUCCEEDED"), why
+
+
+async def test_batches_past_sqlite_older_limit_of_999_variables_run(tmp_path):
+    """SQLite before 3.32 (Ubuntu 20.04's) takes at most 999 values in a statement: every
+    ``IN (...)`` list is cut at IN_CHUNK. Here the limit is set to 999 on every connection
+    (``Connection.setlimit``), and a batch of 1,200 jobs is written, started, ended and
+    evented, 1,200 artifacts removed and a matrix's 1,200 comparison keys read."""
+    import sqlite3
+
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    from fleet.models.tables import MatrixRun
+
+    def limit(dbapi_conn, _record) -> None:
+        if isinstance(dbapi_conn, sqlite3.Connection):
+            dbapi_conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+
+    event.listen(Engine, "connect", limit)
+    try:
+        async with harness(tmp_path, [host("h1", slots=1300)], auto=True) as h:
+            with h.store.db.write() as conn:  # the limit holds: a list of 1,000 fails here
+                with pytest.raises(Exception, match="too many SQL variables"):
+                    conn.exec_driver_sql(f"SELECT 1 WHERE 1 IN ({','.join('?' * 1000)})", tuple(range(1000)))
+            resp = await h.api.post("/jobs/batch", json={"jobs": [
+                {"name": f"b{i}", "run": "true"} for i in range(1200)]})
+            assert resp.status_code == 201, resp.text[:500]
+            ids = [j["id"] for j in resp.json()]
+            await h.until(lambda: h.store.count_jobs(owner=None, states=["SUCCEEDED"]) == 1200, timeout=60)
+            assert len(h.store.jobs_by_id(ids)) == 1200
+            # starts written together (a pass places at most 20 ms' worth: written here directly)
+            h.store.attempts_running([(f"j{i}", f"a{i}", time.time()) for i in range(1200)])
+            assert h.store.delete_artifacts([f"a{i}" for i in range(1200)]) == []
+            with h.store.db.session() as s:
+                s.add(MatrixRun(id="m1", name="nightly", user="root", spec_json="{}", points_json="[]",
+                                created_at=time.time()))
+                s.commit()
+            assert h.store.matrix.series_results([f"k{i}" for i in range(1200)], "nightly", "root", "m2") == []
+    finally:
+        event.remove(Engine, "connect", limit)
