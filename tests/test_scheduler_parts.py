@@ -664,3 +664,85 @@ async def test_batches_past_sqlite_older_limit_of_999_variables_run(tmp_path):
             assert h.store.matrix.series_results([f"k{i}" for i in range(1200)], "nightly", "root", "m2") == []
     finally:
         event.remove(Engine, "connect", limit)
+
+
+async def test_a_new_leader_that_loses_its_lease_while_loading_stops_between_two_slices(tmp_path, monkeypatch):
+    """Between two slices of the load the lease is checked (``takeover._turn``): a replica
+    that lost it while loading stops there, takes no more rows and places nothing."""
+    monkeypatch.setattr(Scheduler, "LOAD_SLICE", 0.0)
+    async with harness(tmp_path, [host("h1", slots=4)]) as h:
+        await h.until(lambda: all(v.health is Health.GOOD for v in h.scheduler.host_views()))
+        await h.scheduler.stop()
+        h.store.create_jobs([(load_spec(f"name: q{i}\nrun: 'true'\n"), "cpu") for i in range(30)], "root")
+        nxt = next_leader(h, tmp_path)
+        checks = 0
+
+        def fence() -> None:
+            nonlocal checks
+            checks += 1
+            if checks > 5:
+                raise RuntimeError("lease lost to another replica")
+
+        nxt.fence = fence
+        with pytest.raises(RuntimeError, match="lease lost"):
+            await nxt.start()
+        try:
+            assert not nxt.leading and nxt.loaded.is_set()
+            assert 0 < len(nxt.pending) < 30, len(nxt.pending)  # it stopped part way
+            assert h.backend.launches == []
+        finally:
+            await nxt.stop()
+
+
+async def test_a_pass_whose_commit_fails_puts_its_jobs_back_and_looks_again_a_second_later(tmp_path, monkeypatch):
+    """Nothing was written, so the jobs wait again, and the scheduler looks again in a second:
+    not in a spin, and not only when something else wakes it (nothing else would here)."""
+    async with harness(tmp_path, [host("h1", slots=2)]) as h:
+        await h.until(lambda: all(v.health is Health.GOOD for v in h.scheduler.host_views()))
+        calls: list[int] = []
+        real = h.store.start_attempts
+
+        def once_locked(placed):
+            calls.append(len(placed))
+            if len(calls) == 1:
+                raise RuntimeError("database is locked")
+            return real(placed)
+
+        monkeypatch.setattr(h.store, "start_attempts", once_locked)
+        job = await h.submit({"name": "q", "run": "true"})
+        await h.until(lambda: calls == [1])
+        for _ in range(100):
+            await asyncio.sleep(0)
+        assert calls == [1] and job in h.scheduler.pending and h.store.get_job(job).state == "PENDING"
+        assert h.backend.launches == []
+        await h.clock.advance(1.0)
+        (launch,) = await h.backend.wait_launches(1)
+        assert launch.plan.job_id == job and calls == [1, 1]
+
+
+async def test_a_wait_on_a_job_the_new_leader_fails_while_loading_returns_then(tmp_path, monkeypatch):
+    """A queued job whose spec this release cannot read is failed by the load itself; a
+    ``fleet status --wait`` on it (``Scheduler.wait_done``) returns then, not at its timeout."""
+    monkeypatch.setattr(Scheduler, "LOAD_SLICE", 0.0)
+    async with harness(tmp_path, [host("h1")]) as h:
+        await h.until(lambda: all(v.health is Health.GOOD for v in h.scheduler.host_views()))
+        await h.scheduler.stop()
+        jobs = h.store.create_jobs([(load_spec(f"name: q{i}\nrun: 'sleep 60'\n"), "cpu") for i in range(200)], "root")
+        bad = jobs[-1].id  # the last row the load takes
+        h.store.set_job(bad, spec_json='{"kind": "from-a-newer-release"}')
+        nxt = next_leader(h, tmp_path)
+        starting = asyncio.create_task(nxt.start())
+        while not nxt.pending:
+            await asyncio.sleep(0)
+        waiting = asyncio.create_task(nxt.wait_done(bad, 30))
+        await asyncio.sleep(0)
+        assert h.store.get_job(bad).state == "PENDING"  # the wait began before the load reached it
+        try:
+            began = time.monotonic()
+            await asyncio.wait_for(waiting, 10)
+            assert time.monotonic() - began < 5
+            job = h.store.get_job(bad)
+            assert job.state == "FAILED" and job.reason == Reason.INVALID_SPEC.value
+            await starting
+        finally:
+            await nxt.stop()
