@@ -603,6 +603,29 @@ async def test_a_job_another_replica_wrote_is_cancelled_before_the_leader_takes_
         assert h.store.attempts(theirs.id) == []
 
 
+async def test_a_job_cancelled_while_its_batch_is_handed_over_is_not_queued_after(tmp_path):
+    """A large batch is written in a thread, then handed to the scheduler a few hundred jobs
+    at a time with the loop served in between (fleet.api.submit). A cancel in that gap ends
+    a job the scheduler does not hold yet; the hand-over that follows must not queue it
+    again (it did: the job ran and its CANCELLED was written over). Here the gap is taken
+    step by step: the write, the cancel, then the hand-over as submit_many makes it."""
+    async with harness(tmp_path, [host("h1", slots=2)]) as h:
+        specs = [load_spec(f"name: batch-{i}\nrun: 'true'\n") for i in range(3)]
+        jobs = h.store.create_jobs([(spec, "cpu") for spec in specs], "root")
+        resp = await h.api.post(f"/jobs/{jobs[1].id}/cancel")
+        assert resp.status_code == 200 and resp.json()["state"] == "CANCELLED", resp.text
+        for job, spec in zip(jobs, specs, strict=True):
+            h.scheduler.submit(job, spec)  # the hand-over, after the cancel
+        assert not h.scheduler.holds(jobs[1].id)
+        launches = await h.backend.wait_launches(2)
+        assert sorted(launch.plan.job_id for launch in launches) == sorted([jobs[0].id, jobs[2].id])
+        for launch in launches:
+            launch.finish(0)
+        await h.until(lambda: h.store.get_job(jobs[2].id).state == "SUCCEEDED")
+        assert h.store.get_job(jobs[1].id).state == "CANCELLED" and h.store.attempts(jobs[1].id) == []
+        assert h.scheduler.ended_unheld == {}  # the note went with the hand-over it stopped
+
+
 async def test_why_a_chain_step_and_a_job_another_replica_wrote_are_waiting_not_done(tmp_path):
     """``fleet why`` said "done" for a step waiting for the one before it, and for a job an HA
     follower wrote that the leader has not taken yet: both are waiting, and say for what."""

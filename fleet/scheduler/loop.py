@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from fleet.backends.base import AttemptPlan, Backend, BackendError, InputFile
+from fleet.backends.base import AttemptPlan, Backend, InputFile
 from fleet.blobs import BlobStore
 from fleet.clock import SYSTEM, Clock
 from fleet.config import Settings, fleet_home
@@ -35,7 +35,7 @@ from fleet.models.enums import REASON_CLASS, AttemptState, FailureClass, Health,
 from fleet.models.spec import JobSpec
 from fleet.models.tables import Attempt, Job, NewJob
 from fleet.runners import manifests
-from fleet.scheduler import explain, outcomes, plans, replicas, retry, takeover
+from fleet.scheduler import cancels, explain, outcomes, plans, replicas, retry, takeover
 from fleet.scheduler.attempts import AttemptEnd, AttemptRunner
 from fleet.scheduler.chains import Chains
 from fleet.scheduler.depth import DepthTeller
@@ -124,6 +124,9 @@ class Scheduler:
         self.held: dict[str, Held] = {}
         self.leading = False  # True once started: this replica schedules (see fleet.leader)
         self._loading: set[str] | None = None  # while start loads: the jobs that ended meanwhile
+        # Jobs cancelled while PENDING and not yet taken (fleet.scheduler.cancels), by id: when.
+        # A submission still handing its batch over may offer one after (fleet.api.submit).
+        self.ended_unheld: dict[str, float] = {}
         self._resume: str | None = None  # the queue a pass cut short was serving (_place_all)
         # Called before every write that only a leader may make; with HA it ends the process
         # if the leader lease ran out (a leader that was frozen must not act when it wakes).
@@ -307,6 +310,8 @@ class Scheduler:
             return
         if self.holds(job.id):
             return  # the look for other replicas' jobs found it first (fleet.scheduler.replicas)
+        if self.ended_unheld.pop(job.id, None) is not None:
+            return  # cancelled between its write and this call: ended, never queued
         self.chains.admit(job, spec)
         self._wake.set()
 
@@ -361,42 +366,8 @@ class Scheduler:
 
     async def cancel(self, job_id: str) -> str:
         """Cancel a job. Queued: ends now. Running: TERM/KILL on the host; the attempt's end
-        finishes the job. Returns the state after the request. Idempotent."""
-        if self.leading and not self.loaded.is_set():
-            await self.loaded.wait()  # the job may be among the rows start has yet to take
-        self._write_ended()  # a job that ended in this turn: its end is what the caller sees
-        if self.chains.waiting.pop(job_id, None) is not None:
-            self.store.finish_job(job_id, JobState.CANCELLED, Reason.CANCELLED_BY_USER,
-                                  "cancelled while waiting for the job before it")
-            self.metrics.job_ended(self.store.get_job(job_id).queue, JobState.CANCELLED)
-            self._job_done(job_id)
-            return JobState.CANCELLED.value
-        qj = self._dequeue(job_id)
-        held = self.held.pop(job_id, None)
-        if held is not None:
-            held.handle.cancel()
-        if qj is not None or held is not None:
-            self.store.finish_job(job_id, JobState.CANCELLED, Reason.CANCELLED_BY_USER, "cancelled while queued")
-            job = qj.job if qj is not None else held.qj.job  # type: ignore[union-attr]
-            self.metrics.job_ended(job.queue, JobState.CANCELLED)
-            self._job_done(job_id)
-            return JobState.CANCELLED.value
-        run = self.running.get(job_id)
-        if run is None:
-            job = self.store.get_job(job_id)
-            if job.state == JobState.PENDING.value and self.leading:
-                # Written by another replica and not taken here yet: ended now, and the look
-                # for such jobs (replicas.admit, on this loop too) reads it ended, not PENDING.
-                self.store.finish_job(job_id, JobState.CANCELLED, Reason.CANCELLED_BY_USER, "cancelled while queued")
-                self.metrics.job_ended(job.queue, JobState.CANCELLED)
-                self._job_done(job_id)
-                return JobState.CANCELLED.value
-            return job.state
-        if not run.cancel_requested:
-            run.cancel_requested = True
-            self.store.set_job(job_id, state=JobState.CANCELLING.value)
-            asyncio.create_task(self._cancel_remote(run))
-        return JobState.CANCELLING.value
+        finishes the job. Returns the state after the request. Idempotent (fleet.scheduler.cancels)."""
+        return await cancels.cancel(self, job_id)
 
     def _hold(self, qj: QueuedJob, delay: float, attempt: AttemptRef | None, host: Host | None) -> None:
         """Queue ``qj`` only after ``delay`` seconds (its lost attempt may run until then)."""
@@ -472,19 +443,6 @@ class Scheduler:
         self.store.finish_job(job_id, JobState.FAILED, Reason.NO_CAPACITY, message)
         self.metrics.job_ended(qj.job.queue, JobState.FAILED)
         self._job_done(job_id)
-
-    async def _cancel_remote(self, run: Running) -> None:
-        # Wait until the process exists (or the attempt ended) so the signal has a target.
-        waiter = asyncio.ensure_future(run.started.wait())
-        assert run.task is not None
-        await asyncio.wait({waiter, run.task}, return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
-        if run.task.done():
-            return
-        try:
-            await self.backend_of(run.host).cancel(run.plan, self.kill_grace)
-        except BackendError as exc:
-            log.warning("cancel of %s on %s failed: %s", run.attempt.id, run.host.name, exc)
 
     def why(self, job_id: str) -> Why:
         """Why a job is where it is (fleet.scheduler.explain)."""
