@@ -77,6 +77,10 @@ class LeaderLease:
         self.url = url
         self.ttl = ttl
         self.valid_until = 0.0  # local monotonic time our lease is good until
+        # When (monotonic) the lease row was last read, and what it was: a follower's keeper
+        # reads it every second, so a request on the event loop need not (``seen``). One
+        # tuple, swapped whole: the keeper's thread writes it.
+        self._seen: tuple[float, LeaseInfo | None] | None = None
 
     @property
     def held(self) -> bool:
@@ -85,9 +89,16 @@ class LeaderLease:
     def current(self) -> LeaseInfo | None:
         with self.db.write() as conn:
             row = conn.execute(select(_LEASES).where(_LEASES.c.name == LEADER)).first()
-        if row is None:
-            return None
-        return LeaseInfo(row.holder, row.url, row.expires_at, row.updated_at)
+        info = None if row is None else LeaseInfo(row.holder, row.url, row.expires_at, row.updated_at)
+        self._seen = (time.monotonic(), info)
+        return info
+
+    def seen(self, within: float) -> tuple[bool, LeaseInfo | None]:
+        """The lease row as read at most ``within`` seconds ago: (True, it), else (False, None)."""
+        seen = self._seen
+        if seen is not None and time.monotonic() - seen[0] <= within:
+            return True, seen[1]
+        return False, None
 
     def try_acquire(self) -> bool:
         """Take or renew the lease if we may. Returns whether we hold it now."""

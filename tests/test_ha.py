@@ -179,3 +179,26 @@ def test_a_revoked_token_stops_working_at_once_on_every_replica(replicas):
     assert httpx.get(f"{first.url}/whoami", headers={"Authorization": f"Bearer {made.token}"}).status_code == 401
     on_second.close()
     admin.close()
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_follower_answers_health_while_the_database_keeps_it_waiting(replicas, db_url):
+    """A follower's ``GET /health`` names the leader. It read the lease row on the event loop,
+    so a database that kept it waiting (a lock, a slow disk, the network) stopped its liveness
+    answers too. Now the row is the one its lease keeper read last (each second). Here the
+    lease table is locked by another session: a read of it waits until the lock goes."""
+    import psycopg
+
+    first = replicas()
+    assert eventually(lambda: first.role() == "leader", what="first replica leads")
+    second = replicas()
+    assert eventually(lambda: (second.health() or {}).get("leader") == first.url, what="follower sees the leader")
+    with psycopg.connect(db_url) as locker, psycopg.connect(db_url, autocommit=True) as reader:
+        locker.execute("LOCK TABLE leases IN ACCESS EXCLUSIVE MODE")
+        reader.execute("SET statement_timeout = 200")
+        with pytest.raises(psycopg.errors.QueryCanceled):  # the lock holds: a read waits
+            reader.execute("SELECT holder FROM leases")
+        health = second.health()  # gives up after 1 s
+        assert health is not None and health["role"] == "follower" and health["leader"] == first.url, health
+        locker.rollback()
+    assert first.role() == "leader"

@@ -4,6 +4,7 @@ scheduler can answer)."""
 
 from __future__ import annotations
 
+import asyncio
 import pathlib
 import time
 from typing import Annotated, Any
@@ -22,6 +23,8 @@ from fleet.metrics import StateCollector
 from fleet.models.tables import Artifact, Job, User
 from fleet.scheduler.loop import Scheduler
 from fleet.store import Store
+
+LEASE_SEEN_FRESH = 3.0  # seconds: a lease row read this recently is the leader's (leader_url)
 
 
 class ApiContext:
@@ -49,16 +52,22 @@ class ApiContext:
         self.state_metrics = CollectorRegistry(auto_describe=False)
         self.state_metrics.register(StateCollector(self))
 
-    def leader_url(self) -> str | None:
-        """The API URL of the current leader (None if this replica leads or nobody does)."""
-        info = self.lease.current() if self.lease is not None else None
-        if info is None or info.holder == self.lease.holder or info.expires_at < time.time():  # type: ignore[union-attr]
+    async def leader_url(self) -> str | None:
+        """The API URL of the current leader (None if this replica leads or nobody does). From
+        the lease row as this replica's keeper last read it (each second on a follower), else
+        read in a thread: never a database call on the event loop."""
+        if self.lease is None:
+            return None
+        fresh, info = self.lease.seen(within=LEASE_SEEN_FRESH)
+        if not fresh:
+            info = await asyncio.to_thread(self.lease.current)
+        if info is None or info.holder == self.lease.holder or info.expires_at < time.time():
             return None
         return info.url
 
     async def forward(self, request: Request) -> Response:
         """On a follower: hand a scheduler request (why, cancel, hosts...) to the leader."""
-        url = self.leader_url()
+        url = await self.leader_url()
         if url is None:
             raise HTTPException(503, "no scheduler leader right now (a replica is taking over); "
                                      "retry in a few seconds")

@@ -20,11 +20,12 @@ router = APIRouter()
 @router.get("/health", tags=["server"])
 async def health(ctx: CtxDep) -> dict[str, Any]:
     """Answered on the event loop: a liveness check does not wait for a thread of the pool
-    (busy with database calls when the controller is)."""
+    (busy with database calls when the controller is), nor, on a follower, for the database
+    (the leader's URL is the lease row its keeper read last)."""
     leading = ctx.scheduler.leading
     return {"ok": True, "version": __version__, "pid": os.getpid(),
             "role": "leader" if leading else "follower",
-            "leader": None if leading else ctx.leader_url()}
+            "leader": None if leading else await ctx.leader_url()}
 
 
 @router.get("/whoami", tags=["users"])
