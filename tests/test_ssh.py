@@ -90,6 +90,48 @@ def test_known_hosts_are_parsed_once_and_again_when_a_file_changes(tmp_path):
     assert len(known.keys_for("10.0.3.7", "10.0.3.7", 2222)) == 1
 
 
+def test_an_address_of_a_family_this_machine_lacks_is_passed_over(lab):
+    """A name may resolve to addresses of several families (IPv6 first, then IPv4); on a
+    machine without one of them, making its socket fails (EAFNOSUPPORT). That address is
+    passed over for the next, as ssh does; it ended the connect. The name's answer is given
+    here (the lab's sshd listens on 127.0.0.1 only): a family Linux has no stream sockets
+    for, then the host's own address."""
+    import asyncio
+    import socket
+
+    from fleet.backends.connection import ConnectionPool, SSHOptions
+    from fleet.inventory import Host
+
+    live = lab.add_hosts("rtx5060", 1)[0]
+    lab.start()
+
+    async def run() -> str:
+        loop = asyncio.get_running_loop()
+        asked: list[str] = []
+
+        async def getaddrinfo(name, port, **_kw):  # the resolver's answer for the name
+            asked.append(name)
+            return [(socket.AF_APPLETALK, socket.SOCK_STREAM, 0, "", ("ignored", port)),
+                    (socket.AF_INET, socket.SOCK_STREAM, 6, "", (live.address, port))]
+
+        loop.getaddrinfo = getaddrinfo  # type: ignore[method-assign]
+        options = SSHOptions(known_hosts_files=(lab.known_hosts_path,), fleet_known_hosts=lab.root / "fleet_kh",
+                             connect_timeout=5.0)
+        pool = ConnectionPool(options, lambda name: None)
+        try:
+            transport = await pool.get(Host(
+                name=live.name, pools=("p",), arch="x86_64", accelerator="cpu", slots=1,
+                address="two-families.lab.test", port=live.port, key_file=str(lab.client_key_path)))
+            out: list[bytes] = []
+            status = await transport.exec("echo reached", on_stdout=out.append)
+        finally:
+            await pool.close()
+        assert asked == ["two-families.lab.test"] and status == 0
+        return b"".join(out).decode()
+
+    assert asyncio.run(run()).strip() == "reached"
+
+
 def test_handshakes_take_turns_and_a_host_that_never_answers_gives_its_turn_back(lab):
     """A new leader connecting to a whole lab at once does not start every SSH handshake
     together (issue 16: its requests waited behind them): at most ``handshakes`` at a time. The

@@ -16,6 +16,7 @@ import ipaddress
 import logging
 import socket
 import stat
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,7 @@ OutputCallback = Callable[[bytes], None]
 # with 16). The TCP connect comes first and outside the turns, so hosts that are down
 # (refused, unreachable, silent) never hold one; a host that accepts and then never answers
 # gives its turn back after HANDSHAKE_TURN seconds (its handshake goes on, outside the limit,
-# until ``connect_timeout``).
+# until ``connect_timeout``, counted from the start of the TCP connect, has passed).
 HANDSHAKES = 32
 HANDSHAKE_TURN = 2.0
 
@@ -466,9 +467,13 @@ class ConnectionPool:
         client = _TofuClient(opts, host, host.address, host.port, self.known_hosts)
         role = f" (jump host for {via.name})" if via is not None else ""
         conn: asyncssh.SSHClientConnection | None = None
+        # One connect_timeout for the TCP connect and the handshake together (``left``: what
+        # the connect left); the wait for a turn is not the host's and is not counted.
+        began = time.monotonic()
         try:
             # Through a jump host the TCP connection is a channel of the tunnel: no socket here.
             sock = await self._tcp(host) if tunnel is None else None
+            left = max(1.0, opts.connect_timeout - (time.monotonic() - began))
         except (OSError, TimeoutError) as exc:
             raise HostLost(f"host {host.name}{role}: cannot connect to {host.address}:{host.port}: "
                            f"{_describe_connect(exc, opts.connect_timeout)}") from None
@@ -487,11 +492,11 @@ class ConnectionPool:
                         known_hosts=known if known is not None else [],
                         keepalive_interval=opts.keepalive_interval,
                         keepalive_count_max=opts.keepalive_count_max,
-                        connect_timeout=opts.connect_timeout,
+                        connect_timeout=left,
                         encryption_algs=ENCRYPTION_ALGS,
                         config=None,
                     ),
-                    timeout=opts.connect_timeout + 5,
+                    timeout=left + 5,
                 )
         except asyncssh.HostKeyNotVerifiable as exc:
             raise HostKeyRefused(client.refusal or f"host {host.name}{role}: {exc}") from None
@@ -525,7 +530,11 @@ class ConnectionPool:
                 targets = [(info[0], info[4]) for info in infos]
             error: OSError = OSError(f"no address for {host.address}")
             for family, addr in targets:
-                sock = socket.socket(family, socket.SOCK_STREAM)
+                try:  # a family this machine lacks (no IPv6): the next address
+                    sock = socket.socket(family, socket.SOCK_STREAM)
+                except OSError as exc:
+                    error = exc
+                    continue
                 try:
                     sock.setblocking(False)
                     await loop.sock_connect(sock, addr)
