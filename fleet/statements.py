@@ -66,6 +66,8 @@ _J, _A = JOBS.c, ATTEMPTS.c
 # Which of these jobs are STARTING (their first attempt's start moves them to RUNNING).
 STARTING_JOBS = sa_select(_J.id).where(_J.id.in_(bindparam("ids", expanding=True)),
                                         _J.state == JobState.STARTING.value)
+PENDING_AMONG = sa_select(_J.id).where(_J.id.in_(bindparam("ids", expanding=True)),
+                                        _J.state == JobState.PENDING.value)
 
 
 def _job_event_insert(which: Any) -> Any:

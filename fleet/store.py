@@ -53,6 +53,7 @@ from fleet.statements import (
     JOB_FIELDS,
     JOB_RUNNING,
     JOBS,
+    PENDING_AMONG,
     RESULTS,
     STARTING_JOBS,
     TOKEN_USED,
@@ -452,6 +453,11 @@ class Store:
             q = q.where(col(Job.id) >= since)
         with self.db.write() as conn:
             return list(conn.execute(q).scalars())
+
+    def pending_among(self, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` are PENDING now (by primary key; a query per ``IN_CHUNK`` ids)."""
+        with self.db.write() as conn:
+            return {i for part in chunked(list(ids)) for i in conn.execute(PENDING_AMONG, {"ids": part}).scalars()}
 
     def jobs_by_id(self, ids: Sequence[str]) -> list[Job]:
         """The jobs of ``ids`` that exist, by id (a query per ``IN_CHUNK`` ids)."""

@@ -603,27 +603,40 @@ async def test_a_job_another_replica_wrote_is_cancelled_before_the_leader_takes_
         assert h.store.attempts(theirs.id) == []
 
 
-async def test_a_job_cancelled_while_its_batch_is_handed_over_is_not_queued_after(tmp_path):
+async def test_a_batch_handed_over_after_its_write_gives_the_scheduler_only_jobs_still_pending(tmp_path):
     """A large batch is written in a thread, then handed to the scheduler a few hundred jobs
-    at a time with the loop served in between (fleet.api.submit). A cancel in that gap ends
-    a job the scheduler does not hold yet; the hand-over that follows must not queue it
-    again (it did: the job ran and its CANCELLED was written over). Here the gap is taken
-    step by step: the write, the cancel, then the hand-over as submit_many makes it."""
-    async with harness(tmp_path, [host("h1", slots=2)]) as h:
-        specs = [load_spec(f"name: batch-{i}\nrun: 'true'\n") for i in range(3)]
-        jobs = h.store.create_jobs([(spec, "cpu") for spec in specs], "root")
-        resp = await h.api.post(f"/jobs/{jobs[1].id}/cancel")
-        assert resp.status_code == 200 and resp.json()["state"] == "CANCELLED", resp.text
-        for job, spec in zip(jobs, specs, strict=True):
-            h.scheduler.submit(job, spec)  # the hand-over, after the cancel
-        assert not h.scheduler.holds(jobs[1].id)
-        launches = await h.backend.wait_launches(2)
-        assert sorted(launch.plan.job_id for launch in launches) == sorted([jobs[0].id, jobs[2].id])
-        for launch in launches:
+    at a time with the loop served in between (fleet.api.submit). From the write on the jobs
+    are in the database for all to act on, and the hand-over queued a job whatever had
+    happened to it meanwhile: it ran though cancelled (its CANCELLED written over), or ran
+    twice. Here each thing that can happen in the gap is done, then the hand-over: a cancel
+    of a job nobody took yet; the leader's look for other replicas' jobs taking two, one then
+    cancelled (off the queue) and one run to its end."""
+    from fleet.api.submit import _hand_over
+    from fleet.scheduler import replicas
+
+    async with harness(tmp_path, [host("h1", slots=1)]) as h:
+        specs = [load_spec(f"name: batch-{i}\nrun: 'true'\n") for i in range(5)]
+        jobs = h.store.create_jobs([(spec, "cpu") for spec in specs], "root")  # the write
+        untaken, taken_ran, taken_cancelled, *rest = [job.id for job in jobs]  # in id order
+        assert (await h.api.post(f"/jobs/{untaken}/cancel")).json()["state"] == "CANCELLED"
+        replicas.admit(h.scheduler, [taken_ran, taken_cancelled])  # the look, in the gap
+        (first,) = await h.backend.wait_launches(1)  # one slot: the other waits in the queue
+        assert first.plan.job_id == taken_ran
+        assert (await h.api.post(f"/jobs/{taken_cancelled}/cancel")).json()["state"] == "CANCELLED"
+        first.finish(0)
+        await h.until(lambda: h.store.get_job(taken_ran).state == "SUCCEEDED")
+
+        await _hand_over(h.ctx, jobs, specs)
+        for job_id in (untaken, taken_cancelled, taken_ran):
+            assert not h.scheduler.holds(job_id), job_id
+        for n in (2, 3):  # one slot: the two jobs left, one after the other
+            launch = (await h.backend.wait_launches(n))[n - 1]
+            assert launch.plan.job_id in rest
             launch.finish(0)
-        await h.until(lambda: h.store.get_job(jobs[2].id).state == "SUCCEEDED")
-        assert h.store.get_job(jobs[1].id).state == "CANCELLED" and h.store.attempts(jobs[1].id) == []
-        assert h.scheduler.ended_unheld == {}  # the note went with the hand-over it stopped
+        await h.until(lambda: all(h.store.get_job(j).state == "SUCCEEDED" for j in rest))
+        assert h.store.get_job(untaken).state == h.store.get_job(taken_cancelled).state == "CANCELLED"
+        assert h.store.attempts(untaken) == h.store.attempts(taken_cancelled) == []
+        assert h.backend.launched[taken_ran] == 1  # ran once
 
 
 async def test_why_a_chain_step_and_a_job_another_replica_wrote_are_waiting_not_done(tmp_path):

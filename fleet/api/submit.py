@@ -14,11 +14,13 @@ from sqlalchemy.exc import IntegrityError
 from fleet.api.schemas import JobOut
 from fleet.errors import NotFound, SpecError
 from fleet.models.spec import HookCall, InputRef, JobSpec, expand_steps, validate_spec
-from fleet.models.tables import Job, User
+from fleet.models.tables import Job, NewJob, User
 from fleet.scheduler.artifacts import artifact_input
 
 if TYPE_CHECKING:
     from fleet.api.context import ApiContext
+
+HAND_OVER = 200  # jobs of a large batch given to the scheduler between two turns of the loop
 
 
 async def submit_many(ctx: ApiContext, bodies: list[dict[str, Any]], user: User,
@@ -43,26 +45,41 @@ async def submit_many(ctx: ApiContext, bodies: list[dict[str, Any]], user: User,
             raise
         return earlier
     # A large batch is written in a thread too (a thousand jobs held the loop for a third of a
-    # second); a few jobs are written here (a thread hand-off cost more than the write). The
-    # leader's look for jobs other replicas wrote may find these before they are queued
-    # below: whichever comes first queues a job, the other leaves it (Scheduler.submit).
+    # second); a few jobs are written here (a thread hand-off cost more than the write), and
+    # handed to the scheduler with no await in between.
     try:
         if len(accepted) <= 10:
             jobs = ctx.store.create_jobs(accepted, user.name, links, idempotency_key)
-        else:
-            jobs = await asyncio.to_thread(ctx.store.create_jobs, accepted, user.name, links, idempotency_key)
+            for job, (spec, _key) in zip(jobs, accepted, strict=True):
+                ctx.scheduler.submit(job, spec)
+            return [JobOut.of(job) for job in jobs]
+        jobs = await asyncio.to_thread(ctx.store.create_jobs, accepted, user.name, links, idempotency_key)
     except IntegrityError:
         earlier = _made_before(ctx, user, idempotency_key)  # made before, or by a twin just now
         if earlier is None:
             raise
         return earlier
-    for i, (job, (spec, _key)) in enumerate(zip(jobs, accepted, strict=True)):
-        ctx.scheduler.submit(job, spec)
-        if i % 200 == 199:
-            await asyncio.sleep(0)  # a thousand jobs: let the loop serve others in between
-    if len(jobs) <= 10:
-        return [JobOut.of(job) for job in jobs]
+    await _hand_over(ctx, jobs, [spec for spec, _key in accepted])
     return await asyncio.to_thread(lambda: [JobOut.of(job) for job in jobs])
+
+
+async def _hand_over(ctx: ApiContext, jobs: list[NewJob], specs: list[JobSpec]) -> None:
+    """Give a batch written in a thread to the scheduler, HAND_OVER jobs at a time with the
+    loop served in between. Meanwhile (and since the write) the jobs are in the database for
+    all to act on: the leader's look for other replicas' jobs may have queued one (and it may
+    have run), a user may have cancelled one, a takeover may have read them. So each slice
+    hands over only the jobs still PENDING, read on the loop just before (nothing can change
+    them between that read and the hand-over). A follower hands over nothing."""
+    for i in range(0, len(jobs), HAND_OVER):
+        if i:
+            await asyncio.sleep(0)  # a thousand jobs: let the loop serve others in between
+        if not ctx.scheduler.leading:
+            return
+        part = jobs[i:i + HAND_OVER]
+        pending = ctx.store.pending_among([job.id for job in part])
+        for job, spec in zip(part, specs[i:i + HAND_OVER], strict=True):
+            if job.id in pending:
+                ctx.scheduler.submit(job, spec)
 
 
 def _small(bodies: list[dict[str, Any]]) -> bool:

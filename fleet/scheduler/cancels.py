@@ -18,15 +18,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Seconds a job cancelled before it was queued is remembered (Scheduler.submit skips it):
-# a batch is handed to the scheduler within moments of its write.
-ENDED_UNHELD_KEEP = 600.0
-
 
 async def cancel(s: Scheduler, job_id: str) -> str:
     """Cancel a job; returns its state after the request. Idempotent."""
-    if s.leading and not s.loaded.is_set():
-        await s.loaded.wait()  # the job may be among the rows start has yet to take
+    if s.leading:
+        if not s.loaded.is_set():
+            await s.loaded.wait()  # the job may be among the rows start has yet to take
+        s.fence()  # each branch below writes
     s._write_ended()  # a job that ended in this turn: its end is what the caller sees
     if s.chains.waiting.pop(job_id, None) is not None:
         s.store.finish_job(job_id, JobState.CANCELLED, Reason.CANCELLED_BY_USER,
@@ -45,11 +43,9 @@ async def cancel(s: Scheduler, job_id: str) -> str:
         row = s.store.get_job(job_id)
         if row.state != JobState.PENDING.value or not s.leading:
             return row.state
-        # Not taken here yet. Ended now: the look for other replicas' jobs (replicas.admit,
-        # on this loop too) reads it ended, and Scheduler.submit skips it.
-        s.fence()
+        # Not taken here yet. Ended now: the look for other replicas' jobs and a batch's
+        # hand-over (replicas.admit, fleet.api.submit; on this loop too) read it ended.
         s.store.finish_job(job_id, JobState.CANCELLED, Reason.CANCELLED_BY_USER, "cancelled while queued")
-        _remember(s, job_id)
         return _ended(s, job_id, row.queue)
     if not run.cancel_requested:
         run.cancel_requested = True
@@ -62,19 +58,6 @@ def _ended(s: Scheduler, job_id: str, queue: str) -> str:
     s.metrics.job_ended(queue, JobState.CANCELLED)
     s._job_done(job_id)
     return JobState.CANCELLED.value
-
-
-def _remember(s: Scheduler, job_id: str) -> None:
-    """Note a job cancelled before it was queued, for Scheduler.submit; notes older than
-    ENDED_UNHELD_KEEP go."""
-    now = s.clock.time()
-    notes = s.ended_unheld
-    while notes:
-        first = next(iter(notes))
-        if now - notes[first] < ENDED_UNHELD_KEEP:
-            break  # in the order they were made: the rest are newer
-        del notes[first]
-    notes[job_id] = now
 
 
 async def _signal(s: Scheduler, run: Running) -> None:

@@ -124,9 +124,6 @@ class Scheduler:
         self.held: dict[str, Held] = {}
         self.leading = False  # True once started: this replica schedules (see fleet.leader)
         self._loading: set[str] | None = None  # while start loads: the jobs that ended meanwhile
-        # Jobs cancelled while PENDING and not yet taken (fleet.scheduler.cancels), by id: when.
-        # A submission still handing its batch over may offer one after (fleet.api.submit).
-        self.ended_unheld: dict[str, float] = {}
         self._resume: str | None = None  # the queue a pass cut short was serving (_place_all)
         # Called before every write that only a leader may make; with HA it ends the process
         # if the leader lease ran out (a leader that was frozen must not act when it wakes).
@@ -310,8 +307,6 @@ class Scheduler:
             return
         if self.holds(job.id):
             return  # the look for other replicas' jobs found it first (fleet.scheduler.replicas)
-        if self.ended_unheld.pop(job.id, None) is not None:
-            return  # cancelled between its write and this call: ended, never queued
         self.chains.admit(job, spec)
         self._wake.set()
 
