@@ -87,16 +87,18 @@ class LeaderLease:
         return time.monotonic() < self.valid_until
 
     def current(self) -> LeaseInfo | None:
+        at = time.monotonic()  # the row is at least as new as the moment it was asked for
         with self.db.write() as conn:
             row = conn.execute(select(_LEASES).where(_LEASES.c.name == LEADER)).first()
         info = None if row is None else LeaseInfo(row.holder, row.url, row.expires_at, row.updated_at)
-        self._seen = (time.monotonic(), info)
+        self._seen = (at, info)
         return info
 
-    def seen(self, within: float) -> tuple[bool, LeaseInfo | None]:
-        """The lease row as read at most ``within`` seconds ago: (True, it), else (False, None)."""
+    def seen(self, within: float | None) -> tuple[bool, LeaseInfo | None]:
+        """The lease row as last read, if read at most ``within`` seconds ago (None: ever):
+        (True, it), else (False, None)."""
         seen = self._seen
-        if seen is not None and time.monotonic() - seen[0] <= within:
+        if seen is not None and (within is None or time.monotonic() - seen[0] <= within):
             return True, seen[1]
         return False, None
 
@@ -129,6 +131,7 @@ class LeaderLease:
                             "so it was taken back", started - self.valid_until)
             # Count from before the write: the DB may have applied it at any moment since.
             self.valid_until = started + self.ttl
+            self._seen = (started, LeaseInfo(self.holder, self.url, now + self.ttl, now))
         return bool(taken)
 
     def _insert(self, values: dict[str, Any]) -> bool:

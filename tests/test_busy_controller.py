@@ -74,3 +74,27 @@ async def test_health_answers_while_every_thread_of_the_pool_is_busy(tmp_path):
             release.set()
             await asyncio.gather(*busy)
         assert (await whoami).status_code == 200
+
+
+async def test_a_follower_names_the_leader_it_last_saw_and_no_one_once_it_takes_the_lease(tmp_path):
+    """A follower's ``/health`` names the leader from the lease row its keeper read last. A
+    replica that has just taken the lease (its scheduler not started yet) names no one: not
+    the holder it saw before, whose row it still had (a leader just killed on this machine,
+    whose lease had not run out), to which it would forward requests."""
+    from fleet.leader import LeaderLease
+    from tests.harness import harness, host
+
+    async with harness(tmp_path, [host("h1")]) as h:
+        theirs = LeaderLease(h.store.db, "them", "http://127.0.0.1:9", ttl=30)
+        mine = LeaderLease(h.store.db, "me", "http://127.0.0.1:8", ttl=30)
+        assert theirs.try_acquire() and not mine.try_acquire()  # my keeper's look: theirs
+        h.ctx.lease, h.scheduler.leading = mine, False
+        try:
+            health = (await h.api.get("/health")).json()
+            assert health["role"] == "follower" and health["leader"] == "http://127.0.0.1:9", health
+            theirs.release()
+            assert mine.try_acquire()
+            health = (await h.api.get("/health")).json()
+            assert health["role"] == "follower" and health["leader"] is None, health
+        finally:
+            h.scheduler.leading = True

@@ -18,7 +18,7 @@ from fleet.blobs import BlobStore
 from fleet.disk import DiskGuard
 from fleet.errors import NotFound
 from fleet.events import EventHub
-from fleet.leader import LeaderLease
+from fleet.leader import LeaderLease, LeaseInfo
 from fleet.metrics import StateCollector
 from fleet.models.tables import Artifact, Job, User
 from fleet.scheduler.loop import Scheduler
@@ -44,6 +44,7 @@ class ApiContext:
         self.ssh_known_hosts: list[pathlib.Path] = [pathlib.Path("~/.ssh/known_hosts").expanduser()]
         self.trust_on_first_use = False
         self._leader_http: httpx.AsyncClient | None = None
+        self._lease_read: asyncio.Future[LeaseInfo | None] | None = None  # leader_url's read
         self.events: EventHub | None = None  # GET /events (fleet.events); set by the controller
         # Matrix webhooks to loopback/private/link-local addresses (config webhook_allow_private):
         # off, so a user's webhook cannot make the controller call inside its own network.
@@ -52,15 +53,18 @@ class ApiContext:
         self.state_metrics = CollectorRegistry(auto_describe=False)
         self.state_metrics.register(StateCollector(self))
 
-    async def leader_url(self) -> str | None:
-        """The API URL of the current leader (None if this replica leads or nobody does). From
-        the lease row as this replica's keeper last read it (each second on a follower), else
-        read in a thread: never a database call on the event loop."""
-        if self.lease is None:
+    async def leader_url(self, within: float | None = LEASE_SEEN_FRESH) -> str | None:
+        """The API URL of the current leader (None if this replica leads or nobody does), from
+        the lease row as this replica's keeper last read it (each second on a follower) if that
+        was at most ``within`` seconds ago (None: however long ago). Else it is read again, in
+        a thread, once for all who ask meanwhile: never a database call on the event loop."""
+        if self.lease is None or self.lease.held:
             return None
-        fresh, info = self.lease.seen(within=LEASE_SEEN_FRESH)
+        fresh, info = self.lease.seen(within)
         if not fresh:
-            info = await asyncio.to_thread(self.lease.current)
+            if self._lease_read is None or self._lease_read.done():
+                self._lease_read = asyncio.ensure_future(asyncio.to_thread(self.lease.current))
+            info = await asyncio.shield(self._lease_read)
         if info is None or info.holder == self.lease.holder or info.expires_at < time.time():
             return None
         return info.url

@@ -20,12 +20,13 @@ router = APIRouter()
 @router.get("/health", tags=["server"])
 async def health(ctx: CtxDep) -> dict[str, Any]:
     """Answered on the event loop: a liveness check does not wait for a thread of the pool
-    (busy with database calls when the controller is), nor, on a follower, for the database
-    (the leader's URL is the lease row its keeper read last)."""
+    (busy with database calls when the controller is), nor, on a follower, for the database:
+    the leader is the one in the lease row its keeper read last, however long ago (the keeper
+    reads it each second; a database that keeps it waiting must not stop liveness answers)."""
     leading = ctx.scheduler.leading
     return {"ok": True, "version": __version__, "pid": os.getpid(),
             "role": "leader" if leading else "follower",
-            "leader": None if leading else await ctx.leader_url()}
+            "leader": None if leading else await ctx.leader_url(within=None)}
 
 
 @router.get("/whoami", tags=["users"])
