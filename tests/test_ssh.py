@@ -93,17 +93,23 @@ def test_known_hosts_are_parsed_once_and_again_when_a_file_changes(tmp_path):
 def test_an_address_of_a_family_this_machine_lacks_is_passed_over(lab):
     """A name may resolve to addresses of several families (IPv6 first, then IPv4); on a
     machine without one of them, making its socket fails (EAFNOSUPPORT). That address is
-    passed over for the next, as ssh does; it ended the connect. The name's answer is given
-    here (the lab's sshd listens on 127.0.0.1 only): a family Linux has no stream sockets
-    for, then the host's own address."""
+    passed over for the next, as ssh does; it ended the connect. And when no address answers,
+    the error told is a connect's (refused), not the missing family's. The name's answer is
+    given here (the lab's sshd listens on 127.0.0.1 only): a family Linux has no stream
+    sockets for, and the host's own address."""
     import asyncio
     import socket
 
+    from fleet.backends.base import HostLost
     from fleet.backends.connection import ConnectionPool, SSHOptions
     from fleet.inventory import Host
 
     live = lab.add_hosts("rtx5060", 1)[0]
     lab.start()
+
+    with socket.socket() as closed:  # a port nothing listens on: refused
+        closed.bind(("127.0.0.1", 0))
+        refused = closed.getsockname()[1]
 
     async def run() -> str:
         loop = asyncio.get_running_loop()
@@ -111,8 +117,10 @@ def test_an_address_of_a_family_this_machine_lacks_is_passed_over(lab):
 
         async def getaddrinfo(name, port, **_kw):  # the resolver's answer for the name
             asked.append(name)
-            return [(socket.AF_APPLETALK, socket.SOCK_STREAM, 0, "", ("ignored", port)),
-                    (socket.AF_INET, socket.SOCK_STREAM, 6, "", (live.address, port))]
+            lacking = (socket.AF_APPLETALK, socket.SOCK_STREAM, 0, "", ("ignored", port))
+            if name == "refused-then-lacking.lab.test":  # the error told is the connect's
+                return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", refused)), lacking]
+            return [lacking, (socket.AF_INET, socket.SOCK_STREAM, 6, "", (live.address, port))]
 
         loop.getaddrinfo = getaddrinfo  # type: ignore[method-assign]
         options = SSHOptions(known_hosts_files=(lab.known_hosts_path,), fleet_known_hosts=lab.root / "fleet_kh",
@@ -124,9 +132,12 @@ def test_an_address_of_a_family_this_machine_lacks_is_passed_over(lab):
                 address="two-families.lab.test", port=live.port, key_file=str(lab.client_key_path)))
             out: list[bytes] = []
             status = await transport.exec("echo reached", on_stdout=out.append)
+            with pytest.raises(HostLost, match="connection refused"):
+                await pool.get(Host(name="other", pools=("p",), arch="x86_64", accelerator="cpu", slots=1,
+                                    address="refused-then-lacking.lab.test", port=refused))
         finally:
             await pool.close()
-        assert asked == ["two-families.lab.test"] and status == 0
+        assert asked == ["two-families.lab.test", "refused-then-lacking.lab.test"] and status == 0
         return b"".join(out).decode()
 
     assert asyncio.run(run()).strip() == "reached"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import getpass
 import ipaddress
 import logging
@@ -40,9 +41,13 @@ OutputCallback = Callable[[bytes], None]
 # with 16). The TCP connect comes first and outside the turns, so hosts that are down
 # (refused, unreachable, silent) never hold one; a host that accepts and then never answers
 # gives its turn back after HANDSHAKE_TURN seconds (its handshake goes on, outside the limit,
-# until ``connect_timeout``, counted from the start of the TCP connect, has passed).
+# until the TCP connect and the handshake together took ``connect_timeout``; the wait for a
+# turn is not counted).
 HANDSHAKES = 32
 HANDSHAKE_TURN = 2.0
+# socket() errors that say this machine has no such address family (an IPv6 address on a host
+# without IPv6): that address is passed over for the name's next one.
+NO_SUCH_FAMILY = (errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT, errno.ESOCKTNOSUPPORT)
 
 # AES-GCM first: every packet fleet sends or receives (log frames, lease renewals, keepalives)
 # costs asyncssh about half the CPU with it than with its default ChaCha20-Poly1305 (which
@@ -473,7 +478,7 @@ class ConnectionPool:
         try:
             # Through a jump host the TCP connection is a channel of the tunnel: no socket here.
             sock = await self._tcp(host) if tunnel is None else None
-            left = max(1.0, opts.connect_timeout - (time.monotonic() - began))
+            left = max(0.1, opts.connect_timeout - (time.monotonic() - began))
         except (OSError, TimeoutError) as exc:
             raise HostLost(f"host {host.name}{role}: cannot connect to {host.address}:{host.port}: "
                            f"{_describe_connect(exc, opts.connect_timeout)}") from None
@@ -528,12 +533,14 @@ class ConnectionPool:
             except ValueError:
                 infos = await loop.getaddrinfo(host.address, host.port, type=socket.SOCK_STREAM)
                 targets = [(info[0], info[4]) for info in infos]
-            error: OSError = OSError(f"no address for {host.address}")
+            error: OSError | None = None  # the first connect's, else the first family's
             for family, addr in targets:
-                try:  # a family this machine lacks (no IPv6): the next address
+                try:
                     sock = socket.socket(family, socket.SOCK_STREAM)
                 except OSError as exc:
-                    error = exc
+                    if exc.errno not in NO_SUCH_FAMILY:
+                        raise
+                    error = error or exc  # a family this machine lacks (no IPv6): the next address
                     continue
                 try:
                     sock.setblocking(False)
@@ -541,11 +548,12 @@ class ConnectionPool:
                     return sock
                 except OSError as exc:
                     sock.close()
-                    error = exc
+                    if error is None or error.errno in NO_SUCH_FAMILY:
+                        error = exc
                 except BaseException:
                     sock.close()
                     raise
-            raise error
+            raise error or OSError(f"no address for {host.address}")
 
     async def close(self) -> None:
         conns, self._conns = list(self._conns.values()), {}
