@@ -222,6 +222,10 @@ def test_a_full_disk_is_answered_507_and_survived_without_running_a_job_twice(tm
             # host's own log is on that disk too, so the host could not keep it either).
             assert log.startswith("line 0\n") and "bytes dropped here" in log
             assert "the controller's disk was full" in log
+        except BaseException:
+            if fleet is not None:  # the tmpfs and the server's log on it go with the test
+                print(fleet.server_log()[-20000:])
+            raise
         finally:
             if fleet is not None:
                 fleet.stop()
