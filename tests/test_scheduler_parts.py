@@ -639,6 +639,29 @@ async def test_a_batch_handed_over_after_its_write_gives_the_scheduler_only_jobs
         assert h.backend.launched[taken_ran] == 1  # ran once
 
 
+async def test_a_batch_whose_hand_over_fails_is_answered_and_run_from_the_leaders_look(tmp_path, monkeypatch):
+    """The hand-over reads which jobs are still PENDING after the batch is written. If that
+    read fails (the database away for a moment), the batch was made all the same: the
+    client gets its jobs, not a 500 (without an idempotency key a retry would make them
+    twice), and the leader's look for jobs it does not hold queues them."""
+    from fleet.scheduler import replicas
+
+    async with harness(tmp_path, [host("h1", slots=20)]) as h:
+        def away(ids):
+            raise OSError("the database went away")
+
+        monkeypatch.setattr(h.store, "pending_among", away)
+        resp = await h.api.post("/jobs/batch", json={"jobs": [{"name": f"b{i}", "run": "true"} for i in range(12)]})
+        assert resp.status_code == 201, resp.text
+        ids = [job["id"] for job in resp.json()]
+        assert len(ids) == 12 and not any(h.scheduler.holds(i) for i in ids)
+        monkeypatch.undo()
+        replicas.admit(h.scheduler, h.store.pending_job_ids())  # the leader's next look
+        for launch in await h.backend.wait_launches(12):
+            launch.finish(0)
+        await h.until(lambda: all(h.store.get_job(i).state == "SUCCEEDED" for i in ids))
+
+
 async def test_why_a_chain_step_and_a_job_another_replica_wrote_are_waiting_not_done(tmp_path):
     """``fleet why`` said "done" for a step waiting for the one before it, and for a job an HA
     follower wrote that the leader has not taken yet: both are waiting, and say for what."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import TYPE_CHECKING, Any
 
 from fastapi import HTTPException
@@ -19,6 +20,8 @@ from fleet.scheduler.artifacts import artifact_input
 
 if TYPE_CHECKING:
     from fleet.api.context import ApiContext
+
+log = logging.getLogger(__name__)
 
 HAND_OVER = 200  # jobs of a large batch given to the scheduler between two turns of the loop
 
@@ -54,8 +57,8 @@ async def submit_many(ctx: ApiContext, bodies: list[dict[str, Any]], user: User,
                 ctx.scheduler.submit(job, spec)
             return [JobOut.of(job) for job in jobs]
         jobs = await asyncio.to_thread(ctx.store.create_jobs, accepted, user.name, links, idempotency_key)
-    except IntegrityError:
-        earlier = _made_before(ctx, user, idempotency_key)  # made before, or by a twin just now
+    except IntegrityError:  # made before, or by a twin just now (a batch: thousands of rows)
+        earlier = await asyncio.to_thread(_made_before, ctx, user, idempotency_key)
         if earlier is None:
             raise
         return earlier
@@ -69,14 +72,21 @@ async def _hand_over(ctx: ApiContext, jobs: list[NewJob], specs: list[JobSpec]) 
     all to act on: the leader's look for other replicas' jobs may have queued one (and it may
     have run), a user may have cancelled one, a takeover may have read them. So each slice
     hands over only the jobs still PENDING, read on the loop just before (nothing can change
-    them between that read and the hand-over). A follower hands over nothing."""
+    them between that read and the hand-over). A follower hands over nothing. If that read
+    fails, the jobs are written all the same: the rest wait for the leader's look."""
     for i in range(0, len(jobs), HAND_OVER):
         if i:
             await asyncio.sleep(0)  # a thousand jobs: let the loop serve others in between
         if not ctx.scheduler.leading:
             return
+        ctx.scheduler.fence()  # deposed meanwhile: the next leader takes them
         part = jobs[i:i + HAND_OVER]
-        pending = ctx.store.pending_among([job.id for job in part])
+        try:
+            pending = ctx.store.pending_among([job.id for job in part])
+        except Exception:
+            log.exception("handing %d jobs over to the scheduler failed; its next look for jobs "
+                          "takes them", len(jobs) - i)
+            return
         for job, spec in zip(part, specs[i:i + HAND_OVER], strict=True):
             if job.id in pending:
                 ctx.scheduler.submit(job, spec)
