@@ -81,6 +81,7 @@ class LeaderLease:
         # reads it every second, so a request on the event loop need not (``seen``). One
         # tuple, swapped whole: the keeper's thread writes it.
         self._seen: tuple[float, LeaseInfo | None] | None = None
+        self._seen_lock = threading.Lock()  # the newest reading wins, whichever thread ends last
 
     @property
     def held(self) -> bool:
@@ -91,8 +92,13 @@ class LeaderLease:
         with self.db.write() as conn:
             row = conn.execute(select(_LEASES).where(_LEASES.c.name == LEADER)).first()
         info = None if row is None else LeaseInfo(row.holder, row.url, row.expires_at, row.updated_at)
-        self._seen = (at, info)
+        self._saw(at, info)
         return info
+
+    def _saw(self, at: float, info: LeaseInfo | None) -> None:
+        with self._seen_lock:
+            if self._seen is None or at >= self._seen[0]:
+                self._seen = (at, info)
 
     def seen(self, within: float | None) -> tuple[bool, LeaseInfo | None]:
         """The lease row as last read, if read at most ``within`` seconds ago (None: ever):
@@ -131,7 +137,7 @@ class LeaderLease:
                             "so it was taken back", started - self.valid_until)
             # Count from before the write: the DB may have applied it at any moment since.
             self.valid_until = started + self.ttl
-            self._seen = (started, LeaseInfo(self.holder, self.url, now + self.ttl, now))
+            self._saw(started, LeaseInfo(self.holder, self.url, now + self.ttl, now))
         return bool(taken)
 
     def _insert(self, values: dict[str, Any]) -> bool:

@@ -88,6 +88,12 @@ async def test_a_follower_names_the_leader_it_last_saw_and_no_one_once_it_takes_
         theirs = LeaderLease(h.store.db, "them", "http://127.0.0.1:9", ttl=30)
         mine = LeaderLease(h.store.db, "me", "http://127.0.0.1:8", ttl=30)
         assert theirs.try_acquire() and not mine.try_acquire()  # my keeper's look: theirs
+        h.ctx.lease, h.scheduler.leading = LeaderLease(h.store.db, "new", None, ttl=30), False
+        try:  # a replica whose lease thread has read nothing yet (the database away) names no one
+            health = (await h.api.get("/health")).json()
+            assert health["role"] == "follower" and health["leader"] is None, health
+        finally:
+            h.scheduler.leading = True
         h.ctx.lease, h.scheduler.leading = mine, False
         try:
             health = (await h.api.get("/health")).json()

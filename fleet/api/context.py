@@ -56,11 +56,14 @@ class ApiContext:
     async def leader_url(self, within: float | None = LEASE_SEEN_FRESH) -> str | None:
         """The API URL of the current leader (None if this replica leads or nobody does), from
         the lease row as this replica's keeper last read it (each second on a follower) if that
-        was at most ``within`` seconds ago (None: however long ago). Else it is read again, in
-        a thread, once for all who ask meanwhile: never a database call on the event loop."""
+        was at most ``within`` seconds ago (None: however long ago, and no one if it was never
+        read). Else it is read again, in a thread, once for all who ask meanwhile: never a
+        database call on the event loop."""
         if self.lease is None or self.lease.held:
             return None
         fresh, info = self.lease.seen(within)
+        if not fresh and within is None:
+            return None  # never read yet (the database was away since this replica started)
         if not fresh:
             if self._lease_read is None or self._lease_read.done():
                 self._lease_read = asyncio.ensure_future(asyncio.to_thread(self.lease.current))
