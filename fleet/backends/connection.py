@@ -533,7 +533,7 @@ class ConnectionPool:
             except ValueError:
                 infos = await loop.getaddrinfo(host.address, host.port, type=socket.SOCK_STREAM)
                 targets = [(info[0], info[4]) for info in infos]
-            error: OSError | None = None  # the first connect's, else the first family's
+            error: OSError | None = None  # the last connect's (as ssh tells), else a family's
             for family, addr in targets:
                 try:
                     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -548,8 +548,7 @@ class ConnectionPool:
                     return sock
                 except OSError as exc:
                     sock.close()
-                    if error is None or error.errno in NO_SUCH_FAMILY:
-                        error = exc
+                    error = exc
                 except BaseException:
                     sock.close()
                     raise
