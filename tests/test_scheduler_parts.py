@@ -662,6 +662,39 @@ async def test_a_batch_whose_hand_over_fails_is_answered_and_run_from_the_leader
         await h.until(lambda: all(h.store.get_job(i).state == "SUCCEEDED" for i in ids))
 
 
+async def test_the_look_for_other_replicas_jobs_leaves_a_batch_being_handed_over(tmp_path, monkeypatch):
+    """The leader's look for jobs other replicas wrote (every half second) read the rows of
+    every job of a large batch not yet handed over, on the loop, in one callback (a batch of
+    10,000: seconds). Jobs being handed over are the hand-over's: the look leaves them, and
+    takes what a hand-over that stopped did not give (here: the look lands between slices)."""
+    import fleet.api.submit as submit
+    from fleet.scheduler import replicas
+
+    async with harness(tmp_path, [host("h1", slots=12)]) as h:
+        read: list[int] = []
+        jobs_by_id, pending_among = h.store.jobs_by_id, h.store.pending_among
+
+        def counted(ids):
+            read.append(len(ids))
+            return jobs_by_id(ids)
+
+        def look_then_read(ids):  # the look lands in the hand-over, before each slice
+            replicas.admit(h.scheduler, h.store.pending_job_ids())
+            return pending_among(ids)
+
+        monkeypatch.setattr(submit, "HAND_OVER", 4)
+        monkeypatch.setattr(h.store, "jobs_by_id", counted)
+        monkeypatch.setattr(h.store, "pending_among", look_then_read)
+        resp = await h.api.post("/jobs/batch", json={"jobs": [{"name": f"b{i}", "run": "true"} for i in range(12)]})
+        assert resp.status_code == 201, resp.text
+        ids = [job["id"] for job in resp.json()]
+        assert sum(read) == 0 and not h.scheduler.incoming  # the look read no row of the batch
+        for launch in await h.backend.wait_launches(12):
+            launch.finish(0)
+        await h.until(lambda: all(h.store.get_job(i).state == "SUCCEEDED" for i in ids))
+        assert all(h.backend.launched[i] == 1 for i in ids)
+
+
 async def test_why_a_chain_step_and_a_job_another_replica_wrote_are_waiting_not_done(tmp_path):
     """``fleet why`` said "done" for a step waiting for the one before it, and for a job an HA
     follower wrote that the leader has not taken yet: both are waiting, and say for what."""

@@ -73,23 +73,31 @@ async def _hand_over(ctx: ApiContext, jobs: list[NewJob], specs: list[JobSpec]) 
     have run), a user may have cancelled one, a takeover may have read them. So each slice
     hands over only the jobs still PENDING, read on the loop just before (nothing can change
     them between that read and the hand-over). A follower hands over nothing. If that read
-    fails, the jobs are written all the same: the rest wait for the leader's look."""
-    for i in range(0, len(jobs), HAND_OVER):
-        if i:
-            await asyncio.sleep(0)  # a thousand jobs: let the loop serve others in between
-        if not ctx.scheduler.leading:
-            return
-        ctx.scheduler.fence()  # deposed meanwhile: the next leader takes them
-        part = jobs[i:i + HAND_OVER]
-        try:
-            pending = ctx.store.pending_among([job.id for job in part])
-        except Exception:
-            log.exception("handing %d jobs over to the scheduler failed; its next look for jobs "
-                          "takes them", len(jobs) - i)
-            return
-        for job, spec in zip(part, specs[i:i + HAND_OVER], strict=True):
-            if job.id in pending:
-                ctx.scheduler.submit(job, spec)
+    fails, the jobs are written all the same: the rest wait for the leader's look. Until
+    its slice is handed over, a job is ``incoming``: the look leaves it to this."""
+    incoming = ctx.scheduler.incoming
+    ids = [job.id for job in jobs]
+    incoming.update(ids)
+    try:
+        for i in range(0, len(jobs), HAND_OVER):
+            if i:
+                await asyncio.sleep(0)  # a thousand jobs: let the loop serve others in between
+            if not ctx.scheduler.leading:
+                return
+            ctx.scheduler.fence()  # deposed meanwhile: the next leader takes them
+            part = jobs[i:i + HAND_OVER]
+            try:
+                pending = ctx.store.pending_among(ids[i:i + HAND_OVER])
+            except Exception:
+                log.exception("handing %d jobs over to the scheduler failed; its next look for "
+                              "jobs takes them", len(jobs) - i)
+                return
+            for job, spec in zip(part, specs[i:i + HAND_OVER], strict=True):
+                incoming.discard(job.id)
+                if job.id in pending:
+                    ctx.scheduler.submit(job, spec)
+    finally:
+        incoming.difference_update(ids)  # what was not handed over: the look's
 
 
 def _small(bodies: list[dict[str, Any]]) -> bool:

@@ -122,6 +122,9 @@ class Scheduler:
         self._sync_task: asyncio.Task[None] | None = None
         # Retries waiting for a lost attempt's lease to run out (see _hold), by job id.
         self.held: dict[str, Held] = {}
+        # Ids of a batch a request here is handing over (fleet.api.submit): the look for other
+        # replicas' jobs leaves them, rather than read thousands of rows on the loop at once.
+        self.incoming: set[str] = set()
         self.leading = False  # True once started: this replica schedules (see fleet.leader)
         self._loading: set[str] | None = None  # while start loads: the jobs that ended meanwhile
         self._resume: str | None = None  # the queue a pass cut short was serving (_place_all)

@@ -42,10 +42,11 @@ async def follow(s: Scheduler) -> None:
 
 
 def admit(s: Scheduler, ids: list[str]) -> None:
-    """Queue the PENDING jobs among ``ids`` the scheduler does not have. Their rows are read
-    on the loop, not in a thread: the ids may be stale (a job placed and ended since), the
-    state read here is not, so an ended job is never queued again."""
-    fresh = [i for i in ids if not s.holds(i)]
+    """Queue the PENDING jobs among ``ids`` the scheduler does not have and no request here
+    is handing over (``Scheduler.incoming``). Their rows are read on the loop, not in a
+    thread: the ids may be stale (a job placed and ended since), the state read here is not,
+    so an ended job is never queued again."""
+    fresh = [i for i in ids if not s.holds(i) and i not in s.incoming]
     for job in s.store.jobs_by_id(fresh) if fresh else []:
         if job.state == JobState.PENDING.value:
             s.submit(job, JobSpec.model_validate_json(job.spec_json))
