@@ -151,3 +151,34 @@ async def test_why_a_chain_step_and_a_job_another_replica_wrote_are_waiting_not_
         await h.until(lambda: h.store.get_job(first).state == "SUCCEEDED")
         why = (await h.api.get(f"/jobs/{first}/why")).json()
         assert why["state"] == "done" and why["summary"].startswith("SUCCEEDED"), why
+
+
+async def test_a_plain_users_large_batch_is_checked_whole_before_its_write_and_hand_over(tmp_path):
+    """The thread path (a batch of more than ten) as a user who is not an admin. A spec with a
+    path where a blob's hash belongs, or a batch past 10,000 specs, is refused whole with the
+    field named: nothing is written, nothing is handed over. A batch of another user's jobs
+    is not theirs to cancel or explain, during its hand-over or after: 404, and it runs."""
+    async with harness(tmp_path, [host("h1", slots=12)]) as h:
+        alice, bob = h.store.create_user("alice"), h.store.create_user("bob")
+        as_alice = {"Authorization": f"Bearer {h.store.create_token(alice, 'a')}"}
+        as_bob = {"Authorization": f"Bearer {h.store.create_token(bob, 'b')}"}
+        lying = [{"name": f"b{i}", "run": "true"} for i in range(12)]
+        lying[11]["inputs"] = {"model": {"filename": "m.onnx",
+                                         "files": {"m.onnx": {"sha256": "../../etc/shadow", "size": 1}}}}
+        resp = await h.api.post("/jobs/batch", json={"jobs": lying}, headers=as_bob)
+        assert resp.status_code == 422 and "jobs[11]" in resp.text and "64 lowercase hex" in resp.text, resp.text
+        resp = await h.api.post("/jobs/batch", json={"jobs": [{"name": "x", "run": "true"}] * 10_001},
+                                headers=as_bob)
+        assert resp.status_code == 422 and "10000" in resp.text.replace(",", ""), resp.text[:300]
+        assert h.store.list_jobs(owner=None, limit=10) == [] and not h.scheduler.incoming
+
+        resp = await h.api.post("/jobs/batch", json={"jobs": [{"name": f"a{i}", "run": "true"} for i in range(12)]},
+                                headers=as_alice)
+        assert resp.status_code == 201, resp.text
+        ids = [job["id"] for job in resp.json()]
+        for job_id in (ids[0], ids[11]):
+            assert (await h.api.post(f"/jobs/{job_id}/cancel", headers=as_bob)).status_code == 404
+            assert (await h.api.get(f"/jobs/{job_id}/why", headers=as_bob)).status_code == 404
+        for launch in await h.backend.wait_launches(12):
+            launch.finish(0)
+        await h.until(lambda: all(h.store.get_job(i).state == "SUCCEEDED" for i in ids))
