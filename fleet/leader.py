@@ -79,7 +79,7 @@ class LeaderLease:
         self.valid_until = 0.0  # local monotonic time our lease is good until
         # When (monotonic) the lease row was last read, and what it was: a follower's keeper
         # reads it every second, so a request on the event loop need not (``seen``). One
-        # tuple, swapped whole: the keeper's thread writes it.
+        # tuple, swapped whole under ``_seen_lock`` (``_saw``): several threads read the row.
         self._seen: tuple[float, LeaseInfo | None] | None = None
         self._seen_lock = threading.Lock()  # the newest reading wins, whichever thread ends last
 

@@ -63,11 +63,15 @@ INSERT_ATTEMPT = insert(ATTEMPTS).values({n: bindparam(n) for n in (
     "id", "job_id", "number", "host", "backend", "slots", "state", "created_at", "log_bytes")})
 
 _J, _A = JOBS.c, ATTEMPTS.c
-# Which of these jobs are STARTING (their first attempt's start moves them to RUNNING).
-STARTING_JOBS = sa_select(_J.id).where(_J.id.in_(bindparam("ids", expanding=True)),
-                                        _J.state == JobState.STARTING.value)
-PENDING_AMONG = sa_select(_J.id).where(_J.id.in_(bindparam("ids", expanding=True)),
-                                        _J.state == JobState.PENDING.value)
+
+
+def _ids_in(state: JobState) -> Any:
+    """Which of the jobs ``ids`` (an expanding parameter) are in ``state`` now."""
+    return sa_select(_J.id).where(_J.id.in_(bindparam("ids", expanding=True)), _J.state == state.value)
+
+
+STARTING_JOBS = _ids_in(JobState.STARTING)  # their first attempt's start moves them to RUNNING
+PENDING_AMONG = _ids_in(JobState.PENDING)  # a batch's hand-over (fleet.api.submit)
 
 
 def _job_event_insert(which: Any) -> Any:
