@@ -25,6 +25,8 @@ it has no journal, ``fs/ext4/ialloc.c``). An ext4 with a journal (mkfs.ext4's de
 what a Jetson's or an Ubuntu host's root is) does not: measured on loop-mounted 1 GiB images
 after 100,000 files created and removed, a directory and four files cost 0.15 ms with a
 journal and 1.1-1.6 ms without, and this bench 1.4-1.6 ms per attempt against 8.5.
+Beside it, the same run prints what an attempt's directory and files cost made by a plain
+loop in the same root (no agent, no process): the filesystem's part of the figure.
 ``--root`` puts the attempt directories elsewhere (``/dev/shm``: fleet's own cost without the
 filesystem's); the report names the root, its filesystem and, for ext4, whether it has a
 journal. ``--wrapper`` measures another
@@ -188,6 +190,48 @@ def baseline(attempts: int) -> tuple[float, float]:
         group.close()
 
 
+def files_alone(attempts: int, root: Path) -> tuple[float, float]:
+    """What the filesystem alone costs for an attempt's files, in a cgroup of its own: a
+    Python process that makes, in the same root, what the agent makes per attempt (a directory;
+    job.json; the lease; the status file's reserved space, written and renamed at the end; the
+    log), and nothing else. On an ext4 without a journal, within minutes of many files removed,
+    this is most of the figure above (see the module's doc)."""
+    group = CGroup("files")
+    base = root / "files-alone"
+    try:
+        code = ("import os, sys\n"
+                "root = sys.argv[1]\n"
+                "os.mkdir(root)\n"
+                "sys.stdin.readline()\n"
+                f"for i in range({attempts}):\n"
+                "    d = os.path.join(root, 'f%05d' % i)\n"
+                "    os.mkdir(d, 0o700)\n"
+                "    for name, data in (('job.json', b'{}'), ('lease', b'1\\n'), ('log', b'')):\n"
+                "        fd = os.open(os.path.join(d, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)\n"
+                "        os.write(fd, data)\n"
+                "        os.close(fd)\n"
+                "    fd = os.open(os.path.join(d, 'status.json.reserved'), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)\n"
+                "    os.posix_fallocate(fd, 0, 4096)\n"
+                "    os.write(fd, b'{}')\n"
+                "    os.close(fd)\n"
+                "    os.replace(os.path.join(d, 'status.json.reserved'), os.path.join(d, 'status.json'))\n"
+                "print('done', flush=True)\n")
+        proc = subprocess.Popen([sys.executable, "-c", code, str(base)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, preexec_fn=group.join)
+        time.sleep(0.3)
+        before, kernel = group.usage_ms(), group.kernel_ms()
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(b"go\n")
+        proc.stdin.flush()
+        if proc.stdout.readline() != b"done\n":
+            raise SystemExit("the files-alone baseline failed")
+        took, kernel = group.usage_ms() - before, group.kernel_ms() - kernel
+        proc.wait()
+        return took / attempts, kernel / attempts
+    finally:
+        group.close()
+
+
 def running(wrapper: Path, n: int, seconds: float, root: Path) -> float:
     group = CGroup("run")
     try:
@@ -268,6 +312,7 @@ def main() -> int:
     try:
         (root / "cache").mkdir()
         per_attempt, per_attempt_kernel = start_end(args.wrapper, args.attempts, root)
+        floor, floor_kernel = files_alone(args.attempts, root)
         base, base_kernel = baseline(args.attempts)
         per_running = running(args.wrapper, args.running, args.seconds, root)
         idle_pct = idle(args.wrapper, args.seconds)
@@ -280,6 +325,8 @@ def main() -> int:
         "baseline_fork_exec_ms": round(base, 3),
         "baseline_fork_exec_kernel_ms": round(base_kernel, 3),
         "ratio_to_baseline": round(per_attempt / base, 2) if base else None,
+        "files_alone_ms": round(floor, 3),
+        "files_alone_kernel_ms": round(floor_kernel, 3),
         "running_ms_per_s_per_attempt": round(per_running, 4),
         "idle_agent_pct_of_core": round(idle_pct, 4),
         "targets": {"start_end_ms_per_attempt": 2.0, "running_ms_per_s_per_attempt": 0.2,
@@ -292,6 +339,8 @@ def main() -> int:
         print(f"start/end   {per_attempt:7.3f} ms CPU per attempt (target <= 2), {per_attempt_kernel:.3f} in the "
               f"kernel; baseline fork/exec {base:.3f} ms ({base_kernel:.3f} in the kernel); ratio "
               f"{figures['ratio_to_baseline']}x")
+        print(f"            the attempt's directory and files alone, made by a plain loop: {floor:.3f} ms "
+              f"({floor_kernel:.3f} in the kernel)")
         print(f"running     {per_running:7.4f} ms CPU per second per running attempt (target <= 0.2), "
               f"{args.running} attempts over {args.seconds:g} s")
         print(f"idle agent  {idle_pct:7.4f} % of a core (target <= 0.05)")
