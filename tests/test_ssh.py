@@ -143,6 +143,132 @@ def test_an_address_of_a_family_this_machine_lacks_is_passed_over(lab):
     assert asyncio.run(run()).strip() == "reached"
 
 
+def _silent_listener():
+    """A port on 127.0.0.1 that never completes a TCP connect: a listener whose accept queue
+    one connection fills (backlog 0, never accepted), so the kernel drops every SYN after it,
+    as a broken route or a firewall does. Returns (listener, filler, port)."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    filler = socket.create_connection(listener.getsockname(), timeout=5)
+    return listener, filler, listener.getsockname()[1]
+
+
+def test_a_silent_address_of_a_name_does_not_take_the_whole_connect_timeout(lab):
+    """A name whose first address never answers (IPv6 with a broken route, say) and whose
+    second does: the second is tried STAGGER s after the first, which goes on trying, and the
+    one that connects wins (RFC 8305). Before, the silent address took the whole
+    connect_timeout and the host was reported lost although the name's other address answered
+    (and ssh, which gives each address its own timeout, reached it). Every socket of the
+    attempts that did not win is closed. With every address silent, the error says so."""
+    import asyncio
+    import os
+    import socket
+
+    from fleet.backends.base import HostLost
+    from fleet.backends.connection import ConnectionPool, SSHOptions
+    from fleet.inventory import Host
+
+    live = lab.add_hosts("rtx5060", 1)[0]
+    lab.start()
+    listener, filler, silent = _silent_listener()
+
+    async def run() -> str:
+        loop = asyncio.get_running_loop()
+
+        async def getaddrinfo(name, port, **_kw):  # the resolver's answer for the name
+            first = (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", silent))
+            if name == "all-silent.lab.test":
+                return [first, first]
+            return [first, (socket.AF_INET, socket.SOCK_STREAM, 6, "", (live.address, port))]
+
+        loop.getaddrinfo = getaddrinfo  # type: ignore[method-assign]
+        options = SSHOptions(known_hosts_files=(lab.known_hosts_path,), fleet_known_hosts=lab.root / "fleet_kh",
+                             connect_timeout=3.0)
+        pool = ConnectionPool(options, lambda name: None)
+
+        def fds() -> int:
+            return len(os.listdir("/proc/self/fd"))
+
+        try:
+            # What one connection to a plain address holds open here, to compare with
+            began = fds()
+            await (await pool.get(Host(name="plain", pools=("p",), arch="x86_64", accelerator="cpu", slots=1,
+                                       address=live.address, port=live.port, key_file=str(lab.client_key_path)))
+                   ).exec("true")
+            one = fds() - began
+            transport = await pool.get(Host(
+                name=live.name, pools=("p",), arch="x86_64", accelerator="cpu", slots=1,
+                address="silent-then-live.lab.test", port=live.port, key_file=str(lab.client_key_path)))
+            out: list[bytes] = []
+            status = await transport.exec("echo reached", on_stdout=out.append)
+            assert status == 0
+            assert fds() == began + 2 * one  # the silent address's socket is closed
+            with pytest.raises(HostLost, match=r"no answer in 3 s \(connect_timeout\)"):
+                await pool.get(Host(name="other", pools=("p",), arch="x86_64", accelerator="cpu", slots=1,
+                                    address="all-silent.lab.test", port=silent))
+            assert fds() == began + 2 * one
+        finally:
+            await pool.close()
+        return b"".join(out).decode()
+
+    try:
+        assert asyncio.run(run()).strip() == "reached"
+    finally:
+        filler.close()
+        listener.close()
+
+
+def test_a_controller_out_of_file_descriptors_says_so_in_the_hosts_error(lab, tmp_path):
+    """socket() failing with EMFILE is the controller's limit, not the host's fault: the error
+    (which the host's health and the attempt carry) says which and how to raise it; before, it
+    read "Too many open files" as if the host were at fault. Run in a process of its own whose
+    open-file limit is what it has open already."""
+    import subprocess
+    import sys
+
+    live = lab.add_hosts("rtx5060", 1)[0]
+    lab.start()
+    script = tmp_path / "emfile.py"
+    script.write_text(f"""
+import asyncio, os, resource
+from pathlib import Path
+from fleet.backends.base import HostLost
+from fleet.backends.connection import ConnectionPool, SSHOptions
+from fleet.inventory import Host
+
+async def main():
+    options = SSHOptions(known_hosts_files=(Path({str(lab.known_hosts_path)!r}),), fleet_known_hosts=Path({str(tmp_path / "kh")!r}),
+                         connect_timeout=3.0)
+    pool = ConnectionPool(options, lambda name: None)
+    spare = [os.open("/dev/null", os.O_RDONLY) for _ in range(64)]  # what the loop still needs
+    used = max(int(fd) for fd in os.listdir("/proc/self/fd")) + 1
+    resource.setrlimit(resource.RLIMIT_NOFILE, (used, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    for fd in spare:  # free: the loop may take these; then fill them again
+        os.close(fd)
+    held = []
+    while True:
+        try:
+            held.append(os.open("/dev/null", os.O_RDONLY))
+        except OSError:
+            break
+    try:
+        await pool.get(Host(name="h", pools=("p",), arch="x86_64", accelerator="cpu", slots=1,
+                            address="127.0.0.1", port={live.port}, key_file={str(lab.client_key_path)!r}))
+        print("connected")
+    except HostLost as exc:
+        print(exc)
+
+asyncio.run(main())
+""")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "the controller is short of file descriptors (EMFILE" in out.stdout, out.stdout
+    assert "not a fault of this host" in out.stdout and "ulimit -n" in out.stdout
+
+
 def test_handshakes_take_turns_and_a_host_that_never_answers_gives_its_turn_back(lab):
     """A new leader connecting to a whole lab at once does not start every SSH handshake
     together (issue 16: its requests waited behind them): at most ``handshakes`` at a time. The

@@ -48,6 +48,11 @@ HANDSHAKE_TURN = 2.0
 # socket() errors that say this machine has no such address family (an IPv6 address on a host
 # without IPv6): that address is passed over for the name's next one.
 NO_SUCH_FAMILY = (errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT, errno.ESOCKTNOSUPPORT)
+# A name with several addresses: the next is tried when the one before has not connected
+# within STAGGER seconds (RFC 8305's connection attempt delay), while that one goes on trying.
+STAGGER = 0.25
+# Errors that are the controller's, not the host's: it is out of file descriptors or memory.
+CONTROLLER_SHORT = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 # AES-GCM first: every packet fleet sends or receives (log frames, lease renewals, keepalives)
 # costs asyncssh about half the CPU with it than with its default ChaCha20-Poly1305 (which
@@ -285,7 +290,62 @@ def _describe_connect(exc: BaseException, timeout: float) -> str:
         return f"no answer in {timeout:g} s (connect_timeout)"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused (is sshd running, on that port?)"
+    if isinstance(exc, OSError) and exc.errno in CONTROLLER_SHORT:
+        return (f"the controller is short of {'memory' if exc.errno in (errno.ENOBUFS, errno.ENOMEM) else 'file descriptors'} "
+                f"({errno.errorcode[exc.errno]}: {exc.strerror}), not a fault of this host: raise the limit "
+                f"of fleet serve's process (ulimit -n, systemd's LimitNOFILE)")
     return _describe(exc)
+
+
+async def _connect_one(family: int, addr: Any) -> socket.socket:
+    """A TCP connection to one address (a non-blocking socket); the socket is closed on any
+    failure or cancel."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, addr)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def _race(targets: list[tuple[int, Any]]) -> socket.socket:
+    """The first of ``targets`` to connect, each begun ``STAGGER`` s after the one before (or as
+    soon as every one begun has failed). Raises the last connect's error (as ssh tells it),
+    else a missing family's. Whatever else connected, or still tries, is closed."""
+    tries: list[asyncio.Task[socket.socket]] = []
+    left = list(targets)
+    error: OSError | None = None
+    won: asyncio.Task[socket.socket] | None = None
+    try:
+        while left or any(not t.done() for t in tries):
+            if left and all(t.done() for t in tries):
+                tries.append(asyncio.ensure_future(_connect_one(*left.pop(0))))
+            trying = {t for t in tries if not t.done()}
+            done, _ = await asyncio.wait(trying, timeout=STAGGER if left else None,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                exc = t.exception()
+                if exc is None:
+                    won = t
+                    return t.result()
+                if not isinstance(exc, OSError):
+                    raise exc
+                if exc.errno not in NO_SUCH_FAMILY or error is None:
+                    error = exc
+            if not done and left:  # none connected within STAGGER: the next one too
+                tries.append(asyncio.ensure_future(_connect_one(*left.pop(0))))
+        raise error or OSError("no address to connect to")
+    finally:
+        others = [t for t in tries if t is not won]
+        for t in others:
+            t.cancel()
+        if others:
+            await asyncio.gather(*others, return_exceptions=True)
+        for t in others:  # connected in the same moment as the winner
+            if not t.cancelled() and t.exception() is None:
+                t.result().close()
 
 
 class KnownHosts:
@@ -522,8 +582,12 @@ class ConnectionPool:
         return conn
 
     async def _tcp(self, host: Host) -> socket.socket:
-        """A TCP connection to the host, tried on each of its addresses in turn; raises OSError
-        or TimeoutError (after ``connect_timeout``) as asyncssh's own connect would."""
+        """A TCP connection to the host; raises OSError or TimeoutError (after
+        ``connect_timeout``) as asyncssh's own connect would. A name's addresses are tried as
+        "happy eyeballs" do (RFC 8305): the next one ``STAGGER`` s after the one before if that
+        has not connected yet (at once if it failed), the first to connect wins and the others
+        are closed. One silent address (a broken IPv6 route) no longer takes the whole
+        ``connect_timeout`` before the address that answers is tried."""
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(self.options.connect_timeout):
             targets: list[tuple[int, Any]]
@@ -533,26 +597,9 @@ class ConnectionPool:
             except ValueError:
                 infos = await loop.getaddrinfo(host.address, host.port, type=socket.SOCK_STREAM)
                 targets = [(info[0], info[4]) for info in infos]
-            error: OSError | None = None  # the last connect's (as ssh tells), else a family's
-            for family, addr in targets:
-                try:
-                    sock = socket.socket(family, socket.SOCK_STREAM)
-                except OSError as exc:
-                    if exc.errno not in NO_SUCH_FAMILY:
-                        raise
-                    error = error or exc  # a family this machine lacks (no IPv6): the next address
-                    continue
-                try:
-                    sock.setblocking(False)
-                    await loop.sock_connect(sock, addr)
-                    return sock
-                except OSError as exc:
-                    sock.close()
-                    error = exc
-                except BaseException:
-                    sock.close()
-                    raise
-            raise error or OSError(f"no address for {host.address}")
+            if len(targets) == 1:
+                return await _connect_one(*targets[0])
+            return await _race(targets)
 
     async def close(self) -> None:
         conns, self._conns = list(self._conns.values()), {}
