@@ -119,7 +119,11 @@ def test_leader_killed_follower_takes_over_nothing_lost_or_run_twice(replicas, t
     eventually(lambda: sum(client.job(j).state == "RUNNING" for j in ids) == 3, what="3 running")
     eventually(lambda: all(len(b"".join(client.logs(j)).splitlines()) >= 5
                            for j in ids if client.job(j).state == "RUNNING"), what="logs flowing")
-    assert client.why(ids[-1]).state == "waiting"  # proxied to the leader
+    # Only the leader can explain a job (a follower forwards the request). The last job waits
+    # behind the first three, unless on a loaded machine three of them ended meanwhile (each
+    # runs ~3 s): then it runs.
+    why = client.why(ids[-1])
+    assert why.state in ("waiting", "running"), (why, [client.job(j).state for j in ids])
 
     first.kill(signal.SIGKILL)
     killed_at = time.monotonic()
