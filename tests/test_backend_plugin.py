@@ -63,7 +63,9 @@ def test_plugin_runs_jobs_beside_ssh_and_shows_in_hosts_and_why(fleet, tmp_path)
     # goes there first (an elastic pool ranks below it).
     eventually(lambda: next(h for h in client.hosts() if h.name == "localhost").health == "good",
                what="localhost checked")
-    first = client.submit({"name": "fixed-first", "burst": True, "run": "sleep 1.5"}).id
+    gate = tmp_path / "gate"  # the fixed host stays busy until the test has seen the rest
+    first = client.submit({"name": "fixed-first", "burst": True,
+                           "run": f"while [ ! -e {gate} ]; do sleep 0.05; done"}).id
     _wait_state(client, first, {"RUNNING"})
     assert client.job(first).attempt_list[0].host == "localhost"
     # The lab is full: a job that may not burst waits, and says why.
@@ -84,6 +86,7 @@ def test_plugin_runs_jobs_beside_ssh_and_shows_in_hosts_and_why(fleet, tmp_path)
         assert b"".join(client.logs(job.id)) == f"hello from {PLUGIN}\n".encode()
     assert ended[1].attempt_list[0].exit_code == 1 and ended[1].reason == "exit_nonzero"
     assert sorted(side.read_text().split()) == sorted(burst)
+    gate.touch()
     assert client.wait(first, 60).state == "SUCCEEDED"
     assert client.wait(stays, 60).attempt_list[0].host == "localhost"
 
@@ -96,11 +99,11 @@ def test_plugin_runs_jobs_beside_ssh_and_shows_in_hosts_and_why(fleet, tmp_path)
 
 
 def test_the_burst_policy_holds_a_queue_back_until_it_has_waited_and_only_jobs_skip_the_lab(fleet, tmp_path):
-    """``burst: {wait: 2}``: with the lab full a burstable job waits for the lab first, says
+    """``burst: {wait: 6}``: with the lab full a burstable job waits for the lab first, says
     how long it has waited of how long, then bursts by itself (a timed pass, no new event);
     ``burst: only`` goes to the elastic pool even with the lab free; a bad policy stops the start."""
     client = fleet.start(_inventory(tmp_path), config={"backends": {PLUGIN: {"limit": 2}},
-                                                       "burst": {"wait": 2}})
+                                                       "burst": {"wait": 6}})
     eventually(lambda: next(h for h in client.hosts() if h.name == "localhost").health == "good",
                what="localhost checked")
     only = client.wait(client.submit({"name": "only", "burst": "only", "run": "true"}).id, 60)
@@ -113,13 +116,13 @@ def test_the_burst_policy_holds_a_queue_back_until_it_has_waited_and_only_jobs_s
     waiter = client.submit({"name": "waiter", "burst": "allowed", "run": "true"}).id
     why = fleet.cli_json("why", waiter)
     assert why["reasons"].get("busy") == 1, why
-    assert any(r.startswith("may burst, not yet: the oldest job has waited") and r.endswith("of 2s")
+    assert any(r.startswith("may burst, not yet: the oldest job has waited") and r.endswith("of 6s")
                for r in why["reasons"]), why
     job = client.wait(waiter, 60)
     assert job.state == "SUCCEEDED" and job.attempt_list[0].host == PLUGIN
     waited = datetime.fromisoformat(job.attempt_list[0].started_at) - datetime.fromisoformat(job.created_at)
-    assert waited.total_seconds() >= 1.9, waited  # it waited for the lab first
-    assert time.monotonic() - submitted < 20
+    assert waited.total_seconds() >= 5.9, waited  # it waited for the lab first
+    assert time.monotonic() - submitted < 40
     client.cancel(blocker)
 
 

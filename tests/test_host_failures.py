@@ -23,17 +23,19 @@ FAST = {"keepalive_interval": 1, "keepalive_count_max": 2, "connect_timeout": 2,
 WINDOW = FAST["keepalive_interval"] * (FAST["keepalive_count_max"] + 1) + FAST["connect_timeout"]
 
 
-def _long_job(side, steps: int = 40, *, retry_steps: int | None = None, first=None) -> dict:
+def _long_job(side, steps: int = 40, *, retry_steps: int | None = None, first=None, gate=None) -> dict:
     """Writes 'start HOST' at once and 'end HOST' after ``steps`` x 0.2 s of running time (only
     the first attempt, the one that creates directory ``first``, when ``retry_steps`` is given:
-    later ones run ``retry_steps``)."""
+    later ones run ``retry_steps``). With ``gate``, the running time begins once that file
+    exists (the test decides when, however slow the machine)."""
     n = str(steps) if retry_steps is None else "$n"
     pick = "" if retry_steps is None else \
         f"if mkdir {first} 2>/dev/null; then n={steps}; else n={retry_steps}; fi; "
+    wait = "" if gate is None else f"while [ ! -e {gate} ]; do sleep 0.05; done; "
     return {
         "name": "long",
         "resources": {"pool": "rtx"},
-        "run": (f'{pick}echo "start $FLEET_HOST" >> {side}; i=0; while [ $i -lt {n} ]; do '
+        "run": (f'{pick}echo "start $FLEET_HOST" >> {side}; {wait}i=0; while [ $i -lt {n} ]; do '
                 f'echo "tick $i"; i=$((i+1)); sleep 0.2; done; echo "end $FLEET_HOST" >> {side}'),
     }
 
@@ -71,7 +73,9 @@ def test_host_dies_mid_job_retry_elsewhere_then_health_bad_then_good(fleet, lab,
     lab.start()
     side = tmp_path / "side.txt"
     client = start_fleet(fleet, lab, tmp_path, config=FAST)
-    job_id = client.submit(_long_job(side, steps=10)).id
+    # The first attempt runs 10 s (it must still run when its host dies, however slow the
+    # machine), the retry 1 s.
+    job_id = client.submit(_long_job(side, 50, retry_steps=5, first=tmp_path / "first")).id
     lost = _running_host(client, job_id)
     t_lost = time.time()
     lab.stop_host(lost, kill_processes=True)  # power cut: sshd and every process gone
@@ -173,9 +177,11 @@ def test_a_job_that_finished_while_its_host_was_unreachable_keeps_its_result(fle
     lab.start()
     side = tmp_path / "side.txt"
     client = start_fleet(fleet, lab, tmp_path, config=FAST)
-    job_id = client.submit(_long_job(side, steps=5)).id
+    gate = tmp_path / "gate"  # the job ends only once its host is off the network
+    job_id = client.submit(_long_job(side, steps=5, gate=gate)).id
     _running_host(client, job_id)
     lab.stop_host(host.name)  # off the network only: the job goes on and ends
+    gate.touch()
     eventually(lambda: f"end {host.name}" in side.read_text(), what="job ended on the host")
     eventually(lambda: client.job(job_id).state == "RETRYING", what="attempt given up on")
     lab.start_host(host.name)

@@ -97,7 +97,9 @@ def test_uploads_no_job_uses_are_collected(fleet, tmp_path):
     unused.write_bytes(b"uploaded and forgotten\n")
     sha_unused, _ = client.upload(unused)
     spec = tmp_path / "job.yaml"
-    spec.write_text(f"name: holder\ninputs: {{m: {used}}}\nrun: 'sleep 4; cat \"$FLEET_INPUT_M\"'\n")
+    gate = tmp_path / "gate"  # the job runs until the test has looked at its input
+    spec.write_text(f"name: holder\ninputs: {{m: {used}}}\n"
+                    f"run: 'while [ ! -e {gate} ]; do sleep 0.05; done; cat \"$FLEET_INPUT_M\"'\n")
     job = json.loads(fleet.cli("submit", str(spec), "--json").stdout)
     import hashlib
     sha_used = hashlib.sha256(used.read_bytes()).hexdigest()
@@ -105,6 +107,8 @@ def test_uploads_no_job_uses_are_collected(fleet, tmp_path):
     eventually(lambda: not (blobs / sha_unused[:2] / sha_unused).exists(), timeout=20,
                what="the unused upload to be collected")
     assert (blobs / sha_used[:2] / sha_used).exists()  # a running job's input stays
+    assert client.job(job["id"]).state in ("PENDING", "STARTING", "RUNNING")  # not ended yet
+    gate.touch()
     assert done(client, job["id"]).state == "SUCCEEDED"
     assert b"".join(client.logs(job["id"])) == b"model of a running job\n"
     eventually(lambda: not (blobs / sha_used[:2] / sha_used).exists(), timeout=20,

@@ -255,9 +255,13 @@ def test_a_schedule_runs_a_missed_night_once_and_unschedule_stops_it(fleet, tmp_
 
 
 def test_a_spent_time_budget_cancels_what_still_waits(fleet, tmp_path):
-    fleet.start(config={"matrix_interval": 0.2})
+    client = fleet.start(config={"matrix_interval": 0.2})
+    # The prep must start inside the budget however slow the machine: the host checked first
+    # (an unchecked host takes nothing), and 5 s of budget.
+    eventually(lambda: next(h for h in client.hosts() if h.name == "localhost").health == "good",
+               what="localhost checked")
     gate = tmp_path / "gate"
-    m = {"name": "budget", "axes": {"model": ["a"]}, "repeat": 2, "budget": "1s", "steps": [
+    m = {"name": "budget", "axes": {"model": ["a"]}, "repeat": 2, "budget": "5s", "steps": [
         {"name": "prep", "run": f"while [ ! -e {gate} ]; do sleep 0.05; done"},
         {"name": "bench", "run": "true"}]}
     mfile = tmp_path / "budget.yml"

@@ -164,8 +164,9 @@ async def test_a_callback_that_holds_the_loop_is_counted_and_the_longest_named(t
         def diff(name: str, **labels: str) -> float:
             return one(after, name, **labels) - one(before, name, **labels)
 
-        # (0.05, 0.1]: the hog (a loaded machine may add others, never take it away)
-        assert diff("fleet_event_loop_hold_seconds_bucket", le="0.1") \
+        # (0.05, 0.25]: the hog sleeps 60 ms (a loaded machine may wake it late, and may add
+        # other holds, never take it away)
+        assert diff("fleet_event_loop_hold_seconds_bucket", le="0.25") \
             - diff("fleet_event_loop_hold_seconds_bucket", le="0.05") >= 1
         assert diff("fleet_event_loop_hold_seconds_sum") >= 0.06
         # a thousand empty callbacks ran too; at most a few were slowed by the machine

@@ -306,8 +306,8 @@ def test_handshakes_take_turns_and_a_host_that_never_answers_gives_its_turn_back
                         address="127.0.0.1", port=port, key_file=str(lab.client_key_path))
 
         options = SSHOptions(known_hosts_files=(lab.known_hosts_path,), fleet_known_hosts=lab.root / "fleet_kh",
-                             connect_timeout=2.0)
-        pool = ConnectionPool(options, lambda name: None, handshakes=2, handshake_turn=0.5)
+                             connect_timeout=4.0)
+        pool = ConnectionPool(options, lambda name: None, handshakes=2, handshake_turn=1.0)
 
         async def connect(h: Host) -> tuple[str, float, str]:
             began = time.monotonic()
@@ -334,17 +334,18 @@ def test_handshakes_take_turns_and_a_host_that_never_answers_gives_its_turn_back
 
         # the refused host fails at once, without waiting for a turn
         took, what = results["closed"]
-        assert f"cannot connect to 127.0.0.1:{refused}: connection refused" in what and took < 0.3, results
+        assert f"cannot connect to 127.0.0.1:{refused}: connection refused" in what and took < 1.0, results
         # the hung hosts give up after connect_timeout, and say so
         for i in range(3):
             took, what = results[f"hung-{i}"]
-            assert "no answer in 2 s (connect_timeout)" in what, results
-        # their turns were given back 0.5 s after they began, though the hung handshakes went on:
-        # the third hung host and the live one had theirs then, not after connect_timeout
+            assert "no answer in 4 s (connect_timeout)" in what, results
+        # their turns were given back 1 s after they began, though the hung handshakes went on:
+        # the third hung host and the live one had theirs then, not after connect_timeout (the
+        # bounds leave a loaded machine room: the lab's sshd shares this process)
         assert pool.handshakes.waited == 2
         third = max(greeted.values()) - began
-        assert 0.45 <= third < 1.5, sorted(t - began for t in greeted.values())
+        assert 0.95 <= third < 4.0, sorted(t - began for t in greeted.values())
         took, what = results[live.name]
-        assert what == "ok" and took < 1.5, results
+        assert what == "ok" and took < 4.0, results
 
     asyncio.run(run())
