@@ -197,8 +197,19 @@ def test_a_full_disk_is_answered_507_and_survived_without_running_a_job_twice(tm
             eventually(lambda: b"".join(client.logs(first.id)).startswith(b"line 0\n"),
                        what="the job's first line to reach the controller")
             pid = client.health()["pid"]
+            # The disk fills at once, as one fallocate, then its last 256 KiB in 4 KiB writes
+            # until ENOSPC. A filler still writing when the controller frees its reserve takes
+            # the reserve too (dd bs=1M on a loaded machine, once in 50 runs: the lease could
+            # not be written and the controller gave it up), which no reserve survives.
             hog = mnt / "hog"
-            subprocess.run(["dd", "if=/dev/zero", f"of={hog}", "bs=1M"], capture_output=True)  # until ENOSPC
+            free = os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize
+            fd = os.open(hog, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, max(4096, free - (256 << 10)))
+            finally:
+                os.close(fd)
+            subprocess.run(["dd", "if=/dev/zero", f"of={hog}", "bs=4k", "oflag=append", "conv=notrunc"],
+                           capture_output=True)  # until ENOSPC
             assert os.statvfs(mnt).f_bavail < 4096
             resp = httpx.post(f"{fleet.info.url}/jobs", json={"name": "x", "run": "true"},
                               headers={"Authorization": f"Bearer {fleet.info.token}"})
