@@ -202,7 +202,8 @@ def test_a_full_disk_is_answered_507_and_survived_without_running_a_job_twice(tm
             # the reserve too (dd bs=1M on a loaded machine, once in 50 runs: the lease could
             # not be written and the controller gave it up), which no reserve survives.
             hog = mnt / "hog"
-            free = os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize
+            st = os.statvfs(mnt)
+            free = st.f_bavail * st.f_frsize
             fd = os.open(hog, os.O_WRONLY | os.O_CREAT, 0o600)
             try:
                 os.posix_fallocate(fd, 0, max(4096, free - (256 << 10)))

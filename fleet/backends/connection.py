@@ -291,9 +291,11 @@ def _describe_connect(exc: BaseException, timeout: float) -> str:
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused (is sshd running, on that port?)"
     if isinstance(exc, OSError) and exc.errno in CONTROLLER_SHORT:
-        return (f"the controller is short of {'memory' if exc.errno in (errno.ENOBUFS, errno.ENOMEM) else 'file descriptors'} "
-                f"({errno.errorcode[exc.errno]}: {exc.strerror}), not a fault of this host: raise the limit "
-                f"of fleet serve's process (ulimit -n, systemd's LimitNOFILE)")
+        memory = exc.errno in (errno.ENOBUFS, errno.ENOMEM)
+        return (f"the controller is short of {'memory' if memory else 'file descriptors'} "
+                f"({errno.errorcode[exc.errno]}: {exc.strerror}), not a fault of this host: "
+                + ("give fleet serve's machine more memory" if memory else
+                   "raise the limit of fleet serve's process (ulimit -n, systemd's LimitNOFILE)"))
     return _describe(exc)
 
 
@@ -311,18 +313,20 @@ async def _connect_one(family: int, addr: Any) -> socket.socket:
 
 
 async def _race(targets: list[tuple[int, Any]]) -> socket.socket:
-    """The first of ``targets`` to connect, each begun ``STAGGER`` s after the one before (or as
-    soon as every one begun has failed). Raises the last connect's error (as ssh tells it),
+    """The first of ``targets`` to connect, each begun ``STAGGER`` s after the one before, or
+    at once when one begun has failed. Raises the last connect's error (as ssh tells it),
     else a missing family's. Whatever else connected, or still tries, is closed."""
     tries: list[asyncio.Task[socket.socket]] = []
     left = list(targets)
     error: OSError | None = None
     won: asyncio.Task[socket.socket] | None = None
     try:
-        while left or any(not t.done() for t in tries):
-            if left and all(t.done() for t in tries):
+        while True:
+            if left:  # the first, or the next after STAGGER or after a failure
                 tries.append(asyncio.ensure_future(_connect_one(*left.pop(0))))
             trying = {t for t in tries if not t.done()}
+            if not trying:
+                raise error or OSError("no address to connect to")
             done, _ = await asyncio.wait(trying, timeout=STAGGER if left else None,
                                          return_when=asyncio.FIRST_COMPLETED)
             for t in done:
@@ -334,9 +338,6 @@ async def _race(targets: list[tuple[int, Any]]) -> socket.socket:
                     raise exc
                 if exc.errno not in NO_SUCH_FAMILY or error is None:
                     error = exc
-            if not done and left:  # none connected within STAGGER: the next one too
-                tries.append(asyncio.ensure_future(_connect_one(*left.pop(0))))
-        raise error or OSError("no address to connect to")
     finally:
         others = [t for t in tries if t is not won]
         for t in others:
