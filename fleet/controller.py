@@ -8,6 +8,7 @@ attempts stay detached on their hosts for the next controller.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import getpass
 import json
@@ -17,6 +18,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -318,7 +320,8 @@ async def lead(lease: LeaderLease, scheduler: Scheduler, disk: DiskGuard | None 
             if lease.held and not scheduler.leading:
                 log.info("this replica is the leader now (lease %g s)", lease.ttl)
                 try:
-                    await scheduler.start()
+                    with no_collection_then_freeze():
+                        await scheduler.start()
                 except Exception:  # a leader that cannot load what the last one left must not
                     # answer for it (its API would take cancels it cannot carry out): it leaves
                     log.critical("could not take the lead; exiting so the next start or replica takes over",
@@ -330,6 +333,26 @@ async def lead(lease: LeaderLease, scheduler: Scheduler, disk: DiskGuard | None 
             await asyncio.sleep(0.2)
     finally:
         keeper.stop()
+
+
+@contextlib.contextmanager
+def no_collection_then_freeze() -> Iterator[None]:
+    """Around a new leader's load (every running attempt and queued job the last one left:
+    with 50,000 queued, a million objects that live as long as their jobs). While the heap
+    grows that fast, each quarter it grows by sets off a full collection that walks all of it
+    with the loop held (up to 100 ms: bench/scale.py "takeover"): none runs meanwhile. Once
+    loaded, what was made is frozen out of the collector's reach, as start-up's objects are
+    (``serve``): later full collections walk only what came after. Frozen objects are still
+    freed when their last reference goes; only a reference cycle among them would stay (the
+    rows, specs and queue entries a load makes form none)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+        gc.freeze()
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def keep_or_step_down(lease: LeaderLease) -> None:

@@ -328,3 +328,43 @@ async def test_a_wait_on_a_job_the_new_leader_fails_while_loading_returns_then(t
             await starting
         finally:
             await nxt.stop()
+
+
+async def test_no_collection_runs_while_a_new_leader_loads_and_what_it_loaded_is_frozen(tmp_path):
+    """``controller.no_collection_then_freeze``, as ``lead`` wraps a new leader's start: no
+    garbage collection runs while the queue is loaded (each full one walked the growing heap
+    with the loop held, up to 100 ms: bench/scale.py "takeover"), and what was loaded is
+    frozen after, out of every later collection's walk; the collector runs again."""
+    import gc
+
+    from fleet.controller import no_collection_then_freeze
+
+    async with harness(tmp_path, [host("h1")]) as h:
+        await h.until(lambda: all(v.health is Health.GOOD for v in h.scheduler.host_views()))
+        await h.scheduler.stop()
+        h.store.create_jobs([(load_spec(f"name: q{i}\nrun: 'sleep 600'\n"), "cpu") for i in range(2000)], "root")
+        nxt = next_leader(h, tmp_path)
+        collections: list[int] = []
+
+        def count(phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                collections.append(info["generation"])
+
+        threshold = gc.get_threshold()
+        try:
+            with no_collection_then_freeze():
+                gc.set_threshold(100, 10, 10)  # a collection every 100 allocations: the load makes thousands
+                gc.callbacks.append(count)
+                await nxt.start()
+                gc.callbacks.remove(count)
+            assert collections == [] and gc.isenabled()
+            loaded = next(iter(nxt.pending.values()))
+            assert gc.is_tracked(loaded) and not any(o is loaded for o in gc.get_objects()), \
+                "a loaded queue entry is still in a generation the collector walks"
+            assert len(nxt.pending) >= 1999  # one may have been placed on h1
+        finally:
+            if count in gc.callbacks:
+                gc.callbacks.remove(count)
+            gc.set_threshold(*threshold)
+            gc.unfreeze()
+            await nxt.stop()
