@@ -171,7 +171,7 @@ class SimAgent:
                 self.sim.exit(self.host, str(aid), cancelled=True)
         elif op == "follow":
             self.frame(aid, "lost", message="not launched here (simulated host)")  # type: ignore[arg-type]
-        elif op == "ping":
+        elif op in ("ping", "renew"):  # a renewal is answered too (runners/wrapper.py)
             self.frame(aid, "pong")  # type: ignore[arg-type]
         elif op == "gc":
             self.frame(aid, "gc", removed=[], freed=0, left=0)  # type: ignore[arg-type]

@@ -244,8 +244,8 @@ class Agent:
     Requests: ``{"op": "launch", "id": A, ...payload}``, ``{"op": "follow", "id": A,
     "attempt_dir": D, "offset": N}``, ``{"op": "cancel", "id": A, "attempt_dir": D,
     "grace": S}``, ``{"op": "gc", "root": R, "max_age": S, "max_bytes": B, "keep": [A...]}``,
-    ``{"op": "ping"}``. Frames: a JSON header line ``{"a": A, "t": TYPE, ...}``; a ``log`` header
-    has ``"n": N`` and N raw bytes follow. Types: log, started, attached, exit, lost, error, pong, gc.
+    ``{"op": "ping"}``, ``{"op": "renew"}`` (answered with a pong too). Frames: a JSON header
+    line ``{"a": A, "t": TYPE, ...}``; a ``log`` header has ``"n": N`` and N raw bytes follow. Types: log, started, attached, exit, lost, error, pong, gc.
     When stdin closes (or stdout breaks) ``run`` returns; the attempts it launched keep running,
     supervised by this process (see ``serve``).
     """
@@ -459,6 +459,9 @@ class Agent:
             elif op == "renew":  # the controller still follows: extend every attempt's lease
                 for follow in self.follows.values():
                     _touch(os.path.join(follow.adir, "lease"))
+                # Answered: what the controller receives keeps its SSH keepalive quiet, so a
+                # quiet host costs one round trip per renewal instead of two.
+                self.frame(aid, "pong")
             elif op in ("cancel", "fence"):  # fence: the controller gave the attempt up
                 self.cancel(aid, os.path.expanduser(req["attempt_dir"]), float(req.get("grace", 10)), op)
             elif op == "ping":

@@ -349,3 +349,59 @@ def test_handshakes_take_turns_and_a_host_that_never_answers_gives_its_turn_back
         assert what == "ok" and took < 4.0, results
 
     asyncio.run(run())
+
+
+def test_renewals_answered_by_the_agents_keep_the_ssh_keepalives_quiet(lab, caplog):
+    """The attempt leases of every host are renewed together (``agent.Renewer``) and each
+    agent answers; what a connection receives restarts asyncssh's keepalive timer, so no
+    keepalive request goes out while renewals flow (at 1,000 hosts the keepalives and the
+    renewals, each on its own timer, were most of a resting controller's CPU: bench/scale.py
+    "steady"). The control: the same connections without renewals send keepalives. Real
+    sshd, the real agent."""
+    import asyncio
+    import logging
+    import sys
+
+    from fleet.backends.agent import AgentChannel, Renewer, renew_period
+    from fleet.backends.connection import ConnectionPool, SSHOptions
+    from fleet.inventory import Host
+    from tests.agent_driver import WRAPPER
+
+    hosts = lab.add_hosts("rtx5060", 2)
+    lab.start()
+    keepalive = 0.5
+    every = renew_period(attempt_lease=8.0, keepalive_interval=keepalive)
+    assert every == pytest.approx(0.9 * keepalive)  # the lease alone would renew every 2 s
+
+    async def sent_keepalives(renew: bool) -> int:
+        options = SSHOptions(known_hosts_files=(lab.known_hosts_path,), fleet_known_hosts=lab.root / "fleet_kh",
+                             keepalive_interval=keepalive, keepalive_count_max=100)
+        pool = ConnectionPool(options, lambda name: None)
+        renewer = Renewer(every)
+        agents = []
+        try:
+            for live in hosts:
+                transport = await pool.get(Host(
+                    name=live.name, pools=("p",), arch="x86_64", accelerator="cpu", slots=1,
+                    address=live.address, port=live.port, key_file=str(lab.client_key_path)))
+                agents.append(AgentChannel(live.name, await transport.open_channel(
+                    f"exec {sys.executable} -S -B {WRAPPER} agent")))
+                if renew:
+                    renewer.add(agents[-1])
+            await asyncio.sleep(2 * every)  # the first renewals come within one period
+            caplog.clear()
+            await asyncio.sleep(8 * keepalive)
+            sent = sum("Sending keepalive request" in r.getMessage() for r in caplog.records)
+            assert all(agent.alive for agent in agents), [agent.dead for agent in agents]
+            assert set(renewer.agents) == ({h.name for h in hosts} if renew else set())
+            return sent
+        finally:
+            renewer.close()
+            for agent in agents:
+                agent.close()
+            await pool.close()
+
+    with caplog.at_level(logging.DEBUG, logger="asyncssh"):
+        renewed = asyncio.run(sent_keepalives(True))
+        quiet = asyncio.run(sent_keepalives(False))
+    assert renewed == 0 and quiet >= 2 * 4, (renewed, quiet)

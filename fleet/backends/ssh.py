@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from fleet import containers
 from fleet.backends import shipping
-from fleet.backends.agent import AgentChannel, InputsMissing
+from fleet.backends.agent import AgentChannel, InputsMissing, Renewer, renew_period
 from fleet.backends.base import (
     AttemptPlan,
     AttemptSink,
@@ -77,6 +77,7 @@ class SSHBackend(Backend):
         self.ship_images: list[str] = []  # what the controller may ship besides runner images
         self._agents: dict[str, AgentChannel] = {}
         self._agent_locks: dict[str, asyncio.Lock] = {}
+        self._renewer = Renewer(renew_period(options.attempt_lease, options.keepalive_interval))
 
     @classmethod
     def create(cls, settings: BaseModel | None, ctx: BackendContext) -> SSHBackend:
@@ -230,6 +231,7 @@ class SSHBackend(Backend):
         return len(done.get("removed") or ()), int(done.get("freed") or 0), int(done.get("left") or 0)
 
     async def close(self) -> None:
+        self._renewer.close()
         for agent in self._agents.values():
             agent.close()
         self._agents.clear()
@@ -276,8 +278,9 @@ class SSHBackend(Backend):
                     f"{python} -S -B -c {shlex.quote(VERIFY_BUNDLE)} {lib} {bundle().digest} "
                     f"|| exit {BUNDLE_CHANGED}; {start}"
                 )
-                agent = AgentChannel(host.name, channel, renew_every=self.pool.options.attempt_lease / 4)
+                agent = AgentChannel(host.name, channel)
                 self._agents[host.name] = agent
+                self._renewer.add(agent)
             return agent
 
     async def _ensure_lib(self, transport: Transport, host: Host) -> None:
