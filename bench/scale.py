@@ -23,7 +23,9 @@ Phases, each printed with its figure:
    one core; target <= 5%) and RSS (target <= 300 MB). Twice: right after the submission
    (for ``SYNC_LAG`` = 10 s the leader's look for other replicas' jobs reads again every id
    made in the last 10 s, twice a second: the burst's) and at rest, once that has passed.
-4. **turnover**: 200 running attempts end on the hosts (20 at a time): for each, the time
+4. **renewals**: ``GET /health`` every 20 ms over one period of the hosts' lease renewals
+   (all hosts at once): the longest answer.
+5. **turnover**: 200 running attempts end on the hosts (20 at a time): for each, the time
    until its host's freed slot has a new launch (p50/p99).
 
 The controller's longest scheduling pass is read from its own /metrics histogram.
@@ -387,6 +389,14 @@ async def run(args: argparse.Namespace, url: str, token: str, pid: int, control:
               f"{figures['steady_cpu_pct']:.1f}% of a core (target <= 5%), RSS {figures['rss_mb']:.0f} MB "
               f"(target <= 300 MB), longest GET /health {figures['steady_worst_health_ms']:.0f} ms, "
               f"loop held <= {bound:g} s at most ({over} times over 50 ms)")
+
+        # The hosts' lease renewals go out to all of them at once (fleet.backends.agent.Renewer):
+        # how long a request waits during one, polled every 20 ms over a whole period.
+        stalls.reset(every=0.02)
+        await asyncio.sleep(15)
+        figures["renewals_worst_health_ms"] = stalls.worst * 1000
+        print(f"renewals: GET /health every 20 ms over one renewal period of every host's leases "
+              f"({stalls.samples} polls): longest {figures['renewals_worst_health_ms']:.0f} ms")
 
         for _ in range(10):
             await control.ask("end 20")

@@ -245,7 +245,8 @@ class Agent:
     "attempt_dir": D, "offset": N}``, ``{"op": "cancel", "id": A, "attempt_dir": D,
     "grace": S}``, ``{"op": "gc", "root": R, "max_age": S, "max_bytes": B, "keep": [A...]}``,
     ``{"op": "ping"}``, ``{"op": "renew"}`` (answered with a pong too). Frames: a JSON header
-    line ``{"a": A, "t": TYPE, ...}``; a ``log`` header has ``"n": N`` and N raw bytes follow. Types: log, started, attached, exit, lost, error, pong, gc.
+    line ``{"a": A, "t": TYPE, ...}``; a ``log`` header has ``"n": N`` and N raw bytes follow.
+    Types: log, started, attached, exit, lost, error, pong, gc.
     When stdin closes (or stdout breaks) ``run`` returns; the attempts it launched keep running,
     supervised by this process (see ``serve``).
     """
