@@ -108,6 +108,8 @@ class Renewer:
     TURN = 0.003
 
     def __init__(self, period: float) -> None:
+        if not period > 0:  # a beat of 0 would never let the loop sleep
+            raise ValueError(f"the lease renewal period must be above 0 s, not {period}")
         self.period = period
         self.agents: dict[str, AgentChannel] = {}
         self._task: asyncio.Task[None] | None = None
