@@ -13,6 +13,21 @@ from tests.lab import have_sshd
 pytestmark = pytest.mark.skipif(shutil.which("ssh") is None, reason="needs the OpenSSH client (ssh)")
 
 
+def _options(lab, **extra):  # type: ignore[no-untyped-def]
+    """SSH options for connecting to the lab's hosts from a test's own ConnectionPool."""
+    from fleet.backends.connection import SSHOptions
+
+    return SSHOptions(known_hosts_files=(lab.known_hosts_path,), fleet_known_hosts=lab.root / "fleet_kh", **extra)
+
+
+def _host(lab, name: str, address: str, port: int):  # type: ignore[no-untyped-def]
+    """An inventory host at ``address``:``port`` with the lab's client key."""
+    from fleet.inventory import Host
+
+    return Host(name=name, pools=("p",), arch="x86_64", accelerator="cpu", slots=1,
+                address=address, port=port, key_file=str(lab.client_key_path))
+
+
 def test_fleet_ssh_runs_commands_on_hosts_by_name_through_jump_hosts(fleet, lab, tmp_path):
     jump, behind = lab.add_hosts("rtx5060", 2)
     real = lab.add_hosts("jetson-orin-nano", 1, kind="openssh")[0] if have_sshd() else None
@@ -101,8 +116,7 @@ def test_an_address_of_a_family_this_machine_lacks_is_passed_over(lab):
     import socket
 
     from fleet.backends.base import HostLost
-    from fleet.backends.connection import ConnectionPool, SSHOptions
-    from fleet.inventory import Host
+    from fleet.backends.connection import ConnectionPool
 
     live = lab.add_hosts("rtx5060", 1)[0]
     lab.start()
@@ -123,18 +137,14 @@ def test_an_address_of_a_family_this_machine_lacks_is_passed_over(lab):
             return [lacking, (socket.AF_INET, socket.SOCK_STREAM, 6, "", (live.address, port))]
 
         loop.getaddrinfo = getaddrinfo  # type: ignore[method-assign]
-        options = SSHOptions(known_hosts_files=(lab.known_hosts_path,), fleet_known_hosts=lab.root / "fleet_kh",
-                             connect_timeout=5.0)
+        options = _options(lab, connect_timeout=5.0)
         pool = ConnectionPool(options, lambda name: None)
         try:
-            transport = await pool.get(Host(
-                name=live.name, pools=("p",), arch="x86_64", accelerator="cpu", slots=1,
-                address="two-families.lab.test", port=live.port, key_file=str(lab.client_key_path)))
+            transport = await pool.get(_host(lab, live.name, "two-families.lab.test", live.port))
             out: list[bytes] = []
             status = await transport.exec("echo reached", on_stdout=out.append)
             with pytest.raises(HostLost, match="connection refused"):
-                await pool.get(Host(name="other", pools=("p",), arch="x86_64", accelerator="cpu", slots=1,
-                                    address="refused-then-lacking.lab.test", port=refused))
+                await pool.get(_host(lab, "other", "refused-then-lacking.lab.test", refused))
         finally:
             await pool.close()
         assert asked == ["two-families.lab.test", "refused-then-lacking.lab.test"] and status == 0
@@ -168,8 +178,7 @@ def test_a_silent_address_of_a_name_does_not_take_the_whole_connect_timeout(lab)
     import socket
 
     from fleet.backends.base import HostLost
-    from fleet.backends.connection import ConnectionPool, SSHOptions
-    from fleet.inventory import Host
+    from fleet.backends.connection import ConnectionPool
 
     live = lab.add_hosts("rtx5060", 1)[0]
     lab.start()
@@ -185,8 +194,7 @@ def test_a_silent_address_of_a_name_does_not_take_the_whole_connect_timeout(lab)
             return [first, (socket.AF_INET, socket.SOCK_STREAM, 6, "", (live.address, port))]
 
         loop.getaddrinfo = getaddrinfo  # type: ignore[method-assign]
-        options = SSHOptions(known_hosts_files=(lab.known_hosts_path,), fleet_known_hosts=lab.root / "fleet_kh",
-                             connect_timeout=3.0)
+        options = _options(lab, connect_timeout=3.0)
         pool = ConnectionPool(options, lambda name: None)
 
         def fds() -> int:
@@ -195,20 +203,16 @@ def test_a_silent_address_of_a_name_does_not_take_the_whole_connect_timeout(lab)
         try:
             # What one connection to a plain address holds open here, to compare with
             began = fds()
-            await (await pool.get(Host(name="plain", pools=("p",), arch="x86_64", accelerator="cpu", slots=1,
-                                       address=live.address, port=live.port, key_file=str(lab.client_key_path)))
+            await (await pool.get(_host(lab, "plain", live.address, live.port))
                    ).exec("true")
             one = fds() - began
-            transport = await pool.get(Host(
-                name=live.name, pools=("p",), arch="x86_64", accelerator="cpu", slots=1,
-                address="silent-then-live.lab.test", port=live.port, key_file=str(lab.client_key_path)))
+            transport = await pool.get(_host(lab, live.name, "silent-then-live.lab.test", live.port))
             out: list[bytes] = []
             status = await transport.exec("echo reached", on_stdout=out.append)
             assert status == 0
             assert fds() == began + 2 * one  # the silent address's socket is closed
             with pytest.raises(HostLost, match=r"no answer in 3 s \(connect_timeout\)"):
-                await pool.get(Host(name="other", pools=("p",), arch="x86_64", accelerator="cpu", slots=1,
-                                    address="all-silent.lab.test", port=silent))
+                await pool.get(_host(lab, "other", "all-silent.lab.test", silent))
             assert fds() == began + 2 * one
         finally:
             await pool.close()
@@ -279,7 +283,7 @@ def test_handshakes_take_turns_and_a_host_that_never_answers_gives_its_turn_back
     import time
 
     from fleet.backends.base import HostLost
-    from fleet.backends.connection import ConnectionPool, SSHOptions
+    from fleet.backends.connection import ConnectionPool
     from fleet.inventory import Host
 
     live = lab.add_hosts("rtx5060", 1)[0]
@@ -302,11 +306,9 @@ def test_handshakes_take_turns_and_a_host_that_never_answers_gives_its_turn_back
             refused = closed.getsockname()[1]
 
         def host(name: str, port: int) -> Host:
-            return Host(name=name, pools=("p",), arch="x86_64", accelerator="cpu", slots=1,
-                        address="127.0.0.1", port=port, key_file=str(lab.client_key_path))
+            return _host(lab, name, "127.0.0.1", port)
 
-        options = SSHOptions(known_hosts_files=(lab.known_hosts_path,), fleet_known_hosts=lab.root / "fleet_kh",
-                             connect_timeout=4.0)
+        options = _options(lab, connect_timeout=4.0)
         pool = ConnectionPool(options, lambda name: None, handshakes=2, handshake_turn=1.0)
 
         async def connect(h: Host) -> tuple[str, float, str]:
@@ -324,9 +326,7 @@ def test_handshakes_take_turns_and_a_host_that_never_answers_gives_its_turn_back
         await asyncio.sleep(0.1)
         # two handshakes at a time: the third hung host waits for a turn
         assert len(greeted) == 2 and pool.handshakes.waited == 1, greeted
-        others = [connect(host("closed", refused)), connect(Host(
-            name=live.name, pools=("p",), arch="x86_64", accelerator="cpu", slots=1,
-            address=live.address, port=live.port, key_file=str(lab.client_key_path)))]
+        others = [connect(host("closed", refused)), connect(_host(lab, live.name, live.address, live.port))]
         results = {name: (took, what) for name, took, what in await asyncio.gather(*others, *hanging)}
         await pool.close()
         for server in hung:
@@ -363,8 +363,7 @@ def test_renewals_answered_by_the_agents_keep_the_ssh_keepalives_quiet(lab, capl
     import sys
 
     from fleet.backends.agent import AgentChannel, Renewer, renew_period
-    from fleet.backends.connection import ConnectionPool, SSHOptions
-    from fleet.inventory import Host
+    from fleet.backends.connection import ConnectionPool
     from tests.agent_driver import WRAPPER
 
     hosts = lab.add_hosts("rtx5060", 2)
@@ -375,16 +374,13 @@ def test_renewals_answered_by_the_agents_keep_the_ssh_keepalives_quiet(lab, capl
     every = 0.3  # well within the keepalive interval: an answer late on a loaded machine still counts
 
     async def sent_keepalives(renew: bool) -> int:
-        options = SSHOptions(known_hosts_files=(lab.known_hosts_path,), fleet_known_hosts=lab.root / "fleet_kh",
-                             keepalive_interval=keepalive, keepalive_count_max=100)
+        options = _options(lab, keepalive_interval=keepalive, keepalive_count_max=100)
         pool = ConnectionPool(options, lambda name: None)
         renewer = Renewer(every)
         agents = []
         try:
             for live in hosts:
-                transport = await pool.get(Host(
-                    name=live.name, pools=("p",), arch="x86_64", accelerator="cpu", slots=1,
-                    address=live.address, port=live.port, key_file=str(lab.client_key_path)))
+                transport = await pool.get(_host(lab, live.name, live.address, live.port))
                 agents.append(AgentChannel(live.name, await transport.open_channel(
                     f"exec {sys.executable} -S -B {WRAPPER} agent")))
                 if renew:
