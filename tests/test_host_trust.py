@@ -190,6 +190,28 @@ async def test_frames_of_one_attempt_do_not_reach_another(tmp_path):
     await _close(agent)
 
 
+async def test_answers_to_renewals_from_a_lying_agent_end_nothing(tmp_path):
+    """An agent answers each lease renewal with a pong for no attempt (agent.Renewer); a
+    rewritten one may send thousands of them, or a pong naming an attempt it does not run,
+    while renewals go out: the controller drops them, and the attempt it follows ends only by
+    its own exit frame. (A pong naming the attempt itself would end it as an exit code 0
+    would: the host reports how its jobs end either way.)"""
+    from fleet.backends.agent import Renewer
+
+    pong = b'{"a": null, "t": "pong"}\n'
+    agent, run = await _lying_agent(tmp_path, [pong * 20000, b'{"a": "other", "t": "pong"}\n',
+                                              _exit(status={"exit_code": 3})])
+    renewer = Renewer(0.01)
+    renewer.add(agent)
+    try:
+        outcome = await asyncio.wait_for(run, 30)
+        assert outcome.exit_code == 3 and agent.alive
+        assert set(renewer.agents) == {"liar"}  # still renewed: nothing it sent counts against it
+    finally:
+        renewer.close()
+        await _close(agent)
+
+
 def test_the_agent_reads_a_huge_request_in_linear_time_and_refuses_one_past_its_limit(tmp_path):
     """The agent read a request line by re-scanning everything it had (10 MiB: 1.9 s, 20 MiB:
     6 s). Now each chunk is searched once; a line over MAX_REQUEST is answered with an error
